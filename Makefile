@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test setup install lint bench lock clean airflow
+
+run: $(INSTALLED)  ## Set up and run the Message Center (Airflow UI, scheduler, DAGs, push API)
+	$(BIN)/mc run
+
+test: $(INSTALLED)  ## Set up and run the whole test suite
+	$(BIN)/mc setup --profile test
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)  ## Start the embedded PostgreSQL, migrate, load airflow_settings.yaml
+	$(BIN)/mc setup
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+lock:  ## Re-resolve requirements.txt into requirements.lock (needs the package index)
+	rm -rf /tmp/mc-lock-venv && $(PYTHON) -m venv /tmp/mc-lock-venv
+	/tmp/mc-lock-venv/bin/pip install --quiet -r requirements.txt
+	/tmp/mc-lock-venv/bin/pip freeze --exclude-editable | sort > requirements.lock
+
+clean:  ## Remove the virtualenv and all local state (databases, mail, logs)
+	rm -rf $(VENV) .mc

@@ -1,0 +1,1 @@
+"""Airflow-facing glue (connections, settings loading); the domain stays in message_center."""

@@ -1,0 +1,129 @@
+"""Sets up and runs a local deployment: embedded PostgreSQL, schemas, Airflow, SMTP sink.
+
+Airflow itself is only ever started as a subprocess here, with the environment from
+:mod:`message_center.localenv`, so this module stays free of Airflow imports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+from message_center import migrations
+from message_center.embedded_pg import ensure_database
+from message_center.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
+
+# Cell ids of the two demo execution instances (high byte of every event id).
+DEMO_CELLS = {"execution": 0, "execution2": 1}
+
+
+def log(message: str) -> None:
+    print(f"[mc] {message}", flush=True)
+
+
+def set_cell_id(url: str, cell_id: int) -> int:
+    """Record this execution database's cell id once; an existing one is kept and returned."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO mc_instance (cell_id) VALUES (%s) ON CONFLICT DO NOTHING", (cell_id,)
+            )
+            cur.execute("SELECT cell_id FROM mc_instance")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+    finally:
+        conn.close()
+
+
+def airflow(deployment: Deployment, *args: str, check: bool = True,
+            quiet: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run the ``airflow`` CLI of this virtualenv against ``deployment``."""
+    env = {**os.environ, **deployment.environment()}
+    binary = Path(sys.executable).parent / "airflow"
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.run([str(binary), *args], env=env, check=check, stdout=output)
+
+
+def prepare(deployment: Deployment) -> None:
+    """Everything before the processes start; each step is idempotent and fast when done."""
+    started = time.monotonic()
+    if deployment.uses_embedded:
+        deployment.embedded.start()
+        log(f"PostgreSQL (embedded) on {deployment.embedded.url()} "
+            f"with data in {deployment.embedded.data_dir}")
+    for role in ("airflow", "control", "execution", "execution2"):
+        ensure_database(deployment.server_url, deployment.database(role))
+    migrations.upgrade("control", deployment.database_url("control"))
+    for role, cell_id in DEMO_CELLS.items():
+        url = deployment.database_url(role)
+        migrations.upgrade("execution", url)
+        set_cell_id(url, cell_id)
+    log("message center schemas are up to date")
+    deployment.write_password_file()
+    deployment.mail_dir.mkdir(parents=True, exist_ok=True)
+    airflow(deployment, "db", "migrate", quiet=True)
+    env = {**os.environ, **deployment.environment()}
+    subprocess.run(
+        [sys.executable, "-m", "mc_airflow.settings_loader",
+         str(PROJECT_ROOT / "airflow_settings.yaml")],
+        env=env, check=False,
+    )
+    log(f"set-up done in {time.monotonic() - started:.1f}s")
+
+
+def run(deployment: Deployment) -> int:
+    """Set up, then run Airflow standalone and the SMTP sink until Ctrl-C stops them all."""
+    pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
+    prepare(deployment)
+    env = {**os.environ, **deployment.environment()}
+    children: list[subprocess.Popen[bytes]] = []
+    children.append(subprocess.Popen(
+        [sys.executable, "-m", "message_center.smtp_sink", "--port", str(deployment.smtp_port),
+         "--mail-dir", str(deployment.mail_dir)], env=env,
+    ))
+    children.append(subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env,
+        start_new_session=True,
+    ))
+    log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}  "
+        f"login: {ADMIN_USER} / {deployment.admin_password()}")
+    log(f"Delivered e-mails are kept in {deployment.mail_dir}")
+    log("Press Ctrl-C to stop everything.")
+
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        log("stopping ...")
+        for child in children:
+            if child.poll() is None:
+                try:
+                    os.killpg(child.pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    child.terminate()
+        deadline = time.monotonic() + 30
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if deployment.uses_embedded and not pg_was_running:
+            deployment.embedded.stop()
+        log("stopped")
+    return 0

@@ -1,0 +1,150 @@
+"""The local deployment: where its state lives and the environment every process gets.
+
+`mc run`, `mc test-env`, `mc airflow` and the test suite all derive their settings
+from here, so the UI, the scheduler, a second terminal's CLI and the tests agree on
+one embedded PostgreSQL, one Airflow home and one set of connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from message_center.embedded_pg import DEFAULT_PORT, EmbeddedPostgres
+
+PROJECT_ROOT = Path(os.environ.get("MC_PROJECT_ROOT", Path(__file__).resolve().parents[2]))
+STATE_DIR = Path(os.environ.get("MC_STATE_DIR", PROJECT_ROOT / ".mc"))
+ADMIN_USER = "admin"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One named deployment (``run`` for the demo, ``test`` for the suite) on one server."""
+
+    profile: str = "run"
+    api_port: int = 8080
+    smtp_port: int = 8025
+
+    @property
+    def db_prefix(self) -> str:
+        return "" if self.profile == "run" else f"{self.profile}_"
+
+    @property
+    def server_url(self) -> str:
+        """``MC_POSTGRES_URL`` when given (an existing server), else the embedded one."""
+        return os.environ.get("MC_POSTGRES_URL") or self.embedded.url()
+
+    @property
+    def uses_embedded(self) -> bool:
+        return not os.environ.get("MC_POSTGRES_URL")
+
+    @property
+    def embedded(self) -> EmbeddedPostgres:
+        port = int(os.environ.get("MC_EMBEDDED_PG_PORT", DEFAULT_PORT))
+        return EmbeddedPostgres(STATE_DIR / "postgres", port)
+
+    def database(self, role: str) -> str:
+        names = {
+            "airflow": "airflow",
+            "control": "mc_control",
+            "execution": "mc_execution",
+            "execution2": "mc_execution2",
+        }
+        return self.db_prefix + names[role]
+
+    def database_url(self, role: str) -> str:
+        parts = urlsplit(self.server_url)
+        return parts._replace(path="/" + self.database(role)).geturl()
+
+    @property
+    def airflow_home(self) -> Path:
+        return STATE_DIR / ("airflow" if self.profile == "run" else f"airflow-{self.profile}")
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the local SMTP sink keeps every message it receives (one .eml each)."""
+        return STATE_DIR / ("mail" if self.profile == "run" else f"mail-{self.profile}")
+
+    def _secret(self, name: str) -> str:
+        """A random secret generated once per deployment and kept out of the repository."""
+        path = STATE_DIR / "secrets" / f"{self.profile}-{name}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def admin_password(self) -> str:
+        return self._secret("admin-password")
+
+    def write_password_file(self) -> Path:
+        path = self.airflow_home / "simple_auth_manager_passwords.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({ADMIN_USER: self.admin_password()}))
+        path.chmod(0o600)
+        return path
+
+    def pg_parts(self) -> dict[str, str]:
+        parts = urlsplit(self.server_url)
+        return {
+            "MC_PG_HOST": parts.hostname or "127.0.0.1",
+            "MC_PG_PORT": str(parts.port or 5432),
+            "MC_PG_USER": parts.username or "postgres",
+            "MC_PG_PASSWORD": parts.password or "",
+            "MC_DB_PREFIX": self.db_prefix,
+            "MC_SMTP_PORT": str(self.smtp_port),
+        }
+
+    def environment(self) -> dict[str, str]:
+        """Every variable an Airflow process of this deployment needs."""
+        airflow_db = self.database_url("airflow").replace("postgresql://", "postgresql+psycopg2://")
+        env = {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": "16",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+                self.airflow_home / "simple_auth_manager_passwords.json"
+            ),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
+                f"http://127.0.0.1:{self.api_port}/execution/"
+            ),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt"),
+            "AIRFLOW__API__SECRET_KEY": self._secret("api"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # Airflow standalone starts its components as `airflow ...`: use this venv's.
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                     os.environ.get("PATH", "")]),
+            "MC_DEPLOYMENT_PROFILE": self.profile,
+            "MC_MAIL_DIR": str(self.mail_dir),
+        }
+        env.update(self.pg_parts())
+        return env
+
+
+def deployment(profile: str | None = None) -> Deployment:
+    """The deployment named by ``profile`` or ``MC_DEPLOYMENT_PROFILE`` (default ``run``)."""
+    name = profile or os.environ.get("MC_DEPLOYMENT_PROFILE", "run")
+    if name == "run":
+        return Deployment("run", int(os.environ.get("MC_API_PORT", 8080)),
+                          int(os.environ.get("MC_SMTP_PORT", 8025)))
+    return Deployment(name, int(os.environ.get("MC_API_PORT", 18080)),
+                      int(os.environ.get("MC_SMTP_PORT", 18025)))

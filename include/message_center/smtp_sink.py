@@ -1,0 +1,115 @@
+"""A real SMTP server on loopback that keeps every message it accepts as a ``.eml`` file.
+
+The demo points ``smtp_default`` at it so a newcomer sees each delivered message in a
+folder; the tests use it as the real SMTP peer and script replies per recipient
+(``451`` then ``250``, or a permanent ``550``) to exercise retries and failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        reply = self.sink.next_reply(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.sink.store(envelope.content, list(envelope.rcpt_tos), envelope.mail_from)
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    """Accepts mail on ``host:port`` and writes it to ``mail_dir``; thread-safe."""
+
+    def __init__(self, mail_dir: Path, host: str = "127.0.0.1", port: int = 8025) -> None:
+        self.mail_dir = Path(mail_dir)
+        self.mail_dir.mkdir(parents=True, exist_ok=True)
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._replies: dict[str, deque[str]] = defaultdict(deque)
+        self._controller = Controller(_Handler(self), hostname=host, port=port,
+                                      ready_timeout=10)
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, address: str, *replies: str) -> None:
+        """Answer RCPT for ``address`` with these replies first (e.g. ``"451 busy"``)."""
+        with self._lock:
+            self._replies[address.lower()].extend(replies)
+
+    def next_reply(self, address: str) -> str | None:
+        with self._lock:
+            queue = self._replies.get(address.lower())
+            if queue:
+                reply = queue.popleft()
+                if reply.startswith("always "):
+                    queue.appendleft(reply)
+                    return reply.removeprefix("always ")
+                return reply
+        return None
+
+    def store(self, content: bytes, recipients: list[str], sender: str) -> None:
+        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
+        header = f"X-Envelope-From: {sender}\r\nX-Envelope-To: {', '.join(recipients)}\r\n"
+        tmp = self.mail_dir / f".{name}.tmp"
+        tmp.write_bytes(header.encode() + content)
+        tmp.rename(self.mail_dir / name)
+
+    def messages(self) -> list[EmailMessage]:
+        """Every stored message, oldest first."""
+        return [
+            message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[misc]
+            for path in sorted(self.mail_dir.glob("*.eml"))
+        ]
+
+    def clear(self) -> None:
+        for path in self.mail_dir.glob("*.eml"):
+            path.unlink()
+        with self._lock:
+            self._replies.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Local SMTP sink for the Message Center demo")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8025)
+    parser.add_argument("--mail-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    with SmtpSink(args.mail_dir, args.host, args.port):
+        print(f"SMTP sink on {args.host}:{args.port}, keeping messages in {args.mail_dir}",
+              flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Shared fixtures: the test deployment's real PostgreSQL databases, a real SMTP sink on
+loopback, the DagBag, and (on demand) a real Airflow API server + scheduler.
+
+`make test` runs `mc setup --profile test` first, so the databases exist and are migrated;
+this file only points every process at them. Connections come from ``AIRFLOW_CONN_*``
+variables, as Airflow resolves them in plain pytest and in ``dag.test()`` alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from message_center.localenv import PROJECT_ROOT, deployment
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+os.environ["MC_DEPLOYMENT_PROFILE"] = "test"
+os.environ.setdefault("MC_API_PORT", str(free_port()))
+os.environ.setdefault("MC_SMTP_PORT", str(free_port()))
+DEPLOYMENT = deployment("test")
+os.environ.update(DEPLOYMENT.environment())
+for _role, _conn_id in (("execution", "MC_EXECUTION"), ("control", "MC_CONTROL"),
+                        ("execution2", "MC_EXECUTION2")):
+    os.environ[f"AIRFLOW_CONN_{_conn_id}"] = DEPLOYMENT.database_url(_role).replace(
+        "postgresql://", "postgres://", 1)
+os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
+    "conn_type": "smtp", "host": "127.0.0.1", "port": DEPLOYMENT.smtp_port,
+    "extra": {"disable_tls": True, "disable_ssl": True,
+              "from_email": "Message Center <no-reply@message-center.test>"},
+})
+
+from sqlalchemy import Engine, text  # noqa: E402
+
+from message_center.db import engine_for  # noqa: E402
+from message_center.smtp_sink import SmtpSink  # noqa: E402
+
+EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template",
+                    "quarantine", "api_idempotency", "mc_watermark")
+CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template")
+
+
+@pytest.fixture(scope="session")
+def test_deployment():
+    return DEPLOYMENT
+
+
+def _truncate(engine: Engine, tables: tuple[str, ...]) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
+
+
+@pytest.fixture
+def execution_db() -> Engine:
+    """The execution database (cell 0), emptied before the test."""
+    engine = engine_for(DEPLOYMENT.database_url("execution"))
+    _truncate(engine, EXECUTION_TABLES)
+    return engine
+
+
+@pytest.fixture
+def execution2_db() -> Engine:
+    """The second execution database (cell 1), emptied before the test."""
+    engine = engine_for(DEPLOYMENT.database_url("execution2"))
+    _truncate(engine, EXECUTION_TABLES)
+    return engine
+
+
+@pytest.fixture
+def control_db() -> Engine:
+    """The control database, emptied before the test."""
+    engine = engine_for(DEPLOYMENT.database_url("control"))
+    _truncate(engine, CONTROL_TABLES)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def _smtp_sink_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    with SmtpSink(tmp_path_factory.mktemp("mail"), port=DEPLOYMENT.smtp_port) as sink:
+        yield sink
+
+
+@pytest.fixture
+def smtp_sink(_smtp_sink_session: SmtpSink) -> SmtpSink:
+    """A real SMTP server on loopback (the ``smtp_default`` connection), emptied per test."""
+    _smtp_sink_session.clear()
+    return _smtp_sink_session
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+
+
+class AirflowStack:
+    """A running `airflow standalone` (API server, scheduler, DAG processor, triggerer)."""
+
+    def __init__(self, base_url: str, password: str, log_path: Path) -> None:
+        self.base_url, self.password, self.log_path = base_url, password, log_path
+
+    def token(self) -> str:
+        import httpx
+
+        response = httpx.post(f"{self.base_url}/auth/token",
+                              json={"username": "admin", "password": self.password}, timeout=30)
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run the real `airflow` CLI against this stack."""
+        return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args],
+                              env=dict(os.environ), capture_output=True, text=True,
+                              timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    """Real Airflow processes for the test deployment, started once per session."""
+    import httpx
+
+    DEPLOYMENT.write_password_file()
+    log_path = tmp_path_factory.mktemp("airflow") / "standalone.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"],
+            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{DEPLOYMENT.api_port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited:\n{log_path.read_text()[-3000:]}")
+            try:
+                health = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=2).json()
+                if all(health.get(part, {}).get("status") == "healthy"
+                       for part in ("scheduler", "dag_processor")):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"airflow not healthy in time:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path)
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
