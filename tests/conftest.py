@@ -28,10 +28,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-os.environ["MC_DEPLOYMENT_PROFILE"] = "test"
+# MC_TEST_PROFILE lets several suites run side by side on separate databases.
+PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
+os.environ["MC_DEPLOYMENT_PROFILE"] = PROFILE
 os.environ.setdefault("MC_API_PORT", str(free_port()))
 os.environ.setdefault("MC_SMTP_PORT", str(free_port()))
-DEPLOYMENT = deployment("test")
+DEPLOYMENT = deployment(PROFILE)
 os.environ.update(DEPLOYMENT.environment())
 for _role, _conn_id in (("execution", "MC_EXECUTION"), ("control", "MC_CONTROL"),
                         ("execution2", "MC_EXECUTION2")):
@@ -104,7 +106,8 @@ def smtp_sink(_smtp_sink_session: SmtpSink) -> SmtpSink:
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+    # include_examples= raises TypeError on 3.3; LOAD_EXAMPLES is off in the environment.
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
 
 class AirflowStack:
