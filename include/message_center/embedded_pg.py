@@ -11,6 +11,7 @@ import os
 import pwd
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ class EmbeddedPostgres:
 
     @property
     def _bin(self) -> Path:
-        from pgserver._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # pgserver warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
 
         return POSTGRES_BIN_PATH
 
