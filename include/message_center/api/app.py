@@ -1,0 +1,340 @@
+"""The push API: ACC's ``PushEvent``/``PushEvents`` over HTTP, plus event lookup and health.
+
+``create_app`` takes the authentication dependency and a database-URL provider, so the
+same app runs inside Airflow's API server (Airflow's JWT auth, the ``mc_execution``
+connection) and in tests (a FastAPI ``TestClient``, no Airflow).
+
+Request bodies are read as a bounded stream (413 past the limit, before any parsing),
+then decoded and validated in a worker thread together with the database write, so the
+event loop only shuffles bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from message_center import events
+from message_center.db import engine_for
+from message_center.events import (
+    MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BODY_BYTES,
+    EventIn,
+    EventValidationError,
+)
+
+DEFAULT_WARNING = 100
+DEFAULT_ALERT = 400
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Pending real-time events that make health say warning / alert (ACC: 100 / 400)."""
+
+    warning: int = DEFAULT_WARNING
+    alert: int = DEFAULT_ALERT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warning <= self.alert:
+            raise ValueError(f"health thresholds need 0 < warning <= alert; got warning="
+                             f"{self.warning}, alert={self.alert}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HealthThresholds:
+        """``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT``; a bad value stops the start-up."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, var, default in (("warning", "MC_HEALTH_WARNING", DEFAULT_WARNING),
+                                   ("alert", "MC_HEALTH_ALERT", DEFAULT_ALERT)):
+            raw = env.get(var, "").strip()
+            try:
+                values[name] = int(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{var} must be a whole number; got {raw!r}") from None
+        return cls(**values)
+
+
+# --- documentation models (responses are built as plain dicts on the hot path) ----------
+class EventAccepted(BaseModel):
+    id: int = Field(description="Public 64-bit event id (high byte: cell id).")
+    status: str = Field("pending", description="Always `pending` on creation.")
+
+
+class BatchAccepted(BaseModel):
+    ids: list[int] = Field(description="Public ids, in the order of the pushed events.")
+
+
+class TemplateLink(BaseModel):
+    name: str
+    version: int | None
+    label: str | None
+
+
+class DeliveryOutcome(BaseModel):
+    id: int
+    status: str = Field(description="queued | sending | retry | sent | ignored | failed")
+    channel: str
+    attempts: int
+    error: str | None
+    providerId: str | None
+    created: datetime | None
+    lastModified: datetime | None
+    sentAt: datetime | None
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: str = Field(description="`rt` (real-time queue) or `batch`.")
+    type: str
+    email: str | None
+    mobilePhone: str | None
+    wishedChannel: str
+    externalId: str | None
+    language: str | None
+    country: str | None
+    origin: str | None
+    ctx: dict[str, Any]
+    scheduled: datetime | None
+    expiration: datetime | None
+    status: str = Field(description="pending | pending_delivery | sent | ignored | failed | "
+                                    "not_taken_into_account | expired")
+    statusLabel: str = Field(description="The status as shown to people, e.g. `Sent`.")
+    created: datetime
+    lastModified: datetime
+    processing: datetime | None
+    processed: datetime | None
+    errorCount: int
+    nextAttempt: datetime
+    template: TemplateLink | None
+    delivery: DeliveryOutcome | None
+    errorReason: str | None
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok | warning | alert | error")
+    message: str = Field(description="ACC mcPing style: `Ok / <date> / 7/400 pending events`.")
+    checkedAt: datetime
+    rtPending: int | None = Field(description="Due pending real-time events.")
+    batchPending: int | None = Field(description="Due pending batch events.")
+    oldestRtPendingAgeSeconds: float | None
+    oldestBatchPendingAgeSeconds: float | None
+    warningThreshold: int
+    alertThreshold: int
+
+
+class ErrorEntry(BaseModel):
+    loc: list[str | int]
+    field: str
+    msg: str
+    type: str
+    index: int | None = Field(None, description="Batch only: position of the bad event.")
+
+
+class ValidationProblem(BaseModel):
+    detail: list[ErrorEntry]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+_EVENT_SCHEMA = EventIn.model_json_schema(by_alias=True)
+_BATCH_SCHEMA = {
+    "title": "BatchIn", "type": "object", "additionalProperties": False, "required": ["events"],
+    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_EVENTS,
+                              "items": _EVENT_SCHEMA}},
+}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+_COMMON = {
+    401: {"model": Problem, "description": "No token, or a bad or expired one."},
+}
+_PUSH_ERRORS = {
+    **_COMMON,
+    409: {"model": Problem, "description": "Idempotency-Key reused with a different body."},
+    413: {"model": Problem, "description": "Body larger than the documented limit."},
+    422: {"model": ValidationProblem, "description": "Bad input; nothing was stored."},
+}
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key",
+    description="Repeat a request safely: the same key returns the first answer and stores "
+                "nothing; the same key with another body is a 409.")]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    too_large = HTTPException(413, f"request body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    auth: Callable[..., Any],
+    database_url: Callable[[], str],
+    *,
+    thresholds: HealthThresholds | None = None,
+    public_health: bool = False,
+) -> FastAPI:
+    """The push API. ``auth`` is a FastAPI dependency that raises 401 for a bad caller;
+    ``database_url`` returns the execution database's URL (called per request, cache it).
+    """
+    limits = thresholds or HealthThresholds.from_env()
+    app = FastAPI(
+        title="Message Center push API",
+        version="1",
+        description=(
+            "Push transactional events like Adobe Campaign's `nms:rtEvent#PushEvent` and "
+            "`nms:batchEvent#PushEvents`. Authenticate with a Bearer token from Airflow's "
+            f"`POST /auth/token`. Limits: {MAX_BATCH_EVENTS} events per batch, "
+            f"{events.MAX_CTX_BYTES} bytes of `ctx` per event, bodies up to "
+            f"{MAX_EVENT_BODY_BYTES} bytes (rtEvents) / {MAX_BATCH_BODY_BYTES} bytes "
+            "(batchEvents)."
+        ),
+    )
+
+    @app.exception_handler(EventValidationError)
+    async def _invalid(_request: Request, exc: EventValidationError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
+        return JSONResponse({"detail": "the execution database is unavailable; retry later"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    def engine() -> Any:
+        return engine_for(database_url())
+
+    def push(kind: str, body: bytes, key: str | None) -> tuple[int, Any, bool]:
+        """Validate and store; returns (status, body, replayed). Runs in a worker thread."""
+        if key is not None:
+            events.check_idempotency_key(key)
+        data = events.loads(body)
+        parsed = [events.parse_event(data)] if kind == "rt" else events.parse_batch(data)
+        endpoint = "rtEvents" if kind == "rt" else "batchEvents"
+        with engine().begin() as conn:
+            if key is not None:
+                hash_ = events.request_hash(endpoint, data)
+                stored = events.claim_idempotency_key(conn, key, endpoint, hash_)
+                if stored is not None:
+                    if (stored.endpoint, stored.request_hash) != (endpoint, hash_):
+                        raise HTTPException(409, "Idempotency-Key was already used for a "
+                                                 "different request")
+                    return stored.status_code, stored.body, True
+            ids = events.insert_events(conn, kind, parsed)
+            result: Any = {"id": ids[0], "status": "pending"} if kind == "rt" else {"ids": ids}
+            if key is not None:
+                events.store_idempotent_response(conn, key, 201, result)
+        return 201, result, False
+
+    def respond(outcome: tuple[int, Any, bool], headers: dict[str, str]) -> JSONResponse:
+        status, body, replayed = outcome
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+
+    @router.post("/rtEvents", status_code=201, response_model=EventAccepted,
+                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_EVENT_SCHEMA),
+                 summary="Push one real-time event (PushEvent)")
+    async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None) -> Any:
+        """Queue one event in the real-time queue; it is processed within seconds."""
+        body = await read_body(request, MAX_EVENT_BODY_BYTES)
+        outcome = await run_in_threadpool(push, "rt", body, idempotency_key)
+        location = str(request.url_for("get_event", event_id=outcome[1]["id"]))
+        return respond(outcome, {"Location": location})
+
+    @router.post("/batchEvents", status_code=201, response_model=BatchAccepted,
+                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_BATCH_SCHEMA),
+                 summary=f"Push up to {MAX_BATCH_EVENTS} batch events (PushEvents)")
+    async def push_batch_events(request: Request,
+                                idempotency_key: IdempotencyKey = None) -> Any:
+        """Queue events in the batch queue, all or nothing: one bad event stores none and
+        the error names its index."""
+        body = await read_body(request, MAX_BATCH_BODY_BYTES)
+        return respond(await run_in_threadpool(push, "batch", body, idempotency_key), {})
+
+    def fetch(event_id: int) -> dict[str, Any] | None:
+        with engine().connect() as conn:
+            return events.get_event(conn, event_id)
+
+    @router.get("/events/{event_id}", response_model=EventOut,
+                responses={**_COMMON, 404: {"model": Problem, "description": "No such event."}},
+                summary="An event with its status and delivery outcome")
+    async def get_event(
+        event_id: Annotated[int, Path(ge=0, le=2**64 - 1,
+                                      description="Public id from the push response.")],
+    ) -> Any:
+        found = await run_in_threadpool(fetch, event_id)
+        if found is None:
+            raise HTTPException(404, f"event {event_id} not found")
+        return JSONResponse(found)
+
+    def check_health() -> tuple[int, dict[str, Any]]:
+        now = datetime.now(UTC)
+        stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        body: dict[str, Any] = {"checkedAt": stamp, "warningThreshold": limits.warning,
+                                "alertThreshold": limits.alert}
+        try:
+            with engine().connect() as conn:
+                depths = events.queue_depths(conn)
+        except OperationalError:
+            return 503, {"status": "error", "rtPending": None, "batchPending": None,
+                         "oldestRtPendingAgeSeconds": None,
+                         "oldestBatchPendingAgeSeconds": None,
+                         "message": f"Error / {stamp} / execution database unavailable",
+                         **body}
+        pending = depths["rt"].pending
+        status = ("alert" if pending >= limits.alert
+                  else "warning" if pending >= limits.warning else "ok")
+        word = {"ok": "Ok", "warning": "Warning", "alert": "Error"}[status]
+        return (503 if status == "alert" else 200), {
+            "status": status,
+            "message": f"{word} / {stamp} / {pending}/{limits.alert} pending events",
+            "rtPending": pending, "batchPending": depths["batch"].pending,
+            "oldestRtPendingAgeSeconds": depths["rt"].oldest_pending_age,
+            "oldestBatchPendingAgeSeconds": depths["batch"].oldest_pending_age,
+            **body,
+        }
+
+    health_deps = [] if public_health else [Depends(auth)]
+
+    @app.get("/v1/health", response_model=Health, dependencies=health_deps,
+             responses={**_COMMON, 503: {"model": Health,
+                                         "description": "Alert threshold reached."}},
+             summary="Queue depths against the warning/alert thresholds (ACC mcPing)")
+    async def health() -> Any:
+        """200 while due pending real-time events stay below the alert threshold, 503 from
+        it on (or when the database is unreachable)."""
+        status, body = await run_in_threadpool(check_health)
+        return JSONResponse(body, status_code=status)
+
+    app.include_router(router)
+    return app

@@ -1,0 +1,119 @@
+"""Mounts the Message Center push API on Airflow's API server under ``/message-center``.
+
+Served by the ``airflow api-server`` process users already run (``airflow standalone``
+included), documented at ``/message-center/docs``, authenticated exactly like Airflow's
+REST API: a Bearer token from ``POST /auth/token`` (or the UI's session cookie). No
+token, or a bad or expired one, is a 401.
+
+Airflow imports plugin files in every process, task runners included, so this module
+stays light: Airflow's API-server security module and the connection model are imported
+on the first request, not here.
+
+Settings (environment of the API server): ``MC_HEALTH_WARNING`` (default 100) and
+``MC_HEALTH_ALERT`` (default 400) pending real-time events; ``MC_HEALTH_PUBLIC=true``
+lets ``GET /message-center/v1/health`` answer without a token (for load balancers);
+``MC_API_GC_FREEZE=false`` (see ``FreezeGcOnFirstRequest``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from typing import Annotated, Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
+
+from message_center.api import create_app
+
+EXECUTION_CONN_ID = "mc_execution"
+CONNECTION_TTL_SECONDS = 60.0
+
+# The same schemes Airflow's get_user declares, so /docs offers the same login form.
+_oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+_bearer_scheme = HTTPBearer(auto_error=False)
+
+
+async def airflow_user(
+    request: Request,
+    oauth_token: Annotated[str | None, Depends(_oauth2_scheme)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Any:
+    """Airflow's ``get_user``; its 403 for an invalid token becomes a 401 here."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    try:
+        return await get_user(request, oauth_token, bearer)
+    except HTTPException as exc:
+        if exc.status_code in (401, 403):
+            detail = "Not authenticated" if exc.status_code == 401 else "Invalid token"
+            raise HTTPException(401, exc.detail if exc.status_code == 401 else detail,
+                                headers={"WWW-Authenticate": "Bearer"}) from None
+        raise
+
+
+class _ExecutionDatabaseUrl:
+    """The ``mc_execution`` connection's URL, looked up in the API server, kept a minute."""
+
+    def __init__(self, conn_id: str, ttl: float) -> None:
+        self.conn_id, self.ttl = conn_id, ttl
+        self._lock = threading.Lock()
+        self._cached: tuple[str, float] | None = None
+
+    def __call__(self) -> str:
+        cached = self._cached
+        if cached is not None and time.monotonic() - cached[1] < self.ttl:
+            return cached[0]
+        with self._lock:
+            from airflow.exceptions import AirflowNotFoundException
+            from airflow.models.connection import Connection
+
+            try:
+                conn = Connection.get_connection_from_secrets(self.conn_id)
+            except AirflowNotFoundException:
+                raise HTTPException(503, f"Airflow connection {self.conn_id!r} is not "
+                                         "defined on the API server") from None
+            url = str(conn.get_uri())
+            self._cached = (url, time.monotonic())
+            return url
+
+
+class FreezeGcOnFirstRequest:
+    """``gc.freeze()`` once, at the first push API request (the server is fully built then).
+
+    Airflow's API server holds ~600k long-lived objects; without this every full
+    collection triggered by a 1,000-event batch walks them all (~300 ms pauses, the p99).
+    Airflow freezes its DAG processor the same way. ``MC_API_GC_FREEZE=false`` turns it off.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.pending = os.environ.get("MC_API_GC_FREEZE", "true").strip().lower() not in (
+            "0", "false", "no")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.pending and scope["type"] == "http":
+            self.pending = False
+            gc.freeze()
+        await self.app(scope, receive, send)
+
+
+app = create_app(
+    airflow_user,
+    _ExecutionDatabaseUrl(EXECUTION_CONN_ID, CONNECTION_TTL_SECONDS),
+    public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
+)
+
+app.add_middleware(FreezeGcOnFirstRequest)
+
+
+class MessageCenterApiPlugin(AirflowPlugin):
+    """The push API (rtEvents, batchEvents, events, health) on the Airflow API server."""
+
+    name = "message_center_api"
+    fastapi_apps = [
+        {"app": app, "url_prefix": "/message-center", "name": "Message Center push API"},
+    ]
