@@ -1,0 +1,151 @@
+"""
+### Message Center archiving (ACC's mcSynch)
+
+Control instance. One DAG `mcSynch_<account>` per **enabled execution account** of the
+registry `dags/execution_accounts.yaml` (managed with `mc accounts add|list|test|remove`).
+Every hour it copies that execution instance's **real-time events, batch events and
+delivery logs** changed during the hour into the control archive (`archived_event`,
+`archived_delivery_log` on `mc_control`), keyed by (cell id, id), keeping the newest
+version of each row: a status that moved from Pending to Sent after it was archived is
+updated too.
+
+1. **check_instance** — connects to the account's database (its Airflow connection) and
+   checks its cell id; an unreachable instance fails this account's run with a clear
+   error and retries, other accounts are unaffected; a wrong cell id fails at once.
+2. **archive_events** / **archive_delivery_logs** — stream the rows in chunks (keyset
+   pages of the source, `COPY` into a staging table, one `INSERT ... ON CONFLICT` per
+   chunk); the log says how many rows of each kind were read, new, updated or already
+   up to date.
+
+Windows: a run covers its data interval `[start, end)` of `last_modified`, started
+`lookback_minutes` earlier (default 15) so a transaction that committed late is picked up,
+and no later than the newest row already archived (at most `catch_up_days` back, default
+7), so hours missed while the scheduler was down or the DAG paused are caught up. A
+**backfill** archives exactly its windows and nothing else:
+`mc airflow backfill create --dag-id mcSynch_<account> --from-date ... --to-date ...`.
+Re-running any run or backfill duplicates nothing and leaves the archive identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from mc_airflow.connections import DEFAULT_ARGS
+from message_center.registry import ExecutionAccount, load_registry, registry_path
+
+log = logging.getLogger(__name__)
+
+CONTROL_CONN_ID = "mc_control"
+LOOKBACK_MINUTES = int(os.environ.get("MC_ARCHIVE_LOOKBACK_MINUTES", "15"))
+CATCH_UP_DAYS = int(os.environ.get("MC_ARCHIVE_CATCH_UP_DAYS", "7"))
+REGISTRY = load_registry(registry_path(Path(__file__).with_name("execution_accounts.yaml")))
+
+
+def _account_doc(account: ExecutionAccount) -> str:
+    return (f"{__doc__}\n#### This account\n\n| | |\n| --- | --- |\n"
+            f"| Internal name | `{account.name}` |\n| Label | {account.label} |\n"
+            f"| Connection | `{account.conn_id}` |\n| Cell id | {account.cell_id} |\n"
+            f"| Schedule | `{account.cron}` (UTC) |\n| Registry | `{REGISTRY.path.name}` |\n")
+
+
+def _archive(account: ExecutionAccount, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Archive ``kinds`` for the current run's window; returns the counts (small XCom)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mc_airflow.connections import database_url
+    from message_center import archiving
+
+    context = get_current_context()
+    params = context["params"]
+    run_type = context["dag_run"].run_type
+    backfill = getattr(run_type, "value", run_type) == "backfill"
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None:  # a manual run without a logical date: up to now
+        end = pendulum.now("UTC")
+        start = end - timedelta(hours=1)
+    lookback = timedelta(0) if backfill else timedelta(minutes=int(params["lookback_minutes"]))
+    catch_up = None if backfill else timedelta(days=int(params["catch_up_days"]))
+    log.info("%s: %s window [%s, %s) lookback %s, catch-up %s", account.dag_id,
+             "backfill (exact)" if backfill else "incremental", start, end, lookback, catch_up)
+    try:
+        report = archiving.archive_window(
+            database_url(account.conn_id), database_url(CONTROL_CONN_ID), account.cell_id,
+            start, end, lookback=lookback, catch_up=catch_up, kinds=kinds,
+            name=f"account {account.name} (connection {account.conn_id})")
+    except archiving.CellIdMismatch as exc:
+        raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the registry
+    for count in report.counts.values():
+        log.info("%s (cell %s) %s", account.name, account.cell_id, count.summary())
+    return report.as_dict()
+
+
+def archiving_dag(account: ExecutionAccount) -> Any:
+    """The archiving DAG of one execution account."""
+
+    @dag(
+        dag_id=account.dag_id,
+        dag_display_name=account.dag_display_name,
+        description=(f"Archive {account.label} (cell {account.cell_id}, connection "
+                     f"{account.conn_id}) into the control instance"),
+        schedule=CronDataIntervalTimetable(account.cron, timezone="UTC"),
+        start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=False,
+        default_args=DEFAULT_ARGS,
+        doc_md=_account_doc(account),
+        tags=["message-center", "control", "archiving"],
+        params={
+            "lookback_minutes": Param(
+                LOOKBACK_MINUTES, type="integer", minimum=0, maximum=1440,
+                title="Lookback (minutes)",
+                description="Start this much before the window, for late commits."),
+            "catch_up_days": Param(
+                CATCH_UP_DAYS, type="integer", minimum=0, maximum=366,
+                title="Catch-up horizon (days)",
+                description="Also start at the newest archived row, at most this far back."),
+        },
+    )
+    def archiving() -> None:
+        @task(task_display_name="Check the execution instance")
+        def check_instance() -> dict[str, Any]:
+            """Reach the instance through its connection and check its cell id."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from mc_airflow.connections import database_url
+            from message_center import archiving as arch
+
+            try:
+                info = arch.check_instance(
+                    database_url(account.conn_id), account.cell_id,
+                    name=f"account {account.name} (connection {account.conn_id})")
+            except arch.CellIdMismatch as exc:
+                raise AirflowFailException(str(exc)) from exc
+            log.info("%s: %s is cell %s (PostgreSQL %s)", account.name, info.database,
+                     info.cell_id, info.server_version)
+            return {"cell_id": info.cell_id, "database": info.database}
+
+        @task(task_display_name="Archive events")
+        def archive_events() -> dict[str, Any]:
+            """Real-time and batch events changed in the window -> archived_event."""
+            return _archive(account, ("rt", "batch"))
+
+        @task(task_display_name="Archive delivery logs")
+        def archive_delivery_logs() -> dict[str, Any]:
+            """Delivery logs changed in the window -> archived_delivery_log."""
+            return _archive(account, ("delivery_log",))
+
+        check_instance() >> [archive_events(), archive_delivery_logs()]
+
+    return archiving()
+
+
+for _account in REGISTRY.enabled:
+    globals()[_account.dag_id] = archiving_dag(_account)
