@@ -8,6 +8,7 @@ variables, as Airflow resolves them in plain pytest and in ``dag.test()`` alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -161,8 +162,55 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
             time.sleep(1)
         yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path)
     finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        _stop_session(process)
+
+
+def _stop_session(process: subprocess.Popen[bytes]) -> None:
+    """Stop `airflow standalone` and every task process it started: tasks run in their own
+    process groups but stay in its session, so a group kill alone would leave them
+    running (and processing the test databases) after the suite."""
+    import psutil
+
+    def members() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == process.pid:
+                    found.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return found
+
+    for proc in members():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(30)
+    _, alive = psutil.wait_procs(members(), timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+# --- SMS gateway sink (processing): the `sms_gateway` connection points at it ---------
+os.environ.setdefault("MC_SMS_PORT", str(free_port()))
+os.environ["AIRFLOW_CONN_SMS_GATEWAY"] = json.dumps({
+    "conn_type": "http", "host": "127.0.0.1", "port": int(os.environ["MC_SMS_PORT"]),
+    "schema": "http", "extra": {"path": "/messages", "sender": "MsgCenter"},
+})
+
+
+@pytest.fixture(scope="session")
+def _sms_sink_session(tmp_path_factory: pytest.TempPathFactory):
+    from message_center.sms_sink import SmsSink
+
+    with SmsSink(tmp_path_factory.mktemp("sms"), port=int(os.environ["MC_SMS_PORT"])) as sink:
+        yield sink
+
+
+@pytest.fixture
+def sms_sink(_sms_sink_session):
+    """A real SMS gateway (HTTP, JSON) on loopback (the ``sms_gateway`` connection),
+    emptied per test; ``.script(to, "503", "always 400")`` scripts replies."""
+    _sms_sink_session.clear()
+    return _sms_sink_session
