@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg2
 
-from message_center import migrations
+from message_center import migrations, templates
 from message_center.embedded_pg import ensure_database
 from message_center.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
 
@@ -67,6 +67,7 @@ def prepare(deployment: Deployment) -> None:
         migrations.upgrade("execution", url)
         set_cell_id(url, cell_id)
     log("message center schemas are up to date")
+    log(templates.publish_to_deployment(deployment))
     deployment.write_password_file()
     deployment.mail_dir.mkdir(parents=True, exist_ok=True)
     airflow(deployment, "db", "migrate", quiet=True)
@@ -89,13 +90,19 @@ def run(deployment: Deployment) -> int:
         [sys.executable, "-m", "message_center.smtp_sink", "--port", str(deployment.smtp_port),
          "--mail-dir", str(deployment.mail_dir)], env=env,
     ))
+    # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
+    sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
+    children.append(subprocess.Popen(
+        [sys.executable, "-m", "message_center.sms_sink", "--port",
+         os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env,
+    ))
     children.append(subprocess.Popen(
         [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env,
         start_new_session=True,
     ))
     log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}  "
         f"login: {ADMIN_USER} / {deployment.admin_password()}")
-    log(f"Delivered e-mails are kept in {deployment.mail_dir}")
+    log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
     log("Press Ctrl-C to stop everything.")
 
     stopping = False

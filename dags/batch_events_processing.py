@@ -1,0 +1,166 @@
+"""
+### Processing batch events (`batchEventsProcessing`)
+
+Adobe Campaign's *Processing batch events* technical workflow: takes the **batch** event
+queue of this execution instance (`batch_event` in the `mc_execution` database) and turns
+due events into delivered messages, throughput first.
+
+Steps (task ids):
+
+1. `split_queue` - settles crashed work (see below), then claims due events (`pending`,
+   scheduled time and retry time passed) in routing batches with
+   `FOR UPDATE SKIP LOCKED` and deals them round robin into `shards` shards; events
+   already past their expiration become **Event expired**.
+2. `shard.link_templates` (one per shard, labelled *shard N*) - one SQL statement links
+   each event to the latest published template for its type and channel (**Pending
+   delivery**), or marks it **Event not taken into account** with the reason.
+3. `shard.render_and_deliver` (one per shard) - pages through the shard
+   `delivery_chunk` events at a time: writes the delivery log (the ledger), renders with
+   the sandboxed Jinja renderer, sends over one reused SMTP connection (`smtp_default`)
+   or the SMS gateway (`sms_gateway`), records each outcome.
+4. `update_event_status` - copies Sent / Ignored / Delivery failed from the delivery
+   logs onto the events (incremental, like `updateEventStatus`).
+
+Only `(claim token, shard)` travels between tasks; the claim lives on the event rows, so a
+retried task resumes its own shard. Transient delivery errors (SMTP 4xx, connection
+refused, timeouts) put the event back to **Pending** with exponential backoff; after
+`max_tries` attempts it becomes **Event expired**. Quarantined or missing addresses give
+**Ignored by the delivery**, permanent errors (SMTP 5xx, template errors) **Delivery failed**.
+
+**Exactly once.** A message is only sent after its delivery-log row moved to `sending`
+in a committed compare-and-set; two runs or a retried task never send it twice. If a
+worker dies while sending, the outcome of at most `delivery_chunk` messages is unknown:
+they are marked *Delivery failed (outcome unknown)* and **not resent** (never twice beats
+maybe twice); no event is lost, unsent ones are processed again when their claim lease
+runs out.
+
+**Operating it.** Runs every minute (one run at a time, no catch-up); each run drains up
+to `max_events_per_run` events, the next run continues. Trigger a run with other
+**params** (batch size, shards, ...) for a one-off drain. Shard tasks use the
+`mc_delivery` pool (concurrent SMTP connections). Watch progress in the mapped task
+labels (*shard N*) and their logs (counts per outcome).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task, task_group
+
+from mc_airflow.connections import DEFAULT_ARGS
+
+KIND = "batch"
+
+PARAMS = {
+    "routing_batch_size": Param(
+        10_000, type="integer", minimum=1, maximum=1_000_000, title="Routing batch size",
+        description="Events claimed per claim statement (one transaction)."),
+    "shards": Param(4, type="integer", minimum=1, maximum=64, title="Shards",
+                    description="Parallel delivery tasks the claimed events are split into."),
+    "max_events_per_run": Param(
+        200_000, type="integer", minimum=1, maximum=100_000_000, title="Max events per run",
+        description="Stop claiming after this many events; the next run continues."),
+    "delivery_chunk": Param(
+        100, type="integer", minimum=1, maximum=10_000, title="Delivery chunk",
+        description="Messages recorded per ledger transaction (bounds memory and the "
+                    "messages whose outcome can be unknown after a crash)."),
+    "max_tries": Param(5, type="integer", minimum=1, maximum=100, title="Max tries",
+                       description="Delivery attempts before a transiently failing event "
+                                   "expires."),
+    "retry_backoff_seconds": Param(
+        60, type="number", minimum=0, maximum=86_400, title="Retry backoff (s)",
+        description="First retry delay; doubles per attempt, capped at one hour."),
+    "claim_lease_seconds": Param(
+        1_800, type="integer", minimum=1, maximum=604_800, title="Claim lease (s)",
+        description="Claimed events whose worker died become due again after this long."),
+    "sending_timeout_seconds": Param(
+        600, type="integer", minimum=1, maximum=86_400, title="Sending timeout (s)",
+        description="A message still 'sending' after this long has an unknown outcome."),
+}
+
+
+@dag(
+    dag_id="batchEventsProcessing",
+    dag_display_name="Processing batch events",
+    description="Split, link, render and deliver the batch event queue (throughput first)",
+    schedule=timedelta(minutes=1),
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["message-center", "execution", "batch-events"],
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def batch_events_processing() -> None:
+    @task(task_display_name="Split the queue")
+    def split_queue() -> list[dict[str, Any]]:
+        """Recover crashed work, then claim due events into shards (ids stay in the DB)."""
+        from mc_airflow.delivery import execution_engine, processing_settings
+        from message_center.processing import recover
+        from message_center.processing import split_queue as split
+
+        settings = processing_settings(get_current_context()["params"])
+        engine = execution_engine()
+        recovered = recover(engine, settings, kinds=(KIND,))
+        claims = split(engine, KIND, settings)
+        print(f"recovered: {recovered.as_dict()}; claimed "
+              f"{sum(c.events for c in claims)} event(s) into {len(claims)} shard(s)")
+        return [claim.to_xcom() for claim in claims]
+
+    @task(task_display_name="Link to templates", map_index_template="{{ shard_label }}")
+    def link_templates(claim: dict[str, Any]) -> dict[str, Any]:
+        """One set-based statement: (event type, channel) -> latest published template."""
+        from mc_airflow.delivery import execution_engine
+        from message_center.processing import ShardClaim, link
+
+        shard = ShardClaim.from_xcom(claim)
+        get_current_context()["shard_label"] = f"shard {shard.shard}"  # type: ignore[literal-required]
+        stats = link(execution_engine(), shard)
+        print(f"shard {shard.shard}: linked {stats.linked}, not taken into account "
+              f"{stats.not_taken}, expired {stats.expired}")
+        return claim
+
+    @task(task_display_name="Render and deliver", map_index_template="{{ shard_label }}",
+          pool="mc_delivery")
+    def render_and_deliver(claim: dict[str, Any]) -> dict[str, int]:
+        """Ledger, render, send, record - chunk by chunk over one SMTP connection."""
+        from mc_airflow.delivery import (
+            StopSignal,
+            execution_engine,
+            open_channels,
+            processing_settings,
+        )
+        from message_center.processing import ShardClaim, deliver_shard
+
+        context = get_current_context()
+        shard = ShardClaim.from_xcom(claim)
+        context["shard_label"] = f"shard {shard.shard}"  # type: ignore[literal-required]
+        settings = processing_settings(context["params"])
+        # StopSignal: SIGTERM or a lost supervisor ends the shard cleanly.
+        with StopSignal() as should_stop, open_channels(KIND) as channels:
+            stats = deliver_shard(execution_engine(), shard, settings, channels,
+                                  copy_status=False, should_stop=should_stop)
+        print(f"shard {shard.shard}: {stats.as_dict()}")
+        return stats.as_dict()
+
+    @task_group(group_id="shard")
+    def process_shard(claim: dict[str, Any]) -> None:
+        render_and_deliver(link_templates(claim))
+
+    @task(task_display_name="Update event status", trigger_rule="all_done")
+    def update_event_status() -> dict[str, int]:
+        """Copy final delivery outcomes onto the events (runs even if a shard failed)."""
+        from mc_airflow.delivery import execution_engine
+        from message_center.status_sync import sync_event_statuses
+
+        stats = sync_event_statuses(execution_engine())
+        print(f"copied {stats.copied} in {stats.batches} batch(es)")
+        return stats.copied
+
+    process_shard.expand(claim=split_queue()) >> update_event_status()
+
+
+batch_events_processing()

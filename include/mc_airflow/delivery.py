@@ -1,0 +1,139 @@
+"""Airflow glue for processing: connections -> delivery settings, params -> settings.
+
+The domain (:mod:`message_center.processing`, :mod:`message_center.delivery`) takes
+plain dataclasses; this module is the only place that reads Airflow connections for it.
+
+* ``smtp_default`` (type ``smtp``): host, port, login, password; extras as the Airflow
+  SMTP provider reads them: ``disable_ssl`` (default false: implicit TLS),
+  ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout``.
+* ``sms_gateway`` (type ``http``): schema (http/https), host, port, login/password
+  (Basic auth; a password without login is sent as a Bearer token); extras ``path``
+  (default ``/messages``), ``sender``, ``timeout``. Optional: without it SMS messages
+  are retried and eventually expire, e-mail is unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import Engine
+
+from mc_airflow.connections import database_url
+from message_center.db import engine_for
+from message_center.delivery.channels import Channels
+from message_center.delivery.sms import SmsSettings
+from message_center.delivery.smtp import DEFAULT_FROM, SmtpSettings
+from message_center.processing.settings import ProcessingSettings
+
+EXECUTION_CONN_ID = "mc_execution"
+SMTP_CONN_ID = "smtp_default"
+SMS_CONN_ID = "sms_gateway"
+
+
+def _flag(extra: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    value = extra.get(name, default)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _get_connection(conn_id: str) -> Any:
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id)
+
+
+def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
+    """Settings from the SMTP connection (a missing connection fails the task: e-mail is
+    the main channel, and the claimed events wait for their lease to run out)."""
+    conn = _get_connection(conn_id)
+    extra = conn.extra_dejson or {}
+    use_ssl = not _flag(extra, "disable_ssl")
+    starttls = not _flag(extra, "disable_tls") and not use_ssl
+    return SmtpSettings(
+        host=conn.host or "localhost",
+        port=int(conn.port or (465 if use_ssl else 587 if starttls else 25)),
+        login=conn.login or None,
+        password=conn.password or None,
+        use_ssl=use_ssl,
+        starttls=starttls,
+        from_email=str(extra.get("from_email") or DEFAULT_FROM),
+        timeout=float(extra.get("timeout") or 30),
+    )
+
+
+def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:
+    """Settings from the SMS gateway connection, or ``None`` when it does not exist."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = _get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    extra = conn.extra_dejson or {}
+    scheme = conn.schema if conn.schema in ("http", "https") else "http"
+    port = f":{conn.port}" if conn.port else ""
+    return SmsSettings(
+        base_url=f"{scheme}://{conn.host or 'localhost'}{port}",
+        path=str(extra.get("path") or "/messages"),
+        sender=extra.get("sender"),
+        login=conn.login or None,
+        password=conn.password or None,
+        timeout=float(extra.get("timeout") or 10),
+    )
+
+
+def execution_engine() -> Engine:
+    """The pooled engine of this deployment's execution database."""
+    return engine_for(database_url(EXECUTION_CONN_ID))
+
+
+def open_channels(kind: str) -> Channels:
+    """The senders of one shard, configured from the Airflow connections."""
+    return Channels(smtp_settings(), sms_settings(), kind=kind)
+
+
+def processing_settings(params: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
+    """Validated settings from a run's params (a bad value fails with its name)."""
+    return ProcessingSettings.from_mapping(params, **defaults)
+
+
+class StopSignal:
+    """``should_stop`` for the processing loops, installed in the task process.
+
+    Airflow 3's task runner only calls ``on_kill()`` on SIGTERM (the supervisor SIGKILLs
+    later), and a task process whose supervisor died keeps running on its own. A
+    real-time shard loops for an hour, so it must notice both and stop cleanly: SIGTERM
+    (task marked failed/success, run stopped, worker shutting down) sets a flag, and a
+    changed parent pid means the supervisor is gone. Either way the shard finishes the
+    message in hand, records it and gives its other events back to the queue.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._parent = os.getppid()
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def __call__(self) -> bool:
+        return self._stop.is_set() or os.getppid() != self._parent
+
+    def __enter__(self) -> StopSignal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Put the previous SIGTERM handler back (``dag.test()`` runs tasks in-process)."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None

@@ -1,0 +1,275 @@
+"""The delivery log as a ledger: the one place that decides whether a message may be sent.
+
+Every message goes through three committed steps::
+
+    1. start_sending   INSERT ... ON CONFLICT DO UPDATE ... WHERE status IN (queued, retry)
+                       -> the row is 'sending' (or 'ignored': quarantine, no address)
+    2. (send over SMTP / the SMS gateway)
+    3. finalize        UPDATE ... WHERE status = 'sending'
+                       -> 'sent' | 'failed' | 'retry' (event back to pending, backoff)
+
+Step 1 is a compare-and-set on the ledger row (one row per event, unique on
+``(event_kind, event_id)``): of two runs, two workers or a retried task racing for the
+same event, exactly one moves the row to ``sending``; the others get nothing back and
+do not send. A message is therefore never sent twice by the Message Center.
+
+**Unknown outcome after a crash.** A worker that dies between steps 1 and 3 leaves rows
+in ``sending``: the message may or may not have reached the provider. We choose
+*never send twice*: :func:`recover_unknown_outcomes` marks such rows ``failed`` with the
+reason "outcome unknown ..." (the Message-ID / SMS reference derived from the row id
+tells where to look at the provider) and copies that onto the event; it does not
+resend. At most ``delivery_chunk`` messages per crashed shard can be in this state.
+Events that had not reached step 1 are not lost: their claim lease runs out and they
+are processed again. A shard that is asked to stop (SIGTERM) or that runs out of time
+finishes the message in hand and gives the rest back, leaving nothing unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from message_center.delivery.outcome import Outcome
+from message_center.ids import NEXT_ID_SQL
+from message_center.processing.queue import ShardClaim
+from message_center.processing.settings import ProcessingSettings
+from message_center.statuses import event_table
+
+UNKNOWN_OUTCOME = (
+    "outcome unknown: the worker stopped while this message was being sent; it is not "
+    "sent again so that the recipient never gets it twice (look it up at the provider: "
+    "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
+)
+
+# Event columns a template may use, plus the linked template's parts.
+_SEND_COLUMNS = """
+    e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id, e.language, e.country,
+    e.origin, e.ctx, e.scheduled, e.expiration, e.created,
+    t.id AS published_id, t.sender, t.subject, t.html_body, t.text_body, t.sms_body
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One ledger row moved to ``sending`` by this worker: it is ours to send."""
+
+    log_id: int
+    event_id: int
+    attempts: int
+    channel: str
+    address: str
+    template_name: str | None
+    template_version: int | None
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Started:
+    to_send: list[Attempt]
+    ignored_log_ids: list[int]
+    # Chunk events whose ledger row was not ours to arm (in flight elsewhere or final).
+    skipped_event_ids: list[int]
+    # The highest event id of the chunk (where the next chunk starts); None: shard done.
+    last_id: int | None
+
+
+def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -> Started:
+    """Step 1 for the next chunk: the shard's next ``limit`` linked events after id
+    ``after`` (keyset paging on the claim index); their ledger rows are created or
+    re-armed (see module doc).
+
+    Quarantined and missing addresses are decided here, set-based, and written as
+    final ``ignored`` rows. The caller must commit before sending anything.
+    """
+    table = event_table(claim.kind)
+    rows = conn.execute(text(f"""
+        WITH chunk AS MATERIALIZED (
+            SELECT e.id, e.wished_channel AS channel, e.template_name, e.template_version,
+                   nullif(btrim(CASE WHEN e.wished_channel = 'sms' THEN e.mobile_phone
+                                     ELSE e.email END), '') AS address
+            FROM {table} e
+            WHERE e.claim_token = :token AND e.claim_shard = :shard
+              AND e.status = 'pending_delivery' AND e.id > :after
+            ORDER BY e.id LIMIT :limit
+        ), decided AS MATERIALIZED (
+            SELECT c.*, CASE
+                WHEN c.address IS NULL THEN format('no %s address on the event',
+                    CASE WHEN c.channel = 'sms' THEN 'mobile phone' ELSE 'email' END)
+                WHEN EXISTS (SELECT 1 FROM quarantine q WHERE q.channel = c.channel
+                             AND q.address IN (c.address, lower(c.address)))
+                    THEN 'address is in quarantine'
+                END AS ignore_reason
+            FROM chunk c
+        ), marked AS (
+            INSERT INTO delivery_log AS d (id, event_kind, event_id, template_name,
+                template_version, channel, address, status, attempts, error, sending_started)
+            SELECT {NEXT_ID_SQL}, :kind, id, template_name, template_version, channel, address,
+                   CASE WHEN ignore_reason IS NULL THEN 'sending' ELSE 'ignored' END,
+                   CASE WHEN ignore_reason IS NULL THEN 1 ELSE 0 END,
+                   ignore_reason,
+                   CASE WHEN ignore_reason IS NULL THEN clock_timestamp() END
+            FROM decided
+            ON CONFLICT (event_kind, event_id) DO UPDATE SET
+                status = EXCLUDED.status, attempts = d.attempts + EXCLUDED.attempts,
+                error = EXCLUDED.error, address = EXCLUDED.address,
+                template_name = EXCLUDED.template_name,
+                template_version = EXCLUDED.template_version,
+                sending_started = EXCLUDED.sending_started
+            WHERE d.status IN ('queued', 'retry')
+            RETURNING d.id, d.event_id, d.status, d.attempts, d.channel, d.address,
+                      d.template_name, d.template_version
+        )
+        SELECT c.id AS chunk_event_id, m.id AS log_id, m.event_id, m.status AS log_status,
+               m.attempts, m.channel, m.address, m.template_name, m.template_version,
+               {_SEND_COLUMNS}
+        FROM chunk c
+        LEFT JOIN marked m ON m.event_id = c.id
+        LEFT JOIN {table} e ON e.id = m.event_id
+        LEFT JOIN published_template t
+               ON t.internal_name = m.template_name AND t.version = m.template_version
+        ORDER BY c.id
+    """), {"after": after, "limit": limit, "token": claim.token, "shard": claim.shard,
+           "kind": claim.kind}).mappings().all()
+    to_send: list[Attempt] = []
+    ignored: list[int] = []
+    skipped: list[int] = []
+    for row in rows:
+        if row["log_id"] is None:
+            skipped.append(int(row["chunk_event_id"]))
+        elif row["log_status"] == "ignored":
+            ignored.append(int(row["log_id"]))
+        else:
+            to_send.append(Attempt(
+                log_id=int(row["log_id"]), event_id=int(row["event_id"]),
+                attempts=int(row["attempts"]), channel=row["channel"],
+                address=row["address"], template_name=row["template_name"],
+                template_version=row["template_version"], row=dict(row)))
+    last_id = int(rows[-1]["chunk_event_id"]) if rows else None
+    return Started(to_send, ignored, skipped, last_id)
+
+
+@dataclass(frozen=True)
+class Finalized:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    expired: int = 0
+    final_log_ids: tuple[int, ...] = ()
+
+
+def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outcome]],
+             settings: ProcessingSettings) -> Finalized:
+    """Step 3 for a chunk: record each outcome; transient ones are rescheduled.
+
+    A transient failure puts the event back to ``pending`` with ``error_count + 1`` and
+    ``next_attempt = now() + backoff`` (the ledger row stays, in ``retry``, so the next
+    attempt re-arms the same row and keeps the same Message-ID). After ``max_tries``
+    attempts the ledger row becomes ``failed`` and the event ``expired``.
+    """
+    if not results:
+        return Finalized()
+    log_ids, statuses, errors, providers = [], [], [], []
+    retry_events: list[int] = []
+    retry_delays: list[float] = []
+    retry_errors: list[str] = []
+    retry_logs: list[int] = []
+    give_up: list[bool] = []
+    counts = {"sent": 0, "failed": 0, "retry": 0, "expired": 0}
+    final_ids: list[int] = []
+    for attempt, outcome in results:
+        status, error = outcome.status, outcome.error
+        if status == "retry":
+            exhausted = attempt.attempts >= settings.max_tries
+            retry_events.append(attempt.event_id)
+            retry_logs.append(attempt.log_id)
+            retry_delays.append(settings.backoff_seconds(attempt.attempts))
+            give_up.append(exhausted)
+            if exhausted:
+                error = f"gave up after {attempt.attempts} attempts: {error}"
+                status = "failed"
+                counts["expired"] += 1
+            else:
+                counts["retry"] += 1
+            retry_errors.append(error or "")
+        else:
+            counts[status] += 1
+            final_ids.append(attempt.log_id)
+        log_ids.append(attempt.log_id)
+        statuses.append(status)
+        errors.append(error)
+        providers.append(outcome.provider_id)
+    conn.execute(text("""
+        UPDATE delivery_log d SET
+            status = v.status, error = v.error, provider_id = coalesce(v.provider_id,
+                                                                      d.provider_id),
+            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+                    CAST(:errors AS text[]), CAST(:providers AS text[]))
+             AS v(id, status, error, provider_id)
+        WHERE d.id = v.id AND d.status = 'sending'
+    """), {"ids": log_ids, "statuses": statuses, "errors": errors, "providers": providers})
+    if retry_events:
+        conn.execute(text(f"""
+            UPDATE {event_table(kind)} e SET
+                status = CASE WHEN v.give_up THEN 'expired' ELSE 'pending' END,
+                error_count = e.error_count + 1,
+                next_attempt = now() + make_interval(secs => v.delay),
+                processed = CASE WHEN v.give_up THEN now() ELSE e.processed END,
+                error_reason = v.error,
+                delivery_log_id = v.log_id,
+                claim_token = NULL, claim_shard = NULL
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
+                        CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
+                        CAST(:errors AS text[])) AS v(id, log_id, delay, give_up, error)
+            WHERE e.id = v.id AND e.status = 'pending_delivery'
+        """), {"ids": retry_events, "logs": retry_logs, "delays": retry_delays,
+               "give_up": give_up, "errors": retry_errors})
+    return Finalized(sent=counts["sent"], failed=counts["failed"], retried=counts["retry"],
+                     expired=counts["expired"], final_log_ids=tuple(final_ids))
+
+
+def release_unsent(conn: Connection, kind: str, attempts: Sequence[Attempt]) -> int:
+    """Give back rows armed but never handed to a provider (the worker is stopping): the
+    ledger row returns to ``retry`` without counting an attempt and the event is due
+    again at once, so a graceful stop leaves no unknown outcome behind."""
+    if not attempts:
+        return 0
+    log_ids = [a.log_id for a in attempts]
+    released = list(conn.execute(text("""
+        UPDATE delivery_log SET status = 'retry', attempts = attempts - 1,
+               error = 'not attempted: the worker stopped before sending it'
+        WHERE id = ANY(:ids) AND status = 'sending'
+        RETURNING event_id
+    """), {"ids": log_ids}).scalars())
+    if released:
+        conn.execute(text(f"""
+            UPDATE {event_table(kind)} SET status = 'pending', next_attempt = now(),
+                   claim_token = NULL, claim_shard = NULL
+            WHERE id = ANY(:ids) AND status = 'pending_delivery'
+        """), {"ids": released})
+    return len(released)
+
+
+def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
+                             claim: ShardClaim | None = None) -> list[int]:
+    """Mark ``sending`` rows of dead workers ``failed`` (outcome unknown); never resend.
+
+    A row qualifies when it has been ``sending`` for longer than ``older_than_seconds``,
+    or - given ``claim`` - when it belongs to that shard's claim: a shard task that
+    starts again (Airflow retry) knows its previous try is gone. Returns the log ids.
+    """
+    params: dict[str, Any] = {"age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}
+    where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
+    if claim is not None:
+        where = (f"({where}) OR (event_kind = :kind AND event_id IN ("
+                 f"SELECT id FROM {event_table(claim.kind)} WHERE claim_token = :token "
+                 "AND claim_shard = :shard AND status = 'pending_delivery'))")
+        params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
+    return list(conn.execute(text(f"""
+        UPDATE delivery_log SET status = 'failed', error = :reason
+        WHERE status = 'sending' AND ({where})
+        RETURNING id
+    """), params).scalars())

@@ -1,0 +1,103 @@
+"""SMS through an HTTP gateway: one JSON POST per message over a reused HTTP connection.
+
+The gateway contract (what :mod:`message_center.sms_sink` implements, and what an
+adapter in front of a real SMS provider must accept)::
+
+    POST <base url><path>            (default path: /messages)
+    Content-Type: application/json
+    Idempotency-Key: mc-<delivery log id>
+    Authorization: Basic ... (connection login/password) or Bearer <password> (no login)
+
+    {"to": "+33612345678", "from": "ACME", "text": "Your code is 1234",
+     "reference": "mc-<delivery log id>"}
+
+    2xx  {"id": "<provider message id>", ...}   -> sent (provider id recorded)
+    408, 425, 429, 5xx, timeout, refused        -> transient: retried later
+    any other 4xx                               -> permanent: failed
+
+HTTP status semantics are used as HTTP defines them: a 5xx from a gateway is a server
+problem that usually heals, so it is retried (unlike a 5xx SMTP reply, which is a final
+refusal). ``reference``/``Idempotency-Key`` stay the same on every attempt, so a gateway
+that deduplicates never sends a retried message twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from message_center.delivery.outcome import Outcome
+from message_center.ids import to_public
+
+TRANSIENT_HTTP = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    """Where the SMS gateway is; built from the ``sms_gateway`` connection."""
+
+    base_url: str
+    path: str = "/messages"
+    sender: str | None = None
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"SMS gateway: base url {self.base_url!r} is not http(s)")
+        if not self.path.startswith("/"):
+            raise ValueError(f"SMS gateway: path {self.path!r} must start with '/'")
+        if self.timeout <= 0:
+            raise ValueError("SMS gateway: timeout must be positive")
+
+
+def reference(log_id: int) -> str:
+    return f"mc-{to_public(log_id)}"
+
+
+class SmsSender:
+    """Posts SMS to the gateway with one pooled ``httpx.Client`` (keep-alive)."""
+
+    def __init__(self, settings: SmsSettings) -> None:
+        self.settings = settings
+        auth: httpx.Auth | None = None
+        headers = {"User-Agent": "message-center"}
+        if settings.login:
+            auth = httpx.BasicAuth(settings.login, settings.password or "")
+        elif settings.password:
+            headers["Authorization"] = f"Bearer {settings.password}"
+        self._client = httpx.Client(base_url=settings.base_url, auth=auth, headers=headers,
+                                    timeout=settings.timeout)
+
+    def __enter__(self) -> SmsSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, *, log_id: int, to: str, text: str, sender: str | None = None) -> Outcome:
+        ref = reference(log_id)
+        body = {"to": to, "from": sender or self.settings.sender, "text": text,
+                "reference": ref}
+        try:
+            response = self._client.post(self.settings.path, json=body,
+                                         headers={"Idempotency-Key": ref})
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(f"SMS gateway timeout: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return Outcome.retry(f"SMS gateway unreachable: {type(exc).__name__}: {exc}")
+        if response.is_success:
+            try:
+                provider_id = str(response.json().get("id") or ref)
+            except (ValueError, AttributeError):
+                provider_id = ref
+            return Outcome.sent(provider_id)
+        error = f"SMS gateway answered {response.status_code}: {response.text[:300]}"
+        if response.status_code in TRANSIENT_HTTP or response.status_code >= 500:
+            return Outcome.retry(error)
+        return Outcome.failed(error)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,295 @@
+"""Email over SMTP: one reused connection per shard, multipart text + HTML, stable Message-ID.
+
+A shard sends thousands of messages; opening a connection (and TLS, and AUTH) per
+message would cost more than the messages themselves, so :class:`SmtpSender` keeps one
+connection open and reconnects only after the server dropped it. The conversation is
+driven command by command (MAIL, RCPT, DATA) rather than through ``sendmail`` so that
+each refusal is classified by its own reply code: 4xx is retried later, 5xx fails.
+
+The Message-ID is derived from the delivery-log id, so every attempt of one message
+carries the same id (receivers can deduplicate, operators can grep the mail server log).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import secrets
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.header import Header
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
+
+from message_center.delivery.outcome import Outcome, smtp_reply_outcome
+from message_center.ids import to_public
+
+DEFAULT_FROM = "Message Center <no-reply@message-center.local>"
+# After a failed connection attempt, fail the next messages fast instead of waiting for a
+# new connect timeout per message (they are retried later anyway).
+RECONNECT_PAUSE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and how to submit email; built from the ``smtp_default`` connection."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    use_ssl: bool = False  # implicit TLS (SMTPS, usually port 465)
+    starttls: bool = False  # upgrade a plain connection with STARTTLS (usually port 587)
+    from_email: str = DEFAULT_FROM
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("SMTP settings: host is empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"SMTP settings: port {self.port} is not a TCP port")
+        if self.use_ssl and self.starttls:
+            raise ValueError("SMTP settings: choose implicit TLS (ssl) or STARTTLS, not both")
+        if self.timeout <= 0:
+            raise ValueError("SMTP settings: timeout must be positive")
+
+
+@lru_cache(maxsize=256)
+def _domain(sender: str) -> str:
+    return parseaddr(sender)[1].rpartition("@")[2] or "message-center.local"
+
+
+def message_id(log_id: int, sender: str) -> str:
+    """``<mc.<public delivery-log id>@<sender domain>>``: the same for every attempt."""
+    return f"<mc.{to_public(log_id)}@{_domain(sender)}>"
+
+
+def compose_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
+                  html: str | None, text: str | None,
+                  headers: dict[str, str] | None = None) -> EmailMessage:
+    """A ready-to-send message: text/plain and text/html as alternatives when both exist."""
+    if html is None and text is None:
+        raise ValueError("the template has neither an HTML nor a text body")
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = (subject or "").replace("\r", " ").replace("\n", " ")
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = message_id(log_id, sender)
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    if text is not None and html is not None:
+        msg.set_content(text)
+        msg.add_alternative(html, subtype="html")
+    elif html is not None:
+        msg.set_content(html, subtype="html")
+    else:
+        msg.set_content(text or "")
+    return msg
+
+
+CRLF = "\r\n"
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+MAX_LINE = 998
+
+
+def _header_value(value: str) -> str:
+    """A header value on one logical line, RFC 2047-encoded when it is not plain ASCII.
+    CR/LF are removed first: a template or an event must never inject a header."""
+    value = _LINE_BREAKS.sub(" ", value)
+    if value.isascii() and len(value) <= 900:
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep=CRLF)
+
+
+_PLAIN_ADDRESS_SPECIALS = frozenset('<>()[]\\,;:"\r\n \t')
+
+
+@lru_cache(maxsize=256)
+def _formatted_address(value: str) -> str:
+    name, address = parseaddr(value.replace("\r", " ").replace("\n", " "))
+    return formataddr((name, address), charset="utf-8")
+
+
+def _address_value(value: str) -> str:
+    """A From/To header value; a bare ASCII address (the usual recipient) is used as is."""
+    if value.isascii() and not _PLAIN_ADDRESS_SPECIALS.intersection(value):
+        return value
+    return _formatted_address(value)
+
+
+def _body_part(content: str, subtype: str) -> str:
+    """Headers and body of one text part: 7bit when plain ASCII with short lines, else
+    quoted-printable (readable, and safe for any SMTP server); CRLF line ends."""
+    text = content.replace("\r\n", "\n").replace("\r", "\n")
+    if text.isascii() and all(len(line) <= MAX_LINE for line in text.split("\n")):
+        encoding, payload = "7bit", text
+    else:
+        encoding = "quoted-printable"
+        payload = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
+    return (f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
+            f"Content-Transfer-Encoding: {encoding}{CRLF}{CRLF}"
+            + payload.replace("\n", CRLF))
+
+
+def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
+                html: str | None, text: str | None,
+                headers: dict[str, str] | None = None) -> tuple[str, bytes]:
+    """The message as SMTP DATA bytes (CRLF), and its Message-ID.
+
+    Written by hand rather than with :class:`email.message.EmailMessage`: the delivery
+    builds one message per event, and the ``email`` package's header objects cost more
+    than the SMTP exchange itself. The output is plain RFC 5322/2045 (checked against
+    the ``email`` parser in the tests): multipart/alternative with the text part first.
+    """
+    if html is None and text is None:
+        raise ValueError("the template has neither an HTML nor a text body")
+    mid = message_id(log_id, sender)
+    lines = [
+        f"From: {_address_value(sender)}",
+        f"To: {_address_value(recipient)}",
+        f"Subject: {_header_value(subject or '')}",
+        f"Date: {formatdate(localtime=False)}",
+        f"Message-ID: {mid}",
+        "MIME-Version: 1.0",
+    ]
+    lines += [f"{name}: {_header_value(value)}" for name, value in (headers or {}).items()]
+    if html is not None and text is not None:
+        boundary = f"=_mc_{to_public(log_id)}_{secrets.token_hex(8)}"
+        lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+        body = CRLF.join(["", f"--{boundary}", _body_part(text, "plain"), f"--{boundary}",
+                          _body_part(html, "html"), f"--{boundary}--", ""])
+        message = CRLF.join(lines) + CRLF + body
+    else:
+        message = CRLF.join(lines) + CRLF + (
+            _body_part(html, "html") if html is not None else _body_part(text or "", "plain"))
+    return mid, message.encode("utf-8")
+
+
+@lru_cache(maxsize=256)
+def envelope_address(header_value: str) -> str:
+    """The bare address of a ``Name <address>`` header value (the SMTP envelope wants it)."""
+    address = parseaddr(header_value)[1]
+    if "@" not in address:
+        raise ValueError(f"not an email address: {header_value!r}")
+    Address(addr_spec=address)  # raises on malformed addresses
+    return address
+
+
+class SmtpSender:
+    """Sends messages over one SMTP connection, opened on first use and reused.
+
+    Not thread-safe: a shard owns one sender. ``close()`` (or the context manager) ends
+    the session politely with QUIT.
+    """
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._smtp: smtplib.SMTP | None = None
+        self._down_until = 0.0
+        self._down_error = ""
+
+    def __enter__(self) -> SmtpSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        smtp: smtplib.SMTP
+        if s.use_ssl:
+            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
+                                    context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            if s.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if s.login:
+                smtp.login(s.login, s.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is None:
+            if time.monotonic() < self._down_until:
+                raise ConnectionError(self._down_error)
+            try:
+                self._smtp = self._connect()
+            except (OSError, smtplib.SMTPException) as exc:
+                self._down_until = time.monotonic() + RECONNECT_PAUSE_SECONDS
+                self._down_error = (f"cannot connect to SMTP server {self.settings.host}:"
+                                    f"{self.settings.port}: {exc}")
+                raise ConnectionError(self._down_error) from exc
+        return self._smtp
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            finally:
+                self._smtp = None
+
+    def send(self, message: EmailMessage, envelope_from: str, recipient: str) -> Outcome:
+        """Submit an :class:`EmailMessage` (serialised with CRLF line ends)."""
+        data = message.as_bytes(policy=email_policy.SMTP)
+        return self.send_bytes(data, message["Message-ID"], envelope_from, recipient)
+
+    def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
+                   recipient: str) -> Outcome:
+        """Submit ready DATA bytes to ``recipient``; never raises for delivery problems.
+
+        A connection lost before the server answered DATA counts as transient: SMTP
+        only takes responsibility for a message with its final 250 reply.
+        """
+        try:
+            smtp = self._connection()
+        except ConnectionError as exc:
+            return Outcome.retry(str(exc))
+        try:
+            code, reply = smtp.mail(envelope_from)
+            if code != 250:
+                self._reset(smtp)
+                return smtp_reply_outcome("MAIL FROM", code, reply)
+            code, reply = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                self._reset(smtp)
+                return smtp_reply_outcome("RCPT TO", code, reply)
+            code, reply = smtp.data(data)
+            if code != 250:
+                if code == 421:
+                    self._drop()
+                return smtp_reply_outcome("DATA", code, reply)
+            return Outcome.sent(message_id)
+        except smtplib.SMTPResponseException as exc:
+            # Raised for 421 (server closing) and AUTH problems: the connection is gone.
+            self._drop()
+            return smtp_reply_outcome("session", exc.smtp_code, exc.smtp_error)
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return Outcome.retry(f"SMTP connection lost: {type(exc).__name__}: {exc}")
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        try:
+            smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            finally:
+                self._drop()

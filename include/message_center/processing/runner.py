@@ -1,0 +1,228 @@
+"""Putting the steps together: deliver a shard, run a real-time shard loop, maintenance.
+
+Memory stays bounded by ``delivery_chunk``: a shard pages through its claimed events by
+id (keyset), arms one chunk in the ledger, sends it, records it, and moves on. No step
+reads a whole queue or a whole shard into Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Connection, Engine
+
+from message_center.delivery.channels import Channels
+from message_center.delivery.ledger import (
+    Attempt,
+    finalize,
+    recover_unknown_outcomes,
+    release_unsent,
+    start_sending,
+)
+from message_center.delivery.outcome import Outcome
+from message_center.processing.notify import NOTIFY_CHANNELS, Listener
+from message_center.processing.queue import (
+    ShardClaim,
+    claim_due,
+    link_shard,
+    new_token,
+    release_claim,
+    release_stale_claims,
+    renew_lease,
+)
+from message_center.processing.settings import ProcessingSettings
+from message_center.status_sync import copy_statuses, copy_statuses_for_events
+from message_center.statuses import EVENT_KINDS
+
+log = logging.getLogger(__name__)
+MIN_ID = -(1 << 63)
+# Asked between messages and rounds: True means "stop soon, cleanly" (SIGTERM from the
+# scheduler, the supervising process gone, ...). The Airflow layer provides it.
+StopCheck = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class ShardStats:
+    claimed: int = 0
+    linked: int = 0
+    not_taken: int = 0
+    expired: int = 0
+    sent: int = 0
+    failed: int = 0
+    ignored: int = 0
+    retried: int = 0
+    unknown: int = 0
+    released: int = 0
+    chunks: int = 0
+
+    def add(self, other: ShardStats) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...] = EVENT_KINDS,
+            claim: ShardClaim | None = None) -> ShardStats:
+    """Crash recovery, cheap enough to run at every split and every few seconds:
+    unknown outcomes are settled (failed, never resent) and copied onto their events;
+    linked events whose worker died before delivering go back to pending."""
+    stats = ShardStats()
+    with engine.begin() as conn:
+        unknown = recover_unknown_outcomes(
+            conn, older_than_seconds=settings.sending_timeout_seconds, claim=claim)
+        for kind in EVENT_KINDS:
+            copy_statuses(conn, kind, unknown)
+        stats.unknown = len(unknown)
+    for kind in kinds:
+        with engine.begin() as conn:
+            stats.released += release_stale_claims(conn, kind)
+    if stats.unknown or stats.released:
+        log.warning("recovery: %d message(s) with an unknown outcome marked failed (not "
+                    "resent), %d stale claim(s) released", stats.unknown, stats.released)
+    return stats
+
+
+def link(engine: Engine, claim: ShardClaim) -> ShardStats:
+    with engine.begin() as conn:
+        result = link_shard(conn, claim)
+    return ShardStats(linked=result.linked, not_taken=result.not_taken, expired=result.expired)
+
+
+def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
+                  channels: Channels, *, copy_status: bool, recover_own: bool = True,
+                  should_stop: StopCheck = _never) -> ShardStats:
+    """Render and deliver every linked event of the shard, chunk by chunk (ledger steps
+    1-2-3 of :mod:`message_center.delivery.ledger`).
+
+    One transaction per chunk records the previous chunk's outcomes and arms the next
+    chunk (one commit per chunk: the ledger costs little next to the SMTP exchanges).
+    ``copy_status`` copies final outcomes onto the events in that same transaction
+    (real time); otherwise ``updateEventStatus`` does it. ``recover_own`` first settles
+    ``sending`` rows left by a previous try of this same shard (a task retry).
+    When ``should_stop()`` turns true, the current message is finished, the rest of the
+    chunk is given back to the queue and the function returns.
+    """
+    stats = ShardStats()
+    kind = claim.kind
+
+    def record(conn: Connection, results: list[tuple[Attempt, Outcome]]) -> None:
+        done = finalize(conn, kind, results, settings)
+        if copy_status:
+            copy_statuses(conn, kind, done.final_log_ids)
+        stats.sent += done.sent
+        stats.failed += done.failed
+        stats.retried += done.retried
+        stats.expired += done.expired
+
+    if recover_own:
+        stats.add(recover(engine, settings, kinds=(), claim=claim))
+    after = MIN_ID
+    lease_renewed = time.monotonic()
+    results: list[tuple[Attempt, Outcome]] = []
+    while True:
+        with engine.begin() as conn:
+            record(conn, results)
+            results = []
+            if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
+                renew_lease(conn, claim, settings.claim_lease_seconds)
+                lease_renewed = time.monotonic()
+            started = start_sending(conn, claim, after, settings.delivery_chunk)
+            if started.last_id is None:
+                break
+            after = started.last_id
+            copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+            if copy_status:
+                copy_statuses(conn, kind, started.ignored_log_ids)
+        # Committed: these rows are ours ('sending'); nobody else will send them.
+        stats.ignored += len(started.ignored_log_ids)
+        stats.chunks += 1
+        # A chunk stops sending after half the sending timeout (slow or hanging provider):
+        # the rest goes back to the queue, so no live row is ever mistaken for a crash.
+        stop_sending_at = time.monotonic() + settings.sending_timeout_seconds / 2
+        try:
+            for attempt in started.to_send:
+                if time.monotonic() > stop_sending_at or should_stop():
+                    break
+                try:
+                    outcome = channels.deliver(attempt)
+                except Exception as exc:  # a bug must fail one message, not the shard
+                    log.exception("delivery of log %s failed unexpectedly", attempt.log_id)
+                    outcome = Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
+                results.append((attempt, outcome))
+        except BaseException:
+            # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, ...: record what was
+            # sent, give back what was not started; the one in progress stays unknown.
+            unsent = started.to_send[len(results) + 1:]
+            with engine.begin() as conn:
+                record(conn, results)
+                stats.released += release_unsent(conn, kind, unsent)
+            raise
+        if len(results) < len(started.to_send):
+            with engine.begin() as conn:
+                record(conn, results)
+                stats.released += release_unsent(conn, kind, started.to_send[len(results):])
+            results = []
+        if should_stop():
+            with engine.begin() as conn:
+                record(conn, results)
+                stats.released += release_claim(conn, claim)
+            break
+    return stats
+
+
+def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
+                       channels: Channels, *, loop_seconds: float, poll_seconds: float,
+                       kind: str = "rt", maintenance_seconds: float = 30.0,
+                       should_stop: StopCheck = _never) -> ShardStats:
+    """Process events as they arrive for ``loop_seconds``, then return (the continuous DAG
+    starts the next run).
+
+    Each round claims up to ``routing_batch_size`` due events (SKIP LOCKED: several
+    shards share one queue without coordination), links them, delivers them and copies
+    their outcomes at once. Between rounds the shard sleeps on ``LISTEN`` - a push wakes
+    it immediately - or at most ``poll_seconds`` (for scheduled events and retries that
+    become due without a notification). ``should_stop`` ends the loop early and cleanly
+    (checked between rounds, between messages, and at least every ``poll_seconds``).
+    """
+    if loop_seconds < 0 or poll_seconds <= 0:
+        raise ValueError("loop_seconds must be >= 0 and poll_seconds > 0")
+    stats = ShardStats()
+    deadline = time.monotonic() + loop_seconds
+    next_maintenance = 0.0
+    with Listener(engine, NOTIFY_CHANNELS[kind]) as listener:
+        while True:
+            if time.monotonic() >= next_maintenance:
+                stats.add(recover(engine, settings, kinds=(kind,)))
+                next_maintenance = time.monotonic() + maintenance_seconds
+            claim = ShardClaim(kind, new_token(), shard)
+            with engine.begin() as conn:
+                result = claim_due(conn, kind, token=claim.token, shard_base=shard,
+                                   limit=settings.routing_batch_size,
+                                   lease_seconds=settings.claim_lease_seconds)
+                linked = link_shard(conn, claim) if result.claimed else None
+            stats.claimed += result.claimed
+            stats.expired += result.expired
+            if linked is not None:
+                stats.linked += linked.linked
+                stats.not_taken += linked.not_taken
+                stats.expired += linked.expired
+                if linked.linked:
+                    stats.add(deliver_shard(engine, claim, settings, channels,
+                                            copy_status=True, recover_own=False,
+                                            should_stop=should_stop))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or should_stop():
+                break
+            if result.claimed + result.expired >= settings.routing_batch_size:
+                continue  # more is waiting: no sleep
+            listener.wait(min(poll_seconds, remaining))
+    return stats

@@ -1,0 +1,97 @@
+"""The knobs of event processing, validated once, so a bad manual-run param fails the split
+with a message naming the param instead of half-processing a queue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+# (minimum, maximum) per field: wide enough for production, narrow enough to catch typos.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "routing_batch_size": (1, 1_000_000),
+    "shards": (1, 64),
+    "max_events_per_run": (1, 100_000_000),
+    "delivery_chunk": (1, 10_000),
+    "claim_lease_seconds": (1, 7 * 86_400),
+    "max_tries": (1, 100),
+    "retry_backoff_seconds": (0, 86_400),
+    "retry_backoff_max_seconds": (0, 7 * 86_400),
+    "sending_timeout_seconds": (1, 86_400),
+}
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    """How much to claim, how to split it, and how delivery retries.
+
+    * ``routing_batch_size`` - events claimed by one claim statement (one transaction).
+    * ``shards`` - parallel shard tasks a claim is split into.
+    * ``max_events_per_run`` - batch: stop claiming after this many in one DAG run, so a
+      run ends in bounded time and the next run picks up the rest.
+    * ``delivery_chunk`` - messages marked ``sending`` per ledger transaction: the most
+      messages whose outcome can be unknown after a crash, per shard.
+    * ``claim_lease_seconds`` - a claimed event becomes due again after this long if its
+      worker died (shards renew the lease while they work).
+    * ``max_tries`` - delivery attempts before a transiently failing event expires.
+    * ``retry_backoff_seconds`` / ``retry_backoff_max_seconds`` - exponential backoff:
+      ``base * 2**(attempt-1)``, capped.
+    * ``sending_timeout_seconds`` - a ledger row still ``sending`` after this long belongs
+      to a dead worker: its outcome is unknown (see :mod:`message_center.delivery.ledger`).
+      A live shard stops a chunk after half of it and gives the rest back; one message
+      can still take 4 SMTP commands x the connection timeout, so keep this above 8x
+      that timeout (defaults: 300-600 s for a 30 s SMTP timeout).
+    """
+
+    routing_batch_size: int = 10_000
+    shards: int = 4
+    max_events_per_run: int = 200_000
+    delivery_chunk: int = 100
+    claim_lease_seconds: int = 1_800
+    max_tries: int = 5
+    retry_backoff_seconds: float = 60.0
+    retry_backoff_max_seconds: float = 3_600.0
+    sending_timeout_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"processing setting {item.name}: {value!r} is not a number")
+            low, high = _BOUNDS[item.name]
+            if not low <= value <= high:
+                raise ValueError(f"processing setting {item.name}: {value} is outside "
+                                 f"{low:g}..{high:g}")
+        if self.retry_backoff_max_seconds < self.retry_backoff_seconds:
+            raise ValueError("processing setting retry_backoff_max_seconds is smaller than "
+                             "retry_backoff_seconds")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
+        """Build from DAG params (or any mapping); unknown keys are ignored, so the DAGs can
+        keep their other params (loop duration, ...) in the same mapping."""
+        known = {item.name: item.type for item in fields(cls)}
+        kwargs: dict[str, Any] = dict(defaults)
+        for name in known:
+            if name not in values or values[name] is None:
+                continue
+            value = values[name]
+            is_int = name not in ("retry_backoff_seconds", "retry_backoff_max_seconds")
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                kwargs[name] = int(value) if is_int else float(value)
+                if is_int and isinstance(value, float) and value != int(value):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"processing setting {name}: {value!r} is not a "
+                                 f"{'whole number' if is_int else 'number'}") from None
+        if "retry_backoff_max_seconds" not in kwargs and "retry_backoff_seconds" in kwargs:
+            kwargs["retry_backoff_max_seconds"] = max(cls.retry_backoff_max_seconds,
+                                                      kwargs["retry_backoff_seconds"])
+        return cls(**kwargs)
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` after ``attempt`` transient failures."""
+        return min(self.retry_backoff_seconds * 2 ** max(attempt - 1, 0),
+                   self.retry_backoff_max_seconds)

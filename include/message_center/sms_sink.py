@@ -1,0 +1,171 @@
+"""A real SMS gateway on loopback that keeps every accepted SMS as a ``.json`` file.
+
+It implements the gateway contract of :mod:`message_center.delivery.sms` (JSON POST on
+``/messages``), so the demo can show SMS next to e-mail and the tests exercise the real
+HTTP path. Replies can be scripted per recipient (``"503"`` then ``"201"``, or
+``"always 400"``) to exercise retries and permanent failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+MAX_BODY = 64 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/health":
+            self._answer(200, {"status": "ok"})
+        else:
+            self._answer(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        sink = self.server.sink
+        if self.path.rstrip("/") != sink.path:
+            self._answer(404, {"error": f"POST {sink.path} expected"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_BODY:
+            self._answer(400, {"error": "a JSON body of at most 64 KiB is required"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+        except ValueError:
+            self._answer(400, {"error": "body is not JSON"})
+            return
+        problems = [name for name in ("to", "text")
+                    if not isinstance(body, dict) or not isinstance(body.get(name), str)
+                    or not body.get(name)]
+        if problems:
+            self._answer(422, {"error": f"missing or empty field(s): {', '.join(problems)}"})
+            return
+        scripted = sink.next_reply(body["to"])
+        if scripted is not None:
+            self._answer(scripted, {"error": HTTPStatus(scripted).phrase
+                                    if scripted in HTTPStatus._value2member_map_ else
+                                    "scripted"})
+            return
+        message_id = sink.store(body, self.headers.get("Idempotency-Key"))
+        self._answer(201, {"id": message_id, "status": "accepted"})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    sink: SmsSink
+
+
+class SmsSink:
+    """Accepts SMS on ``http://host:port/messages`` and writes them to ``sms_dir``."""
+
+    def __init__(self, sms_dir: Path, host: str = "127.0.0.1", port: int = 8026,
+                 path: str = "/messages") -> None:
+        self.sms_dir = Path(sms_dir)
+        self.sms_dir.mkdir(parents=True, exist_ok=True)
+        self.host, self.port, self.path = host, port, path.rstrip("/")
+        self._lock = threading.Lock()
+        self._replies: dict[str, deque[str]] = defaultdict(deque)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> SmsSink:
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.sink = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="sms-sink")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> SmsSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, to: str, *replies: str) -> None:
+        """Answer POSTs for ``to`` with these HTTP statuses first (``"503"``,
+        ``"always 400"``); a 2xx reply in the script means "accept normally"."""
+        with self._lock:
+            self._replies[to].extend(replies)
+
+    def next_reply(self, to: str) -> int | None:
+        with self._lock:
+            queue = self._replies.get(to)
+            if not queue:
+                return None
+            reply = queue.popleft()
+            if reply.startswith("always "):
+                queue.appendleft(reply)
+                reply = reply.removeprefix("always ")
+        status = int(reply.split()[0])
+        return None if 200 <= status < 300 else status
+
+    def store(self, body: dict[str, Any], idempotency_key: str | None) -> str:
+        message_id = f"sms-{uuid.uuid4().hex[:16]}"
+        record = {"id": message_id, "received": time.time(), "idempotency_key":
+                  idempotency_key, **{k: body.get(k) for k in ("to", "from", "text",
+                                                               "reference")}}
+        name = f"{time.time_ns()}-{message_id}.json"
+        tmp = self.sms_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(record, ensure_ascii=False))
+        tmp.rename(self.sms_dir / name)
+        return message_id
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every accepted SMS, oldest first."""
+        return [json.loads(path.read_text()) for path in sorted(self.sms_dir.glob("*.json"))]
+
+    def clear(self) -> None:
+        for path in self.sms_dir.glob("*.json"):
+            path.unlink()
+        with self._lock:
+            self._replies.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Local SMS gateway for the Message Center demo")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8026)
+    parser.add_argument("--sms-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    with SmsSink(args.sms_dir, args.host, args.port) as sink:
+        print(f"SMS gateway sink on {sink.url}/messages, keeping messages in {args.sms_dir}",
+              flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

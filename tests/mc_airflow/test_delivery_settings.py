@@ -1,0 +1,68 @@
+"""Airflow connections -> delivery settings (resolved from AIRFLOW_CONN_* like in tasks)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mc_airflow.delivery import processing_settings, sms_settings, smtp_settings
+
+
+def test_smtp_default_of_the_test_deployment(test_deployment):
+    settings = smtp_settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", test_deployment.smtp_port)
+    assert not settings.use_ssl and not settings.starttls
+    assert settings.from_email == "Message Center <no-reply@message-center.test>"
+
+
+def test_smtp_connection_defaults_follow_the_airflow_smtp_provider(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_TLS", json.dumps({
+        "conn_type": "smtp", "host": "mail.example.com", "login": "mc", "password": "s3cret",
+        "extra": {"disable_ssl": True, "timeout": 5}}))
+    settings = smtp_settings("smtp_tls")
+    assert (settings.starttls, settings.use_ssl, settings.port) == (True, False, 587)
+    assert (settings.login, settings.password, settings.timeout) == ("mc", "s3cret", 5.0)
+    assert "s3cret" not in repr(settings)
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_SSL", json.dumps({
+        "conn_type": "smtp", "host": "mail.example.com"}))
+    assert smtp_settings("smtp_ssl").use_ssl and smtp_settings("smtp_ssl").port == 465
+
+
+def test_sms_gateway_connection():
+    settings = sms_settings()
+    assert settings is not None
+    assert settings.base_url == f"http://127.0.0.1:{os.environ['MC_SMS_PORT']}"
+    assert (settings.path, settings.sender) == ("/messages", "MsgCenter")
+
+
+def test_a_missing_sms_gateway_means_sms_is_not_configured():
+    assert sms_settings("no_such_gateway") is None
+
+
+def test_params_become_validated_settings():
+    settings = processing_settings({"shards": "3", "routing_batch_size": 500, "other": 1})
+    assert (settings.shards, settings.routing_batch_size) == (3, 500)
+    with pytest.raises(ValueError, match="processing setting shards"):
+        processing_settings({"shards": 999})
+
+
+def test_stop_signal_turns_on_with_sigterm_and_restores_the_handler():
+    import signal
+
+    from mc_airflow.delivery import StopSignal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    calls = []
+    signal.signal(signal.SIGTERM, lambda *args: calls.append(args))  # like Airflow's on_kill
+    try:
+        with StopSignal() as should_stop:
+            assert not should_stop()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert should_stop() and len(calls) == 1  # the previous handler still runs
+        assert signal.getsignal(signal.SIGTERM) is not None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert len(calls) == 2  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)

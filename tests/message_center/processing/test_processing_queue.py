@@ -1,0 +1,156 @@
+"""Splitting the queue and linking to templates, on real PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from processing_factory import (
+    ORDER_TEMPLATE,
+    SMS_TEMPLATE,
+    events,
+    expire_leases,
+    insert_events,
+    publish_templates,
+)
+from sqlalchemy import text
+
+from message_center.processing import (
+    ProcessingSettings,
+    ShardClaim,
+    claim_due,
+    link,
+    release_stale_claims,
+    split_queue,
+)
+from message_center.publishing import unpublish
+
+
+def test_claim_takes_only_due_events_and_expires_the_expired(execution_db):
+    due = insert_events(execution_db, "rt", 2)
+    later = insert_events(execution_db, "rt", 1, scheduled="2999-01-01T00:00:00Z")
+    past = insert_events(execution_db, "rt", 1, expiration="2000-01-01T00:00:00Z")
+    with execution_db.begin() as conn:
+        result = claim_due(conn, "rt", token=7, limit=10, lease_seconds=60)
+    assert (result.claimed, result.expired) == (2, 1)
+    rows = {row["id"]: row for row in events(execution_db, "rt")}
+    assert all(rows[i]["claim_token"] == 7 and rows[i]["status"] == "pending" for i in due)
+    assert rows[later[0]]["claim_token"] is None and rows[later[0]]["status"] == "pending"
+    assert rows[past[0]]["status"] == "expired" and rows[past[0]]["processed"]
+    assert "expired" in rows[past[0]]["error_reason"]
+    with execution_db.begin() as conn:  # claimed events are leased: not due again
+        assert claim_due(conn, "rt", token=8, limit=10, lease_seconds=60).claimed == 0
+
+
+def test_concurrent_claims_never_share_an_event(execution_db):
+    insert_events(execution_db, "batch", 10)
+    with execution_db.connect() as first, execution_db.connect() as second:
+        first.begin()
+        second.begin()
+        a = claim_due(first, "batch", token=1, limit=6, lease_seconds=60)
+        b = claim_due(second, "batch", token=2, limit=6, lease_seconds=60)  # skips locked
+        first.commit()
+        second.commit()
+    assert (a.claimed, b.claimed) == (6, 4)
+    tokens = [row["claim_token"] for row in events(execution_db, "batch")]
+    assert tokens.count(1) == 6 and tokens.count(2) == 4
+
+
+def test_split_deals_routing_batches_round_robin_into_shards(execution_db):
+    insert_events(execution_db, "batch", 11)
+    settings = ProcessingSettings(routing_batch_size=4, shards=3, max_events_per_run=10)
+    claims = split_queue(execution_db, "batch", settings)
+    assert [claim.events for claim in claims] == [4, 3, 3]
+    assert len({claim.token for claim in claims}) == 1
+    left = [row for row in events(execution_db, "batch") if row["claim_token"] is None]
+    assert len(left) == 1  # max_events_per_run: the next run takes it
+    assert ShardClaim.from_xcom(claims[1].to_xcom()) == claims[1]
+
+
+def test_link_uses_the_latest_published_template(execution_db):
+    publish_templates(execution_db, ORDER_TEMPLATE, replace(ORDER_TEMPLATE, version=2),
+                      SMS_TEMPLATE)
+    linked = insert_events(execution_db, "batch", 2)
+    unknown = insert_events(execution_db, "batch", 1, type="NO_SUCH_TYPE")
+    wrong_channel = insert_events(execution_db, "batch", 1, wished_channel="sms",
+                                  mobile_phone="+33600000001")
+    (claim,) = split_queue(execution_db, "batch", ProcessingSettings(shards=1))
+    stats = link(execution_db, claim)
+    assert (stats.linked, stats.not_taken) == (2, 2)
+    rows = {row["id"]: row for row in events(execution_db, "batch")}
+    for event_id in linked:
+        assert rows[event_id]["status"] == "pending_delivery"
+        assert (rows[event_id]["template_name"], rows[event_id]["template_version"]) == (
+            "orderConfirmation", 2)
+    for event_id in unknown + wrong_channel:
+        assert rows[event_id]["status"] == "not_taken_into_account"
+        assert rows[event_id]["error_reason"].startswith("no published")
+        assert rows[event_id]["processed"] is not None
+    assert "sms template for event type ORDER" in rows[wrong_channel[0]]["error_reason"]
+    # never reprocessed: a later publication does not bring them back
+    publish_templates(execution_db, replace(ORDER_TEMPLATE, internal_name="x",
+                                            event_type="NO_SUCH_TYPE"))
+    expire_leases(execution_db, "batch")
+    assert split_queue(execution_db, "batch", ProcessingSettings()) == []
+
+
+def test_link_prefers_the_event_language_and_ignores_unpublished(execution_db):
+    publish_templates(execution_db,
+                      replace(ORDER_TEMPLATE, internal_name="orderFr", language="fr"),
+                      replace(ORDER_TEMPLATE, internal_name="orderEn", language="en"))
+    french = insert_events(execution_db, "rt", 1, language="fr")
+    other = insert_events(execution_db, "rt", 1, language="de")
+    (claim,) = split_queue(execution_db, "rt", ProcessingSettings(shards=1))
+    link(execution_db, claim)
+    rows = {row["id"]: row for row in events(execution_db, "rt")}
+    assert rows[french[0]]["template_name"] == "orderFr"
+    assert rows[other[0]]["template_name"] == "orderEn"  # latest published
+    with execution_db.begin() as conn:
+        unpublish(conn, "orderFr")
+        unpublish(conn, "orderEn")
+    insert_events(execution_db, "rt", 1, language="fr")
+    (claim,) = split_queue(execution_db, "rt", ProcessingSettings(shards=1))
+    assert link(execution_db, claim).not_taken == 1
+
+
+def test_expired_between_claim_and_link(execution_db):
+    publish_templates(execution_db)
+    insert_events(execution_db, "rt", 1)
+    (claim,) = split_queue(execution_db, "rt", ProcessingSettings(shards=1))
+    with execution_db.begin() as conn:
+        conn.execute(text("UPDATE rt_event SET expiration = now() - interval '1 s'"))
+    assert link(execution_db, claim).expired == 1
+    assert events(execution_db, "rt")[0]["status"] == "expired"
+
+
+def test_stale_claims_come_back(execution_db):
+    """A worker died after linking, before delivering: the events are processed again."""
+    publish_templates(execution_db)
+    insert_events(execution_db, "batch", 3)
+    (claim,) = split_queue(execution_db, "batch", ProcessingSettings(shards=1))
+    link(execution_db, claim)
+    with execution_db.begin() as conn:
+        assert release_stale_claims(conn, "batch") == 0  # lease still running
+    expire_leases(execution_db, "batch")
+    with execution_db.begin() as conn:
+        assert release_stale_claims(conn, "batch") == 3
+    assert {row["status"] for row in events(execution_db, "batch")} == {"pending"}
+    assert sum(c.events for c in split_queue(execution_db, "batch", ProcessingSettings())) == 3
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"shards": 0}, "shards: 0 is outside"),
+    ({"routing_batch_size": "many"}, "routing_batch_size: 'many' is not a whole number"),
+    ({"max_tries": 2.5}, "max_tries: 2.5 is not a whole number"),
+    ({"delivery_chunk": True}, "delivery_chunk: True"),
+])
+def test_bad_settings_name_the_setting(values, message):
+    with pytest.raises(ValueError, match=message):
+        ProcessingSettings.from_mapping(values)
+
+
+def test_backoff_doubles_and_is_capped():
+    settings = ProcessingSettings(retry_backoff_seconds=10, retry_backoff_max_seconds=35)
+    assert [settings.backoff_seconds(n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
+    assert ProcessingSettings.from_mapping({"retry_backoff_seconds": 7200}) \
+        .retry_backoff_max_seconds == 7200
