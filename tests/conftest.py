@@ -138,11 +138,15 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     import httpx
 
     DEPLOYMENT.write_password_file()
+    _pause_workflows_that_consume_queues()
     log_path = tmp_path_factory.mktemp("airflow") / "standalone.log"
+    # Tests that need a workflow running unpause it themselves: a continuous real-time
+    # loop would otherwise race every other server test for the events it pushes.
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base_url = f"http://127.0.0.1:{DEPLOYMENT.api_port}"
     deadline = time.monotonic() + 180
@@ -163,6 +167,19 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path)
     finally:
         _stop_session(process)
+
+
+QUEUE_CONSUMERS = ("rtEventsProcessing", "batchEventsProcessing", "mcPublishTemplates")
+
+
+def _pause_workflows_that_consume_queues() -> None:
+    """DAGs created in an earlier session keep their state: pause them in the metadata DB."""
+    engine = engine_for(DEPLOYMENT.database_url("airflow"))
+    with engine.begin() as conn:
+        exists = conn.execute(text("SELECT to_regclass('dag') IS NOT NULL")).scalar_one()
+        if exists:
+            conn.execute(text("UPDATE dag SET is_paused = true WHERE dag_id = ANY(:ids)"),
+                         {"ids": list(QUEUE_CONSUMERS)})
 
 
 def _stop_session(process: subprocess.Popen[bytes]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import sqlalchemy
 from processing_factory import events, insert_events, publish_templates, quarantine, recipients
 
 DAG_ID = "rtEventsProcessing"
@@ -135,3 +136,13 @@ def test_under_the_scheduler_pushed_events_are_sent_within_seconds(
         for run in api.get(f"/dags/{DAG_ID}/dagRuns",
                            params={"state": "running"}).json().get("dag_runs", []):
             api.patch(f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}", json={"state": "failed"})
+        # The shard processes stop at their next heartbeat; wait until their LISTEN
+        # connections are gone so no loop outlives this test and eats later tests' events.
+        def loops_stopped() -> bool:
+            with execution_db.connect() as conn:
+                return bool(conn.execute(sqlalchemy.text(
+                    "SELECT count(*) = 0 FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"),
+                ).scalar_one())
+
+        wait_for("the shard loops to stop", loops_stopped, timeout=120)
