@@ -50,34 +50,18 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task, task_group
 
 from mc_airflow.connections import DEFAULT_ARGS
+from mc_airflow.delivery import processing_params
 
 KIND = "batch"
 
 PARAMS = {
-    "routing_batch_size": Param(
-        10_000, type="integer", minimum=1, maximum=1_000_000, title="Routing batch size",
-        description="Events claimed per claim statement (one transaction)."),
-    "shards": Param(4, type="integer", minimum=1, maximum=64, title="Shards",
-                    description="Parallel delivery tasks the claimed events are split into."),
+    **processing_params(
+        shards=4, routing_batch_size=10_000, routing_batch_max=1_000_000, delivery_chunk=100,
+        retry_backoff_seconds=60, claim_lease_seconds=1_800, sending_timeout_seconds=600,
+        shards_description="Parallel delivery tasks the claimed events are split into."),
     "max_events_per_run": Param(
         200_000, type="integer", minimum=1, maximum=100_000_000, title="Max events per run",
         description="Stop claiming after this many events; the next run continues."),
-    "delivery_chunk": Param(
-        100, type="integer", minimum=1, maximum=10_000, title="Delivery chunk",
-        description="Messages recorded per ledger transaction (bounds memory and the "
-                    "messages whose outcome can be unknown after a crash)."),
-    "max_tries": Param(5, type="integer", minimum=1, maximum=100, title="Max tries",
-                       description="Delivery attempts before a transiently failing event "
-                                   "expires."),
-    "retry_backoff_seconds": Param(
-        60, type="number", minimum=0, maximum=86_400, title="Retry backoff (s)",
-        description="First retry delay; doubles per attempt, capped at one hour."),
-    "claim_lease_seconds": Param(
-        1_800, type="integer", minimum=1, maximum=604_800, title="Claim lease (s)",
-        description="Claimed events whose worker died become due again after this long."),
-    "sending_timeout_seconds": Param(
-        600, type="integer", minimum=1, maximum=86_400, title="Sending timeout (s)",
-        description="A message still 'sending' after this long has an unknown outcome."),
 }
 
 
@@ -151,14 +135,11 @@ def batch_events_processing() -> None:
         render_and_deliver(link_templates(claim))
 
     @task(task_display_name="Update event status", trigger_rule="all_done")
-    def update_event_status() -> dict[str, int]:
+    def update_event_status() -> int:
         """Copy final delivery outcomes onto the events (runs even if a shard failed)."""
-        from mc_airflow.delivery import execution_engine
-        from message_center.status_sync import sync_event_statuses
+        from mc_airflow.delivery import copy_event_statuses
 
-        stats = sync_event_statuses(execution_engine())
-        print(f"copied {stats.copied} in {stats.batches} batch(es)")
-        return stats.copied
+        return copy_event_statuses()
 
     process_shard.expand(claim=split_queue()) >> update_event_status()
 

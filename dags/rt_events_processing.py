@@ -46,36 +46,21 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from mc_airflow.connections import DEFAULT_ARGS
+from mc_airflow.delivery import processing_params
 
 KIND = "rt"
 
 PARAMS = {
-    "shards": Param(2, type="integer", minimum=1, maximum=64, title="Shards",
-                    description="Parallel real-time loops (each holds one SMTP connection)."),
+    **processing_params(
+        shards=2, routing_batch_size=100, routing_batch_max=100_000, delivery_chunk=20,
+        retry_backoff_seconds=30, claim_lease_seconds=300, sending_timeout_seconds=300,
+        shards_description="Parallel real-time loops (each holds one SMTP connection)."),
     "loop_seconds": Param(
         3_600, type="number", minimum=0, maximum=86_400, title="Loop duration (s)",
         description="How long each shard runs before the run ends and the next starts."),
     "poll_seconds": Param(
         1.0, type="number", minimum=0.05, maximum=60, title="Poll interval (s)",
         description="Longest sleep without a NOTIFY (scheduled events, retries)."),
-    "routing_batch_size": Param(
-        100, type="integer", minimum=1, maximum=100_000, title="Routing batch size",
-        description="Events claimed per round by one shard."),
-    "delivery_chunk": Param(
-        20, type="integer", minimum=1, maximum=10_000, title="Delivery chunk",
-        description="Messages recorded per ledger transaction."),
-    "max_tries": Param(5, type="integer", minimum=1, maximum=100, title="Max tries",
-                       description="Delivery attempts before a transiently failing event "
-                                   "expires."),
-    "retry_backoff_seconds": Param(
-        30, type="number", minimum=0, maximum=86_400, title="Retry backoff (s)",
-        description="First retry delay; doubles per attempt, capped at one hour."),
-    "claim_lease_seconds": Param(
-        300, type="integer", minimum=1, maximum=604_800, title="Claim lease (s)",
-        description="Claimed events whose worker died become due again after this long."),
-    "sending_timeout_seconds": Param(
-        300, type="integer", minimum=1, maximum=86_400, title="Sending timeout (s)",
-        description="A message still 'sending' after this long has an unknown outcome."),
 }
 
 
@@ -130,14 +115,11 @@ def rt_events_processing() -> None:
         return stats.as_dict()
 
     @task(task_display_name="Update event status", trigger_rule="all_done")
-    def update_event_status() -> dict[str, int]:
+    def update_event_status() -> int:
         """Copy any remaining final outcomes onto events (incremental, idempotent)."""
-        from mc_airflow.delivery import execution_engine
-        from message_center.status_sync import sync_event_statuses
+        from mc_airflow.delivery import copy_event_statuses
 
-        stats = sync_event_statuses(execution_engine())
-        print(f"copied {stats.copied} in {stats.batches} batch(es)")
-        return stats.copied
+        return copy_event_statuses()
 
     link_render_deliver.expand(shard=split_queue()) >> update_event_status()
 

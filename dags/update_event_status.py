@@ -56,17 +56,11 @@ from mc_airflow.connections import DEFAULT_ARGS
 )
 def update_event_status_dag() -> None:
     @task(task_display_name="Update event status")
-    def update_event_status() -> dict[str, int]:
+    def update_event_status() -> int:
         """Copy final outcomes since the watermark onto the events, batch by batch."""
-        from mc_airflow.delivery import execution_engine
-        from message_center.status_sync import sync_event_statuses
+        from mc_airflow.delivery import copy_event_statuses
 
-        params = get_current_context()["params"]
-        stats = sync_event_statuses(execution_engine(), batch_size=int(params["batch_size"]),
-                                    overlap_seconds=float(params["overlap_seconds"]))
-        print(f"copied {stats.copied} in {stats.batches} batch(es), "
-              f"watermark now {stats.scanned_until}")
-        return stats.copied
+        return copy_event_statuses(get_current_context()["params"])
 
     update_event_status()
 
