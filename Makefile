@@ -14,6 +14,9 @@ test: $(INSTALLED)  ## Set up and run the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: $(INSTALLED)  ## Benchmarks: every stage next to its bare limit, one table (BENCH_ARGS=--quick)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 install: $(INSTALLED)
 
 $(INSTALLED): requirements.lock pyproject.toml
