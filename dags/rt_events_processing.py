@@ -11,10 +11,10 @@ Steps (task ids):
    `shards` shards.
 2. `link_render_deliver` (one per shard, labelled *shard N*) - loops for
    `loop_seconds`: claims its split of the due queue (`FOR UPDATE SKIP LOCKED`, at most
-   `routing_batch_size` events per round), links them to the latest published template
-   in one statement, renders (sandboxed Jinja), delivers over one reused SMTP connection
-   or the SMS gateway, writes the delivery log and copies the outcome onto the event at
-   once.
+   `routing_batch_size` events per round) and links it to the latest published templates
+   in the same statement (one write per event), renders (sandboxed Jinja), delivers over
+   one reused SMTP connection or the SMS gateway, writes the delivery log and copies the
+   outcome onto the event at once.
 3. `update_event_status` - the incremental copy of outcomes (as `updateEventStatus`), a
    safety net.
 

@@ -42,10 +42,10 @@ def test_dag_shape_for_the_ui(dag):
     assert dag.dag_display_name == "Processing batch events"
     assert dag.max_active_runs == 1 and not dag.catchup
     assert {"routing_batch_size", "shards"} <= set(dag.params)
-    assert set(dag.task_ids) == {"split_queue", "shard.link_templates",
-                                 "shard.render_and_deliver", "update_event_status"}
-    for task_id in ("shard.link_templates", "shard.render_and_deliver"):
-        assert dag.get_task(task_id).map_index_template == "{{ shard_label }}"
+    assert set(dag.task_ids) == {"split_queue", "render_and_deliver", "update_event_status"}
+    assert dag.get_task("split_queue").task_display_name == "Split the queue and link templates"
+    assert dag.get_task("render_and_deliver").map_index_template == "{{ shard_label }}"
+    assert dag.params["routing_batch_size"] == 50_000
 
 
 def test_pushed_events_are_sent_once_each(dag, execution_db, smtp_sink):
@@ -62,7 +62,7 @@ def test_pushed_events_are_sent_once_each(dag, execution_db, smtp_sink):
     labels = {ti.task_id: set() for ti in dagrun.get_task_instances()}
     for ti in dagrun.get_task_instances():
         labels[ti.task_id].add(ti.rendered_map_index)
-    assert labels["shard.render_and_deliver"] == {"shard 0", "shard 1", "shard 2"}
+    assert labels["render_and_deliver"] == {"shard 0", "shard 1", "shard 2"}
     assert {log["status"] for log in delivery_logs(execution_db)} == {"sent", "ignored"}
 
 

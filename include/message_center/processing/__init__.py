@@ -1,7 +1,7 @@
-"""Event processing on an execution instance: split the queue, link, deliver, recover.
+"""Event processing on an execution instance: split and link the queue, deliver, recover.
 
-* :mod:`.queue` - claiming due events (``FOR UPDATE SKIP LOCKED``) into shards, linking
-  them to published templates, stale-claim release;
+* :mod:`.queue` - claiming due events (``FOR UPDATE SKIP LOCKED``) into shards and
+  linking them to published templates in the same statement, stale-claim release;
 * :mod:`.runner` - a shard's delivery loop, the real-time loop, crash recovery;
 * :mod:`.settings` - the validated knobs (batch size, shards, retries, leases);
 * :mod:`.notify` - ``LISTEN`` wake-ups from the push API.
@@ -22,13 +22,11 @@ _EXPORTS = {
     "ProcessingSettings": "settings",
     "ShardClaim": "queue",
     "claim_due": "queue",
-    "link_shard": "queue",
     "new_token": "queue",
     "release_stale_claims": "queue",
     "split_queue": "queue",
     "ShardStats": "runner",
     "deliver_shard": "runner",
-    "link": "runner",
     "recover": "runner",
     "run_realtime_shard": "runner",
 }

@@ -1,21 +1,24 @@
 """Splitting the queue and linking events to templates: set-based SQL, nothing in memory.
 
-**Claim.** One statement takes up to ``routing_batch_size`` due events (``pending``,
-``next_attempt`` passed, ``scheduled`` passed) with ``FOR UPDATE SKIP LOCKED``, so two
-runs, two workers or a retried task never take the same event, and stamps them with a
-claim ``token`` and a ``shard`` number (round robin). The claim is persisted on the rows,
-so it survives between Airflow tasks: only ``(token, shard)`` travels through XCom.
+**Claim and link, one write per event.** One statement takes up to
+``routing_batch_size`` due events (``pending``, ``next_attempt`` passed, ``scheduled``
+passed) with ``FOR UPDATE SKIP LOCKED``, so two runs, two workers or a retried task never
+take the same event, and in the same ``UPDATE`` links each of them: (event type, wished
+channel) is matched to the latest active published template of this execution instance
+(a template in the event's language wins over one in another language; then the most
+recently published). Matched events get the template name and version, ``pending_delivery``,
+a claim ``token`` and a ``shard`` number (round robin); unmatched ones become
+``not_taken_into_account`` with the reason and are never looked at again; events that
+expired while queued become ``expired``. Claiming and linking used to be two
+``UPDATE`` statements; each costs about one full row write (PostgreSQL writes a new row
+version per update), so doing both in one statement halves the work. The claim is
+persisted on the rows, so it survives between Airflow tasks: only ``(token, shard)``
+travels through XCom.
 
 The claim lease is ``next_attempt`` itself: claiming pushes it ``claim_lease_seconds``
-into the future, so a claimed event is not due for anybody else, and if its worker dies
-it becomes due again by itself - no janitor needed for events that were not linked yet.
-Events that expired while queued are marked ``expired`` by the same statement.
-
-**Link.** One statement per shard matches (event type, wished channel) to the latest
-active published template of this execution instance (a template in the event's
-language wins over one in another language; then the most recently published), records
-the template name and version and sets ``pending_delivery``. Unmatched events become
-``not_taken_into_account`` with the reason and are never looked at again.
+into the future (shards renew it while they work), so a claimed event is not due for
+anybody else. (An event claimed but left unlinked by an older version is still ``pending``:
+it becomes due again when its lease runs out and is claimed and linked then.)
 
 **Stale claims.** An event linked (``pending_delivery``) whose lease ran out and that has
 no ledger row in flight or final went through a worker that died before delivering it:
@@ -26,7 +29,7 @@ the ledger's business (:mod:`message_center.delivery.ledger`).
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -69,88 +72,48 @@ class ShardClaim:
 
 @dataclass(frozen=True)
 class ClaimResult:
-    claimed: int
-    expired: int
+    """What one claim statement did to the events it took (each written exactly once).
 
+    ``per_shard`` counts the ``pending_delivery`` events per shard number: what the
+    shard tasks will deliver.
+    """
 
-@dataclass(frozen=True)
-class LinkResult:
     linked: int = 0
     not_taken: int = 0
     expired: int = 0
+    per_shard: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> int:
+        """Events taken into processing (linked or not taken into account)."""
+        return self.linked + self.not_taken
+
+    @property
+    def taken(self) -> int:
+        """Every due event the statement took, expired ones included."""
+        return self.linked + self.not_taken + self.expired
 
 
 def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seconds: float,
               shards: int = 1, shard_base: int = 0, offset: int = 0) -> ClaimResult:
-    """Claim up to ``limit`` due events for ``token``; shard = base + (n + offset) % shards.
+    """Claim and link up to ``limit`` due events for ``token`` in one statement (see the
+    module doc); linked events go to shard ``base + (n + offset) % shards``.
 
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
     table = event_table(kind)
-    row = conn.execute(text(f"""
+    rows = conn.execute(text(f"""
         WITH due AS (
-            SELECT id FROM {table}
+            SELECT id, type, wished_channel, language,
+                   coalesce(expiration <= now(), false) AS is_expired
+            FROM {table}
             WHERE status = 'pending' AND next_attempt <= now()
               AND (scheduled IS NULL OR scheduled <= now())
             ORDER BY next_attempt
             LIMIT :limit
             FOR UPDATE SKIP LOCKED
-        ), numbered AS (
-            SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM due
-        ), claimed AS (
-            UPDATE {table} e SET
-                claim_token = :token,
-                claim_shard = :base + ((numbered.n + :offset) % :shards),
-                processing = now(),
-                next_attempt = now() + make_interval(secs => :lease),
-                status = CASE WHEN e.expiration <= now() THEN 'expired' ELSE 'pending' END,
-                processed = CASE WHEN e.expiration <= now() THEN now() ELSE e.processed END,
-                error_reason = CASE WHEN e.expiration <= now() THEN :expired_reason
-                                    ELSE e.error_reason END
-            FROM numbered WHERE e.id = numbered.id
-            RETURNING e.status
-        )
-        SELECT count(*) FILTER (WHERE status = 'pending'),
-               count(*) FILTER (WHERE status = 'expired')
-        FROM claimed
-    """), {"limit": limit, "token": token, "base": shard_base, "offset": offset,
-           "shards": shards, "lease": float(lease_seconds),
-           "expired_reason": EXPIRED_REASON}).one()
-    return ClaimResult(claimed=int(row[0]), expired=int(row[1]))
-
-
-def split_queue(engine: Engine, kind: str, settings: ProcessingSettings,
-                token: int | None = None) -> list[ShardClaim]:
-    """Claim due events in routing batches (one committed transaction each) until the
-    queue is empty or ``max_events_per_run`` is reached; return the non-empty shards."""
-    token = token or new_token()
-    total = offset = 0
-    while total < settings.max_events_per_run:
-        limit = min(settings.routing_batch_size, settings.max_events_per_run - total)
-        with engine.begin() as conn:
-            result = claim_due(conn, kind, token=token, limit=limit, shards=settings.shards,
-                               offset=offset, lease_seconds=settings.claim_lease_seconds)
-        total += result.claimed
-        offset = (offset + result.claimed) % settings.shards
-        if result.claimed + result.expired < limit:
-            break
-    if total == 0:
-        return []
-    with engine.connect() as conn:
-        counts = conn.execute(text(f"""
-            SELECT claim_shard, count(*) FROM {event_table(kind)}
-            WHERE claim_token = :token AND status = 'pending'
-            GROUP BY claim_shard ORDER BY claim_shard
-        """), {"token": token}).all()
-    return [ShardClaim(kind, token, int(shard), int(count)) for shard, count in counts]
-
-
-def link_shard(conn: Connection, claim: ShardClaim) -> LinkResult:
-    """Link the shard's claimed events to templates in one statement (see module doc)."""
-    table = event_table(claim.kind)
-    rows = conn.execute(text(f"""
-        WITH active AS (
+        ), active AS (
             SELECT id, internal_name, version, event_type, channel, language
             FROM published_template WHERE active
         ), by_language AS (
@@ -161,22 +124,31 @@ def link_shard(conn: Connection, claim: ShardClaim) -> LinkResult:
             SELECT DISTINCT ON (event_type, channel) *
             FROM active ORDER BY event_type, channel, id DESC
         ), matched AS (
-            SELECT e.id,
+            SELECT d.id, d.is_expired,
                    coalesce(l.internal_name, a.internal_name) AS internal_name,
-                   coalesce(l.version, a.version) AS version,
-                   coalesce(e.expiration <= now(), false) AS is_expired
-            FROM {table} e
-            LEFT JOIN by_language l ON l.event_type = e.type
-                 AND l.channel = e.wished_channel AND l.language = e.language
-            LEFT JOIN latest a ON a.event_type = e.type AND a.channel = e.wished_channel
-            WHERE e.claim_token = :token AND e.claim_shard = :shard AND e.status = 'pending'
-        ), linked AS (
+                   coalesce(l.version, a.version) AS version
+            FROM due d
+            LEFT JOIN by_language l ON l.event_type = d.type
+                 AND l.channel = d.wished_channel AND l.language = d.language
+            LEFT JOIN latest a ON a.event_type = d.type AND a.channel = d.wished_channel
+        ), numbered AS (
+            -- only linked events are dealt round robin: shards get even deliveries
+            SELECT *, row_number() OVER (PARTITION BY is_expired OR internal_name IS NULL
+                                         ORDER BY id) - 1 AS n
+            FROM matched
+        ), claimed AS (
             UPDATE {table} e SET
+                claim_token = :token,
+                claim_shard = :base + ((m.n + :offset) % :shards),
+                processing = now(),
+                next_attempt = now() + make_interval(secs => :lease),
                 status = CASE WHEN m.is_expired THEN 'expired'
                               WHEN m.internal_name IS NULL THEN 'not_taken_into_account'
                               ELSE 'pending_delivery' END,
-                template_name = m.internal_name,
-                template_version = m.version,
+                template_name = CASE WHEN m.is_expired THEN e.template_name
+                                     ELSE m.internal_name END,
+                template_version = CASE WHEN m.is_expired THEN e.template_version
+                                        ELSE m.version END,
                 processed = CASE WHEN m.is_expired OR m.internal_name IS NULL THEN now()
                                  ELSE e.processed END,
                 error_reason = CASE
@@ -185,16 +157,45 @@ def link_shard(conn: Connection, claim: ShardClaim) -> LinkResult:
                         format('no published %s template for event type %s',
                                e.wished_channel, e.type)
                     ELSE e.error_reason END
-            FROM matched m WHERE e.id = m.id
-            RETURNING e.status
+            FROM numbered m WHERE e.id = m.id
+            RETURNING e.status, e.claim_shard
         )
-        SELECT status, count(*) FROM linked GROUP BY status
-    """), {"token": claim.token, "shard": claim.shard,
+        SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
+    """), {"limit": limit, "token": token, "base": shard_base, "offset": offset,
+           "shards": shards, "lease": float(lease_seconds),
            "expired_reason": EXPIRED_REASON}).all()
-    counts = {status: int(count) for status, count in rows}
-    return LinkResult(linked=counts.get("pending_delivery", 0),
-                      not_taken=counts.get("not_taken_into_account", 0),
-                      expired=counts.get("expired", 0))
+    counts: dict[str, int] = {}
+    per_shard: dict[int, int] = {}
+    for status, shard, count in rows:
+        counts[status] = counts.get(status, 0) + int(count)
+        if status == "pending_delivery":
+            per_shard[int(shard)] = int(count)
+    return ClaimResult(linked=counts.get("pending_delivery", 0),
+                       not_taken=counts.get("not_taken_into_account", 0),
+                       expired=counts.get("expired", 0), per_shard=per_shard)
+
+
+def split_queue(engine: Engine, kind: str, settings: ProcessingSettings,
+                token: int | None = None) -> list[ShardClaim]:
+    """Claim and link due events in routing batches (one committed transaction each)
+    until the queue is empty or ``max_events_per_run`` is reached; return the shards with
+    events to deliver and their ``pending_delivery`` counts."""
+    token = token or new_token()
+    total = offset = 0
+    per_shard: dict[int, int] = {}
+    while total < settings.max_events_per_run:
+        limit = min(settings.routing_batch_size, settings.max_events_per_run - total)
+        with engine.begin() as conn:
+            result = claim_due(conn, kind, token=token, limit=limit, shards=settings.shards,
+                               offset=offset, lease_seconds=settings.claim_lease_seconds)
+        total += result.claimed
+        offset = (offset + result.linked) % settings.shards
+        for shard, count in result.per_shard.items():
+            per_shard[shard] = per_shard.get(shard, 0) + count
+        if result.taken < limit:
+            break
+    return [ShardClaim(kind, token, shard, count)
+            for shard, count in sorted(per_shard.items()) if count]
 
 
 def renew_lease(conn: Connection, claim: ShardClaim, lease_seconds: float) -> int:

@@ -27,7 +27,6 @@ from message_center.processing.notify import NOTIFY_CHANNELS, Listener
 from message_center.processing.queue import (
     ShardClaim,
     claim_due,
-    link_shard,
     new_token,
     release_claim,
     release_stale_claims,
@@ -89,12 +88,6 @@ def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...]
         log.warning("recovery: %d message(s) with an unknown outcome marked failed (not "
                     "resent), %d stale claim(s) released", stats.unknown, stats.released)
     return stats
-
-
-def link(engine: Engine, claim: ShardClaim) -> ShardStats:
-    with engine.begin() as conn:
-        result = link_shard(conn, claim)
-    return ShardStats(linked=result.linked, not_taken=result.not_taken, expired=result.expired)
 
 
 def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
@@ -186,8 +179,8 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
     """Process events as they arrive for ``loop_seconds``, then return (the continuous DAG
     starts the next run).
 
-    Each round claims up to ``routing_batch_size`` due events (SKIP LOCKED: several
-    shards share one queue without coordination), links them, delivers them and copies
+    Each round claims and links up to ``routing_batch_size`` due events in one statement
+    (SKIP LOCKED: several shards share one queue without coordination), delivers them and copies
     their outcomes at once. Between rounds the shard sleeps on ``LISTEN`` - a push wakes
     it immediately - or at most ``poll_seconds`` (for scheduled events and retries that
     become due without a notification). ``should_stop`` ends the loop early and cleanly
@@ -204,25 +197,22 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
                 stats.add(recover(engine, settings, kinds=(kind,)))
                 next_maintenance = time.monotonic() + maintenance_seconds
             claim = ShardClaim(kind, new_token(), shard)
-            with engine.begin() as conn:
+            with engine.begin() as conn:  # claims and links in one statement
                 result = claim_due(conn, kind, token=claim.token, shard_base=shard,
                                    limit=settings.routing_batch_size,
                                    lease_seconds=settings.claim_lease_seconds)
-                linked = link_shard(conn, claim) if result.claimed else None
             stats.claimed += result.claimed
+            stats.linked += result.linked
+            stats.not_taken += result.not_taken
             stats.expired += result.expired
-            if linked is not None:
-                stats.linked += linked.linked
-                stats.not_taken += linked.not_taken
-                stats.expired += linked.expired
-                if linked.linked:
-                    stats.add(deliver_shard(engine, claim, settings, channels,
-                                            copy_status=True, recover_own=False,
-                                            should_stop=should_stop))
+            if result.linked:
+                stats.add(deliver_shard(engine, claim, settings, channels,
+                                        copy_status=True, recover_own=False,
+                                        should_stop=should_stop))
             remaining = deadline - time.monotonic()
             if remaining <= 0 or should_stop():
                 break
-            if result.claimed + result.expired >= settings.routing_batch_size:
+            if result.taken >= settings.routing_batch_size:
                 continue  # more is waiting: no sleep
             listener.wait(min(poll_seconds, remaining))
     return stats

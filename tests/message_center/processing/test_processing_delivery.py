@@ -29,7 +29,6 @@ from message_center.processing import (
     ProcessingSettings,
     ShardStats,
     deliver_shard,
-    link,
     recover,
     run_realtime_shard,
     split_queue,
@@ -53,7 +52,6 @@ def drain(engine, channels, kind="batch", settings=FAST, rounds=1) -> ShardStats
     for _ in range(rounds):
         total.add(recover(engine, settings, kinds=(kind,)))
         for claim in split_queue(engine, kind, settings):
-            total.add(link(engine, claim))
             total.add(deliver_shard(engine, claim, settings, channels, copy_status=False))
     sync_event_statuses(engine)
     return total
@@ -260,8 +258,7 @@ def test_a_crash_while_sending_is_never_resent(execution_db, smtp_sink, channels
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 5)
     settings = replace(FAST, shards=1, delivery_chunk=2)
-    (claim,) = split_queue(execution_db, "batch", settings)
-    link(execution_db, claim)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
     with execution_db.begin() as conn:  # step 1 committed, then the worker "dies"
         in_flight = start_sending(conn, claim, -(2**63), 2)
     assert len(in_flight.to_send) == 2
@@ -281,8 +278,7 @@ def test_unknown_outcomes_of_a_dead_run_are_settled_by_the_next(execution_db, sm
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 4)
     settings = replace(FAST, shards=1, delivery_chunk=2)
-    (claim,) = split_queue(execution_db, "batch", settings)
-    link(execution_db, claim)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
     with execution_db.begin() as conn:
         start_sending(conn, claim, -(2**63), 2)
     drain(execution_db, channels)  # lease and sending timeout still running: nothing
@@ -299,8 +295,7 @@ def test_a_stopping_worker_records_what_it_sent_and_gives_back_the_rest(
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 5)
     settings = replace(FAST, shards=1, delivery_chunk=5)
-    (claim,) = split_queue(execution_db, "batch", settings)
-    link(execution_db, claim)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
 
     class Stopping(Channels):
         calls = 0
@@ -343,8 +338,7 @@ def test_a_slow_provider_never_holds_rows_in_sending_past_the_timeout(
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 5)
     settings = replace(FAST, shards=1, delivery_chunk=5, sending_timeout_seconds=1)
-    (claim,) = split_queue(execution_db, "batch", settings)
-    link(execution_db, claim)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
 
     class Slow(Channels):
         def deliver(self, attempt):
@@ -366,8 +360,7 @@ def test_a_stop_request_ends_the_shard_cleanly_and_frees_its_events(
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 6)
     settings = replace(FAST, shards=1, delivery_chunk=4)
-    (claim,) = split_queue(execution_db, "batch", settings)
-    link(execution_db, claim)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
     asked = iter([False, False, True])
     stats = deliver_shard(execution_db, claim, settings, channels, copy_status=True,
                           should_stop=lambda: next(asked, True))
