@@ -10,9 +10,8 @@ run: $(INSTALLED)  ## Set up and run the Message Center (Airflow UI, scheduler, 
 	$(BIN)/mc run
 
 test: $(INSTALLED)  ## Set up and run the whole test suite
-	$(BIN)/mc setup --profile test
 	$(BIN)/ruff check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/mc test -- $(PYTEST_ARGS)
 
 bench: $(INSTALLED)  ## Benchmarks: every stage next to its bare limit, one table (BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,23 @@ def _setup(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     return launcher.run(deployment(args.profile))
+
+
+def _test(args: argparse.Namespace) -> int:
+    """Set up the test deployment, run pytest, and stop the embedded PostgreSQL again
+    unless it was already running (a `make run` in another terminal keeps its server)."""
+    target = deployment(args.profile or "test")
+    was_running = target.uses_embedded and target.embedded.is_ready()
+    launcher.prepare(target)
+    pytest_args = list(args.pytest_args)
+    if pytest_args[:1] == ["--"]:
+        pytest_args = pytest_args[1:]
+    try:
+        return subprocess.call([str(Path(sys.executable).parent / "pytest"), *pytest_args],
+                               env={**os.environ, "MC_TEST_PROFILE": target.profile})
+    finally:
+        if target.uses_embedded and not was_running:
+            target.embedded.stop()
 
 
 def _airflow(args: argparse.Namespace) -> int:
@@ -44,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     add("setup", _setup, "Start PostgreSQL, create and migrate the databases, load settings.")
     add("run", _run, "Set up, then run Airflow (UI, scheduler, DAGs, push API) and the SMTP sink.")
+    parser = add("test", _test, "Set up the test deployment and run pytest (args go to pytest).")
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     parser = add("airflow", _airflow, "Run any airflow CLI command against the local deployment.")
     parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
     add("env", _env, "Print the environment of the local deployment as shell exports.")
