@@ -19,10 +19,10 @@ from sqlalchemy import text
 from bench.core import Context, Result, log, planned_rows, stopwatch
 from bench.data import ITEMS, count_by_status, insert_events, insert_final_delivery_logs
 from message_center import archiving
+from message_center.claims import ShardClaim
 from message_center.delivery.channels import Channels
 from message_center.delivery.smtp import SmtpSettings, compose_email
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
-from message_center.processing.queue import ShardClaim
 from message_center.rendering import event_variables, render_message
 from message_center.status_sync import sync_event_statuses
 

@@ -14,6 +14,8 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from message_center.ids import to_public
+
 MAX_RENDERED_CHARS = 1_000_000
 
 
@@ -74,6 +76,31 @@ def render_part(source: str | None, variables: dict[str, Any], html: bool = Fals
     if len(result) > MAX_RENDERED_CHARS:
         raise RenderError(f"rendered message is larger than {MAX_RENDERED_CHARS} characters")
     return result
+
+
+def template_event(row: dict[str, Any], event_id: int) -> dict[str, Any]:
+    """The event as templates see it (``{{ event.externalId }}`` or ``{{ ctx.x }}``).
+
+    Field names are the push API's (camelCase); the storage names (snake_case) are
+    accepted too, so a template written either way renders.
+    """
+    fields = {
+        "id": to_public(event_id),
+        "type": row["type"],
+        "email": row["email"],
+        "mobilePhone": row["mobile_phone"],
+        "wishedChannel": row["wished_channel"],
+        "externalId": row["external_id"],
+        "language": row["language"],
+        "country": row["country"],
+        "origin": row["origin"],
+        "scheduled": row["scheduled"],
+        "expiration": row["expiration"],
+        "created": row["created"],
+    }
+    fields.update(mobile_phone=row["mobile_phone"], wished_channel=row["wished_channel"],
+                  external_id=row["external_id"])
+    return {**fields, "ctx": row["ctx"] or {}}
 
 
 def event_variables(event: dict[str, Any]) -> dict[str, Any]:

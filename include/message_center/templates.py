@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, text
 
-from message_center.delivery.channels import template_event
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.smtp import (
     DEFAULT_FROM,
@@ -48,6 +47,7 @@ from message_center.rendering import (
     event_variables,
     render_message,
     render_part,
+    template_event,
 )
 from message_center.statuses import CHANNELS
 

@@ -21,34 +21,15 @@ from message_center.delivery.smtp import (
     envelope_address,
 )
 from message_center.ids import to_public
-from message_center.rendering import RenderError, event_variables, render_message, render_part
+from message_center.rendering import (
+    RenderError,
+    event_variables,
+    render_message,
+    render_part,
+    template_event,
+)
 
 log = logging.getLogger(__name__)
-
-
-def template_event(row: dict[str, Any], event_id: int) -> dict[str, Any]:
-    """The event as templates see it (``{{ event.externalId }}`` or ``{{ ctx.x }}``).
-
-    Field names are the push API's (camelCase); the storage names (snake_case) are
-    accepted too, so a template written either way renders.
-    """
-    fields = {
-        "id": to_public(event_id),
-        "type": row["type"],
-        "email": row["email"],
-        "mobilePhone": row["mobile_phone"],
-        "wishedChannel": row["wished_channel"],
-        "externalId": row["external_id"],
-        "language": row["language"],
-        "country": row["country"],
-        "origin": row["origin"],
-        "scheduled": row["scheduled"],
-        "expiration": row["expiration"],
-        "created": row["created"],
-    }
-    fields.update(mobile_phone=row["mobile_phone"], wished_channel=row["wished_channel"],
-                  external_id=row["external_id"])
-    return {**fields, "ctx": row["ctx"] or {}}
 
 
 class Channels:

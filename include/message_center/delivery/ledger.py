@@ -32,10 +32,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from message_center.claims import ShardClaim
 from message_center.delivery.outcome import Outcome
 from message_center.ids import NEXT_ID_SQL
-from message_center.processing.queue import ShardClaim
-from message_center.processing.settings import ProcessingSettings
 from message_center.statuses import event_table
 
 UNKNOWN_OUTCOME = (
@@ -50,6 +49,21 @@ _SEND_COLUMNS = """
     e.origin, e.ctx, e.scheduled, e.expiration, e.created,
     t.id AS published_id, t.sender, t.subject, t.html_body, t.text_body, t.sms_body
 """
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried: ``max_tries`` attempts in all, the n-th retry
+    after ``base * 2**(n-1)`` seconds, capped at ``backoff_max_seconds``."""
+
+    max_tries: int = 5
+    backoff_base_seconds: float = 60.0
+    backoff_max_seconds: float = 3_600.0
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` after ``attempt`` transient failures."""
+        return min(self.backoff_base_seconds * 2 ** max(attempt - 1, 0),
+                   self.backoff_max_seconds)
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,7 @@ class Finalized:
 
 
 def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outcome]],
-             settings: ProcessingSettings) -> Finalized:
+             retry: RetryPolicy) -> Finalized:
     """Step 3 for a chunk: record each outcome; transient ones are rescheduled.
 
     A transient failure puts the event back to ``pending`` with ``error_count + 1`` and
@@ -182,10 +196,10 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
     for attempt, outcome in results:
         status, error = outcome.status, outcome.error
         if status == "retry":
-            exhausted = attempt.attempts >= settings.max_tries
+            exhausted = attempt.attempts >= retry.max_tries
             retry_events.append(attempt.event_id)
             retry_logs.append(attempt.log_id)
-            retry_delays.append(settings.backoff_seconds(attempt.attempts))
+            retry_delays.append(retry.backoff_seconds(attempt.attempts))
             give_up.append(exhausted)
             if exhausted:
                 error = f"gave up after {attempt.attempts} attempts: {error}"

@@ -7,33 +7,33 @@
 * :mod:`.notify` - ``LISTEN`` wake-ups from the push API.
 
 The delivery log (the ledger that makes sends exactly-once) is in
-:mod:`message_center.delivery.ledger`; copying outcomes onto events in
+:mod:`message_center.delivery.ledger`, a layer below (it takes a
+:class:`~message_center.delivery.ledger.RetryPolicy`, not these settings); claims in
+:mod:`message_center.claims`; copying outcomes onto events in
 :mod:`message_center.status_sync`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from message_center.claims import ShardClaim, new_token
+from message_center.processing.queue import claim_due, release_stale_claims, split_queue
+from message_center.processing.runner import (
+    ShardStats,
+    deliver_shard,
+    recover,
+    run_realtime_shard,
+)
+from message_center.processing.settings import ProcessingSettings
 
-# Lazy re-exports: the delivery ledger imports processing.queue, and processing.runner
-# imports the delivery package; resolving names on first use keeps that cycle harmless.
-_EXPORTS = {
-    "ProcessingSettings": "settings",
-    "ShardClaim": "queue",
-    "claim_due": "queue",
-    "new_token": "queue",
-    "release_stale_claims": "queue",
-    "split_queue": "queue",
-    "ShardStats": "runner",
-    "deliver_shard": "runner",
-    "recover": "runner",
-    "run_realtime_shard": "runner",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__ = [
+    "ProcessingSettings",
+    "ShardClaim",
+    "ShardStats",
+    "claim_due",
+    "deliver_shard",
+    "new_token",
+    "recover",
+    "release_stale_claims",
+    "run_realtime_shard",
+    "split_queue",
+]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, Engine
 
+from message_center.claims import ShardClaim, new_token
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import (
     Attempt,
@@ -25,9 +26,7 @@ from message_center.delivery.ledger import (
 from message_center.delivery.outcome import Outcome
 from message_center.processing.notify import NOTIFY_CHANNELS, Listener
 from message_center.processing.queue import (
-    ShardClaim,
     claim_due,
-    new_token,
     release_claim,
     release_stale_claims,
     renew_lease,
@@ -106,9 +105,10 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
     """
     stats = ShardStats()
     kind = claim.kind
+    retry = settings.retry_policy
 
     def record(conn: Connection, results: list[tuple[Attempt, Outcome]]) -> None:
-        done = finalize(conn, kind, results, settings)
+        done = finalize(conn, kind, results, retry)
         if copy_status:
             copy_statuses(conn, kind, done.final_log_ids)
         stats.sent += done.sent

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from message_center.delivery.ledger import RetryPolicy
+
 # (minimum, maximum) per field: wide enough for production, narrow enough to catch typos.
 _BOUNDS: dict[str, tuple[float, float]] = {
     "routing_batch_size": (1, 1_000_000),
@@ -91,7 +93,13 @@ class ProcessingSettings:
                                                       kwargs["retry_backoff_seconds"])
         return cls(**kwargs)
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The part of these settings the delivery ledger needs to reschedule a message."""
+        return RetryPolicy(max_tries=self.max_tries,
+                           backoff_base_seconds=self.retry_backoff_seconds,
+                           backoff_max_seconds=self.retry_backoff_max_seconds)
+
     def backoff_seconds(self, attempt: int) -> float:
         """Delay before attempt ``attempt + 1`` after ``attempt`` transient failures."""
-        return min(self.retry_backoff_seconds * 2 ** max(attempt - 1, 0),
-                   self.retry_backoff_max_seconds)
+        return self.retry_policy.backoff_seconds(attempt)
