@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from mc_local.localenv import PROJECT_ROOT, STATE_DIR, Deployment
 from message_center.db import engine_for
-from message_center.localenv import PROJECT_ROOT, STATE_DIR, Deployment
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency",
                     "mc_watermark", "quarantine")
@@ -351,7 +351,7 @@ class Context:
     def ensure_sinks(self) -> None:
         if "smtp_sink" not in self.processes:
             mail_dir = self.work_dir / "mail"
-            sink = self.start("smtp_sink", [sys.executable, "-m", "message_center.smtp_sink",
+            sink = self.start("smtp_sink", [sys.executable, "-m", "mc_local.smtp_sink",
                                             "--port", str(self.smtp_port),
                                             "--mail-dir", str(mail_dir)])
             wait_for_port(self.smtp_port, sink.process, what="SMTP sink")

@@ -229,10 +229,10 @@ def rt_bare_loop(argv: list[str] | None = None) -> None:
     parser.add_argument("--smtp-port", type=int, required=True)
     parser.add_argument("--profile", default="bench")
     args = parser.parse_args(argv)
+    from mc_local.localenv import deployment
     from message_center.db import engine_for
     from message_center.delivery.channels import Channels
     from message_center.delivery.smtp import SmtpSettings
-    from message_center.localenv import deployment
     from message_center.processing import ProcessingSettings, run_realtime_shard
 
     settings = ProcessingSettings.from_mapping(RT_DEFAULTS)

@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MC_API_PORT"] = str(free_port())
     os.environ["MC_SMTP_PORT"] = str(free_port())
     os.environ["MC_DEPLOYMENT_PROFILE"] = args.profile
-    from message_center.launcher import prepare
-    from message_center.localenv import deployment
+    from mc_local.launcher import prepare
+    from mc_local.localenv import deployment
 
     dep = deployment(args.profile)
     work_dir = new_work_dir()

@@ -1,6 +1,6 @@
 """A null SMTP server: speaks enough SMTP for smtplib, checks line length, discards mail.
 
-The project's sink (:mod:`message_center.smtp_sink`, aiosmtpd writing ``.eml`` files)
+The project's sink (:mod:`mc_local.smtp_sink`, aiosmtpd writing ``.eml`` files)
 accepts about a thousand messages a second on this machine: right for the demo and for
 the render + deliver figure, far too slow to drain a million-event backlog in minutes.
 This one is a bare asyncio protocol (one event loop, no parsing beyond the SMTP verbs),

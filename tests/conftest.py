@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from message_center.localenv import PROJECT_ROOT, deployment
+from mc_local.localenv import PROJECT_ROOT, deployment
 
 
 def free_port() -> int:
@@ -48,8 +48,8 @@ os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
 
 from sqlalchemy import Engine, text  # noqa: E402
 
+from mc_local.smtp_sink import SmtpSink  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
-from message_center.smtp_sink import SmtpSink  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template",
                     "quarantine", "api_idempotency", "mc_watermark")
@@ -219,7 +219,7 @@ os.environ["AIRFLOW_CONN_SMS_GATEWAY"] = json.dumps({
 
 @pytest.fixture(scope="session")
 def _sms_sink_session(tmp_path_factory: pytest.TempPathFactory):
-    from message_center.sms_sink import SmsSink
+    from mc_local.sms_sink import SmsSink
 
     with SmsSink(tmp_path_factory.mktemp("sms"), port=int(os.environ["MC_SMS_PORT"])) as sink:
         yield sink

@@ -105,7 +105,7 @@ class Registry:
 
 def default_registry_path() -> Path:
     """``dags/execution_accounts.yaml`` of the project (where the DAG files live)."""
-    from message_center.localenv import PROJECT_ROOT
+    from mc_local.localenv import PROJECT_ROOT
 
     return PROJECT_ROOT / "dags" / REGISTRY_FILENAME
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, text
 
+from mc_local.localenv import PROJECT_ROOT
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.smtp import (
     DEFAULT_FROM,
@@ -38,7 +39,6 @@ from message_center.delivery.smtp import (
     compose_email,
     envelope_address,
 )
-from message_center.localenv import PROJECT_ROOT
 from message_center.publishing import TemplateContent, publish, unpublish
 from message_center.rendering import (
     RenderedMessage,

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from message_center.localenv import PROJECT_ROOT
+from mc_local.localenv import PROJECT_ROOT
 
 # Every figure of the issue, in the table's order (its first words are enough).
 FIGURES = (

@@ -22,8 +22,8 @@ from processing_factory import (
     statuses,
 )
 
+from mc_local.localenv import PROJECT_ROOT
 from message_center.delivery.ledger import UNKNOWN_OUTCOME
-from message_center.localenv import PROJECT_ROOT
 
 DAG_ID = "batchEventsProcessing"
 

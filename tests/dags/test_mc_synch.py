@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from mc_local.localenv import PROJECT_ROOT
 from message_center.archiving import DELIVERY_LOG_COLUMNS, EVENT_COLUMNS
 from message_center.ids import NEXT_ID_SQL
-from message_center.localenv import PROJECT_ROOT
 from message_center.registry import REGISTRY_ENV
 
 DAGS = PROJECT_ROOT / "dags"

@@ -7,8 +7,8 @@ import uuid
 import psycopg2
 import pytest
 
+from mc_local.embedded_pg import ensure_database
 from message_center import migrations
-from message_center.embedded_pg import ensure_database
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from message_center.localenv import PROJECT_ROOT
+from mc_local.localenv import PROJECT_ROOT
 from message_center.registry import (
     DEFAULT_SCHEDULE,
     REGISTRY_ENV,

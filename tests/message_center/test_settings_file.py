@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from message_center.localenv import PROJECT_ROOT
+from mc_local.localenv import PROJECT_ROOT
 from message_center.settings_file import parse_settings, read_settings
 
 

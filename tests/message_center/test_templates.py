@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from mc_local.cli import main as mc
 from message_center import templates as tpl
-from message_center.cli import main as mc
 from message_center.publishing import unpublish
 from message_center.rendering import event_variables, render_message
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from message_center.client import PushClient, PushError
+from mc_local.client import PushClient, PushError
 
 pytestmark = pytest.mark.server
 

@@ -1,6 +1,6 @@
 """SMS through an HTTP gateway: one JSON POST per message over a reused HTTP connection.
 
-The gateway contract (what :mod:`message_center.sms_sink` implements, and what an
+The gateway contract (what :mod:`mc_local.sms_sink` implements, and what an
 adapter in front of a real SMS provider must accept)::
 
     POST <base url><path>            (default path: /messages)

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from mc_local.client import PushClient, PushError
 from message_center.api import HealthThresholds, create_app
-from message_center.client import PushClient, PushError
 from message_center.events import MAX_BATCH_BODY_BYTES, MAX_CTX_BYTES, MAX_EVENT_BODY_BYTES
 from message_center.ids import cell_of
 

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 import httpx
 
+from mc_local.client import PushClient, PushError, chunks
+from mc_local.localenv import ADMIN_USER, deployment
 from message_center import events
-from message_center.client import PushClient, PushError, chunks
-from message_center.localenv import ADMIN_USER, deployment
 
 EVENT_FLAGS = (  # (flag, wire field)
     ("--type", "type"), ("--email", "email"), ("--mobile-phone", "mobilePhone"),

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(f"message_center.cli.{name}").register(subparsers)
+        importlib.import_module(f"mc_local.cli.{name}").register(subparsers)
     return parser
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from message_center.embedded_pg import DEFAULT_PORT, EmbeddedPostgres
+from mc_local.embedded_pg import DEFAULT_PORT, EmbeddedPostgres
 
 PROJECT_ROOT = Path(os.environ.get("MC_PROJECT_ROOT", Path(__file__).resolve().parents[2]))
 STATE_DIR = Path(os.environ.get("MC_STATE_DIR", PROJECT_ROOT / ".mc"))

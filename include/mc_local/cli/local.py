@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from message_center import launcher
-from message_center.localenv import deployment
+from mc_local import launcher
+from mc_local.localenv import deployment
 
 
 def _setup(args: argparse.Namespace) -> int:

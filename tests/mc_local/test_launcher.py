@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from message_center.launcher import set_cell_id
+from mc_local.launcher import set_cell_id
 
 MC = str(Path(sys.executable).parent / "mc")
 

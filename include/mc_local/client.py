@@ -1,6 +1,6 @@
 """A small client for the push API, for scripts, the demo and ``mc push``.
 
-    from message_center.client import push_event
+    from mc_local.client import push_event
     push_event({"type": "ORDER_CONFIRMED", "email": "jane@example.com",
                 "ctx": {"orderId": "A-1001"}}, password="...")
 

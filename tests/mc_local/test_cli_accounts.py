@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from message_center.cli import main
-from message_center.localenv import PROJECT_ROOT
+from mc_local.cli import main
+from mc_local.localenv import PROJECT_ROOT
 from message_center.registry import REGISTRY_ENV, load_registry
 
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mc_local.localenv import deployment
 from message_center.archiving import ArchivingError, check_instance, safe_url
-from message_center.localenv import deployment
 from message_center.registry import (
     ExecutionAccount,
     RegistryError,

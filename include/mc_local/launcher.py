@@ -1,7 +1,7 @@
 """Sets up and runs a local deployment: embedded PostgreSQL, schemas, Airflow, SMTP sink.
 
 Airflow itself is only ever started as a subprocess here, with the environment from
-:mod:`message_center.localenv`, so this module stays free of Airflow imports.
+:mod:`mc_local.localenv`, so this module stays free of Airflow imports.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg2
 
+from mc_local.embedded_pg import ensure_database
+from mc_local.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
 from message_center import migrations, templates
-from message_center.embedded_pg import ensure_database
-from message_center.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
 
 # Cell ids of the two demo execution instances (high byte of every event id).
 DEMO_CELLS = {"execution": 0, "execution2": 1}
@@ -87,13 +87,13 @@ def run(deployment: Deployment) -> int:
     env = {**os.environ, **deployment.environment()}
     children: list[subprocess.Popen[bytes]] = []
     children.append(subprocess.Popen(
-        [sys.executable, "-m", "message_center.smtp_sink", "--port", str(deployment.smtp_port),
+        [sys.executable, "-m", "mc_local.smtp_sink", "--port", str(deployment.smtp_port),
          "--mail-dir", str(deployment.mail_dir)], env=env,
     ))
     # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
     sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
     children.append(subprocess.Popen(
-        [sys.executable, "-m", "message_center.sms_sink", "--port",
+        [sys.executable, "-m", "mc_local.sms_sink", "--port",
          os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env,
     ))
     children.append(subprocess.Popen(

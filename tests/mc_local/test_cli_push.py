@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from message_center.cli import main
+from mc_local.cli import main
 
 NOWHERE = ["--url", "http://127.0.0.1:9", "--token", "t"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from mc_local.localenv import STATE_DIR, deployment
 from message_center import templates as tpl
-from message_center.localenv import STATE_DIR, deployment
 
 
 def _load(args: argparse.Namespace) -> tpl.TemplateSet:
