@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = 0
     try:
         if args.no_setup:  # the stages link events to the repository's templates
-            from message_center.templates import publish_to_deployment
+            from mc_local.launcher import publish_to_deployment
 
             log(publish_to_deployment(dep))
         else:

@@ -50,7 +50,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from mc_airflow.connections import DEFAULT_ARGS
+from mc_airflow.defaults import DEFAULT_ARGS
 from mc_airflow.delivery import processing_params
 
 KIND = "batch"

@@ -31,21 +31,19 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from mc_airflow.connections import DEFAULT_ARGS
+from mc_airflow.defaults import ACCOUNT_REGISTRY, CONTROL_CONN_ID, DEFAULT_ARGS
 from message_center.registry import ExecutionAccount, load_registry, registry_path
 
 log = logging.getLogger(__name__)
 
-CONTROL_CONN_ID = "mc_control"
 LOOKBACK_MINUTES = int(os.environ.get("MC_ARCHIVE_LOOKBACK_MINUTES", "15"))
 CATCH_UP_DAYS = int(os.environ.get("MC_ARCHIVE_CATCH_UP_DAYS", "7"))
-REGISTRY = load_registry(registry_path(Path(__file__).with_name("execution_accounts.yaml")))
+REGISTRY = load_registry(registry_path(ACCOUNT_REGISTRY))
 
 
 def _account_doc(account: ExecutionAccount) -> str:

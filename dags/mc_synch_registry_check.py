@@ -9,9 +9,7 @@ while the DAGs of the good accounts keep running. It defines no DAG of its own.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from mc_airflow.defaults import ACCOUNT_REGISTRY
 from message_center.registry import load_registry, registry_path
 
-load_registry(registry_path(Path(__file__).with_name("execution_accounts.yaml"))) \
-    .raise_for_errors()
+load_registry(registry_path(ACCOUNT_REGISTRY)).raise_for_errors()

@@ -34,7 +34,8 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from mc_airflow.connections import DEFAULT_ARGS, database_url
+from mc_airflow.connections import database_url
+from mc_airflow.defaults import CONTROL_CONN_ID, DEFAULT_ARGS
 
 
 @dag(
@@ -67,6 +68,8 @@ def publish_templates() -> None:
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, str]]:
         """Validate the files, version changed templates on the control database and
         choose the instances to publish to."""
+        from mc_airflow.defaults import templates_dir
+        from mc_airflow.publishing import publish_targets, targets_behind
         from message_center import templates as tpl
         from message_center.db import engine_for
 
@@ -74,10 +77,10 @@ def publish_templates() -> None:
         params = params or {}
         run_type = context["dag_run"].run_type
         scheduled = getattr(run_type, "value", run_type) == "scheduled"
-        template_set = tpl.load_templates()
+        template_set = tpl.load_templates(templates_dir())
         if not template_set.ok:
             raise AirflowFailException(str(tpl.TemplateValidationError(template_set.problems)))
-        control = engine_for(database_url("mc_control"))
+        control = engine_for(database_url(CONTROL_CONN_ID))
         try:
             with control.begin() as conn:
                 publication = tpl.plan_publication(
@@ -86,13 +89,13 @@ def publish_templates() -> None:
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
         print(f"control database: {publication.summary()}")
-        targets, warnings = tpl.publish_targets(params.get("instances") or None)
+        targets, warnings = publish_targets(params.get("instances") or None)
         for warning in warnings:
             print(f"WARNING: {warning}")
         if scheduled and not publication.changed:
             with control.connect() as conn:
                 desired = tpl.desired_state(conn)
-            targets, notes = tpl.targets_behind(desired, targets, database_url)
+            targets, notes = targets_behind(desired, targets, database_url)
             for note in notes:
                 print(note)
             if not targets:
@@ -105,19 +108,20 @@ def publish_templates() -> None:
     def publish_to_instance(target: dict[str, str]) -> dict[str, Any]:
         """Make one execution instance's active templates the published versions, in one
         transaction (an instance that is down fails only this task)."""
-        from message_center import templates as tpl
-        from message_center.db import engine_for
+        from message_center.db import engine_for, first_line, with_connect_timeout
+        from message_center.publishing import sync_instance
+        from message_center.templates import desired_state
 
         context = get_current_context()
         context["instance_name"] = target["conn_id"]  # type: ignore[typeddict-unknown-key]
-        with engine_for(database_url("mc_control")).connect() as conn:
-            desired = tpl.desired_state(conn)
+        with engine_for(database_url(CONTROL_CONN_ID)).connect() as conn:
+            desired = desired_state(conn)
         try:
-            url = tpl.with_connect_timeout(database_url(target["conn_id"]))
+            url = with_connect_timeout(database_url(target["conn_id"]))
             with engine_for(url).begin() as conn:
-                result = tpl.sync_instance(conn, desired)
+                result = sync_instance(conn, desired)
         except Exception as exc:
-            context["ti"].xcom_push(key="error", value=tpl.first_line(exc))
+            context["ti"].xcom_push(key="error", value=first_line(exc))
             raise
         print(f"{target['conn_id']}: {result.summary()}")
         return {"conn_id": target["conn_id"], **result.as_dict()}

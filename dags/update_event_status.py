@@ -30,7 +30,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from mc_airflow.connections import DEFAULT_ARGS
+from mc_airflow.defaults import DEFAULT_ARGS
 
 
 @dag(

@@ -27,9 +27,9 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 
+from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
 
-EXECUTION_CONN_ID = "mc_execution"
 CONNECTION_TTL_SECONDS = 60.0
 
 # The same schemes Airflow's get_user declares, so /docs offers the same login form.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,26 @@ def smtp_sink(_smtp_sink_session: SmtpSink) -> SmtpSink:
     """A real SMTP server on loopback (the ``smtp_default`` connection), emptied per test."""
     _smtp_sink_session.clear()
     return _smtp_sink_session
+
+
+@pytest.fixture
+def template_dir(tmp_path: Path) -> Path:
+    """A copy of the repository's templates to change freely."""
+    from mc_airflow.defaults import TEMPLATES_DIR
+
+    directory = tmp_path / "message_templates"
+    shutil.copytree(TEMPLATES_DIR, directory)
+    return directory
+
+
+@pytest.fixture
+def urls(test_deployment):
+    """The test deployment's control and execution database URLs."""
+    return {
+        "control": test_deployment.database_url("control"),
+        "executions": {role: test_deployment.database_url(role)
+                       for role in ("execution", "execution2")},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
-
-# Every DAG of the project: one owner, retries, so a transient failure heals by itself.
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "message-center",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=15),
-}
-
 
 def database_url(conn_id: str) -> str:
     """The SQLAlchemy URL of a postgres connection (secrets stay in the connection)."""

@@ -24,15 +24,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mc_airflow.connections import database_url
+from mc_airflow.defaults import EXECUTION_CONN_ID, SMS_CONN_ID, SMTP_CONN_ID
 from message_center.db import engine_for
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import DEFAULT_FROM, SmtpSettings
 from message_center.processing.settings import ProcessingSettings
-
-EXECUTION_CONN_ID = "mc_execution"
-SMTP_CONN_ID = "smtp_default"
-SMS_CONN_ID = "sms_gateway"
 
 
 def _flag(extra: Mapping[str, Any], name: str, default: bool = False) -> bool:

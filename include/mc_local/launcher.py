@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg2
 
+from mc_airflow.defaults import templates_dir
 from mc_local.embedded_pg import ensure_database
 from mc_local.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
 from message_center import migrations, templates
@@ -43,6 +44,25 @@ def set_cell_id(url: str, cell_id: int) -> int:
         conn.close()
 
 
+def publish_to_deployment(deployment: Deployment) -> str:
+    """``mc setup``: version the repository's templates on the local control database and
+    publish the changed ones to both local execution databases (idempotent). Returns a
+    line for the set-up log; a template problem is reported, not raised, so the rest of
+    the set-up goes on."""
+    urls = {deployment.database(role): deployment.database_url(role)
+            for role in ("execution", "execution2")}
+    try:
+        report = templates.publish_repository(deployment.database_url("control"), urls,
+                                              templates_dir())
+    except (templates.TemplateValidationError, ValueError) as exc:
+        return f"message templates NOT published: {exc}"
+    lines = [f"message templates: {report.plan.summary()}"]
+    lines += [f"{name}: {result.summary()}" for name, result in report.results.items()
+              if result.changed]
+    lines += [f"{name}: NOT published: {error}" for name, error in report.errors.items()]
+    return "; ".join(lines)
+
+
 def airflow(deployment: Deployment, *args: str, check: bool = True,
             quiet: bool = False) -> subprocess.CompletedProcess[bytes]:
     """Run the ``airflow`` CLI of this virtualenv against ``deployment``."""
@@ -67,7 +87,7 @@ def prepare(deployment: Deployment) -> None:
         migrations.upgrade("execution", url)
         set_cell_id(url, cell_id)
     log("message center schemas are up to date")
-    log(templates.publish_to_deployment(deployment))
+    log(publish_to_deployment(deployment))
     deployment.write_password_file()
     deployment.mail_dir.mkdir(parents=True, exist_ok=True)
     airflow(deployment, "db", "migrate", quiet=True)

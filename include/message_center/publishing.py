@@ -3,14 +3,21 @@
 A publication is a row of ``published_template`` per (internal name, version); the
 link step picks, per (event type, channel), the highest active version. Publishing a
 set of templates to one execution database happens in one transaction (the caller's),
-so an instance never sees half a publication.
+so an instance never sees half a publication: :func:`sync_instance` makes an instance's
+active templates exactly the desired ones (what the control database says is
+published, :func:`message_center.templates.desired_state`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, text
+
+#: Serialises publications to one database (the DAG, ``mc setup``, the CLI).
+PUBLISH_LOCK_KEY = 0x6D635F74706C  # "mc_tpl"
 
 
 @dataclass(frozen=True)
@@ -57,3 +64,59 @@ def unpublish(conn: Connection, internal_name: str) -> int:
         {"name": internal_name},
     )
     return result.rowcount
+
+
+@dataclass
+class SyncResult:
+    """What one execution instance got in a publishing run."""
+
+    published: list[tuple[str, int]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.published or self.removed)
+
+    def summary(self) -> str:
+        published = ", ".join(f"{name} v{version}" for name, version in self.published)
+        return (f"published: {published or 'none'}; removed: "
+                f"{', '.join(self.removed) or 'none'}; unchanged: {self.unchanged}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"published": [f"{n} v{v}" for n, v in self.published],
+                "removed": self.removed, "unchanged": self.unchanged}
+
+
+def active_templates(conn: Connection) -> dict[str, TemplateContent]:
+    """The active published templates of an execution database, by internal name."""
+    rows = conn.execute(text("""
+        SELECT internal_name, label, event_type, channel, version, sender, subject,
+               html_body, text_body, sms_body, language
+        FROM published_template WHERE active ORDER BY internal_name, version
+    """)).mappings().all()
+    return {row["internal_name"]: TemplateContent(**dict(row)) for row in rows}
+
+
+def sync_instance(conn: Connection, desired: Sequence[TemplateContent]) -> SyncResult:
+    """Make the execution database's active templates exactly ``desired``: publish what
+    differs, deactivate what is no longer published. Run it in one transaction so the
+    instance switches at once (the link step never sees a half publication)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PUBLISH_LOCK_KEY})
+    current = active_templates(conn)
+    wanted = {template.internal_name: template for template in desired}
+    result = SyncResult()
+    for name in sorted(set(current) - set(wanted)):
+        unpublish(conn, name)
+        result.removed.append(name)
+    for name, template in sorted(wanted.items()):
+        if current.get(name) == template:
+            result.unchanged += 1
+            continue
+        publish(conn, template)
+        result.published.append((name, template.version))
+    return result
+
+
+def in_sync(conn: Connection, desired: Sequence[TemplateContent]) -> bool:
+    return active_templates(conn) == {template.internal_name: template for template in desired}

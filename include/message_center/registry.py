@@ -31,7 +31,6 @@ from typing import Any
 import yaml
 
 REGISTRY_ENV = "MC_ACCOUNT_REGISTRY"
-REGISTRY_FILENAME = "execution_accounts.yaml"
 DAG_ID_PREFIX = "mcSynch_"
 DEFAULT_SCHEDULE = "0 * * * *"
 
@@ -103,19 +102,11 @@ class Registry:
                 "archived as usual):\n" + "\n".join(f"- {error}" for error in self.errors))
 
 
-def default_registry_path() -> Path:
-    """``dags/execution_accounts.yaml`` of the project (where the DAG files live)."""
-    from mc_local.localenv import PROJECT_ROOT
-
-    return PROJECT_ROOT / "dags" / REGISTRY_FILENAME
-
-
-def registry_path(default: Path | None = None) -> Path:
-    """``$MC_ACCOUNT_REGISTRY`` when set (tests, other layouts), else ``default``."""
+def registry_path(default: Path) -> Path:
+    """``$MC_ACCOUNT_REGISTRY`` when set (tests, other layouts), else ``default`` (the
+    deployment's file: ``mc_airflow.defaults.ACCOUNT_REGISTRY``)."""
     override = os.environ.get(REGISTRY_ENV)
-    if override:
-        return Path(override)
-    return default if default is not None else default_registry_path()
+    return Path(override) if override else default
 
 
 def _check_schedule(value: Any) -> str | None:
@@ -216,10 +207,10 @@ def parse_registry(text: str, path: Path) -> Registry:
     return registry
 
 
-def load_registry(path: Path | None = None) -> Registry:
-    """Read the registry at ``path`` (default :func:`registry_path`); a missing file is an
+def load_registry(path: Path) -> Registry:
+    """Read the registry at ``path`` (see :func:`registry_path`); a missing file is an
     empty registry (a control instance with no execution account yet)."""
-    path = registry_path() if path is None else Path(path)
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

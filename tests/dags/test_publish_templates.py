@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from message_center import templates as tpl
+from mc_airflow.defaults import TEMPLATES_DIR
 from message_center.events import insert_events, parse_event
 from message_center.ids import to_stored
 
@@ -26,7 +26,7 @@ def dag(dagbag):
 @pytest.fixture
 def template_dir(tmp_path: Path, monkeypatch) -> Path:
     directory = tmp_path / "message_templates"
-    shutil.copytree(tpl.TEMPLATES_DIR, directory)
+    shutil.copytree(TEMPLATES_DIR, directory)
     monkeypatch.setenv("MC_TEMPLATES_DIR", str(directory))
     return directory
 

@@ -91,7 +91,7 @@ def test_under_the_scheduler_pushed_events_are_sent_within_seconds(
 
     import httpx
 
-    from message_center.templates import publish_to_deployment
+    from mc_local.launcher import publish_to_deployment
 
     api = httpx.Client(base_url=f"{airflow_stack.base_url}/api/v2", timeout=30,
                        headers={"Authorization": f"Bearer {airflow_stack.token()}"})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mc_airflow.defaults import ACCOUNT_REGISTRY
 from mc_local.localenv import PROJECT_ROOT
 from message_center.registry import (
     DEFAULT_SCHEDULE,
@@ -43,10 +44,10 @@ def test_project_registry_is_the_demo_set_up():
 
 def test_registry_path_default_and_env_override(tmp_path, monkeypatch):
     monkeypatch.delenv(REGISTRY_ENV, raising=False)
-    assert registry_path() == PROJECT_ROOT / "dags" / "execution_accounts.yaml"
+    assert registry_path(ACCOUNT_REGISTRY) == PROJECT_ROOT / "dags" / "execution_accounts.yaml"
     assert registry_path(tmp_path / "x.yaml") == tmp_path / "x.yaml"
     monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "other.yaml"))
-    assert registry_path() == tmp_path / "other.yaml"
+    assert registry_path(ACCOUNT_REGISTRY) == tmp_path / "other.yaml"
     assert registry_path(tmp_path / "x.yaml") == tmp_path / "other.yaml"
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mc_airflow.defaults import ACCOUNT_REGISTRY
 from mc_local.localenv import deployment
 from message_center.archiving import ArchivingError, check_instance, safe_url
 from message_center.registry import (
@@ -61,7 +62,7 @@ def _last_line(output: str) -> str:
 
 
 def _registry(args: argparse.Namespace) -> Path:
-    return Path(args.registry) if args.registry else registry_path()
+    return Path(args.registry) if args.registry else registry_path(ACCOUNT_REGISTRY)
 
 
 def _test_url(account: ExecutionAccount, url: str) -> str:

@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from mc_airflow.defaults import SMTP_CONN_ID, templates_dir
 from mc_local.localenv import STATE_DIR, deployment
 from message_center import templates as tpl
+from message_center.delivery.smtp import SmtpSettings
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    return Path(args.dir) if args.dir else templates_dir()
 
 
 def _load(args: argparse.Namespace) -> tpl.TemplateSet:
-    return tpl.load_templates(Path(args.dir) if args.dir else None)
+    return tpl.load_templates(_directory(args))
 
 
 def _print_problems(template_set: tpl.TemplateSet) -> None:
@@ -102,7 +108,7 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         report = tpl.publish_repository(
             target.database_url("control"), urls,
-            directory=Path(args.dir) if args.dir else None,
+            directory=_directory(args),
             only_changed=False, names=args.names, unpublish_names=args.unpublish or ())
     except tpl.TemplateValidationError as exc:
         print(exc, file=sys.stderr)
@@ -118,13 +124,13 @@ def _publish(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-def smtp_settings(args: argparse.Namespace) -> tpl.SmtpSettings:
+def smtp_settings(args: argparse.Namespace) -> SmtpSettings:
     """``--smtp-host``/``--smtp-port``, else the ``smtp_default`` connection: from
     ``AIRFLOW_CONN_SMTP_DEFAULT`` or, failing that, the local deployment's Airflow."""
     if args.smtp_host:
-        return tpl.SmtpSettings(host=args.smtp_host, port=args.smtp_port or 25)
+        return SmtpSettings(host=args.smtp_host, port=args.smtp_port or 25)
     raw = os.environ.get("AIRFLOW_CONN_SMTP_DEFAULT")
-    conn = _parse_connection(raw) if raw else _airflow_connection("smtp_default", args.profile)
+    conn = _parse_connection(raw) if raw else _airflow_connection(SMTP_CONN_ID, args.profile)
     settings = tpl.smtp_settings_from_connection(conn)
     return replace(settings, port=args.smtp_port) if args.smtp_port else settings
 

@@ -1,0 +1,45 @@
+"""What every DAG file and the local tooling share: default args, connection ids, paths.
+
+DAG files import this module at parse time and ``mc_local`` imports it too, so it
+imports nothing but the standard library (checked by an import-linter contract in
+``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+# Every DAG of the project: one owner, retries, so a transient failure heals by itself.
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "message-center",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=15),
+}
+
+#: This deployment's execution database (public name, see DESIGN.md).
+EXECUTION_CONN_ID = "mc_execution"
+#: The control database (templates, archive).
+CONTROL_CONN_ID = "mc_control"
+#: The e-mail channel (an Airflow ``smtp`` connection).
+SMTP_CONN_ID = "smtp_default"
+#: The SMS gateway (an Airflow ``http`` connection); optional.
+SMS_CONN_ID = "sms_gateway"
+
+#: ``include/`` of the project (the Astro layout: ``dags/`` and ``include/`` side by side).
+INCLUDE_DIR = Path(__file__).resolve().parents[1]
+#: The DAG files' folder.
+DAGS_DIR = INCLUDE_DIR.parent / "dags"
+#: The repository's message templates; ``MC_TEMPLATES_DIR`` points elsewhere (tests, layouts).
+TEMPLATES_DIR = INCLUDE_DIR / "message_templates"
+TEMPLATES_DIR_ENV = "MC_TEMPLATES_DIR"
+#: The execution-account registry next to the DAG files (``MC_ACCOUNT_REGISTRY`` overrides
+#: it: :func:`message_center.registry.registry_path`).
+ACCOUNT_REGISTRY = DAGS_DIR / "execution_accounts.yaml"
+
+
+def templates_dir() -> Path:
+    """The template folder to publish and check: ``$MC_TEMPLATES_DIR`` or the repository's."""
+    return Path(os.environ.get(TEMPLATES_DIR_ENV) or TEMPLATES_DIR)

@@ -1,0 +1,335 @@
+"""Loading and checking template files: every problem is reported with its file and line.
+
+:func:`load_templates` reads a folder (the caller says which: the DAG and the ``mc``
+command pass ``include/message_templates`` or ``MC_TEMPLATES_DIR``), checks each file on
+its own (fields, syntax, addresses, a render of every seed with the delivery's
+renderer) and then across files (unique names, one template per event type and channel).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from message_center.rendering import (
+    RenderedMessage,
+    RenderError,
+    check_syntax,
+    event_variables,
+    render_message,
+    render_part,
+    template_event,
+)
+from message_center.statuses import CHANNELS
+from message_center.templates.model import (
+    ALLOWED_FIELDS,
+    EMAIL_FIELDS,
+    REQUIRED_FIELDS,
+    SEED_EVENT_FIELDS,
+    SEED_FIELDS,
+    TEXT_FIELDS,
+    MessageTemplate,
+    Seed,
+    TemplateProblem,
+    TemplateSet,
+    display_path,
+)
+from message_center.templates.source import (
+    LineLoader,
+    LineMapping,
+    LineSequence,
+    plain,
+    template_files,
+)
+
+_INTERNAL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+_EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+_PHONE = re.compile(r"^\+?[0-9][0-9 ().\-]{4,22}$")
+_TEMPLATE_LINE = re.compile(r"\(line (\d+)\)")
+
+
+class _FileChecker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[TemplateProblem] = []
+
+    def add(self, line: int | None, field_name: str | None, message: str) -> None:
+        self.problems.append(TemplateProblem(self.path, line, field_name, message))
+
+    def load(self) -> MessageTemplate | None:
+        try:
+            source = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.add(None, None, f"cannot read the file: {exc}")
+            return None
+        loader = LineLoader(source)
+        try:
+            data = loader.get_single_data()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            reason = " ".join(part for part in (exc.context, exc.problem) if part)
+            self.add(mark.line + 1 if mark else None, None, f"YAML syntax error: {reason}")
+            return None
+        except yaml.YAMLError as exc:
+            self.add(None, None, f"YAML syntax error: {exc}")
+            return None
+        finally:
+            loader.dispose()
+        for key, line in loader.duplicates:
+            self.add(line, str(key), "defined twice in this file")
+        if not isinstance(data, LineMapping):
+            self.add(1, None, "a template file must be a mapping of fields "
+                     f"({', '.join(REQUIRED_FIELDS)}, ...)")
+            return None
+        return self._check(data)
+
+    def _string(self, data: LineMapping, name: str, required: bool) -> str | None:
+        if name not in data or data[name] is None:
+            if required:
+                self.add(data.line if name not in data else data.key_lines[name], name,
+                         "required field is missing" if name not in data else
+                         "required field is empty")
+            return None
+        value = data[name]
+        if not isinstance(value, str):
+            self.add(data.key_lines[name], name,
+                     f"must be text, got {type(value).__name__} {value!r} (quote it)")
+            return None
+        if not value.strip():
+            self.add(data.key_lines[name], name, "must not be empty")
+            return None
+        return value
+
+    def _check(self, data: LineMapping) -> MessageTemplate | None:
+        for key in data:
+            if key not in ALLOWED_FIELDS:
+                self.add(data.key_lines[key], str(key),
+                         f"unknown field (allowed: {', '.join(ALLOWED_FIELDS)})")
+        channel = self._string(data, "channel", required=True)
+        if channel is not None and channel not in CHANNELS:
+            self.add(data.key_lines["channel"], "channel",
+                     f"{channel!r} is not a channel (expected one of {', '.join(CHANNELS)})")
+            channel = None
+        required = {*REQUIRED_FIELDS, *({"subject"} if channel == "email" else ()),
+                    *({"sms"} if channel == "sms" else ())}
+        values = {name: self._string(data, name, name in required)
+                  for name in TEXT_FIELDS if name != "channel"}
+        values["channel"] = channel
+        name = values["internal_name"]
+        if name is not None and not _INTERNAL_NAME.match(name):
+            self.add(data.key_lines["internal_name"], "internal_name",
+                     f"{name!r} must start with a letter and use only letters, digits and _ "
+                     "(at most 64)")
+        if values["event_type"] is not None and not _EVENT_TYPE.match(values["event_type"]):
+            self.add(data.key_lines["event_type"], "event_type",
+                     f"{values['event_type']!r} must be letters, digits, _ . : - (no spaces)")
+        if values["language"] is not None and not _LANGUAGE.match(values["language"]):
+            self.add(data.key_lines["language"], "language",
+                     f"{values['language']!r} is not a language code such as en or fr-FR")
+        if channel == "email":
+            self._check_email_fields(data, values)
+        elif channel == "sms":
+            self._check_sms_fields(data)
+        self._check_syntax(data, values)
+        seeds = self._seeds(data, channel)
+        if self.problems or name is None or channel is None:
+            return None
+        assert values["label"] is not None and values["event_type"] is not None
+        template = MessageTemplate(
+            path=self.path, internal_name=name, label=values["label"],
+            event_type=values["event_type"], channel=channel, seeds=tuple(seeds),
+            sender=values["sender"], subject=values["subject"], html=values["html"],
+            text=values["text"], sms=values["sms"], language=values["language"],
+            lines={**data.key_lines, **{f"{key}:body": line
+                                        for key, line in data.body_lines.items()}},
+        )
+        self._render_seeds(template)
+        return None if self.problems else template
+
+    def _check_email_fields(self, data: LineMapping, values: dict[str, str | None]) -> None:
+        if "sms" in data:
+            self.add(data.key_lines["sms"], "sms", "not used by an email template "
+                     "(use html and/or text)")
+        if values["html"] is None and values["text"] is None and not any(
+                problem.field in ("html", "text") for problem in self.problems):
+            self.add(data.line, "html", "an email template needs an html and/or a text body")
+        sender = values["sender"]
+        if sender is not None:
+            _, address = parseaddr(sender)
+            if not _EMAIL.match(address):
+                self.add(data.key_lines["sender"], "sender",
+                         f"{sender!r} is not an address such as 'Shop <shop@example.com>'")
+
+    def _check_sms_fields(self, data: LineMapping) -> None:
+        for name in EMAIL_FIELDS:
+            if name in data:
+                self.add(data.key_lines[name], name, "not used by an SMS template (use sms)")
+
+    def _check_syntax(self, data: LineMapping, values: dict[str, str | None]) -> None:
+        for name in ("subject", "html", "text", "sms"):
+            source = values[name]
+            if source is None:
+                continue
+            try:
+                check_syntax(source, html=(name == "html"))
+            except RenderError as exc:
+                self.add(_file_line(data.body_lines[name], str(exc)), name,
+                         f"template syntax error: {exc}")
+
+    def _seeds(self, data: LineMapping, channel: str | None) -> list[Seed]:
+        if "seeds" not in data:
+            return []
+        raw = data["seeds"]
+        if not isinstance(raw, LineSequence) or not raw:
+            self.add(data.key_lines["seeds"], "seeds",
+                     "must be a list of seed addresses, each with an address and a ctx")
+            return []
+        seeds = []
+        for index, (item, line) in enumerate(zip(raw, raw.item_lines, strict=True)):
+            where = f"seeds[{index}]"
+            if not isinstance(item, LineMapping):
+                self.add(line, where, "must be a mapping with address and ctx")
+                continue
+            for key in item:
+                if key not in SEED_FIELDS:
+                    self.add(item.key_lines[key], f"{where}.{key}",
+                             f"unknown field (allowed: {', '.join(SEED_FIELDS)})")
+            address = item.get("address")
+            if not isinstance(address, str) or not address.strip():
+                self.add(item.key_lines.get("address", line), f"{where}.address",
+                         "required: the seed's email address or mobile phone number")
+            elif channel == "email" and not _EMAIL.match(address):
+                self.add(item.key_lines["address"], f"{where}.address",
+                         f"{address!r} is not an email address")
+            elif channel == "sms" and not _PHONE.match(address):
+                self.add(item.key_lines["address"], f"{where}.address",
+                         f"{address!r} is not a mobile phone number such as +33612345678")
+            ctx = item.get("ctx", {})
+            if not isinstance(ctx, dict):
+                self.add(item.key_lines["ctx"], f"{where}.ctx",
+                         "must be a mapping (the event context the seed renders with)")
+                ctx = {}
+            event = item.get("event", {})
+            if not isinstance(event, dict):
+                self.add(item.key_lines["event"], f"{where}.event", "must be a mapping")
+                event = {}
+            for key in event:
+                if key not in SEED_EVENT_FIELDS:
+                    self.add(event.key_lines[key], f"{where}.event.{key}",
+                             f"not a settable event field ({', '.join(SEED_EVENT_FIELDS)})")
+            if "id" in event and (isinstance(event["id"], bool)
+                                  or not isinstance(event["id"], int) or event["id"] < 0):
+                self.add(event.key_lines["id"], f"{where}.event.id",
+                         "must be a positive whole number")
+                event = {key: value for key, value in event.items() if key != "id"}
+            seeds.append(Seed(address=str(address or "").strip(), ctx=plain(ctx),
+                              event=plain(event), line=line))
+        return seeds
+
+    def _render_seeds(self, template: MessageTemplate) -> None:
+        for index, seed in enumerate(template.seeds):
+            try:
+                render_seed(template, seed)
+            except RenderError as exc:
+                self.add(seed.line, f"seeds[{index}] ({seed.address})",
+                         f"does not render: {exc}")
+
+
+def _file_line(body_line: int, message: str) -> int:
+    """The file line of a Jinja error reported at ``(line N)`` of a field's text."""
+    match = _TEMPLATE_LINE.search(message)
+    return body_line + int(match.group(1)) - 1 if match else body_line
+
+
+def load_template(path: Path) -> tuple[MessageTemplate | None, list[TemplateProblem]]:
+    """One file, checked on its own (the folder-wide checks are in :func:`load_templates`)."""
+    checker = _FileChecker(Path(path))
+    template = checker.load()
+    return template, checker.problems
+
+
+def load_templates(directory: Path | str) -> TemplateSet:
+    """Load and validate every template file of ``directory``.
+
+    Besides each file's own checks: internal names are unique, and one event type has
+    at most one template per channel (the link step could not choose otherwise).
+    """
+    directory = Path(directory)
+    result = TemplateSet(directory)
+    if not directory.is_dir():
+        result.problems.append(TemplateProblem(directory, None, None,
+                                               "template folder does not exist"))
+        return result
+    files = template_files(directory)
+    if not files:
+        result.problems.append(TemplateProblem(directory, None, None,
+                                               "no template files (*.yaml) in this folder"))
+    names: dict[str, MessageTemplate] = {}
+    links: dict[tuple[str, str], MessageTemplate] = {}
+    for path in files:
+        template, problems = load_template(path)
+        result.problems.extend(problems)
+        if template is None:
+            continue
+        other = names.get(template.internal_name)
+        if other is not None:
+            result.problems.append(TemplateProblem(
+                path, template.line_of("internal_name"), "internal_name",
+                f"{template.internal_name!r} is already used by "
+                f"{display_path(other.path)}:{other.line_of('internal_name')}"))
+            continue
+        other = links.get((template.event_type, template.channel))
+        if other is not None:
+            result.problems.append(TemplateProblem(
+                path, template.line_of("event_type"), "event_type",
+                f"event type {template.event_type!r} already has a {template.channel} "
+                f"template: {other.internal_name} in "
+                f"{display_path(other.path)}:{other.line_of('event_type')} "
+                "(one template per event type and channel)"))
+            continue
+        names[template.internal_name] = template
+        links[(template.event_type, template.channel)] = template
+        result.templates.append(template)
+    return result
+
+
+def seed_event(template: MessageTemplate, seed: Seed) -> dict[str, Any]:
+    """The event a seed stands for, as the delivery hands it to the renderer (same
+    function, so ``{{ event.externalId }}`` renders in a proof as in a real message)."""
+    row: dict[str, Any] = {
+        "type": template.event_type,
+        "email": seed.address if template.channel == "email" else None,
+        "mobile_phone": seed.address if template.channel == "sms" else None,
+        "wished_channel": template.channel, "external_id": None,
+        "language": template.language, "country": None, "origin": "seed",
+        "scheduled": None, "expiration": None, "created": None,
+    }
+    row.update({key: value for key, value in seed.event.items() if key != "id"})
+    row["ctx"] = seed.ctx
+    return template_event(row, int(seed.event.get("id", 0)))
+
+
+@dataclass(frozen=True)
+class RenderedSeed:
+    template: MessageTemplate
+    seed: Seed
+    message: RenderedMessage | None = None
+    sms: str | None = None
+
+
+def render_seed(template: MessageTemplate, seed: Seed) -> RenderedSeed:
+    """Render ``template`` for ``seed`` exactly as the delivery renders an event."""
+    variables = event_variables(seed_event(template, seed))
+    if template.channel == "sms":
+        return RenderedSeed(template, seed, sms=render_part(template.sms, variables))
+    message = render_message(template.subject, template.html, template.text, variables)
+    if message.subject is not None and ("\n" in message.subject or "\r" in message.subject):
+        raise RenderError("the rendered subject contains a line break")
+    return RenderedSeed(template, seed, message=message)
