@@ -11,6 +11,7 @@ run: $(INSTALLED)  ## Set up and run the Message Center (Airflow UI, scheduler, 
 
 test: $(INSTALLED)  ## Set up and run the whole test suite
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mc test -- $(PYTEST_ARGS)
 
 bench: $(INSTALLED)  ## Benchmarks: every stage next to its bare limit, one table (BENCH_ARGS=--quick)
@@ -28,8 +29,9 @@ $(INSTALLED): requirements.lock pyproject.toml
 setup: $(INSTALLED)  ## Start the embedded PostgreSQL, migrate, load airflow_settings.yaml
 	$(BIN)/mc setup
 
-lint: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 lock:  ## Re-resolve requirements.txt into requirements.lock (needs the package index)
 	rm -rf /tmp/mc-lock-venv && $(PYTHON) -m venv /tmp/mc-lock-venv
