@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import smtplib
 from datetime import UTC, datetime, timedelta
-from email import policy
 from typing import Any
 
 from sqlalchemy import text
@@ -21,7 +20,7 @@ from bench.data import ITEMS, count_by_status, insert_events, insert_final_deliv
 from message_center import archiving
 from message_center.claims import ShardClaim
 from message_center.delivery.channels import Channels
-from message_center.delivery.smtp import SmtpSettings, compose_email
+from message_center.delivery.smtp import SmtpSettings, build_email
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
 from message_center.rendering import event_variables, render_message
 from message_center.status_sync import sync_event_statuses
@@ -94,10 +93,10 @@ def _sample_message(template: Any) -> bytes:
                                          "currency": "EUR", "items": ITEMS}})
     rendered = render_message(template.subject, template.html_body, template.text_body,
                               variables)
-    message = compose_email(log_id=1, sender=template.sender or FROM,
-                            recipient="customer1@example.com", subject=rendered.subject,
-                            html=rendered.html, text=rendered.text)
-    return message.as_bytes(policy=policy.SMTP)
+    _, message = build_email(log_id=1, sender=template.sender or FROM,
+                             recipient="customer1@example.com", subject=rendered.subject,
+                             html=rendered.html, text=rendered.text)
+    return message
 
 
 def _bare_smtp(port: int, message: bytes, count: int) -> float:

@@ -28,15 +28,8 @@ from mc_airflow.defaults import EXECUTION_CONN_ID, SMS_CONN_ID, SMTP_CONN_ID
 from message_center.db import engine_for
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
-from message_center.delivery.smtp import DEFAULT_FROM, SmtpSettings
+from message_center.delivery.smtp import SmtpSettings, smtp_settings_from_connection
 from message_center.processing.settings import ProcessingSettings
-
-
-def _flag(extra: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    value = extra.get(name, default)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def _get_connection(conn_id: str) -> Any:
@@ -49,19 +42,9 @@ def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
     """Settings from the SMTP connection (a missing connection fails the task: e-mail is
     the main channel, and the claimed events wait for their lease to run out)."""
     conn = _get_connection(conn_id)
-    extra = conn.extra_dejson or {}
-    use_ssl = not _flag(extra, "disable_ssl")
-    starttls = not _flag(extra, "disable_tls") and not use_ssl
-    return SmtpSettings(
-        host=conn.host or "localhost",
-        port=int(conn.port or (465 if use_ssl else 587 if starttls else 25)),
-        login=conn.login or None,
-        password=conn.password or None,
-        use_ssl=use_ssl,
-        starttls=starttls,
-        from_email=str(extra.get("from_email") or DEFAULT_FROM),
-        timeout=float(extra.get("timeout") or 30),
-    )
+    return smtp_settings_from_connection({
+        "host": conn.host, "port": conn.port, "login": conn.login, "password": conn.password,
+        "extra": conn.extra_dejson or {}})
 
 
 def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:

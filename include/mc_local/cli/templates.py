@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from mc_airflow.defaults import SMTP_CONN_ID, templates_dir
 from mc_local.localenv import STATE_DIR, deployment
 from message_center import templates as tpl
-from message_center.delivery.smtp import SmtpSettings
+from message_center.delivery.smtp import SmtpSettings, smtp_settings_from_connection
 
 
 def _directory(args: argparse.Namespace) -> Path:
@@ -131,7 +131,7 @@ def smtp_settings(args: argparse.Namespace) -> SmtpSettings:
         return SmtpSettings(host=args.smtp_host, port=args.smtp_port or 25)
     raw = os.environ.get("AIRFLOW_CONN_SMTP_DEFAULT")
     conn = _parse_connection(raw) if raw else _airflow_connection(SMTP_CONN_ID, args.profile)
-    settings = tpl.smtp_settings_from_connection(conn)
+    settings = smtp_settings_from_connection(conn)
     return replace(settings, port=args.smtp_port) if args.smtp_port else settings
 
 

@@ -13,18 +13,19 @@ carries the same id (receivers can deduplicate, operators can grep the mail serv
 from __future__ import annotations
 
 import binascii
+import json
 import re
 import secrets
 import smtplib
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email import policy as email_policy
 from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import formataddr, formatdate, parseaddr
 from functools import lru_cache
+from typing import Any
 
 from message_center.delivery.outcome import Outcome, smtp_reply_outcome
 from message_center.ids import to_public
@@ -67,30 +68,6 @@ def _domain(sender: str) -> str:
 def message_id(log_id: int, sender: str) -> str:
     """``<mc.<public delivery-log id>@<sender domain>>``: the same for every attempt."""
     return f"<mc.{to_public(log_id)}@{_domain(sender)}>"
-
-
-def compose_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
-                  html: str | None, text: str | None,
-                  headers: dict[str, str] | None = None) -> EmailMessage:
-    """A ready-to-send message: text/plain and text/html as alternatives when both exist."""
-    if html is None and text is None:
-        raise ValueError("the template has neither an HTML nor a text body")
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = recipient
-    msg["Subject"] = (subject or "").replace("\r", " ").replace("\n", " ")
-    msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = message_id(log_id, sender)
-    for name, value in (headers or {}).items():
-        msg[name] = value
-    if text is not None and html is not None:
-        msg.set_content(text)
-        msg.add_alternative(html, subtype="html")
-    elif html is not None:
-        msg.set_content(html, subtype="html")
-    else:
-        msg.set_content(text or "")
-    return msg
 
 
 CRLF = "\r\n"
@@ -139,8 +116,13 @@ def _body_part(content: str, subtype: str) -> str:
 
 def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
                 html: str | None, text: str | None,
-                headers: dict[str, str] | None = None) -> tuple[str, bytes]:
-    """The message as SMTP DATA bytes (CRLF), and its Message-ID.
+                headers: dict[str, str] | None = None,
+                message_id_override: str | None = None) -> tuple[str, bytes]:
+    """The message as SMTP DATA bytes (CRLF), and its Message-ID (derived from the
+    delivery-log id unless ``message_id_override`` is given: proofs have no log row).
+
+    The one e-mail builder: deliveries, proofs and previews all use it, so a proof is
+    built like the message recipients get.
 
     Written by hand rather than with :class:`email.message.EmailMessage`: the delivery
     builds one message per event, and the ``email`` package's header objects cost more
@@ -149,7 +131,7 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
     """
     if html is None and text is None:
         raise ValueError("the template has neither an HTML nor a text body")
-    mid = message_id(log_id, sender)
+    mid = message_id_override or message_id(log_id, sender)
     lines = [
         f"From: {_address_value(sender)}",
         f"To: {_address_value(recipient)}",
@@ -169,6 +151,33 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         message = CRLF.join(lines) + CRLF + (
             _body_part(html, "html") if html is not None else _body_part(text or "", "plain"))
     return mid, message.encode("utf-8")
+
+
+def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
+    """SMTP settings from an Airflow SMTP connection as a plain mapping (``host``,
+    ``port``, ``login``, ``password``, ``extra`` as a dict or JSON text, or
+    ``extra_dejson``), read the way Airflow's SMTP hook reads it: implicit TLS unless
+    ``disable_ssl``, else STARTTLS unless ``disable_tls``; ``from_email``, ``timeout``.
+
+    The one parser: the DAG tasks (``mc_airflow.delivery``) and ``mc templates proof``
+    both use it. A missing host is :class:`SmtpSettings`' default (127.0.0.1)."""
+    extra = conn.get("extra") or conn.get("extra_dejson") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    use_ssl = not _flag(extra.get("disable_ssl", False))
+    starttls = not use_ssl and not _flag(extra.get("disable_tls", False))
+    port = conn.get("port") or (465 if use_ssl else 587 if starttls else 25)
+    host = {"host": conn["host"]} if conn.get("host") else {}
+    return SmtpSettings(**host, port=int(port), login=conn.get("login") or None,
+                        password=conn.get("password") or None, use_ssl=use_ssl,
+                        starttls=starttls, from_email=str(extra.get("from_email") or DEFAULT_FROM),
+                        timeout=float(extra.get("timeout") or 30))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 @lru_cache(maxsize=256)
@@ -239,11 +248,6 @@ class SmtpSender:
                 self._smtp.close()
             finally:
                 self._smtp = None
-
-    def send(self, message: EmailMessage, envelope_from: str, recipient: str) -> Outcome:
-        """Submit an :class:`EmailMessage` (serialised with CRLF line ends)."""
-        data = message.as_bytes(policy=email_policy.SMTP)
-        return self.send_bytes(data, message["Message-ID"], envelope_from, recipient)
 
     def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
                    recipient: str) -> Outcome:

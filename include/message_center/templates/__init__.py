@@ -33,7 +33,6 @@ from message_center.templates.preview import (
     proof_message,
     send_proofs,
     sms_segments,
-    smtp_settings_from_connection,
     write_preview,
 )
 from message_center.templates.validation import (
@@ -81,7 +80,6 @@ __all__ = [
     "seed_event",
     "send_proofs",
     "sms_segments",
-    "smtp_settings_from_connection",
     "store_version",
     "write_preview",
 ]

@@ -6,22 +6,18 @@ rendering, so what a preview or a proof shows is what recipients get.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from email import policy as email_policy
-from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
 
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.smtp import (
     DEFAULT_FROM,
     SmtpSender,
     SmtpSettings,
-    compose_email,
+    build_email,
     envelope_address,
 )
 from message_center.templates.model import MessageTemplate, Seed
@@ -91,35 +87,14 @@ def write_preview(template: MessageTemplate, seed: Seed, out_dir: Path) -> list[
         encoding="utf-8")
     written.append(path)
     path = out_dir / f"{stem}.eml"
-    path.write_bytes(proof_message(rendered, seed.address, PREVIEW_SENDER, "").as_bytes(
-        policy=email_policy.default))
+    _, data = proof_message(rendered, seed.address, PREVIEW_SENDER, "")
+    path.write_bytes(data.replace(b"\r\n", b"\n"))  # a file for people: local line ends
     written.append(path)
     return written
 
 
 def _safe(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9@.+_-]", "_", value)
-
-
-def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
-    """SMTP settings from an Airflow SMTP connection given as JSON (``AIRFLOW_CONN_...``
-    or ``airflow connections get -o json``), read the way Airflow's SMTP hook reads it:
-    SSL unless ``disable_ssl``, else STARTTLS unless ``disable_tls``."""
-    extra = conn.get("extra") or conn.get("extra_dejson") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra) if extra.strip() else {}
-    use_ssl = not _truthy(extra.get("disable_ssl", False))
-    starttls = not use_ssl and not _truthy(extra.get("disable_tls", False))
-    port = conn.get("port") or (465 if use_ssl else 587 if starttls else 25)
-    return SmtpSettings(host=conn.get("host") or "127.0.0.1", port=int(port),
-                        login=conn.get("login") or None, password=conn.get("password") or None,
-                        use_ssl=use_ssl, starttls=starttls,
-                        from_email=extra.get("from_email") or DEFAULT_FROM,
-                        timeout=float(extra.get("timeout", 30)))
-
-
-def _truthy(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -134,28 +109,22 @@ class ProofResult:
 
 
 def proof_message(rendered: RenderedSeed, to: str, default_sender: str,
-                  prefix: str) -> EmailMessage:
-    """The proof as the delivery composes the real message, with a marked subject."""
+                  prefix: str) -> tuple[str, bytes]:
+    """The proof built like the real message (:func:`build_email`, the delivery's
+    builder), with a marked subject and its own Message-ID: (Message-ID, SMTP bytes)."""
     template = rendered.template
     sender = template.sender or default_sender
+    headers = {"X-MC-Template": template.internal_name, "X-MC-Seed": rendered.seed.address}
     if rendered.sms is not None:
-        msg = compose_email(log_id=0, sender=sender, recipient=to,
-                            subject=f"{prefix}SMS {template.label}", html=None,
-                            text=f"SMS to {rendered.seed.address}:\n\n{rendered.sms}")
+        subject, html = f"{prefix}SMS {template.label}", None
+        text: str | None = f"SMS to {rendered.seed.address}:\n\n{rendered.sms}"
     else:
         message = rendered.message
         assert message is not None
-        msg = compose_email(log_id=0, sender=sender, recipient=to,
-                            subject=f"{prefix}{message.subject or ''}", html=message.html,
-                            text=message.text)
-    del msg["Message-ID"]
-    msg["Message-ID"] = make_msgid(domain="message-center.local")
-    msg["X-MC-Template"] = template.internal_name
-    msg["X-MC-Seed"] = rendered.seed.address
-    # SMTP wants CRLF line ends; smtplib's data() does not convert bytes (bare LF makes
-    # any body over 1000 bytes one "line too long").
-    msg.policy = email_policy.SMTP
-    return msg
+        subject, html, text = f"{prefix}{message.subject or ''}", message.html, message.text
+    return build_email(log_id=0, sender=sender, recipient=to, subject=subject, html=html,
+                       text=text, headers=headers,
+                       message_id_override=make_msgid(domain="message-center.local"))
 
 
 def send_proofs(template: MessageTemplate, settings: SmtpSettings,
@@ -174,7 +143,8 @@ def send_proofs(template: MessageTemplate, settings: SmtpSettings,
             rendered = render_seed(template, seed)
             prefix = f"[Proof {index}/{len(seeds)}] "
             for address in recipients or [seed.address]:
-                msg = proof_message(rendered, address, settings.from_email, prefix)
-                outcome = sender.send(msg, envelope_address(msg["From"]), address)
+                mid, data = proof_message(rendered, address, settings.from_email, prefix)
+                envelope = envelope_address(rendered.template.sender or settings.from_email)
+                outcome = sender.send_bytes(data, mid, envelope, address)
                 results.append(ProofResult(address, seed.address, outcome))
     return results
