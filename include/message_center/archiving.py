@@ -39,17 +39,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from message_center.db import engine_for
+from message_center.db import engine_for, first_line, with_connect_timeout
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_KINDS = ("rt", "batch", "delivery_log")
 KIND_LABELS = {"rt": "real-time events", "batch": "batch events",
                "delivery_log": "delivery logs"}
-DEFAULT_LOOKBACK = timedelta(minutes=15)
-DEFAULT_CATCH_UP = timedelta(days=7)
 DEFAULT_CHUNK_ROWS = 10_000
-CONNECT_TIMEOUT_S = 10
 
 EVENT_COLUMNS = (
     "id", "type", "email", "mobile_phone", "wished_channel", "external_id", "language",
@@ -144,24 +141,10 @@ def safe_url(url: str) -> str:
         return "<unparsable database URL>"
 
 
-def with_connect_timeout(url: str, seconds: int = CONNECT_TIMEOUT_S) -> str:
-    """Add libpq's ``connect_timeout`` so an unreachable host fails fast instead of hanging."""
-    parsed = make_url(url)
-    if "connect_timeout" in parsed.query:
-        return url
-    return parsed.update_query_dict({"connect_timeout": str(seconds)}).render_as_string(
-        hide_password=False)
-
-
 def _engine(source: Engine | str, timeout: bool = False) -> Engine:
     if isinstance(source, Engine):
         return source
     return engine_for(with_connect_timeout(source) if timeout else source)
-
-
-def _first_line(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return (str(original).strip().splitlines() or [type(original).__name__])[0]
 
 
 def check_instance(source: Engine | str, cell_id: int, *, name: str = "") -> InstanceInfo:
@@ -185,7 +168,7 @@ def check_instance(source: Engine | str, cell_id: int, *, name: str = "") -> Ins
             actual = conn.execute(text("SELECT cell_id FROM mc_instance")).scalar()
     except OperationalError as exc:
         raise ExecutionInstanceUnreachable(
-            f"{what}: execution instance unreachable at {where}: {_first_line(exc)}") from exc
+            f"{what}: execution instance unreachable at {where}: {first_line(exc)}") from exc
     if actual is None:
         raise CellIdMismatch(f"{what}: database {database} has no cell id (mc_instance is "
                              "empty); set it when the instance is set up")
@@ -350,7 +333,7 @@ def _raw(engine: Engine, name: str, kind: str) -> Any:
         what = f"{name}: " if name else ""
         where = engine.url.render_as_string(hide_password=True)
         error = ExecutionInstanceUnreachable if kind == "execution instance" else ArchivingError
-        raise error(f"{what}{kind} database unreachable at {where}: {_first_line(exc)}") from exc
+        raise error(f"{what}{kind} database unreachable at {where}: {first_line(exc)}") from exc
 
 
 def _spec(kind: str) -> _KindSpec:

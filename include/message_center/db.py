@@ -5,6 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -21,11 +24,14 @@ def engine_for(url: str) -> Engine:
     return create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
-def with_connect_timeout(url: str, seconds: int = 10) -> str:
-    """A down instance must fail fast, not hang the run (libpq waits forever by default)."""
-    if "connect_timeout=" in url:
+def with_connect_timeout(url: str, seconds: int = CONNECT_TIMEOUT_SECONDS) -> str:
+    """Add libpq's ``connect_timeout`` (unless the URL has one) so an unreachable host
+    fails fast instead of hanging the run (libpq waits forever by default)."""
+    parsed = make_url(url)
+    if "connect_timeout" in parsed.query:
         return url
-    return f"{url}{'&' if '?' in url else '?'}connect_timeout={seconds}"
+    return parsed.update_query_dict({"connect_timeout": str(seconds)}).render_as_string(
+        hide_password=False)
 
 
 def first_line(exc: BaseException) -> str:

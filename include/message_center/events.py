@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection, text
 
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
-from message_center.statuses import EVENT_KINDS, EventStatus, event_table
+from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS, EventStatus, event_table
 
 # --- documented limits -------------------------------------------------------------
 MAX_BATCH_EVENTS = 1000
@@ -51,9 +51,6 @@ MAX_ERRORS_REPORTED = 100
 MAX_TYPE_LENGTH = 128
 MAX_TEXT_LENGTH = 255
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-
-NOTIFY_CHANNELS = {"rt": "mc_rt_events", "batch": "mc_batch_events"}
-"""``LISTEN`` on these to learn that new events of a kind were committed."""
 
 Channel = Literal["email", "sms"]
 CHANNEL_ADDRESS = {"email": "email", "sms": "mobilePhone"}

@@ -157,6 +157,31 @@ def parse_account(raw: Any) -> ExecutionAccount:
                             enabled=enabled, schedule=_check_schedule(raw.get("schedule")))
 
 
+@dataclass(frozen=True)
+class Clash:
+    """``account`` would reuse ``field`` (name, cell_id or conn_id) of account ``owner``."""
+
+    field: str
+    value: Any
+    owner: str
+
+    def __str__(self) -> str:
+        return f"{self.field} {self.value!r} is already used by account {self.owner}"
+
+
+def clashes(account: ExecutionAccount, others: Iterable[ExecutionAccount]) -> list[Clash]:
+    """What ``account`` shares with ``others``: its name (case-insensitive), its cell id or
+    its connection must each be unique in a registry. The one clash check (file parsing,
+    ``add_account`` and ``mc accounts add`` before it touches Airflow)."""
+    found = []
+    for field_name, key in (("name", lambda a: a.name.lower()), ("cell_id", lambda a: a.cell_id),
+                            ("conn_id", lambda a: a.conn_id)):
+        owner = next((other.name for other in others if key(other) == key(account)), None)
+        if owner is not None:
+            found.append(Clash(field_name, getattr(account, field_name), owner))
+    return found
+
+
 def parse_registry(text: str, path: Path) -> Registry:
     """Parse registry text; the first of two entries sharing a name, cell id or connection
     wins and the later one is reported (appending a clashing account never stops the
@@ -178,9 +203,6 @@ def parse_registry(text: str, path: Path) -> Registry:
     if not isinstance(entries, list):
         registry.errors.append(f"{path}: 'accounts' must be a list of entries")
         return registry
-    by_name: dict[str, str] = {}
-    by_cell: dict[int, str] = {}
-    by_conn: dict[str, str] = {}
     for index, raw in enumerate(entries, start=1):
         given = raw.get("name") if isinstance(raw, dict) else None
         where = f"{path}: entry #{index}" + (f" ({given})" if isinstance(given, str) else "")
@@ -189,19 +211,10 @@ def parse_registry(text: str, path: Path) -> Registry:
         except ValueError as exc:
             registry.errors.append(f"{where}: {exc}; no DAG for it")
             continue
-        clash = (
-            (by_name.get(account.name.lower()), "name", account.name),
-            (by_cell.get(account.cell_id), "cell_id", account.cell_id),
-            (by_conn.get(account.conn_id), "conn_id", account.conn_id),
-        )
-        problems = [f"{what} {value!r} is already used by account {owner}"
-                    for owner, what, value in clash if owner is not None]
+        problems = clashes(account, registry.accounts)
         if problems:
-            registry.errors.append(f"{where}: {'; '.join(problems)}; no DAG for it")
+            registry.errors.append(f"{where}: {'; '.join(map(str, problems))}; no DAG for it")
             continue
-        by_name[account.name.lower()] = account.name
-        by_cell[account.cell_id] = account.name
-        by_conn[account.conn_id] = account.name
         registry.accounts.append(account)
     registry.accounts.sort(key=lambda account: account.name)
     return registry
@@ -258,17 +271,10 @@ def add_account(path: Path, account: ExecutionAccount) -> Registry:
     or a registry that already has bad entries (a rewrite would drop them)."""
     registry = _load_clean(path, "adding an account")
     parse_account(_entry(account))  # the same checks as a hand-written entry
-    problems = []
-    for other in registry.accounts:
-        if other.name.lower() == account.name.lower():
-            problems.append(f"name {account.name!r} is already used by account {other.name}")
-        if other.cell_id == account.cell_id:
-            problems.append(f"cell_id {account.cell_id} is already used by account {other.name}")
-        if other.conn_id == account.conn_id:
-            problems.append(f"conn_id {account.conn_id!r} is already used by account "
-                            f"{other.name}")
+    problems = clashes(account, registry.accounts)
     if problems:
-        raise RegistryError(f"account {account.name} cannot be added: " + "; ".join(problems))
+        raise RegistryError(f"account {account.name} cannot be added: "
+                            + "; ".join(map(str, problems)))
     write_registry(path, [*registry.accounts, account])
     return load_registry(path)
 

@@ -41,10 +41,11 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
-FINAL_DELIVERY_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.IGNORED, DeliveryStatus.FAILED)
-
 EVENT_KINDS = ("rt", "batch")
 CHANNELS = ("email", "sms")
+#: ``NOTIFY`` / ``LISTEN`` channel per event kind: the push API notifies after it commits
+#: new events, real-time shards listen.
+NOTIFY_CHANNELS = {"rt": "mc_rt_events", "batch": "mc_batch_events"}
 
 
 def event_table(kind: str) -> str:

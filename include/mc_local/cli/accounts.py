@@ -22,6 +22,7 @@ from message_center.registry import (
     ExecutionAccount,
     RegistryError,
     add_account,
+    clashes,
     load_registry,
     parse_account,
     registry_path,
@@ -116,13 +117,10 @@ def _add(args: argparse.Namespace) -> int:
     registry = load_registry(path)
     if registry.errors:
         raise CommandError(f"fix {path} first:\n" + "\n".join(registry.errors))
-    for other in registry.accounts:  # refuse before touching Airflow
-        for what, mine, theirs in (("name", account.name.lower(), other.name.lower()),
-                                   ("cell id", account.cell_id, other.cell_id),
-                                   ("connection", account.conn_id, other.conn_id)):
-            if mine == theirs:
-                raise CommandError(f"account {account.name}: {what} {mine!r} is already used "
-                                   f"by account {other.name}")
+    for clash in clashes(account, registry.accounts):  # refuse before touching Airflow
+        what = {"cell_id": "cell id", "conn_id": "connection"}.get(clash.field, clash.field)
+        raise CommandError(f"account {account.name}: {what} {clash.value!r} is already used "
+                           f"by account {clash.owner}")
 
     uri = args.conn_uri
     if uri == "-":

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-NOTIFY_CHANNELS = {"rt": "mc_rt_events", "batch": "mc_batch_events"}
+from message_center.statuses import NOTIFY_CHANNELS
 
 
 class Listener:

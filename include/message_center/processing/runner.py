@@ -24,7 +24,7 @@ from message_center.delivery.ledger import (
     start_sending,
 )
 from message_center.delivery.outcome import Outcome
-from message_center.processing.notify import NOTIFY_CHANNELS, Listener
+from message_center.processing.notify import Listener
 from message_center.processing.queue import (
     claim_due,
     release_claim,
@@ -33,7 +33,7 @@ from message_center.processing.queue import (
 )
 from message_center.processing.settings import ProcessingSettings
 from message_center.status_sync import copy_statuses, copy_statuses_for_events
-from message_center.statuses import EVENT_KINDS
+from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS
 
 log = logging.getLogger(__name__)
 MIN_ID = -(1 << 63)
