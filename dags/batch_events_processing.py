@@ -48,10 +48,10 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from mc_airflow.defaults import DEFAULT_ARGS
-from mc_airflow.delivery import processing_params
+from mc_airflow.params import processing_param, processing_params
 
 KIND = "batch"
 
@@ -60,8 +60,8 @@ PARAMS = {
         shards=4, routing_batch_size=50_000, routing_batch_max=1_000_000, delivery_chunk=100,
         retry_backoff_seconds=60, claim_lease_seconds=1_800, sending_timeout_seconds=600,
         shards_description="Parallel delivery tasks the claimed events are split into."),
-    "max_events_per_run": Param(
-        200_000, type="integer", minimum=1, maximum=100_000_000, title="Max events per run",
+    "max_events_per_run": processing_param(
+        "max_events_per_run", 200_000, title="Max events per run",
         description="Stop claiming after this many events; the next run continues."),
 }
 
@@ -121,7 +121,7 @@ def batch_events_processing() -> None:
         return stats.as_dict()
 
     @task(task_display_name="Update event status", trigger_rule="all_done")
-    def update_event_status() -> int:
+    def update_event_status() -> dict[str, int]:
         """Copy final delivery outcomes onto the events (runs even if a shard failed)."""
         from mc_airflow.delivery import copy_event_statuses
 

@@ -7,8 +7,9 @@ the lowest latency (target: 99 % of events sent within 2 s of their push).
 
 Steps (task ids):
 
-1. `split_queue` - settles crashed work (unknown outcomes, stale claims) and opens
-   `shards` shards.
+1. `recover_and_open_shards` - settles crashed work (unknown outcomes, stale claims)
+   and opens `shards` shards (the real-time queue is not split up front: each shard
+   claims its share as events arrive).
 2. `link_render_deliver` (one per shard, labelled *shard N*) - loops for
    `loop_seconds`: claims its split of the due queue (`FOR UPDATE SKIP LOCKED`, at most
    `routing_batch_size` events per round) and links it to the latest published templates
@@ -46,7 +47,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from mc_airflow.defaults import DEFAULT_ARGS
-from mc_airflow.delivery import processing_params
+from mc_airflow.params import processing_params
 
 KIND = "rt"
 
@@ -78,8 +79,8 @@ PARAMS = {
     doc_md=__doc__,
 )
 def rt_events_processing() -> None:
-    @task(task_display_name="Split the queue")
-    def split_queue() -> list[int]:
+    @task(task_display_name="Recover and open the shards")
+    def recover_and_open_shards() -> list[int]:
         """Settle crashed work, validate params and open the shards (their numbers only)."""
         from mc_airflow.delivery import execution_engine, processing_settings
         from message_center.processing import recover
@@ -115,13 +116,13 @@ def rt_events_processing() -> None:
         return stats.as_dict()
 
     @task(task_display_name="Update event status", trigger_rule="all_done")
-    def update_event_status() -> int:
+    def update_event_status() -> dict[str, int]:
         """Copy any remaining final outcomes onto events (incremental, idempotent)."""
         from mc_airflow.delivery import copy_event_statuses
 
         return copy_event_statuses()
 
-    link_render_deliver.expand(shard=split_queue()) >> update_event_status()
+    link_render_deliver.expand(shard=recover_and_open_shards()) >> update_event_status()
 
 
 rt_events_processing()

@@ -56,7 +56,7 @@ from mc_airflow.defaults import DEFAULT_ARGS
 )
 def update_event_status_dag() -> None:
     @task(task_display_name="Update event status")
-    def update_event_status() -> int:
+    def update_event_status() -> dict[str, int]:
         """Copy final outcomes since the watermark onto the events, batch by batch."""
         from mc_airflow.delivery import copy_event_statuses
 

@@ -119,44 +119,9 @@ class StopSignal:
             self._previous = None
 
 
-def processing_params(*, shards: int, routing_batch_size: int, routing_batch_max: int,
-                      delivery_chunk: int, retry_backoff_seconds: float,
-                      claim_lease_seconds: int, sending_timeout_seconds: int,
-                      shards_description: str) -> dict[str, Any]:
-    """The params both processing DAGs share (defaults differ: latency vs throughput)."""
-    from airflow.sdk import Param
-
-    return {
-        "shards": Param(shards, type="integer", minimum=1, maximum=64, title="Shards",
-                        description=shards_description),
-        "routing_batch_size": Param(
-            routing_batch_size, type="integer", minimum=1, maximum=routing_batch_max,
-            title="Routing batch size",
-            description="Events claimed per claim statement (one transaction)."),
-        "delivery_chunk": Param(
-            delivery_chunk, type="integer", minimum=1, maximum=10_000, title="Delivery chunk",
-            description="Messages recorded per ledger transaction (bounds memory and the "
-                        "messages whose outcome can be unknown after a crash)."),
-        "max_tries": Param(5, type="integer", minimum=1, maximum=100, title="Max tries",
-                           description="Delivery attempts before a transiently failing "
-                                       "event expires."),
-        "retry_backoff_seconds": Param(
-            retry_backoff_seconds, type="number", minimum=0, maximum=86_400,
-            title="Retry backoff (s)",
-            description="First retry delay; doubles per attempt, capped at one hour."),
-        "claim_lease_seconds": Param(
-            claim_lease_seconds, type="integer", minimum=1, maximum=604_800,
-            title="Claim lease (s)",
-            description="Claimed events whose worker died become due again after this long."),
-        "sending_timeout_seconds": Param(
-            sending_timeout_seconds, type="integer", minimum=1, maximum=86_400,
-            title="Sending timeout (s)",
-            description="A message still 'sending' after this long has an unknown outcome."),
-    }
-
-
-def copy_event_statuses(params: Mapping[str, Any] | None = None) -> int:
-    """Copy final delivery outcomes onto the events (the updateEventStatus step)."""
+def copy_event_statuses(params: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Copy final delivery outcomes onto the events (the updateEventStatus step); returns
+    the count per status copied (three numbers: a small XCom)."""
     from message_center.status_sync import sync_event_statuses
 
     options: dict[str, Any] = {}

@@ -28,7 +28,10 @@ def test_dag_shape_for_the_ui(dag):
     assert dag.max_active_runs == 1 and not dag.catchup
     assert type(dag.timetable).__name__ == "ContinuousTimetable"
     assert {"shards", "routing_batch_size", "loop_seconds", "poll_seconds"} <= set(dag.params)
-    assert set(dag.task_ids) == {"split_queue", "link_render_deliver", "update_event_status"}
+    assert set(dag.task_ids) == {"recover_and_open_shards", "link_render_deliver",
+                                 "update_event_status"}
+    assert dag.get_task("recover_and_open_shards").task_display_name == (
+        "Recover and open the shards")
     assert dag.get_task("link_render_deliver").map_index_template == "{{ shard_label }}"
     assert "LISTEN" in dag.doc_md
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from message_center.delivery.ledger import RetryPolicy
 
-# (minimum, maximum) per field: wide enough for production, narrow enough to catch typos.
-_BOUNDS: dict[str, tuple[float, float]] = {
+#: (minimum, maximum) per field: wide enough for production, narrow enough to catch typos.
+#: The one table: the DAGs' params (``mc_airflow.params``) take their bounds from it.
+BOUNDS: dict[str, tuple[int, int]] = {
     "routing_batch_size": (1, 1_000_000),
     "shards": (1, 64),
     "max_events_per_run": (1, 100_000_000),
@@ -21,6 +22,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "retry_backoff_max_seconds": (0, 7 * 86_400),
     "sending_timeout_seconds": (1, 86_400),
 }
+#: The settings that take fractions of a second; the others are whole numbers.
+FRACTIONAL = ("retry_backoff_seconds", "retry_backoff_max_seconds")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class ProcessingSettings:
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"processing setting {item.name}: {value!r} is not a number")
-            low, high = _BOUNDS[item.name]
+            low, high = BOUNDS[item.name]
             if not low <= value <= high:
                 raise ValueError(f"processing setting {item.name}: {value} is outside "
                                  f"{low:g}..{high:g}")
@@ -78,7 +81,7 @@ class ProcessingSettings:
             if name not in values or values[name] is None:
                 continue
             value = values[name]
-            is_int = name not in ("retry_backoff_seconds", "retry_backoff_max_seconds")
+            is_int = name not in FRACTIONAL
             try:
                 if isinstance(value, bool):
                     raise ValueError
