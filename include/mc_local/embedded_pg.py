@@ -109,10 +109,6 @@ class EmbeddedPostgres:
             capture_output=True, **self._run_as(),  # type: ignore[arg-type]
         )
 
-    def ensure_database(self, name: str) -> None:
-        """Create ``name`` unless it exists (CREATE DATABASE cannot run in a transaction)."""
-        ensure_database(self.url(), name)
-
 
 def ensure_database(server_url: str, name: str) -> None:
     """Create database ``name`` on the server of ``server_url`` unless it exists."""
