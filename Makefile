@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test setup install lint bench lock clean airflow
+.PHONY: run test test-fast setup install lint bench lock clean airflow
 
 run: $(INSTALLED)  ## Set up and run the Message Center (Airflow UI, scheduler, DAGs, push API)
 	$(BIN)/mc run
@@ -13,6 +13,11 @@ test: $(INSTALLED)  ## Set up and run the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mc test -- $(PYTEST_ARGS)
+
+test-fast: $(INSTALLED)  ## The fast tier in seconds: ruff, import layers, tests marked fast (no database)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/pytest -m fast -q $(PYTEST_ARGS)
 
 bench: $(INSTALLED)  ## Benchmarks: every stage next to its bare limit, one table (BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -57,6 +57,19 @@ EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_templa
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template")
 
 
+#: Fixtures that need the test deployment's databases, servers or Airflow processes: a
+#: test marked ``fast`` (``make test-fast``, run without ``mc setup``) must not use them.
+NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db", "control_db",
+                               "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = NOT_FAST_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if needs and item.get_closest_marker("fast"):
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(needs)}")
+
+
 @pytest.fixture(scope="session")
 def test_deployment():
     return DEPLOYMENT

@@ -41,6 +41,7 @@ def test_a_missing_sms_gateway_means_sms_is_not_configured():
     assert sms_settings("no_such_gateway") is None
 
 
+@pytest.mark.fast
 def test_params_become_validated_settings():
     settings = processing_settings({"shards": "3", "routing_batch_size": 500, "other": 1})
     assert (settings.shards, settings.routing_batch_size) == (3, 500)

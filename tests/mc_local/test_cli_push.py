@@ -12,6 +12,7 @@ from mc_local.cli import main
 NOWHERE = ["--url", "http://127.0.0.1:9", "--token", "t"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("args", "message"), [
     (["--type", "ORDER"], "event: email is required when wishedChannel is 'email'"),
     (["--type", "OTP", "--channel", "sms", "--mobile-phone", "abc"], "mobilePhone is not"),
@@ -26,6 +27,7 @@ def test_bad_input_exits_2_with_the_reason(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_a_bad_line_is_named_by_its_number_and_nothing_is_sent(tmp_path, capsys):
     path = tmp_path / "events.jsonl"
     good = json.dumps({"type": "ORDER", "email": "a@example.com"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from email import message_from_bytes, policy
 
+import pytest
 from template_factory import SMS_TEMPLATE, active_rows, write
 
 from mc_airflow.defaults import TEMPLATES_DIR
@@ -14,11 +15,13 @@ from message_center import templates as tpl
 from message_center.rendering import event_variables, render_message
 
 
+@pytest.mark.fast
 def test_validate_command_accepts_the_repository(capsys):
     assert mc(["templates", "validate"]) == 0
     assert "2 templates valid" in capsys.readouterr().out
 
 
+@pytest.mark.fast
 def test_validate_command_fails_with_located_problems(template_dir, capsys):
     write(template_dir, "delivery_update_sms.yaml", SMS_TEMPLATE.replace("{{ parcel }}",
                                                                           "{{ parcel }"))
@@ -28,6 +31,7 @@ def test_validate_command_fails_with_located_problems(template_dir, capsys):
     assert "1 problem in" in err
 
 
+@pytest.mark.fast
 def test_preview_writes_html_text_and_eml_rendered_like_the_delivery(tmp_path, capsys):
     out = tmp_path / "preview"
     assert mc(["templates", "preview", "orderConfirmed", "--seed", "alice@example.com",
@@ -53,6 +57,7 @@ def test_preview_writes_html_text_and_eml_rendered_like_the_delivery(tmp_path, c
     assert message.get_body(("html",)).get_content() == expected.html
 
 
+@pytest.mark.fast
 def test_preview_of_an_unknown_template_or_seed_is_an_error(tmp_path, capsys):
     assert mc(["templates", "preview", "nope", "--out", str(tmp_path)]) == 1
     assert "no template 'nope'" in capsys.readouterr().err

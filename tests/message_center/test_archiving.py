@@ -227,6 +227,7 @@ def test_catch_up_reaches_back_to_the_newest_archived_row(execution2_db, control
     assert not archived & set(old)
 
 
+@pytest.mark.fast
 def test_effective_start():
     start = T0
     lookback = timedelta(minutes=15)

@@ -29,6 +29,7 @@ def push(engine, kind: str, *bodies: dict) -> list[int]:
         return events.insert_events(conn, kind, [parse_event(body) for body in bodies])
 
 
+@pytest.mark.fast
 def test_a_full_event_is_read_with_acc_names_and_defaults():
     event = parse_event({
         "type": "OTP", "mobilePhone": "+33 6 12 34 56 78", "wishedChannel": "sms",
@@ -41,6 +42,7 @@ def test_a_full_event_is_read_with_acc_names_and_defaults():
     assert parse_event(EVENT).wished_channel == "email"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("body", "field", "words"), [
     ({"email": "a@example.com"}, "type", "required"),
     ({"type": "  ", "email": "a@example.com"}, "type", "blank"),
@@ -76,6 +78,7 @@ def test_bad_event_names_the_field_and_the_reason(body, field, words):
     assert field in error["msg"]
 
 
+@pytest.mark.fast
 def test_a_batch_reports_every_bad_index():
     with pytest.raises(EventValidationError) as exc:
         parse_batch({"events": [EVENT, {"type": "T"}, EVENT, {**EVENT, "ctx": []}]})
@@ -83,6 +86,7 @@ def test_a_batch_reports_every_bad_index():
         (1, "events[1].email"), (3, "events[3].ctx")]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(("body", "words"), [
     ([EVENT], "JSON object"),
     ({}, "events is required"),
@@ -97,6 +101,7 @@ def test_a_bad_batch_envelope_is_refused(body, words):
     assert words in exc.value.errors[0]["msg"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("body", [b"{", b'{"type": NaN}', b'{"n": 1e400}', b"\xff\xfe"])
 def test_json_that_postgresql_cannot_store_is_refused(body):
     with pytest.raises(EventValidationError) as exc:
@@ -220,6 +225,7 @@ def test_one_idempotency_key_claimed_twice_at_once_inserts_once(execution_db):
     assert len(rows(execution_db, "rt_event")) == 1
 
 
+@pytest.mark.fast
 def test_request_hash_ignores_key_order_and_whitespace_but_not_the_endpoint():
     a = events.request_hash("rtEvents", json.loads('{"type": "A", "email": "a@b.co"}'))
     b = events.request_hash("rtEvents", json.loads('{"email":"a@b.co","type":"A"}'))

@@ -55,6 +55,7 @@ def test_pending_index_is_partial(execution_db):
     assert "WHERE (status = 'pending'::text)" in definition
 
 
+@pytest.mark.fast
 def test_unknown_role_is_refused():
     with pytest.raises(ValueError, match="unknown database role"):
         migrations.alembic_config("archive", "postgresql://x/y")  # type: ignore[arg-type]

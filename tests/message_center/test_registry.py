@@ -23,6 +23,8 @@ from message_center.registry import (
     write_registry,
 )
 
+pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "execution_accounts.yaml"

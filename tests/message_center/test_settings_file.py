@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mc_local.localenv import PROJECT_ROOT
 from message_center.settings_file import parse_settings, read_settings
+
+pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
 
 
 def test_project_settings_file_is_valid():

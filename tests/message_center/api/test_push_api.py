@@ -242,6 +242,7 @@ def test_health_is_200_below_the_alert_threshold_and_503_from_it(execution_db, e
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.fast
 def test_health_thresholds_from_the_environment():
     assert HealthThresholds.from_env({}) == HealthThresholds(100, 400)
     assert HealthThresholds.from_env({"MC_HEALTH_WARNING": "10", "MC_HEALTH_ALERT": "20"}) \

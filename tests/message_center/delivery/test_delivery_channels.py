@@ -51,6 +51,7 @@ def test_multipart_message_with_a_stable_message_id(smtp, smtp_sink):
     assert parts["text/plain"].strip() == "Hi" and parts["text/html"].strip() == "<p>Hi</p>"
 
 
+@pytest.mark.fast
 def test_single_part_messages():
     assert parsed(email(1, "a@x.test", text=None)).get_content_type() == "text/html"
     assert parsed(email(1, "a@x.test", html=None)).get_content_type() == "text/plain"
@@ -89,6 +90,7 @@ def test_connection_refused_is_transient():
     assert "cannot connect to SMTP server" in outcome.error
 
 
+@pytest.mark.fast
 def test_bad_settings_and_addresses_are_refused():
     with pytest.raises(ValueError, match="port 0"):
         SmtpSettings(port=0)
@@ -140,6 +142,7 @@ def test_sms_sink_refuses_bad_requests(sms_sink):
     assert sms_sink.messages() == []
 
 
+@pytest.mark.fast
 def test_built_messages_are_standard_mime_with_crlf():
     from email import message_from_bytes, policy
 
@@ -161,6 +164,7 @@ def test_built_messages_are_standard_mime_with_crlf():
     assert message["X-Message-Center-Event"] == "rt:7"
 
 
+@pytest.mark.fast
 def test_built_single_part_messages():
     from email import message_from_bytes, policy
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-import pytest
 from processing_factory import (
     ORDER_TEMPLATE,
     SMS_TEMPLATE,
@@ -148,21 +147,3 @@ def test_stale_claims_come_back(execution_db):
         assert release_stale_claims(conn, "batch") == 3
     assert {row["status"] for row in events(execution_db, "batch")} == {"pending"}
     assert sum(c.events for c in split_queue(execution_db, "batch", ProcessingSettings())) == 3
-
-
-@pytest.mark.parametrize(("values", "message"), [
-    ({"shards": 0}, "shards: 0 is outside"),
-    ({"routing_batch_size": "many"}, "routing_batch_size: 'many' is not a whole number"),
-    ({"max_tries": 2.5}, "max_tries: 2.5 is not a whole number"),
-    ({"delivery_chunk": True}, "delivery_chunk: True"),
-])
-def test_bad_settings_name_the_setting(values, message):
-    with pytest.raises(ValueError, match=message):
-        ProcessingSettings.from_mapping(values)
-
-
-def test_backoff_doubles_and_is_capped():
-    settings = ProcessingSettings(retry_backoff_seconds=10, retry_backoff_max_seconds=35)
-    assert [settings.backoff_seconds(n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
-    assert ProcessingSettings.from_mapping({"retry_backoff_seconds": 7200}) \
-        .retry_backoff_max_seconds == 7200

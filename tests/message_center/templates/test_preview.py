@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mc_airflow.defaults import TEMPLATES_DIR
 from message_center import templates as tpl
+
+pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
 
 
 def test_preview_of_an_sms_shows_text_and_length(tmp_path):

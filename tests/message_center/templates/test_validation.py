@@ -3,10 +3,13 @@ every seed renders with the delivery's renderer."""
 
 from __future__ import annotations
 
+import pytest
 from template_factory import SMS_TEMPLATE, problems_of, write
 
 from mc_airflow.defaults import TEMPLATES_DIR
 from message_center import templates as tpl
+
+pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
 
 
 def test_repository_templates_are_valid_and_cover_the_demo():
