@@ -3,7 +3,10 @@
 Served by the ``airflow api-server`` process users already run (``airflow standalone``
 included), documented at ``/message-center/docs``, authenticated exactly like Airflow's
 REST API: a Bearer token from ``POST /auth/token`` (or the UI's session cookie). No
-token, or a bad or expired one, is a 401.
+token, or a bad or expired one, is a 401. Rights are the auth manager's, asked through
+``mc_airflow.authorization``: pushing needs the right to create DAG runs of the queue's
+DAG (``rtEventsProcessing`` / ``batchEventsProcessing``), reading events to read them; a
+refusal is a 403 naming the missing permission.
 
 Airflow imports plugin files in every process, task runners included, so this module
 stays light: Airflow's API-server security module and the connection model are imported
@@ -21,38 +24,19 @@ import gc
 import os
 import threading
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
+from fastapi import HTTPException
 
+from mc_airflow.authorization import PUSH_API_AUTHORIZATION, authenticated_user
 from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
 
 CONNECTION_TTL_SECONDS = 60.0
 
-# The same schemes Airflow's get_user declares, so /docs offers the same login form.
-_oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
-_bearer_scheme = HTTPBearer(auto_error=False)
-
-
-async def airflow_user(
-    request: Request,
-    oauth_token: Annotated[str | None, Depends(_oauth2_scheme)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> Any:
-    """Airflow's ``get_user``; its 403 for an invalid token becomes a 401 here."""
-    from airflow.api_fastapi.core_api.security import get_user
-
-    try:
-        return await get_user(request, oauth_token, bearer)
-    except HTTPException as exc:
-        if exc.status_code in (401, 403):
-            detail = "Not authenticated" if exc.status_code == 401 else "Invalid token"
-            raise HTTPException(401, exc.detail if exc.status_code == 401 else detail,
-                                headers={"WWW-Authenticate": "Bearer"}) from None
-        raise
+# Kept under its old name: other apps of this plugin authenticate with it too.
+airflow_user = authenticated_user
 
 
 class _ExecutionDatabaseUrl:
@@ -104,6 +88,7 @@ class FreezeGcOnFirstRequest:
 app = create_app(
     airflow_user,
     _ExecutionDatabaseUrl(EXECUTION_CONN_ID, CONNECTION_TTL_SECONDS),
+    authorization=PUSH_API_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
 )
 

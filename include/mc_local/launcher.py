@@ -17,7 +17,7 @@ import psycopg2
 
 from mc_airflow.defaults import templates_dir
 from mc_local.embedded_pg import ensure_database
-from mc_local.localenv import ADMIN_USER, PROJECT_ROOT, Deployment
+from mc_local.localenv import PROJECT_ROOT, Deployment
 from message_center import migrations, templates
 
 # Cell ids of the two demo execution instances (high byte of every event id).
@@ -75,6 +75,10 @@ def airflow(deployment: Deployment, *args: str, check: bool = True,
 def prepare(deployment: Deployment) -> None:
     """Everything before the processes start; each step is idempotent and fast when done."""
     started = time.monotonic()
+    try:
+        deployment.users()  # a bad AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS stops here
+    except ValueError as exc:
+        raise SystemExit(f"[mc] {exc}") from None
     if deployment.uses_embedded:
         deployment.embedded.start()
         log(f"PostgreSQL (embedded) on {deployment.embedded.url()} "
@@ -120,8 +124,9 @@ def run(deployment: Deployment) -> int:
         [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env,
         start_new_session=True,
     ))
-    log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}  "
-        f"login: {ADMIN_USER} / {deployment.admin_password()}")
+    log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
+    for name, role in deployment.users():
+        log(f"  login: {name} / {deployment.password(name)}  (role {role})")
     log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
     log("Press Ctrl-C to stop everything.")
 

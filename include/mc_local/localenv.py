@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,36 @@ from mc_local.embedded_pg import DEFAULT_PORT, EmbeddedPostgres
 PROJECT_ROOT = Path(os.environ.get("MC_PROJECT_ROOT", Path(__file__).resolve().parents[2]))
 STATE_DIR = Path(os.environ.get("MC_STATE_DIR", PROJECT_ROOT / ".mc"))
 ADMIN_USER = "admin"
+USERS_VARIABLE = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"
+"""Airflow's own user list (``name:role,...``); ``make run`` keeps ``admin:admin`` unless set."""
+SIMPLE_AUTH_ROLES = ("viewer", "user", "op", "admin")
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+JWT_SECRET_BYTES = 64
+"""Airflow signs API tokens with HS512: a key of at least 64 bytes (RFC 7518 3.2)."""
+
+
+def parse_users(spec: str) -> list[tuple[str, str]]:
+    """``admin:admin,alice:viewer,app:user`` -> [(name, role), ...]; a bad entry is a
+    ValueError naming it (roles: viewer, user, op, admin; a third ``:team|team`` part is
+    passed to Airflow as is)."""
+    users: list[tuple[str, str]] = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if not entry:
+            continue
+        name, _, rest = entry.partition(":")
+        role = rest.partition(":")[0].strip().lower()
+        if not _USER_NAME.fullmatch(name.strip()):
+            raise ValueError(f"{USERS_VARIABLE}: bad user name in {entry!r} (letters, digits, "
+                             "'.', '_', '@', '-'; at most 64)")
+        if role not in SIMPLE_AUTH_ROLES:
+            raise ValueError(f"{USERS_VARIABLE}: {entry!r} needs a role, one of "
+                             f"{', '.join(SIMPLE_AUTH_ROLES)} (name:role)")
+        if any(name.strip() == known for known, _ in users):
+            raise ValueError(f"{USERS_VARIABLE}: user {name.strip()!r} is listed twice")
+        users.append((name.strip(), role))
+    if not users:
+        raise ValueError(f"{USERS_VARIABLE} lists no user (expected e.g. admin:admin,app:user)")
+    return users
 
 
 @dataclass(frozen=True)
@@ -70,22 +101,40 @@ class Deployment:
         """Where the local SMTP sink keeps every message it receives (one .eml each)."""
         return STATE_DIR / ("mail" if self.profile == "run" else f"mail-{self.profile}")
 
-    def _secret(self, name: str) -> str:
-        """A random secret generated once per deployment and kept out of the repository."""
+    def _secret(self, name: str, nbytes: int = 24) -> str:
+        """A random secret generated once per deployment and kept out of the repository
+        (generated again if an older one is shorter than ``nbytes`` asks)."""
         path = STATE_DIR / "secrets" / f"{self.profile}-{name}"
-        if not path.exists():
+        minimum = len(secrets.token_urlsafe(nbytes))
+        if not path.exists() or len(path.read_text().strip()) < minimum:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24))
+            path.write_text(secrets.token_urlsafe(nbytes))
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def users_spec(self) -> str:
+        """The simple auth manager's users: ``$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS``
+        when set, else one admin."""
+        return os.environ.get(USERS_VARIABLE, "").strip() or f"{ADMIN_USER}:admin"
+
+    def users(self) -> list[tuple[str, str]]:
+        """(name, role) of every user of this deployment (ValueError for a bad list)."""
+        return parse_users(self.users_spec())
+
+    def password(self, user: str) -> str:
+        """``user``'s password, generated once: ``.mc/secrets/<profile>-<user>-password``."""
+        if not _USER_NAME.fullmatch(user):
+            raise ValueError(f"bad user name {user!r}")
+        return self._secret(f"{user}-password")
+
     def admin_password(self) -> str:
-        return self._secret("admin-password")
+        return self.password(ADMIN_USER)
 
     def write_password_file(self) -> Path:
+        """Airflow's simple auth manager password file, with every listed user's password."""
         path = self.airflow_home / "simple_auth_manager_passwords.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({ADMIN_USER: self.admin_password()}))
+        path.write_text(json.dumps({name: self.password(name) for name, _ in self.users()}))
         path.chmod(0o600)
         return path
 
@@ -114,7 +163,7 @@ class Deployment:
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            USERS_VARIABLE: self.users_spec(),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
                 self.airflow_home / "simple_auth_manager_passwords.json"
             ),
@@ -125,7 +174,7 @@ class Deployment:
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt", JWT_SECRET_BYTES),
             "AIRFLOW__API__SECRET_KEY": self._secret("api"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",

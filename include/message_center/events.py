@@ -336,13 +336,17 @@ def request_hash(endpoint: str, data: Any) -> str:
     return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
 
 
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]*[!-~])?$"
+"""Printable ASCII, spaces inside only: HTTP drops a header value's outer spaces."""
+
+
 def check_idempotency_key(key: str) -> str:
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable() \
-            or not key.isascii():
+            or not key.isascii() or key != key.strip():
         raise EventValidationError([{
             "loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key",
             "msg": f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII "
-                   "characters", "type": "idempotency_key"}])
+                   "characters, with no space at either end", "type": "idempotency_key"}])
     return key
 
 

@@ -90,7 +90,19 @@ def _client(args: argparse.Namespace) -> PushClient:
     token = args.token or os.environ.get("MC_API_TOKEN")
     if token:
         return PushClient(args.url, token=token)
-    password = os.environ.get("MC_API_PASSWORD") or deployment(args.profile).admin_password()
+    password = os.environ.get("MC_API_PASSWORD")
+    if not password:
+        local = deployment(args.profile)
+        try:
+            users = {name for name, _ in local.users()}
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if args.user not in users:
+            raise InputError(f"no password for {args.user!r}: set MC_API_PASSWORD (it is not "
+                             "a user of the local deployment), or give --token")
+        password = local.password(args.user)
+    # With a username and password the client logs in again once if the token expires
+    # during a long import, and retries the same request with the same Idempotency-Key.
     return PushClient(args.url, username=args.user, password=password)
 
 
@@ -147,6 +159,9 @@ def _push(args: argparse.Namespace) -> int:
                     pushed += len(ids)
                     if args.print_ids:
                         print("\n".join(str(i) for i in ids))
+    except InputError as exc:
+        print(f"mc push: {exc}", file=sys.stderr)
+        return 2
     except PushError as exc:
         print(f"mc push: {exc} (after {pushed} events pushed)", file=sys.stderr)
         return 1
@@ -170,8 +185,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                "--ctx '{\"orderId\": \"A-1001\"}'\n"
                "  mc push --type OTP --channel sms --mobile-phone +33612345678\n"
                "  mc push --file events.jsonl            # batch queue, 1000 per request\n"
-               "Password: $MC_API_PASSWORD, else the local deployment's admin password; "
-               "or a token with --token / $MC_API_TOKEN.",
+               "Password: $MC_API_PASSWORD, else the local deployment's password for --user "
+               "(.mc/secrets/); or a token with --token / $MC_API_TOKEN (not renewed).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     event = parser.add_argument_group("one event")
     for flag, field in EVENT_FLAGS:
@@ -192,7 +207,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     conn.add_argument("--url", default=None,
                       help="API server base URL (default: the local deployment, "
                            "http://127.0.0.1:8080)")
-    conn.add_argument("--user", default=ADMIN_USER, help="Airflow user (default admin)")
+    conn.add_argument("--user", default=ADMIN_USER,
+                      help="Airflow user (default admin); it needs the right to create DAG "
+                           "runs of rtEventsProcessing / batchEventsProcessing")
     conn.add_argument("--token", help="a Bearer token instead of user and password")
     conn.add_argument("--idempotency-key",
                       help="Idempotency-Key; with --file, KEY-1, KEY-2, ... per request, so "

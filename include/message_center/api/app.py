@@ -1,8 +1,9 @@
 """The push API: ACC's ``PushEvent``/``PushEvents`` over HTTP, plus event lookup and health.
 
-``create_app`` takes the authentication dependency and a database-URL provider, so the
-same app runs inside Airflow's API server (Airflow's JWT auth, the ``mc_execution``
-connection) and in tests (a FastAPI ``TestClient``, no Airflow).
+``create_app`` takes the authentication dependency, the authorization dependencies
+(:class:`Authorization`) and a database-URL provider, so the same app runs inside
+Airflow's API server (Airflow's JWT auth and auth manager, the ``mc_execution``
+connection: ``mc_airflow.authorization``) and in tests (a FastAPI ``TestClient``).
 
 Request bodies are read as a bounded stream (413 past the limit, before any parsing),
 then decoded and validated in a worker thread together with the database write, so the
@@ -15,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
@@ -35,6 +36,26 @@ from message_center.events import (
 
 DEFAULT_WARNING = 100
 DEFAULT_ALERT = 400
+
+
+class EventReadCheck(Protocol):
+    def check(self, kind: str) -> None:
+        """Raise ``HTTPException(403)`` unless the caller may read events of ``kind``."""
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Who may push and read, as FastAPI dependencies run before the endpoint's work (a
+    refusal stores nothing and leaves the request's Idempotency-Key unused).
+
+    - ``push(kind)``: a dependency raising 403 unless the caller may push into the
+      ``kind`` ("rt" / "batch") queue. Called once per kind when the app is built.
+    - ``read``: a dependency raising 403 unless the caller may read some events; it
+      returns an :class:`EventReadCheck` for the queue of the event found.
+    """
+
+    push: Callable[[str], Callable[..., Any]]
+    read: Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -164,17 +185,29 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
 _COMMON = {
     401: {"model": Problem, "description": "No token, or a bad or expired one."},
 }
+_FORBIDDEN = {
+    403: {"model": Problem, "description": "The caller lacks the permission the detail names; "
+                                           "nothing was stored, the Idempotency-Key is unused."},
+}
 _PUSH_ERRORS = {
     **_COMMON,
+    **_FORBIDDEN,
     409: {"model": Problem, "description": "Idempotency-Key reused with a different body."},
     413: {"model": Problem, "description": "Body larger than the documented limit."},
     422: {"model": ValidationProblem, "description": "Bad input; nothing was stored."},
 }
 
-IdempotencyKey = Annotated[str | None, Header(
+# Typed ``str`` (default None when absent), so the schema is a plain string with its rules.
+IdempotencyKey = Annotated[str, Header(
     alias="Idempotency-Key",
-    description="Repeat a request safely: the same key returns the first answer and stores "
-                "nothing; the same key with another body is a 409.")]
+    description=f"Repeat a request safely: the same key returns the first answer and stores "
+                f"nothing; the same key with another body is a 409. 1-"
+                f"{events.MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters (spaces "
+                f"inside only); any other value is a 422 and stores nothing.",
+    # Stated for clients and fuzzers; checked by events.check_idempotency_key, whose 422
+    # names the field like every other input error.
+    json_schema_extra={"minLength": 1, "maxLength": events.MAX_IDEMPOTENCY_KEY_LENGTH,
+                       "pattern": events.IDEMPOTENCY_KEY_PATTERN})]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -199,11 +232,14 @@ def create_app(
     auth: Callable[..., Any],
     database_url: Callable[[], str],
     *,
+    authorization: Authorization,
     thresholds: HealthThresholds | None = None,
     public_health: bool = False,
 ) -> FastAPI:
-    """The push API. ``auth`` is a FastAPI dependency that raises 401 for a bad caller;
-    ``database_url`` returns the execution database's URL (called per request, cache it).
+    """The push API. ``auth`` is a FastAPI dependency that raises 401 for a bad caller
+    (every endpoint, health too unless ``public_health``); ``authorization`` says who may
+    push and read; ``database_url`` returns the execution database's URL (called per
+    request, cache it).
     """
     limits = thresholds or HealthThresholds.from_env()
     app = FastAPI(
@@ -262,9 +298,10 @@ def create_app(
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
     @router.post("/rtEvents", status_code=201, response_model=EventAccepted,
-                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_EVENT_SCHEMA),
+                 dependencies=[Depends(authorization.push("rt"))], responses=_PUSH_ERRORS,
+                 openapi_extra=_json_body(_EVENT_SCHEMA),
                  summary="Push one real-time event (PushEvent)")
-    async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None) -> Any:
+    async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None) -> Any:  # type: ignore[assignment]
         """Queue one event in the real-time queue; it is processed within seconds."""
         body = await read_body(request, MAX_EVENT_BODY_BYTES)
         outcome = await run_in_threadpool(push, "rt", body, idempotency_key)
@@ -272,10 +309,11 @@ def create_app(
         return respond(outcome, {"Location": location})
 
     @router.post("/batchEvents", status_code=201, response_model=BatchAccepted,
-                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_BATCH_SCHEMA),
+                 dependencies=[Depends(authorization.push("batch"))], responses=_PUSH_ERRORS,
+                 openapi_extra=_json_body(_BATCH_SCHEMA),
                  summary=f"Push up to {MAX_BATCH_EVENTS} batch events (PushEvents)")
     async def push_batch_events(request: Request,
-                                idempotency_key: IdempotencyKey = None) -> Any:
+                                idempotency_key: IdempotencyKey = None) -> Any:  # type: ignore[assignment]
         """Queue events in the batch queue, all or nothing: one bad event stores none and
         the error names its index."""
         body = await read_body(request, MAX_BATCH_BODY_BYTES)
@@ -286,15 +324,18 @@ def create_app(
             return events.get_event(conn, event_id)
 
     @router.get("/events/{event_id}", response_model=EventOut,
-                responses={**_COMMON, 404: {"model": Problem, "description": "No such event."}},
+                responses={**_COMMON, **_FORBIDDEN,
+                           404: {"model": Problem, "description": "No such event."}},
                 summary="An event with its status and delivery outcome")
     async def get_event(
         event_id: Annotated[int, Path(ge=0, le=2**64 - 1,
                                       description="Public id from the push response.")],
+        access: EventReadCheck = Depends(authorization.read),
     ) -> Any:
         found = await run_in_threadpool(fetch, event_id)
         if found is None:
             raise HTTPException(404, f"event {event_id} not found")
+        access.check(found["kind"])
         return JSONResponse(found)
 
     def check_health() -> tuple[int, dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The push API app over HTTP (FastAPI TestClient) on the real execution database.
 
 The app is mounted under ``/message-center`` exactly as the Airflow plugin mounts it; the
-auth dependency here is a fixed test token (Airflow's own auth is exercised through the
-real API server in tests/plugins/test_message_center_api.py).
+auth dependency here is a fixed test token and the rights come from an ``X-Test-Rights``
+header (Airflow's own auth and auth manager are exercised in
+tests/mc_airflow/test_authorization.py and through the real API server in
+tests/plugins/test_permissions.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from mc_local.client import PushClient, PushError
-from message_center.api import HealthThresholds, create_app
+from message_center.api import Authorization, HealthThresholds, create_app
 from message_center.events import MAX_BATCH_BODY_BYTES, MAX_CTX_BYTES, MAX_EVENT_BODY_BYTES
 from message_center.ids import cell_of
 
@@ -28,6 +30,43 @@ def token_auth(authorization: str | None = Header(None)) -> str:
     if authorization != f"Bearer {TOKEN}":
         raise HTTPException(401, "Not authenticated", headers={"WWW-Authenticate": "Bearer"})
     return "tester"
+
+
+ALL_RIGHTS = "push:rt,push:batch,read:rt,read:batch"
+
+
+def rights(request: Request) -> set[str]:
+    return set(request.headers.get("X-Test-Rights", ALL_RIGHTS).split(","))
+
+
+def _push_dependency(kind: str):
+    def dependency(request: Request, _user: str = Depends(token_auth)) -> None:
+        if f"push:{kind}" not in rights(request):
+            raise HTTPException(403, f"Forbidden: pushing {kind} needs push:{kind}")
+    return dependency
+
+
+_PUSH = {kind: _push_dependency(kind) for kind in ("rt", "batch")}
+
+
+class _ReadCheck:
+    def __init__(self, kinds: set[str]) -> None:
+        self.kinds = kinds
+
+    def check(self, kind: str) -> None:
+        if kind not in self.kinds:
+            raise HTTPException(403, f"Forbidden: reading {kind} needs read:{kind}")
+
+
+def _read(request: Request, _user: str = Depends(token_auth)) -> _ReadCheck:
+    kinds = {right.split(":")[1] for right in rights(request) if right.startswith("read:")}
+    if not kinds:
+        raise HTTPException(403, "Forbidden: reading events needs read:rt or read:batch")
+    return _ReadCheck(kinds)
+
+
+HEADER_RIGHTS = Authorization(push=_PUSH.__getitem__, read=_read)
+"""Every right unless the request's ``X-Test-Rights`` header lists fewer."""
 
 
 def mounted(app: FastAPI) -> TestClient:
@@ -44,7 +83,7 @@ def execution_url(test_deployment) -> str:
 
 @pytest.fixture
 def client(execution_db, execution_url):
-    return mounted(create_app(token_auth, lambda: execution_url,
+    return mounted(create_app(token_auth, lambda: execution_url, authorization=HEADER_RIGHTS,
                               thresholds=HealthThresholds(100, 400)))
 
 
@@ -190,13 +229,47 @@ def test_a_refused_request_does_not_use_up_its_key(client, execution_db):
     assert (bad.status_code, good.status_code) == (422, 201)
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "clé"])
+@pytest.mark.parametrize("key", ["", "x" * 256, "clé", " key", "key ", "tab\tkey"])
 def test_a_bad_idempotency_key_is_422(client, execution_db, key):
     response = client.post("/rtEvents", json=EVENT,
                            headers={"Idempotency-Key": key.encode("utf-8")})
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "Idempotency-Key"
     assert stored(execution_db) == NOTHING
+
+
+def test_a_key_may_hold_every_printable_ascii_character_and_inner_spaces(client, execution_db):
+    key = "".join(chr(c) for c in range(0x21, 0x7F)) + " inner space!"
+    assert client.post("/rtEvents", json=EVENT, headers={"Idempotency-Key": key}).status_code \
+        == 201
+    assert client.post("/rtEvents", json=EVENT,
+                       headers={"Idempotency-Key": "k" * 255}).status_code == 201
+
+
+@pytest.mark.parametrize(("path", "body", "right"), [
+    ("/rtEvents", EVENT, "push:rt"), ("/batchEvents", {"events": [EVENT]}, "push:batch")])
+def test_a_refused_push_is_403_stores_nothing_and_leaves_its_key_unused(
+        client, execution_db, path, body, right):
+    others = ",".join(sorted(set(ALL_RIGHTS.split(",")) - {right}))
+    refused = client.post(path, json=body, headers={"Idempotency-Key": "k-403",
+                                                    "X-Test-Rights": others})
+    assert refused.status_code == 403
+    assert right in refused.json()["detail"]
+    assert stored(execution_db) == NOTHING
+    granted = client.post(path, json=body, headers={"Idempotency-Key": "k-403"})
+    assert granted.status_code == 201
+    assert "idempotent-replayed" not in granted.headers
+
+
+def test_reading_an_event_needs_the_right_for_its_queue(client, execution_db):
+    rt_id = client.post("/rtEvents", json=EVENT).json()["id"]
+    batch_id = client.post("/batchEvents", json={"events": [EVENT]}).json()["ids"][0]
+    only_rt = {"X-Test-Rights": "read:rt"}
+    assert client.get(f"/events/{rt_id}", headers=only_rt).status_code == 200
+    refused = client.get(f"/events/{batch_id}", headers=only_rt)
+    assert refused.status_code == 403 and "read:batch" in refused.json()["detail"]
+    nothing = client.get(f"/events/{rt_id}", headers={"X-Test-Rights": "push:rt"})
+    assert nothing.status_code == 403
 
 
 def test_unknown_and_malformed_event_ids(client, execution_db):
@@ -206,7 +279,7 @@ def test_unknown_and_malformed_event_ids(client, execution_db):
 
 
 def health_client(execution_url, warning: int, alert: int) -> TestClient:
-    return mounted(create_app(token_auth, lambda: execution_url,
+    return mounted(create_app(token_auth, lambda: execution_url, authorization=HEADER_RIGHTS,
                               thresholds=HealthThresholds(warning, alert)))
 
 
@@ -255,6 +328,7 @@ def test_health_thresholds_from_the_environment():
 
 def test_health_reports_an_unreachable_database_as_503():
     client = mounted(create_app(token_auth, lambda: "postgresql://nobody@127.0.0.1:1/none",
+                                authorization=HEADER_RIGHTS,
                                 thresholds=HealthThresholds()))
     response = client.get("/health")
     assert response.status_code == 503
@@ -272,7 +346,8 @@ def test_every_endpoint_runs_the_auth_dependency(client, execution_db, method, p
 
 
 def test_health_can_be_public_for_load_balancers(execution_db, execution_url):
-    app = create_app(token_auth, lambda: execution_url, public_health=True,
+    app = create_app(token_auth, lambda: execution_url, authorization=HEADER_RIGHTS,
+                     public_health=True,
                      thresholds=HealthThresholds())
     client = mounted(app)
     assert client.get("/health", headers={"Authorization": ""}).status_code == 200
@@ -285,8 +360,11 @@ def test_openapi_documents_bodies_limits_and_errors(client):
     rt = schema["paths"]["/v1/rtEvents"]["post"]
     body = rt["requestBody"]["content"]["application/json"]["schema"]
     assert {"type", "email", "mobilePhone", "wishedChannel", "ctx"} <= set(body["properties"])
-    assert {"201", "401", "409", "413", "422"} <= set(rt["responses"])
-    assert any(p["name"] == "Idempotency-Key" for p in rt["parameters"])
+    assert {"201", "401", "403", "409", "413", "422"} <= set(rt["responses"])
+    (key,) = [p for p in rt["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["schema"] == {**key["schema"], "type": "string", "minLength": 1,
+                             "maxLength": 255, "pattern": "^[!-~]([ -~]*[!-~])?$"}
+    assert "403" in schema["paths"]["/v1/events/{event_id}"]["get"]["responses"]
     batch = schema["paths"]["/v1/batchEvents"]["post"]["requestBody"]["content"]
     assert batch["application/json"]["schema"]["properties"]["events"]["maxItems"] == 1000
 

@@ -1,0 +1,368 @@
+"""Who may do what in the Message Center: every endpoint and page asks Airflow's auth manager
+here, so the rules are the deployment's own whatever auth manager it runs (simple, FAB,
+Keycloak, AWS, ...). No separate user store, no Message Center role.
+
+| Message Center action | Airflow permission asked (= the equivalent Airflow action) |
+| --- | --- |
+| push real-time (batch) events | create DAG runs of rtEventsProcessing (batchEventsProcessing) |
+| read events of a queue, reports | read DAG runs of that queue's DAG |
+| test an account's connection | create connections (Airflow's *Test connection*) |
+| register an execution account | create connections, edit DAGs (its `mcSynch_<name>`) |
+| enable / disable an account | edit its `mcSynch_<name>` DAG (pause / unpause) |
+| publish / unpublish templates | create DAG runs of mcPublishTemplates |
+| health | a valid token (or nothing with `MC_HEALTH_PUBLIC=true`) |
+
+Simple auth manager: `viewer` reads, `user` also pushes, enables/disables archiving and
+publishes, `op` and `admin` also test and register accounts.
+
+Why DAG permissions rather than a Message Center resource (``is_authorized_custom_view``):
+every auth manager implements DAG permissions and administrators already grant them per DAG
+(FAB roles, Keycloak policies, AWS Verified Permissions), whereas custom resources are
+interpreted differently by each one -- the simple auth manager grants every custom
+resource, for every method, to every role including ``viewer``, which would let read-only
+users push again. "May trigger the DAG that sends the mail" is the rule Airflow itself
+applies to ``POST /api/v2/dags/rtEventsProcessing/dagRuns``.
+
+Three ways to use it, all raising or returning the same decisions:
+
+- FastAPI dependencies: ``Depends(require_push("rt"))``, ``require_read()``,
+  ``require_accounts_admin()``, ``require_account_change(name)``,
+  ``require_templates_publish()``, ``require(action, *permissions)``; each resolves the
+  user with :func:`authenticated_user` (401: no, bad or expired token) and answers 403
+  :class:`Forbidden` naming the missing permission; it returns the user (``require_read``
+  an :class:`EventReadAccess`).
+- Checks for code that already has the user: ``check(user, action, *permissions)`` raises
+  :class:`Forbidden`; ``may_push``, ``may_read``, ``readable_kinds``, ``capabilities``
+  answer booleans (pages hide buttons with them).
+- :data:`PUSH_API_AUTHORIZATION`: the dependencies the push API app takes
+  (``message_center.api.Authorization``), so the domain never imports Airflow.
+
+Plugin modules are imported by every Airflow process, task runners included: Airflow's API
+server modules are imported on the first check, not here.
+"""
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
+from starlette.concurrency import run_in_threadpool
+
+from message_center.api.app import Authorization
+
+Kind = Literal["rt", "batch"]
+Method = Literal["GET", "POST", "PUT", "DELETE"]
+
+QUEUE_DAGS: dict[str, str] = {"rt": "rtEventsProcessing", "batch": "batchEventsProcessing"}
+"""The DAG whose run rights govern pushing events into (reading events of) each queue."""
+KIND_LABELS = {"rt": "real-time events", "batch": "batch events"}
+PUBLISH_DAG = "mcPublishTemplates"
+ARCHIVING_DAG_PREFIX = "mcSynch_"
+
+_VERBS = {"GET": "read", "POST": "create", "PUT": "edit", "DELETE": "delete"}
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One question to the auth manager: ``method`` on a DAG (its runs when ``runs``) or on
+    a connection; ``name`` is the DAG or connection id (``None``: any)."""
+
+    resource: Literal["dag", "connection"]
+    method: Method
+    name: str | None = None
+    runs: bool = False
+
+    def __str__(self) -> str:
+        verb = _VERBS[self.method]
+        if self.resource == "connection":
+            return f"{verb} connections" + (f" ({self.name})" if self.name else "")
+        if self.runs:
+            return f"{verb} DAG runs of {self.name or 'every DAG'}"
+        return f"{verb} the DAG {self.name}" if self.name else f"{verb} DAGs"
+
+
+def dag_runs(dag_id: str, method: Method) -> Permission:
+    return Permission("dag", method, dag_id, runs=True)
+
+
+def push_permission(kind: str) -> Permission:
+    """Pushing into ``kind``'s queue = triggering the DAG that processes it."""
+    return dag_runs(QUEUE_DAGS[kind], "POST")
+
+
+def read_permission(kind: str) -> Permission:
+    return dag_runs(QUEUE_DAGS[kind], "GET")
+
+
+def account_dag(name: str | None) -> str | None:
+    return f"{ARCHIVING_DAG_PREFIX}{name}" if name else None
+
+
+def register_account_permissions(name: str | None = None,
+                                 conn_id: str | None = None) -> tuple[Permission, ...]:
+    """Registering an account creates an Airflow connection and an archiving DAG."""
+    return (Permission("connection", "POST", conn_id), Permission("dag", "PUT", account_dag(name)))
+
+
+def change_account_permission(name: str | None = None) -> Permission:
+    """Enabling / disabling an account schedules or stops its archiving DAG."""
+    return Permission("dag", "PUT", account_dag(name))
+
+
+def test_connection_permission(conn_id: str | None = None) -> Permission:
+    """Airflow's own *Test connection* (``POST /api/v2/connections/test``) asks this."""
+    return Permission("connection", "POST", conn_id)
+
+
+test_connection_permission.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def publish_permission() -> Permission:
+    return dag_runs(PUBLISH_DAG, "POST")
+
+
+# --- asking the auth manager -------------------------------------------------------------
+def _auth_manager() -> Any:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager()
+
+
+_TEAMS_TTL = 60.0
+_teams: dict[str, tuple[str | None, float]] = {}
+
+
+def _dag_team(dag_id: str | None) -> str | None:
+    """The DAG's team in multi-team deployments (as Airflow's own checks pass it)."""
+    if dag_id is None:
+        return None
+    from airflow.configuration import conf
+
+    if not conf.getboolean("core", "multi_team", fallback=False):
+        return None
+    cached = _teams.get(dag_id)
+    if cached is not None and time.monotonic() - cached[1] < _TEAMS_TTL:
+        return cached[0]
+    from airflow.models.dag import DagModel
+
+    team = DagModel.get_team_name(dag_id)
+    _teams[dag_id] = (team, time.monotonic())
+    return team
+
+
+def is_allowed(user: Any, permission: Permission) -> bool:
+    """The auth manager's answer (may do I/O with FAB or Keycloak: call it off the loop)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        ConnectionDetails,
+        DagAccessEntity,
+        DagDetails,
+    )
+
+    manager = _auth_manager()
+    if permission.resource == "connection":
+        return bool(manager.is_authorized_connection(
+            method=permission.method, user=user,
+            details=ConnectionDetails(conn_id=permission.name)))
+    return bool(manager.is_authorized_dag(
+        method=permission.method, user=user,
+        access_entity=DagAccessEntity.RUN if permission.runs else None,
+        details=DagDetails(id=permission.name, team_name=_dag_team(permission.name))))
+
+
+def missing(user: Any, permissions: Iterable[Permission]) -> list[Permission]:
+    return [permission for permission in permissions if not is_allowed(user, permission)]
+
+
+def user_name(user: Any) -> str:
+    getter = getattr(user, "get_name", None)
+    return str(getter() if callable(getter) else getattr(user, "username", "?"))
+
+
+class Forbidden(HTTPException):
+    """403 whose detail names the action and the Airflow permission it lacks."""
+
+    def __init__(self, user: Any, action: str, lacking: list[Permission]) -> None:
+        self.user, self.action, self.lacking = user, action, lacking
+        needs = " and ".join(f"the permission to {permission}" for permission in lacking)
+        super().__init__(403, f"Forbidden: {action} needs {needs} in Airflow; user "
+                              f"{user_name(user)!r} does not have it")
+
+
+def check(user: Any, action: str, *permissions: Permission) -> None:
+    """Raise :class:`Forbidden` unless ``user`` has every permission (``action`` words the
+    refusal, e.g. "pushing real-time events")."""
+    lacking = missing(user, permissions)
+    if lacking:
+        raise Forbidden(user, action, lacking)
+
+
+def may_push(user: Any, kind: str) -> bool:
+    return is_allowed(user, push_permission(kind))
+
+
+def may_read(user: Any, kind: str) -> bool:
+    return is_allowed(user, read_permission(kind))
+
+
+def readable_kinds(user: Any) -> frozenset[str]:
+    """The queues whose events (and reports) ``user`` may read."""
+    return frozenset(kind for kind in QUEUE_DAGS if may_read(user, kind))
+
+
+def check_register_account(user: Any, name: str | None = None,
+                           conn_id: str | None = None) -> None:
+    check(user, "registering an execution account",
+          *register_account_permissions(name, conn_id))
+
+
+def check_change_account(user: Any, name: str | None = None) -> None:
+    check(user, "enabling or disabling an execution account", change_account_permission(name))
+
+
+def check_test_connection(user: Any, conn_id: str | None = None) -> None:
+    check(user, "testing an execution account's connection", test_connection_permission(conn_id))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a user may do, for pages that only show the buttons they may use (the server
+    still checks every action)."""
+
+    push: frozenset[str]
+    read: frozenset[str]
+    test_connections: bool
+    register_accounts: bool
+    change_accounts: bool
+    publish_templates: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: sorted(value) if isinstance(value, frozenset) else value
+                for key, value in asdict(self).items()}
+
+
+def capabilities(user: Any) -> Capabilities:
+    return Capabilities(
+        push=frozenset(kind for kind in QUEUE_DAGS if may_push(user, kind)),
+        read=readable_kinds(user),
+        test_connections=is_allowed(user, test_connection_permission()),
+        register_accounts=not missing(user, register_account_permissions()),
+        change_accounts=is_allowed(user, change_account_permission()),
+        publish_templates=is_allowed(user, publish_permission()),
+    )
+
+
+# --- FastAPI dependencies ----------------------------------------------------------------
+# The same schemes Airflow's get_user declares, so /docs offers the same login form.
+_oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+_bearer_scheme = HTTPBearer(auto_error=False)
+
+
+async def authenticated_user(
+    request: Request,
+    oauth_token: str | None = Depends(_oauth2_scheme),
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer_scheme),
+) -> Any:
+    """Airflow's user for this request (Bearer token, or the UI's session cookie).
+
+    No token, a bad one or an expired one is a 401 (Airflow's ``get_user`` answers 403 for
+    a malformed token; a client must log in again either way).
+    """
+    from airflow.api_fastapi.core_api.security import get_user
+
+    try:
+        return await get_user(request, oauth_token, bearer)
+    except HTTPException as exc:
+        if exc.status_code in (401, 403):
+            detail = exc.detail if exc.status_code == 401 else "Invalid token"
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"}) from None
+        raise
+
+
+async def _check(user: Any, action: str, permissions: tuple[Permission, ...]) -> None:
+    await run_in_threadpool(check, user, action, *permissions)
+
+
+def require(action: str, *permissions: Permission,
+            user_dependency: Callable[..., Any] = authenticated_user) -> Callable[..., Any]:
+    """A dependency that returns the user if they have every permission, else 403.
+
+    ``user_dependency`` resolves the user (default :func:`authenticated_user`; the UI passes
+    its own, which redirects to the login page)."""
+
+    async def dependency(user: Any = Depends(user_dependency)) -> Any:
+        await _check(user, action, permissions)
+        return user
+
+    dependency.__name__ = f"require_{action.replace(' ', '_')}"
+    return dependency
+
+
+_push_dependencies: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
+
+
+def require_push(kind: str, *,
+                 user_dependency: Callable[..., Any] = authenticated_user) -> Callable[..., Any]:
+    """Pushing events into the ``kind`` ("rt" / "batch") queue."""
+    key = (kind, user_dependency)
+    if key not in _push_dependencies:  # one callable per kind: FastAPI caches it per request
+        _push_dependencies[key] = require(f"pushing {KIND_LABELS[kind]}", push_permission(kind),
+                                          user_dependency=user_dependency)
+    return _push_dependencies[key]
+
+
+@dataclass(frozen=True)
+class EventReadAccess:
+    """The caller and the queues whose events they may read (``require_read``)."""
+
+    user: Any
+    kinds: frozenset[str]
+
+    def check(self, kind: str) -> None:
+        """403 unless events of ``kind`` may be read (once the event's queue is known)."""
+        if kind not in self.kinds:
+            raise Forbidden(self.user, f"reading {KIND_LABELS[kind]}", [read_permission(kind)])
+
+
+def require_read(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Reading events or reports: read access to the runs of at least one queue's DAG
+    (403 naming both otherwise); returns an :class:`EventReadAccess`."""
+
+    async def dependency(user: Any = Depends(user_dependency)) -> EventReadAccess:
+        kinds = await run_in_threadpool(readable_kinds, user)
+        if not kinds:
+            raise Forbidden(user, "reading events and reports",
+                            [read_permission(kind) for kind in QUEUE_DAGS])
+        return EventReadAccess(user, kinds)
+
+    return dependency
+
+
+def require_accounts_admin(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Registering execution accounts (and testing connections): creating connections and
+    editing DAGs. Call :func:`check_register_account` again with the account's name and
+    connection once the form is read (auth managers may decide per DAG / connection)."""
+    return require("registering an execution account", *register_account_permissions(),
+                   user_dependency=user_dependency)
+
+
+def require_account_change(name: str | None = None, *,
+                           user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Enabling / disabling archiving for an account (editing its ``mcSynch_<name>``)."""
+    return require("enabling or disabling an execution account",
+                   change_account_permission(name), user_dependency=user_dependency)
+
+
+def require_templates_publish(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Publishing or unpublishing message templates: triggering ``mcPublishTemplates``."""
+    return require("publishing message templates", publish_permission(),
+                   user_dependency=user_dependency)
+
+
+PUSH_API_AUTHORIZATION = Authorization(push=require_push, read=require_read())
+"""What the push API app (``message_center.api.create_app``) checks, backed by Airflow."""
