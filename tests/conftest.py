@@ -33,6 +33,10 @@ def free_port() -> int:
 # MC_TEST_PROFILE lets several suites run side by side on separate databases.
 PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
 os.environ["MC_DEPLOYMENT_PROFILE"] = PROFILE
+# One user per simple-auth-manager role, named after it (passwords in .mc/secrets/).
+ROLE_USERS = ("admin", "viewer", "user", "op")
+os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(
+    f"{role}:{role}" for role in ROLE_USERS)
 os.environ.setdefault("MC_API_PORT", str(free_port()))
 os.environ.setdefault("MC_SMTP_PORT", str(free_port()))
 DEPLOYMENT = deployment(PROFILE)
@@ -146,16 +150,27 @@ def dagbag():
 
 
 class AirflowStack:
-    """A running `airflow standalone` (API server, scheduler, DAG processor, triggerer)."""
+    """A running `airflow standalone` (API server, scheduler, DAG processor, triggerer).
+
+    Users: one per simple-auth-manager role, named after it (:data:`ROLE_USERS`)."""
+
+    viewer_user = "viewer"
 
     def __init__(self, base_url: str, password: str, log_path: Path) -> None:
         self.base_url, self.password, self.log_path = base_url, password, log_path
 
-    def token(self) -> str:
+    def password_of(self, username: str) -> str:
+        return DEPLOYMENT.password(username)
+
+    @property
+    def viewer_password(self) -> str:
+        return self.password_of(self.viewer_user)
+
+    def token(self, username: str = "admin") -> str:
         import httpx
 
-        response = httpx.post(f"{self.base_url}/auth/token",
-                              json={"username": "admin", "password": self.password}, timeout=30)
+        response = httpx.post(f"{self.base_url}/auth/token", timeout=30, json={
+            "username": username, "password": self.password_of(username)})
         response.raise_for_status()
         return str(response.json()["access_token"])
 

@@ -88,9 +88,10 @@ def read_jsonl(stream: TextIO, name: str) -> list[dict[str, Any]]:
 
 def _client(args: argparse.Namespace) -> PushClient:
     token = args.token or os.environ.get("MC_API_TOKEN")
-    if token:
-        return PushClient(args.url, token=token)
     password = os.environ.get("MC_API_PASSWORD")
+    if token:  # with MC_API_PASSWORD too, an expired token is renewed as --user
+        return PushClient(args.url, token=token, username=args.user if password else None,
+                          password=password)
     if not password:
         local = deployment(args.profile)
         try:
@@ -186,7 +187,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                "  mc push --type OTP --channel sms --mobile-phone +33612345678\n"
                "  mc push --file events.jsonl            # batch queue, 1000 per request\n"
                "Password: $MC_API_PASSWORD, else the local deployment's password for --user "
-               "(.mc/secrets/); or a token with --token / $MC_API_TOKEN (not renewed).",
+               "(.mc/secrets/); or a token with --token / $MC_API_TOKEN (renewed when it expires "
+               "only if $MC_API_PASSWORD is set too).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     event = parser.add_argument_group("one event")
     for flag, field in EVENT_FLAGS:
