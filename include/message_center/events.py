@@ -67,7 +67,9 @@ class EventValidationError(ValueError):
 # --- field checks ------------------------------------------------------------------
 _EMAIL_FORBIDDEN = re.compile(r'[\s\x00<>(),;:"\[\]\\@]')
 _DOMAIN_LABEL = re.compile(r"^[^\W_](?:[\w-]{0,61}[^\W_])?$")
-_PHONE = re.compile(r"^\+?[0-9][0-9 ().-]*$")
+# 6-15 digits, the first after an optional +, separators between: one rule, also in the schema.
+PHONE_PATTERN = r"^\+?[0-9](?:[ ().-]*[0-9]){5,14}[ ().-]*$"
+_PHONE = re.compile(PHONE_PATTERN)
 # PostgreSQL text cannot hold NUL (checked in Rust by pydantic, not per field in Python).
 _TEXT_PATTERN = r"^[^\x00]*$"
 _TYPE_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -89,9 +91,8 @@ def is_valid_email(value: str) -> bool:
 
 
 def is_valid_phone(value: str) -> bool:
-    """E.164-like numbers, separators allowed: ``+33 6 12 34 56 78``, ``(555) 010-9999``."""
-    digits = sum(ch.isdigit() for ch in value)
-    return bool(_PHONE.match(value)) and 6 <= digits <= 15
+    """E.164-like numbers, separators allowed: ``+33 6 12 34 56 78``, ``555 010-9999``."""
+    return bool(_PHONE.match(value))
 
 
 def parse_datetime(value: Any, field: str) -> datetime | None:
@@ -109,7 +110,14 @@ def parse_datetime(value: Any, field: str) -> datetime | None:
             "datetime_format",
             "{field} is not an ISO 8601 date-time (e.g. 2026-11-25T10:00:00Z)",
             {"field": field}) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:  # stored in UTC: PostgreSQL refuses offsets past +-15:59 that Python accepts
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "datetime_range", "{field} is out of range once converted to UTC",
+            {"field": field}) from None
 
 
 def compact_json(value: Any) -> str:
@@ -132,18 +140,31 @@ class EventIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=False,
         frozen=True,
-        json_schema_extra={"examples": [{
-            "type": "ORDER_CONFIRMED", "email": "jane@example.com", "language": "en",
-            "externalId": "A-1001", "ctx": {"orderId": "A-1001", "firstName": "Jane"},
-        }]},
+        json_schema_extra={
+            "examples": [{
+                "type": "ORDER_CONFIRMED", "email": "jane@example.com", "language": "en",
+                "externalId": "A-1001", "ctx": {"orderId": "A-1001", "firstName": "Jane"},
+            }],
+            # The channel's address is required (checked by _cross_fields below).
+            "anyOf": [
+                {"required": ["email"], "properties": {
+                    "wishedChannel": {"const": "email"}, "email": {"type": "string"}}},
+                {"required": ["wishedChannel", "mobilePhone"], "properties": {
+                    "wishedChannel": {"const": "sms"}, "mobilePhone": {"type": "string"}}},
+            ],
+        },
     )
 
     type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=_TYPE_PATTERN,
                       description="Event type; links the event to its published template.")
-    email: str | None = Field(None, max_length=254,
+    # format / pattern stated for clients, checked by the validators below (their errors
+    # name the field in the project's words).
+    email: str | None = Field(None, max_length=254, json_schema_extra={"format": "email"},
                               description="Recipient address; required for the email channel.")
     mobile_phone: str | None = Field(
-        None, max_length=32, description="Recipient number (E.164); required for sms.")
+        None, max_length=32, json_schema_extra={"pattern": PHONE_PATTERN},
+        description="Recipient number (E.164, 6-15 digits, separators allowed); required "
+                    "for sms.")
     wished_channel: Channel = Field("email", description="`email` (default) or `sms`.")
     external_id: str | None = Field(None, max_length=MAX_TEXT_LENGTH, pattern=_TEXT_PATTERN,
                                     description="The caller's own id for the event.")
@@ -156,7 +177,8 @@ class EventIn(BaseModel):
     scheduled: datetime | None = Field(
         None, description="ISO 8601; the event is not processed before this time.")
     expiration: datetime | None = Field(
-        None, description="ISO 8601; the event expires if not processed by then.")
+        None, description="ISO 8601, not before `scheduled`; the event expires if not "
+                          "processed by then.")
 
     # Few Python validators on purpose: a 1,000-event batch runs each of them 1,000 times.
     @field_validator("email")

@@ -169,7 +169,20 @@ class Problem(BaseModel):
     detail: str
 
 
+# ctx: any JSON object without NUL characters (PostgreSQL's jsonb cannot hold them), stated
+# recursively so clients and schema-driven fuzzers know it (events.py checks it).
+_NO_NUL = r"^[^\x00]*$"
+_CTX_VALUE = {"anyOf": [
+    {"type": "string", "pattern": _NO_NUL},
+    {"type": ["number", "boolean", "null"]},
+    {"type": "array", "items": {"$ref": "#/components/schemas/CtxValue"}},
+    {"type": "object", "propertyNames": {"pattern": _NO_NUL},
+     "additionalProperties": {"$ref": "#/components/schemas/CtxValue"}},
+]}
 _EVENT_SCHEMA = EventIn.model_json_schema(by_alias=True)
+_EVENT_SCHEMA["properties"]["ctx"].update(
+    propertyNames={"pattern": _NO_NUL},
+    additionalProperties={"$ref": "#/components/schemas/CtxValue"})
 _BATCH_SCHEMA = {
     "title": "BatchIn", "type": "object", "additionalProperties": False, "required": ["events"],
     "properties": {"events": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_EVENTS,
@@ -378,4 +391,14 @@ def create_app(
         return JSONResponse(body, status_code=status)
 
     app.include_router(router)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = default_openapi()  # built once and cached by FastAPI
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "CtxValue", _CTX_VALUE)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -272,6 +272,17 @@ def test_reading_an_event_needs_the_right_for_its_queue(client, execution_db):
     assert nothing.status_code == 403
 
 
+def test_any_utc_offset_python_reads_is_stored_in_utc(client, execution_db):
+    """Found by schemathesis: +16:00 parses in Python but PostgreSQL refused it (a 500)."""
+    pushed = client.post("/rtEvents", json={**EVENT, "scheduled": "2026-01-01T00:00:00+16:00"})
+    assert pushed.status_code == 201, pushed.text
+    scheduled = client.get(f"/events/{pushed.json()['id']}").json()["scheduled"]
+    assert datetime.fromisoformat(scheduled) == datetime(2025, 12, 31, 8, tzinfo=UTC)
+    too_early = client.post("/rtEvents", json={**EVENT, "scheduled": "0001-01-01T00:00:00+16:00"})
+    assert too_early.status_code == 422
+    assert too_early.json()["detail"][0]["field"] == "scheduled"
+
+
 def test_unknown_and_malformed_event_ids(client, execution_db):
     assert client.get("/events/123456789").status_code == 404
     assert client.get("/events/abc").status_code == 422
