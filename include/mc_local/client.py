@@ -5,7 +5,10 @@
                 "ctx": {"orderId": "A-1001"}}, password="...")
 
 Authenticates like any Airflow API client: a token from ``POST /auth/token`` with a
-username and password (fetched once, fetched again when it expires), or a token given.
+username and password, or a token given (with a username and password too, it is renewed).
+A request answered 401 (token expired) is sent again once after logging in again, with the
+same ``Idempotency-Key``: the refused request stored nothing, so nothing is pushed twice.
+A 403 (the user lacks the permission) is a :class:`PushError` naming the permission.
 """
 
 from __future__ import annotations
