@@ -16,10 +16,14 @@ ROLES = ("viewer", "user", "op", "admin")
 
 
 @pytest.fixture(scope="module")
-def auth_manager():
+def auth_manager(tmp_path_factory):
     from airflow.api_fastapi.app import init_auth_manager
 
-    return init_auth_manager()
+    # Its own password file: init() writes passwords for listed users that have none.
+    passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+        yield init_auth_manager()
 
 
 def user(role: str):
@@ -37,6 +41,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.fast  # the auth manager in process, no token: no database
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_gets_what_airflow_gives_it_for_the_equivalent_action(auth_manager, role):
     rights = authz.capabilities(user(role))
@@ -49,6 +54,7 @@ def test_each_role_gets_what_airflow_gives_it_for_the_equivalent_action(auth_man
     assert rights.as_dict()["push"] == sorted(EXPECTED[role][0])
 
 
+@pytest.mark.fast  # the auth manager in process, no token: no database
 def test_pushing_asks_exactly_what_triggering_the_dag_asks(auth_manager):
     """The same question Airflow asks for POST /api/v2/dags/{dag_id}/dagRuns."""
     from airflow.api_fastapi.auth.managers.models.resource_details import (
@@ -64,6 +70,7 @@ def test_pushing_asks_exactly_what_triggering_the_dag_asks(auth_manager):
             assert authz.may_push(user(role), kind) is airflow_says
 
 
+@pytest.mark.fast  # the auth manager in process, no token: no database
 def test_refusals_name_the_action_the_permission_and_the_user(auth_manager):
     with pytest.raises(authz.Forbidden) as refused:
         authz.check(user("viewer"), "pushing real-time events", authz.push_permission("rt"))
@@ -84,6 +91,7 @@ def test_refusals_name_the_action_the_permission_and_the_user(auth_manager):
         authz.check_test_connection(user("user"), "mc_execution")
 
 
+@pytest.mark.fast  # the auth manager in process, no token: no database
 def test_read_access_names_the_queue_it_lacks(auth_manager):
     access = authz.EventReadAccess(user("viewer"), frozenset({"rt"}))
     access.check("rt")

@@ -10,6 +10,8 @@ import pytest
 from mc_local import localenv
 from mc_local.localenv import USERS_VARIABLE, Deployment, parse_users
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
 def state(tmp_path, monkeypatch):
