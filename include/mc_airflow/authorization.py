@@ -52,7 +52,6 @@ from starlette.concurrency import run_in_threadpool
 
 from message_center.api.app import Authorization
 
-Kind = Literal["rt", "batch"]
 Method = Literal["GET", "POST", "PUT", "DELETE"]
 
 QUEUE_DAGS: dict[str, str] = {"rt": "rtEventsProcessing", "batch": "batchEventsProcessing"}
@@ -111,12 +110,9 @@ def change_account_permission(name: str | None = None) -> Permission:
     return Permission("dag", "PUT", account_dag(name))
 
 
-def test_connection_permission(conn_id: str | None = None) -> Permission:
+def connection_test_permission(conn_id: str | None = None) -> Permission:
     """Airflow's own *Test connection* (``POST /api/v2/connections/test``) asks this."""
     return Permission("connection", "POST", conn_id)
-
-
-test_connection_permission.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def publish_permission() -> Permission:
@@ -222,7 +218,7 @@ def check_change_account(user: Any, name: str | None = None) -> None:
 
 
 def check_test_connection(user: Any, conn_id: str | None = None) -> None:
-    check(user, "testing an execution account's connection", test_connection_permission(conn_id))
+    check(user, "testing an execution account's connection", connection_test_permission(conn_id))
 
 
 @dataclass(frozen=True)
@@ -246,7 +242,7 @@ def capabilities(user: Any) -> Capabilities:
     return Capabilities(
         push=frozenset(kind for kind in QUEUE_DAGS if may_push(user, kind)),
         read=readable_kinds(user),
-        test_connections=is_allowed(user, test_connection_permission()),
+        test_connections=is_allowed(user, connection_test_permission()),
         register_accounts=not missing(user, register_account_permissions()),
         change_accounts=is_allowed(user, change_account_permission()),
         publish_templates=is_allowed(user, publish_permission()),
