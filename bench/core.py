@@ -29,7 +29,8 @@ from message_center.db import engine_for
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency",
                     "mc_watermark", "quarantine")
-ARCHIVE_TABLES = ("archived_event", "archived_delivery_log")
+ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
+                  "flow_stats_hourly", "event_stats_dirty")
 
 
 def log(message: str) -> None:

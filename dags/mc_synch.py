@@ -16,12 +16,17 @@ updated too.
    pages of the source, `COPY` into a staging table, one `INSERT ... ON CONFLICT` per
    chunk); the log says how many rows of each kind were read, new, updated or already
    up to date.
+3. **update_statistics** — recomputes, from the archive, the hourly event statistics
+   the Message Center reports read: every hour the archived changes belong to, and every
+   hour of the run's window (a backfill rebuilds its hours; a re-run writes the same
+   figures).
 
 Windows: a run covers its data interval `[start, end)` of `last_modified`, started
 `lookback_minutes` earlier (default 15) so a transaction that committed late is picked up,
 and no later than the newest row already archived (at most `catch_up_days` back, default
 7), so hours missed while the scheduler was down or the DAG paused are caught up. A
-**backfill** archives exactly its windows and nothing else:
+**manual run** (Trigger) archives up to the moment it was triggered, the current hour
+included. A **backfill** archives exactly its windows and nothing else:
 `mc airflow backfill create --dag-id mcSynch_<account> --from-date ... --to-date ...`.
 Re-running any run or backfill duplicates nothing and leaves the archive identical.
 """
@@ -53,6 +58,28 @@ def _account_doc(account: ExecutionAccount) -> str:
             f"| Schedule | `{account.cron}` (UTC) |\n| Registry | `{REGISTRY.path.name}` |\n")
 
 
+def _window(context: Any) -> tuple[Any, Any, bool]:
+    """The run's window ``(start, end, is_backfill)``.
+
+    Scheduled runs and backfills: their data interval. A **manual** run (the UI's Trigger
+    button, `airflow dags trigger`) archives up to the moment it was triggered (its
+    ``run_after``), not only up to the last full hour its inferred data interval ends at,
+    so the events of the current hour reach the archive and the reports; it starts at its
+    data interval's start (or an hour before its end). ``run_after`` is fixed when the run
+    is created: every task of the run, and a retry, use the same end."""
+    dag_run = context["dag_run"]
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if run_type == "manual":
+        run_after = getattr(dag_run, "run_after", None) or pendulum.now("UTC")
+        end = max(end, run_after) if end is not None else run_after
+    if end is None:
+        end = pendulum.now("UTC")
+    if start is None or start >= end:
+        start = end - timedelta(hours=1)
+    return start, end, run_type == "backfill"
+
+
 def _archive(account: ExecutionAccount, kinds: tuple[str, ...]) -> dict[str, Any]:
     """Archive ``kinds`` for the current run's window; returns the counts (small XCom)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -62,12 +89,7 @@ def _archive(account: ExecutionAccount, kinds: tuple[str, ...]) -> dict[str, Any
 
     context = get_current_context()
     params = context["params"]
-    run_type = context["dag_run"].run_type
-    backfill = getattr(run_type, "value", run_type) == "backfill"
-    start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if start is None or end is None:  # a manual run without a logical date: up to now
-        end = pendulum.now("UTC")
-        start = end - timedelta(hours=1)
+    start, end, backfill = _window(context)
     lookback = timedelta(0) if backfill else timedelta(minutes=int(params["lookback_minutes"]))
     catch_up = None if backfill else timedelta(days=int(params["catch_up_days"]))
     log.info("%s: %s window [%s, %s) lookback %s, catch-up %s", account.dag_id,
@@ -140,7 +162,22 @@ def archiving_dag(account: ExecutionAccount) -> Any:
             """Delivery logs changed in the window -> archived_delivery_log."""
             return _archive(account, ("delivery_log",))
 
-        check_instance() >> [archive_events(), archive_delivery_logs()]
+        @task(task_display_name="Update the event statistics")
+        def update_statistics() -> dict[str, Any]:
+            """Recompute the hourly statistics of the hours this account's archiving
+            touched (marked by the upserts) and of the run's window, from the archive."""
+            from mc_airflow.connections import database_url
+            from message_center.db import engine_for
+            from message_center.reporting.statistics import refresh_statistics
+
+            start, end, _ = _window(get_current_context())
+            report = refresh_statistics(engine_for(database_url(CONTROL_CONN_ID)),
+                                        account.cell_id, window=(start, end))
+            log.info("%s: %s", account.name, report.summary())
+            return report.as_dict()
+
+        archived = [archive_events(), archive_delivery_logs()]
+        check_instance() >> archived >> update_statistics()
 
     return archiving()
 

@@ -58,7 +58,8 @@ from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template",
                     "quarantine", "api_idempotency", "mc_watermark")
-CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template")
+CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
+                  "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty")
 
 
 #: Fixtures that need the test deployment's databases, servers or Airflow processes: a

@@ -24,6 +24,10 @@ Rows stream in chunks: each chunk is one keyset page of the source, ordered by
 temporary staging table on the control database with ``COPY FROM STDIN`` and upserted with
 one ``INSERT ... SELECT ... ON CONFLICT`` per chunk. Memory is bounded by one chunk, each
 source read is a short snapshot, and each chunk is committed on its own.
+
+The same statement marks the (cell, hour) whose hourly statistics the changed rows feed
+(``event_stats_dirty``); the run's statistics step recomputes those hours
+(:mod:`message_center.reporting.statistics`). An unchanged row marks nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +65,24 @@ DELIVERY_LOG_COLUMNS = (
 )
 
 
+# Statistics: every upsert marks the (cell, UTC hour) whose figures the changed rows feed
+# (see message_center.reporting.statistics) in the same statement, so marks commit with
+# the rows; sorted, so concurrent chunks take the mark rows' locks in the same order.
+_MARK_EVENT_HOURS = (
+    "INSERT INTO event_stats_dirty (cell_id, hour)"
+    " SELECT DISTINCT %(cell)s, date_trunc('hour', v.t, 'UTC') FROM upserted,"
+    " LATERAL (VALUES (upserted.created), (upserted.due), (upserted.processed)) AS v(t)"
+    " WHERE v.t IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"
+)
+_MARK_DELIVERY_HOURS = (  # a delivery log feeds the sending time of its finished event
+    "INSERT INTO event_stats_dirty (cell_id, hour)"
+    " SELECT DISTINCT %(cell)s, date_trunc('hour', e.processed, 'UTC') FROM upserted"
+    " JOIN archived_event e ON e.cell_id = %(cell)s AND e.id = upserted.event_id"
+    " AND e.event_kind = upserted.event_kind"
+    " WHERE e.processed IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"
+)
+
+
 @dataclass(frozen=True)
 class _KindSpec:
     source_table: str
@@ -68,14 +90,20 @@ class _KindSpec:
     stage_table: str
     columns: tuple[str, ...]
     event_kind: str | None  # archived_event.event_kind; None for delivery logs
+    returning: str  # what the upsert returns for the statistics marks
+    mark_hours: str  # the INSERT marking those hours
 
 
+_EVENT_RETURNING = ("archived.created, greatest(archived.created, archived.scheduled) AS due, "
+                    "archived.processed")
 _SPECS = {
-    "rt": _KindSpec("rt_event", "archived_event", "mc_stage_event", EVENT_COLUMNS, "rt"),
+    "rt": _KindSpec("rt_event", "archived_event", "mc_stage_event", EVENT_COLUMNS, "rt",
+                    _EVENT_RETURNING, _MARK_EVENT_HOURS),
     "batch": _KindSpec("batch_event", "archived_event", "mc_stage_event", EVENT_COLUMNS,
-                       "batch"),
+                       "batch", _EVENT_RETURNING, _MARK_EVENT_HOURS),
     "delivery_log": _KindSpec("delivery_log", "archived_delivery_log", "mc_stage_delivery_log",
-                              DELIVERY_LOG_COLUMNS, None),
+                              DELIVERY_LOG_COLUMNS, None,
+                              "archived.event_id, archived.event_kind", _MARK_DELIVERY_HOURS),
 }
 
 
@@ -270,7 +298,8 @@ def copy_kind(source: Engine, control: Engine, cell_id: int, kind: str, start: d
         f" SELECT {select_prefix}{columns} FROM {spec.stage_table} ORDER BY id"
         f" ON CONFLICT (cell_id, id) DO UPDATE SET {updates}, archived_at = now()"
         f" WHERE archived.last_modified < EXCLUDED.last_modified"
-        f" RETURNING (xmax = 0) AS inserted),"
+        f" RETURNING (xmax = 0) AS inserted, {spec.returning}),"
+        f" marked AS ({spec.mark_hours}),"
         f" last_row AS (SELECT last_modified, id FROM {spec.stage_table}"
         f" ORDER BY last_modified DESC, id DESC LIMIT 1)"
         f" SELECT (SELECT count(*) FILTER (WHERE inserted) FROM upserted),"

@@ -72,9 +72,11 @@ accounts:
     assert dag.timetable == CronDataIntervalTimetable("0 * * * *", timezone="UTC")
     assert dag.start_date == datetime(2024, 1, 1, tzinfo=UTC)
     assert {t.task_id for t in dag.tasks} == {
-        "check_instance", "archive_events", "archive_delivery_logs"}
+        "check_instance", "archive_events", "archive_delivery_logs", "update_statistics"}
     assert dag.task_dict["archive_events"].upstream_task_ids == {"check_instance"}
     assert dag.task_dict["archive_delivery_logs"].upstream_task_ids == {"check_instance"}
+    assert dag.task_dict["update_statistics"].upstream_task_ids == {
+        "archive_events", "archive_delivery_logs"}
     for task in dag.tasks:
         assert task.owner == "message-center" and task.retries >= 1
     assert dag.params["lookback_minutes"] == 15 and dag.params["catch_up_days"] == 7
@@ -189,7 +191,8 @@ def test_dag_test_run_archives_its_window_with_the_lookback(
     add_events(execution_db, "rt", start, 3)  # the other instance: not this DAG's business
 
     caplog.set_level("INFO")
-    run = dagbag.dags["mcSynch_mcExec2"].test(logical_date=end)
+    # run_after = end: a manual run archives up to when it was triggered (see below)
+    run = dagbag.dags["mcSynch_mcExec2"].test(logical_date=end, run_after=end)
     assert run.state == "success"
     assert (run.data_interval_start, run.data_interval_end) == (start, end)
     archived = archive_of(control_db, 1)
@@ -199,7 +202,7 @@ def test_dag_test_run_archives_its_window_with_the_lookback(
     assert "real-time events: 30 read" in caplog.text
     assert "delivery logs: 10 read" in caplog.text
 
-    again = dagbag.dags["mcSynch_mcExec2"].test(logical_date=end)  # a re-run
+    again = dagbag.dags["mcSynch_mcExec2"].test(logical_date=end, run_after=end)  # a re-run
     assert again.state == "success"
     assert archive_of(control_db, 1) == archived
 
@@ -230,7 +233,8 @@ def test_an_unreachable_instance_fails_its_own_run_and_retries(
     assert "Connection refused" in output and "s3cret" not in output
 
     add_events(execution2_db, "rt", datetime(2024, 3, 1, 11, 30, tzinfo=UTC), 4)
-    other = bag.dags["mcSynch_mcExec2"].test(logical_date=datetime(2024, 3, 1, 12, tzinfo=UTC))
+    noon = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    other = bag.dags["mcSynch_mcExec2"].test(logical_date=noon, run_after=noon)
     assert other.state == "success"
     assert len(archive_of(control_db, 1)["rt"]) == 4
 

@@ -1,0 +1,417 @@
+"""Hourly event statistics on the control instance, rebuilt from the archive by each
+archiving run: what makes a 30-day report over a year of events answer at once.
+
+**What is counted, and on which clock.** An event belongs to up to three UTC hours:
+
+* its **reception** hour (``created``): ``received`` - incoming events, by current status;
+* its **due** hour (``greatest(created, scheduled)``): it joins the queue (``arrivals``);
+* its **finish** hour (``processed``, the time its final status was reached): ``finished``
+  per final status (sent = outgoing messages, and the error causes), with the times.
+
+Times (milliseconds) of a finished event:
+
+* queue time = processing start (``processing``, the claim that took it into processing)
+  - due time;
+* sending time = provider accepted (delivery log ``sent_at``) - delivery start (delivery
+  log ``sending_started``), for sent messages (the MTA time of ACC's report);
+* total time = final status (``processed``) - due time.
+
+Two tables (migration ``c0003``):
+
+* ``event_stats_hourly`` (hour, cell, kind, event type, channel, status): ``received``,
+  ``finished`` and the sums of the three times over the finished events (sending time
+  over those that have one: ``sending_n``). The history report reads it.
+* ``flow_stats_hourly`` (hour, cell, kind, channel): the same counts by final status,
+  and over the **sent** events (ACC averages "successfully processed events") the time
+  sums and a **log-scale histogram** per time (``integer[]``, bucket ``b`` counts times in
+  ``[2^((b-1)/4), 2^(b/4))`` ms, bucket 0 under 1 ms, the last one everything from
+  ``2^27`` ms on; trimmed after the last non-empty bucket). Histograms of any hours,
+  instances or channels add up element-wise, so percentiles over any selection are
+  computed from the merged histogram (within one bucket: about +-9 %).
+
+**Queue size (ACC: minimum / maximum / average number of queued events).** Chosen: derived
+from the archived timestamps, not sampled by the archiving run. A sample taken by an
+hourly run would be one point per hour, blind to the peaks in between and to the hours
+the run did not happen; the archive knows, for every event, when it became due and when
+it left the queue (its final status), so the queue size at any moment in the past can be
+rebuilt exactly, also by a backfill. An event is *queued* from its due time until its final
+status (``pending`` and ``pending_delivery``: what is still to be handled - in the real-time
+queue that is the time before the claim plus milliseconds of delivery). Per (hour, cell,
+kind, channel) the row keeps ``arrivals`` and ``departures`` of the hour and
+``queue_minutes``: the net change of the queue size from the hour's start to the end of
+each of its 60 minutes. The size at the end of minute ``m`` is then the sum of
+``arrivals - departures`` over all earlier hours plus ``queue_minutes[m]``; those
+per-minute samples add up across instances and channels, so min/max/avg of a selection
+are exact at minute resolution (an event that arrives and leaves within the same minute
+is not seen by a sample). Caveats: the sizes count only archived events (an instance
+archives from its first run on, at most ``catch_up_days`` back); hourly rows deleted by a
+retention policy must be deleted with their whole history before them, or the running
+sum loses the events still queued then.
+
+**Incremental and idempotent.** The archiving upsert marks, in the same statement, the
+hours a changed row belongs to (``event_stats_dirty``; a changed delivery log marks its
+event's finish hour). After archiving, :func:`refresh_statistics` recomputes the marked
+hours of the cell, plus every hour of the run's window, from the archive: per batch of
+hours one transaction deletes their rows and inserts them again, computed set-based from
+``archived_event`` / ``archived_delivery_log`` (indexes on ``created``, ``(cell_id,
+processed)`` and ``(cell_id, scheduled)`` read exactly the rows of those hours). The
+figures of an hour are a pure function of the archive, so a re-run, a retried task or a
+backfill of the same window writes exactly the same rows. An advisory lock per cell keeps
+two runs of one account (a backfill next to the scheduled run) from recomputing at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, Engine, text
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+FINAL_STATUSES = ("sent", "ignored", "failed", "not_taken_into_account", "expired")
+BUCKETS_PER_DOUBLING = 4
+HIST_BUCKETS = 110  # 0: < 1 ms; 1..108: 2^((b-1)/4) .. 2^(b/4) ms; 109: >= 2^27 ms (~37 h)
+DEFAULT_BATCH_HOURS = 48
+_LOCK_CLASS = "mc:event_stats"
+
+_FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL_STATUSES) + ")"
+
+
+def bucket_sql(ms: str) -> str:
+    """SQL for the histogram bucket of a duration in milliseconds (see the module doc)."""
+    return (f"(CASE WHEN {ms} < 1 THEN 0 ELSE least({HIST_BUCKETS - 1}, 1 + "
+            f"floor({BUCKETS_PER_DOUBLING} * ln({ms}) / ln(2))::int) END)")
+
+
+def bucket_of(ms: float) -> int:
+    """The histogram bucket of ``ms`` (the Python twin of :func:`bucket_sql`)."""
+    if ms < 1:
+        return 0
+    return min(HIST_BUCKETS - 1, 1 + math.floor(BUCKETS_PER_DOUBLING * math.log(ms) / math.log(2)))
+
+
+def bucket_bounds(bucket: int) -> tuple[float, float]:
+    """``[low, high)`` milliseconds of a bucket (the last one is open: high = inf)."""
+    if bucket <= 0:
+        return 0.0, 1.0
+    low = 2 ** ((bucket - 1) / BUCKETS_PER_DOUBLING)
+    if bucket >= HIST_BUCKETS - 1:
+        return low, math.inf
+    return low, 2 ** (bucket / BUCKETS_PER_DOUBLING)
+
+
+def merge_histograms(histograms: Iterable[Sequence[int] | None]) -> list[int]:
+    """Element-wise sum of trimmed histograms."""
+    merged: list[int] = []
+    for hist in histograms:
+        if not hist:
+            continue
+        if len(hist) > len(merged):
+            merged.extend([0] * (len(hist) - len(merged)))
+        for i, n in enumerate(hist):
+            merged[i] += int(n)
+    return merged
+
+
+def histogram_percentile(hist: Sequence[int], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of a histogram: the geometric middle of the bucket
+    holding the nearest-rank value (bucket 0: 0.5 ms; the open last bucket: its low end).
+    None for an empty histogram."""
+    total = sum(hist)
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q / 100 * total))
+    seen = 0
+    for bucket, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            low, high = bucket_bounds(bucket)
+            if bucket == 0:
+                return 0.5
+            return low if math.isinf(high) else math.sqrt(low * high)
+    return None  # pragma: no cover - rank <= total
+
+
+def floor_hour(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("statistics hours need timezone-aware datetimes")
+    value = value.astimezone(UTC)
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def window_hours(start: datetime, end: datetime) -> list[datetime]:
+    """The UTC hours that ``[start, end)`` touches."""
+    if end <= start:
+        return []
+    hours, hour = [], floor_hour(start)
+    while hour < end:
+        hours.append(hour)
+        hour += HOUR
+    return hours
+
+
+def hour_ranges(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+    """Consecutive hours merged into ``[low, high)`` ranges (fewer index scans)."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for hour in sorted({floor_hour(h) for h in hours}):
+        if ranges and ranges[-1][1] == hour:
+            ranges[-1] = (ranges[-1][0], hour + HOUR)
+        else:
+            ranges.append((hour, hour + HOUR))
+    return ranges
+
+
+# --- the recomputation ---------------------------------------------------------------
+_EVENT_COLUMNS = ("e.id, e.event_kind, e.type, e.wished_channel AS channel, e.status, "
+                  "e.created, greatest(e.created, e.scheduled) AS due, e.processing, "
+                  "e.processed, e.delivery_log_id")
+
+
+def _ms(later: str, earlier: str) -> str:
+    return f"greatest(0, extract(epoch FROM {later} - {earlier}) * 1000)::float8"
+
+
+_RECOMPUTE_SQL = text(f"""
+    WITH ranges AS (
+        SELECT lo, hi FROM unnest(CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
+            AS r(lo, hi)
+    ), ev AS (
+        -- every archived event of the cell that belongs to one of the hours on any clock
+        SELECT {_EVENT_COLUMNS} FROM ranges r
+        JOIN archived_event e ON e.created >= r.lo AND e.created < r.hi
+        WHERE e.cell_id = :cell
+        UNION
+        SELECT {_EVENT_COLUMNS} FROM ranges r
+        JOIN archived_event e ON e.cell_id = :cell AND e.processed >= r.lo
+             AND e.processed < r.hi
+        UNION
+        SELECT {_EVENT_COLUMNS} FROM ranges r
+        JOIN archived_event e ON e.cell_id = :cell AND e.scheduled >= r.lo
+             AND e.scheduled < r.hi AND e.scheduled > e.created
+    ), timed AS MATERIALIZED (
+        SELECT ev.event_kind, ev.type, ev.channel, ev.status, ev.due,
+               date_trunc('hour', ev.created, 'UTC') AS created_hour,
+               date_trunc('hour', ev.due, 'UTC') AS due_hour,
+               (ev.status IN {_FINAL_SQL} AND ev.processed IS NOT NULL) AS final,
+               date_trunc('hour', ev.processed, 'UTC') AS finished_hour,
+               greatest(ev.processed, ev.due) AS departed,
+               date_trunc('hour', greatest(ev.processed, ev.due), 'UTC') AS departed_hour,
+               {_ms("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_ms,
+               {_ms("ev.processed", "ev.due")} AS total_ms,
+               CASE WHEN d.sent_at IS NOT NULL AND d.sending_started IS NOT NULL
+                    THEN {_ms("d.sent_at", "d.sending_started")} END AS sending_ms
+        FROM ev
+        LEFT JOIN archived_delivery_log d
+               ON ev.status = 'sent' AND d.cell_id = :cell AND d.id = ev.delivery_log_id
+    ), received AS (
+        SELECT created_hour AS hour, event_kind, type, channel, status FROM timed
+        WHERE created_hour = ANY(:hours)
+    ), finished AS (
+        SELECT finished_hour AS hour, event_kind, type, channel, status, queue_ms, total_ms,
+               sending_ms
+        FROM timed WHERE final AND finished_hour = ANY(:hours)
+    ), event_rows AS (
+        INSERT INTO event_stats_hourly (hour, cell_id, event_kind, event_type, channel,
+            status, received, finished, queue_ms, total_ms, sending_n, sending_ms)
+        SELECT hour, :cell, event_kind, type, channel, status, sum(r), sum(f), sum(q),
+               sum(t), sum(sn), sum(s)
+        FROM (SELECT hour, event_kind, type, channel, status, 1 AS r, 0 AS f, 0::float8 AS q,
+                     0::float8 AS t, 0 AS sn, 0::float8 AS s FROM received
+              UNION ALL
+              SELECT hour, event_kind, type, channel, status, 0, 1, queue_ms, total_ms,
+                     (sending_ms IS NOT NULL)::int, coalesce(sending_ms, 0) FROM finished
+             ) AS x
+        GROUP BY hour, event_kind, type, channel, status
+        ORDER BY hour, event_kind, type, channel, status
+        RETURNING 1
+    ), contributions AS (
+        SELECT hour, event_kind, channel, 1 AS received, 0 AS finished, NULL AS status,
+               NULL::float8 AS queue_ms, NULL::float8 AS total_ms, NULL::float8 AS sending_ms,
+               0 AS arrivals, 0 AS departures
+        FROM received
+        UNION ALL
+        SELECT hour, event_kind, channel, 0, 1, status, queue_ms, total_ms, sending_ms, 0, 0
+        FROM finished
+        UNION ALL
+        SELECT due_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 1, 0
+        FROM timed WHERE due_hour = ANY(:hours)
+        UNION ALL
+        SELECT departed_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 0, 1
+        FROM timed WHERE final AND departed_hour = ANY(:hours)
+    ), flow AS (
+        SELECT hour, event_kind, channel,
+               sum(received) AS received, sum(finished) AS finished,
+               count(*) FILTER (WHERE status = 'sent') AS sent,
+               count(*) FILTER (WHERE status = 'not_taken_into_account') AS not_taken,
+               count(*) FILTER (WHERE status = 'expired') AS expired,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'ignored') AS ignored,
+               coalesce(sum(queue_ms) FILTER (WHERE status = 'sent'), 0) AS sent_queue_ms,
+               coalesce(sum(total_ms) FILTER (WHERE status = 'sent'), 0) AS sent_total_ms,
+               count(sending_ms) FILTER (WHERE status = 'sent') AS sending_n,
+               coalesce(sum(sending_ms) FILTER (WHERE status = 'sent'), 0) AS sending_ms,
+               sum(arrivals) AS arrivals, sum(departures) AS departures
+        FROM contributions GROUP BY hour, event_kind, channel
+    ), hist_counts AS (
+        SELECT f.hour, f.event_kind, f.channel, m.measure, {bucket_sql("m.ms")} AS b,
+               count(*) AS n
+        FROM finished f,
+             LATERAL (VALUES ('queue', f.queue_ms), ('sending', f.sending_ms),
+                             ('total', f.total_ms)) AS m(measure, ms)
+        WHERE f.status = 'sent' AND m.ms IS NOT NULL
+        GROUP BY 1, 2, 3, 4, 5
+    ), hists AS (
+        SELECT g.hour, g.event_kind, g.channel, g.measure,
+               array_agg(coalesce(c.n, 0)::int ORDER BY s.b) AS hist
+        FROM (SELECT hour, event_kind, channel, measure, max(b) AS top
+              FROM hist_counts GROUP BY 1, 2, 3, 4) AS g
+        CROSS JOIN LATERAL generate_series(0, g.top) AS s(b)
+        LEFT JOIN hist_counts c ON c.hour = g.hour AND c.event_kind = g.event_kind
+             AND c.channel = g.channel AND c.measure = g.measure AND c.b = s.b
+        GROUP BY 1, 2, 3, 4
+    ), moves AS (
+        SELECT due_hour AS hour, event_kind, channel,
+               floor(extract(epoch FROM due - due_hour) / 60)::int AS minute, 1 AS change
+        FROM timed WHERE due_hour = ANY(:hours)
+        UNION ALL
+        SELECT departed_hour, event_kind, channel,
+               floor(extract(epoch FROM departed - departed_hour) / 60)::int, -1
+        FROM timed WHERE final AND departed_hour = ANY(:hours)
+    ), minute_net AS (
+        SELECT hour, event_kind, channel, minute, sum(change) AS change
+        FROM moves GROUP BY 1, 2, 3, 4
+    ), queue_curves AS (
+        SELECT hour, event_kind, channel, array_agg(level ORDER BY minute) AS minutes
+        FROM (SELECT g.hour, g.event_kind, g.channel, s.minute,
+                     (sum(coalesce(n.change, 0)) OVER (
+                         PARTITION BY g.hour, g.event_kind, g.channel
+                         ORDER BY s.minute))::int AS level
+              FROM (SELECT DISTINCT hour, event_kind, channel FROM minute_net) AS g
+              CROSS JOIN generate_series(0, 59) AS s(minute)
+              LEFT JOIN minute_net n ON n.hour = g.hour AND n.event_kind = g.event_kind
+                   AND n.channel = g.channel AND n.minute = s.minute) AS levels
+        GROUP BY 1, 2, 3
+    ), flow_rows AS (
+        INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, received,
+            finished, sent, not_taken, expired, failed, ignored, sent_queue_ms,
+            sent_total_ms, sending_n, sending_ms, queue_hist, sending_hist, total_hist,
+            arrivals, departures, queue_minutes)
+        SELECT f.hour, :cell, f.event_kind, f.channel, f.received, f.finished, f.sent,
+               f.not_taken, f.expired, f.failed, f.ignored, f.sent_queue_ms,
+               f.sent_total_ms, f.sending_n, f.sending_ms,
+               coalesce(hq.hist, '{{}}'), coalesce(hs.hist, '{{}}'), coalesce(ht.hist, '{{}}'),
+               f.arrivals, f.departures, coalesce(qc.minutes, '{{}}')
+        FROM flow f
+        LEFT JOIN hists hq ON (hq.hour, hq.event_kind, hq.channel, hq.measure)
+                            = (f.hour, f.event_kind, f.channel, 'queue')
+        LEFT JOIN hists hs ON (hs.hour, hs.event_kind, hs.channel, hs.measure)
+                            = (f.hour, f.event_kind, f.channel, 'sending')
+        LEFT JOIN hists ht ON (ht.hour, ht.event_kind, ht.channel, ht.measure)
+                            = (f.hour, f.event_kind, f.channel, 'total')
+        LEFT JOIN queue_curves qc ON (qc.hour, qc.event_kind, qc.channel)
+                                   = (f.hour, f.event_kind, f.channel)
+        ORDER BY f.hour, f.event_kind, f.channel
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM event_rows), (SELECT count(*) FROM flow_rows)
+""")
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    hours: int
+    event_rows: int
+    flow_rows: int
+
+
+def recompute_hours(conn: Connection, cell_id: int, hours: Iterable[datetime]) -> Recomputed:
+    """Rebuild the statistics of ``hours`` (UTC) for one cell from the archive, in the
+    caller's transaction (take :func:`lock_cell` first when runs may overlap)."""
+    wanted = sorted({floor_hour(h) for h in hours})
+    if not wanted:
+        return Recomputed(0, 0, 0)
+    params = {"cell": cell_id, "hours": wanted}
+    for table in ("event_stats_hourly", "flow_stats_hourly"):
+        conn.execute(text(f"DELETE FROM {table} WHERE cell_id = :cell AND hour = ANY(:hours)"),
+                     params)
+    ranges = hour_ranges(wanted)
+    event_rows, flow_rows = conn.execute(_RECOMPUTE_SQL, {
+        **params, "los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges]}).one()
+    return Recomputed(len(wanted), int(event_rows), int(flow_rows))
+
+
+def lock_cell(conn: Connection, cell_id: int) -> None:
+    """Serialise statistics work on one cell until the end of the transaction."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:cls), :cell)"),
+                 {"cls": _LOCK_CLASS, "cell": cell_id})
+
+
+_TAKE_DIRTY = text("""
+    DELETE FROM event_stats_dirty d
+    WHERE d.cell_id = :cell AND d.hour IN (
+        SELECT hour FROM event_stats_dirty WHERE cell_id = :cell ORDER BY hour LIMIT :n)
+    RETURNING d.hour
+""")
+
+
+@dataclass
+class RefreshReport:
+    """What :func:`refresh_statistics` did for one cell."""
+
+    cell_id: int
+    hours: int = 0
+    event_rows: int = 0
+    flow_rows: int = 0
+    batches: int = 0
+    first_hour: datetime | None = None
+    last_hour: datetime | None = None
+
+    def summary(self) -> str:
+        if not self.hours:
+            return f"cell {self.cell_id}: statistics up to date (no hour to recompute)"
+        return (f"cell {self.cell_id}: statistics of {self.hours} hour(s) recomputed "
+                f"({self.first_hour:%Y-%m-%d %H:00} to {self.last_hour:%Y-%m-%d %H:00} UTC) "
+                f"in {self.batches} transaction(s): {self.event_rows} event-type rows, "
+                f"{self.flow_rows} flow rows")
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hours": self.hours, "event_rows": self.event_rows,
+                "flow_rows": self.flow_rows}
+
+
+def refresh_statistics(engine: Engine, cell_id: int, *,
+                       window: tuple[datetime, datetime] | None = None,
+                       batch_hours: int = DEFAULT_BATCH_HOURS) -> RefreshReport:
+    """Recompute the hours of ``cell_id`` marked by archiving, and every hour of
+    ``window`` (``[start, end)``: what a run or backfill archived), ``batch_hours`` per
+    transaction, until no marked hour is left."""
+    if batch_hours < 1:
+        raise ValueError(f"batch_hours must be at least 1; got {batch_hours}")
+    if not 0 <= cell_id <= 255:
+        raise ValueError(f"cell id must be 0-255; got {cell_id}")
+    extra = window_hours(*window) if window else []
+    report = RefreshReport(cell_id)
+    while True:
+        with engine.begin() as conn:
+            lock_cell(conn, cell_id)
+            hours = set(extra[:batch_hours])
+            extra = extra[batch_hours:]
+            room = batch_hours - len(hours)
+            if room > 0:
+                hours.update(conn.execute(_TAKE_DIRTY, {"cell": cell_id, "n": room}).scalars())
+            if not hours:
+                break
+            done = recompute_hours(conn, cell_id, hours)
+        ordered = sorted(hours)
+        report.hours += done.hours
+        report.event_rows += done.event_rows
+        report.flow_rows += done.flow_rows
+        report.batches += 1
+        report.first_hour = min(filter(None, (report.first_hour, ordered[0])))
+        report.last_hour = max(filter(None, (report.last_hour, ordered[-1])))
+    return report
