@@ -9,3 +9,45 @@
 
 Domain code: no Airflow import; every function takes a SQLAlchemy connection.
 """
+
+from message_center.reporting.live import InstanceLive, instance_live, read_instance_live
+from message_center.reporting.reports import (
+    ERROR_CAUSE_LABELS,
+    ERROR_CAUSES,
+    EventPage,
+    HistoryReport,
+    HistoryRow,
+    ProcessingBucket,
+    ProcessingTimeReport,
+    ReportFilter,
+    ReportFilterError,
+    ServiceLevelBucket,
+    ServiceLevelReport,
+    error_events,
+    event_history,
+    history_csv,
+    parse_filter,
+    parse_period,
+    processing_time,
+    service_level,
+)
+from message_center.reporting.statistics import refresh_statistics
+from message_center.reporting.thresholds import (
+    Indicator,
+    Limit,
+    ThresholdError,
+    Thresholds,
+    classify,
+    health_limits,
+    load_thresholds,
+)
+
+__all__ = [
+    "ERROR_CAUSES", "ERROR_CAUSE_LABELS", "EventPage", "HistoryReport", "HistoryRow",
+    "Indicator", "InstanceLive", "Limit", "ProcessingBucket", "ProcessingTimeReport",
+    "ReportFilter", "ReportFilterError", "ServiceLevelBucket", "ServiceLevelReport",
+    "ThresholdError", "Thresholds", "classify", "error_events", "event_history",
+    "health_limits", "history_csv", "instance_live", "load_thresholds", "parse_filter",
+    "parse_period", "processing_time", "read_instance_live", "refresh_statistics",
+    "service_level",
+]

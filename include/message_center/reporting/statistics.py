@@ -198,6 +198,9 @@ _RECOMPUTE_SQL = text(f"""
                date_trunc('hour', ev.created, 'UTC') AS created_hour,
                date_trunc('hour', ev.due, 'UTC') AS due_hour,
                (ev.status IN {_FINAL_SQL} AND ev.processed IS NOT NULL) AS final,
+               -- a final status without its time (not written by this Message Center):
+               -- received, but neither in the queue nor in the times
+               NOT (ev.status IN {_FINAL_SQL} AND ev.processed IS NULL) AS queueable,
                date_trunc('hour', ev.processed, 'UTC') AS finished_hour,
                greatest(ev.processed, ev.due) AS departed,
                date_trunc('hour', greatest(ev.processed, ev.due), 'UTC') AS departed_hour,
@@ -239,7 +242,7 @@ _RECOMPUTE_SQL = text(f"""
         FROM finished
         UNION ALL
         SELECT due_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 1, 0
-        FROM timed WHERE due_hour = ANY(:hours)
+        FROM timed WHERE queueable AND due_hour = ANY(:hours)
         UNION ALL
         SELECT departed_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 0, 1
         FROM timed WHERE final AND departed_hour = ANY(:hours)
@@ -277,7 +280,7 @@ _RECOMPUTE_SQL = text(f"""
     ), moves AS (
         SELECT due_hour AS hour, event_kind, channel,
                floor(extract(epoch FROM due - due_hour) / 60)::int AS minute, 1 AS change
-        FROM timed WHERE due_hour = ANY(:hours)
+        FROM timed WHERE queueable AND due_hour = ANY(:hours)
         UNION ALL
         SELECT departed_hour, event_kind, channel,
                floor(extract(epoch FROM departed - departed_hour) / 60)::int, -1
