@@ -333,8 +333,8 @@ def service_level(conn: Connection, f: ReportFilter,
     where, params = f._where()
     rows = conn.execute(text(f"""
         SELECT {f._bucket_sql()} AS bucket, sum(received), sum(finished), sum(sent),
-               sum(not_taken), sum(expired), sum(failed), sum(ignored), sum(sending_ms),
-               sum(sending_n)
+               sum(not_taken), sum(expired), sum(failed), sum(ignored),
+               sum(sending_us) / 1000.0, sum(sending_n)
         FROM flow_stats_hourly WHERE {where} GROUP BY 1
     """), params).all()
     found = {row[0]: row for row in rows}
@@ -456,8 +456,8 @@ def processing_time(conn: Connection, f: ReportFilter, thresholds: Thresholds | 
     fk = replace(f, kind=kind)
     where, params = fk._where()
     rows = conn.execute(text(f"""
-        SELECT {f._bucket_sql()} AS bucket, sum(sent), sum(sent_queue_ms), sum(sent_total_ms),
-               sum(sending_ms), sum(sending_n)
+        SELECT {f._bucket_sql()} AS bucket, sum(sent), sum(sent_queue_us) / 1000.0,
+               sum(sent_total_us) / 1000.0, sum(sending_us) / 1000.0, sum(sending_n)
         FROM flow_stats_hourly WHERE {where} GROUP BY 1
     """), params).all()
     found = {row[0]: row for row in rows}

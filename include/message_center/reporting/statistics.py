@@ -8,7 +8,7 @@ archiving run: what makes a 30-day report over a year of events answer at once.
 * its **finish** hour (``processed``, the time its final status was reached): ``finished``
   per final status (sent = outgoing messages, and the error causes), with the times.
 
-Times (milliseconds) of a finished event:
+Times of a finished event (stored as sums of whole microseconds, reported in ms):
 
 * queue time = processing start (``processing``, the claim that took it into processing)
   - due time;
@@ -172,8 +172,10 @@ _EVENT_COLUMNS = ("e.id, e.event_kind, e.type, e.wished_channel AS channel, e.st
                   "e.processed, e.delivery_log_id")
 
 
-def _ms(later: str, earlier: str) -> str:
-    return f"greatest(0, extract(epoch FROM {later} - {earlier}) * 1000)::float8"
+def _us(later: str, earlier: str) -> str:
+    """Whole microseconds (timestamps have microsecond precision: exact, and integer sums
+    do not depend on the order rows are added in, so a re-run writes identical rows)."""
+    return f"greatest(0, round(extract(epoch FROM {later} - {earlier}) * 1000000))::bigint"
 
 
 _RECOMPUTE_SQL = text(f"""
@@ -204,10 +206,10 @@ _RECOMPUTE_SQL = text(f"""
                date_trunc('hour', ev.processed, 'UTC') AS finished_hour,
                greatest(ev.processed, ev.due) AS departed,
                date_trunc('hour', greatest(ev.processed, ev.due), 'UTC') AS departed_hour,
-               {_ms("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_ms,
-               {_ms("ev.processed", "ev.due")} AS total_ms,
+               {_us("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_us,
+               {_us("ev.processed", "ev.due")} AS total_us,
                CASE WHEN d.sent_at IS NOT NULL AND d.sending_started IS NOT NULL
-                    THEN {_ms("d.sent_at", "d.sending_started")} END AS sending_ms
+                    THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us
         FROM ev
         LEFT JOIN archived_delivery_log d
                ON ev.status = 'sent' AND d.cell_id = :cell AND d.id = ev.delivery_log_id
@@ -215,30 +217,30 @@ _RECOMPUTE_SQL = text(f"""
         SELECT created_hour AS hour, event_kind, type, channel, status FROM timed
         WHERE created_hour = ANY(:hours)
     ), finished AS (
-        SELECT finished_hour AS hour, event_kind, type, channel, status, queue_ms, total_ms,
-               sending_ms
+        SELECT finished_hour AS hour, event_kind, type, channel, status, queue_us, total_us,
+               sending_us
         FROM timed WHERE final AND finished_hour = ANY(:hours)
     ), event_rows AS (
         INSERT INTO event_stats_hourly (hour, cell_id, event_kind, event_type, channel,
-            status, received, finished, queue_ms, total_ms, sending_n, sending_ms)
+            status, received, finished, queue_us, total_us, sending_n, sending_us)
         SELECT hour, :cell, event_kind, type, channel, status, sum(r), sum(f), sum(q),
                sum(t), sum(sn), sum(s)
-        FROM (SELECT hour, event_kind, type, channel, status, 1 AS r, 0 AS f, 0::float8 AS q,
-                     0::float8 AS t, 0 AS sn, 0::float8 AS s FROM received
+        FROM (SELECT hour, event_kind, type, channel, status, 1 AS r, 0 AS f, 0::bigint AS q,
+                     0::bigint AS t, 0 AS sn, 0::bigint AS s FROM received
               UNION ALL
-              SELECT hour, event_kind, type, channel, status, 0, 1, queue_ms, total_ms,
-                     (sending_ms IS NOT NULL)::int, coalesce(sending_ms, 0) FROM finished
+              SELECT hour, event_kind, type, channel, status, 0, 1, queue_us, total_us,
+                     (sending_us IS NOT NULL)::int, coalesce(sending_us, 0) FROM finished
              ) AS x
         GROUP BY hour, event_kind, type, channel, status
         ORDER BY hour, event_kind, type, channel, status
         RETURNING 1
     ), contributions AS (
         SELECT hour, event_kind, channel, 1 AS received, 0 AS finished, NULL AS status,
-               NULL::float8 AS queue_ms, NULL::float8 AS total_ms, NULL::float8 AS sending_ms,
+               NULL::bigint AS queue_us, NULL::bigint AS total_us, NULL::bigint AS sending_us,
                0 AS arrivals, 0 AS departures
         FROM received
         UNION ALL
-        SELECT hour, event_kind, channel, 0, 1, status, queue_ms, total_ms, sending_ms, 0, 0
+        SELECT hour, event_kind, channel, 0, 1, status, queue_us, total_us, sending_us, 0, 0
         FROM finished
         UNION ALL
         SELECT due_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 1, 0
@@ -254,19 +256,19 @@ _RECOMPUTE_SQL = text(f"""
                count(*) FILTER (WHERE status = 'expired') AS expired,
                count(*) FILTER (WHERE status = 'failed') AS failed,
                count(*) FILTER (WHERE status = 'ignored') AS ignored,
-               coalesce(sum(queue_ms) FILTER (WHERE status = 'sent'), 0) AS sent_queue_ms,
-               coalesce(sum(total_ms) FILTER (WHERE status = 'sent'), 0) AS sent_total_ms,
-               count(sending_ms) FILTER (WHERE status = 'sent') AS sending_n,
-               coalesce(sum(sending_ms) FILTER (WHERE status = 'sent'), 0) AS sending_ms,
+               coalesce(sum(queue_us) FILTER (WHERE status = 'sent'), 0) AS sent_queue_us,
+               coalesce(sum(total_us) FILTER (WHERE status = 'sent'), 0) AS sent_total_us,
+               count(sending_us) FILTER (WHERE status = 'sent') AS sending_n,
+               coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us,
                sum(arrivals) AS arrivals, sum(departures) AS departures
         FROM contributions GROUP BY hour, event_kind, channel
     ), hist_counts AS (
-        SELECT f.hour, f.event_kind, f.channel, m.measure, {bucket_sql("m.ms")} AS b,
+        SELECT f.hour, f.event_kind, f.channel, m.measure, {bucket_sql("m.us / 1000.0")} AS b,
                count(*) AS n
         FROM finished f,
-             LATERAL (VALUES ('queue', f.queue_ms), ('sending', f.sending_ms),
-                             ('total', f.total_ms)) AS m(measure, ms)
-        WHERE f.status = 'sent' AND m.ms IS NOT NULL
+             LATERAL (VALUES ('queue', f.queue_us), ('sending', f.sending_us),
+                             ('total', f.total_us)) AS m(measure, us)
+        WHERE f.status = 'sent' AND m.us IS NOT NULL
         GROUP BY 1, 2, 3, 4, 5
     ), hists AS (
         SELECT g.hour, g.event_kind, g.channel, g.measure,
@@ -301,12 +303,12 @@ _RECOMPUTE_SQL = text(f"""
         GROUP BY 1, 2, 3
     ), flow_rows AS (
         INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, received,
-            finished, sent, not_taken, expired, failed, ignored, sent_queue_ms,
-            sent_total_ms, sending_n, sending_ms, queue_hist, sending_hist, total_hist,
+            finished, sent, not_taken, expired, failed, ignored, sent_queue_us,
+            sent_total_us, sending_n, sending_us, queue_hist, sending_hist, total_hist,
             arrivals, departures, queue_minutes)
         SELECT f.hour, :cell, f.event_kind, f.channel, f.received, f.finished, f.sent,
-               f.not_taken, f.expired, f.failed, f.ignored, f.sent_queue_ms,
-               f.sent_total_ms, f.sending_n, f.sending_ms,
+               f.not_taken, f.expired, f.failed, f.ignored, f.sent_queue_us,
+               f.sent_total_us, f.sending_n, f.sending_us,
                coalesce(hq.hist, '{{}}'), coalesce(hs.hist, '{{}}'), coalesce(ht.hist, '{{}}'),
                f.arrivals, f.departures, coalesce(qc.minutes, '{{}}')
         FROM flow f

@@ -40,10 +40,10 @@ def upgrade() -> None:
             status      text NOT NULL,
             received    integer NOT NULL DEFAULT 0,
             finished    integer NOT NULL DEFAULT 0,
-            queue_ms    double precision NOT NULL DEFAULT 0,
-            total_ms    double precision NOT NULL DEFAULT 0,
+            queue_us    bigint NOT NULL DEFAULT 0,
+            total_us    bigint NOT NULL DEFAULT 0,
             sending_n   integer NOT NULL DEFAULT 0,
-            sending_ms  double precision NOT NULL DEFAULT 0,
+            sending_us  bigint NOT NULL DEFAULT 0,
             PRIMARY KEY (hour, cell_id, event_kind, event_type, channel, status)
         )
     """)
@@ -60,10 +60,10 @@ def upgrade() -> None:
             expired       integer NOT NULL DEFAULT 0,
             failed        integer NOT NULL DEFAULT 0,
             ignored       integer NOT NULL DEFAULT 0,
-            sent_queue_ms double precision NOT NULL DEFAULT 0,
-            sent_total_ms double precision NOT NULL DEFAULT 0,
+            sent_queue_us bigint NOT NULL DEFAULT 0,
+            sent_total_us bigint NOT NULL DEFAULT 0,
             sending_n     integer NOT NULL DEFAULT 0,
-            sending_ms    double precision NOT NULL DEFAULT 0,
+            sending_us    bigint NOT NULL DEFAULT 0,
             queue_hist    integer[] NOT NULL DEFAULT '{}',
             sending_hist  integer[] NOT NULL DEFAULT '{}',
             total_hist    integer[] NOT NULL DEFAULT '{}',
