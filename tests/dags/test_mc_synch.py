@@ -207,6 +207,58 @@ def test_dag_test_run_archives_its_window_with_the_lookback(
     assert archive_of(control_db, 1) == archived
 
 
+def sent_now(engine: Engine, email: str) -> int:
+    """A real-time event of the current hour that went through: sent, with its log."""
+    with engine.begin() as conn:
+        event_id = conn.execute(text(f"""
+            INSERT INTO rt_event (id, type, email, ctx, status, created, processing,
+                                  processed, next_attempt)
+            VALUES ({NEXT_ID_SQL}, 'ORDER_CONFIRMED', :email, '{{}}', 'sent',
+                    now() - interval '20 ms', now() - interval '15 ms', now(), now())
+            RETURNING id"""), {"email": email}).scalar_one()
+        log_id = conn.execute(text(f"""
+            INSERT INTO delivery_log (id, event_kind, event_id, channel, address, status,
+                                      attempts, sending_started, sent_at)
+            VALUES ({NEXT_ID_SQL}, 'rt', :e, 'email', :email, 'sent', 1,
+                    now() - interval '10 ms', now() - interval '5 ms') RETURNING id"""),
+            {"e": event_id, "email": email}).scalar_one()
+        conn.execute(text("UPDATE rt_event SET delivery_log_id = :l WHERE id = :e"),
+                     {"l": log_id, "e": event_id})
+    return event_id
+
+
+def test_a_manual_run_archives_up_to_now_with_its_statistics(dagbag, execution2_db,
+                                                             control_db, caplog):
+    """The UI's Trigger button: the run's inferred data interval ends at the last full
+    hour, yet the events of the current hour are archived and counted in the reports."""
+    from message_center.reporting import ReportFilter, service_level
+
+    first = sent_now(execution2_db, "now@example.test")
+    caplog.set_level("INFO")
+    now = datetime.now(UTC)
+    run = dagbag.dags["mcSynch_mcExec2"].test(logical_date=now)  # Trigger with a date
+    assert run.state == "success"
+    assert run.data_interval_end <= now.replace(minute=0, second=0, microsecond=0)
+    second = sent_now(execution2_db, "later@example.test")
+    again = dagbag.dags["mcSynch_mcExec2"].test()  # Trigger without a logical date
+    assert again.state == "success"
+
+    with control_db.connect() as conn:
+        archived = set(conn.execute(text(
+            "SELECT id FROM archived_event WHERE cell_id = 1 AND status = 'sent'")).scalars())
+        report = service_level(conn, ReportFilter.last("24h", cells=(1,)))
+        stats = conn.execute(text("""
+            SELECT hour, sum(received), sum(finished), sum(sending_n) FROM event_stats_hourly
+            WHERE cell_id = 1 GROUP BY hour""")).all()
+    assert {first, second} <= archived
+    assert report.totals.incoming == report.totals.sent == 2
+    assert report.totals.avg_sending_ms == pytest.approx(5, abs=1)
+    assert [sum(row[i] for row in stats) for i in (1, 2, 3)] == [2, 2, 2]
+    this_hour = now.replace(minute=0, second=0, microsecond=0)
+    assert {row[0] for row in stats} <= {this_hour, this_hour + timedelta(hours=1)}
+    assert "statistics of" in caplog.text
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
