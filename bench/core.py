@@ -153,6 +153,9 @@ class Sizes:
     rt_bare_seconds: float = 20.0
     memory_events: int = 1_000_000
     memory_drain_seconds: float = 900.0  # a safety cap (0: none); a full drain takes ~8 min
+    stats_events: int = 100_000_000  # events the generated hourly statistics stand for
+    stats_days: int = 365
+    report_days: int = 30
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -162,12 +165,13 @@ class Sizes:
             return cls(ingest_events=10_000, push_requests=300, split_events=20_000,
                        deliver_messages=1_000, status_events=20_000, archive_events=10_000,
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
-                       memory_drain_seconds=60.0)
+                       memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
                        split_events=2_000, deliver_messages=100, status_events=2_000,
                        archive_events=1_000, rt_rate=20.0, rt_seconds=3.0,
-                       rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0)
+                       rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
+                       stats_events=100_000, stats_days=3, report_days=2)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -184,6 +188,15 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
         "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare smtplib loop")],
         "status": [("updateEventStatus", ">= 100,000 events/s")],
         "archive": [("archiving, per account", ">= 50,000 rows/s")],
+        "reports": [
+            (f"service level report, {sizes.report_days} days, all instances "
+             f"({sizes.stats_events:,} events in {sizes.stats_days} days of statistics)",
+             "< 1,000 ms"),
+            (f"processing time report (real-time queue), {sizes.report_days} days",
+             "< 1,000 ms"),
+            (f"event history report, {sizes.report_days} days, per event type", "< 1,000 ms"),
+            ("archiving + hourly statistics, per account", ">= 50,000 rows/s"),
+        ],
         "realtime": [(f"{rt}, p50", "<= 500 ms"), (f"{rt}, p99", "<= 2,000 ms")],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
                     "peak RSS of any task", "<= 300 MB")],

@@ -43,7 +43,7 @@ Stage = Callable[[Context], list[Result]]
 
 
 def _stages() -> dict[str, Stage]:
-    from bench import http_stages, pipeline, realtime
+    from bench import http_stages, pipeline, realtime, reports
 
     return {
         "ingest": http_stages.ingest,
@@ -52,18 +52,19 @@ def _stages() -> dict[str, Stage]:
         "deliver": pipeline.deliver,
         "status": pipeline.update_status,
         "archive": pipeline.archive,
+        "reports": reports.reports,
         "realtime": realtime.realtime,
         "memory": realtime.memory,
     }
 
 
-STAGE_NAMES = ("ingest", "push", "split_link", "deliver", "status", "archive", "realtime",
-               "memory")
+STAGE_NAMES = ("ingest", "push", "split_link", "deliver", "status", "archive", "reports",
+               "realtime", "memory")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it). The table keeps the order (STAGE_NAMES).
-RUN_ORDER = ("ingest", "push", "split_link", "deliver", "status", "archive", "memory",
-             "realtime")
+RUN_ORDER = ("ingest", "push", "split_link", "deliver", "status", "archive", "reports",
+             "memory", "realtime")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

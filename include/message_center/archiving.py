@@ -244,10 +244,13 @@ def archive_window(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     name: str = "",
     check: bool = True,
+    statistics: bool = True,
 ) -> ArchiveReport:
     """Copy the rows of ``kinds`` changed in ``[start - lookback, end)`` (widened by
     ``catch_up``, see the module docs) from the execution database ``source`` into the
-    archive on ``control`` under ``cell_id``. Returns the counts per kind."""
+    archive on ``control`` under ``cell_id``. Returns the counts per kind.
+    ``statistics=False`` does not mark the hours for the statistics (``make bench`` compares
+    the cost; the statistics of those hours are then only rebuilt by a backfill)."""
     _check_window(start, end, lookback, chunk_rows)
     kinds = tuple(kinds)
     for kind in kinds:
@@ -262,7 +265,7 @@ def archive_window(
         begin = effective_start(start, newest_archived=newest, lookback=lookback,
                                 catch_up=catch_up)
         count = copy_kind(source_engine, control_engine, cell_id, kind, begin, end,
-                          chunk_rows=chunk_rows, name=name)
+                          chunk_rows=chunk_rows, name=name, statistics=statistics)
         log.info("%scell %s %s", f"{name}: " if name else "", cell_id, count.summary())
         report.counts[kind] = count
     return report
@@ -270,7 +273,7 @@ def archive_window(
 
 def copy_kind(source: Engine, control: Engine, cell_id: int, kind: str, start: datetime,
               end: datetime, *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-              name: str = "") -> KindCount:
+              name: str = "", statistics: bool = True) -> KindCount:
     """Stream one kind's rows with ``start <= last_modified < end`` into the archive."""
     spec = _spec(kind)
     _check_window(start, end, timedelta(0), chunk_rows)
@@ -299,7 +302,7 @@ def copy_kind(source: Engine, control: Engine, cell_id: int, kind: str, start: d
         f" ON CONFLICT (cell_id, id) DO UPDATE SET {updates}, archived_at = now()"
         f" WHERE archived.last_modified < EXCLUDED.last_modified"
         f" RETURNING (xmax = 0) AS inserted, {spec.returning}),"
-        f" marked AS ({spec.mark_hours}),"
+        + (f" marked AS ({spec.mark_hours})," if statistics else "") +
         f" last_row AS (SELECT last_modified, id FROM {spec.stage_table}"
         f" ORDER BY last_modified DESC, id DESC LIMIT 1)"
         f" SELECT (SELECT count(*) FILTER (WHERE inserted) FROM upserted),"

@@ -369,6 +369,18 @@ def test_backfill_through_the_cli_archives_exactly_its_windows(
     assert archived == source_of(execution2_db, start, end)
     assert [len(archived[k]) for k in ("rt", "batch", "delivery_log")] == [12, 8, 6]
 
+    def statistics() -> list[tuple]:
+        with control_db.connect() as conn:
+            return [tuple(r) for r in conn.execute(text("""
+                SELECT * FROM event_stats_hourly WHERE cell_id = 1 AND hour >= :s
+                   AND hour < :e ORDER BY hour, event_kind, event_type, status"""),
+                {"s": t10, "e": t10 + timedelta(days=1)})]
+    # each backfill run rebuilt its hour: the 6 rt + 4 batch events received in it
+    assert [(row[0], row[2], row[6]) for row in statistics()] == [
+        (start, "batch", 4), (start, "rt", 6), (end - timedelta(hours=1), "batch", 4),
+        (end - timedelta(hours=1), "rt", 6)]
+    figures = statistics()
+
     with control_db.connect() as conn:
         before = [list(conn.execute(text(f"SELECT * FROM {t} WHERE cell_id = 1 ORDER BY id")))
                   for t in ("archived_event", "archived_delivery_log")]
@@ -378,3 +390,4 @@ def test_backfill_through_the_cli_archives_exactly_its_windows(
         after = [list(conn.execute(text(f"SELECT * FROM {t} WHERE cell_id = 1 ORDER BY id")))
                  for t in ("archived_event", "archived_delivery_log")]
     assert after == before  # identical, archived_at included
+    assert statistics() == figures
