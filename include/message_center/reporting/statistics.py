@@ -183,18 +183,20 @@ _RECOMPUTE_SQL = text(f"""
         SELECT lo, hi FROM unnest(CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
             AS r(lo, hi)
     ), ev AS (
-        -- every archived event of the cell that belongs to one of the hours on any clock
+        -- every archived event of the cell that belongs to one of the hours on any clock;
+        -- the constant outer bounds let each index scan read only the span of the hours
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.created >= r.lo AND e.created < r.hi
-        WHERE e.cell_id = :cell
+        WHERE e.cell_id = :cell AND e.created >= :first AND e.created < :last
         UNION
         SELECT {_EVENT_COLUMNS} FROM ranges r
-        JOIN archived_event e ON e.cell_id = :cell AND e.processed >= r.lo
-             AND e.processed < r.hi
+        JOIN archived_event e ON e.processed >= r.lo AND e.processed < r.hi
+        WHERE e.cell_id = :cell AND e.processed >= :first AND e.processed < :last
         UNION
         SELECT {_EVENT_COLUMNS} FROM ranges r
-        JOIN archived_event e ON e.cell_id = :cell AND e.scheduled >= r.lo
-             AND e.scheduled < r.hi AND e.scheduled > e.created
+        JOIN archived_event e ON e.scheduled >= r.lo AND e.scheduled < r.hi
+        WHERE e.cell_id = :cell AND e.scheduled >= :first AND e.scheduled < :last
+          AND e.scheduled > e.created
     ), timed AS MATERIALIZED (
         SELECT ev.event_kind, ev.type, ev.channel, ev.status, ev.due,
                date_trunc('hour', ev.created, 'UTC') AS created_hour,
@@ -346,7 +348,8 @@ def recompute_hours(conn: Connection, cell_id: int, hours: Iterable[datetime]) -
                      params)
     ranges = hour_ranges(wanted)
     event_rows, flow_rows = conn.execute(_RECOMPUTE_SQL, {
-        **params, "los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges]}).one()
+        **params, "los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges],
+        "first": ranges[0][0], "last": ranges[-1][1]}).one()
     return Recomputed(len(wanted), int(event_rows), int(flow_rows))
 
 
