@@ -239,16 +239,25 @@ def _archiving_cost(ctx: Context, planned: tuple[str, str]) -> Result:
             refresh_seconds = refreshing()
         return archive_seconds, refresh_seconds, sum(c.read for c in report.counts.values())
 
-    with control.begin() as conn:
-        for name in STATISTICS_INDEXES:
-            conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
-    try:
-        without, _, rows = run(False)
-    finally:
+    def indexes(present: bool) -> None:
         with control.begin() as conn:
             for name, definition in STATISTICS_INDEXES.items():
-                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} {definition}"))
-    archive_seconds, refresh_seconds, rows_with = run(True)
+                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} {definition}" if present
+                                  else f"DROP INDEX IF EXISTS {name}"))
+
+    # Alternated, best of two each: the machine is shared, the faster run is the cost.
+    trials_without, trials_with = [], []
+    try:
+        for _ in range(2):
+            indexes(False)
+            trials_without.append(run(False))
+            indexes(True)
+            trials_with.append(run(True))
+    finally:
+        indexes(True)
+    without, _, rows = min(trials_without)
+    archive_seconds, refresh_seconds, rows_with = min(trials_with,
+                                                      key=lambda t: t[0] + t[1])
     with control.connect() as conn:
         stats_rows = conn.execute(text(
             "SELECT count(*) FROM event_stats_hourly WHERE cell_id = 0")).scalar_one()
@@ -259,9 +268,9 @@ def _archiving_cost(ctx: Context, planned: tuple[str, str]) -> Result:
         conn.execute(text("DELETE FROM flow_stats_hourly WHERE cell_id = 0"))
     total = archive_seconds + refresh_seconds
     rate, bare = rows_with / total, rows / without
-    note = (f"{rows_with:,} rows of one account; with statistics: archiving {archive_seconds:.1f}s "
-            f"(hours marked by the upserts, 3 more indexes) + statistics of the touched hours "
-            f"{refresh_seconds:.2f}s ({stats_rows:,} event-type rows); without: "
-            f"{without:.1f}s (no marks, no statistics indexes)")
+    note = (f"{rows_with:,} rows of one account, best of 2 runs each; with statistics: "
+            f"archiving {archive_seconds:.1f}s (hours marked by the upserts, 3 more indexes) "
+            f"+ statistics of the touched hours {refresh_seconds:.2f}s ({stats_rows:,} "
+            f"event-type rows); without: {without:.1f}s (no marks, no statistics indexes)")
     return Result(figure, target, rate, "rows/s", rate >= 50_000 and rows_with == rows, bare,
                   "same archiving without statistics", note=note)

@@ -65,18 +65,20 @@ DELIVERY_LOG_COLUMNS = (
 )
 
 
-# Statistics: every upsert marks the (cell, UTC hour) whose figures the changed rows feed
+# Statistics: every upsert marks the (cell, UTC hour: date_bin from a UTC midnight, no time
+# zone lookup) whose figures the changed rows feed
 # (see message_center.reporting.statistics) in the same statement, so marks commit with
 # the rows; sorted, so concurrent chunks take the mark rows' locks in the same order.
 _MARK_EVENT_HOURS = (
     "INSERT INTO event_stats_dirty (cell_id, hour)"
-    " SELECT DISTINCT %(cell)s, date_trunc('hour', v.t, 'UTC') FROM upserted,"
+    " SELECT DISTINCT %(cell)s, date_bin('1 hour', v.t, TIMESTAMPTZ '2000-01-01Z') FROM upserted,"
     " LATERAL (VALUES (upserted.created), (upserted.due), (upserted.processed)) AS v(t)"
     " WHERE v.t IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"
 )
 _MARK_DELIVERY_HOURS = (  # a delivery log feeds the sending time of its finished event
     "INSERT INTO event_stats_dirty (cell_id, hour)"
-    " SELECT DISTINCT %(cell)s, date_trunc('hour', e.processed, 'UTC') FROM upserted"
+    " SELECT DISTINCT %(cell)s, date_bin('1 hour', e.processed, TIMESTAMPTZ '2000-01-01Z')"
+    " FROM upserted"
     " JOIN archived_event e ON e.cell_id = %(cell)s AND e.id = upserted.event_id"
     " AND e.event_kind = upserted.event_kind"
     " WHERE e.processed IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"

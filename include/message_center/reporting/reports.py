@@ -28,6 +28,7 @@ import base64
 import csv
 import io
 import json
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,11 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from message_center.ids import to_public
-from message_center.reporting.statistics import (
-    HOUR,
-    histogram_percentile,
-    merge_histograms,
-)
+from message_center.reporting.statistics import HOUR, histogram_percentile
 from message_center.reporting.thresholds import Indicator, Thresholds
 from message_center.statuses import CHANNELS, EVENT_KINDS, EventStatus
 
@@ -200,7 +197,11 @@ class ReportFilter:
         return " AND ".join(clauses), params
 
     def _bucket_sql(self) -> str:
-        return "hour" if self.bucket == "hour" else "date_trunc('day', hour, :tz)"
+        if self.bucket == "hour":
+            return "hour"
+        if self.timezone == "UTC":  # arithmetic only, no time zone rules per row
+            return "date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+        return "date_trunc('day', hour, :tz)"
 
 
 _PERIOD = re.compile(r"^\s*(\d{1,4})\s*([hd])\s*$", re.IGNORECASE)
@@ -265,6 +266,21 @@ def parse_filter(params: Mapping[str, str], *, now: datetime | None = None,
     return ReportFilter(start=start, end=end, cells=cells, channel=choice("channel"),
                         kind=choice("kind"), granularity=choice("granularity"),
                         timezone=value("tz") or "UTC")
+
+
+def _roomy(conn: Connection) -> None:
+    """Let this transaction's grouping run in memory (hash aggregates instead of sorts
+    spilled to disk): ``work_mem`` for the rest of the caller's transaction only."""
+    conn.execute(text("SELECT set_config('work_mem', '32MB', true)"))
+
+
+def _add(total: list[int], more: list[int] | None) -> list[int]:
+    """Element-wise sum of two trimmed histograms (C speed: ``map(operator.add, ...)``)."""
+    if not more:
+        return total
+    if len(more) > len(total):
+        total, more = list(more), total
+    return [*map(operator.add, total, more), *total[len(more):]]
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -430,9 +446,7 @@ def _queue_samples(conn: Connection, f: ReportFilter, kind: str,
     for hour, change, minutes in rows:
         net[hour] = net.get(hour, 0) + int(change)
         if minutes:
-            curve = curves.setdefault(hour, [0] * 60)
-            for i, level in enumerate(minutes[:60]):
-                curve[i] += level
+            curves[hour] = list(map(operator.add, curves.get(hour, [0] * 60), minutes[:60]))
     samples: dict[datetime, list[int]] = {}
     level = int(base)
     for hour in f.hours():
@@ -461,23 +475,17 @@ def processing_time(conn: Connection, f: ReportFilter, thresholds: Thresholds | 
         FROM flow_stats_hourly WHERE {where} GROUP BY 1
     """), params).all()
     found = {row[0]: row for row in rows}
-    hists = conn.execute(text(f"""
-        SELECT m.measure, u.b - 1 AS bucket, sum(u.n)
-        FROM flow_stats_hourly f,
-             LATERAL (VALUES ('queueMs', f.queue_hist), ('sendingMs', f.sending_hist),
-                             ('totalMs', f.total_hist)) AS m(measure, hist),
-             unnest(m.hist) WITH ORDINALITY AS u(n, b)
-        WHERE {where} AND u.n > 0
-        GROUP BY 1, 2
-    """), params).all()
+    # Histograms are merged here: summing a few thousand short arrays in Python is
+    # several times cheaper than unnesting them into rows in SQL.
     merged: dict[str, list[int]] = {"queueMs": [], "sendingMs": [], "totalMs": []}
-    for measure, bucket, count in hists:
-        hist = merged[measure]
-        if len(hist) <= bucket:
-            hist.extend([0] * (bucket + 1 - len(hist)))
-        hist[bucket] += int(count)
-    percentiles = {measure: {f"p{q}": histogram_percentile(merge_histograms([hist]), q)
-                             for q in PERCENTILES} for measure, hist in merged.items()}
+    for row in conn.execute(text(f"""
+        SELECT queue_hist, sending_hist, total_hist FROM flow_stats_hourly
+        WHERE {where} AND sent > 0
+    """), params):
+        for measure, hist in zip(merged, row, strict=True):
+            merged[measure] = _add(merged[measure], hist)
+    percentiles = {measure: {f"p{q}": histogram_percentile(hist, q) for q in PERCENTILES}
+                   for measure, hist in merged.items()}
     samples = _queue_samples(conn, f, kind, now)
     by_bucket: dict[datetime, list[int]] = {}
     for hour, values in samples.items():
@@ -549,6 +557,7 @@ class HistoryReport:
 def event_history(conn: Connection, f: ReportFilter) -> HistoryReport:
     """Per bucket and event type, the events received and their current status."""
     where, params = f._where()
+    _roomy(conn)
     rows = conn.execute(text(f"""
         SELECT {f._bucket_sql()} AS bucket, event_type, status, sum(received)
         FROM event_stats_hourly WHERE {where} AND received > 0

@@ -167,15 +167,27 @@ def hour_ranges(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
 
 
 # --- the recomputation ---------------------------------------------------------------
-_EVENT_COLUMNS = ("e.id, e.event_kind, e.type, e.wished_channel AS channel, e.status, "
+_EVENT_COLUMNS = ("e.event_kind, e.type, e.wished_channel AS channel, e.status, "
                   "e.created, greatest(e.created, e.scheduled) AS due, e.processing, "
                   "e.processed, e.delivery_log_id")
 
 
+def utc_hour_sql(ts: str) -> str:
+    """SQL: the UTC hour of a timestamptz (``date_bin``: arithmetic only, no time zone
+    lookup, the same as ``date_trunc('hour', ts, 'UTC')``)."""
+    return f"date_bin('1 hour', {ts}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+
+
 def _us(later: str, earlier: str) -> str:
-    """Whole microseconds (timestamps have microsecond precision: exact, and integer sums
-    do not depend on the order rows are added in, so a re-run writes identical rows)."""
-    return f"greatest(0, round(extract(epoch FROM {later} - {earlier}) * 1000000))::bigint"
+    """Whole microseconds between two timestamps (exact: timestamps have microsecond
+    precision; integer sums do not depend on the order rows are added in, so a re-run
+    writes identical rows). ``date_part`` works in float8, fast; ``round`` restores the
+    integer."""
+    return f"greatest(0, round(date_part('epoch', {later} - {earlier}) * 1000000))::bigint"
+
+
+def _in_hours(ts: str) -> str:
+    return f"{utc_hour_sql(ts)} = ANY(:hours)"
 
 
 _RECOMPUTE_SQL = text(f"""
@@ -183,76 +195,97 @@ _RECOMPUTE_SQL = text(f"""
         SELECT lo, hi FROM unnest(CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
             AS r(lo, hi)
     ), ev AS (
-        -- every archived event of the cell that belongs to one of the hours on any clock;
-        -- the constant outer bounds let each index scan read only the span of the hours
+        -- Every archived event of the cell that belongs to one of the hours on any clock,
+        -- once: the branches exclude what an earlier branch found (no de-duplication).
+        -- The constant outer bounds let each index scan read only the span of the hours.
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.created >= r.lo AND e.created < r.hi
         WHERE e.cell_id = :cell AND e.created >= :first AND e.created < :last
-        UNION
+        UNION ALL
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.processed >= r.lo AND e.processed < r.hi
         WHERE e.cell_id = :cell AND e.processed >= :first AND e.processed < :last
-        UNION
+          AND NOT {_in_hours("e.created")}
+        UNION ALL
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.scheduled >= r.lo AND e.scheduled < r.hi
         WHERE e.cell_id = :cell AND e.scheduled >= :first AND e.scheduled < :last
-          AND e.scheduled > e.created
+          AND e.scheduled > e.created AND NOT {_in_hours("e.created")}
+          AND (e.processed IS NULL OR NOT {_in_hours("e.processed")})
     ), timed AS MATERIALIZED (
-        SELECT ev.event_kind, ev.type, ev.channel, ev.status, ev.due,
-               date_trunc('hour', ev.created, 'UTC') AS created_hour,
-               date_trunc('hour', ev.due, 'UTC') AS due_hour,
-               (ev.status IN {_FINAL_SQL} AND ev.processed IS NOT NULL) AS final,
-               -- a final status without its time (not written by this Message Center):
-               -- received, but neither in the queue nor in the times
-               NOT (ev.status IN {_FINAL_SQL} AND ev.processed IS NULL) AS queueable,
-               date_trunc('hour', ev.processed, 'UTC') AS finished_hour,
-               greatest(ev.processed, ev.due) AS departed,
-               date_trunc('hour', greatest(ev.processed, ev.due), 'UTC') AS departed_hour,
-               {_us("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_us,
-               {_us("ev.processed", "ev.due")} AS total_us,
-               CASE WHEN d.sent_at IS NOT NULL AND d.sending_started IS NOT NULL
-                    THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us
-        FROM ev
-        LEFT JOIN archived_delivery_log d
-               ON ev.status = 'sent' AND d.cell_id = :cell AND d.id = ev.delivery_log_id
+        SELECT t.*, {utc_hour_sql("t.departed")} AS departed_hour
+        FROM (
+            SELECT ev.event_kind, ev.type, ev.channel, ev.status, ev.due,
+                   {utc_hour_sql("ev.created")} AS created_hour,
+                   {utc_hour_sql("ev.due")} AS due_hour,
+                   (ev.status IN {_FINAL_SQL} AND ev.processed IS NOT NULL) AS final,
+                   -- a final status without its time (not written by this Message Center):
+                   -- received, but neither in the queue nor in the times
+                   NOT (ev.status IN {_FINAL_SQL} AND ev.processed IS NULL) AS queueable,
+                   {utc_hour_sql("ev.processed")} AS finished_hour,
+                   greatest(ev.processed, ev.due) AS departed,
+                   {_us("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_us,
+                   {_us("ev.processed", "ev.due")} AS total_us,
+                   CASE WHEN d.sent_at IS NOT NULL AND d.sending_started IS NOT NULL
+                        THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us
+            FROM ev
+            LEFT JOIN archived_delivery_log d
+                   ON ev.status = 'sent' AND d.cell_id = :cell AND d.id = ev.delivery_log_id
+        ) AS t
     ), received AS (
-        SELECT created_hour AS hour, event_kind, type, channel, status FROM timed
-        WHERE created_hour = ANY(:hours)
-    ), finished AS (
+        SELECT created_hour AS hour, event_kind, type, channel, status, count(*) AS n
+        FROM timed WHERE created_hour = ANY(:hours)
+        GROUP BY 1, 2, 3, 4, 5
+    ), finished AS MATERIALIZED (
         SELECT finished_hour AS hour, event_kind, type, channel, status, queue_us, total_us,
                sending_us
         FROM timed WHERE final AND finished_hour = ANY(:hours)
+    ), finished_agg AS (
+        SELECT hour, event_kind, type, channel, status, count(*) AS n,
+               sum(queue_us) AS queue_us, sum(total_us) AS total_us,
+               count(sending_us) AS sending_n, coalesce(sum(sending_us), 0) AS sending_us
+        FROM finished GROUP BY 1, 2, 3, 4, 5
     ), event_rows AS (
         INSERT INTO event_stats_hourly (hour, cell_id, event_kind, event_type, channel,
             status, received, finished, queue_us, total_us, sending_n, sending_us)
-        SELECT hour, :cell, event_kind, type, channel, status, sum(r), sum(f), sum(q),
-               sum(t), sum(sn), sum(s)
-        FROM (SELECT hour, event_kind, type, channel, status, 1 AS r, 0 AS f, 0::bigint AS q,
-                     0::bigint AS t, 0 AS sn, 0::bigint AS s FROM received
-              UNION ALL
-              SELECT hour, event_kind, type, channel, status, 0, 1, queue_us, total_us,
-                     (sending_us IS NOT NULL)::int, coalesce(sending_us, 0) FROM finished
-             ) AS x
-        GROUP BY hour, event_kind, type, channel, status
-        ORDER BY hour, event_kind, type, channel, status
+        SELECT coalesce(r.hour, f.hour), :cell, coalesce(r.event_kind, f.event_kind),
+               coalesce(r.type, f.type), coalesce(r.channel, f.channel),
+               coalesce(r.status, f.status), coalesce(r.n, 0), coalesce(f.n, 0),
+               coalesce(f.queue_us, 0), coalesce(f.total_us, 0), coalesce(f.sending_n, 0),
+               coalesce(f.sending_us, 0)
+        FROM received r
+        FULL JOIN finished_agg f ON (f.hour, f.event_kind, f.type, f.channel, f.status)
+                                  = (r.hour, r.event_kind, r.type, r.channel, r.status)
+        ORDER BY 1, 3, 4, 5, 6
         RETURNING 1
-    ), contributions AS (
-        SELECT hour, event_kind, channel, 1 AS received, 0 AS finished, NULL AS status,
-               NULL::bigint AS queue_us, NULL::bigint AS total_us, NULL::bigint AS sending_us,
-               0 AS arrivals, 0 AS departures
-        FROM received
-        UNION ALL
-        SELECT hour, event_kind, channel, 0, 1, status, queue_us, total_us, sending_us, 0, 0
-        FROM finished
-        UNION ALL
-        SELECT due_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 1, 0
+    ), moves AS (
+        -- the queue: +1 when an event becomes due, -1 when it reaches its final status
+        SELECT due_hour AS hour, event_kind, channel,
+               floor(date_part('epoch', due - due_hour) / 60)::int AS minute, 1 AS change
         FROM timed WHERE queueable AND due_hour = ANY(:hours)
         UNION ALL
-        SELECT departed_hour, event_kind, channel, 0, 0, NULL, NULL, NULL, NULL, 0, 1
+        SELECT departed_hour, event_kind, channel,
+               floor(date_part('epoch', departed - departed_hour) / 60)::int, -1
         FROM timed WHERE final AND departed_hour = ANY(:hours)
-    ), flow AS (
-        SELECT hour, event_kind, channel,
-               sum(received) AS received, sum(finished) AS finished,
+    ), minute_net AS MATERIALIZED (
+        SELECT hour, event_kind, channel, minute, sum(change) AS change,
+               count(*) FILTER (WHERE change > 0) AS arrivals,
+               count(*) FILTER (WHERE change < 0) AS departures
+        FROM moves GROUP BY 1, 2, 3, 4
+    ), queue_curves AS (
+        SELECT g.hour, g.event_kind, g.channel, g.arrivals, g.departures,
+               ARRAY(SELECT (sum(coalesce(n.change, 0)) OVER (ORDER BY s.minute))::int
+                     FROM generate_series(0, 59) AS s(minute)
+                     LEFT JOIN LATERAL (
+                         SELECT sum(x.change) AS change FROM unnest(g.minutes, g.changes)
+                             AS x(minute, change) WHERE x.minute = s.minute) AS n ON true
+                     ORDER BY s.minute) AS minutes
+        FROM (SELECT hour, event_kind, channel, sum(arrivals) AS arrivals,
+                     sum(departures) AS departures, array_agg(minute) AS minutes,
+                     array_agg(change) AS changes
+              FROM minute_net GROUP BY 1, 2, 3) AS g
+    ), flow_finished AS (
+        SELECT hour, event_kind, channel, count(*) AS finished,
                count(*) FILTER (WHERE status = 'sent') AS sent,
                count(*) FILTER (WHERE status = 'not_taken_into_account') AS not_taken,
                count(*) FILTER (WHERE status = 'expired') AS expired,
@@ -261,68 +294,55 @@ _RECOMPUTE_SQL = text(f"""
                coalesce(sum(queue_us) FILTER (WHERE status = 'sent'), 0) AS sent_queue_us,
                coalesce(sum(total_us) FILTER (WHERE status = 'sent'), 0) AS sent_total_us,
                count(sending_us) FILTER (WHERE status = 'sent') AS sending_n,
-               coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us,
-               sum(arrivals) AS arrivals, sum(departures) AS departures
-        FROM contributions GROUP BY hour, event_kind, channel
+               coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us
+        FROM finished GROUP BY 1, 2, 3
+    ), flow_received AS (
+        SELECT hour, event_kind, channel, sum(n) AS received FROM received GROUP BY 1, 2, 3
     ), hist_counts AS (
-        SELECT f.hour, f.event_kind, f.channel, m.measure, {bucket_sql("m.us / 1000.0")} AS b,
+        SELECT hour, event_kind, channel, m.measure, {bucket_sql("m.us::float8 / 1000")} AS b,
                count(*) AS n
         FROM finished f,
-             LATERAL (VALUES ('queue', f.queue_us), ('sending', f.sending_us),
-                             ('total', f.total_us)) AS m(measure, us)
+             LATERAL (VALUES (1, f.queue_us), (2, f.sending_us), (3, f.total_us))
+                 AS m(measure, us)
         WHERE f.status = 'sent' AND m.us IS NOT NULL
         GROUP BY 1, 2, 3, 4, 5
     ), hists AS (
-        SELECT g.hour, g.event_kind, g.channel, g.measure,
-               array_agg(coalesce(c.n, 0)::int ORDER BY s.b) AS hist
-        FROM (SELECT hour, event_kind, channel, measure, max(b) AS top
-              FROM hist_counts GROUP BY 1, 2, 3, 4) AS g
-        CROSS JOIN LATERAL generate_series(0, g.top) AS s(b)
-        LEFT JOIN hist_counts c ON c.hour = g.hour AND c.event_kind = g.event_kind
-             AND c.channel = g.channel AND c.measure = g.measure AND c.b = s.b
-        GROUP BY 1, 2, 3, 4
-    ), moves AS (
-        SELECT due_hour AS hour, event_kind, channel,
-               floor(extract(epoch FROM due - due_hour) / 60)::int AS minute, 1 AS change
-        FROM timed WHERE queueable AND due_hour = ANY(:hours)
-        UNION ALL
-        SELECT departed_hour, event_kind, channel,
-               floor(extract(epoch FROM departed - departed_hour) / 60)::int, -1
-        FROM timed WHERE final AND departed_hour = ANY(:hours)
-    ), minute_net AS (
-        SELECT hour, event_kind, channel, minute, sum(change) AS change
-        FROM moves GROUP BY 1, 2, 3, 4
-    ), queue_curves AS (
-        SELECT hour, event_kind, channel, array_agg(level ORDER BY minute) AS minutes
-        FROM (SELECT g.hour, g.event_kind, g.channel, s.minute,
-                     (sum(coalesce(n.change, 0)) OVER (
-                         PARTITION BY g.hour, g.event_kind, g.channel
-                         ORDER BY s.minute))::int AS level
-              FROM (SELECT DISTINCT hour, event_kind, channel FROM minute_net) AS g
-              CROSS JOIN generate_series(0, 59) AS s(minute)
-              LEFT JOIN minute_net n ON n.hour = g.hour AND n.event_kind = g.event_kind
-                   AND n.channel = g.channel AND n.minute = s.minute) AS levels
+        SELECT hour, event_kind, channel,
+               max(hist) FILTER (WHERE measure = 1) AS queue_hist,
+               max(hist) FILTER (WHERE measure = 2) AS sending_hist,
+               max(hist) FILTER (WHERE measure = 3) AS total_hist
+        FROM (SELECT g.hour, g.event_kind, g.channel, g.measure,
+                     ARRAY(SELECT coalesce(sum(x.n), 0)::int
+                           FROM generate_series(0, g.top) AS s(b)
+                           LEFT JOIN unnest(g.bs, g.ns) AS x(b, n) ON x.b = s.b
+                           GROUP BY s.b ORDER BY s.b) AS hist
+              FROM (SELECT hour, event_kind, channel, measure, max(b) AS top,
+                           array_agg(b) AS bs, array_agg(n) AS ns
+                    FROM hist_counts GROUP BY 1, 2, 3, 4) AS g) AS h
         GROUP BY 1, 2, 3
+    ), flow_keys AS (
+        SELECT hour, event_kind, channel FROM flow_received
+        UNION SELECT hour, event_kind, channel FROM flow_finished
+        UNION SELECT hour, event_kind, channel FROM queue_curves
     ), flow_rows AS (
         INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, received,
             finished, sent, not_taken, expired, failed, ignored, sent_queue_us,
             sent_total_us, sending_n, sending_us, queue_hist, sending_hist, total_hist,
             arrivals, departures, queue_minutes)
-        SELECT f.hour, :cell, f.event_kind, f.channel, f.received, f.finished, f.sent,
-               f.not_taken, f.expired, f.failed, f.ignored, f.sent_queue_us,
-               f.sent_total_us, f.sending_n, f.sending_us,
-               coalesce(hq.hist, '{{}}'), coalesce(hs.hist, '{{}}'), coalesce(ht.hist, '{{}}'),
-               f.arrivals, f.departures, coalesce(qc.minutes, '{{}}')
-        FROM flow f
-        LEFT JOIN hists hq ON (hq.hour, hq.event_kind, hq.channel, hq.measure)
-                            = (f.hour, f.event_kind, f.channel, 'queue')
-        LEFT JOIN hists hs ON (hs.hour, hs.event_kind, hs.channel, hs.measure)
-                            = (f.hour, f.event_kind, f.channel, 'sending')
-        LEFT JOIN hists ht ON (ht.hour, ht.event_kind, ht.channel, ht.measure)
-                            = (f.hour, f.event_kind, f.channel, 'total')
-        LEFT JOIN queue_curves qc ON (qc.hour, qc.event_kind, qc.channel)
-                                   = (f.hour, f.event_kind, f.channel)
-        ORDER BY f.hour, f.event_kind, f.channel
+        SELECT k.hour, :cell, k.event_kind, k.channel, coalesce(r.received, 0),
+               coalesce(f.finished, 0), coalesce(f.sent, 0), coalesce(f.not_taken, 0),
+               coalesce(f.expired, 0), coalesce(f.failed, 0), coalesce(f.ignored, 0),
+               coalesce(f.sent_queue_us, 0), coalesce(f.sent_total_us, 0),
+               coalesce(f.sending_n, 0), coalesce(f.sending_us, 0),
+               coalesce(h.queue_hist, '{{}}'), coalesce(h.sending_hist, '{{}}'),
+               coalesce(h.total_hist, '{{}}'), coalesce(q.arrivals, 0),
+               coalesce(q.departures, 0), coalesce(q.minutes, '{{}}')
+        FROM flow_keys k
+        LEFT JOIN flow_received r USING (hour, event_kind, channel)
+        LEFT JOIN flow_finished f USING (hour, event_kind, channel)
+        LEFT JOIN hists h USING (hour, event_kind, channel)
+        LEFT JOIN queue_curves q USING (hour, event_kind, channel)
+        ORDER BY k.hour, k.event_kind, k.channel
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM event_rows), (SELECT count(*) FROM flow_rows)
@@ -343,6 +363,7 @@ def recompute_hours(conn: Connection, cell_id: int, hours: Iterable[datetime]) -
     if not wanted:
         return Recomputed(0, 0, 0)
     params = {"cell": cell_id, "hours": wanted}
+    conn.execute(text("SET LOCAL work_mem = '64MB'"))  # hash aggregates stay in memory
     for table in ("event_stats_hourly", "flow_stats_hourly"):
         conn.execute(text(f"DELETE FROM {table} WHERE cell_id = :cell AND hour = ANY(:hours)"),
                      params)

@@ -73,6 +73,10 @@ def upgrade() -> None:
             PRIMARY KEY (hour, cell_id, event_kind, channel)
         )
     """)
+    # The queue size carried into a report's period sums arrivals - departures over every
+    # earlier hour: an index-only scan of narrow entries instead of the wide rows.
+    op.execute("CREATE INDEX flow_stats_hourly_queue_idx ON flow_stats_hourly "
+               "(event_kind, hour) INCLUDE (cell_id, channel, arrivals, departures)")
     op.execute("""
         CREATE TABLE event_stats_dirty (
             cell_id  smallint NOT NULL,
