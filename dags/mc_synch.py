@@ -19,7 +19,8 @@ updated too.
 3. **update_statistics** — recomputes, from the archive, the hourly event statistics
    the Message Center reports read: every hour the archived changes belong to, and every
    hour of the run's window (a backfill rebuilds its hours; a re-run writes the same
-   figures).
+   figures), except hours older than `statistics_horizon_days` (default 365, env
+   `MC_STATISTICS_HORIZON_DAYS`), whose archive may already be purged.
 
 Windows: a run covers its data interval `[start, end)` of `last_modified`, started
 `lookback_minutes` earlier (default 15) so a transaction that committed late is picked up,
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LOOKBACK_MINUTES = int(os.environ.get("MC_ARCHIVE_LOOKBACK_MINUTES", "15"))
 CATCH_UP_DAYS = int(os.environ.get("MC_ARCHIVE_CATCH_UP_DAYS", "7"))
+STATISTICS_HORIZON_DAYS = int(os.environ.get("MC_STATISTICS_HORIZON_DAYS", "365"))
 REGISTRY = load_registry(registry_path(ACCOUNT_REGISTRY))
 
 
@@ -131,6 +133,12 @@ def archiving_dag(account: ExecutionAccount) -> Any:
                 CATCH_UP_DAYS, type="integer", minimum=0, maximum=366,
                 title="Catch-up horizon (days)",
                 description="Also start at the newest archived row, at most this far back."),
+            "statistics_horizon_days": Param(
+                STATISTICS_HORIZON_DAYS, type="integer", minimum=1, maximum=3660,
+                title="Statistics horizon (days)",
+                description="Hourly statistics older than this are never recomputed: the "
+                            "archive behind them may be purged (keep it at most the "
+                            "cleanup's archived_event_days)."),
         },
     )
     def archiving() -> None:
@@ -170,9 +178,12 @@ def archiving_dag(account: ExecutionAccount) -> Any:
             from message_center.db import engine_for
             from message_center.reporting.statistics import refresh_statistics
 
-            start, end, _ = _window(get_current_context())
+            context = get_current_context()
+            start, end, _ = _window(context)
+            horizon = timedelta(days=int(context["params"]["statistics_horizon_days"]))
             report = refresh_statistics(engine_for(database_url(CONTROL_CONN_ID)),
-                                        account.cell_id, window=(start, end))
+                                        account.cell_id, window=(start, end),
+                                        not_before=pendulum.now("UTC") - horizon)
             log.info("%s: %s", account.name, report.summary())
             return report.as_dict()
 

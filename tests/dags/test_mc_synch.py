@@ -80,6 +80,7 @@ accounts:
     for task in dag.tasks:
         assert task.owner == "message-center" and task.retries >= 1
     assert dag.params["lookback_minutes"] == 15 and dag.params["catch_up_days"] == 7
+    assert dag.params["statistics_horizon_days"] == 365
 
 
 def test_several_accounts_disabled_ones_get_no_dag(registry):
@@ -344,7 +345,9 @@ def test_backfill_through_the_cli_archives_exactly_its_windows(
         # "completed": runs of these dates left by earlier sessions are re-run as well.
         result = airflow_stack.airflow(
             "backfill", "create", "--dag-id", DAG_ID, "--from-date", "2024-04-01T11:00:00+00:00",
-            "--to-date", "2024-04-01T12:00:00+00:00", "--reprocess-behavior", "completed")
+            "--to-date", "2024-04-01T12:00:00+00:00", "--reprocess-behavior", "completed",
+            # 2024 is beyond the default statistics horizon (365 days back)
+            "--dag-run-conf", '{"statistics_horizon_days": 3660}')
         assert result.returncode == 0, result.stdout + result.stderr
         window = {"logical_date_gte": "2024-04-01T11:00:00Z",
                   "logical_date_lte": "2024-04-01T12:00:00Z"}

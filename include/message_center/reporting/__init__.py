@@ -31,7 +31,7 @@ from message_center.reporting.reports import (
     processing_time,
     service_level,
 )
-from message_center.reporting.statistics import refresh_statistics
+from message_center.reporting.statistics import purge_statistics, refresh_statistics
 from message_center.reporting.thresholds import (
     Indicator,
     Limit,
@@ -48,6 +48,7 @@ __all__ = [
     "ReportFilter", "ReportFilterError", "ServiceLevelBucket", "ServiceLevelReport",
     "ThresholdError", "Thresholds", "classify", "error_events", "event_history",
     "health_limits", "history_csv", "instance_live", "load_thresholds", "parse_filter",
-    "parse_period", "processing_time", "read_instance_live", "refresh_statistics",
+    "parse_period", "processing_time", "purge_statistics", "read_instance_live",
+    "refresh_statistics",
     "service_level",
 ]

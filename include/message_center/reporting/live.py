@@ -62,9 +62,14 @@ class InstanceLive:
 
 
 def instance_live(conn: Connection, *, warning: int | None = None, alert: int | None = None,
-                  now: datetime | None = None) -> InstanceLive:
+                  thresholds: Any = None, now: datetime | None = None) -> InstanceLive:
     """The live figures of the execution database behind ``conn`` (in the caller's
-    transaction). Thresholds default to ``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT``."""
+    transaction). Thresholds: ``warning`` / ``alert``, or any object with ``.warning``
+    and ``.alert`` (the push API's ``HealthThresholds``), else ``MC_HEALTH_WARNING`` /
+    ``MC_HEALTH_ALERT``."""
+    if thresholds is not None:
+        warning = thresholds.warning if warning is None else warning
+        alert = thresholds.alert if alert is None else alert
     default_warning, default_alert = health_limits()
     depths = queue_depths(conn)
     cell_id = conn.execute(text("SELECT cell_id FROM mc_instance")).scalar()
@@ -81,7 +86,8 @@ def instance_live(conn: Connection, *, warning: int | None = None, alert: int | 
 
 
 def read_instance_live(engine: Engine, *, timeout_seconds: float = DEFAULT_TIMEOUT_S,
-                       warning: int | None = None, alert: int | None = None) -> InstanceLive:
+                       warning: int | None = None, alert: int | None = None,
+                       thresholds: Any = None) -> InstanceLive:
     """:func:`instance_live` in a read-only transaction of its own, every statement
     cancelled after ``timeout_seconds`` (an overloaded instance must not hang the page).
     Connection errors propagate (``sqlalchemy.exc.OperationalError``)."""
@@ -90,6 +96,6 @@ def read_instance_live(engine: Engine, *, timeout_seconds: float = DEFAULT_TIMEO
         conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
                      {"ms": str(int(timeout_seconds * 1000))})
         try:
-            return instance_live(conn, warning=warning, alert=alert)
+            return instance_live(conn, warning=warning, alert=alert, thresholds=thresholds)
         finally:
             conn.rollback()

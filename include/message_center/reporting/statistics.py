@@ -399,14 +399,17 @@ class RefreshReport:
     batches: int = 0
     first_hour: datetime | None = None
     last_hour: datetime | None = None
+    skipped: int = 0  # marked hours older than ``not_before``, left as they are
 
     def summary(self) -> str:
+        kept = (f"; {self.skipped} marked hour(s) before the recomputation horizon kept as "
+                "they are" if self.skipped else "")
         if not self.hours:
-            return f"cell {self.cell_id}: statistics up to date (no hour to recompute)"
+            return f"cell {self.cell_id}: statistics up to date (no hour to recompute){kept}"
         return (f"cell {self.cell_id}: statistics of {self.hours} hour(s) recomputed "
                 f"({self.first_hour:%Y-%m-%d %H:00} to {self.last_hour:%Y-%m-%d %H:00} UTC) "
                 f"in {self.batches} transaction(s): {self.event_rows} event-type rows, "
-                f"{self.flow_rows} flow rows")
+                f"{self.flow_rows} flow rows{kept}")
 
     def as_dict(self) -> dict[str, int]:
         return {"hours": self.hours, "event_rows": self.event_rows,
@@ -415,15 +418,22 @@ class RefreshReport:
 
 def refresh_statistics(engine: Engine, cell_id: int, *,
                        window: tuple[datetime, datetime] | None = None,
-                       batch_hours: int = DEFAULT_BATCH_HOURS) -> RefreshReport:
+                       batch_hours: int = DEFAULT_BATCH_HOURS,
+                       not_before: datetime | None = None) -> RefreshReport:
     """Recompute the hours of ``cell_id`` marked by archiving, and every hour of
     ``window`` (``[start, end)``: what a run or backfill archived), ``batch_hours`` per
-    transaction, until no marked hour is left."""
+    transaction, until no marked hour is left.
+
+    ``not_before``: hours before it are never recomputed (their marks are dropped): once
+    the archive of an hour has been purged (retention), its statistics are all that is
+    left and a recomputation would empty them."""
     if batch_hours < 1:
         raise ValueError(f"batch_hours must be at least 1; got {batch_hours}")
     if not 0 <= cell_id <= 255:
         raise ValueError(f"cell id must be 0-255; got {cell_id}")
-    extra = window_hours(*window) if window else []
+    floor = floor_hour(not_before) if not_before is not None else None
+    extra = [h for h in (window_hours(*window) if window else [])
+             if floor is None or h >= floor]
     report = RefreshReport(cell_id)
     while True:
         with engine.begin() as conn:
@@ -432,6 +442,10 @@ def refresh_statistics(engine: Engine, cell_id: int, *,
             extra = extra[batch_hours:]
             room = batch_hours - len(hours)
             if room > 0:
+                if floor is not None:  # marks past the horizon: dropped, counted
+                    report.skipped += conn.execute(text(
+                        "DELETE FROM event_stats_dirty WHERE cell_id = :cell AND hour < :floor"
+                    ), {"cell": cell_id, "floor": floor}).rowcount
                 hours.update(conn.execute(_TAKE_DIRTY, {"cell": cell_id, "n": room}).scalars())
             if not hours:
                 break
@@ -444,3 +458,43 @@ def refresh_statistics(engine: Engine, cell_id: int, *,
         report.first_hour = min(filter(None, (report.first_hour, ordered[0])))
         report.last_hour = max(filter(None, (report.last_hour, ordered[-1])))
     return report
+
+
+# --- retention ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Purged:
+    event_rows: int
+    flow_rows: int
+    carried: int  # (cell, kind, channel) series whose queue size was carried over
+
+
+_PURGE_FLOW = text("""
+    WITH gone AS (
+        DELETE FROM flow_stats_hourly WHERE hour < :before
+        RETURNING cell_id, event_kind, channel, arrivals, departures
+    ), carried AS (
+        -- the queue size at ``before`` of each series, as one row before it: reports
+        -- sum arrivals - departures over every earlier hour
+        INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, arrivals)
+        SELECT CAST(:before AS timestamptz) - interval '1 hour', cell_id, event_kind,
+               channel, sum(arrivals - departures)
+        FROM gone GROUP BY cell_id, event_kind, channel
+        HAVING sum(arrivals - departures) <> 0
+        ORDER BY 2, 3, 4
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM carried)
+""")
+
+
+def purge_statistics(conn: Connection, before: datetime) -> Purged:
+    """Delete the statistics of the hours before ``before`` (retention), in the caller's
+    transaction. The queue size still open at ``before`` is carried over in one row per
+    (cell, kind, channel) at the hour before it (zero counts, ``arrivals`` = that size),
+    so the queue sizes the reports rebuild for later hours stay right. Idempotent: a
+    second purge folds the carried row again into an identical one."""
+    before = floor_hour(before)
+    event_rows = conn.execute(text("DELETE FROM event_stats_hourly WHERE hour < :before"),
+                              {"before": before}).rowcount
+    flow_rows, carried = conn.execute(_PURGE_FLOW, {"before": before}).one()
+    return Purged(int(event_rows), int(flow_rows) - int(carried), int(carried))

@@ -24,7 +24,12 @@ from message_center.reporting import (
     processing_time,
     service_level,
 )
-from message_center.reporting.statistics import recompute_hours, window_hours
+from message_center.reporting.statistics import (
+    purge_statistics,
+    recompute_hours,
+    refresh_statistics,
+    window_hours,
+)
 
 D = datetime(2024, 7, 1, tzinfo=UTC)
 H10, H11, H12, H13 = (D + timedelta(hours=h) for h in (10, 11, 12, 13))
@@ -311,3 +316,37 @@ def test_thresholds_change_the_colours(archive):
     assert level == "ok"
     assert queue["avgQueueMs"].level == "ok" and queue["avgQueueMs"].warning == 10_000
     assert Thresholds().error_rate.warning == 0.05
+
+
+def test_purging_old_statistics_keeps_the_queue_sizes_of_later_hours(archive):
+    later = ReportFilter(start=H11 + timedelta(hours=1), end=H13, cells=(0,))
+    with archive.connect() as conn:
+        before = processing_time(conn, later, now=at(20)).to_dict()["buckets"]
+    with archive.begin() as conn:  # e4 and e5 are still queued at 11:00
+        purged = purge_statistics(conn, H11)
+    assert purged.carried == 1  # cell 0 rt e-mail: 2 events queued at 11:00
+    with archive.begin() as conn:
+        again = purge_statistics(conn, H11)
+    assert (again.event_rows, again.flow_rows, again.carried) == (0, 0, 1)
+    with archive.connect() as conn:
+        after = processing_time(conn, later, now=at(20)).to_dict()["buckets"]
+        left = conn.execute(text(
+            "SELECT count(*) FROM event_stats_hourly WHERE hour < :h"), {"h": H11}).scalar()
+        carried = conn.execute(text(
+            "SELECT hour, cell_id, arrivals, received FROM flow_stats_hourly WHERE hour < :h"),
+            {"h": H11}).all()
+    assert after == before and left == 0
+    assert [tuple(row) for row in carried] == [(H10, 0, 2, 0)]
+
+
+def test_old_hours_are_not_recomputed_past_the_horizon(archive):
+    """Hours whose archive may be purged keep their statistics (marks are dropped)."""
+    with archive.begin() as conn:
+        conn.execute(text("DELETE FROM archived_event"))  # as a retention purge would
+        conn.execute(text("INSERT INTO event_stats_dirty VALUES (0, :h), (0, :h2)"),
+                     {"h": H10, "h2": H13})
+    report = refresh_statistics(archive, 0, window=(H10, H13), not_before=H13)
+    assert (report.hours, report.skipped) == (1, 1)  # only 13:00 (empty) recomputed
+    with archive.connect() as conn:
+        assert service_level(conn, hourly()).totals.incoming == 8
+        assert conn.execute(text("SELECT count(*) FROM event_stats_dirty")).scalar() == 0
