@@ -576,13 +576,19 @@ def event_history(conn: Connection, f: ReportFilter) -> HistoryReport:
     return HistoryReport(f, history, types)
 
 
+def _csv_text(value: str) -> str:
+    """Event types come from the pushing applications: one that starts like a formula
+    (``=``, ``+``, ``-``, ``@``) is quoted so a spreadsheet shows it as text."""
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def history_csv(report: HistoryReport) -> str:
     """The history as CSV (RFC 4180, ``\\r\\n``): one line per (period, event type)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["period_start", "event_type", "events", *HISTORY_STATUSES])
     for row in report.rows:
-        writer.writerow([_iso(row.start), row.event_type, row.events,
+        writer.writerow([_iso(row.start), _csv_text(row.event_type), row.events,
                          *(row.counts.get(s, 0) for s in HISTORY_STATUSES)])
     return out.getvalue()
 

@@ -13,6 +13,8 @@ from sqlalchemy import Engine, text
 
 from message_center.ids import make_id, to_public
 from message_center.reporting import (
+    HistoryReport,
+    HistoryRow,
     ReportFilter,
     ReportFilterError,
     Thresholds,
@@ -222,6 +224,8 @@ def test_event_history_and_csv(archive):
     assert lines[1] == ["2024-07-01T10:00:00Z", "ORDER", "4", "1", "0", "2", "0", "1", "0",
                         "0"]
     assert len(lines) == 5
+    formula = HistoryReport(report.filter, [HistoryRow(H10, "=HYPERLINK(1)", {"sent": 1})], [])
+    assert "'=HYPERLINK(1)" in history_csv(formula)  # shown as text by spreadsheets
 
 
 def test_error_events_list_the_events_behind_a_cause(archive):
