@@ -43,10 +43,14 @@ each of its 60 minutes. The size at the end of minute ``m`` is then the sum of
 ``arrivals - departures`` over all earlier hours plus ``queue_minutes[m]``; those
 per-minute samples add up across instances and channels, so min/max/avg of a selection
 are exact at minute resolution (an event that arrives and leaves within the same minute
-is not seen by a sample). Caveats: the sizes count only archived events (an instance
-archives from its first run on, at most ``catch_up_days`` back); hourly rows deleted by a
-retention policy must be deleted with their whole history before them, or the running
-sum loses the events still queued then.
+is not seen by a sample). The sizes count only archived events (an instance archives
+from its first run on, at most ``catch_up_days`` back).
+
+**Retention.** Old hours are deleted with :func:`purge_statistics`, which carries the queue
+still open at the cut-off over into one row, so the running sum stays right. Hours older
+than the recomputation horizon (``not_before``, the DAG's ``statistics_horizon_days``) are
+never recomputed: their archive may already be purged, and their statistics are then all
+that is left.
 
 **Incremental and idempotent.** The archiving upsert marks, in the same statement, the
 hours a changed row belongs to (``event_stats_dirty``; a changed delivery log marks its
