@@ -278,6 +278,7 @@ def test_statistics_are_per_cell(archive):
         assert service_level(conn, hourly()).totals.incoming == 8
 
 
+@pytest.mark.fast
 def test_parse_filter():
     now = datetime(2024, 7, 1, 10, 20, tzinfo=UTC)
     f = parse_filter({"period": "7d", "cells": "1,0", "channel": "sms", "kind": "all",

@@ -279,6 +279,7 @@ def test_histogram_buckets_in_sql_and_python_agree(control_db):
     assert bucket_of(10**12) == HIST_BUCKETS - 1
 
 
+@pytest.mark.fast
 def test_histogram_percentiles_are_within_a_bucket():
     values = [5.0] * 50 + [100.0] * 40 + [2000.0] * 10
     hist = [0] * HIST_BUCKETS
@@ -292,6 +293,7 @@ def test_histogram_percentiles_are_within_a_bucket():
     assert histogram_percentile([], 50) is None
 
 
+@pytest.mark.fast
 def test_window_hours_and_ranges():
     t = datetime(2024, 1, 1, 10, 30, tzinfo=UTC)
     assert window_hours(t, t + timedelta(hours=1)) == [hour(t), hour(t) + timedelta(hours=1)]

@@ -7,6 +7,8 @@ import pytest
 
 from message_center.reporting import ThresholdError, Thresholds, classify, load_thresholds
 
+pytestmark = pytest.mark.fast
+
 
 def test_defaults():
     limits = load_thresholds({})
