@@ -33,6 +33,7 @@ from mc_airflow.authorization import PUSH_API_AUTHORIZATION, authenticated_user
 from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
 
+UI_PATH = "/ui"
 CONNECTION_TTL_SECONDS = 60.0
 
 # Kept under its old name: other apps of this plugin authenticate with it too.
@@ -95,10 +96,43 @@ app = create_app(
 app.add_middleware(FreezeGcOnFirstRequest)
 
 
+
+class LazyUiApp:
+    """The Message Center pages, built at their first request: task processes, which
+    import this plugin too, never pay for them."""
+
+    def __init__(self) -> None:
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            from mc_airflow.ui.app import create_ui_app
+
+            self._app = create_ui_app()
+        await self._app(scope, receive, send)
+
+
+# Mounted inside the push API app, so their routes can never be shadowed by the
+# /message-center mount (Airflow mounts plugin apps in file-walk order).
+app.mount(UI_PATH, LazyUiApp())
+
+
 class MessageCenterApiPlugin(AirflowPlugin):
-    """The push API (rtEvents, batchEvents, events, health) on the Airflow API server."""
+    """The push API (rtEvents, batchEvents, events, health) on the Airflow API server, and
+    the Message Center section of the Airflow UI (its navigation entry and pages)."""
 
     name = "message_center_api"
     fastapi_apps = [
         {"app": app, "url_prefix": "/message-center", "name": "Message Center push API"},
     ]
+    # Airflow shows an external view in its navigation and renders it in a same-origin
+    # iframe; it mirrors the iframe's path into its own URL (deep links work both ways).
+    external_views = [{
+        "name": "Message Center",
+        "href": f"/message-center{UI_PATH}/overview",
+        "url_route": "message-center",
+        "destination": "nav",
+        "nav_top_level": True,
+        "icon": f"/message-center{UI_PATH}/static/icon.svg",
+        "icon_dark_mode": f"/message-center{UI_PATH}/static/icon-dark.svg",
+    }]

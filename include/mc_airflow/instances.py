@@ -1,0 +1,111 @@
+"""The execution instances a control deployment shows, and their Airflow connections.
+
+An instance is this deployment's own execution database (connection ``mc_execution``,
+processed by this Airflow's DAGs) plus every account of the registry
+(``dags/execution_accounts.yaml``), each through its Airflow connection. In the demo the
+first account *is* ``mc_execution``: instances are keyed by connection id, so it is
+listed once.
+
+Connections are read in the API server with Airflow's own lookup (environment variables,
+secrets backends, metadata DB) and kept for :data:`CONNECTION_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from message_center.archiving import with_connect_timeout
+from message_center.registry import ExecutionAccount, Registry, load_registry
+
+EXECUTION_CONN_ID = "mc_execution"
+CONTROL_CONN_ID = "mc_control"
+SMTP_CONN_ID = "smtp_default"
+CONNECTION_TTL_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 3
+
+
+@dataclass(frozen=True)
+class ExecutionInstance:
+    conn_id: str
+    label: str
+    account: ExecutionAccount | None
+    local: bool
+
+    @property
+    def key(self) -> str:
+        return self.conn_id
+
+    @property
+    def cell_id(self) -> int | None:
+        return self.account.cell_id if self.account else None
+
+    @property
+    def name(self) -> str:
+        return self.account.name if self.account else self.conn_id
+
+
+def execution_instances(registry: Registry | None = None) -> list[ExecutionInstance]:
+    """``mc_execution`` (when no account uses it) and every account, in registry order."""
+    registry = registry if registry is not None else load_registry()
+    instances = [ExecutionInstance(conn_id=a.conn_id, label=a.label, account=a,
+                                   local=a.conn_id == EXECUTION_CONN_ID)
+                 for a in registry.accounts]
+    if not any(i.conn_id == EXECUTION_CONN_ID for i in instances):
+        instances.insert(0, ExecutionInstance(conn_id=EXECUTION_CONN_ID,
+                                              label="This deployment (mc_execution)",
+                                              account=None, local=True))
+    return instances
+
+
+class _ConnectionCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[object, float]] = {}
+
+    def get(self, conn_id: str) -> object | None:
+        """The Airflow ``Connection`` or None when it does not exist."""
+        entry = self._entries.get(conn_id)
+        if entry is not None and time.monotonic() - entry[1] < self.ttl:
+            return entry[0]
+        from airflow.exceptions import AirflowNotFoundException
+        from airflow.models.connection import Connection
+
+        try:
+            conn: object | None = Connection.get_connection_from_secrets(conn_id)
+        except AirflowNotFoundException:
+            conn = None
+        with self._lock:
+            self._entries[conn_id] = (conn, time.monotonic())
+        return conn
+
+    def forget(self, conn_id: str | None = None) -> None:
+        with self._lock:
+            if conn_id is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(conn_id, None)
+
+
+CONNECTIONS = _ConnectionCache(CONNECTION_TTL_SECONDS)
+
+
+def connection_url(conn_id: str, *, connect_timeout: bool = True) -> str | None:
+    """The postgres URL of an Airflow connection (None when it is not defined)."""
+    conn = CONNECTIONS.get(conn_id)
+    if conn is None:
+        return None
+    url = str(conn.get_uri())  # type: ignore[attr-defined]
+    return with_connect_timeout(url, CONNECT_TIMEOUT_SECONDS) if connect_timeout else url
+
+
+def default_sender() -> str | None:
+    """``smtp_default``'s ``from_email``: the sender of templates that name none."""
+    conn = CONNECTIONS.get(SMTP_CONN_ID)
+    if conn is None:
+        return None
+    extra = getattr(conn, "extra_dejson", None) or {}
+    value = extra.get("from_email")
+    return str(value) if value else None

@@ -1,0 +1,1 @@
+"""The Message Center section of the Airflow UI (pages served by the API server)."""

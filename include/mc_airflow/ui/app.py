@@ -1,0 +1,241 @@
+"""The Message Center pages, served by the API server under ``/message-center/ui``.
+
+Airflow's UI shows them in its navigation (an ``external_views`` entry of the plugin,
+rendered in a same-origin iframe). Pages are plain HTML rendered here with Jinja2, plus
+a little JavaScript and Chart.js, all served from this package: nothing to build, no
+asset from another host.
+
+Authentication is Airflow's: the UI's session cookie (``_token``, a JWT the API server
+set at login) reaches these pages because they are on the same origin; a Bearer token
+works too. A page without a valid session redirects to Airflow's login page (and comes
+back after it); the JSON endpoints answer 401. Rights are asked of Airflow's auth manager
+through :mod:`mc_airflow.authz`: reading needs read access to the execution DAGs;
+buttons that change something are only shown to users who may use them, and the server
+refuses the change (403) to anyone else.
+
+State-changing requests are ``POST`` with a JSON body, the ``X-Requested-With`` header
+and (when the browser sends one) an ``Origin`` of this server: a form on another site
+can neither set the header nor make the browser send JSON cross-origin without CORS, so
+the session cookie cannot be used to forge a change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.templating import Jinja2Templates
+
+from mc_airflow import authz
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+TEMPLATE_DIR = HERE / "templates"
+CSRF_HEADER = "X-Requested-With"
+
+PAGES = (
+    ("overview", "Overview"),
+    ("service-level", "Service level"),
+    ("processing-time", "Processing time"),
+    ("history", "Event history"),
+    ("lookup", "Event lookup"),
+    ("accounts", "Execution accounts"),
+)
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class NotAuthenticated(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Forbidden(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+def _wants_html(request: Request) -> bool:
+    return "/api/" not in request.url.path and request.method == "GET"
+
+
+async def current_user(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Any:
+    """Airflow's user for this request (session cookie or Bearer token), else NotAuthenticated."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    try:
+        return await get_user(request, None, bearer)
+    except HTTPException as exc:
+        if exc.status_code in (401, 403):
+            raise NotAuthenticated(str(exc.detail)) from None
+        raise
+
+
+User = Annotated[Any, Depends(current_user)]
+
+
+async def reader(user: User) -> Any:
+    """The user, if the auth manager lets them read the Message Center."""
+    if not await run_in_threadpool(authz.can_read, user):
+        raise Forbidden("You may not read the Message Center: it needs read access to the "
+                        f"execution DAGs ({', '.join(authz.EXECUTION_DAG_IDS)}).")
+    return user
+
+
+Reader = Annotated[Any, Depends(reader)]
+
+
+def same_origin(request: Request) -> None:
+    """CSRF guard for every state-changing request."""
+    if request.headers.get(CSRF_HEADER, "").lower() != "xmlhttprequest":
+        raise HTTPException(403, f"refused: a change needs the {CSRF_HEADER}: XMLHttpRequest "
+                                 "header (sent by the Message Center pages)")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if urlsplit(origin).netloc != host:
+            raise HTTPException(403, f"refused: request from another origin ({origin})")
+    if request.headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
+        raise HTTPException(403, "refused: cross-site request")
+
+
+async def json_body(request: Request) -> Any:
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, "send the form as application/json")
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        raise HTTPException(413, "the form is larger than 64 KiB")
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise HTTPException(400, "the body is not valid JSON") from None
+
+
+def create_ui_app() -> FastAPI:
+    """The pages app; mount it under ``/message-center/ui``."""
+    from mc_airflow.ui import pages
+
+    app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
+    templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
+    templates.env.filters.update(dt=format_datetime, age=format_age, num=format_number)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.add_middleware(SecurityHeaders)
+
+    def render(request: Request, template: str, user: Any, page: str,
+               status_code: int = 200, **context: Any) -> HTMLResponse:
+        base = request.scope.get("root_path", "").rstrip("/")
+        return templates.TemplateResponse(request, template, {
+            "base": base, "pages": PAGES, "page": page, "user_name": authz.user_name(user),
+            "can": context.pop("can", None), **context}, status_code=status_code)
+
+    @app.exception_handler(NotAuthenticated)
+    async def _login(request: Request, exc: NotAuthenticated) -> Response:
+        if not _wants_html(request):
+            return JSONResponse({"detail": exc.detail}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        from airflow.api_fastapi.app import get_auth_manager
+
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        login = get_auth_manager().get_url_login(next_url=here)
+        return RedirectResponse(login, status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if not _wants_html(request):
+            return JSONResponse({"detail": exc.detail}, status_code=403)
+        base = request.scope.get("root_path", "").rstrip("/")
+        return templates.TemplateResponse(request, "forbidden.html", {
+            "base": base, "pages": PAGES, "page": "", "detail": exc.detail,
+            "user_name": ""}, status_code=403)
+
+    @app.get("/", include_in_schema=False)
+    async def index(request: Request) -> RedirectResponse:
+        base = request.scope.get("root_path", "").rstrip("/")
+        return RedirectResponse(f"{base}/overview", status_code=307)
+
+    page_routes: dict[str, Callable[..., Any]] = pages.register(app, render)
+    app.state.page_routes = page_routes
+    return app
+
+
+class SecurityHeaders:
+    """Every asset from this server only (the policy enforces "no CDN" in the browser);
+    pages may be framed by Airflow's UI (same origin) and nothing else."""
+
+    POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:; connect-src 'self'; frame-src 'self'; "
+              "frame-ancestors 'self'; form-action 'self'; base-uri 'self'")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"content-security-policy", self.POLICY.encode()),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"same-origin")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def format_datetime(value: Any, ms: bool = False) -> str:
+    """ISO text or datetime -> ``2026-11-25 10:00:05 UTC`` (Airflow shows UTC by default)."""
+    if not value:
+        return ""
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC).isoformat()
+    text = str(value).replace("T", " ").replace("+00:00", "").rstrip("Z")
+    if "." in text:
+        head, _, frac = text.partition(".")
+        text = f"{head}.{frac[:3]}" if ms else head
+    return f"{text} UTC"
+
+
+def format_age(seconds: Any) -> str:
+    """Seconds -> ``4 s``, ``2 min 5 s``, ``3 h 20 min``, ``2 d 4 h``; empty for None."""
+    if seconds is None:
+        return "-"
+    total = float(seconds)
+    if total < 60:
+        return f"{total:.1f} s" if total < 10 else f"{total:.0f} s"
+    minutes, secs = divmod(int(total), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def format_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
