@@ -468,8 +468,8 @@ def _timeline(event: dict[str, Any], logs: list[dict[str, Any]]) -> list[dict[st
             steps.append((log["sending_started"], "sending",
                           f"Sending, attempt {log['attempts'] or 1}"))
         if log["sent_at"]:
-            provider = f" (provider id {log['provider_id']})" if log["provider_id"] else ""
-            steps.append((log["sent_at"], "sent", f"Sent{provider}"))
+            provider = f" (id {log['provider_id']})" if log["provider_id"] else ""
+            steps.append((log["sent_at"], "sent", f"Accepted by the provider{provider}"))
     status = EventStatus(event["status"])
     final = status not in (EventStatus.PENDING, EventStatus.PENDING_DELIVERY)
     if final and event["processed"]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,11 +129,12 @@ async def json_body(request: Request) -> Any:
 
 def create_ui_app() -> FastAPI:
     """The pages app; mount it under ``/message-center/ui``."""
-    from mc_airflow.ui import pages
+    from mc_airflow.ui import pages, reports
 
     app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     templates.env.filters.update(dt=format_datetime, age=format_age, num=format_number)
+    templates.env.globals.update(percent=format_percent, ms=format_ms, count=format_number)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(SecurityHeaders)
 
@@ -170,8 +170,8 @@ def create_ui_app() -> FastAPI:
         base = request.scope.get("root_path", "").rstrip("/")
         return RedirectResponse(f"{base}/overview", status_code=307)
 
-    page_routes: dict[str, Callable[..., Any]] = pages.register(app, render)
-    app.state.page_routes = page_routes
+    pages.register(app, render)
+    reports.register(app, render)
     return app
 
 
@@ -231,6 +231,26 @@ def format_age(seconds: Any) -> str:
         return f"{hours} h {minutes} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def format_percent(ratio: Any) -> str:
+    """A 0-1 ratio as ``6.8 %``; ``-`` when there is nothing to divide."""
+    if ratio is None:
+        return "-"
+    value = float(ratio) * 100
+    return f"{value:.1f} %" if value < 10 else f"{value:.0f} %"
+
+
+def format_ms(value: Any) -> str:
+    """Milliseconds as ``84 ms`` or ``1.25 s``; ``-`` when there is none."""
+    if value is None:
+        return "-"
+    value = float(value)
+    if value < 1:
+        return f"{value:.2f} ms"
+    if value < 1000:
+        return f"{value:.0f} ms"
+    return f"{value / 1000:.2f} s" if value < 60000 else format_age(value / 1000)
 
 
 def format_number(value: Any) -> str:

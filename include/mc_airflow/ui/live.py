@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from mc_airflow import authz, dag_state
@@ -18,44 +17,9 @@ from mc_airflow.instances import ExecutionInstance, connection_url, execution_in
 from message_center.api.app import HealthThresholds
 from message_center.db import engine_for
 from message_center.registry import Registry, load_registry
+from message_center.reporting import read_instance_live
 
-STATEMENT_TIMEOUT = "5s"
-
-try:  # the reporting package (issue 11, data half)
-    from message_center.reporting import instance_live
-except ImportError:  # pragma: no cover - until it lands: the same figures, same shape
-    from message_center import events
-
-    class _Live:
-        def __init__(self, data: dict[str, Any]) -> None:
-            self.data = data
-
-        def to_dict(self) -> dict[str, Any]:
-            return self.data
-
-    def instance_live(conn: Any, *, thresholds: HealthThresholds | None = None,
-                      now: datetime | None = None) -> Any:
-        limits = thresholds or HealthThresholds.from_env()
-        stamp = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z")
-        depths = events.queue_depths(conn)
-        sent = conn.execute(text(
-            "SELECT count(*) FROM delivery_log WHERE last_modified >= now() - interval '1 hour'"
-            " AND status = 'sent' AND sent_at >= now() - interval '1 hour'")).scalar_one()
-        cell = conn.execute(text("SELECT cell_id FROM mc_instance")).scalar()
-        pending = depths["rt"].pending
-        status = ("alert" if pending >= limits.alert
-                  else "warning" if pending >= limits.warning else "ok")
-        word = {"ok": "Ok", "warning": "Warning", "alert": "Error"}[status]
-        return _Live({
-            "cellId": cell, "checkedAt": stamp, "rtPending": pending,
-            "batchPending": depths["batch"].pending,
-            "oldestRtPendingAgeSeconds": depths["rt"].oldest_pending_age,
-            "oldestBatchPendingAgeSeconds": depths["batch"].oldest_pending_age,
-            "sentLastHour": int(sent), "status": status,
-            "message": f"{word} / {stamp} / {pending}/{limits.alert} pending events",
-            "warningThreshold": limits.warning, "alertThreshold": limits.alert})
-
+STATEMENT_TIMEOUT_SECONDS = 5.0
 
 def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str, Any]:
     url = connection_url(instance.conn_id)
@@ -63,10 +27,9 @@ def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str
         return {"status": "error", "error": f"Airflow connection {instance.conn_id} is not "
                                             "defined"}
     try:
-        with engine_for(url).connect() as conn:
-            conn.execute(text("SET TRANSACTION READ ONLY"))
-            conn.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'"))
-            return dict(instance_live(conn, thresholds=thresholds).to_dict())
+        return dict(read_instance_live(
+            engine_for(url), timeout_seconds=STATEMENT_TIMEOUT_SECONDS,
+            warning=thresholds.warning, alert=thresholds.alert).to_dict())
     except SQLAlchemyError as exc:
         original = getattr(exc, "orig", None) or exc
         first = (str(original).strip().splitlines() or [type(original).__name__])[0]

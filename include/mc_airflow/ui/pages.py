@@ -23,6 +23,9 @@ from message_center import lookup
 from message_center.db import engine_for
 
 Render = Callable[..., HTMLResponse]
+Changer = Annotated[None, Depends(same_origin)]
+AccountName = Annotated[str, Path(max_length=64)]
+EventId = Annotated[int, Path(ge=0, le=2**64 - 1)]
 
 
 def _control_engine() -> Any:
@@ -49,7 +52,7 @@ def _form_error(exc: account_actions.FormError) -> JSONResponse:
                         status_code=exc.status)
 
 
-def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
+def register(app: FastAPI, render: Render) -> None:
     @app.get("/overview", response_class=HTMLResponse)
     def overview(request: Request, user: Reader) -> HTMLResponse:
         """Per execution instance: queues, health, sent in the last hour, DAG states."""
@@ -85,7 +88,7 @@ def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
 
     @app.get("/events/{event_id}", response_class=HTMLResponse)
     def event_page(request: Request, user: Reader,
-                   event_id: Annotated[int, Path(ge=0, le=2**64 - 1)]) -> HTMLResponse:
+                   event_id: EventId) -> HTMLResponse:
         """One event: status timeline, delivery log, template version, the message."""
         try:
             detail = _detail(event_id)
@@ -96,7 +99,7 @@ def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
                       event_id=event_id)
 
     @app.get("/events/{event_id}/message.eml")
-    def event_eml(user: Reader, event_id: Annotated[int, Path(ge=0, le=2**64 - 1)]) -> Response:
+    def event_eml(user: Reader, event_id: EventId) -> Response:
         """The e-mail as rebuilt for the event page (RFC 5322, opens in a mail client)."""
         message = _detail(event_id)["message"]
         if not message.get("eml"):
@@ -116,8 +119,6 @@ def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
         return render(request, "accounts.html", user, "accounts", data=data, can=can)
 
     # --- JSON actions ----------------------------------------------------------------
-    Changer = Annotated[None, Depends(same_origin)]
-
     @app.post("/api/accounts/test")
     async def test_new_account(request: Request, user: Reader, _csrf: Changer) -> Response:
         """*Test the connection* with the values of the new-account form."""
@@ -155,8 +156,6 @@ def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    AccountName = Annotated[str, Path(max_length=64)]
-
     @app.post("/api/accounts/{name}/test")
     async def test_account(name: AccountName, user: Reader, _csrf: Changer) -> Response:
         """*Test the connection* of a registered account."""
@@ -188,5 +187,3 @@ def register(app: FastAPI, render: Render) -> dict[str, Callable[..., Any]]:
         """The account's archiving DAG as the scheduler sees it (polled after creation)."""
         _account(name)
         return JSONResponse(account_actions.dag_status(name))
-
-    return {"overview": overview, "lookup": lookup_page, "accounts": accounts}

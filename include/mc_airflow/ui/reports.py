@@ -1,0 +1,202 @@
+"""ACC's Message Center reports as pages: service level, processing time, event history
+(with its CSV) and the events behind one error cause.
+
+The figures come from :mod:`message_center.reporting` (hourly statistics on the control
+instance); this module only turns query strings into filters, picks the database and
+renders. Filters live in the query string, so every report view is a link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import Engine, text
+
+from mc_airflow.instances import CONTROL_CONN_ID, connection_url, execution_instances
+from mc_airflow.ui.app import Reader
+from message_center.db import engine_for
+from message_center.reporting import (
+    ERROR_CAUSE_LABELS,
+    ERROR_CAUSES,
+    ReportFilter,
+    ReportFilterError,
+    ThresholdError,
+    Thresholds,
+    error_events,
+    event_history,
+    history_csv,
+    load_thresholds,
+    parse_filter,
+    processing_time,
+    service_level,
+)
+
+Render = Callable[..., HTMLResponse]
+PRESETS = (("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"),
+           ("custom", "Chosen range"))
+FILTER_KEYS = ("period", "start", "end", "cells", "channel", "kind", "granularity")
+STATEMENT_TIMEOUT_MS = 20000
+
+
+class ControlMissing(RuntimeError):
+    pass
+
+
+def _control() -> Engine:
+    url = connection_url(CONTROL_CONN_ID)
+    if url is None:
+        raise ControlMissing(f"the Airflow connection {CONTROL_CONN_ID} (control database) is "
+                             "not defined on this deployment: the reports read its archive")
+    return engine_for(url)
+
+
+def _read(run: Callable[[Any], Any]) -> Any:
+    with _control().connect() as conn:
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                     {"ms": str(STATEMENT_TIMEOUT_MS)})
+        try:
+            return run(conn)
+        finally:
+            conn.rollback()
+
+
+def _form(params: Mapping[str, str]) -> dict[str, str]:
+    """The filter form's values (what the page shows back)."""
+    values = {key: str(params.get(key, "") or "").strip() for key in FILTER_KEYS}
+    if not values["period"]:
+        values["period"] = "custom" if values["start"] else "24h"
+    return values
+
+
+def _filter(values: dict[str, str]) -> ReportFilter:
+    params = dict(values)
+    if params["period"] == "custom":
+        if not params["start"]:
+            raise ReportFilterError("start", "give the start of the range (or pick a period)")
+        params.pop("period")
+    else:
+        params.pop("start")
+        params.pop("end")
+    return parse_filter(params)
+
+
+def _instances() -> list[dict[str, Any]]:
+    return [{"cell": i.cell_id, "label": i.label} for i in execution_instances()
+            if i.cell_id is not None]
+
+
+def _thresholds(app: FastAPI) -> tuple[Thresholds, str | None]:
+    """``load_thresholds()`` once; a bad variable is shown on the pages, not a crash."""
+    if not hasattr(app.state, "thresholds"):
+        try:
+            app.state.thresholds, app.state.threshold_error = load_thresholds(), None
+        except ThresholdError as exc:
+            app.state.thresholds, app.state.threshold_error = Thresholds(), (
+                f"{exc}: the default thresholds are used until it is fixed")
+    return app.state.thresholds, app.state.threshold_error
+
+
+def _query(values: dict[str, str], **extra: Any) -> str:
+    merged = {k: v for k, v in values.items() if v}
+    merged.update({k: v for k, v in extra.items() if v is not None})
+    if merged.get("period") and merged["period"] != "custom":
+        merged.pop("start", None)
+        merged.pop("end", None)
+    return urlencode(merged)
+
+
+def register(app: FastAPI, render: Render) -> None:
+    def report_page(request: Request, user: Any, page: str, template: str,
+                    build: Callable[[Any, ReportFilter, Thresholds], Any] | None,
+                    **context: Any) -> HTMLResponse:
+        values = _form(request.query_params)
+        thresholds, threshold_error = _thresholds(app)
+        error = report = None
+        status = 200
+        try:
+            report_filter = _filter(values)
+            if build is not None:
+                report = _read(lambda conn: build(conn, report_filter, thresholds))
+        except ReportFilterError as exc:
+            error, status = {"field": exc.field, "message": str(exc)}, 422
+        except ControlMissing as exc:
+            error, status = {"field": None, "message": str(exc)}, 503
+        return render(request, template, user, page, status_code=status, values=values,
+                      error=error, report=report, presets=PRESETS, instances=_instances(),
+                      query=_query(values), threshold_error=threshold_error,
+                      thresholds=thresholds.to_dict(), cause_labels=ERROR_CAUSE_LABELS,
+                      **context)
+
+    @app.get("/service-level", response_class=HTMLResponse)
+    def service_level_page(request: Request, user: Reader) -> HTMLResponse:
+        """ACC's "Message Center service level": incoming, sent, errors by cause."""
+        return report_page(request, user, "service-level", "service_level.html",
+                           lambda conn, f, t: service_level(conn, f, t).to_dict())
+
+    @app.get("/processing-time", response_class=HTMLResponse)
+    def processing_time_page(request: Request, user: Reader) -> HTMLResponse:
+        """ACC's "Message Center processing time": queue, sending and total times."""
+        return report_page(request, user, "processing-time", "processing_time.html",
+                           lambda conn, f, t: processing_time(conn, f, t).to_dict())
+
+    @app.get("/history", response_class=HTMLResponse)
+    def history_page(request: Request, user: Reader) -> HTMLResponse:
+        """ACC's "History of Message Center events": per type and period, per status."""
+        return report_page(request, user, "history", "history.html",
+                           lambda conn, f, _t: event_history(conn, f).to_dict())
+
+    @app.get("/history.csv")
+    def history_download(request: Request, user: Reader) -> Response:
+        values = _form(request.query_params)
+        try:
+            report_filter = _filter(values)
+            csv = _read(lambda conn: history_csv(event_history(conn, report_filter)))
+        except ReportFilterError as exc:
+            return Response(f"{exc.field}: {exc}\n", status_code=422, media_type="text/plain")
+        except ControlMissing as exc:
+            return Response(f"{exc}\n", status_code=503, media_type="text/plain")
+        start = report_filter.start.strftime("%Y%m%dT%H")
+        end = report_filter.end.strftime("%Y%m%dT%H")
+        return Response(csv, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition":
+                f'attachment; filename="message-center-history-{start}-{end}.csv"'})
+
+    @app.get("/errors", response_class=HTMLResponse)
+    def errors_page(request: Request, user: Reader,
+                    cause: Annotated[str, Query(max_length=64)] = "failed",
+                    cursor: Annotated[str | None, Query(max_length=200)] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> HTMLResponse:
+        """The events behind one error cause of the service level report."""
+        if cause not in ERROR_CAUSES:
+            cause_error = {"field": "cause", "message": f"expected one of "
+                                                        f"{', '.join(ERROR_CAUSES)}"}
+            return render(request, "errors.html", user, "service-level", status_code=422,
+                          values=_form(request.query_params), error=cause_error, report=None,
+                          presets=PRESETS, instances=_instances(), cause=cause,
+                          causes=ERROR_CAUSE_LABELS, query="", next_query=None,
+                          threshold_error=None, cause_labels=ERROR_CAUSE_LABELS)
+        values = _form(request.query_params)
+        next_query = None
+        error = page = None
+        status = 200
+        try:
+            report_filter = _filter(values)
+            page = _read(lambda conn: error_events(conn, report_filter, cause, limit=limit,
+                                                   cursor=cursor).to_dict())
+            if page["nextCursor"]:
+                next_query = _query(values, cause=cause, cursor=page["nextCursor"],
+                                    limit=limit)
+        except ReportFilterError as exc:
+            error, status = {"field": exc.field, "message": str(exc)}, 422
+        except ControlMissing as exc:
+            error, status = {"field": None, "message": str(exc)}, 503
+        return render(request, "errors.html", user, "service-level", status_code=status,
+                      values=values, error=error, report=page, presets=PRESETS,
+                      instances=_instances(), cause=cause, causes=ERROR_CAUSE_LABELS,
+                      query=_query(values), next_query=next_query, threshold_error=None,
+                      cause_labels=ERROR_CAUSE_LABELS)
