@@ -15,13 +15,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from message_center.archiving import with_connect_timeout
-from message_center.registry import ExecutionAccount, Registry, load_registry
+from mc_airflow.defaults import (
+    ACCOUNT_REGISTRY,
+    CONTROL_CONN_ID,
+    EXECUTION_CONN_ID,
+    SMTP_CONN_ID,
+)
+from message_center.db import with_connect_timeout
+from message_center.registry import ExecutionAccount, Registry, load_registry, registry_path
 
-EXECUTION_CONN_ID = "mc_execution"
-CONTROL_CONN_ID = "mc_control"
-SMTP_CONN_ID = "smtp_default"
+__all__ = ["CONTROL_CONN_ID", "EXECUTION_CONN_ID", "SMTP_CONN_ID"]
 CONNECTION_TTL_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 3
 
@@ -48,7 +53,7 @@ class ExecutionInstance:
 
 def execution_instances(registry: Registry | None = None) -> list[ExecutionInstance]:
     """``mc_execution`` (when no account uses it) and every account, in registry order."""
-    registry = registry if registry is not None else load_registry()
+    registry = registry if registry is not None else load_registry(account_registry())
     instances = [ExecutionInstance(conn_id=a.conn_id, label=a.label, account=a,
                                    local=a.conn_id == EXECUTION_CONN_ID)
                  for a in registry.accounts]
@@ -57,6 +62,11 @@ def execution_instances(registry: Registry | None = None) -> list[ExecutionInsta
                                               label="This deployment (mc_execution)",
                                               account=None, local=True))
     return instances
+
+
+def account_registry() -> Path:
+    """The registry file this deployment uses (``MC_ACCOUNT_REGISTRY`` or the default)."""
+    return registry_path(ACCOUNT_REGISTRY)
 
 
 class _ConnectionCache:

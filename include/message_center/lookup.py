@@ -27,10 +27,15 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from message_center.delivery.channels import template_event
 from message_center.delivery.smtp import build_email
 from message_center.ids import cell_of, to_public, to_stored
-from message_center.rendering import RenderError, event_variables, render_message, render_part
+from message_center.rendering import (
+    RenderError,
+    event_variables,
+    render_message,
+    render_part,
+    template_event,
+)
 from message_center.statuses import EventStatus
 
 LOOKUP_FIELDS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mc_airflow import connection_admin, dag_state
-from mc_airflow.instances import CONNECTIONS, connection_url
+from mc_airflow.instances import CONNECTIONS, account_registry, connection_url
 from message_center.archiving import (
     ArchivingError,
     CellIdMismatch,
@@ -31,7 +31,6 @@ from message_center.registry import (
     add_account,
     load_registry,
     parse_account,
-    registry_path,
     set_enabled,
 )
 
@@ -195,7 +194,7 @@ def test_account(name: str) -> dict[str, Any]:
 
 
 def get_account(name: str) -> ExecutionAccount:
-    account = load_registry().get(name)
+    account = load_registry(account_registry()).get(name)
     if account is None:
         raise LookupError(f"no execution account named {name!r}")
     return account
@@ -206,7 +205,7 @@ def create_account(body: Any) -> dict[str, Any]:
     form = parse_form(body)
     account = form.account
     with _WRITE_LOCK:
-        path: Path = registry_path()
+        path: Path = account_registry()
         registry = load_registry(path)
         if registry.errors:
             raise FormError({"form": f"fix {path.name} first: " + "; ".join(registry.errors)},
@@ -260,7 +259,7 @@ def create_account(body: Any) -> dict[str, Any]:
 
 def set_account_enabled(name: str, enabled: bool) -> dict[str, Any]:
     with _WRITE_LOCK:
-        account = set_enabled(registry_path(), name, enabled)
+        account = set_enabled(account_registry(), name, enabled)
     state = ("enabled: its DAG is generated and scheduled again" if enabled
              else "disabled: its DAG is no longer scheduled (past runs and the archive stay)")
     return {"ok": True, "account": account_dict(account), "message": f"{name} {state}"}
@@ -278,7 +277,7 @@ def account_dict(account: ExecutionAccount) -> dict[str, Any]:
 
 def accounts_page() -> dict[str, Any]:
     """The registry with, per account, its connection, DAG and archiving lag."""
-    registry = load_registry()
+    registry = load_registry(account_registry())
     states = dag_state.dag_states(a.dag_id for a in registry.accounts)
     now = datetime.now(UTC)
     rows = []

@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from mc_airflow import authz, dag_state
-from mc_airflow.instances import ExecutionInstance, connection_url, execution_instances
+from mc_airflow.instances import (
+    ExecutionInstance,
+    account_registry,
+    connection_url,
+    execution_instances,
+)
 from message_center.api.app import HealthThresholds
 from message_center.db import engine_for
 from message_center.registry import Registry, load_registry
@@ -38,7 +43,7 @@ def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str
 
 def overview(registry: Registry | None = None) -> dict[str, Any]:
     """Every instance with its live figures and the DAGs that work on it."""
-    registry = registry if registry is not None else load_registry()
+    registry = registry if registry is not None else load_registry(account_registry())
     instances = execution_instances(registry)
     thresholds = HealthThresholds.from_env()
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(instances)))) as pool:
