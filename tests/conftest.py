@@ -153,12 +153,15 @@ def dagbag():
 class AirflowStack:
     """A running `airflow standalone` (API server, scheduler, DAG processor, triggerer).
 
-    Users: one per simple-auth-manager role, named after it (:data:`ROLE_USERS`)."""
+    Users: one per simple-auth-manager role, named after it (:data:`ROLE_USERS`). The
+    execution account registry is a copy (``registry``), so UI tests may register accounts."""
 
     viewer_user = "viewer"
 
-    def __init__(self, base_url: str, password: str, log_path: Path) -> None:
+    def __init__(self, base_url: str, password: str, log_path: Path,
+                 registry: Path | None = None) -> None:
         self.base_url, self.password, self.log_path = base_url, password, log_path
+        self.registry = registry
 
     def password_of(self, username: str) -> str:
         return DEPLOYMENT.password(username)
@@ -187,12 +190,17 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     """Real Airflow processes for the test deployment, started once per session."""
     import httpx
 
+    from mc_airflow.defaults import ACCOUNT_REGISTRY
+
     DEPLOYMENT.write_password_file()
+    registry = tmp_path_factory.mktemp("registry") / ACCOUNT_REGISTRY.name
+    shutil.copyfile(ACCOUNT_REGISTRY, registry)
     _pause_workflows_that_consume_queues()
     log_path = tmp_path_factory.mktemp("airflow") / "standalone.log"
     # Tests that need a workflow running unpause it themselves: a continuous real-time
     # loop would otherwise race every other server test for the events it pushes.
-    env = {**os.environ, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+           "MC_ACCOUNT_REGISTRY": str(registry)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), "standalone"],
@@ -214,7 +222,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
             if time.monotonic() > deadline:
                 raise RuntimeError(f"airflow not healthy in time:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)
-        yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path)
+        yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path, registry=registry)
     finally:
         _stop_session(process)
 
@@ -281,3 +289,18 @@ def sms_sink(_sms_sink_session):
     emptied per test; ``.script(to, "503", "always 400")`` scripts replies."""
     _sms_sink_session.clear()
     return _sms_sink_session
+
+
+# --- browser tests: a loud line when they could not run ---------------------------------
+BROWSER_SKIP = "no Chromium for the browser tests"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if BROWSER_SKIP in str(getattr(report, "longrepr", ""))]
+    if skipped:
+        from browser_support import CHROMIUM_HELP
+
+        terminalreporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED", red=True,
+                                   bold=True)
+        terminalreporter.write_line(CHROMIUM_HELP, red=True, bold=True)

@@ -1,0 +1,60 @@
+"""Browser tests: Debian's Chromium driven by Playwright (its Python package).
+
+Playwright cannot download its own browsers here, so it drives the system Chromium
+(``/usr/bin/chromium``, or ``MC_CHROMIUM``) with the flags a closed network needs. On a
+machine without it the browser tests are skipped and the test run ends with a loud line
+saying how to enable them (``pytest_terminal_summary`` in ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_ENV = "MC_CHROMIUM"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_HELP = (
+    "The Message Center UI browser tests need Chromium: install it with "
+    "`apt-get update && apt-get install -y chromium` (as root; .ci/run does this), or set "
+    f"{CHROMIUM_ENV}=/path/to/chromium, then run `make test` again.")
+SCREENSHOTS_ENV = "MC_UI_SCREENSHOTS"
+
+
+def chromium_path() -> str | None:
+    """The Chromium binary to drive, or None when there is none on this machine."""
+    wanted = os.environ.get(CHROMIUM_ENV)
+    candidates = [wanted] if wanted else ["/usr/bin/chromium", "chromium", "chromium-browser"]
+    for candidate in candidates:
+        found = shutil.which(candidate) if candidate else None
+        if found:
+            return found
+    return None
+
+
+def launch(playwright: Any) -> Any:
+    path = chromium_path()
+    if path is None:
+        raise RuntimeError(CHROMIUM_HELP)
+    return playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+
+
+def screenshot_dir() -> Path | None:
+    """Where to save screenshots for the README (``MC_UI_SCREENSHOTS``), if anywhere."""
+    value = os.environ.get(SCREENSHOTS_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def login(page: Any, base_url: str, username: str, password: str) -> None:
+    """Log in through Airflow's own login form, as a person does."""
+    page.goto(f"{base_url}/auth/login?next=/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base_url}/", timeout=60_000)
