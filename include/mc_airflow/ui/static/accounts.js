@@ -65,8 +65,9 @@
           busy(buttons, false);
           result.className = "notice ok";
           result.textContent = "";
+          var seen = new Date().toISOString();
           var text = document.createTextNode(
-            "The archiving workflow " + dag.dagId + " appeared at " + MC.formatTime(dag.appeared) +
+            "The archiving workflow " + dag.dagId + " appeared in Airflow at " + MC.formatTime(seen) +
             " (" + waited + " s after registration), " + (dag.paused ? "paused" : "unpaused") + ". ");
           var link = document.createElement("a");
           link.href = "/dags/" + encodeURIComponent(dag.dagId);
