@@ -295,12 +295,15 @@ def sms_sink(_sms_sink_session):
 BROWSER_SKIP = "no Chromium for the browser tests"
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The very last lines of the run (after pytest's counts): browser tests skipped?"""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = [report for report in reporter.stats.get("skipped", [])
                if BROWSER_SKIP in str(getattr(report, "longrepr", ""))]
     if skipped:
         from browser_support import CHROMIUM_HELP
 
-        terminalreporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED", red=True,
-                                   bold=True)
-        terminalreporter.write_line(CHROMIUM_HELP, red=True, bold=True)
+        reporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED", red=True, bold=True)
+        reporter.write_line(CHROMIUM_HELP, red=True, bold=True)

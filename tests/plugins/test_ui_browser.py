@@ -22,13 +22,16 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from browser_support import chromium_path, launch, login, screenshot_dir
+from browser_support import CHROMIUM_ENV, chromium_path, launch, login, screenshot_dir
 from conftest import BROWSER_SKIP, CONTROL_TABLES, EXECUTION_TABLES, _truncate
 from processing_factory import ORDER_TEMPLATE, publish_templates, quarantine
 
 from message_center.db import engine_for
 
-pytestmark = pytest.mark.server
+# Checked at collection: without a browser, not even the Airflow stack is started.
+pytestmark = [pytest.mark.server, pytest.mark.skipif(
+    chromium_path() is None,
+    reason=f"{BROWSER_SKIP} (apt-get install -y chromium, or {CHROMIUM_ENV}=...)")]
 
 FRAME = "iframe[title='Message Center']"
 NEW_ACCOUNT = "mcExecUi"
@@ -38,8 +41,6 @@ ORDER = {"type": "ORDER", "ctx": {"firstName": "Alice", "orderId": "A-1", "total
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if chromium_path() is None:
-        pytest.skip(BROWSER_SKIP)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
