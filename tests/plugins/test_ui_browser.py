@@ -49,13 +49,6 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def shot(page: Any, name: str) -> None:
-    folder = screenshot_dir()
-    if folder is not None:
-        page.wait_for_timeout(300)
-        page.screenshot(path=str(folder / f"{name}.png"))
-
-
 def _drain(engine: Any, smtp_port: int) -> None:
     """What the processing DAGs do, once, for both queues (real code, real SMTP)."""
     from message_center.delivery.channels import Channels
@@ -172,12 +165,10 @@ def test_message_center_is_in_airflows_navigation_with_live_figures(admin, airfl
            ).to_have_text("0")
     # The page follows Airflow's colour mode (here: the system's, Airflow's default).
     expect(ui.locator("html")).to_have_attribute("data-theme", "light")
-    shot(admin, "overview")
     admin.emulate_media(color_scheme="dark")
     expect(ui.locator("html")).to_have_attribute("data-theme", "dark")
     background = ui.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
     assert background == "rgb(9, 9, 11)"
-    shot(admin, "overview-dark")
     admin.emulate_media(color_scheme="light")
     expect(ui.locator("html")).to_have_attribute("data-theme", "light")
     # Deep links: Airflow mirrors the page's path into its own URL, and back.
@@ -199,7 +190,6 @@ def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, datas
     expect(ui.locator("#indicator-error-rate")).to_have_attribute("data-level", "alert")
     expect(ui.locator("#indicator-error-rate .value")).to_have_text("36 %")
     expect(ui.locator("body")).to_have_attribute("data-charts", "4")
-    shot(admin, "service-level")
 
     ui.locator("a[data-open-errors='failed']").click()
     rows = ui.locator("#error-events tbody tr")
@@ -207,7 +197,6 @@ def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, datas
     failed = dataset["ids"]["failed"]
     expect(rows.first).to_have_attribute("data-event", str(failed))
     expect(rows.first).to_contain_text("550")
-    shot(admin, "error-breakdown")
     rows.first.locator("a").click()
     expect(ui.locator("h1")).to_contain_text("Delivery failed")
 
@@ -217,7 +206,6 @@ def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, datas
     # Queue times depend on this machine's speed: only that they are classified.
     assert ui.locator("#indicator-queue").get_attribute("data-level") in (
         "ok", "warning", "alert")
-    shot(admin, "processing-time")
     ui.locator("#kind").select_option("batch")
     ui.locator("#report-filter button[type=submit]").click()
     expect(ui.locator("#total-sent .value")).to_have_text("3")
@@ -229,7 +217,6 @@ def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, datas
     expect(order.locator("[data-status='failed']")).to_have_text("1")
     expect(ui.locator("#history-types tr[data-type='UNKNOWN_TYPE'] "
                       "[data-status='not_taken_into_account']")).to_have_text("1")
-    shot(admin, "history")
     with admin.expect_download() as download:
         ui.locator("#history-csv").click()
     csv = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
@@ -259,7 +246,6 @@ def test_look_an_event_up_and_see_the_message_as_it_was_sent(admin, dataset):
     ui.locator("#q").fill("UI-ALICE@example.test")  # e-mail: any case
     ui.locator("#lookup-form button").click()
     expect(rows).to_have_count(1)
-    shot(admin, "lookup")
     rows.first.locator("a").click()
 
     expect(ui.locator("#event-id")).to_have_text(str(alice))
@@ -276,7 +262,6 @@ def test_look_an_event_up_and_see_the_message_as_it_was_sent(admin, dataset):
     assert ui.locator("#message-text").inner_text().strip() == text.strip()
     html = delivered.get_body(("html",)).get_content()
     assert ui.locator("#message-html").get_attribute("srcdoc").strip() == html.strip()
-    shot(admin, "event")
 
     with admin.expect_download() as download:
         ui.locator("a[download]", has_text="Download the e-mail").click()
@@ -329,7 +314,6 @@ def test_create_the_archiving_workflow_and_see_its_dag(admin, airflow_stack, tes
                                          timeout=180_000)
         print(f"DAG active {time.monotonic() - registered_at:.0f} s after registration")
         expect(result).to_contain_text("unpaused")
-        shot(admin, "accounts")
         assert load_registry(airflow_stack.registry).get(NEW_ACCOUNT).cell_id == 2
         assert api.get(f"/connections/{NEW_ACCOUNT}").json()["schema"].endswith("execution3")
         dag = api.get(f"/dags/mcSynch_{NEW_ACCOUNT}").json()
@@ -366,7 +350,6 @@ def test_a_read_only_user_sees_the_reports_but_no_change_buttons(browser, airflo
         expect(ui.locator("tr[data-account='mcExec1']")).to_be_visible()
         expect(ui.locator("button")).to_have_count(0)
         expect(ui.locator("#new-account")).to_have_count(0)
-        shot(page, "accounts-read-only")
         status = ui.locator("body").evaluate("""() => fetch('api/accounts/mcExec1/enabled', {
             method: 'POST', credentials: 'same-origin',
             headers: {'Content-Type': 'application/json', 'X-Requested-With': 'XMLHttpRequest'},
@@ -394,3 +377,40 @@ def test_the_api_docs_load_from_this_server_only(browser, airflow_stack, request
     assert set(hosts) == {host}
     # Every page the admin opened in this module, Airflow's own included: this server only.
     assert requested_hosts and set(requested_hosts) <= {host, ""}, set(requested_hosts)
+
+
+@pytest.mark.skipif(screenshot_dir() is None, reason="screenshots only with MC_UI_SCREENSHOTS")
+def test_screenshots_for_the_readme(browser, airflow_stack, test_deployment, dataset):
+    """The README's screenshots: this module's events plus a day of traffic on the second
+    instance (``MC_UI_SCREENSHOTS=docs/screenshots make test PYTEST_ARGS=<this file>``)."""
+    from playwright.sync_api import expect
+    from ui_demo_data import add_demo_day
+
+    folder = screenshot_dir()
+    assert folder is not None
+    add_demo_day(engine_for(test_deployment.database_url("execution2")),
+                 engine_for(test_deployment.database_url("control")), 1)
+    ui_url = f"{airflow_stack.base_url}/plugin/message-center/message-center/ui"
+    alice = dataset["ids"]["ui-alice"]
+    views = [("overview", "overview", "light", "#instances"),
+             ("overview-dark", "overview", "dark", "#instances"),
+             ("service-level", "service-level", "light", "body[data-charts='4']"),
+             ("service-level-dark", "service-level", "dark", "body[data-charts='4']"),
+             ("processing-time", "processing-time", "light", "body[data-charts='4']"),
+             ("history", "history", "light", "#history-types"),
+             ("error-breakdown", "errors?cause=failed", "light", "#error-events"),
+             ("lookup", "lookup?q=ui-alice%40example.test", "light", "#lookup-results"),
+             ("event", f"events/{alice}", "light", "#timeline"),
+             ("accounts", "accounts", "light", "#accounts")]
+    for name, path, scheme, ready in views:
+        context = browser.new_context(viewport={"width": 1440, "height": 1000},
+                                      color_scheme=scheme)
+        try:
+            page = context.new_page()
+            login(page, airflow_stack.base_url, "admin", airflow_stack.password)
+            page.goto(f"{ui_url}/{path}")
+            expect(frame(page).locator(ready).first).to_be_attached(timeout=60_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(folder / f"{name}.png"))
+        finally:
+            context.close()

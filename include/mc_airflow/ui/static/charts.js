@@ -33,14 +33,20 @@
     return value >= alert ? "alert" : value >= warning ? "warning" : "ok";
   }
 
-  function thresholdLines(limit, scale, colors) {
+  /* Dashed warning / alert lines; the alert line only once values reach the warning, so
+   * the figures are not squashed at the bottom of a scale made for the alert. */
+  function thresholdLines(limit, scale, colors, values) {
     if (!limit) return [];
-    return [
+    var top = Math.max.apply(null, (values || []).filter(function (v) { return v !== null; }).concat([0]));
+    var lines = [
       { type: "line", label: "warning", data: labels.map(function () { return limit.warning * scale; }),
         borderColor: colors.warning, borderDash: [6, 4], borderWidth: 1.5, pointRadius: 0, fill: false },
-      { type: "line", label: "alert", data: labels.map(function () { return limit.alert * scale; }),
-        borderColor: colors.alert, borderDash: [6, 4], borderWidth: 1.5, pointRadius: 0, fill: false },
     ];
+    if (top >= limit.warning * scale) {
+      lines.push({ type: "line", label: "alert", data: labels.map(function () { return limit.alert * scale; }),
+        borderColor: colors.alert, borderDash: [6, 4], borderWidth: 1.5, pointRadius: 0, fill: false });
+    }
+    return lines;
   }
 
   /* A line of one indicator, each point in its threshold colour. */
@@ -55,7 +61,7 @@
         label: limit.label + " (" + unit + ")", data: values, borderColor: colors.accent,
         pointBackgroundColor: pointColors, pointBorderColor: pointColors, pointRadius: 3,
         spanGaps: true, fill: false,
-      }].concat(thresholdLines(limit, scale, colors)) },
+      }].concat(thresholdLines(limit, scale, colors, values)) },
       options: { scales: { y: { beginAtZero: true, title: { display: true, text: unit } } } },
     }, colors);
   }
@@ -142,7 +148,7 @@
           borderColor: colors.accent, spanGaps: true },
         { label: "min", data: report.buckets.map(function (b) { return b.queuedMin; }),
           borderColor: colors.ok, spanGaps: true },
-      ].concat(thresholdLines(limit, 1, colors)) },
+      ].concat(thresholdLines(limit, 1, colors, max)) },
       options: { scales: { y: { beginAtZero: true, title: { display: true, text: "events" } } } },
     }, colors);
   }
