@@ -18,17 +18,13 @@ from typing import Any
 
 from mc_airflow import connection_admin, dag_state
 from mc_airflow.instances import CONNECTIONS, account_registry, connection_url
-from message_center.archiving import (
-    ArchivingError,
-    CellIdMismatch,
-    check_instance,
-    safe_url,
-    with_connect_timeout,
-)
+from message_center.archiving import ArchivingError, CellIdMismatch, check_instance, safe_url
+from message_center.db import with_connect_timeout
 from message_center.registry import (
     ExecutionAccount,
     RegistryError,
     add_account,
+    clashes,
     load_registry,
     parse_account,
     set_enabled,
@@ -143,17 +139,12 @@ def _uri_problem(uri: str) -> str | None:
     return None
 
 
+_FIELD_OF = {"name": "name", "cell_id": "cellId", "conn_id": "connId"}
+
+
 def _clashes(account: ExecutionAccount, accounts: list[ExecutionAccount]) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    for other in accounts:
-        if other.name.lower() == account.name.lower():
-            errors["name"] = f"the name {account.name!r} is already used by account {other.name}"
-        if other.cell_id == account.cell_id:
-            errors["cellId"] = f"cell id {account.cell_id} is already used by account {other.name}"
-        if other.conn_id == account.conn_id:
-            errors["connId"] = (f"connection {account.conn_id!r} is already used by account "
-                                f"{other.name}")
-    return errors
+    """The registry's own clash check, keyed by form field."""
+    return {_FIELD_OF[clash.field]: str(clash) for clash in clashes(account, accounts)}
 
 
 def _test(url: str, account: ExecutionAccount, field_for_unreachable: str) -> str:
