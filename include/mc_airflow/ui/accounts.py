@@ -281,7 +281,8 @@ def accounts_page() -> dict[str, Any]:
         rows.append({"account": account_dict(account),
                      "connectionDefined": CONNECTIONS.get(account.conn_id) is not None,
                      "dag": state.to_dict(), "lagSeconds": lag})
-    return {"rows": rows, "registry": str(registry.path), "registryErrors": registry.errors}
+    return {"rows": rows, "registry": str(registry.path), "registryName": registry.path.name,
+            "registryErrors": registry.errors}
 
 
 def dag_status(name: str) -> dict[str, Any]:
