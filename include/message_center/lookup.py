@@ -19,7 +19,7 @@ No Airflow here: callers pass SQLAlchemy engines.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +36,7 @@ from message_center.rendering import (
     render_part,
     template_event,
 )
-from message_center.statuses import EventStatus
+from message_center.statuses import EVENT_KINDS, EventStatus
 
 LOOKUP_FIELDS = {
     "id": "Event id",
@@ -154,16 +154,19 @@ def _instance_cell(conn: Any) -> int | None:
 
 
 def search(query: LookupQuery, live: Sequence[LiveSource], control: Engine | None, *,
-           recent_hours: int = DEFAULT_RECENT_HOURS, limit: int = 50) -> SearchResult:
+           recent_hours: int = DEFAULT_RECENT_HOURS, limit: int = 50,
+           kinds: Collection[str] = EVENT_KINDS) -> SearchResult:
     """Events matching ``query``, newest first, one entry per (cell, id): the live
     version when the instance has it, else the archived one. An unreachable source is
-    reported in ``problems`` and the others are still searched."""
+    reported in ``problems`` and the others are still searched. ``kinds``: the queues
+    searched ("rt", "batch"; the caller's readable ones)."""
     limit = max(1, min(limit, MAX_RESULTS))
+    kinds = [kind for kind in EVENT_KINDS if kind in kinds]
     condition, params = _where(query)
     found: dict[tuple[int, int], dict[str, Any]] = {}
     result = SearchResult()
     wanted_cell = cell_of(int(query.value)) if query.by == "id" else None
-    for source in live:
+    for source in live if kinds else ():
         if wanted_cell is not None and source.cell_id not in (None, wanted_cell):
             continue
         recent = "" if query.by == "id" else (
@@ -174,7 +177,7 @@ def search(query: LookupQuery, live: Sequence[LiveSource], control: Engine | Non
                 cell = source.cell_id if source.cell_id is not None else _instance_cell(conn)
                 if wanted_cell is not None and cell != wanted_cell:
                     continue
-                for kind in ("rt", "batch"):
+                for kind in kinds:
                     rows = conn.execute(text(
                         f"SELECT {_SUMMARY} FROM {kind}_event WHERE {condition}{recent} "
                         "ORDER BY id DESC LIMIT :limit"),
@@ -186,9 +189,12 @@ def search(query: LookupQuery, live: Sequence[LiveSource], control: Engine | Non
                 ")" if query.by == "id" else f", modified in the last {recent_hours} h)"))
         except SQLAlchemyError as exc:
             result.problems.append(f"{source.label}: not searched ({_first_line(exc)})")
-    if control is not None:
+    if control is not None and kinds:
         archive_condition = condition
         archive_params = dict(params)
+        if len(kinds) < len(EVENT_KINDS):
+            archive_condition += " AND event_kind = ANY(:kinds)"
+            archive_params["kinds"] = kinds
         if wanted_cell is not None:
             archive_condition += " AND cell_id = :cell"
             archive_params["cell"] = wanted_cell
