@@ -75,6 +75,49 @@ def test_a_viewer_reads_every_page_but_may_change_nothing(airflow_stack):
     assert not connection_exists(airflow_stack, "mcExecX")
 
 
+# role -> (account buttons shown, new-account form shown); the rules are the push API's
+# (mc_airflow.authorization): test = create connections, register = that + edit the DAG,
+# enable / disable = edit the account's mcSynch_<name> DAG.
+ROLE_BUTTONS = {"user": ({"disable"}, False), "op": ({"test", "disable"}, True),
+                "admin": ({"test", "disable"}, True)}
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_BUTTONS))
+def test_each_role_gets_the_buttons_airflow_lets_it_use(airflow_stack, role):
+    buttons, form = ROLE_BUTTONS[role]
+    with session(airflow_stack, role) as client:
+        page = client.get(f"{UI}/accounts")
+        assert page.status_code == 200
+        row = page.text.split('<tr data-account="mcExec2">', 1)[1].split("</tr>", 1)[0]
+        assert set(re.findall(r'data-account-action="(\w+)"', row)) == buttons
+        assert ('id="new-account"' in page.text) is form
+        # Allowed: the request gets past the permission check (and changes nothing here).
+        assert client.post(f"{UI}/api/accounts/mcExec2/enabled", json={"enabled": "maybe"},
+                           headers=CSRF).status_code == 422
+        if "test" in buttons:
+            assert client.post(f"{UI}/api/accounts/mcExec2/test", json={},
+                               headers=CSRF).status_code == 200
+
+
+def test_a_refusal_names_the_airflow_permission_it_lacks(airflow_stack):
+    before = airflow_stack.registry.read_text()
+    with session(airflow_stack, "user") as user:
+        tested = user.post(f"{UI}/api/accounts/mcExec2/test", json={}, headers=CSRF)
+        assert tested.status_code == 403
+        assert tested.json()["detail"] == (
+            "Forbidden: testing an execution account's connection needs the permission to "
+            "create connections (mc_execution2) in Airflow; user 'user' does not have it")
+        created = user.post(f"{UI}/api/accounts", json=CHANGES[0][1], headers=CSRF)
+        assert created.status_code == 403
+        assert "registering an execution account" in created.json()["detail"]
+    with session(airflow_stack, airflow_stack.viewer_user) as viewer:
+        refused = viewer.post(f"{UI}/api/accounts/mcExec2/enabled", json={"enabled": False},
+                              headers=CSRF)
+        assert "edit the DAG mcSynch_mcExec2" in refused.json()["detail"]
+    assert airflow_stack.registry.read_text() == before
+    assert not connection_exists(airflow_stack, "mcExecX")
+
+
 def test_a_change_needs_the_pages_header_and_this_origin(airflow_stack):
     before = airflow_stack.registry.read_text()
     with session(airflow_stack) as admin:

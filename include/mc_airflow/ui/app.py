@@ -9,9 +9,10 @@ Authentication is Airflow's: the UI's session cookie (``_token``, a JWT the API 
 set at login) reaches these pages because they are on the same origin; a Bearer token
 works too. A page without a valid session redirects to Airflow's login page (and comes
 back after it); the JSON endpoints answer 401. Rights are asked of Airflow's auth manager
-through :mod:`mc_airflow.authz`: reading needs read access to the execution DAGs;
-buttons that change something are only shown to users who may use them, and the server
-refuses the change (403) to anyone else.
+through :mod:`mc_airflow.authorization`, like the push API's: reading needs read access to
+the runs of an execution DAG (a report or event of one queue, to that queue's DAG); buttons
+that change something are only shown to users who may use them (``capabilities``), and the
+server refuses the change (403 naming the missing permission) to anyone else.
 
 State-changing requests are ``POST`` with a JSON body, the ``X-Requested-With`` header
 and (when the browser sends one) an ``Origin`` of this server: a form on another site
@@ -32,10 +33,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
-from mc_airflow import authz
+from mc_airflow import authorization
+from mc_airflow.authorization import EventReadAccess
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,6 @@ class NotAuthenticated(Exception):
         super().__init__(detail)
 
 
-class Forbidden(Exception):
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(detail)
-
-
 def _wants_html(request: Request) -> bool:
     return "/api/" not in request.url.path and request.method == "GET"
 
@@ -76,7 +71,9 @@ async def current_user(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Any:
-    """Airflow's user for this request (session cookie or Bearer token), else NotAuthenticated."""
+    """Airflow's user for this request (session cookie or Bearer token), else NotAuthenticated
+    (a page redirects to the login, a JSON endpoint answers 401). The ``user_dependency`` of
+    every :mod:`mc_airflow.authorization` dependency the pages use."""
     from airflow.api_fastapi.core_api.security import get_user
 
     try:
@@ -90,15 +87,9 @@ async def current_user(
 User = Annotated[Any, Depends(current_user)]
 
 
-async def reader(user: User) -> Any:
-    """The user, if the auth manager lets them read the Message Center."""
-    if not await run_in_threadpool(authz.can_read, user):
-        raise Forbidden("You may not read the Message Center: it needs read access to the "
-                        f"execution DAGs ({', '.join(authz.EXECUTION_DAG_IDS)}).")
-    return user
-
-
-Reader = Annotated[Any, Depends(reader)]
+Reader = Annotated[EventReadAccess,
+                   Depends(authorization.require_read(user_dependency=current_user))]
+"""The user and the queues whose events and reports they may read (403 when none)."""
 
 
 def same_origin(request: Request) -> None:
@@ -142,7 +133,8 @@ def create_ui_app() -> FastAPI:
                status_code: int = 200, **context: Any) -> HTMLResponse:
         base = request.scope.get("root_path", "").rstrip("/")
         return templates.TemplateResponse(request, template, {
-            "base": base, "pages": PAGES, "page": page, "user_name": authz.user_name(user),
+            "base": base, "pages": PAGES, "page": page,
+            "user_name": authorization.user_name(user),
             "can": context.pop("can", None), **context}, status_code=status_code)
 
     @app.exception_handler(NotAuthenticated)
@@ -156,14 +148,14 @@ def create_ui_app() -> FastAPI:
         login = get_auth_manager().get_url_login(next_url=here)
         return RedirectResponse(login, status_code=303)
 
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+    @app.exception_handler(authorization.Forbidden)
+    async def _forbidden(request: Request, exc: authorization.Forbidden) -> Response:
         if not _wants_html(request):
             return JSONResponse({"detail": exc.detail}, status_code=403)
         base = request.scope.get("root_path", "").rstrip("/")
         return templates.TemplateResponse(request, "forbidden.html", {
             "base": base, "pages": PAGES, "page": "", "detail": exc.detail,
-            "user_name": ""}, status_code=403)
+            "user_name": authorization.user_name(exc.user)}, status_code=403)
 
     @app.get("/", include_in_schema=False)
     async def index(request: Request) -> RedirectResponse:

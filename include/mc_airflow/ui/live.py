@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from mc_airflow import authz, dag_state
+from mc_airflow import dag_state
 from mc_airflow.instances import (
     ExecutionInstance,
     account_registry,
@@ -25,6 +25,9 @@ from message_center.registry import Registry, load_registry
 from message_center.reporting import read_instance_live
 
 STATEMENT_TIMEOUT_SECONDS = 5.0
+EXECUTION_DAG_IDS = ("rtEventsProcessing", "batchEventsProcessing", "updateEventStatus")
+"""The DAGs that work on an execution instance (shown for this deployment's own)."""
+
 
 def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str, Any]:
     url = connection_url(instance.conn_id)
@@ -48,14 +51,14 @@ def overview(registry: Registry | None = None) -> dict[str, Any]:
     thresholds = HealthThresholds.from_env()
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(instances)))) as pool:
         figures = list(pool.map(lambda i: _live(i, thresholds), instances))
-    dag_ids = set(authz.EXECUTION_DAG_IDS)
+    dag_ids = set(EXECUTION_DAG_IDS)
     dag_ids.update(i.account.dag_id for i in instances if i.account is not None)
     states = dag_state.dag_states(dag_ids)
     rows = []
     for instance, live in zip(instances, figures, strict=True):
         dags = []
         if instance.local:
-            dags += [states[dag_id] for dag_id in authz.EXECUTION_DAG_IDS]
+            dags += [states[dag_id] for dag_id in EXECUTION_DAG_IDS]
         if instance.account is not None:
             dags.append(states[instance.account.dag_id])
         rows.append({"instance": instance, "live": live,

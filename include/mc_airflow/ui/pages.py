@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from mc_airflow import authz
+from mc_airflow import authorization
 from mc_airflow.instances import (
     CONTROL_CONN_ID,
     connection_url,
@@ -18,12 +18,14 @@ from mc_airflow.instances import (
 )
 from mc_airflow.ui import accounts as account_actions
 from mc_airflow.ui import live
-from mc_airflow.ui.app import Reader, json_body, same_origin
+from mc_airflow.ui.app import Reader, User, current_user, json_body, same_origin
 from message_center import lookup
 from message_center.db import engine_for
 
 Render = Callable[..., HTMLResponse]
 Changer = Annotated[None, Depends(same_origin)]
+AccountsAdmin = Annotated[Any, Depends(
+    authorization.require_accounts_admin(user_dependency=current_user))]
 AccountName = Annotated[str, Path(max_length=64)]
 EventId = Annotated[int, Path(ge=0, le=2**64 - 1)]
 
@@ -43,10 +45,6 @@ def _live_sources() -> list[lookup.LiveSource]:
     return sources
 
 
-def _capabilities(user: Any) -> authz.Capabilities:
-    return authz.capabilities(user)
-
-
 def _form_error(exc: account_actions.FormError) -> JSONResponse:
     return JSONResponse({"detail": "refused: nothing was changed", "errors": exc.errors},
                         status_code=exc.status)
@@ -54,13 +52,13 @@ def _form_error(exc: account_actions.FormError) -> JSONResponse:
 
 def register(app: FastAPI, render: Render) -> None:
     @app.get("/overview", response_class=HTMLResponse)
-    def overview(request: Request, user: Reader) -> HTMLResponse:
+    def overview(request: Request, access: Reader) -> HTMLResponse:
         """Per execution instance: queues, health, sent in the last hour, DAG states."""
         data = live.overview()
-        return render(request, "overview.html", user, "overview", data=data)
+        return render(request, "overview.html", access.user, "overview", data=data)
 
     @app.get("/lookup", response_class=HTMLResponse)
-    def lookup_page(request: Request, user: Reader,
+    def lookup_page(request: Request, access: Reader,
                     by: Annotated[str | None, Query(max_length=32)] = None,
                     q: Annotated[str | None, Query(max_length=1000)] = None) -> HTMLResponse:
         """Find events by id, e-mail, mobile phone or external id."""
@@ -75,56 +73,69 @@ def register(app: FastAPI, render: Render) -> None:
                 status = 422
             else:
                 context["query"] = query
-                context["result"] = lookup.search(query, _live_sources(), _control_engine())
-        return render(request, "lookup.html", user, "lookup", status_code=status, **context)
+                context["result"] = lookup.search(query, _live_sources(), _control_engine(),
+                                                  kinds=access.kinds)
+        return render(request, "lookup.html", access.user, "lookup", status_code=status,
+                      **context)
 
-    def _detail(event_id: int) -> dict[str, Any]:
+    def _detail(access: authorization.EventReadAccess, event_id: int) -> dict[str, Any] | None:
+        """The event, or None when it is nowhere; 403 when its queue may not be read."""
         detail = lookup.event_detail(event_id, _live_sources(), _control_engine(),
                                      default_sender=default_sender())
-        if detail is None:
-            raise HTTPException(404, f"event {event_id} was found neither on the execution "
-                                     "instances nor in the control archive")
+        if detail is not None:
+            access.check(detail["kind"])
         return detail
 
+    def _not_found(event_id: int) -> str:
+        return (f"event {event_id} was found neither on the execution instances nor in the "
+                "control archive")
+
     @app.get("/events/{event_id}", response_class=HTMLResponse)
-    def event_page(request: Request, user: Reader,
+    def event_page(request: Request, access: Reader,
                    event_id: EventId) -> HTMLResponse:
         """One event: status timeline, delivery log, template version, the message."""
-        try:
-            detail = _detail(event_id)
-        except HTTPException as exc:
-            return render(request, "event.html", user, "lookup", status_code=exc.status_code,
-                          event=None, missing=exc.detail, event_id=event_id)
-        return render(request, "event.html", user, "lookup", event=detail, missing=None,
+        detail = _detail(access, event_id)
+        if detail is None:
+            return render(request, "event.html", access.user, "lookup", status_code=404,
+                          event=None, missing=_not_found(event_id), event_id=event_id)
+        return render(request, "event.html", access.user, "lookup", event=detail, missing=None,
                       event_id=event_id)
 
     @app.get("/events/{event_id}/message.eml")
-    def event_eml(user: Reader, event_id: EventId) -> Response:
+    def event_eml(access: Reader, event_id: EventId) -> Response:
         """The e-mail as rebuilt for the event page (RFC 5322, opens in a mail client)."""
-        message = _detail(event_id)["message"]
+        detail = _detail(access, event_id)
+        if detail is None:
+            raise HTTPException(404, _not_found(event_id))
+        message = detail["message"]
         if not message.get("eml"):
             raise HTTPException(404, message.get("reason") or "no e-mail for this event")
         return Response(message["eml"], media_type="message/rfc822", headers={
             "Content-Disposition": f'attachment; filename="event-{event_id}.eml"'})
 
     @app.get("/accounts", response_class=HTMLResponse)
-    def accounts(request: Request, user: Reader) -> HTMLResponse:
-        """The registry, ACC's two buttons, enable/disable, last run and lag."""
+    def accounts(request: Request, access: Reader) -> HTMLResponse:
+        """The registry, ACC's two buttons, enable/disable, last run and lag; only the
+        buttons the user may use (the actions check again)."""
+        user = access.user
         data = account_actions.accounts_page()
-        can = _capabilities(user)
-        for row in data["rows"]:
-            dag_id, conn_id = row["account"]["dagId"], row["account"]["connId"]
-            row["canTest"] = authz.can_test_connection(user, conn_id)
-            row["canChange"] = authz.can_change_account(user, dag_id)
-        return render(request, "accounts.html", user, "accounts", data=data, can=can)
+        can = authorization.capabilities(user)
+        for row in data["rows"]:  # per account: auth managers may decide per DAG / connection
+            name, conn_id = row["account"]["name"], row["account"]["connId"]
+            row["canTest"] = authorization.is_allowed(
+                user, authorization.connection_test_permission(conn_id))
+            row["canChange"] = authorization.is_allowed(
+                user, authorization.change_account_permission(name))
+        row_actions = any(row["canTest"] or row["canChange"] for row in data["rows"])
+        return render(request, "accounts.html", user, "accounts", data=data, can=can,
+                      row_actions=row_actions)
 
     # --- JSON actions ----------------------------------------------------------------
     @app.post("/api/accounts/test")
-    async def test_new_account(request: Request, user: Reader, _csrf: Changer) -> Response:
-        """*Test the connection* with the values of the new-account form."""
-        if not await run_in_threadpool(authz.can_register_account, user):
-            raise HTTPException(403, "testing an unregistered instance needs the right to "
-                                     "create connections and edit DAGs")
+    async def test_new_account(request: Request, _user: AccountsAdmin,
+                               _csrf: Changer) -> Response:
+        """*Test the connection* with the values of the new-account form (a step of
+        registering an account: the same rights)."""
         body = await json_body(request)
         try:
             return JSONResponse(await run_in_threadpool(account_actions.test_form, body))
@@ -132,18 +143,17 @@ def register(app: FastAPI, render: Render) -> None:
             return _form_error(exc)
 
     @app.post("/api/accounts", status_code=201)
-    async def create_account(request: Request, user: Reader, _csrf: Changer) -> Response:
+    async def create_account(request: Request, user: AccountsAdmin,
+                             _csrf: Changer) -> Response:
         """*Create the archiving workflow*: test, store the connection, register."""
         body = await json_body(request)
         name = body.get("name") if isinstance(body, dict) else None
         conn_id = (body.get("connId") or name) if isinstance(body, dict) else None
-        dag_id = f"{authz.ARCHIVING_DAG_PREFIX}{name}" if isinstance(name, str) else None
-        allowed = await run_in_threadpool(
-            authz.can_register_account, user, conn_id if isinstance(conn_id, str) else None,
-            dag_id)
-        if not allowed:
-            raise HTTPException(403, "registering an execution account needs the right to "
-                                     "create connections and edit DAGs")
+        # Again for this account's DAG and connection (auth managers may decide per id).
+        await run_in_threadpool(
+            authorization.check_register_account, user,
+            name if isinstance(name, str) else None,
+            conn_id if isinstance(conn_id, str) else None)
         try:
             result = await run_in_threadpool(account_actions.create_account, body)
         except account_actions.FormError as exc:
@@ -157,22 +167,20 @@ def register(app: FastAPI, render: Render) -> None:
             raise HTTPException(404, str(exc)) from None
 
     @app.post("/api/accounts/{name}/test")
-    async def test_account(name: AccountName, user: Reader, _csrf: Changer) -> Response:
-        """*Test the connection* of a registered account."""
+    async def test_account(name: AccountName, user: User, _csrf: Changer) -> Response:
+        """*Test the connection* of a registered account (Airflow's own *Test connection*
+        right on its connection)."""
         account = await run_in_threadpool(_account, name)
-        if not await run_in_threadpool(authz.can_test_connection, user, account.conn_id):
-            raise HTTPException(403, f"testing {name} needs access to connection "
-                                     f"{account.conn_id}")
+        await run_in_threadpool(authorization.check_test_connection, user, account.conn_id)
         return JSONResponse(await run_in_threadpool(account_actions.test_account, name))
 
     @app.post("/api/accounts/{name}/enabled")
-    async def enable_account(request: Request, name: AccountName, user: Reader,
+    async def enable_account(request: Request, name: AccountName, user: User,
                              _csrf: Changer) -> Response:
-        """Enable (``{"enabled": true}``) or disable an account's archiving."""
-        account = await run_in_threadpool(_account, name)
-        if not await run_in_threadpool(authz.can_change_account, user, account.dag_id):
-            raise HTTPException(403, f"enabling or disabling {name} needs the right to edit "
-                                     f"DAG {account.dag_id}")
+        """Enable (``{"enabled": true}``) or disable an account's archiving (editing its
+        ``mcSynch_<name>`` DAG)."""
+        await run_in_threadpool(authorization.check_change_account, user, name)
+        await run_in_threadpool(_account, name)
         body = await json_body(request)
         enabled = body.get("enabled") if isinstance(body, dict) else None
         if not isinstance(enabled, bool):
@@ -183,7 +191,7 @@ def register(app: FastAPI, render: Render) -> None:
                                                     name, enabled))
 
     @app.get("/api/accounts/{name}/dag")
-    def account_dag(name: AccountName, user: Reader) -> Response:
+    def account_dag(name: AccountName, _access: Reader) -> Response:
         """The account's archiving DAG as the scheduler sees it (polled after creation)."""
         _account(name)
         return JSONResponse(account_actions.dag_status(name))

@@ -4,10 +4,15 @@
 The figures come from :mod:`message_center.reporting` (hourly statistics on the control
 instance); this module only turns query strings into filters, picks the database and
 renders. Filters live in the query string, so every report view is a link.
+
+A report covers the queues the user may read (read access to the runs of
+``rtEventsProcessing`` / ``batchEventsProcessing``): "all" narrows to the readable one, a
+queue they may not read is a 403.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -16,6 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine, text
 
+from mc_airflow.authorization import QUEUE_DAGS, EventReadAccess
 from mc_airflow.instances import CONTROL_CONN_ID, connection_url, execution_instances
 from mc_airflow.ui.app import Reader
 from message_center.db import engine_for
@@ -73,7 +79,7 @@ def _form(params: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def _filter(values: dict[str, str]) -> ReportFilter:
+def _filter(values: dict[str, str], access: EventReadAccess) -> ReportFilter:
     params = dict(values)
     if params["period"] == "custom":
         if not params["start"]:
@@ -82,7 +88,18 @@ def _filter(values: dict[str, str]) -> ReportFilter:
     else:
         params.pop("start")
         params.pop("end")
-    return parse_filter(params)
+    return _readable(parse_filter(params), access)
+
+
+def _readable(report_filter: ReportFilter, access: EventReadAccess) -> ReportFilter:
+    """The filter on the queues ``access`` may read (403 for a queue it may not)."""
+    if report_filter.kind is not None:
+        access.check(report_filter.kind)
+        return report_filter
+    if access.kinds >= set(QUEUE_DAGS):
+        return report_filter
+    (kind,) = access.kinds  # require_read: at least one
+    return dataclasses.replace(report_filter, kind=kind)
 
 
 def _instances() -> list[dict[str, Any]]:
@@ -111,7 +128,7 @@ def _query(values: dict[str, str], **extra: Any) -> str:
 
 
 def register(app: FastAPI, render: Render) -> None:
-    def report_page(request: Request, user: Any, page: str, template: str,
+    def report_page(request: Request, access: EventReadAccess, page: str, template: str,
                     build: Callable[[Any, ReportFilter, Thresholds], Any] | None,
                     **context: Any) -> HTMLResponse:
         values = _form(request.query_params)
@@ -119,42 +136,42 @@ def register(app: FastAPI, render: Render) -> None:
         error = report = None
         status = 200
         try:
-            report_filter = _filter(values)
+            report_filter = _filter(values, access)
             if build is not None:
                 report = _read(lambda conn: build(conn, report_filter, thresholds))
         except ReportFilterError as exc:
             error, status = {"field": exc.field, "message": str(exc)}, 422
         except ControlMissing as exc:
             error, status = {"field": None, "message": str(exc)}, 503
-        return render(request, template, user, page, status_code=status, values=values,
+        return render(request, template, access.user, page, status_code=status, values=values,
                       error=error, report=report, presets=PRESETS, instances=_instances(),
                       query=_query(values), threshold_error=threshold_error,
                       thresholds=thresholds.to_dict(), cause_labels=ERROR_CAUSE_LABELS,
                       **context)
 
     @app.get("/service-level", response_class=HTMLResponse)
-    def service_level_page(request: Request, user: Reader) -> HTMLResponse:
+    def service_level_page(request: Request, access: Reader) -> HTMLResponse:
         """ACC's "Message Center service level": incoming, sent, errors by cause."""
-        return report_page(request, user, "service-level", "service_level.html",
+        return report_page(request, access, "service-level", "service_level.html",
                            lambda conn, f, t: service_level(conn, f, t).to_dict())
 
     @app.get("/processing-time", response_class=HTMLResponse)
-    def processing_time_page(request: Request, user: Reader) -> HTMLResponse:
+    def processing_time_page(request: Request, access: Reader) -> HTMLResponse:
         """ACC's "Message Center processing time": queue, sending and total times."""
-        return report_page(request, user, "processing-time", "processing_time.html",
+        return report_page(request, access, "processing-time", "processing_time.html",
                            lambda conn, f, t: processing_time(conn, f, t).to_dict())
 
     @app.get("/history", response_class=HTMLResponse)
-    def history_page(request: Request, user: Reader) -> HTMLResponse:
+    def history_page(request: Request, access: Reader) -> HTMLResponse:
         """ACC's "History of Message Center events": per type and period, per status."""
-        return report_page(request, user, "history", "history.html",
+        return report_page(request, access, "history", "history.html",
                            lambda conn, f, _t: event_history(conn, f).to_dict())
 
     @app.get("/history.csv")
-    def history_download(request: Request, user: Reader) -> Response:
+    def history_download(request: Request, access: Reader) -> Response:
         values = _form(request.query_params)
         try:
-            report_filter = _filter(values)
+            report_filter = _filter(values, access)
             csv = _read(lambda conn: history_csv(event_history(conn, report_filter)))
         except ReportFilterError as exc:
             return Response(f"{exc.field}: {exc}\n", status_code=422, media_type="text/plain")
@@ -167,7 +184,7 @@ def register(app: FastAPI, render: Render) -> None:
                 f'attachment; filename="message-center-history-{start}-{end}.csv"'})
 
     @app.get("/errors", response_class=HTMLResponse)
-    def errors_page(request: Request, user: Reader,
+    def errors_page(request: Request, access: Reader,
                     cause: Annotated[str, Query(max_length=64)] = "failed",
                     cursor: Annotated[str | None, Query(max_length=200)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> HTMLResponse:
@@ -175,7 +192,7 @@ def register(app: FastAPI, render: Render) -> None:
         if cause not in ERROR_CAUSES:
             cause_error = {"field": "cause", "message": f"expected one of "
                                                         f"{', '.join(ERROR_CAUSES)}"}
-            return render(request, "errors.html", user, "service-level", status_code=422,
+            return render(request, "errors.html", access.user, "service-level", status_code=422,
                           values=_form(request.query_params), error=cause_error, report=None,
                           presets=PRESETS, instances=_instances(), cause=cause,
                           causes=ERROR_CAUSE_LABELS, query="", next_query=None,
@@ -185,7 +202,7 @@ def register(app: FastAPI, render: Render) -> None:
         error = page = None
         status = 200
         try:
-            report_filter = _filter(values)
+            report_filter = _filter(values, access)
             page = _read(lambda conn: error_events(conn, report_filter, cause, limit=limit,
                                                    cursor=cursor).to_dict())
             if page["nextCursor"]:
@@ -195,7 +212,7 @@ def register(app: FastAPI, render: Render) -> None:
             error, status = {"field": exc.field, "message": str(exc)}, 422
         except ControlMissing as exc:
             error, status = {"field": None, "message": str(exc)}, 503
-        return render(request, "errors.html", user, "service-level", status_code=status,
+        return render(request, "errors.html", access.user, "service-level", status_code=status,
                       values=values, error=error, report=page, presets=PRESETS,
                       instances=_instances(), cause=cause, causes=ERROR_CAUSE_LABELS,
                       query=_query(values), next_query=next_query, threshold_error=None,
