@@ -8,6 +8,9 @@ token, or a bad or expired one, is a 401. Rights are the auth manager's, asked t
 DAG (``rtEventsProcessing`` / ``batchEventsProcessing``), reading events to read them; a
 refusal is a 403 naming the missing permission.
 
+The Message Center pages (``mc_airflow.ui``, same module for their rights) are mounted
+under ``/message-center/ui`` and listed in Airflow's navigation (``external_views``).
+
 Airflow imports plugin files in every process, task runners included, so this module
 stays light: Airflow's API-server security module and the connection model are imported
 on the first request, not here.
@@ -94,7 +97,6 @@ app = create_app(
 )
 
 app.add_middleware(FreezeGcOnFirstRequest)
-
 
 
 class LazyUiApp:
