@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from message_center import events
+from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.db import engine_for
 from message_center.events import (
     MAX_BATCH_BODY_BYTES,
@@ -291,21 +292,14 @@ def create_app(
             events.check_idempotency_key(key)
         data = events.loads(body)
         parsed = [events.parse_event(data)] if kind == "rt" else events.parse_batch(data)
-        endpoint = "rtEvents" if kind == "rt" else "batchEvents"
-        with engine().begin() as conn:
-            if key is not None:
-                hash_ = events.request_hash(endpoint, data)
-                stored = events.claim_idempotency_key(conn, key, endpoint, hash_)
-                if stored is not None:
-                    if (stored.endpoint, stored.request_hash) != (endpoint, hash_):
-                        raise HTTPException(409, "Idempotency-Key was already used for a "
-                                                 "different request")
-                    return stored.status_code, stored.body, True
-            ids = events.insert_events(conn, kind, parsed)
-            result: Any = {"id": ids[0], "status": "pending"} if kind == "rt" else {"ids": ids}
-            if key is not None:
-                events.store_idempotent_response(conn, key, 201, result)
-        return 201, result, False
+        try:
+            return store_events(
+                engine(), [(kind, event) for event in parsed], key=key, request=data,
+                endpoint="rtEvents" if kind == "rt" else "batchEvents",
+                answer=(lambda ids: {"id": ids[0], "status": "pending"}) if kind == "rt"
+                else (lambda ids: {"ids": ids}))
+        except IdempotencyConflict as exc:
+            raise HTTPException(409, str(exc)) from None
 
     def respond(outcome: tuple[int, Any, bool], headers: dict[str, str]) -> JSONResponse:
         status, body, replayed = outcome
