@@ -32,9 +32,12 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import HTTPException
 
+from mc_airflow.api_auth import AirflowAccess
 from mc_airflow.authorization import PUSH_API_AUTHORIZATION, authenticated_user
 from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
+from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
+from message_center.api.soap import create_soap_app
 
 UI_PATH = "/ui"
 CONNECTION_TTL_SECONDS = 60.0
@@ -89,14 +92,23 @@ class FreezeGcOnFirstRequest:
         await self.app(scope, receive, send)
 
 
+execution_database_url = _ExecutionDatabaseUrl(EXECUTION_CONN_ID, CONNECTION_TTL_SECONDS)
 app = create_app(
     airflow_user,
-    _ExecutionDatabaseUrl(EXECUTION_CONN_ID, CONNECTION_TTL_SECONDS),
+    execution_database_url,
     authorization=PUSH_API_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
 )
-
 app.add_middleware(FreezeGcOnFirstRequest)
+
+# Adobe Campaign drop-in: ACC's SOAP router and WSDLs at /nl/jsp/..., and Campaign
+# Standard/v8 REST transactional events at /<ORGANIZATION>/campaign/<api>/<eventID>.
+access = AirflowAccess()
+soap_app = create_soap_app(access, execution_database_url)
+soap_app.add_middleware(FreezeGcOnFirstRequest)
+campaign_rest_app = create_campaign_rest_app(airflow_user, access, execution_database_url)
+CAMPAIGN_ORGANIZATIONS = [org.strip() for org in os.environ.get(
+    "MC_CAMPAIGN_ORGANIZATIONS", "").split(",") if org.strip()]
 
 
 class LazyUiApp:
@@ -120,12 +132,21 @@ app.mount(UI_PATH, LazyUiApp())
 
 
 class MessageCenterApiPlugin(AirflowPlugin):
-    """The push API (rtEvents, batchEvents, events, health) on the Airflow API server, and
-    the Message Center section of the Airflow UI (its navigation entry and pages)."""
+    """On the Airflow API server: the push API (rtEvents, batchEvents, events, health), the
+    Adobe Campaign compatible SOAP and REST APIs, and the Message Center section of the
+    Airflow UI (its navigation entry and pages)."""
 
     name = "message_center_api"
     fastapi_apps = [
         {"app": app, "url_prefix": "/message-center", "name": "Message Center push API"},
+        {"app": soap_app, "url_prefix": "/nl",
+         "name": "Adobe Campaign SOAP API (PushEvent, PushEvents, Logon)"},
+    ]
+    fastapi_root_middlewares = [
+        {"middleware": CampaignRestDispatch, "args": [],
+         "kwargs": {"rest_app": campaign_rest_app,
+                    "organizations": CAMPAIGN_ORGANIZATIONS or None},
+         "name": "Campaign REST transactional events (/<ORGANIZATION>/campaign/...)"},
     ]
     # Airflow shows an external view in its navigation and renders it in a same-origin
     # iframe; it mirrors the iframe's path into its own URL (deep links work both ways).
