@@ -231,18 +231,6 @@ def _event_nodes(call: SoapCall) -> list[tuple[Any, str]]:
             for position, node in enumerate(nodes, start=1)]
 
 
-def _problems(errors: list[dict[str, Any]], located: list[XmlEvent] | None) -> list[str]:
-    lines = []
-    for error in errors:
-        where = error["field"]
-        if located is not None:
-            index = error.get("index", 0)
-            where = xml_location(located[index], str(error["field"]))
-        message = error["msg"]
-        lines.append(f"{where}: {message}")
-    return lines
-
-
 def _invalid(call: SoapCall, problems: list[str]) -> SoapFault:
     more = f" (and {len(problems) - 1} more, see detail)" if len(problems) > 1 else ""
     return SoapFault(f"Error while reading parameters of method '{call.method}' of service "
@@ -250,23 +238,34 @@ def _invalid(call: SoapCall, problems: list[str]) -> SoapFault:
 
 
 def validate_events(call: SoapCall, nodes: list[tuple[Any, str]]) -> list[tuple[XmlEvent, Any]]:
-    """XML events -> validated ``EventIn``s, all or nothing; faults name the attribute."""
-    located, problems = [], []
-    for node, path in nodes:
+    """XML events -> validated ``EventIn``s, all or nothing. Every problem is reported, in
+    document order, as ``<xml location>: <message>``; an event with an XML-level problem
+    (unknown attribute, unsupported wishedChannel, ...) is not validated further."""
+    located: list[XmlEvent | None] = []
+    problems: list[tuple[int, str]] = []
+    for position, (node, path) in enumerate(nodes):
         try:
             located.append(event_from_element(node, path))
         except EventValidationError as exc:
-            problems.extend(_problems(exc.errors, None))
+            located.append(None)
+            problems.extend((position, f"{e['field']}: {e['msg']}") for e in exc.errors)
+    good = [(position, event) for position, event in enumerate(located) if event is not None]
+    parsed: list[Any] = []
+    if good:
+        try:
+            if call.method == "PushEvent":
+                parsed = [events.parse_event(good[0][1].data)]
+            else:
+                parsed = events.parse_batch({"events": [event.data for _, event in good]})
+        except EventValidationError as exc:
+            for error in exc.errors:
+                position, event = good[error.get("index", 0)]
+                problems.append((position, f"{xml_location(event, str(error['field']))}: "
+                                           f"{error['msg']}"))
     if problems:
-        raise _invalid(call, problems)
-    try:
-        if call.method == "PushEvent":
-            parsed = [events.parse_event(located[0].data)]
-        else:
-            parsed = events.parse_batch({"events": [event.data for event in located]})
-    except EventValidationError as exc:
-        raise _invalid(call, _problems(exc.errors, located)) from None
-    return list(zip(located, parsed, strict=True))
+        problems.sort(key=lambda problem: problem[0])
+        raise _invalid(call, [line for _, line in problems])
+    return [(event, entry) for (_, event), entry in zip(good, parsed, strict=True)]
 
 
 def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
@@ -317,7 +316,7 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
             if key is not None:
                 events.check_idempotency_key(key)
         except EventValidationError as exc:
-            raise _invalid(call, _problems(exc.errors, None)) from None
+            raise _invalid(call, [f"{e['field']}: {e['msg']}" for e in exc.errors]) from None
         for kind in sorted(kinds):
             if not access.may(user, "push", kind):
                 raise AccessRefused(f"Not allowed to push {kind} events: "
