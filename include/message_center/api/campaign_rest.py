@@ -20,6 +20,7 @@ organization) to this app on the Airflow API server.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -87,6 +88,10 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else ""
+
+
 def create_campaign_rest_app(
     auth: Callable[..., Any],
     access: Access,
@@ -122,8 +127,7 @@ def create_campaign_rest_app(
             return {
                 "PKey": pkey, "ctx": dict(event.ctx), "email": _text(event.email),
                 "mobilePhone": _text(event.mobile_phone),
-                "scheduled": _text(event.scheduled and event.scheduled.isoformat()),
-                "expiration": _text(event.expiration and event.expiration.isoformat()),
+                "scheduled": _iso(event.scheduled), "expiration": _iso(event.expiration),
                 "href": f"{path['api']}/{path['event_id']}/{pkey}",
                 "serverUrl": server_url, "status": "pending", "type": path["event_id"],
             }
