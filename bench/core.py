@@ -181,6 +181,8 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
           "through the real scheduler")
     return {
         "ingest": [("ingestion over HTTP, 1,000-event batches", ">= 20,000 events/s")],
+        "soap_ingest": [("ingestion over ACC SOAP (PushEvents), 1,000-event batches",
+                         ">= 50% of JSON batches")],
         "push": [("single real-time push through the API, p50", "<= 10 ms"),
                  ("single real-time push through the API, p99", "<= 50 ms")],
         "split_link": [("split + link to templates",

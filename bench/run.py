@@ -43,10 +43,11 @@ Stage = Callable[[Context], list[Result]]
 
 
 def _stages() -> dict[str, Stage]:
-    from bench import http_stages, pipeline, realtime, reports
+    from bench import http_stages, pipeline, realtime, reports, soap_stage
 
     return {
         "ingest": http_stages.ingest,
+        "soap_ingest": soap_stage.soap_ingest,
         "push": http_stages.push,
         "split_link": pipeline.split_link,
         "deliver": pipeline.deliver,
@@ -58,13 +59,13 @@ def _stages() -> dict[str, Stage]:
     }
 
 
-STAGE_NAMES = ("ingest", "push", "split_link", "deliver", "status", "archive", "reports",
-               "realtime", "memory")
+STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
+               "reports", "realtime", "memory")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it). The table keeps the order (STAGE_NAMES).
-RUN_ORDER = ("ingest", "push", "split_link", "deliver", "status", "archive", "reports",
-             "memory", "realtime")
+RUN_ORDER = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
+             "reports", "memory", "realtime")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,4 +1,8 @@
-"""Mounts the Message Center push API on Airflow's API server under ``/message-center``.
+"""Mounts the Message Center push API on Airflow's API server under ``/message-center``,
+and the Adobe Campaign compatible APIs at Adobe's paths: ACC's SOAP router and WSDLs under
+``/nl/jsp/`` and the Campaign REST transactional events at
+``/<ORGANIZATION>/campaign/<transactionalAPI>/<eventID>`` (a root middleware, since the
+organization is part of the path; ``MC_CAMPAIGN_ORGANIZATIONS=a,b`` limits it to those).
 
 Served by the ``airflow api-server`` process users already run (``airflow standalone``
 included), documented at ``/message-center/docs``, authenticated exactly like Airflow's
