@@ -42,6 +42,7 @@ also write ``<rtevent>``."""
 
 EVENT_ATTRIBUTES = ("type", "email", "mobilePhone", "wishedChannel", "externalId", "language",
                     "country", "origin", "scheduled", "expiration")
+_EVENT_ATTRIBUTES = frozenset(EVENT_ATTRIBUTES)
 IGNORED_ATTRIBUTES = frozenset({"emailFormat", "_operation", "xtkschema"})
 """ACC attributes accepted and ignored: ``emailFormat`` (every e-mail is sent as text + HTML
 here) and the attributes ACC's own SDKs add to entities."""
@@ -86,7 +87,7 @@ def parse_xml(body: bytes) -> Any:
 
 
 def local_name(tag: str) -> str:
-    return tag.rpartition("}")[2]
+    return tag if tag[0] != "{" else tag[tag.index("}") + 1:]
 
 
 def child_elements(element: Any) -> list[Any]:
@@ -101,26 +102,52 @@ class _CtxConflict(ValueError):
 
 def ctx_from_xml(element: Any) -> dict[str, Any]:
     """The JSON ``ctx`` of a ``<ctx>`` element, by the rule in the module docstring."""
-    value = _value(element, "ctx")
+    value = _value(element)
     if isinstance(value, dict):
         return value
     return {TEXT_KEY: value} if value.strip() else {}
 
 
-def _value(element: Any, path: str) -> Any:
-    attributes = {local_name(name): value for name, value in element.attrib.items()
-                  if not name.startswith("{" + XSI_NAMESPACE + "}")}
-    children = child_elements(element)
-    if not attributes and not children:
+_XSI_PREFIX = "{" + XSI_NAMESPACE + "}"
+
+
+def _path(element: Any) -> str:
+    """``ctx/a/b`` of an element inside ``<ctx>`` (for the one error message)."""
+    names = []
+    while element is not None:
+        names.append(local_name(element.tag))
+        if names[-1] == "ctx":
+            break
+        element = element.getparent()
+    return "/".join(reversed(names))
+
+
+def _value(element: Any) -> Any:
+    # Hot path (every ctx node of every pushed event): plain loops, no helper calls.
+    items = element.items()  # attributes, without building an _Attrib proxy
+    if not items and len(element) == 0:
         return element.text or ""
-    obj: dict[str, Any] = dict(attributes)
+    obj: dict[str, Any] = {}
+    for name, value in items:
+        if name[0] == "{":
+            if name.startswith(_XSI_PREFIX):
+                continue
+            name = name[name.index("}") + 1:]
+        obj[name] = value
+    attributes = frozenset(obj) if obj else frozenset()
     repeated: set[str] = set()
-    for child in children:
-        name = local_name(child.tag)
-        value = _value(child, f"{path}/{name}")
+    texts = [element.text] if element.text else []
+    for child in element:
+        if child.tail:
+            texts.append(child.tail)
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue
+        name = tag if tag[0] != "{" else tag[tag.index("}") + 1:]
+        value = _value(child)
         if name in attributes:
             raise _CtxConflict(f"'{name}' is both an attribute and a child element of "
-                               f"<{path}>")
+                               f"<{_path(element)}>")
         if name in repeated:
             obj[name].append(value)
         elif name in obj:
@@ -128,9 +155,10 @@ def _value(element: Any, path: str) -> Any:
             repeated.add(name)
         else:
             obj[name] = value
-    text = "".join([element.text or "", *(child.tail or "" for child in children)]).strip()
-    if text:  # XML names cannot start with '#': no clash with an attribute or element
-        obj[TEXT_KEY] = text
+    if texts:  # an element with attributes or children: mixed content
+        text = "".join(texts).strip()
+        if text:  # XML names cannot start with '#': no clash with an attribute or element
+            obj[TEXT_KEY] = text
     return obj
 
 
@@ -171,11 +199,11 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
     kind = event_kind(element, path)
     errors: list[dict[str, Any]] = []
     data: dict[str, Any] = {}
-    for name, value in element.attrib.items():
-        if name.startswith("{") or name in IGNORED_ATTRIBUTES:
+    for name, value in element.items():
+        if name[0] == "{" or name in IGNORED_ATTRIBUTES:
             continue  # xsi:type and other namespaced attributes, ACC-only attributes
         where = f"{path}/@{name}"
-        if name not in EVENT_ATTRIBUTES:
+        if name not in _EVENT_ATTRIBUTES:
             errors.append(_error(where, f"unknown attribute '{name}' (accepted: "
                                         f"{', '.join(EVENT_ATTRIBUTES)})", "extra_forbidden"))
         elif name == "wishedChannel":
@@ -190,7 +218,9 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
         elif value != "":  # ACC clients send empty attributes for "not set"
             data[name] = value
     ctx: dict[str, Any] | None = None
-    for child in child_elements(element):
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
         name = local_name(child.tag)
         if name != "ctx":
             errors.append(_error(f"{path}/{name}", f"unknown element <{name}> in "
