@@ -369,6 +369,12 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
             log.exception("SOAP request failed: execution database unavailable")
             return _fault(SoapFault("The execution database is unavailable; retry later.",
                                     code="Server", status=503, headers={"Retry-After": "5"}))
+        except HTTPException as exc:  # e.g. the mc_execution connection is not defined
+            return _fault(SoapFault(str(exc.detail), code="Server" if exc.status_code >= 500
+                                    else "Client", status=exc.status_code))
+        except Exception:
+            log.exception("SOAP request failed")
+            return _fault(SoapFault("Internal error; see the API server log.", code="Server"))
         return Response(content, media_type=XML_CONTENT_TYPE, headers=headers)
 
     @app.get("/jsp/schemawsdl.jsp", include_in_schema=False)

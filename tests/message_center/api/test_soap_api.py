@@ -480,3 +480,12 @@ class _Reply:
     def __init__(self, response) -> None:
         self.status_code, self.content = response.status_code, response.content
         self.headers, self.encoding = response.headers, "utf-8"
+
+
+def test_database_down_is_a_server_fault(access):
+    root = FastAPI()
+    root.mount("/nl", create_soap_app(access, lambda: "postgresql://postgres@127.0.0.1:1/x"))
+    response = post(TestClient(root), push_event('<rtEvent type="T" email="a@example.com"/>'))
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    code, message, _ = fault(response)
+    assert code == "SOAP-ENV:Server" and "unavailable" in message
