@@ -34,11 +34,11 @@ from starlette.concurrency import run_in_threadpool
 
 from message_center import events
 from message_center.acc_xml import (
+    EVENT_ELEMENTS,
     XmlEvent,
     XmlRefused,
     child_elements,
     event_from_element,
-    event_kind,
     is_event_element,
     local_name,
     parse_xml,
@@ -310,14 +310,16 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
     async def push(request: Request, call: SoapCall) -> tuple[bytes, dict[str, str]]:
         user = await user_for(request, call.text("sessiontoken"))
         nodes = _event_nodes(call)
-        try:
-            kinds = {event_kind(node, path) for node, path in nodes}
-            key = request.headers.get("idempotency-key")
-            if key is not None:
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            try:
                 events.check_idempotency_key(key)
-        except EventValidationError as exc:
-            raise _invalid(call, [f"{e['field']}: {e['msg']}" for e in exc.errors]) from None
-        for kind in sorted(kinds):
+            except EventValidationError as exc:
+                raise _invalid(call, [f"{e['field']}: {e['msg']}" for e in exc.errors]) \
+                    from None
+        # non-event elements are reported with every other problem by validate_events
+        kinds = {EVENT_ELEMENTS.get(local_name(node.tag).lower()) for node, _ in nodes}
+        for kind in sorted(kinds - {None}):
             if not access.may(user, "push", kind):
                 raise AccessRefused(f"Not allowed to push {kind} events: "
                                     f"{access.explain('push', kind)}", 403)
