@@ -13,6 +13,8 @@ from message_center.acc_xml import (
 )
 from message_center.events import EventValidationError
 
+pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
+
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [
  <!ENTITY lol "lol">

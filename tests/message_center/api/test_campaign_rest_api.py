@@ -183,6 +183,7 @@ def test_organizations_can_be_limited(execution_db, test_deployment):
                        ).text == "airflow"
 
 
+@pytest.mark.fast
 def test_event_id_to_type():
     assert event_type("EVTcartAbandonment") == "cartAbandonment"
     assert event_type("ORDER_CONFIRMED") == "ORDER_CONFIRMED"
