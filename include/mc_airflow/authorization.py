@@ -31,11 +31,12 @@ Three ways to use it, all raising or returning the same decisions:
   user with :func:`authenticated_user` (401: no, bad or expired token) and answers 403
   :class:`Forbidden` naming the missing permission; it returns the user (``require_read``
   an :class:`EventReadAccess`).
-- Checks for code that already has the user: ``check(user, action, *permissions)`` raises
-  :class:`Forbidden`; ``may_push``, ``may_read``, ``readable_kinds``, ``capabilities``
-  answer booleans (pages hide buttons with them).
-- :data:`PUSH_API_AUTHORIZATION`: the dependencies the push API app takes
-  (``message_center.api.Authorization``), so the domain never imports Airflow.
+- Checks for code that already has the user: ``check(user, action, *permissions)`` and
+  ``check_push(user, kind)`` raise :class:`Forbidden`; ``may_push``, ``may_read``,
+  ``readable_kinds``, ``capabilities`` answer booleans (pages hide buttons with them).
+- :data:`PUSH_API_AUTHORIZATION`: what the push APIs take (``message_center.api.
+  Authorization``: the JSON push API, ACC's SOAP API, the Campaign REST API), so the domain
+  never imports Airflow.
 
 Plugin modules are imported by every Airflow process, task runners included: Airflow's API
 server modules are imported on the first check, not here.
@@ -194,6 +195,17 @@ def check(user: Any, action: str, *permissions: Permission) -> None:
         raise Forbidden(user, action, lacking)
 
 
+def pushing(kind: str) -> str:
+    """The action words of a push refusal: "pushing real-time events"."""
+    return f"pushing {KIND_LABELS[kind]}"
+
+
+def check_push(user: Any, kind: str) -> None:
+    """Raise :class:`Forbidden` unless ``user`` may push events into ``kind``'s queue (what
+    :func:`require_push` checks, for a user already known: ACC's SOAP envelope names it)."""
+    check(user, pushing(kind), push_permission(kind))
+
+
 def may_push(user: Any, kind: str) -> bool:
     return is_allowed(user, push_permission(kind))
 
@@ -303,7 +315,7 @@ def require_push(kind: str, *,
     """Pushing events into the ``kind`` ("rt" / "batch") queue."""
     key = (kind, user_dependency)
     if key not in _push_dependencies:  # one callable per kind: FastAPI caches it per request
-        _push_dependencies[key] = require(f"pushing {KIND_LABELS[kind]}", push_permission(kind),
+        _push_dependencies[key] = require(pushing(kind), push_permission(kind),
                                           user_dependency=user_dependency)
     return _push_dependencies[key]
 
@@ -360,5 +372,7 @@ def require_templates_publish(*, user_dependency: Callable[..., Any] = authentic
                    user_dependency=user_dependency)
 
 
-PUSH_API_AUTHORIZATION = Authorization(push=require_push, read=require_read())
-"""What the push API app (``message_center.api.create_app``) checks, backed by Airflow."""
+PUSH_API_AUTHORIZATION = Authorization(push=require_push, read=require_read(),
+                                       check_push=check_push)
+"""What the push APIs check, backed by Airflow: the JSON push API
+(``message_center.api.create_app``), ACC's SOAP API and the Campaign REST API."""

@@ -92,6 +92,25 @@ def test_refusals_name_the_action_the_permission_and_the_user(auth_manager):
 
 
 @pytest.mark.fast  # the auth manager in process, no token: no database
+@pytest.mark.parametrize(("kind", "words", "dag_id"), [
+    ("rt", "real-time events", "rtEventsProcessing"),
+    ("batch", "batch events", "batchEventsProcessing")])
+def test_check_push_is_the_push_dependency_rule_for_a_known_user(auth_manager, kind, words,
+                                                                 dag_id):
+    """ACC's SOAP API knows the user from the envelope: the same rule and refusal words as
+    ``require_push`` (and :data:`PUSH_API_AUTHORIZATION` hands this check to the apps)."""
+    assert authz.PUSH_API_AUTHORIZATION.check_push is authz.check_push
+    for role in ("user", "op", "admin"):
+        authz.check_push(user(role), kind)
+    with pytest.raises(authz.Forbidden) as refused:
+        authz.check_push(user("viewer"), kind)
+    assert refused.value.detail == (
+        f"Forbidden: pushing {words} needs the permission to create DAG runs of {dag_id} in "
+        "Airflow; user 'the-viewer' does not have it")
+    assert str(authz.push_permission(kind)) == f"create DAG runs of {dag_id}"
+
+
+@pytest.mark.fast  # the auth manager in process, no token: no database
 def test_read_access_names_the_queue_it_lacks(auth_manager):
     access = authz.EventReadAccess(user("viewer"), frozenset({"rt"}))
     access.check("rt")

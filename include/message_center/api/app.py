@@ -47,17 +47,22 @@ class EventReadCheck(Protocol):
 
 @dataclass(frozen=True)
 class Authorization:
-    """Who may push and read, as FastAPI dependencies run before the endpoint's work (a
-    refusal stores nothing and leaves the request's Idempotency-Key unused).
+    """Who may push and read, for every push protocol (this JSON API, ACC's SOAP API, the
+    Campaign REST API), checked before the request's work (a refusal stores nothing and
+    leaves the request's Idempotency-Key unused).
 
     - ``push(kind)``: a dependency raising 403 unless the caller may push into the
       ``kind`` ("rt" / "batch") queue. Called once per kind when the app is built.
     - ``read``: a dependency raising 403 unless the caller may read some events; it
       returns an :class:`EventReadCheck` for the queue of the event found.
+    - ``check_push(user, kind)``: the same rule as ``push(kind)`` for a user already known
+      (SOAP reads it from the envelope); raises ``HTTPException(403)`` naming the missing
+      permission. It may do I/O: call it off the event loop.
     """
 
     push: Callable[[str], Callable[..., Any]]
     read: Callable[..., Any]
+    check_push: Callable[[Any, str], None]
 
 
 @dataclass(frozen=True)

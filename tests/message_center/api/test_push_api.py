@@ -65,7 +65,11 @@ def _read(request: Request, _user: str = Depends(token_auth)) -> _ReadCheck:
     return _ReadCheck(kinds)
 
 
-HEADER_RIGHTS = Authorization(push=_PUSH.__getitem__, read=_read)
+def _check_push(user: str, kind: str) -> None:
+    raise AssertionError("the JSON API checks rights with the push(kind) dependencies")
+
+
+HEADER_RIGHTS = Authorization(push=_PUSH.__getitem__, read=_read, check_push=_check_push)
 """Every right unless the request's ``X-Test-Rights`` header lists fewer."""
 
 
