@@ -10,7 +10,8 @@ REST API: a Bearer token from ``POST /auth/token`` (or the UI's session cookie).
 token, or a bad or expired one, is a 401. Rights are the auth manager's, asked through
 ``mc_airflow.authorization``: pushing needs the right to create DAG runs of the queue's
 DAG (``rtEventsProcessing`` / ``batchEventsProcessing``), reading events to read them; a
-refusal is a 403 naming the missing permission.
+refusal is a 403 naming the missing permission (a SOAP Fault with the same words for ACC's
+SOAP API, whose users log on as Airflow users).
 
 The Message Center pages (``mc_airflow.ui``, same module for their rights) are mounted
 under ``/message-center/ui`` and listed in Airflow's navigation (``external_views``).
@@ -36,8 +37,7 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import HTTPException
 
-from mc_airflow.api_auth import AirflowAccess
-from mc_airflow.authorization import PUSH_API_AUTHORIZATION, authenticated_user
+from mc_airflow.authorization import PUSH_API_AUTHORIZATION, AirflowSessions, authenticated_user
 from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
@@ -107,10 +107,12 @@ app.add_middleware(FreezeGcOnFirstRequest)
 
 # Adobe Campaign drop-in: ACC's SOAP router and WSDLs at /nl/jsp/..., and Campaign
 # Standard/v8 REST transactional events at /<ORGANIZATION>/campaign/<api>/<eventID>.
-access = AirflowAccess()
-soap_app = create_soap_app(access, execution_database_url)
+# Same rights as the push API (PUSH_API_AUTHORIZATION); SOAP logins are Airflow users.
+soap_app = create_soap_app(AirflowSessions(), execution_database_url,
+                           authorization=PUSH_API_AUTHORIZATION)
 soap_app.add_middleware(FreezeGcOnFirstRequest)
-campaign_rest_app = create_campaign_rest_app(airflow_user, access, execution_database_url)
+campaign_rest_app = create_campaign_rest_app(airflow_user, execution_database_url,
+                                             authorization=PUSH_API_AUTHORIZATION)
 CAMPAIGN_ORGANIZATIONS = [org.strip() for org in os.environ.get(
     "MC_CAMPAIGN_ORGANIZATIONS", "").split(",") if org.strip()]
 

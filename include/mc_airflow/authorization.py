@@ -38,10 +38,16 @@ Three ways to use it, all raising or returning the same decisions:
   Authorization``: the JSON push API, ACC's SOAP API, the Campaign REST API), so the domain
   never imports Airflow.
 
+:class:`AirflowSessions` authenticates ACC's SOAP clients (``xtk:session#Logon``,
+``login/password`` session tokens) as Airflow users with Airflow's own ``POST /auth/token``.
+
 Plugin modules are imported by every Airflow process, task runners included: Airflow's API
 server modules are imported on the first check, not here.
 """
 
+import hashlib
+import hmac
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -52,6 +58,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2Pas
 from starlette.concurrency import run_in_threadpool
 
 from message_center.api.app import Authorization
+from message_center.api.sessions import SessionRefused
 
 Method = Literal["GET", "POST", "PUT", "DELETE"]
 
@@ -376,3 +383,66 @@ PUSH_API_AUTHORIZATION = Authorization(push=require_push, read=require_read(),
                                        check_push=check_push)
 """What the push APIs check, backed by Airflow: the JSON push API
 (``message_center.api.create_app``), ACC's SOAP API and the Campaign REST API."""
+
+
+# --- ACC SOAP sessions -------------------------------------------------------------------
+LOGON_CACHE_SECONDS = 60.0
+"""A ``login/password`` sent with every SOAP call reuses its JWT this long (the password is
+not re-checked within that time; the JWT is verified on every call)."""
+
+
+class AirflowSessions:
+    """ACC-style logins and session tokens (``message_center.api.sessions.Sessions``) as
+    Airflow users and JWTs: a ``Logon`` (or a ``login/password`` session token) is turned
+    into a JWT by Airflow's own ``POST /auth/token``, called in-process on the API server
+    (whatever auth manager is configured); a session token is verified like any Airflow API
+    token, and ``Logoff`` revokes it with the auth manager."""
+
+    def __init__(self, cache_seconds: float = LOGON_CACHE_SECONDS) -> None:
+        self.cache_seconds = cache_seconds
+        self._secret = os.urandom(32)
+        self._tokens: dict[bytes, tuple[str, float]] = {}
+
+    async def logon(self, request: Any, login: str, password: str) -> str:
+        key = hmac.new(self._secret, f"{login}\0{password}".encode(), hashlib.sha256).digest()
+        cached = self._tokens.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.cache_seconds:
+            return cached[0]
+        token = await self._token(request, login, password)
+        now = time.monotonic()
+        if len(self._tokens) > 1000:  # bounded: drop the expired entries
+            self._tokens = {k: v for k, v in self._tokens.items()
+                            if now - v[1] < self.cache_seconds}
+        self._tokens[key] = (token, now)
+        return token
+
+    @staticmethod
+    async def _token(request: Any, login: str, password: str) -> str:
+        """Airflow's ``POST /auth/token``, through the API server's own router (no network),
+        so the configured auth manager checks the password exactly as for any API client."""
+        import httpx
+
+        router = request.scope.get("router")
+        if router is None:
+            raise SessionRefused("Logon is only available on the Airflow API server")
+        root_path = request.scope.get("root_path", "")
+        transport = httpx.ASGITransport(app=router, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://airflow") as client:
+            answer = await client.post(f"{root_path}/auth/token",
+                                       json={"username": login, "password": password})
+        if answer.status_code not in (200, 201):
+            raise SessionRefused("Invalid login or password. Connection denied.")
+        return str(answer.json()["access_token"])
+
+    async def user(self, request: Any, token: str) -> Any:
+        from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+        try:
+            return await resolve_user_from_token(token)
+        except HTTPException as exc:
+            raise SessionRefused(f"Invalid session token: {exc.detail}") from None
+
+    async def logoff(self, request: Any, token: str) -> None:
+        await self.user(request, token)  # only a valid token can be revoked
+        await run_in_threadpool(_auth_manager().revoke_token, token)
+        self._tokens = {k: v for k, v in self._tokens.items() if v[0] != token}

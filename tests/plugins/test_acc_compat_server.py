@@ -10,6 +10,7 @@ import pytest
 import requests
 import zeep
 from lxml import etree
+from sqlalchemy import text
 from zeep.transports import Transport
 
 pytestmark = pytest.mark.server
@@ -100,3 +101,63 @@ def test_campaign_rest_on_the_api_server(airflow_stack, execution_db):
     status = httpx.get(f"{url}/{pushed.json()['PKey']}", headers=headers, timeout=30)
     assert status.status_code == 200 and status.json()["status"] == "pending"
     assert httpx.post(url, json={"email": "jack@example.com"}, timeout=30).status_code == 401
+
+
+def stored(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+                for table in ("rt_event", "batch_event", "api_idempotency")}
+
+
+ENVELOPE = ('<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:urn="urn:nms:{service}"><soapenv:Body><urn:{method}>'
+            "<urn:sessiontoken>{login}/{password}</urn:sessiontoken>{events}"
+            "</urn:{method}></soapenv:Body></soapenv:Envelope>")
+SOAP_PUSHES = [  # (service, method, queue words, DAG, events)
+    ("rtEvent", "PushEvent", "real-time", "rtEventsProcessing",
+     '<urn:domEvent><rtEvent type="T" email="a@example.com"/></urn:domEvent>'),
+    ("batchEvent", "PushEvents", "batch", "batchEventsProcessing",
+     '<urn:domEventCollection><Events><batchEvent type="T" email="a@example.com"/></Events>'
+     "</urn:domEventCollection>"),
+]
+
+
+def soap_push(airflow_stack, login: str, service: str, method: str, events: str,
+              key: str) -> httpx.Response:
+    body = ENVELOPE.format(service=service, method=method, events=events, login=login,
+                           password=airflow_stack.password_of(login))
+    return httpx.post(f"{airflow_stack.base_url}/nl/jsp/soaprouter.jsp", content=body,
+                      timeout=30, headers={"SOAPAction": f'"nms:{service}#{method}"',
+                                           "Idempotency-Key": key,
+                                           "Content-Type": "text/xml; charset=utf-8"})
+
+
+def test_soap_and_rest_ask_the_same_permissions_as_the_json_api(airflow_stack, execution_db):
+    """A viewer (simple auth manager) may not push over SOAP or REST either: the refusal
+    names the same missing permission as the JSON API's 403, stores nothing and leaves the
+    Idempotency-Key to a user who may push; the viewer still reads the event over REST."""
+    for service, method, words, dag_id, events in SOAP_PUSHES:
+        before = stored(execution_db)
+        refused = soap_push(airflow_stack, "viewer", service, method, events, key=method)
+        assert refused.status_code == 500, refused.text  # SOAP 1.1: every Fault is a 500
+        fault = etree.fromstring(refused.content).find(".//faultstring").text
+        assert fault == (f"Forbidden: pushing {words} events needs the permission to create "
+                         f"DAG runs of {dag_id} in Airflow; user 'viewer' does not have it")
+        assert stored(execution_db) == before
+        allowed = soap_push(airflow_stack, "user", service, method, events, key=method)
+        assert allowed.status_code == 200 and "idempotent-replayed" not in allowed.headers
+
+    url = f"{airflow_stack.base_url}/geometrixx/campaign/mcgeometrixx/EVTcartAbandonment"
+    viewer = {"Authorization": f"Bearer {airflow_stack.token('viewer')}"}
+    refused = httpx.post(url, json={"email": "jack@example.com"}, timeout=30,
+                         headers={**viewer, "Idempotency-Key": "acc-rest"})
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == (
+        "Forbidden: pushing real-time events needs the permission to create DAG runs of "
+        "rtEventsProcessing in Airflow; user 'viewer' does not have it")
+    assert stored(execution_db) == {"rt_event": 1, "batch_event": 1, "api_idempotency": 2}
+    pushed = httpx.post(url, json={"email": "jack@example.com"}, timeout=30, headers={
+        "Authorization": f"Bearer {airflow_stack.token('user')}", "Idempotency-Key": "acc-rest"})
+    assert pushed.status_code == 201 and "idempotent-replayed" not in pushed.headers
+    status = httpx.get(f"{url}/{pushed.json()['PKey']}", headers=viewer, timeout=30)
+    assert status.status_code == 200 and status.json()["status"] == "pending"

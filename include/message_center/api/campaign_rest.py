@@ -11,7 +11,10 @@
 e-mail when ``email`` is given, SMS when only ``mobilePhone`` is. ``<ORGANIZATION>`` and
 ``<transactionalAPI>`` are free (kept in ``href``), so only the host of a client changes.
 Validation, limits, ``Idempotency-Key`` and errors (``422`` naming the field, nothing
-stored) are the JSON push API's; authentication is Airflow's Bearer token.
+stored) are the JSON push API's, and so are authentication (Airflow's Bearer token) and
+rights (``Authorization``: pushing needs the push right of the real-time queue, reading an
+event the read right of its queue; a refusal is the same 403 naming the missing permission,
+checked before anything is stored or the Idempotency-Key is claimed).
 
 ``CampaignRestDispatch`` is the root ASGI middleware that routes these paths (whatever the
 organization) to this app on the Airflow API server.
@@ -29,8 +32,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from message_center import events
-from message_center.api.access import Access, Action
-from message_center.api.app import read_body
+from message_center.api.app import Authorization, EventReadCheck, read_body
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.db import engine_for
 from message_center.events import MAX_EVENT_BODY_BYTES, EventIn, EventValidationError
@@ -94,10 +96,12 @@ def _iso(value: datetime | None) -> str:
 
 def create_campaign_rest_app(
     auth: Callable[..., Any],
-    access: Access,
     database_url: Callable[[], str],
+    *,
+    authorization: Authorization,
 ) -> FastAPI:
-    """The Campaign REST transactional events app (routes carry the whole path)."""
+    """The Campaign REST transactional events app (routes carry the whole path). ``auth``
+    and ``authorization`` are the JSON push API's (``create_app``)."""
     app = FastAPI(title="Message Center: Campaign REST transactional events",
                   docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -112,10 +116,6 @@ def create_campaign_rest_app(
 
     def engine() -> Any:
         return engine_for(database_url())
-
-    def check(user: Any, action: Action, kind: str) -> None:
-        if not access.may(user, action, kind):
-            raise HTTPException(403, f"not allowed: {access.explain(action, kind)}")
 
     def push(body: bytes, key: str | None, path: dict[str, str],
              server_url: str) -> tuple[int, Any, bool]:
@@ -138,15 +138,15 @@ def create_campaign_rest_app(
         except IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
 
-    authenticated = Depends(auth)
+    push_rights = [Depends(auth), Depends(authorization.push("rt"))]
 
-    @app.post("/{organization}/campaign/{transactional_api}/{event_id}", status_code=201)
+    @app.post("/{organization}/campaign/{transactional_api}/{event_id}", status_code=201,
+              dependencies=push_rights)
     @app.post("/{organization}/campaign/{transactional_api}/{event_id}/", status_code=201,
-              include_in_schema=False)
+              dependencies=push_rights, include_in_schema=False)
     async def send_event(request: Request, organization: str, transactional_api: str,
-                         event_id: str, user: Any = authenticated) -> Any:
+                         event_id: str) -> Any:
         """Queue one transactional event (real-time queue)."""
-        check(user, "push", "rt")
         key = request.headers.get("idempotency-key")
         if key is not None:
             events.check_idempotency_key(key)
@@ -163,10 +163,11 @@ def create_campaign_rest_app(
         with engine().connect() as conn:
             return events.get_event(conn, public_id)
 
-    @app.get("/{organization}/campaign/{transactional_api}/{event_id}/{pkey}")
+    @app.get("/{organization}/campaign/{transactional_api}/{event_id}/{pkey}",
+             dependencies=[Depends(auth)])
     async def event_status(request: Request, organization: str, transactional_api: str,
                            event_id: str, pkey: str,
-                           user: Any = authenticated) -> Any:
+                           access: EventReadCheck = Depends(authorization.read)) -> Any:
         """The event with its status in Adobe's names."""
         missing = HTTPException(404, f"event {pkey} of {event_id} not found")
         if not pkey.isdigit() or len(pkey) > 20:
@@ -174,7 +175,7 @@ def create_campaign_rest_app(
         found = await run_in_threadpool(fetch, int(pkey))
         if found is None or found["type"] != event_type(event_id):
             raise missing
-        check(user, "read", found["kind"])
+        access.check(found["kind"])
         return JSONResponse({
             "PKey": pkey, "ctx": found["ctx"], "email": _text(found["email"]),
             "mobilePhone": _text(found["mobilePhone"]),

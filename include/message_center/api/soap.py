@@ -13,9 +13,12 @@ a SOAP Fault naming the XML attribute (``rtEvent/@email: ...``) and stores nothi
 ``<urn:PushEventResponse><plId xsi:type="xsd:long">ID</plId>`` (``PushEvents``: one ``plId``
 per event, in order).
 
-Authentication is ACC's, mapped onto Airflow's users by ``access.Access``: the
+Authentication is ACC's, mapped onto Airflow's users by ``sessions.Sessions``: the
 ``<sessiontoken>`` holds ``login/password`` or a session token from ``xtk:session#Logon``
 (an Airflow JWT); an ``Authorization: Bearer`` header or a ``__sessiontoken`` cookie work too.
+Rights are the JSON push API's (``Authorization.check_push``, asked before anything is
+stored or the Idempotency-Key is claimed); a refusal is a SOAP Fault whose faultstring is the
+JSON API's 403 detail, naming the missing permission.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ from message_center.acc_xml import (
     parse_xml,
     xml_location,
 )
-from message_center.api.access import Access, AccessRefused
-from message_center.api.app import read_body
+from message_center.api.app import Authorization, read_body
 from message_center.api.pushing import IdempotencyConflict, store_events
+from message_center.api.sessions import SessionRefused, Sessions
 from message_center.api.wsdl import SCHEMAS, namespace_of, wsdl
 from message_center.db import engine_for
 from message_center.events import MAX_BATCH_EVENTS, EventValidationError
@@ -268,8 +271,10 @@ def validate_events(call: SoapCall, nodes: list[tuple[Any, str]]) -> list[tuple[
     return [(event, entry) for (_, event), entry in zip(good, parsed, strict=True)]
 
 
-def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
-    """The SOAP router and WSDLs; mount it under ``/nl``."""
+def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
+                    authorization: Authorization) -> FastAPI:
+    """The SOAP router and WSDLs; mount it under ``/nl``. ``sessions`` authenticates ACC's
+    logins and session tokens, ``authorization.check_push`` says who may push."""
     app = FastAPI(title="Message Center: Adobe Campaign SOAP API", docs_url=None,
                   redoc_url=None, openapi_url=None)
 
@@ -287,12 +292,12 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
         """``login/password`` or a session token (from Logon) -> the Airflow user."""
         raw = raw or token_from_request(request)
         if not raw:
-            raise AccessRefused("Authentication required: put 'login/password' or a "
-                                "session token from xtk:session#Logon in <sessiontoken>")
+            raise SessionRefused("Authentication required: put 'login/password' or a "
+                                 "session token from xtk:session#Logon in <sessiontoken>")
         if "/" in raw:
             login, _, password = raw.partition("/")
-            raw = await access.logon(request, login, password)
-        return await access.user(request, raw)
+            raw = await sessions.logon(request, login, password)
+        return await sessions.user(request, raw)
 
     def store(call: SoapCall, nodes: list[tuple[Any, str]],
               key: str | None) -> tuple[list[int], bool]:
@@ -320,9 +325,14 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
         # non-event elements are reported with every other problem by validate_events
         kinds = {EVENT_ELEMENTS.get(local_name(node.tag).lower()) for node, _ in nodes}
         for kind in sorted(kinds - {None}):
-            if not access.may(user, "push", kind):
-                raise AccessRefused(f"Not allowed to push {kind} events: "
-                                    f"{access.explain('push', kind)}", 403)
+            try:
+                await run_in_threadpool(authorization.check_push, user, kind)
+            except HTTPException as exc:
+                if exc.status_code != 403:
+                    raise
+                raise SoapFault(str(exc.detail), "Rights are Airflow's: the same permission "
+                                                 "as pushing through the JSON push API.") \
+                    from None
         ids, replayed = await run_in_threadpool(store, call, nodes, key)
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
         return push_response_xml(call.service, call.method, ids), headers
@@ -332,15 +342,15 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
         node = call.params.get("strPassword")
         password = "" if node is None else node.text or ""
         if not login or not password:
-            raise AccessRefused("Invalid login or password. Connection denied.")
-        token = await access.logon(request, login, password)
+            raise SessionRefused("Invalid login or password. Connection denied.")
+        token = await sessions.logon(request, login, password)
         return logon_response_xml(token, login)
 
     async def logoff(request: Request, call: SoapCall) -> bytes:
         token = call.text("sessiontoken") or token_from_request(request)
         if not token:
-            raise AccessRefused("No session token to log off")
-        await access.logoff(request, token)
+            raise SessionRefused("No session token to log off")
+        await sessions.logoff(request, token)
         return _envelope("<LogoffResponse xmlns='urn:xtk:session' "
                          f"SOAP-ENV:encodingStyle='{SOAP_ENCODING}'/>")
 
@@ -362,9 +372,9 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
                 content = await logoff(request, call)
             else:
                 content, headers = await push(request, call)
-        except AccessRefused as exc:
-            return _fault(SoapFault(str(exc), "Authentication and rights are Airflow's: use "
-                                              "an Airflow user or a token of one."))
+        except SessionRefused as exc:
+            return _fault(SoapFault(str(exc), "Authentication is Airflow's: use an Airflow "
+                                              "user or a token of one."))
         except SoapFault as fault:
             return _fault(fault)
         except OperationalError:
@@ -391,7 +401,7 @@ def create_soap_app(access: Access, database_url: Callable[[], str]) -> FastAPI:
                             f"{', '.join(SCHEMAS)}.\n", status_code=404, media_type="text/plain")
         try:
             await user_for(request, session_token.strip() or _basic(request))
-        except AccessRefused as exc:
+        except SessionRefused as exc:
             return Response(f"{exc}\n", status_code=401, media_type="text/plain",
                             headers={"WWW-Authenticate": 'Basic realm="Message Center"'})
         location = request.url.replace(

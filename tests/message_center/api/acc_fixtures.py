@@ -1,13 +1,15 @@
-"""Shared by the SOAP and Campaign REST app tests: a fake ``Access`` (Airflow's auth manager
-is exercised through the real API server in tests/plugins/test_acc_compat_server.py)."""
+"""Shared by the SOAP and Campaign REST app tests: fake ACC sessions and rights (Airflow's
+auth manager is exercised through the real API server in tests/plugins/test_acc_compat_server.py
+and on the authorization module in tests/mc_airflow/test_authorization.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Header, HTTPException
+from fastapi import Depends, Header, HTTPException
 
-from message_center.api.access import AccessRefused
+from message_center.api import Authorization
+from message_center.api.sessions import SessionRefused
 
 # The session token and the login/password of Adobe's own examples are valid here, so the
 # examples are posted literally.
@@ -16,8 +18,8 @@ LOGINS = {("login", "password"): "tok-operator", ("viewer", "secret"): "tok-view
 USERS = {ADOBE_SESSION_TOKEN: "operator", "tok-operator": "operator", "tok-viewer": "viewer"}
 
 
-class FakeAccess:
-    """``operator`` may push and read everything; ``viewer`` may only read."""
+class FakeSessions:
+    """ACC logins and session tokens from the tables above."""
 
     def __init__(self) -> None:
         self.revoked: set[str] = set()
@@ -27,23 +29,17 @@ class FakeAccess:
         self.logons += 1
         token = LOGINS.get((login, password))
         if token is None:
-            raise AccessRefused("Invalid login or password. Connection denied.")
+            raise SessionRefused("Invalid login or password. Connection denied.")
         return token
 
     async def user(self, request: Any, token: str) -> Any:
         if token not in USERS or token in self.revoked:
-            raise AccessRefused("Invalid session token")
+            raise SessionRefused("Invalid session token")
         return USERS[token]
 
     async def logoff(self, request: Any, token: str) -> None:
         await self.user(request, token)
         self.revoked.add(token)
-
-    def may(self, user: Any, action: str, kind: str) -> bool:
-        return user == "operator" or action == "read"
-
-    def explain(self, action: str, kind: str) -> str:
-        return f"it needs the right to create DAG runs of the {kind} DAG"
 
 
 def bearer_user(authorization: str | None = Header(None)) -> Any:
@@ -52,3 +48,35 @@ def bearer_user(authorization: str | None = Header(None)) -> Any:
     if scheme.lower() != "bearer" or token not in USERS:
         raise HTTPException(401, "Not authenticated", headers={"WWW-Authenticate": "Bearer"})
     return USERS[token]
+
+
+# --- rights: ``operator`` may push and read everything, ``viewer`` may only read ----------
+DAGS = {"rt": "rtEventsProcessing", "batch": "batchEventsProcessing"}
+
+
+def check_push(user: Any, kind: str) -> None:
+    if user != "operator":
+        raise HTTPException(403, f"Forbidden: pushing {kind} events needs the permission to "
+                                 f"create DAG runs of {DAGS[kind]}; user {user!r} does not "
+                                 "have it")
+
+
+def _push_dependency(kind: str):
+    def dependency(user: Any = Depends(bearer_user)) -> None:
+        check_push(user, kind)
+    return dependency
+
+
+_PUSH = {kind: _push_dependency(kind) for kind in DAGS}
+
+
+class _ReadEverything:
+    def check(self, kind: str) -> None:
+        pass
+
+
+def _read(_user: Any = Depends(bearer_user)) -> _ReadEverything:
+    return _ReadEverything()
+
+
+RIGHTS = Authorization(push=_PUSH.__getitem__, read=_read, check_push=check_push)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from acc_fixtures import ADOBE_SESSION_TOKEN, FakeAccess, bearer_user
+from acc_fixtures import ADOBE_SESSION_TOKEN, RIGHTS, FakeSessions, bearer_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from processing_factory import publish_templates, recipients
@@ -53,11 +53,10 @@ TEMPLATES = (
 @pytest.fixture
 def clients(execution_db, test_deployment):
     url = test_deployment.database_url("execution")
-    access = FakeAccess()
     root = FastAPI()
-    root.mount("/nl", create_soap_app(access, lambda: url))
-    root.add_middleware(CampaignRestDispatch,
-                        rest_app=create_campaign_rest_app(bearer_user, access, lambda: url))
+    root.mount("/nl", create_soap_app(FakeSessions(), lambda: url, authorization=RIGHTS))
+    root.add_middleware(CampaignRestDispatch, rest_app=create_campaign_rest_app(
+        bearer_user, lambda: url, authorization=RIGHTS))
     return TestClient(root, headers={"Authorization": "Bearer tok-operator"})
 
 

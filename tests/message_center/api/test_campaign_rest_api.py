@@ -5,7 +5,7 @@ Airflow API server; FastAPI TestClient, real execution database, fake auth."""
 from __future__ import annotations
 
 import pytest
-from acc_fixtures import FakeAccess, bearer_user
+from acc_fixtures import RIGHTS, bearer_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -50,8 +50,9 @@ def airflow_like() -> FastAPI:
 
 @pytest.fixture
 def rest(execution_db, test_deployment):
-    rest_app = create_campaign_rest_app(bearer_user, FakeAccess(),
-                                        lambda: test_deployment.database_url("execution"))
+    rest_app = create_campaign_rest_app(bearer_user,
+                                        lambda: test_deployment.database_url("execution"),
+                                        authorization=RIGHTS)
     root = airflow_like()
     root.add_middleware(CampaignRestDispatch, rest_app=rest_app)
     return TestClient(root, base_url="http://testserver", headers=OPERATOR)
@@ -122,12 +123,18 @@ def test_invalid_json_and_oversized_bodies(rest, execution_db):
 def test_auth_rights_and_idempotency(rest, execution_db):
     assert rest.post(SAMPLE_PATH, json=ADOBE_SAMPLE, headers={"Authorization": ""}
                      ).status_code == 401
-    viewer = rest.post(SAMPLE_PATH, json=ADOBE_SAMPLE,
-                       headers={"Authorization": "Bearer tok-viewer"})
-    assert viewer.status_code == 403 and "DAG runs" in viewer.json()["detail"]
+    viewer = rest.post(SAMPLE_PATH, json=ADOBE_SAMPLE, headers={
+        "Authorization": "Bearer tok-viewer", "Idempotency-Key": "cart-1"})
+    assert viewer.status_code == 403
+    assert viewer.json()["detail"] == ("Forbidden: pushing rt events needs the permission to "
+                                       "create DAG runs of rtEventsProcessing; user 'viewer' "
+                                       "does not have it")
     assert stored(execution_db) == []
+    with execution_db.connect() as conn:  # the key was not used up
+        assert conn.execute(text("SELECT count(*) FROM api_idempotency")).scalar_one() == 0
     first = rest.post(SAMPLE_PATH, json=ADOBE_SAMPLE, headers={"Idempotency-Key": "cart-1"})
     again = rest.post(SAMPLE_PATH, json=ADOBE_SAMPLE, headers={"Idempotency-Key": "cart-1"})
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
     assert first.json() == again.json() and again.headers["idempotent-replayed"] == "true"
     other = rest.post(SAMPLE_PATH, json={**ADOBE_SAMPLE, "email": "b@example.com"},
                       headers={"Idempotency-Key": "cart-1"})
@@ -172,8 +179,9 @@ def test_the_dispatch_leaves_airflow_paths_alone(rest):
 
 
 def test_organizations_can_be_limited(execution_db, test_deployment):
-    rest_app = create_campaign_rest_app(bearer_user, FakeAccess(),
-                                        lambda: test_deployment.database_url("execution"))
+    rest_app = create_campaign_rest_app(bearer_user,
+                                        lambda: test_deployment.database_url("execution"),
+                                        authorization=RIGHTS)
     root = airflow_like()
     root.add_middleware(CampaignRestDispatch, rest_app=rest_app, organizations=["acme"])
     client = TestClient(root, headers=OPERATOR)

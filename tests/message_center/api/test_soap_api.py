@@ -1,7 +1,7 @@
 """ACC's SOAP API (``/nl/jsp/soaprouter.jsp``, ``/nl/jsp/schemawsdl.jsp``) over HTTP with a
 FastAPI TestClient on the real execution database, mounted under ``/nl`` as the plugin
-mounts it. Adobe's documented requests are posted literally; authentication is a fake
-``Access`` here (the real one, Airflow's, runs in tests/plugins/test_acc_compat_server.py).
+mounts it. Adobe's documented requests are posted literally; sessions and rights are fakes
+here (Airflow's run in tests/plugins/test_acc_compat_server.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 import zeep
-from acc_fixtures import ADOBE_SESSION_TOKEN, LOGINS, FakeAccess
+from acc_fixtures import ADOBE_SESSION_TOKEN, LOGINS, RIGHTS, FakeSessions
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from lxml import etree
@@ -23,7 +23,7 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 # Adobe knowledge base KA-19369 "How to make PushEvent and PushEvents SOAP calls", verbatim
-# (with the credentials placeholder "login/password" valid for the fake access).
+# (with the credentials placeholder "login/password" valid for the fake sessions).
 KB_PUSH_EVENT = """<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:urn="urn:nms:rtEvent">
    <soapenv:Header/>
    <soapenv:Body>
@@ -142,14 +142,15 @@ def push_events(events_xml: list[str], token: str = ADOBE_SESSION_TOKEN,
 
 
 @pytest.fixture
-def access():
-    return FakeAccess()
+def sessions():
+    return FakeSessions()
 
 
 @pytest.fixture
-def soap(execution_db, test_deployment, access):
+def soap(execution_db, test_deployment, sessions):
     root = FastAPI()
-    root.mount("/nl", create_soap_app(access, lambda: test_deployment.database_url("execution")))
+    root.mount("/nl", create_soap_app(sessions, lambda: test_deployment.database_url(
+        "execution"), authorization=RIGHTS))
     return TestClient(root, base_url="http://testserver")
 
 
@@ -232,7 +233,7 @@ def test_the_push_events_example_queues_by_element_name(soap, execution_db):
 
 
 def test_the_push_channel_example_is_refused_naming_the_attribute(soap, execution_db,
-                                                                  access, monkeypatch):
+                                                                  sessions, monkeypatch):
     monkeypatch.setitem(LOGINS, ("mc", "PASSWORD"), "tok-operator")
     response = post(soap, DOC_PUSH_CHANNEL)
     assert response.status_code == 500
@@ -373,15 +374,28 @@ def test_without_valid_credentials_nothing_is_stored(soap, execution_db, token, 
     assert nothing_stored(execution_db)
 
 
-def test_pushing_needs_the_push_right(soap, execution_db):
-    response = post(soap, push_event('<rtEvent type="T" email="a@example.com"/>',
-                                     "viewer/secret"))
-    message = fault(response)[1]
-    assert "Not allowed to push rt events" in message and "DAG runs" in message
+@pytest.mark.parametrize(("method", "event", "dag"), [
+    ("nms:rtEvent#PushEvent", '<rtEvent type="T" email="a@example.com"/>', "rtEventsProcessing"),
+    ("nms:batchEvent#PushEvents", '<batchEvent type="T" email="a@example.com"/>',
+     "batchEventsProcessing")])
+def test_pushing_needs_the_push_right(soap, execution_db, method, event, dag):
+    """The rights' refusal as a SOAP Fault (HTTP 500, as SOAP 1.1 and ACC answer every
+    fault): nothing stored, the Idempotency-Key left for a caller who may push."""
+    body = push_event(event, "viewer/secret") if method.endswith("PushEvent") else \
+        push_events([event], "viewer/secret")
+    response = post(soap, body, method, **{"Idempotency-Key": "refused-1"})
+    assert response.status_code == 500
+    code, message, _ = fault(response)
+    assert code == "SOAP-ENV:Client"
+    assert message == f"Forbidden: pushing {dag[:-len('EventsProcessing')]} events needs the " \
+                      f"permission to create DAG runs of {dag}; user 'viewer' does not have it"
     assert nothing_stored(execution_db)
+    allowed = post(soap, body.replace("viewer/secret", "login/password"), method,
+                   **{"Idempotency-Key": "refused-1"})
+    assert len(pl_ids(allowed)) == 1 and "idempotent-replayed" not in allowed.headers
 
 
-def test_logon_then_push_with_the_session_token_then_logoff(soap, execution_db, access):
+def test_logon_then_push_with_the_session_token_then_logoff(soap, execution_db, sessions):
     logon = envelope("Logon", "<urn:sessiontoken/><urn:strLogin>login</urn:strLogin>"
                               "<urn:strPassword>password</urn:strPassword><urn:elemParameters/>",
                      ("xtk:session", "urn:xtk:session"))
@@ -482,9 +496,10 @@ class _Reply:
         self.headers, self.encoding = response.headers, "utf-8"
 
 
-def test_database_down_is_a_server_fault(access):
+def test_database_down_is_a_server_fault(sessions):
     root = FastAPI()
-    root.mount("/nl", create_soap_app(access, lambda: "postgresql://postgres@127.0.0.1:1/x"))
+    root.mount("/nl", create_soap_app(sessions, lambda: "postgresql://postgres@127.0.0.1:1/x",
+                                      authorization=RIGHTS))
     response = post(TestClient(root), push_event('<rtEvent type="T" email="a@example.com"/>'))
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     code, message, _ = fault(response)
