@@ -27,7 +27,8 @@ def processing_param(name: str, default: float, *, title: str, description: str,
 
 
 def processing_params(*, shards: int, routing_batch_size: int, routing_batch_max: int,
-                      delivery_chunk: int, retry_backoff_seconds: float,
+                      delivery_chunk: int, smtp_sessions: int,
+                      retry_backoff_seconds: float,
                       claim_lease_seconds: int, sending_timeout_seconds: int,
                       shards_description: str) -> dict[str, Any]:
     """The params both processing DAGs share (defaults differ: latency vs throughput)."""
@@ -42,6 +43,12 @@ def processing_params(*, shards: int, routing_batch_size: int, routing_batch_max
             "delivery_chunk", delivery_chunk, title="Delivery chunk",
             description="Messages recorded per ledger transaction (bounds memory and the "
                         "messages whose outcome can be unknown after a crash)."),
+        "smtp_sessions": processing_param(
+            "smtp_sessions", smtp_sessions, title="SMTP sessions per shard",
+            description="Messages each shard task sends at once, each over its own SMTP "
+                        "connection (SMS requests too). The relay's limits in the "
+                        "connection extras (max_sessions, max_messages_per_second) are "
+                        "shared by the shards and always win."),
         "max_tries": processing_param(
             "max_tries", 5, title="Max tries",
             description="Delivery attempts before a transiently failing event expires."),

@@ -8,6 +8,7 @@ folder; the tests use it as the real SMTP peer and script replies per recipient
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 import time
 import uuid
@@ -33,7 +34,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.sink.store(envelope.content, list(envelope.rcpt_tos), envelope.mail_from)
+        if self.sink.latency:  # a relay that takes its time (other sessions go on)
+            await asyncio.sleep(self.sink.latency)
+        peer = session.peer
+        self.sink.store(envelope.content, list(envelope.rcpt_tos), envelope.mail_from,
+                        peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None)
         return "250 Message accepted for delivery"
 
 
@@ -46,6 +51,8 @@ class SmtpSink:
         self.host, self.port = host, port
         self._lock = threading.Lock()
         self._replies: dict[str, deque[str]] = defaultdict(deque)
+        #: Seconds each DATA takes before the 250 (a slow relay); 0 answers at once.
+        self.latency = 0.0
         self._controller = Controller(_Handler(self), hostname=host, port=port,
                                       ready_timeout=10)
 
@@ -78,9 +85,14 @@ class SmtpSink:
                 return reply
         return None
 
-    def store(self, content: bytes, recipients: list[str], sender: str) -> None:
+    def store(self, content: bytes, recipients: list[str], sender: str,
+              peer: str | None = None) -> None:
+        """Keep one message; the file name starts with the time it was accepted (ns), and
+        ``X-Peer`` names the client's address and port (one per SMTP connection)."""
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
         header = f"X-Envelope-From: {sender}\r\nX-Envelope-To: {', '.join(recipients)}\r\n"
+        if peer:
+            header += f"X-Peer: {peer}\r\n"
         tmp = self.mail_dir / f".{name}.tmp"
         tmp.write_bytes(header.encode() + content)
         tmp.rename(self.mail_dir / name)
@@ -97,6 +109,7 @@ class SmtpSink:
             path.unlink()
         with self._lock:
             self._replies.clear()
+        self.latency = 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,18 +1,24 @@
 """Render and send one message on its channel; every problem becomes an :class:`Outcome`.
 
-A shard owns one :class:`Channels`: the SMTP connection and the HTTP client are opened on
-first use and reused for the whole shard. Rendering happens here, per message, with the
-shared sandboxed renderer, so a template error or a missing variable fails only that
-message (with a readable reason in its delivery log) and never stops the shard.
+A shard owns one :class:`Channels`: SMTP connections and the HTTP client are opened on
+first use and reused for the whole shard. :meth:`Channels.deliver` may be called from
+several session threads at once (:mod:`message_center.delivery.pool`): each call borrows
+an SMTP connection nobody else is using and gives it back afterwards, so a shard holds at
+most as many connections as messages it ever had in flight at once. Rendering happens
+here, per message, with the shared sandboxed renderer, so a template error or a missing
+variable fails only that message (with a readable reason in its delivery log) and never
+stops the shard.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
+from message_center.delivery.pool import RelayGate, SessionPool
 from message_center.delivery.sms import SmsSender, SmsSettings
 from message_center.delivery.smtp import (
     SmtpSender,
@@ -39,8 +45,12 @@ class Channels:
     def __init__(self, smtp: SmtpSettings | None, sms: SmsSettings | None,
                  kind: str = "rt") -> None:
         self.smtp_settings, self.sms_settings, self.kind = smtp, sms, kind
-        self._smtp: SmtpSender | None = None
+        self._lock = threading.Lock()
+        self._smtp_idle: list[SmtpSender] = []  # open connections nobody is using
+        self._smtp_all: list[SmtpSender] = []
         self._sms: SmsSender | None = None
+        self._pool: SessionPool | None = None
+        self._pool_key: tuple[int, int] | None = None
 
     def __enter__(self) -> Channels:
         return self
@@ -49,10 +59,51 @@ class Channels:
         self.close()
 
     def close(self) -> None:
-        for sender in (self._smtp, self._sms):
-            if sender is not None:
-                sender.close()
-        self._smtp = self._sms = None
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = self._pool_key = None
+        with self._lock:
+            senders: list[SmtpSender | SmsSender] = [*self._smtp_all]
+            if self._sms is not None:
+                senders.append(self._sms)
+            self._smtp_all, self._smtp_idle, self._sms = [], [], None
+        for sender in senders:
+            sender.close()
+
+    def session_pool(self, sessions: int, *, shards: int = 1) -> SessionPool:
+        """The shard's pool of ``sessions`` delivery sessions, kept while the settings stay
+        the same (a real-time loop reuses its sessions and connections round after round).
+
+        The relays' limits (``max_sessions`` / ``max_messages_per_second`` of the SMTP
+        connection, ``max_concurrent`` / ``max_messages_per_second`` of the SMS gateway)
+        are for the whole DAG run: each of its ``shards`` shard tasks takes an even share
+        (at least one session)."""
+        key = (sessions, shards)
+        if self._pool is None or self._pool_key != key:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = SessionPool(self.relay_gates(shards), sessions)
+            self._pool_key = key
+        return self._pool
+
+    def relay_gates(self, shards: int = 1) -> dict[str, RelayGate]:
+        """One :class:`RelayGate` per configured channel, with this shard's share of the
+        relay's limits."""
+        gates: dict[str, RelayGate] = {}
+        smtp, sms = self.smtp_settings, self.sms_settings
+        if smtp is not None:
+            gates["email"] = RelayGate(
+                f"smtp://{smtp.host}:{smtp.port}",
+                max_concurrent=_share(smtp.max_sessions, shards),
+                per_second=smtp.max_messages_per_second / shards
+                if smtp.max_messages_per_second else None)
+        if sms is not None:
+            gates["sms"] = RelayGate(
+                sms.base_url,
+                max_concurrent=_share(sms.max_concurrent, shards),
+                per_second=sms.max_messages_per_second / shards
+                if sms.max_messages_per_second else None)
+        return gates
 
     def deliver(self, attempt: Attempt) -> Outcome:
         """Render and send; never raises for a message-level problem."""
@@ -84,9 +135,23 @@ class Channels:
             subject=rendered.subject, html=rendered.html, text=rendered.text,
             headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}"},
         )
-        if self._smtp is None:
-            self._smtp = SmtpSender(self.smtp_settings)
-        return self._smtp.send_bytes(data, message_id, envelope, attempt.address)
+        sender = self._borrow_smtp()
+        try:
+            return sender.send_bytes(data, message_id, envelope, attempt.address)
+        finally:
+            with self._lock:
+                self._smtp_idle.append(sender)
+
+    def _borrow_smtp(self) -> SmtpSender:
+        """An SMTP sender (connection) no other session is using: the last one given back
+        (still connected), or a new one."""
+        assert self.smtp_settings is not None
+        with self._lock:
+            if self._smtp_idle:
+                return self._smtp_idle.pop()
+            sender = SmtpSender(self.smtp_settings)
+            self._smtp_all.append(sender)
+            return sender
 
     def _send_sms(self, attempt: Attempt, row: dict[str, Any],
                   variables: dict[str, Any]) -> Outcome:
@@ -95,7 +160,14 @@ class Channels:
         body = render_part(row["sms_body"], variables)
         if not body:
             return Outcome.failed(f"template {attempt.template_name} has no SMS text")
-        if self._sms is None:
-            self._sms = SmsSender(self.sms_settings)
-        return self._sms.send(log_id=attempt.log_id, to=attempt.address, text=body,
+        with self._lock:
+            if self._sms is None:  # one pooled HTTP client, safe to share between threads
+                self._sms = SmsSender(self.sms_settings)
+            sms = self._sms
+        return sms.send(log_id=attempt.log_id, to=attempt.address, text=body,
                               sender=row["sender"])
+
+
+def _share(limit: int | None, shards: int) -> int | None:
+    """A shard task's share of a relay's concurrency limit (at least one)."""
+    return None if limit is None else max(1, limit // max(1, shards))

@@ -43,8 +43,19 @@ class SmsSettings:
     login: str | None = None
     password: str | None = field(default=None, repr=False)
     timeout: float = 10.0
+    # The gateway's limits for the whole DAG run (shared by its shard tasks), or None.
+    max_concurrent: int | None = None
+    max_messages_per_second: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_concurrent is not None and (isinstance(self.max_concurrent, bool) or
+                                                not isinstance(self.max_concurrent, int) or
+                                                self.max_concurrent < 1):
+            raise ValueError(f"SMS gateway: max_concurrent {self.max_concurrent!r} is not a "
+                             "whole number >= 1")
+        if self.max_messages_per_second is not None and not self.max_messages_per_second > 0:
+            raise ValueError(f"SMS gateway: max_messages_per_second "
+                             f"{self.max_messages_per_second!r} is not a positive number")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"SMS gateway: base url {self.base_url!r} is not http(s)")
         if not self.path.startswith("/"):

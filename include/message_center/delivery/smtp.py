@@ -48,8 +48,19 @@ class SmtpSettings:
     starttls: bool = False  # upgrade a plain connection with STARTTLS (usually port 587)
     from_email: str = DEFAULT_FROM
     timeout: float = 30.0
+    # The relay's limits for the whole DAG run (shared by its shard tasks), or None.
+    max_sessions: int | None = None
+    max_messages_per_second: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_sessions is not None and (isinstance(self.max_sessions, bool) or
+                                              not isinstance(self.max_sessions, int) or
+                                              self.max_sessions < 1):
+            raise ValueError(f"SMTP settings: max_sessions {self.max_sessions!r} is not a "
+                             "whole number >= 1")
+        if self.max_messages_per_second is not None and not self.max_messages_per_second > 0:
+            raise ValueError(f"SMTP settings: max_messages_per_second "
+                             f"{self.max_messages_per_second!r} is not a positive number")
         if not self.host:
             raise ValueError("SMTP settings: host is empty")
         if not 0 < self.port < 65536:
@@ -157,7 +168,8 @@ def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
     """SMTP settings from an Airflow SMTP connection as a plain mapping (``host``,
     ``port``, ``login``, ``password``, ``extra`` as a dict or JSON text, or
     ``extra_dejson``), read the way Airflow's SMTP hook reads it: implicit TLS unless
-    ``disable_ssl``, else STARTTLS unless ``disable_tls``; ``from_email``, ``timeout``.
+    ``disable_ssl``, else STARTTLS unless ``disable_tls``; ``from_email``, ``timeout``;
+    the relay's limits ``max_sessions`` and ``max_messages_per_second``.
 
     The one parser: the DAG tasks (``mc_airflow.delivery``) and ``mc templates proof``
     both use it. A missing host is :class:`SmtpSettings`' default (127.0.0.1)."""
@@ -171,7 +183,27 @@ def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
     return SmtpSettings(**host, port=int(port), login=conn.get("login") or None,
                         password=conn.get("password") or None, use_ssl=use_ssl,
                         starttls=starttls, from_email=str(extra.get("from_email") or DEFAULT_FROM),
-                        timeout=float(extra.get("timeout") or 30))
+                        timeout=float(extra.get("timeout") or 30),
+                        max_sessions=_limit(extra, "max_sessions", int),
+                        max_messages_per_second=_limit(extra, "max_messages_per_second",
+                                                       float))
+
+
+def _limit(extra: Mapping[str, Any], name: str, kind: type[int] | type[float]) -> Any:
+    """An optional positive limit from the connection's extras (empty: no limit)."""
+    value = extra.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"SMTP connection extra {name}: {value!r} is not a "
+                         f"{'whole number' if kind is int else 'number'}") from None
+    return number
 
 
 def _flag(value: Any) -> bool:
@@ -263,11 +295,11 @@ class SmtpSender:
         try:
             code, reply = smtp.mail(envelope_from)
             if code != 250:
-                self._reset(smtp)
+                self._reset(smtp, code)
                 return smtp_reply_outcome("MAIL FROM", code, reply)
             code, reply = smtp.rcpt(recipient)
             if code not in (250, 251):
-                self._reset(smtp)
+                self._reset(smtp, code)
                 return smtp_reply_outcome("RCPT TO", code, reply)
             code, reply = smtp.data(data)
             if code != 250:
@@ -283,7 +315,10 @@ class SmtpSender:
             self._drop()
             return Outcome.retry(f"SMTP connection lost: {type(exc).__name__}: {exc}")
 
-    def _reset(self, smtp: smtplib.SMTP) -> None:
+    def _reset(self, smtp: smtplib.SMTP, code: int) -> None:
+        if code == 421:  # "closing transmission channel" (RFC 5321): reconnect next time
+            self._drop()
+            return
         try:
             smtp.rset()
         except (OSError, smtplib.SMTPException):

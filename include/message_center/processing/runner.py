@@ -8,6 +8,7 @@ reads a whole queue or a whole shard into Python.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from message_center.delivery.ledger import (
     start_sending,
 )
 from message_center.delivery.outcome import Outcome
+from message_center.delivery.pool import Dispatch
 from message_center.processing.notify import Listener
 from message_center.processing.queue import (
     claim_due,
@@ -59,6 +61,7 @@ class ShardStats:
     unknown: int = 0
     released: int = 0
     chunks: int = 0
+    throttled: int = 0  # "slow down" answers (421 / 4.7.x / HTTP 429) waited out
 
     def add(self, other: ShardStats) -> None:
         for name, value in asdict(other).items():
@@ -95,20 +98,25 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
     """Render and deliver every linked event of the shard, chunk by chunk (ledger steps
     1-2-3 of :mod:`message_center.delivery.ledger`).
 
-    One transaction per chunk records the previous chunk's outcomes and arms the next
-    chunk (one commit per chunk: the ledger costs little next to the SMTP exchanges).
-    ``copy_status`` copies final outcomes onto the events in that same transaction
-    (real time); otherwise ``updateEventStatus`` does it. ``recover_own`` first settles
-    ``sending`` rows left by a previous try of this same shard (a task retry).
-    When ``should_stop()`` turns true, the current message is finished, the rest of the
-    chunk is given back to the queue and the function returns.
+    Each chunk is armed (``sending``) and committed, then sent over
+    ``settings.smtp_sessions`` concurrent sessions (:mod:`message_center.delivery.pool`,
+    within the relays' limits). One transaction per chunk records the previous chunk's
+    outcomes and arms the next chunk (one commit per chunk: the ledger costs little next
+    to the SMTP exchanges). ``copy_status`` copies final outcomes onto the events in that
+    same transaction (real time); otherwise ``updateEventStatus`` does it.
+    ``recover_own`` first settles ``sending`` rows left by a previous try of this same
+    shard (a task retry). When ``should_stop()`` turns true, the messages in hand are
+    finished, the rest of the chunk is given back to the queue and the function returns.
     """
     stats = ShardStats()
     kind = claim.kind
     retry = settings.retry_policy
+    outcomes = _Outcomes()
+    pool = channels.session_pool(settings.smtp_sessions, shards=settings.shards)
+    throttles_before = pool.throttles
 
-    def record(conn: Connection, results: list[tuple[Attempt, Outcome]]) -> None:
-        done = finalize(conn, kind, results, retry)
+    def record(conn: Connection) -> None:
+        done = finalize(conn, kind, outcomes.take(), retry)
         if copy_status:
             copy_statuses(conn, kind, done.final_log_ids)
         stats.sent += done.sent
@@ -116,60 +124,80 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
         stats.retried += done.retried
         stats.expired += done.expired
 
+    def give_back(unsent: list[Attempt]) -> None:
+        with engine.begin() as conn:
+            record(conn)
+            stats.released += release_unsent(conn, kind, unsent)
+
+    def send(attempt: Attempt) -> Outcome:
+        try:
+            return channels.deliver(attempt)
+        except Exception as exc:  # a bug must fail one message, not the shard
+            log.exception("delivery of log %s failed unexpectedly", attempt.log_id)
+            return Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
+
     if recover_own:
         stats.add(recover(engine, settings, kinds=(), claim=claim))
     after = MIN_ID
     lease_renewed = time.monotonic()
-    results: list[tuple[Attempt, Outcome]] = []
-    while True:
-        with engine.begin() as conn:
-            record(conn, results)
-            results = []
-            if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
-                renew_lease(conn, claim, settings.claim_lease_seconds)
-                lease_renewed = time.monotonic()
-            started = start_sending(conn, claim, after, settings.delivery_chunk)
-            if started.last_id is None:
-                break
-            after = started.last_id
-            copy_statuses_for_events(conn, kind, started.skipped_event_ids)
-            if copy_status:
-                copy_statuses(conn, kind, started.ignored_log_ids)
-        # Committed: these rows are ours ('sending'); nobody else will send them.
-        stats.ignored += len(started.ignored_log_ids)
-        stats.chunks += 1
-        # A chunk stops sending after half the sending timeout (slow or hanging provider):
-        # the rest goes back to the queue, so no live row is ever mistaken for a crash.
-        stop_sending_at = time.monotonic() + settings.sending_timeout_seconds / 2
-        try:
-            for attempt in started.to_send:
-                if time.monotonic() > stop_sending_at or should_stop():
+    try:
+        while True:
+            with engine.begin() as conn:
+                record(conn)
+                if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
+                    renew_lease(conn, claim, settings.claim_lease_seconds)
+                    lease_renewed = time.monotonic()
+                started = start_sending(conn, claim, after, settings.delivery_chunk)
+                if started.last_id is None:
                     break
-                try:
-                    outcome = channels.deliver(attempt)
-                except Exception as exc:  # a bug must fail one message, not the shard
-                    log.exception("delivery of log %s failed unexpectedly", attempt.log_id)
-                    outcome = Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
-                results.append((attempt, outcome))
-        except BaseException:
-            # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, ...: record what was
-            # sent, give back what was not started; the one in progress stays unknown.
-            unsent = started.to_send[len(results) + 1:]
-            with engine.begin() as conn:
-                record(conn, results)
-                stats.released += release_unsent(conn, kind, unsent)
-            raise
-        if len(results) < len(started.to_send):
-            with engine.begin() as conn:
-                record(conn, results)
-                stats.released += release_unsent(conn, kind, started.to_send[len(results):])
-            results = []
-        if should_stop():
-            with engine.begin() as conn:
-                record(conn, results)
-                stats.released += release_claim(conn, claim)
-            break
+                after = started.last_id
+                copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+                if copy_status:
+                    copy_statuses(conn, kind, started.ignored_log_ids)
+            # Committed: these rows are ours ('sending'); nobody else will send them.
+            stats.ignored += len(started.ignored_log_ids)
+            stats.chunks += 1
+            # A chunk stops sending after half the sending timeout (slow or hanging
+            # provider): the rest goes back to the queue, so no live row is ever mistaken
+            # for a crash.
+            dispatch = Dispatch(started.to_send)
+            try:
+                pool.run(dispatch, send, outcomes, should_stop=should_stop,
+                         deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
+            except BaseException:
+                # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, ...: record
+                # what was sent, give back what was not started; a message still in a
+                # session's hands stays unknown.
+                give_back(dispatch.unsent())
+                raise
+            if unsent := dispatch.unsent():
+                give_back(unsent)
+            if should_stop():
+                with engine.begin() as conn:
+                    record(conn)
+                    stats.released += release_claim(conn, claim)
+                break
+    finally:
+        stats.throttled += pool.throttles - throttles_before
     return stats
+
+
+class _Outcomes:
+    """Where the sessions report outcomes (the one place; thread-safe): kept here until
+    the shard's next ledger transaction records them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[Attempt, Outcome]] = []
+
+    def __call__(self, attempt: Attempt, outcome: Outcome) -> None:
+        with self._lock:
+            self._items.append((attempt, outcome))
+
+    def take(self) -> list[tuple[Attempt, Outcome]]:
+        with self._lock:
+            items, self._items = self._items, []
+        return items
 
 
 def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,

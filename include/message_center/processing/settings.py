@@ -16,6 +16,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "shards": (1, 64),
     "max_events_per_run": (1, 100_000_000),
     "delivery_chunk": (1, 10_000),
+    "smtp_sessions": (1, 256),
     "claim_lease_seconds": (1, 7 * 86_400),
     "max_tries": (1, 100),
     "retry_backoff_seconds": (0, 86_400),
@@ -36,6 +37,9 @@ class ProcessingSettings:
       run ends in bounded time and the next run picks up the rest.
     * ``delivery_chunk`` - messages marked ``sending`` per ledger transaction: the most
       messages whose outcome can be unknown after a crash, per shard.
+    * ``smtp_sessions`` - delivery sessions of one shard task working at once (each with
+      its own SMTP connection; SMS requests too), within the relays' limits (see
+      :mod:`message_center.delivery.pool`).
     * ``claim_lease_seconds`` - a claimed event becomes due again after this long if its
       worker died (shards renew the lease while they work).
     * ``max_tries`` - delivery attempts before a transiently failing event expires.
@@ -52,6 +56,7 @@ class ProcessingSettings:
     shards: int = 4
     max_events_per_run: int = 200_000
     delivery_chunk: int = 100
+    smtp_sessions: int = 1
     claim_lease_seconds: int = 1_800
     max_tries: int = 5
     retry_backoff_seconds: float = 60.0

@@ -1,0 +1,325 @@
+"""Many delivery sessions inside one shard task: a bounded pool, per-relay caps, throttling.
+
+One SMTP session sends one message per round trip: against a relay that takes 50 ms per
+message, a shard sending over one connection tops out at 20 msg/s. A shard therefore
+hands each chunk the ledger armed to :class:`SessionPool`, which runs ``sessions``
+delivery sessions at once. Each session is a thread that takes the chunk's next message,
+sends it over an SMTP connection of its own (borrowed from
+:class:`~message_center.delivery.channels.Channels`, kept open between messages) or
+posts it to the SMS gateway, and reports the outcome through one callback.
+
+**Threads and the standard library's ``smtplib``**, not asyncio and ``aiosmtplib``: a
+session spends its time waiting for the relay, and a waiting thread releases the GIL, so
+threads overlap the round trips as well as an event loop would at these counts (tens of
+sessions per task); the work that does use the CPU (rendering, building the message,
+the ledger's SQL) is synchronous either way; and the SMTP conversation keeps the one
+sender the project already has and tests (:class:`~message_center.delivery.smtp.SmtpSender`,
+each refusal classified by its own reply code) instead of a second client.
+
+**The ledger's guarantees do not change.** The pool only sends attempts whose ledger row
+the caller committed to ``sending``; every outcome goes through the caller's ``report``
+(the one place outcomes are recorded); a message a session has not started when the
+chunk's sending budget ends or a stop is asked stays in the :class:`Dispatch` and the
+caller gives it back to the queue (not counted as an attempt). When a worker dies, at most
+one message per open session is in the middle of its SMTP transaction.
+
+**Per-relay limits** (:class:`RelayGate`, one per channel): at most ``max_concurrent``
+messages in flight and at most ``per_second`` started per second (paced evenly, no
+burst). A "slow down" answer (SMTP ``421`` or an enhanced status ``4.7.x``; HTTP ``429``
+from an SMS gateway) does not fail the message: the relay's sessions all pause (1 s,
+doubling up to a minute while the relay keeps throttling; the first accepted message
+resets it) and the same message is tried again. Only a relay that keeps throttling for
+the chunk's whole sending budget turns it into an ordinary transient failure (retried
+later with the ledger's back-off, so it still expires after ``max_tries``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+
+from message_center.delivery.ledger import Attempt
+from message_center.delivery.outcome import Outcome
+
+log = logging.getLogger(__name__)
+
+#: Sends one message and returns its outcome, or ``None`` when it turned out not to be
+#: this shard's to send any more (nothing to record). Message-level problems are outcomes;
+#: an exception stops the pool (the caller's business: the database gone, a bug).
+Send = Callable[[Attempt], Outcome | None]
+Report = Callable[[Attempt, Outcome], None]
+StopCheck = Callable[[], bool]
+
+#: How long an interrupted pool (task timeout, SIGTERM raised in the task's main thread)
+#: lets the sessions finish the message in hand, so its outcome is recorded, not unknown.
+IN_FLIGHT_GRACE_SECONDS = 15.0
+#: Longest single sleep while waiting for a rate slot, a pause or a concurrency slot, so a
+#: stop request or the end of the sending budget is noticed promptly.
+WAIT_STEP_SECONDS = 0.1
+
+# TODO(#16): replace with the shared answer classification ('throttle' class) once
+# /work/coord/CLASSIFICATION.md's API lands; until then the reply code in the error text.
+_SMTP_THROTTLE = re.compile(r"(?:^|[\s(])(?:421|4\.7\.\d{1,3})(?=[\s,)]|$)")
+_HTTP_THROTTLE = re.compile(r"answered 429\b")
+
+
+def is_throttle(channel: str, outcome: Outcome) -> bool:
+    """Is ``outcome`` a "slow down" answer (retry the same message after a pause)?"""
+    if outcome.status != "retry" or not outcome.error:
+        return False
+    pattern = _HTTP_THROTTLE if channel == "sms" else _SMTP_THROTTLE
+    return pattern.search(outcome.error) is not None
+
+
+class RelayGate:
+    """The limits of one relay (an SMTP server, an SMS gateway) inside this task.
+
+    * ``max_concurrent`` - messages in flight at once (``None``: the pool's size);
+    * ``per_second`` - messages started per second, paced evenly (``None``: no cap);
+    * after :meth:`throttled`, nobody starts a message before the pause ends; the pause
+      doubles from ``backoff`` to ``backoff_max`` while the relay keeps throttling and is
+      reset by the first message accepted after a pause.
+    """
+
+    def __init__(self, name: str, *, max_concurrent: int | None = None,
+                 per_second: float | None = None, backoff: float = 1.0,
+                 backoff_max: float = 60.0) -> None:
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ValueError(f"relay {name}: max_concurrent must be at least 1")
+        if per_second is not None and per_second <= 0:
+            raise ValueError(f"relay {name}: per_second must be positive")
+        if not 0 < backoff <= backoff_max:
+            raise ValueError(f"relay {name}: backoff must be positive and <= backoff_max")
+        self.name = name
+        self.max_concurrent, self.per_second = max_concurrent, per_second
+        self._slots = threading.Semaphore(max_concurrent) if max_concurrent else None
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._backoff, self._backoff_max = backoff, backoff_max
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+        self._paused_until = 0.0
+        self._pause = 0.0
+        self.throttles = 0
+
+    @property
+    def pause(self) -> float:
+        """The current "slow down" pause (0: the relay is not throttling)."""
+        return self._pause
+
+    def __repr__(self) -> str:
+        return (f"RelayGate({self.name!r}, max_concurrent={self.max_concurrent}, "
+                f"per_second={self.per_second})")
+
+    def acquire(self, deadline: float, should_stop: StopCheck) -> bool:
+        """Wait for a concurrency slot; False (nothing held) at the deadline or on stop."""
+        if self._slots is None:
+            return True
+        while not self._slots.acquire(timeout=WAIT_STEP_SECONDS):
+            if time.monotonic() > deadline or should_stop():
+                return False
+        return True
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def wait_turn(self, deadline: float, should_stop: StopCheck) -> bool:
+        """Wait until this caller may start a message (rate slot, throttle pause); False
+        when that time is past ``deadline`` or a stop is asked meanwhile."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_start, self._paused_until)
+            if start > deadline:
+                return False
+            if self._interval:
+                self._next_start = start + self._interval
+        while (left := start - time.monotonic()) > 0:
+            if should_stop():
+                return False
+            time.sleep(min(left, WAIT_STEP_SECONDS))
+        return True
+
+    def throttled(self) -> float:
+        """The relay said "slow down": pause every session; returns the pause left (s)."""
+        with self._lock:
+            now = time.monotonic()
+            self.throttles += 1
+            if now >= self._paused_until:  # one doubling per pause, however many sessions
+                self._pause = min(self._backoff_max,
+                                  self._pause * 2 if self._pause else self._backoff)
+                self._paused_until = now + self._pause
+                log.warning("relay %s asks to slow down: pausing its sessions %.1fs",
+                            self.name, self._pause)
+            return self._paused_until - now
+
+    def accepted(self) -> None:
+        """A message went through after the last pause ended: the relay has recovered."""
+        if self._pause and time.monotonic() >= self._paused_until:
+            with self._lock:
+                if time.monotonic() >= self._paused_until:
+                    self._pause = 0.0
+
+
+class Dispatch:
+    """One chunk handed to the sessions: the messages nobody has started yet.
+
+    Sessions take messages in order; whatever is left when the pool returns (the sending
+    budget ran out, a stop was asked, the task was interrupted) is :meth:`unsent`: the
+    caller gives it back to the queue. A taken message is either reported or, if the
+    worker dies, in flight (its outcome unknown).
+    """
+
+    def __init__(self, attempts: Iterable[Attempt]) -> None:
+        self._pending = deque(attempts)
+        self._lock = threading.Lock()
+        self._halted = False
+
+    def take(self) -> Attempt | None:
+        with self._lock:
+            if self._halted or not self._pending:
+                return None
+            return self._pending.popleft()
+
+    def put_back(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._pending.appendleft(attempt)
+
+    def halt(self) -> None:
+        """No session takes another message."""
+        with self._lock:
+            self._halted = True
+
+    def unsent(self) -> list[Attempt]:
+        """Halt, and hand over the messages never started (each at most once)."""
+        with self._lock:
+            self._halted = True
+            left, self._pending = list(self._pending), deque()
+        return left
+
+
+class SessionPool:
+    """``sessions`` delivery sessions sharing the chunks of one shard (see module doc).
+
+    ``gates`` maps a channel (``email``, ``sms``) to its relay's :class:`RelayGate`. With
+    one session everything runs in the caller's thread, as a shard did before the pool;
+    with more, the threads are kept between runs (a real-time loop reuses them).
+    """
+
+    def __init__(self, gates: Mapping[str, RelayGate], sessions: int = 1) -> None:
+        if sessions < 1:
+            raise ValueError("a session pool needs at least one session")
+        self.gates, self.sessions = dict(gates), sessions
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> SessionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @property
+    def throttles(self) -> int:
+        return sum(gate.throttles for gate in self.gates.values())
+
+    def run(self, dispatch: Dispatch, send: Send, report: Report, *, deadline: float,
+            should_stop: StopCheck) -> None:
+        """Deliver the dispatch's messages over the sessions until none is left, the
+        ``deadline`` (``time.monotonic()``) passes or ``should_stop()`` turns true.
+
+        ``send`` is called from several threads at once and must allow it
+        (:meth:`Channels.deliver <message_center.delivery.channels.Channels.deliver>`
+        does: each call borrows an SMTP connection nobody else uses); each outcome goes to
+        ``report`` (the one place outcomes are recorded).
+
+        If the calling thread is interrupted (an exception raised while it waits: task
+        timeout, SIGTERM), the sessions take no new message and get
+        :data:`IN_FLIGHT_GRACE_SECONDS` to finish and report the one in hand; then the
+        exception propagates. Unstarted messages stay in ``dispatch``."""
+        if self.sessions == 1:
+            self._session(dispatch, send, report, deadline, should_stop)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.sessions,
+                                                thread_name_prefix="mc-session")
+        futures = [self._executor.submit(self._session, dispatch, send, report, deadline,
+                                         should_stop) for _ in range(self.sessions)]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            dispatch.halt()
+            wait(futures, timeout=IN_FLIGHT_GRACE_SECONDS)
+            raise
+        failed = [f for f in done if f.exception() is not None]
+        if failed:  # a session died on something other than a message (a bug)
+            dispatch.halt()
+            wait(futures, timeout=IN_FLIGHT_GRACE_SECONDS)
+            _raise(failed[0])
+
+    def _session(self, dispatch: Dispatch, send: Send, report: Report, deadline: float,
+                 should_stop: StopCheck) -> None:
+        while (attempt := dispatch.take()) is not None:
+            if time.monotonic() > deadline or should_stop():
+                dispatch.put_back(attempt)
+                dispatch.halt()
+                return
+            try:
+                outcome = self._send(attempt, send, deadline, should_stop)
+            except _NotStarted:  # the budget ran out or a stop was asked: give it back
+                dispatch.put_back(attempt)
+                dispatch.halt()
+                return
+            if outcome is not None:
+                report(attempt, outcome)
+
+    def _send(self, attempt: Attempt, send: Send, deadline: float,
+              should_stop: StopCheck) -> Outcome | None:
+        """Send one message, waiting for its relay's turn and trying it again after each
+        "slow down" pause; raises :class:`_NotStarted` if it never went out."""
+        gate = self.gates.get(attempt.channel)
+        if gate is None:
+            return send(attempt)
+        throttle: Outcome | None = None
+        while True:
+            if not gate.acquire(deadline, should_stop):
+                return _not_sent(throttle)
+            try:
+                if not gate.wait_turn(deadline, should_stop):
+                    return _not_sent(throttle)
+                outcome = send(attempt)
+            finally:
+                gate.release()
+            if outcome is None or not is_throttle(attempt.channel, outcome):
+                if outcome is not None and outcome.status == "sent":
+                    gate.accepted()
+                return outcome
+            throttle = outcome
+            gate.throttled()
+
+
+class _NotStarted(Exception):
+    """The message was never handed to the relay (deadline, stop)."""
+
+
+def _not_sent(throttle: Outcome | None) -> Outcome:
+    if throttle is None:
+        raise _NotStarted
+    # Refused with "slow down" until the budget ran out or the worker stops: it is known
+    # not to have been sent, and counts as one ordinary transient failure (retried later
+    # with the ledger's back-off, so a relay that never relents still expires it).
+    return Outcome.retry(f"the relay kept asking to slow down: {throttle.error}")
+
+
+def _raise(future: Future[None]) -> None:
+    exc = future.exception()
+    assert exc is not None
+    raise exc
