@@ -418,7 +418,7 @@ def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str
     variables = event_variables(template_event(event, stored))
     try:
         if template.channel == "sms":
-            body = render_part(template.sms_body, variables)
+            body = render_part(template.sms_body, variables, part="sms")
             return {"available": True, "channel": "sms",
                     "to": (log or {}).get("address") or event["mobile_phone"],
                     "sender": template.sender, "text": body, "length": len(body or "")}

@@ -48,3 +48,26 @@ def test_the_sandbox_refuses_unsafe_attributes():
 def test_syntax_errors_name_their_line():
     with pytest.raises(RenderError, match=r"\(line 2\)"):
         check_syntax("fine\n{{ broken }")
+
+
+def test_a_render_error_names_the_part_line_expression_and_value():
+    source = "Total\n{{ firstName }}: {{ '%.2f'|format(total) }} {{ currency }}"
+    with pytest.raises(RenderError) as caught:
+        render_part(source, {"firstName": "Jane", "total": "42.00", "currency": "EUR"},
+                    part="text")
+    assert str(caught.value) == (
+        "template error: TypeError: must be real number, not str; at text line 2: "
+        "{{ '%.2f'|format(total) }} with total = '42.00' (str)")
+
+
+def test_a_render_error_in_a_loop_shows_the_loop_item_value():
+    source = "{% for item in items %}\n- {{ '%d'|format(item.qty) }}\n{% endfor %}"
+    with pytest.raises(RenderError, match=r"at html line 2: \{\{ '%d'\|format\(item.qty\) \}\} "
+                                          r"with item.qty = 'two' \(str\)"):
+        render_message(None, source, None, {"items": [{"qty": 1}, {"qty": "two"}]})
+
+
+def test_a_missing_attribute_shows_the_object_that_lacks_it():
+    with pytest.raises(RenderError, match=r"missing variable: .*; at subject line 1: "
+                                          r"\{\{ client.name \}\} with client = \{\} \(dict\)"):
+        render_message("Hi {{ client.name }}", None, None, {"client": {}})

@@ -157,7 +157,7 @@ class Channels:
                   variables: dict[str, Any]) -> Outcome:
         if self.sms_settings is None:
             return Outcome.retry("no SMS gateway connection is configured (sms_gateway)")
-        body = render_part(row["sms_body"], variables)
+        body = render_part(row["sms_body"], variables, part="sms")
         if not body:
             return Outcome.failed(f"template {attempt.template_name} has no SMS text")
         with self._lock:
