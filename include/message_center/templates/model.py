@@ -19,7 +19,7 @@ REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
 EMAIL_FIELDS = ("subject", "html", "text")
 TEXT_FIELDS = ("internal_name", "label", "event_type", "channel", "sender", "subject", "html",
                "text", "sms", "language")
-ALLOWED_FIELDS = (*TEXT_FIELDS, "seeds")
+ALLOWED_FIELDS = (*TEXT_FIELDS, "ctx", "seeds")
 SEED_FIELDS = ("address", "ctx", "event")
 #: Event fields a seed may set for its test render (besides the address and ``ctx``).
 SEED_EVENT_FIELDS = ("id", "external_id", "language", "country", "origin", "scheduled",
@@ -76,10 +76,17 @@ class MessageTemplate:
     sms: str | None = None
     language: str | None = None
     lines: Mapping[str, int] = field(default_factory=dict)
+    #: The declared ``ctx`` fields (``ctx_schema.parse_declaration``); None: not declared.
+    ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
 
-    def content(self) -> dict[str, str | None]:
-        """What is versioned and published (seeds are test data, not content)."""
-        return {name: getattr(self, name) for name in TEXT_FIELDS}
+    def content(self) -> dict[str, Any]:
+        """What is versioned and published (seeds are test data, not content). The ``ctx``
+        declaration is part of it only when there is one, so the versions of templates
+        without one keep their content hash."""
+        content: dict[str, Any] = {name: getattr(self, name) for name in TEXT_FIELDS}
+        if self.ctx_schema is not None:
+            content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
+        return content
 
     def content_hash(self) -> str:
         return content_hash(self.content())

@@ -24,8 +24,10 @@ from message_center.rendering import (
     render_message,
     render_part,
     template_event,
+    template_variables,
 )
 from message_center.statuses import CHANNELS
+from message_center.templates import ctx_schema
 from message_center.templates.model import (
     ALLOWED_FIELDS,
     EMAIL_FIELDS,
@@ -138,10 +140,16 @@ class _FileChecker:
         elif channel == "sms":
             self._check_sms_fields(data)
         self._check_syntax(data, values)
+        schema = self._ctx_declaration(data)
         seeds = self._seeds(data, channel)
         if self.problems or name is None or channel is None:
             return None
         assert values["label"] is not None and values["event_type"] is not None
+        if schema is not None:
+            self._check_declared_variables(data, values, schema)
+            seeds = self._fit_seeds(seeds, schema, name)
+            if self.problems:
+                return None
         template = MessageTemplate(
             path=self.path, internal_name=name, label=values["label"],
             event_type=values["event_type"], channel=channel, seeds=tuple(seeds),
@@ -149,9 +157,50 @@ class _FileChecker:
             text=values["text"], sms=values["sms"], language=values["language"],
             lines={**data.key_lines, **{f"{key}:body": line
                                         for key, line in data.body_lines.items()}},
+            ctx_schema=schema,
         )
         self._render_seeds(template)
         return None if self.problems else template
+
+    def _ctx_declaration(self, data: LineMapping) -> ctx_schema.CtxSchema | None:
+        """The ``ctx:`` declaration (None when the file has none)."""
+        if "ctx" not in data:
+            return None
+        raw = data["ctx"]
+        schema, problems = ctx_schema.parse_declaration(raw)
+        for field_name, message in problems:
+            line = (raw.key_lines.get(field_name) if isinstance(raw, LineMapping)
+                    and field_name is not None else None) or data.key_lines["ctx"]
+            self.add(line, f"ctx.{field_name}" if field_name else "ctx", message)
+        return schema
+
+    def _check_declared_variables(self, data: LineMapping, values: dict[str, str | None],
+                                  schema: ctx_schema.CtxSchema) -> None:
+        """With a declaration, every variable the template reads must be declared (or be
+        ``ctx`` / ``event``): the push-time check is only as good as the declaration."""
+        for part in ("subject", "html", "text", "sms"):
+            source = values[part]
+            if source is None:
+                continue
+            for variable in sorted(template_variables(source, html=(part == "html"))
+                                   - set(schema) - {"ctx", "event"}):
+                self.add(data.key_lines[part], part,
+                         f"uses the variable {variable!r}, which ctx does not declare "
+                         f"(add it to ctx, e.g. {variable}: string?)")
+
+    def _fit_seeds(self, seeds: list[Seed], schema: ctx_schema.CtxSchema,
+                   name: str) -> list[Seed]:
+        """Each seed's ctx must pass the push-time check; seeds render normalised, as a
+        pushed event would be stored."""
+        fitted = []
+        for index, seed in enumerate(seeds):
+            normalised, problems = ctx_schema.check_ctx(schema, seed.ctx, name)
+            for field_name, message in problems:
+                self.add(seed.line, f"seeds[{index}].{field_name}",
+                         f"does not fit the ctx declaration: {message}")
+            fitted.append(seed if normalised is None else Seed(
+                address=seed.address, ctx=normalised, event=seed.event, line=seed.line))
+        return fitted
 
     def _check_email_fields(self, data: LineMapping, values: dict[str, str | None]) -> None:
         if "sms" in data:
@@ -328,7 +377,7 @@ def render_seed(template: MessageTemplate, seed: Seed) -> RenderedSeed:
     """Render ``template`` for ``seed`` exactly as the delivery renders an event."""
     variables = event_variables(seed_event(template, seed))
     if template.channel == "sms":
-        return RenderedSeed(template, seed, sms=render_part(template.sms, variables))
+        return RenderedSeed(template, seed, sms=render_part(template.sms, variables, part="sms"))
     message = render_message(template.subject, template.html, template.text, variables)
     if message.subject is not None and ("\n" in message.subject or "\r" in message.subject):
         raise RenderError("the rendered subject contains a line break")

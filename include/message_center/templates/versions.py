@@ -31,6 +31,7 @@ def published_content(content: Mapping[str, Any], version: int) -> TemplateConte
         sender=content.get("sender"), subject=content.get("subject"),
         html_body=content.get("html"), text_body=content.get("text"),
         sms_body=content.get("sms"), language=content.get("language"),
+        ctx_schema=content.get("ctx"),
     )
 
 

@@ -142,3 +142,27 @@ def test_an_instance_that_drifted_is_brought_back_in_line(control_db, execution_
     assert linked_template(execution_db, "ORDER_CONFIRMED", "email").subject != "tampered"
     with execution_db.connect() as conn:
         assert in_sync(conn, desired)
+
+
+def test_the_ctx_declaration_is_published_with_the_version_and_changes_it(
+        control_db, execution_db, execution2_db, urls, template_dir):
+    publish(urls, template_dir)
+    declared = tpl.load_templates(template_dir).find("orderConfirmed").ctx_schema
+    for engine in (execution_db, execution2_db):
+        with engine.connect() as conn:
+            assert conn.execute(text(
+                "SELECT ctx_schema FROM published_template WHERE internal_name = "
+                "'orderConfirmed' AND active")).scalar_one() == declared
+            assert in_sync(conn, [tpl.published_content(
+                {**tpl.load_templates(template_dir).find("orderConfirmed").content()}, 1),
+                tpl.published_content(
+                    tpl.load_templates(template_dir).find("passwordReset").content(), 1)])
+    path = template_dir / "order_confirmed_email.yaml"
+    path.write_text(path.read_text().replace("  currency: string?\n", "  currency: string\n"))
+    report = publish(urls, template_dir)
+    assert report.plan.stored == [("orderConfirmed", 2)]  # a stricter ctx is a new version
+    with execution_db.connect() as conn:
+        assert conn.execute(text(
+            "SELECT ctx_schema->'currency' FROM published_template WHERE active AND "
+            "internal_name = 'orderConfirmed'")).scalar_one() == {"type": "string",
+                                                                  "required": True}
