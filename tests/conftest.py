@@ -85,6 +85,15 @@ def _truncate(engine: Engine, tables: tuple[str, ...]) -> None:
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ctx_schemas() -> None:
+    """The push path caches published ctx declarations for a few seconds: each test starts
+    from what its own database holds."""
+    from message_center.publishing import schema_cache
+
+    schema_cache.clear()
+
+
 @pytest.fixture
 def execution_db() -> Engine:
     """The execution database (cell 0), emptied before the test."""
@@ -199,8 +208,9 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     log_path = tmp_path_factory.mktemp("airflow") / "standalone.log"
     # Tests that need a workflow running unpause it themselves: a continuous real-time
     # loop would otherwise race every other server test for the events it pushes.
+    # MC_CTX_SCHEMA_TTL_SECONDS=0: a test that publishes templates may push at once.
     env = {**os.environ, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-           "MC_ACCOUNT_REGISTRY": str(registry)}
+           "MC_ACCOUNT_REGISTRY": str(registry), "MC_CTX_SCHEMA_TTL_SECONDS": "0"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), "standalone"],

@@ -143,7 +143,8 @@ class EventIn(BaseModel):
         json_schema_extra={
             "examples": [{
                 "type": "ORDER_CONFIRMED", "email": "jane@example.com", "language": "en",
-                "externalId": "A-1001", "ctx": {"orderId": "A-1001", "firstName": "Jane"},
+                "externalId": "A-1001",
+                "ctx": {"orderId": "A-1001", "firstName": "Jane", "total": 42.0},
             }],
             # The channel's address is required (checked by _cross_fields below).
             "anyOf": [

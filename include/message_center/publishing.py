@@ -10,7 +10,11 @@ published, :func:`message_center.templates.desired_state`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,11 +37,16 @@ class TemplateContent:
     text_body: str | None = None
     sms_body: str | None = None
     language: str | None = None
+    #: The ctx fields the template declares (``{name: {"type", "required"}}``); the push
+    #: API refuses events whose ctx does not fit. None: not declared, not checked.
+    ctx_schema: Mapping[str, Any] | None = None
 
 
 def publish(conn: Connection, template: TemplateContent) -> None:
     """Make ``template`` the active version of its internal name (idempotent)."""
     values = asdict(template)
+    values["ctx_schema"] = (None if template.ctx_schema is None
+                            else json.dumps(template.ctx_schema, sort_keys=True))
     conn.execute(
         text("UPDATE published_template SET active = false "
              "WHERE internal_name = :internal_name AND version <> :version AND active"),
@@ -45,14 +54,15 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     )
     conn.execute(text("""
         INSERT INTO published_template (internal_name, label, event_type, channel, version,
-            language, sender, subject, html_body, text_body, sms_body, active)
+            language, sender, subject, html_body, text_body, sms_body, ctx_schema, active)
         VALUES (:internal_name, :label, :event_type, :channel, :version, :language, :sender,
-            :subject, :html_body, :text_body, :sms_body, true)
+            :subject, :html_body, :text_body, :sms_body, CAST(:ctx_schema AS jsonb), true)
         ON CONFLICT (internal_name, version) DO UPDATE SET
             label = EXCLUDED.label, event_type = EXCLUDED.event_type,
             channel = EXCLUDED.channel, language = EXCLUDED.language, sender = EXCLUDED.sender,
             subject = EXCLUDED.subject, html_body = EXCLUDED.html_body,
-            text_body = EXCLUDED.text_body, sms_body = EXCLUDED.sms_body, active = true
+            text_body = EXCLUDED.text_body, sms_body = EXCLUDED.sms_body,
+            ctx_schema = EXCLUDED.ctx_schema, active = true
     """), values)
 
 
@@ -92,7 +102,7 @@ def active_templates(conn: Connection) -> dict[str, TemplateContent]:
     """The active published templates of an execution database, by internal name."""
     rows = conn.execute(text("""
         SELECT internal_name, label, event_type, channel, version, sender, subject,
-               html_body, text_body, sms_body, language
+               html_body, text_body, sms_body, language, ctx_schema
         FROM published_template WHERE active ORDER BY internal_name, version
     """)).mappings().all()
     return {row["internal_name"]: TemplateContent(**dict(row)) for row in rows}
@@ -120,3 +130,100 @@ def sync_instance(conn: Connection, desired: Sequence[TemplateContent]) -> SyncR
 
 def in_sync(conn: Connection, desired: Sequence[TemplateContent]) -> bool:
     return active_templates(conn) == {template.internal_name: template for template in desired}
+
+
+# --- the ctx declarations the push API checks against ---------------------------------
+@dataclass(frozen=True)
+class PublishedSchema:
+    """The ctx declaration of one active template, as the push API checks it."""
+
+    template: str  # "orderConfirmed v2"
+    schema: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PublishedSchemas:
+    """What the link step would pick for an event, reduced to the ctx declarations: a
+    template in the event's language wins, else the latest for (event type, channel)."""
+
+    by_language: Mapping[tuple[str, str, str], PublishedSchema]
+    latest: Mapping[tuple[str, str], PublishedSchema]
+
+    def for_event(self, event_type: str, channel: str,
+                  language: str | None) -> PublishedSchema | None:
+        if language is not None:
+            found = self.by_language.get((event_type, channel, language))
+            if found is not None:
+                return found
+        return self.latest.get((event_type, channel))
+
+    @property
+    def any_declared(self) -> bool:
+        return any(item.schema for item in self.latest.values()) or any(
+            item.schema for item in self.by_language.values())
+
+
+def published_schemas(conn: Connection) -> PublishedSchemas:
+    """The active templates' ctx declarations, picked like the link step picks templates
+    (``processing.queue``: highest ``id`` wins, a language match first)."""
+    rows = conn.execute(text("""
+        SELECT internal_name, version, event_type, channel, language, ctx_schema
+        FROM published_template WHERE active ORDER BY id
+    """)).all()
+    by_language: dict[tuple[str, str, str], PublishedSchema] = {}
+    latest: dict[tuple[str, str], PublishedSchema] = {}
+    for row in rows:  # ascending id: the last one written wins
+        item = PublishedSchema(f"{row.internal_name} v{row.version}", row.ctx_schema)
+        latest[(row.event_type, row.channel)] = item
+        if row.language is not None:
+            by_language[(row.event_type, row.channel, row.language)] = item
+    return PublishedSchemas(by_language, latest)
+
+
+CTX_SCHEMA_TTL_SECONDS = 5.0
+"""How long the push API trusts the ctx declarations it read: a publication is enforced
+at push time within this many seconds (the link step always uses the newest). The API
+server's ``MC_CTX_SCHEMA_TTL_SECONDS`` overrides it (``0``: read them on every push)."""
+
+
+def _ttl_from_env() -> float:
+    raw = os.environ.get("MC_CTX_SCHEMA_TTL_SECONDS", "").strip()
+    if not raw:
+        return CTX_SCHEMA_TTL_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"MC_CTX_SCHEMA_TTL_SECONDS must be a number of seconds; "
+                         f"got {raw!r}") from None
+    if not 0 <= value <= 3600:
+        raise ValueError(f"MC_CTX_SCHEMA_TTL_SECONDS must be 0 to 3600; got {raw!r}")
+    return value
+
+
+class SchemaCache:
+    """:func:`published_schemas` per database, kept ``ttl`` seconds (thread-safe): pushing
+    reads the declarations once per few seconds, not once per request."""
+
+    def __init__(self, ttl: float = CTX_SCHEMA_TTL_SECONDS) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, PublishedSchemas]] = {}
+
+    def get(self, key: str, conn: Connection) -> PublishedSchemas:
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        schemas = published_schemas(conn)
+        with self._lock:
+            self._entries[key] = (now, schemas)
+        return schemas
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+schema_cache = SchemaCache(_ttl_from_env())
+"""The process-wide cache the push path uses (``schema_cache.clear()`` after publishing in
+a test that pushes at once)."""

@@ -214,7 +214,10 @@ _PUSH_ERRORS = {
     **_FORBIDDEN,
     409: {"model": Problem, "description": "Idempotency-Key reused with a different body."},
     413: {"model": Problem, "description": "Body larger than the documented limit."},
-    422: {"model": ValidationProblem, "description": "Bad input; nothing was stored."},
+    422: {"model": ValidationProblem, "description": "Bad input (including a ctx that does "
+                                                     "not fit the fields its published "
+                                                     "template declares); nothing was "
+                                                     "stored."},
 }
 
 # Typed ``str`` (default None when absent), so the schema is a plain string with its rules.
@@ -300,7 +303,7 @@ def create_app(
         try:
             return store_events(
                 engine(), [(kind, event) for event in parsed], key=key, request=data,
-                endpoint="rtEvents" if kind == "rt" else "batchEvents",
+                endpoint="rtEvents" if kind == "rt" else "batchEvents", indexed=kind == "batch",
                 answer=(lambda ids: {"id": ids[0], "status": "pending"}) if kind == "rt"
                 else (lambda ids: {"ids": ids}))
         except IdempotencyConflict as exc:

@@ -5,6 +5,13 @@ transactional API).
 Each protocol parses and validates its own wire format into ``events.EventIn`` (with the
 rules of ``message_center.events``), then calls ``store_events``; only the answer differs,
 so it is built by the caller from the new ids and kept as JSON for idempotent replays.
+
+``store_events`` also checks each event's ``ctx`` against the fields declared by the
+template published for its type and channel (``templates.ctx_schema``; the declarations
+are read through ``publishing.schema_cache``, a few seconds old at most): an event that
+does not fit is refused with ``EventValidationError`` naming the field, and nothing is
+stored. Values are normalised on the way (``"42.00"`` where a number is declared is stored
+as ``42.0``).
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from message_center import events
-from message_center.events import EventIn
+from message_center.events import EncodedCtx, EventIn, EventValidationError, compact_json
+from message_center.publishing import PublishedSchemas, schema_cache
+from message_center.templates.ctx_schema import check_ctx
 
 
 class IdempotencyConflict(Exception):
@@ -33,13 +42,17 @@ def store_events(
     key: str | None = None,
     endpoint: str = "",
     request: Any = None,
+    indexed: bool = False,
 ) -> tuple[int, Any, bool]:
     """Queue ``(kind, event)`` pairs all or nothing, in one transaction.
 
     Returns ``(status, body, replayed)``: ``answer(ids)`` (ids in the order of ``items``)
     with status 201, or what the first request with the same ``key`` answered. ``endpoint``
     and ``request`` (JSON-like content) identify the request for the key; the same key with
-    another endpoint or content raises ``IdempotencyConflict``.
+    another endpoint or content raises ``IdempotencyConflict``. An event whose ctx does not
+    fit its published template raises ``EventValidationError`` (errors carry the event's
+    ``index`` and an ``events[i].`` field when ``indexed``, as a batch reports them).
+    A replayed key answers as the first time, whatever was published since.
     """
     with engine.begin() as conn:
         if key is not None:
@@ -49,6 +62,7 @@ def store_events(
                 if (stored.endpoint, stored.request_hash) != (endpoint, hash_):
                     raise IdempotencyConflict()
                 return stored.status_code, stored.body, True
+        items = fit_ctx(schema_cache.get(str(engine.url), conn), items, indexed=indexed)
         body = answer(_insert(conn, items))
         if key is not None:
             events.store_idempotent_response(conn, key, 201, body)
@@ -67,3 +81,34 @@ def _insert(conn: Any, items: Sequence[tuple[str, EventIn]]) -> list[int]:
                 conn, kind, [items[i][1] for i in positions]), strict=True):
             ids[position] = new_id
     return ids
+
+
+def fit_ctx(schemas: PublishedSchemas, items: Sequence[tuple[str, EventIn]], *,
+            indexed: bool = False) -> Sequence[tuple[str, EventIn]]:
+    """``items`` with each ctx checked against (and normalised by) the declaration of the
+    template published for its event; raises ``EventValidationError`` naming every field
+    that does not fit."""
+    if not schemas.any_declared:
+        return items
+    fitted = list(items)
+    errors: list[dict[str, Any]] = []
+    for index, (kind, event) in enumerate(items):
+        published = schemas.for_event(event.type, event.wished_channel, event.language)
+        if published is None or not published.schema:
+            continue
+        normalised, problems = check_ctx(published.schema, event.ctx, published.template)
+        for field, message in problems:
+            path = field.split(".")
+            if indexed:
+                errors.append({"loc": ["body", "events", index, *path],
+                               "field": f"events[{index}].{field}", "msg": message,
+                               "type": "ctx_template", "index": index})
+            else:
+                errors.append({"loc": ["body", *path], "field": field, "msg": message,
+                               "type": "ctx_template"})
+        if normalised is not None and not problems:
+            fitted[index] = (kind, event.model_copy(update={
+                "ctx": EncodedCtx(normalised, compact_json(normalised))}))
+    if errors:
+        raise EventValidationError(errors)
+    return fitted

@@ -306,10 +306,15 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
             _, body, replayed = store_events(
                 engine(), [(xml_event.kind, event) for xml_event, event in validated],
                 answer=lambda ids: {"ids": ids}, key=key, endpoint=f"soap:{call.name}",
-                request=[[xml_event.kind, xml_event.data] for xml_event, _ in validated])
+                request=[[xml_event.kind, xml_event.data] for xml_event, _ in validated],
+                indexed=True)
         except IdempotencyConflict as exc:
             raise SoapFault(str(exc), "send a new Idempotency-Key for a new request") \
                 from None
+        except EventValidationError as exc:  # ctx does not fit the published template
+            raise _invalid(call, [
+                f"{xml_location(validated[error['index']][0], str(error['field']))}: "
+                f"{error['msg']}" for error in exc.errors]) from None
         return list(body["ids"]), replayed
 
     async def push(request: Request, call: SoapCall) -> tuple[bytes, dict[str, str]]:
