@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from message_center import events
 from message_center.events import EncodedCtx, EventIn, EventValidationError, compact_json
 from message_center.publishing import PublishedSchemas, schema_cache
-from message_center.templates.ctx_schema import check_ctx
+from message_center.templates.ctx_schema import compile_check
 
 
 class IdempotencyConflict(Exception):
@@ -92,11 +92,16 @@ def fit_ctx(schemas: PublishedSchemas, items: Sequence[tuple[str, EventIn]], *,
         return items
     fitted = list(items)
     errors: list[dict[str, Any]] = []
+    checks: dict[str, Any] = {}
     for index, (kind, event) in enumerate(items):
         published = schemas.for_event(event.type, event.wished_channel, event.language)
         if published is None or not published.schema:
             continue
-        normalised, problems = check_ctx(published.schema, event.ctx, published.template)
+        check = checks.get(published.template)
+        if check is None:
+            check = checks[published.template] = compile_check(published.schema,
+                                                               published.template)
+        normalised, problems = check(event.ctx)
         for field, message in problems:
             path = field.split(".")
             if indexed:

@@ -129,6 +129,34 @@ def _fit(kind: str, value: Any) -> Any:
     return _MISSING
 
 
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
+    "list": (list,), "object": (dict,)}
+
+
+def compile_check(schema: Mapping[str, Mapping[str, Any]], template: str) -> Any:
+    """:func:`check_ctx` for one schema, with a fast path for the common case (every value
+    already of its declared type: nothing to normalise, nothing to report). The push path
+    checks up to 1,000 events per request with it."""
+    fields = [(name, _PLAIN_TYPES.get(spec.get("type", "any")), bool(spec.get("required", True)))
+              for name, spec in schema.items()]
+
+    def check(ctx: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+        for name, types, required in fields:
+            value = ctx.get(name)
+            if value is None:
+                if required:
+                    break
+                continue
+            if types is not None and type(value) not in types:
+                break
+        else:
+            return None, []
+        return check_ctx(schema, ctx, template)
+
+    return check
+
+
 def check_ctx(schema: Mapping[str, Mapping[str, Any]], ctx: Mapping[str, Any],
               template: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
     """Check ``ctx`` against ``schema`` (the declaration of ``template``, e.g.

@@ -9,7 +9,7 @@ from template_factory import problems_of, write
 
 from mc_airflow.defaults import TEMPLATES_DIR
 from message_center import templates as tpl
-from message_center.templates.ctx_schema import check_ctx, parse_declaration
+from message_center.templates.ctx_schema import check_ctx, compile_check, parse_declaration
 
 pytestmark = pytest.mark.fast  # no database, no server: `make test-fast`
 
@@ -53,6 +53,7 @@ SCHEMA, _ = parse_declaration({"s": "string", "n": "number", "i": "integer?",
 ])
 def test_values_that_fit_are_accepted_and_normalised(ctx, normalised):
     assert check_ctx(SCHEMA, ctx, "t v1") == (normalised, [])
+    assert compile_check(SCHEMA, "t v1")(ctx) == (normalised, [])  # the push path's
 
 
 @pytest.mark.parametrize(("ctx", "field", "words"), [
@@ -72,6 +73,7 @@ def test_values_that_fit_are_accepted_and_normalised(ctx, normalised):
 ])
 def test_values_that_do_not_fit_are_named(ctx, field, words):
     normalised, problems = check_ctx(SCHEMA, ctx, "t v1")
+    assert compile_check(SCHEMA, "t v1")(ctx) == (normalised, problems)
     assert normalised is None or field.removeprefix("ctx.") not in normalised
     assert [name for name, _ in problems] == [field]
     assert words in problems[0][1]
