@@ -9,17 +9,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mc_local import launcher
+from mc_local import celery_mode, execution2, launcher
 from mc_local.localenv import deployment
 
 
 def _setup(args: argparse.Namespace) -> int:
-    launcher.prepare(deployment(args.profile))
+    target = deployment(args.profile)
+    if isinstance(target, execution2.SecondExecution):
+        execution2.prepare(target)
+        return 0
+    launcher.prepare(target)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    return launcher.run(deployment(args.profile))
+    try:
+        mode = celery_mode.executor()
+    except ValueError as exc:
+        raise SystemExit(f"[mc] {exc}") from None
+    target = deployment(args.profile)
+    if isinstance(target, execution2.SecondExecution):  # make run-execution2
+        return execution2.run(target)
+    if mode == "celery":  # MC_EXECUTOR=celery: CeleryExecutor, broker and workers
+        return celery_mode.run(target)
+    return launcher.run(target)
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -56,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     def add(name: str, handler: object, help_text: str) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         parser.add_argument("--profile", default=None,
-                            help="deployment profile: run (default) or test")
+                            help="deployment profile: run (default), test, or execution2 (the "
+                            "second execution instance beside run)")
         parser.set_defaults(handler=handler)
         return parser
 
