@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test test-fast setup install lint bench lock clean airflow
+.PHONY: run run-execution2 test test-fast setup install lint bench lock clean airflow
 
 run: $(INSTALLED)  ## Set up and run the Message Center (Airflow UI, scheduler, DAGs, push API)
 	$(BIN)/mc run
+
+run-execution2: $(INSTALLED)  ## A second execution instance (cell 1, port 8090) beside `make run`
+	$(BIN)/mc run --profile execution2
 
 test: $(INSTALLED)  ## Set up and run the whole test suite
 	$(BIN)/ruff check .

@@ -50,7 +50,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
-from mc_airflow.defaults import DEFAULT_ARGS
+from mc_airflow.defaults import DEFAULT_ARGS, has_role
 from mc_airflow.params import processing_param, processing_params
 
 KIND = "batch"
@@ -131,4 +131,5 @@ def batch_events_processing() -> None:
     render_and_deliver.expand(claim=split_queue()) >> update_event_status()
 
 
-batch_events_processing()
+if has_role("execution"):  # MC_DEPLOYMENT_ROLES
+    batch_events_processing()

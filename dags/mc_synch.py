@@ -42,7 +42,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from mc_airflow.defaults import ACCOUNT_REGISTRY, CONTROL_CONN_ID, DEFAULT_ARGS
+from mc_airflow.defaults import ACCOUNT_REGISTRY, CONTROL_CONN_ID, DEFAULT_ARGS, has_role
 from message_center.registry import ExecutionAccount, load_registry, registry_path
 
 log = logging.getLogger(__name__)
@@ -193,5 +193,6 @@ def archiving_dag(account: ExecutionAccount) -> Any:
     return archiving()
 
 
-for _account in REGISTRY.enabled:
+# A control instance archives every account; an execution-only deployment has no archive.
+for _account in REGISTRY.enabled if has_role("control") else ():
     globals()[_account.dag_id] = archiving_dag(_account)

@@ -9,7 +9,8 @@ while the DAGs of the good accounts keep running. It defines no DAG of its own.
 
 from __future__ import annotations
 
-from mc_airflow.defaults import ACCOUNT_REGISTRY
+from mc_airflow.defaults import ACCOUNT_REGISTRY, has_role
 from message_center.registry import load_registry, registry_path
 
-load_registry(registry_path(ACCOUNT_REGISTRY)).raise_for_errors()
+if has_role("control"):  # MC_DEPLOYMENT_ROLES: the registry is the control instance's
+    load_registry(registry_path(ACCOUNT_REGISTRY)).raise_for_errors()

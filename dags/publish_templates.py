@@ -35,7 +35,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from mc_airflow.connections import database_url
-from mc_airflow.defaults import CONTROL_CONN_ID, DEFAULT_ARGS
+from mc_airflow.defaults import CONTROL_CONN_ID, DEFAULT_ARGS, has_role
 
 
 @dag(
@@ -156,4 +156,5 @@ def publish_templates() -> None:
     report(targets) << publish_to_instance.expand(target=targets)
 
 
-publish_templates()
+if has_role("control"):  # MC_DEPLOYMENT_ROLES
+    publish_templates()

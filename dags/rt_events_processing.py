@@ -46,7 +46,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from mc_airflow.defaults import DEFAULT_ARGS
+from mc_airflow.defaults import DEFAULT_ARGS, has_role
 from mc_airflow.params import processing_params
 
 KIND = "rt"
@@ -126,4 +126,5 @@ def rt_events_processing() -> None:
     link_render_deliver.expand(shard=recover_and_open_shards()) >> update_event_status()
 
 
-rt_events_processing()
+if has_role("execution"):  # MC_DEPLOYMENT_ROLES
+    rt_events_processing()

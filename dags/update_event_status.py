@@ -30,7 +30,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from mc_airflow.defaults import DEFAULT_ARGS
+from mc_airflow.defaults import DEFAULT_ARGS, has_role
 
 
 @dag(
@@ -65,4 +65,5 @@ def update_event_status_dag() -> None:
     update_event_status()
 
 
-update_event_status_dag()
+if has_role("execution"):  # MC_DEPLOYMENT_ROLES
+    update_event_status_dag()

@@ -43,3 +43,30 @@ ACCOUNT_REGISTRY = DAGS_DIR / "execution_accounts.yaml"
 def templates_dir() -> Path:
     """The template folder to publish and check: ``$MC_TEMPLATES_DIR`` or the repository's."""
     return Path(os.environ.get(TEMPLATES_DIR_ENV) or TEMPLATES_DIR)
+
+
+#: The roles of this deployment (DESIGN.md §1): ``execution`` (receives, processes and
+#: delivers events), ``control`` (templates, archive of every execution account); both by
+#: default (the minimal architecture). A second execution instance runs with
+#: ``MC_DEPLOYMENT_ROLES=execution``: its Airflow gets the execution DAGs only.
+ROLES_ENV = "MC_DEPLOYMENT_ROLES"
+KNOWN_ROLES = ("execution", "control")
+
+
+def deployment_roles() -> tuple[str, ...]:
+    """``$MC_DEPLOYMENT_ROLES`` (comma-separated), default both; a bad value raises a
+    ValueError naming the variable (a DAG import error in the UI, not silence)."""
+    raw = os.environ.get(ROLES_ENV)
+    if raw is None or not raw.strip():
+        return KNOWN_ROLES
+    roles = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    unknown = sorted(set(roles) - set(KNOWN_ROLES))
+    if unknown:
+        raise ValueError(f"{ROLES_ENV}={raw!r}: unknown role(s) {unknown}; use a "
+                         f"comma-separated list of {', '.join(KNOWN_ROLES)}")
+    return tuple(role for role in KNOWN_ROLES if role in roles)
+
+
+def has_role(role: str) -> bool:
+    """Whether this deployment plays ``role`` (DAG files ask it at parse time)."""
+    return role in deployment_roles()

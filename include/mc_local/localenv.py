@@ -192,6 +192,10 @@ class Deployment:
 def deployment(profile: str | None = None) -> Deployment:
     """The deployment named by ``profile`` or ``MC_DEPLOYMENT_PROFILE`` (default ``run``)."""
     name = profile or os.environ.get("MC_DEPLOYMENT_PROFILE", "run")
+    from mc_local import execution2
+
+    if execution2.is_profile(name):  # the second execution instance (make run-execution2)
+        return execution2.second_execution(name)
     if name == "run":
         return Deployment("run", int(os.environ.get("MC_API_PORT", 8080)),
                           int(os.environ.get("MC_SMTP_PORT", 8025)))

@@ -1,0 +1,189 @@
+"""``make run-execution2``: a second execution instance (cell 1) beside the first, both
+archived by the control instance.
+
+The server test runs the real topology on the test databases: the session's Airflow
+(``airflow_stack``: control instance + execution instance cell 0) and a second Airflow
+started by :mod:`mc_local.execution2` (execution DAGs only, its own metadata database,
+push API and execution database ``<profile>_mc_execution2``, cell 1) on the same
+PostgreSQL. Events are pushed to both push APIs; the second instance delivers its own;
+the control instance's ``mcSynch_mcExec1`` / ``mcSynch_mcExec2`` runs archive both; the
+history report of the UI shows both cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from mc_local import execution2
+from mc_local.localenv import deployment
+
+EVENTS_PER_CELL = 15
+ORDER = {"type": "ORDER_CONFIRMED", "ctx": {"firstName": "Ada", "orderId": "A-1",
+                                             "total": 42.5}}
+
+
+@pytest.mark.fast
+def test_profile_names_its_databases_ports_and_roles(monkeypatch):
+    monkeypatch.delenv("MC_EXECUTION2_API_PORT", raising=False)
+    monkeypatch.delenv("MC_API_PORT", raising=False)
+    monkeypatch.delenv("MC_SMTP_PORT", raising=False)
+    second = deployment("execution2")
+    assert isinstance(second, execution2.SecondExecution)
+    assert (second.database("airflow"), second.database("execution")) == (
+        "airflow_execution2", "mc_execution2")
+    assert second.api_port == 8090 and second.smtp_port == deployment("run").smtp_port
+    assert second.airflow_home.name == "airflow-execution2"
+    env = second.environment()
+    assert env["MC_DEPLOYMENT_ROLES"] == "execution"
+    assert env["AIRFLOW_CONN_MC_EXECUTION"].endswith("/mc_execution2")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("/airflow_execution2")
+    assert env["AIRFLOW__API__PORT"] == "8090"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] != deployment("run").environment()[
+        "AIRFLOW__API_AUTH__JWT_SECRET"]  # its own secrets and passwords
+    test_second = deployment("test_execution2")
+    assert test_second.database("execution") == "test_mc_execution2"
+    assert test_second.airflow_home.name == "airflow-test-execution2"
+    with pytest.raises(ValueError, match="no 'control' database"):
+        second.database("control")
+
+
+def _client(base_url: str, password: str) -> httpx.Client:
+    token = httpx.post(f"{base_url}/auth/token", timeout=30, json={
+        "username": "admin", "password": password}).json()["access_token"]
+    return httpx.Client(base_url=base_url, timeout=30,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def wait_for(what: str, check, timeout: float, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{tail}")
+        time.sleep(1)
+    return result
+
+
+@pytest.fixture
+def second_instance(airflow_stack, tmp_path, monkeypatch):
+    """The second execution deployment of the test profile, running (standalone)."""
+    from conftest import PROFILE, free_port
+
+    from mc_local.celery_mode import kill_session, terminate_session
+
+    monkeypatch.setenv("MC_EXECUTION2_API_PORT", str(free_port()))
+    second = deployment(f"{PROFILE}_execution2")
+    execution2.prepare(second)
+    log = tmp_path / "execution2.log"
+    with log.open("wb") as out:
+        process = execution2.standalone(second, stdout=out, stderr=out)
+    base_url = f"http://127.0.0.1:{second.api_port}"
+    try:
+        clients: list[httpx.Client] = []
+
+        def ready() -> bool:
+            try:
+                health = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=3).json()
+                if health.get("scheduler", {}).get("status") != "healthy":
+                    return False
+                if not clients:
+                    clients.append(_client(base_url, second.password("admin")))
+                return clients[0].get("/api/v2/dags/rtEventsProcessing").status_code == 200
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+
+        wait_for("the second execution instance", ready, 240, log)
+        yield second, clients[0], log
+    finally:
+        terminate_session(process.pid)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_session(process.pid)
+        kill_session(process.pid)  # task processes left behind
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_two_execution_instances_archived_by_the_control_instance(
+        airflow_stack, second_instance, execution_db, execution2_db, control_db, smtp_sink):
+    from mc_local.launcher import publish_to_deployment
+
+    _second, second_api, log = second_instance
+    print(publish_to_deployment(deployment()))  # templates again, after the truncations
+    first_api = _client(airflow_stack.base_url, airflow_stack.password_of("admin"))
+    # The second instance runs only the execution DAGs.
+    dag_ids = {d["dag_id"] for d in second_api.get("/api/v2/dags", params={
+        "limit": 100}).json()["dags"]}
+    assert {"rtEventsProcessing", "batchEventsProcessing", "updateEventStatus"} <= dag_ids
+    assert not {d for d in dag_ids if d.startswith("mcSynch_") or d == "mcPublishTemplates"}
+
+    pushed: dict[int, set[int]] = {0: set(), 1: set()}
+    for cell, api in ((0, first_api), (1, second_api)):
+        for n in range(EVENTS_PER_CELL):
+            response = api.post("/message-center/v1/rtEvents", json={
+                **ORDER, "email": f"cell{cell}-{n}@example.test"})
+            assert response.status_code == 201, response.text
+            pushed[cell].add(int(response.json()["id"]))
+        batch = api.post("/message-center/v1/batchEvents", json={"events": [
+            {**ORDER, "email": f"cell{cell}-batch{n}@example.test"}
+            for n in range(EVENTS_PER_CELL)]})
+        assert batch.status_code == 201, batch.text
+        pushed[cell].update(int(i) for i in batch.json()["ids"])
+    for cell, ids in pushed.items():
+        assert {event_id >> 56 for event_id in ids} == {cell}  # the cell id is the high byte
+
+    # The second instance delivers its events with its own scheduler (the first one's
+    # processing DAGs stay paused in the test session: its events wait, pending).
+    def second_done():
+        with execution2_db.connect() as conn:
+            return conn.execute(text(
+                "SELECT count(*) FROM (SELECT status FROM rt_event UNION ALL "
+                "SELECT status FROM batch_event) e WHERE status = 'sent'")).scalar_one() == \
+                2 * EVENTS_PER_CELL
+
+    wait_for("the second instance to send its events", second_done, 240, log)
+    received = [str(m["To"]) for m in smtp_sink.messages()]
+    assert sorted(received) == sorted({to for to in received if to.startswith("cell1-")})
+    assert len(received) == 2 * EVENTS_PER_CELL
+
+    # The control instance archives both (manual runs archive up to now).
+    runs = {}
+    for dag_id in ("mcSynch_mcExec1", "mcSynch_mcExec2"):
+        response = first_api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        assert response.status_code == 200, response.text
+        runs[dag_id] = response.json()["dag_run_id"]
+
+    def archived():
+        states = {dag_id: first_api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()[
+            "state"] for dag_id, run_id in runs.items()}
+        assert "failed" not in states.values(), states
+        return set(states.values()) == {"success"}
+
+    wait_for("both archiving runs", archived, 300, airflow_stack.log_path)
+    with control_db.connect() as conn:
+        rows = conn.execute(text("SELECT cell_id, id, status FROM archived_event")).all()
+        logs = conn.execute(text("SELECT cell_id, count(*) FROM archived_delivery_log "
+                                 "GROUP BY cell_id")).all()
+    by_cell = {cell: {row.id for row in rows if row.cell_id == cell} for cell in (0, 1)}
+    assert by_cell == pushed  # every event of both cells, nothing else, nothing lost
+    assert {row.status for row in rows if row.cell_id == 1} == {"sent"}
+    assert {row.status for row in rows if row.cell_id == 0} == {"pending"}
+    assert dict(logs) == {1: 2 * EVENTS_PER_CELL}
+
+    # The UI's history report shows both instances (per cell filter).
+    for cell, expected_sent in ((0, 0), (1, 2 * EVENTS_PER_CELL)):
+        report = first_api.get("/message-center/ui/history.csv", params={
+            "period": "24h", "cells": str(cell)})
+        assert report.status_code == 200, report.text
+        table = list(csv.DictReader(io.StringIO(report.text)))
+        assert sum(int(row["events"]) for row in table) == 2 * EVENTS_PER_CELL, table
+        assert sum(int(row.get("sent", 0)) for row in table) == expected_sent, table
