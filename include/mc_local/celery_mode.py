@@ -211,6 +211,8 @@ def celery_environment(deployment: Deployment, broker_url: str,
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend(deployment),
         "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": CELERY_CONFIG_OPTIONS,
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(settings.concurrency),
+        # The scheduler runs at most `parallelism` tasks at once, across all workers.
+        "AIRFLOW__CORE__PARALLELISM": str(max(16, settings.workers * settings.concurrency)),
         # Longer than the longest task (a real-time loop is at most a day): a task still
         # running is never handed to a second worker by the broker.
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "90000",

@@ -70,6 +70,9 @@ def test_celery_environment_uses_the_same_postgresql_for_results():
         "db+" + deployment.database_url("airflow").replace("postgresql://",
                                                            "postgresql+psycopg2://"))
     assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "mc_airflow.celery_config.CELERY_CONFIG"
+    wide = celery_mode.celery_environment(deployment, "redis://x",
+                                          celery_mode.CelerySettings(4, 12))
+    assert wide["AIRFLOW__CORE__PARALLELISM"] == "48"  # every worker slot can be used
 
 
 def test_embedded_broker_on_a_private_socket(tmp_path):
