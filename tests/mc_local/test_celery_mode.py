@@ -299,10 +299,9 @@ def test_rt_and_batch_survive_a_killed_and_a_stopped_worker(cluster, slow_sink):
     wait_for("the API server, scheduler and DAGs", api.ready, 240, cluster)
 
     # 1. The real-time loops start on worker1 (the only worker yet): both shards there.
-    api.call("POST", f"/api/v2/dags/{RT}/dagRuns", json={"logical_date": None, "conf": {
-        "shards": 2, "loop_seconds": 900, "poll_seconds": 0.2,
-        "claim_lease_seconds": 20, "sending_timeout_seconds": 20}})
+    #    (Unpausing starts a scheduled run at once, with the default params.)
     api.call("PATCH", f"/api/v2/dags/{RT}", json={"is_paused": False})
+    api.call("PATCH", f"/api/v2/dags/{BATCH}", json={"is_paused": False})
     rt_shards = wait_for("two real-time shards running",
                          lambda: len(api.running(RT, "link_render_deliver")) == 2 and
                          api.running(RT, "link_render_deliver"), 120, cluster)
@@ -318,6 +317,21 @@ def test_rt_and_batch_survive_a_killed_and_a_stopped_worker(cluster, slow_sink):
         api.call("PATCH", f"/api/v2/dags/{RT}", json={"is_paused": True})
         api.call("PATCH", f"/api/v2/dags/{BATCH}", json={"is_paused": True})
         engine.dispose()
+
+
+def _batch_window(api: Api) -> bool:
+    """No batch run active and the next scheduled one at least 20 s away."""
+    from datetime import UTC, datetime
+
+    active = api.call("GET", f"/api/v2/dags/{BATCH}/dagRuns",
+                      params={"state": ["queued", "running"]})["total_entries"]
+    if active:
+        return False
+    after = api.call("GET", f"/api/v2/dags/{BATCH}").get("next_dagrun_run_after")
+    if not after:
+        return True
+    return (datetime.fromisoformat(after.replace("Z", "+00:00"))
+            - datetime.now(UTC)).total_seconds() > 20
 
 
 def _sent_since(engine, pushed: dict[int, float], since: float) -> int:
@@ -338,14 +352,16 @@ def _scenario(cluster, api, engine, sink, pusher, worker1) -> None:
     #    (worker1 has 2 free slots, worker2 4: shards run on worker2).
     cluster.start_worker(2)
     worker2 = cluster.worker(2).pid
+    wait_for("worker2 to take tasks", lambda: celery_ready(cluster, "worker2"), 120, cluster)
+    # The events go to a manual run with small chunks (at most 5 unknown outcomes per
+    # killed shard), started while the every-minute schedule is not about to start one.
+    wait_for("a quiet moment of the batch schedule", lambda: _batch_window(api), 120, cluster)
     batch_ids = api.call("POST", "/message-center/v1/batchEvents", json={"events": [
         {**ORDER, "email": f"batch{n}@example.test"} for n in range(BATCH_EVENTS)]})["ids"]
     assert len(batch_ids) == BATCH_EVENTS
-    wait_for("worker2 to take tasks", lambda: celery_ready(cluster, "worker2"), 120, cluster)
     api.call("POST", f"/api/v2/dags/{BATCH}/dagRuns", json={"logical_date": None, "conf": {
         "shards": 4, "delivery_chunk": 5, "claim_lease_seconds": 20,
         "sending_timeout_seconds": 20}})
-    api.call("PATCH", f"/api/v2/dags/{BATCH}", json={"is_paused": False})
 
     def batch_shard_mid_delivery_on_worker2() -> bool:
         shards = {ti["id"] for ti in api.running(BATCH, "render_and_deliver")}
