@@ -18,7 +18,6 @@ Run it alone: ``.venv/bin/mc test -- -m slow``; ``-m "not slow"`` leaves it out.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import threading
@@ -102,29 +101,15 @@ def test_embedded_broker_on_a_private_socket(tmp_path):
 
 
 # -- the cluster: slow --------------------------------------------------------------------
-class _SlowHandler:
-    """An SMTP peer that takes ``SINK_LATENCY`` per message (like a real relay) and
-    keeps every message (the sink's own storage)."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(SINK_LATENCY)
-        self.sink.store(envelope.content, list(envelope.rcpt_tos), envelope.mail_from)
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture(scope="module")
 def slow_sink(tmp_path_factory):
-    from aiosmtpd.controller import Controller
+    """An SMTP peer that takes ``SINK_LATENCY`` per message, like a real relay."""
     from conftest import free_port
 
     from mc_local.smtp_sink import SmtpSink
 
     sink = SmtpSink(tmp_path_factory.mktemp("celery-mail"), port=free_port())
-    sink._controller = Controller(_SlowHandler(sink), hostname=sink.host, port=sink.port,
-                                  ready_timeout=10)
+    sink.latency = SINK_LATENCY
     with sink:
         yield sink
 
@@ -360,7 +345,7 @@ def _scenario(cluster, api, engine, sink, pusher, worker1) -> None:
         {**ORDER, "email": f"batch{n}@example.test"} for n in range(BATCH_EVENTS)]})["ids"]
     assert len(batch_ids) == BATCH_EVENTS
     api.call("POST", f"/api/v2/dags/{BATCH}/dagRuns", json={"logical_date": None, "conf": {
-        "shards": 4, "delivery_chunk": 5, "claim_lease_seconds": 20,
+        "shards": 4, "delivery_chunk": 5, "smtp_sessions": 1, "claim_lease_seconds": 20,
         "sending_timeout_seconds": 20}})
 
     def batch_shard_mid_delivery_on_worker2() -> bool:
