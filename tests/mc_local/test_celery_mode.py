@@ -7,7 +7,9 @@ home and broker), and then loses workers the two ways production does:
 
 * ``SIGKILL`` to a worker and every process it started (a machine lost) while it
   delivers batch shards: the real-time queue keeps flowing on the other worker, the lost
-  shards are retried elsewhere and nothing is sent twice or lost;
+  shards are retried elsewhere, nothing is sent twice, and every event ends sent or (the
+  chunk each killed shard had armed, at most ``delivery_chunk``) failed with an unknown
+  outcome, never resent;
 * ``SIGTERM`` to the worker running the real-time shard loops (a warm shutdown, as
   ``docker stop`` or Kubernetes do): the loops end within seconds instead of
   ``loop_seconds`` (``mc_airflow.celery_config``), and the next real-time run goes on
