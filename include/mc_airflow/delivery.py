@@ -8,7 +8,8 @@ plain dataclasses; this module is the only place that reads Airflow connections 
   ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout``.
 * ``sms_gateway`` (type ``http``): schema (http/https), host, port, login/password
   (Basic auth; a password without login is sent as a Bearer token); extras ``path``
-  (default ``/messages``), ``sender``, ``timeout``. Optional: without it SMS messages
+  (default ``/messages``), ``sender``, ``timeout``, the gateway's limits
+  ``max_concurrent`` and ``max_messages_per_second``. Optional: without it SMS messages
   are retried and eventually expire, e-mail is unaffected.
 """
 
@@ -28,7 +29,11 @@ from mc_airflow.defaults import EXECUTION_CONN_ID, SMS_CONN_ID, SMTP_CONN_ID
 from message_center.db import engine_for
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
-from message_center.delivery.smtp import SmtpSettings, smtp_settings_from_connection
+from message_center.delivery.smtp import (
+    SmtpSettings,
+    relay_limit,
+    smtp_settings_from_connection,
+)
 from message_center.processing.settings import ProcessingSettings
 
 
@@ -65,6 +70,9 @@ def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:
         login=conn.login or None,
         password=conn.password or None,
         timeout=float(extra.get("timeout") or 10),
+        max_concurrent=relay_limit(extra, "max_concurrent", int, "SMS gateway connection"),
+        max_messages_per_second=relay_limit(extra, "max_messages_per_second", float,
+                                            "SMS gateway connection"),
     )
 
 

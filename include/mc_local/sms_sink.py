@@ -9,11 +9,13 @@ HTTP path. Replies can be scripted per recipient (``"503"`` then ``"201"``, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,14 +64,17 @@ class _Handler(BaseHTTPRequestHandler):
         if problems:
             self._answer(422, {"error": f"missing or empty field(s): {', '.join(problems)}"})
             return
-        scripted = sink.next_reply(body["to"])
-        if scripted is not None:
-            self._answer(scripted, {"error": HTTPStatus(scripted).phrase
-                                    if scripted in HTTPStatus._value2member_map_ else
-                                    "scripted"})
-            return
-        message_id = sink.store(body, self.headers.get("Idempotency-Key"))
-        self._answer(201, {"id": message_id, "status": "accepted"})
+        with sink.in_flight():  # a gateway that takes its time (other requests go on)
+            if sink.latency:
+                time.sleep(sink.latency)
+            scripted = sink.next_reply(body["to"])
+            if scripted is not None:
+                self._answer(scripted, {"error": HTTPStatus(scripted).phrase
+                                        if scripted in HTTPStatus._value2member_map_ else
+                                        "scripted"})
+                return
+            message_id = sink.store(body, self.headers.get("Idempotency-Key"))
+            self._answer(201, {"id": message_id, "status": "accepted"})
 
 
 class _Server(ThreadingHTTPServer):
@@ -87,6 +92,11 @@ class SmsSink:
         self.host, self.port, self.path = host, port, path.rstrip("/")
         self._lock = threading.Lock()
         self._replies: dict[str, deque[str]] = defaultdict(deque)
+        #: Seconds each POST takes before its answer; ``peak_in_flight``: the most POSTs
+        #: it was answering at once (since the last ``clear()``).
+        self.latency = 0.0
+        self.peak_in_flight = 0
+        self._in_flight = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -114,6 +124,17 @@ class SmsSink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def script(self, to: str, *replies: str) -> None:
         """Answer POSTs for ``to`` with these HTTP statuses first (``"503"``,
@@ -153,6 +174,8 @@ class SmsSink:
             path.unlink()
         with self._lock:
             self._replies.clear()
+            self.peak_in_flight = 0
+        self.latency = 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,6 +37,43 @@ def test_sms_gateway_connection():
     assert (settings.path, settings.sender) == ("/messages", "MsgCenter")
 
 
+def test_relay_limits_come_from_the_connection_extras(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_LIMITED", json.dumps({
+        "conn_type": "smtp", "host": "mail.example.com",
+        "extra": {"max_sessions": "20", "max_messages_per_second": 150.5}}))
+    settings = smtp_settings("smtp_limited")
+    assert (settings.max_sessions, settings.max_messages_per_second) == (20, 150.5)
+    assert (smtp_settings().max_sessions, smtp_settings().max_messages_per_second) == (
+        None, None)
+    monkeypatch.setenv("AIRFLOW_CONN_SMS_LIMITED", json.dumps({
+        "conn_type": "http", "host": "sms.example.com",
+        "extra": {"max_concurrent": 4, "max_messages_per_second": "30"}}))
+    gateway = sms_settings("sms_limited")
+    assert gateway is not None
+    assert (gateway.max_concurrent, gateway.max_messages_per_second) == (4, 30.0)
+
+
+@pytest.mark.parametrize(("conn_id", "extra", "message"), [
+    ("smtp_bad", {"max_sessions": "lots"},
+     "SMTP connection extra max_sessions: 'lots' is not a positive whole number"),
+    ("smtp_bad", {"max_sessions": 2.5},
+     "SMTP connection extra max_sessions: 2.5 is not a positive whole number"),
+    ("smtp_bad", {"max_messages_per_second": 0},
+     "SMTP connection extra max_messages_per_second: 0 is not a positive number"),
+    ("sms_bad", {"max_concurrent": -1},
+     "SMS gateway connection extra max_concurrent: -1 is not a positive whole number"),
+])
+def test_a_bad_relay_limit_names_the_connection_and_the_extra(monkeypatch, conn_id, extra,
+                                                              message):
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+        "conn_type": "smtp" if conn_id.startswith("smtp") else "http",
+        "host": "relay.example.com", "extra": extra}))
+    read = smtp_settings if conn_id.startswith("smtp") else sms_settings
+    with pytest.raises(ValueError) as error:
+        read(conn_id)
+    assert str(error.value) == message
+
+
 def test_a_missing_sms_gateway_means_sms_is_not_configured():
     assert sms_settings("no_such_gateway") is None
 

@@ -184,13 +184,15 @@ def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
                         password=conn.get("password") or None, use_ssl=use_ssl,
                         starttls=starttls, from_email=str(extra.get("from_email") or DEFAULT_FROM),
                         timeout=float(extra.get("timeout") or 30),
-                        max_sessions=_limit(extra, "max_sessions", int),
-                        max_messages_per_second=_limit(extra, "max_messages_per_second",
-                                                       float))
+                        max_sessions=relay_limit(extra, "max_sessions", int),
+                        max_messages_per_second=relay_limit(
+                            extra, "max_messages_per_second", float))
 
 
-def _limit(extra: Mapping[str, Any], name: str, kind: type[int] | type[float]) -> Any:
-    """An optional positive limit from the connection's extras (empty: no limit)."""
+def relay_limit(extra: Mapping[str, Any], name: str, kind: type[int] | type[float],
+                connection: str = "SMTP connection") -> Any:
+    """An optional positive limit from a connection's extras (missing or empty: none);
+    a bad value raises naming the connection and the extra."""
     value = extra.get(name)
     if value is None or value == "":
         return None
@@ -200,8 +202,10 @@ def _limit(extra: Mapping[str, Any], name: str, kind: type[int] | type[float]) -
         number = kind(value)
         if kind is int and float(value) != number:
             raise ValueError
+        if not number > 0:
+            raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"SMTP connection extra {name}: {value!r} is not a "
+        raise ValueError(f"{connection} extra {name}: {value!r} is not a positive "
                          f"{'whole number' if kind is int else 'number'}") from None
     return number
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from processing_factory import (
+    SMS_TEMPLATE,
     delivery_logs,
     events,
     insert_events,
@@ -31,6 +32,7 @@ from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import UNKNOWN_OUTCOME
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import Dispatch, RelayGate, SessionPool, is_throttle
+from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
 from message_center.status_sync import sync_event_statuses
@@ -39,10 +41,11 @@ POOLED = ProcessingSettings(shards=1, delivery_chunk=20, smtp_sessions=8,
                             retry_backoff_seconds=0, retry_backoff_max_seconds=0)
 
 
-def deliver(engine, settings: ProcessingSettings, smtp: SmtpSettings, kind: str = "batch"):
+def deliver(engine, settings: ProcessingSettings, smtp: SmtpSettings | None,
+            kind: str = "batch", sms: SmsSettings | None = None):
     """One batchEventsProcessing run at the domain level (split, every shard, status)."""
     total = Counter()
-    with Channels(smtp, None, kind) as channels:
+    with Channels(smtp, sms, kind) as channels:
         for claim in split_queue(engine, kind, settings):
             stats = deliver_shard(engine, claim, settings, channels, copy_status=False)
             total.update(stats.as_dict())
@@ -153,11 +156,44 @@ def test_a_relay_that_never_stops_throttling_is_an_ordinary_transient_failure(
     assert "slow@example.test" not in got and set(got.values()) == {1} and len(got) == 3
 
 
+def insert_sms(engine, count: int) -> list[int]:
+    return insert_events(engine, "batch", count, type="OTP", wished_channel="sms",
+                         email=None, mobile_phone="+3361000{n}", ctx={"code": "C{n}"})
+
+
+def test_sms_requests_run_concurrently_within_the_gateway_cap(execution_db, sms_sink):
+    publish_templates(execution_db, SMS_TEMPLATE)
+    insert_sms(execution_db, 30)
+    sms_sink.latency = 0.03
+    gateway = SmsSettings(base_url=sms_sink.url, sender="Shop", max_concurrent=3)
+    stats = deliver(execution_db, POOLED, None, sms=gateway)
+    assert (stats["sent"], stats["failed"], stats["retried"]) == (30, 0, 0)
+    assert 1 < sms_sink.peak_in_flight <= 3  # 8 sessions, the gateway allows 3
+    sent = Counter(message["to"] for message in sms_sink.messages())
+    assert len(sent) == 30 and set(sent.values()) == {1}
+
+
+def test_an_sms_gateway_answering_429_delays_messages_without_failing_them(execution_db,
+                                                                          sms_sink):
+    publish_templates(execution_db, SMS_TEMPLATE)
+    ids = insert_sms(execution_db, 10)
+    sms_sink.script("+33610003", "429", "429")
+    sms_sink.script("+33610005", "429")
+    gateway = SmsSettings(base_url=sms_sink.url, sender="Shop")
+    stats = deliver(execution_db, POOLED, None, sms=gateway)
+    assert stats["throttled"] >= 3 and (stats["sent"], stats["retried"]) == (10, 0)
+    assert {(row["status"], row["error_count"])
+            for row in events(execution_db, "batch", ids)} == {("sent", 0)}
+    sent = Counter(message["to"] for message in sms_sink.messages())
+    assert len(sent) == 10 and set(sent.values()) == {1}
+
+
 KILLED_SHARD = textwrap.dedent("""
     import sys
     from message_center.db import engine_for
     from message_center.delivery.channels import Channels
-    from message_center.delivery.smtp import SmtpSettings
+    from message_center.delivery.sms import SmsSettings
+from message_center.delivery.smtp import SmtpSettings
     from message_center.processing import ProcessingSettings, ShardClaim, deliver_shard
     url, port, token, sessions, chunk = sys.argv[1:6]
     settings = ProcessingSettings(shards=1, smtp_sessions=int(sessions),
