@@ -156,6 +156,10 @@ class Sizes:
     stats_events: int = 100_000_000  # events the generated hourly statistics stand for
     stats_days: int = 365
     report_days: int = 30
+    slow_events: int = 60_000  # batch drain through the slow relay (and the 0 ms one)
+    slow_latency: float = 0.05  # seconds the slow relay takes per message
+    slow_rt_rate: float = 200.0
+    slow_rt_seconds: float = 60.0
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -165,13 +169,15 @@ class Sizes:
             return cls(ingest_events=10_000, push_requests=300, split_events=20_000,
                        deliver_messages=1_000, status_events=20_000, archive_events=10_000,
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
-                       memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90)
+                       memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90,
+                       slow_events=10_000, slow_rt_seconds=20.0)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
                        split_events=2_000, deliver_messages=100, status_events=2_000,
                        archive_events=1_000, rt_rate=20.0, rt_seconds=3.0,
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
-                       stats_events=100_000, stats_days=3, report_days=2)
+                       stats_events=100_000, stats_days=3, report_days=2,
+                       slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -200,6 +206,13 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             ("archiving + hourly statistics, per account", ">= 50,000 rows/s"),
         ],
         "realtime": [(f"{rt}, p50", "<= 500 ms"), (f"{rt}, p99", "<= 2,000 ms")],
+        "slow_relay": [
+            (f"batch DAG through a relay taking {sizes.slow_latency * 1000:g} ms per message "
+             f"({sizes.slow_events:,} events)", ">= 1,000 msg/s and >= 50% of a 0 ms relay"),
+            (f"real time, push to Sent, {sizes.slow_rt_rate:g} events/s through the "
+             f"{sizes.slow_latency * 1000:g} ms relay, p99", "<= 2,000 ms"),
+            ("peak RSS of any task during the slow-relay runs", "<= 300 MB"),
+        ],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
                     "peak RSS of any task", "<= 300 MB")],
     }

@@ -43,7 +43,7 @@ Stage = Callable[[Context], list[Result]]
 
 
 def _stages() -> dict[str, Stage]:
-    from bench import http_stages, pipeline, realtime, reports, soap_stage
+    from bench import http_stages, pipeline, realtime, reports, slow_relay, soap_stage
 
     return {
         "ingest": http_stages.ingest,
@@ -56,11 +56,12 @@ def _stages() -> dict[str, Stage]:
         "reports": reports.reports,
         "realtime": realtime.realtime,
         "memory": realtime.memory,
+        "slow_relay": slow_relay.slow_relay,
     }
 
 
 STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-               "reports", "realtime", "memory")
+               "reports", "realtime", "memory", "slow_relay")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it). The table keeps the order (STAGE_NAMES).

@@ -32,6 +32,9 @@ FIGURES = (
     "real time, push to Sent",
     "real time, push to Sent",
     "memory while draining",
+    "batch DAG through a relay taking",
+    "real time, push to Sent, ",
+    "peak RSS of any task during the slow-relay runs",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports")
 

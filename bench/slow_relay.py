@@ -1,0 +1,147 @@
+"""A relay that takes its time: the DAGs against an SMTP server taking 50 ms per message.
+
+A real relay or provider answers each message in tens of milliseconds; one SMTP session
+then sends at most one message per round trip, so throughput comes from many sessions
+at once (``smtp_sessions`` per shard, :mod:`message_center.delivery.pool`). Measured
+through the real scheduler (``airflow standalone``, the DAGs' default params), with the
+bench's null SMTP sink (:mod:`bench.sinks`) switched between 0 ms and ``slow_latency``
+per message in the same run:
+
+* **batch** - a backlog of ``slow_events`` batch events, one ``batchEventsProcessing``
+  run claiming all of it; the figure is messages accepted by the sink per second, from
+  the first to the last one (``delivery_log.sent_at``); the same drain against the
+  zero-latency sink is the bare limit. The run's wall time (split, task start-up) is in
+  the note.
+* **real time** - ``slow_rt_rate`` events/s pushed through the API for
+  ``slow_rt_seconds``, push-to-Sent latency p99 (as the ``realtime`` stage measures it).
+* **memory** - the peak RSS (VmHWM) of every Airflow task process during both.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from sqlalchemy import text
+
+from bench.core import Context, Result, log, planned_rows
+from bench.data import insert_events
+from bench.realtime import (
+    BATCH_DAG,
+    TaskMemory,
+    api,
+    fail_unfinished_runs,
+    latencies,
+    prepare_dags,
+    push_steadily,
+    set_paused,
+    task_names,
+    wait_final,
+    wait_rt_shards,
+)
+from bench.sinks import set_latency
+
+BATCH_SHARDS = 4  # dags/batch_events_processing.py defaults
+BATCH_SESSIONS = 16
+
+
+def _drain(ctx: Context, count: int, label: str) -> tuple[float, float, dict[str, int]]:
+    """One batch run draining ``count`` events: (msg/s first->last sent, run wall s,
+    outcomes)."""
+    set_paused(ctx, BATCH_DAG, True)
+    fail_unfinished_runs(ctx, BATCH_DAG)
+    ctx.reset_execution()
+    insert_events(ctx.engine(), "batch", count)
+    ctx.vacuum("batch_event")
+    status, body = api(ctx, "POST", f"/dags/{BATCH_DAG}/dagRuns", {
+        "logical_date": None, "conf": {"max_events_per_run": count}})
+    if status not in (200, 201):
+        raise RuntimeError(f"cannot trigger {BATCH_DAG}: {status} {body}")
+    run_id = body["dag_run_id"]
+    set_paused(ctx, BATCH_DAG, False)
+    log(f"slow relay: {label}: {BATCH_DAG} run {run_id} draining {count:,} events")
+    started = time.monotonic()
+    cap = max(300.0, count / 50)  # a safety cap: 50 msg/s would be a failure anyway
+    state = "queued"
+    while time.monotonic() - started < cap:
+        time.sleep(1)
+        state = api(ctx, "GET", f"/dags/{BATCH_DAG}/dagRuns/{run_id}")[1].get("state")
+        if state in ("success", "failed"):
+            break
+    set_paused(ctx, BATCH_DAG, True)
+    _, run = api(ctx, "GET", f"/dags/{BATCH_DAG}/dagRuns/{run_id}")
+    fail_unfinished_runs(ctx, BATCH_DAG)
+    wall = _seconds(run.get("start_date"), run.get("end_date")) or (
+        time.monotonic() - started)
+    with ctx.engine().connect() as conn:
+        sent, first, last = conn.execute(text(
+            "SELECT count(*), extract(epoch FROM min(sent_at)), extract(epoch FROM "
+            "max(sent_at)) FROM delivery_log WHERE status = 'sent'")).one()
+        outcomes = {str(k): int(v) for k, v in conn.execute(text(
+            "SELECT status, count(*) FROM delivery_log GROUP BY status")).all()}
+    outcomes["run"] = state  # type: ignore[assignment]
+    window = float(last - first) if sent and sent > 1 else 0.0
+    rate = (sent - 1) / window if window > 0 else 0.0
+    log(f"slow relay: {label}: {sent:,} sent, {rate:,.0f} msg/s over {window:.1f}s, "
+        f"run {state} in {wall:.0f}s")
+    ctx.reset_execution()
+    return rate, wall, outcomes
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))) \
+        .total_seconds()
+
+
+def slow_relay(ctx: Context) -> list[Result]:
+    sizes = ctx.sizes
+    latency_ms = sizes.slow_latency * 1000
+    ctx.ensure_sinks()
+    ctx.ensure_standalone()  # smtp_default -> the null sink, whose latency we switch
+    prepare_dags(ctx)
+    rows = planned_rows(sizes)["slow_relay"]
+    try:
+        with TaskMemory(ctx.processes["standalone"].pid) as memory:
+            set_latency(ctx.null_smtp_port, 0)
+            fast, fast_wall, fast_outcomes = _drain(ctx, sizes.slow_events, "0 ms relay")
+            set_latency(ctx.null_smtp_port, sizes.slow_latency)
+            slow, slow_wall, slow_outcomes = _drain(
+                ctx, sizes.slow_events, f"{latency_ms:g} ms relay")
+            wait_rt_shards(ctx, 2)
+            warm = push_steadily(ctx, 10, 0.1, first=20_000_000)
+            wait_final(ctx, list(warm), timeout=120)
+            log(f"slow relay: pushing {sizes.slow_rt_rate:g} real-time events/s for "
+                f"{sizes.slow_rt_seconds:g}s")
+            pushed = push_steadily(ctx, sizes.slow_rt_rate, sizes.slow_rt_seconds)
+            wait_final(ctx, list(pushed), timeout=120)
+            real = latencies(ctx, pushed)
+    finally:
+        set_latency(ctx.null_smtp_port, 0)  # the other stages expect a zero-latency sink
+    ctx.reset_execution()
+    names = task_names(ctx)
+    top, lightest = memory.top(names), memory.lightest(names)
+    p99 = real.p(99)
+    (batch_figure, batch_target), (rt_figure, rt_target), (mem_figure, mem_target) = rows
+    batch = Result(
+        batch_figure, batch_target, slow, "msg/s",
+        slow >= 1000 and slow >= fast / 2 and slow_outcomes.get("sent") == sizes.slow_events,
+        fast, "same DAG, 0 ms relay",
+        note=(f"{sizes.slow_events:,} events, one {BATCH_DAG} run with its default params "
+              f"({BATCH_SHARDS} shards x {BATCH_SESSIONS} SMTP sessions); msg/s = messages "
+              f"accepted by the relay from the first to the last; run wall time incl. split "
+              f"and task start-up {slow_wall:.0f}s ({latency_ms:g} ms relay) vs "
+              f"{fast_wall:.0f}s (0 ms); outcomes {slow_outcomes} vs {fast_outcomes}"))
+    rt = Result(rt_figure, rt_target, p99, "ms", None if p99 is None else p99 <= 2000,
+                latency_ms, "the relay's own latency", higher_is_better=False,
+                note=(f"{real.pushed:,} pushed through the API, outcomes {real.statuses}, "
+                      f"p50 {real.p(50) or 0:.0f} ms; rtEventsProcessing with its default "
+                      "params (2 shards x 8 SMTP sessions)"))
+    mem = Result(mem_figure, mem_target, top[0] if top else None, "MB",
+                 None if top is None else top[0] <= 300,
+                 lightest[0] if lightest else None, "lightest task", higher_is_better=False,
+                 note=(f"biggest: {top[1]}; " if top else "") +
+                 f"{len(memory.peaks)} task process(es) watched (VmHWM)")
+    return [batch, rt, mem]
