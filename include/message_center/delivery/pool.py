@@ -165,40 +165,83 @@ class RelayGate:
                     self._pause = 0.0
 
 
-class Dispatch:
-    """One chunk handed to the sessions: the messages nobody has started yet.
+#: The next chunk armed for sending and the time (``time.monotonic()``) its messages must
+#: be started by; ``None``: the shard has nothing more.
+Refill = Callable[[], "tuple[list[Attempt], float] | None"]
 
-    Sessions take messages in order; whatever is left when the pool returns (the sending
-    budget ran out, a stop was asked, the task was interrupted) is :meth:`unsent`: the
-    caller gives it back to the queue. A taken message is either reported or, if the
-    worker dies, in flight (its outcome unknown).
+
+class Dispatch:
+    """The messages of a shard the sessions have not started yet.
+
+    Sessions take messages in order. Given ``refill``, the dispatch asks it for the next
+    chunk as soon as no more than ``low_water`` messages are waiting (one session arms it
+    while the others keep sending: the sessions never wait for the ledger between chunks);
+    without it, it holds ``attempts`` only. Each message carries its chunk's deadline.
+
+    Whatever is left when the pool returns (a sending budget ran out, a stop was asked,
+    the task was interrupted) is :meth:`unsent`: the caller gives it back to the queue. A
+    taken message is either reported or, if the worker dies, in flight.
     """
 
-    def __init__(self, attempts: Iterable[Attempt]) -> None:
-        self._pending = deque(attempts)
-        self._lock = threading.Lock()
+    def __init__(self, attempts: Iterable[Attempt] = (), deadline: float = float("inf"), *,
+                 refill: Refill | None = None, low_water: int = 0) -> None:
+        self._pending: deque[tuple[Attempt, float]] = deque(
+            (attempt, deadline) for attempt in attempts)
+        self._cond = threading.Condition()
         self._halted = False
+        self._refill, self._low_water = refill, low_water
+        self._refilling = False
+        self.exhausted = refill is None  # True once refill said there is nothing more
 
-    def take(self) -> Attempt | None:
-        with self._lock:
-            if self._halted or not self._pending:
-                return None
-            return self._pending.popleft()
+    def take(self) -> tuple[Attempt, float] | None:
+        """The next message and its deadline; ``None`` when there is none (halted, or
+        nothing left and nothing more to come). May arm the next chunk (``refill``)."""
+        while True:
+            with self._cond:
+                if self._halted:
+                    return None
+                if self._pending and (len(self._pending) > self._low_water
+                                      or self.exhausted or self._refilling):
+                    return self._pending.popleft()
+                if self.exhausted:
+                    return None
+                if self._refilling:  # nothing waiting, another session arms the next chunk
+                    self._cond.wait()
+                    continue
+                self._refilling = True
+            try:
+                assert self._refill is not None
+                more = self._refill()
+            except BaseException:
+                with self._cond:
+                    self._refilling, self._halted = False, True
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self._refilling = False
+                if more is None:
+                    self.exhausted = True
+                else:
+                    attempts, deadline = more
+                    self._pending.extend((attempt, deadline) for attempt in attempts)
+                self._cond.notify_all()
 
-    def put_back(self, attempt: Attempt) -> None:
-        with self._lock:
-            self._pending.appendleft(attempt)
+    def put_back(self, attempt: Attempt, deadline: float) -> None:
+        with self._cond:
+            self._pending.appendleft((attempt, deadline))
 
     def halt(self) -> None:
         """No session takes another message."""
-        with self._lock:
+        with self._cond:
             self._halted = True
+            self._cond.notify_all()
 
     def unsent(self) -> list[Attempt]:
         """Halt, and hand over the messages never started (each at most once)."""
-        with self._lock:
+        with self._cond:
             self._halted = True
-            left, self._pending = list(self._pending), deque()
+            left, self._pending = [attempt for attempt, _ in self._pending], deque()
+            self._cond.notify_all()
         return left
 
 
@@ -231,10 +274,11 @@ class SessionPool:
     def throttles(self) -> int:
         return sum(gate.throttles for gate in self.gates.values())
 
-    def run(self, dispatch: Dispatch, send: Send, report: Report, *, deadline: float,
-            should_stop: StopCheck) -> None:
-        """Deliver the dispatch's messages over the sessions until none is left, the
-        ``deadline`` (``time.monotonic()``) passes or ``should_stop()`` turns true.
+    def run(self, dispatch: Dispatch, send: Send, report: Report, *,
+            deadline: float = float("inf"), should_stop: StopCheck = lambda: False) -> None:
+        """Deliver the dispatch's messages over the sessions until none is left, a
+        message's deadline (its chunk's, or ``deadline``: ``time.monotonic()``) passes or
+        ``should_stop()`` turns true; then the dispatch is halted.
 
         ``send`` is called from several threads at once and must allow it
         (:meth:`Channels.deliver <message_center.delivery.channels.Channels.deliver>`
@@ -265,17 +309,19 @@ class SessionPool:
             wait(futures, timeout=IN_FLIGHT_GRACE_SECONDS)
             _raise(failed[0])
 
-    def _session(self, dispatch: Dispatch, send: Send, report: Report, deadline: float,
+    def _session(self, dispatch: Dispatch, send: Send, report: Report, run_deadline: float,
                  should_stop: StopCheck) -> None:
-        while (attempt := dispatch.take()) is not None:
+        while not should_stop() and (item := dispatch.take()) is not None:
+            attempt, chunk_deadline = item
+            deadline = min(run_deadline, chunk_deadline)
             if time.monotonic() > deadline or should_stop():
-                dispatch.put_back(attempt)
+                dispatch.put_back(attempt, chunk_deadline)
                 dispatch.halt()
                 return
             try:
                 outcome = self._send(attempt, send, deadline, should_stop)
             except _NotStarted:  # the budget ran out or a stop was asked: give it back
-                dispatch.put_back(attempt)
+                dispatch.put_back(attempt, chunk_deadline)
                 dispatch.halt()
                 return
             if outcome is not None:

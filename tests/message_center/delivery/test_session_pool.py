@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from dataclasses import replace
@@ -309,3 +310,38 @@ def test_a_stop_request_leaves_unstarted_messages_in_the_dispatch():
     left = [attempt.log_id for attempt in dispatch.unsent()]
     assert 10 <= len(sent) < 40
     assert sorted(sent + left) == list(range(40))  # each reported or given back, once
+
+
+@pytest.mark.fast
+def test_the_dispatch_arms_the_next_chunk_while_the_sessions_keep_sending():
+    chunks = iter([[SimpleNamespace(log_id=10 * c + n, channel="email") for n in range(7)]
+                   for c in range(5)])
+    calls: list[int] = []
+    refilling = threading.Lock()
+
+    def refill():
+        assert refilling.acquire(blocking=False), "two sessions armed a chunk at once"
+        try:
+            calls.append(len(calls))
+            time.sleep(0.005)
+            chunk = next(chunks, None)
+            return None if chunk is None else (chunk, time.monotonic() + 60)
+        finally:
+            refilling.release()
+
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def report(attempt, outcome):
+        with lock:
+            sent.append(attempt.log_id)
+
+    def deliver(attempt):
+        time.sleep(0.002)
+        return Outcome.sent(None)
+
+    dispatch = Dispatch(refill=refill, low_water=4)
+    with SessionPool({}, sessions=4) as pool:
+        pool.run(dispatch, deliver, report)
+    assert sorted(sent) == [10 * c + n for c in range(5) for n in range(7)]
+    assert len(calls) == 6 and dispatch.exhausted and dispatch.unsent() == []
