@@ -68,13 +68,14 @@ class _Handler(BaseHTTPRequestHandler):
             if sink.latency:
                 time.sleep(sink.latency)
             scripted = sink.next_reply(body["to"])
-            if scripted is not None:
-                self._answer(scripted, {"error": HTTPStatus(scripted).phrase
-                                        if scripted in HTTPStatus._value2member_map_ else
-                                        "scripted"})
-                return
-            message_id = sink.store(body, self.headers.get("Idempotency-Key"))
-            self._answer(201, {"id": message_id, "status": "accepted"})
+            if scripted is None:
+                status, answer = 201, {"id": sink.store(body, self.headers.get(
+                    "Idempotency-Key")), "status": "accepted"}
+            else:
+                status, answer = scripted, {
+                    "error": HTTPStatus(scripted).phrase
+                    if scripted in HTTPStatus._value2member_map_ else "scripted"}
+        self._answer(status, answer)  # out of in_flight: the client may go on at once
 
 
 class _Server(ThreadingHTTPServer):

@@ -311,7 +311,7 @@ class SessionPool:
 
     def _session(self, dispatch: Dispatch, send: Send, report: Report, run_deadline: float,
                  should_stop: StopCheck) -> None:
-        while not should_stop() and (item := dispatch.take()) is not None:
+        while (item := dispatch.take()) is not None:
             attempt, chunk_deadline = item
             deadline = min(run_deadline, chunk_deadline)
             if time.monotonic() > deadline or should_stop():
