@@ -172,41 +172,61 @@ def run(deployment: SecondExecution) -> int:
 
     from mc_local import celery_mode
 
+    try:
+        settings = (celery_mode.CelerySettings.from_env()
+                    if celery_mode.executor() == "celery" else None)
+    except ValueError as exc:
+        raise SystemExit(f"[mc] {exc}") from None
+    pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
     prepare(deployment)
     if not _listening(deployment.smtp_port):
         log(f"nothing listens on the SMTP port {deployment.smtp_port}: start `make run` "
             "(its SMTP sink) first, or messages wait in the queue for it")
-    if celery_mode.executor() == "celery":
-        settings = celery_mode.CelerySettings.from_env()
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # Ctrl-C, or SIGTERM from a script or a service manager: stop what we started.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if settings is not None:
         cluster = celery_mode.Cluster(deployment, settings)
-        stopping = False
-
-        def stop(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
         try:
             cluster.start()
             _banner(deployment)
             while not stopping and all(cluster.running().values()):
                 time.sleep(0.5)
         finally:
+            log("stopping ...")
             cluster.stop()
+            _stop_postgres(deployment, pg_was_running)
         return 0
     process = standalone(deployment)
     _banner(deployment)
     try:
-        return process.wait()
-    except KeyboardInterrupt:
+        while not stopping and process.poll() is None:
+            time.sleep(0.5)
+    finally:
         log("stopping ...")
         celery_mode.terminate_session(process.pid)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             celery_mode.kill_session(process.pid)
-        return 0
+            process.wait()
+        celery_mode.kill_session(process.pid)  # task processes left behind
+        _stop_postgres(deployment, pg_was_running)
+        log("stopped")
+    return 0
+
+
+def _stop_postgres(deployment: SecondExecution, was_running: bool) -> None:
+    """The embedded PostgreSQL is stopped only if this command started it (without
+    `make run` beside it)."""
+    if deployment.uses_embedded and not was_running:
+        deployment.embedded.stop()
 
 
 def _banner(deployment: SecondExecution) -> None:
