@@ -220,6 +220,17 @@ def celery_environment(deployment: Deployment, broker_url: str,
     }
 
 
+def mode_environment(deployment: Deployment, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """With ``MC_EXECUTOR=celery``: the Celery variables of ``deployment`` (the broker that
+    ``make run`` starts, or ``MC_CELERY_BROKER_URL``), so ``mc env`` and ``mc airflow``
+    match the running processes; empty otherwise."""
+    if executor(env) != "celery":
+        return {}
+    settings = CelerySettings.from_env(env)
+    broker = settings.broker_url or EmbeddedRedis(STATE_DIR / "broker" / deployment.profile).url
+    return celery_environment(deployment, broker, settings)
+
+
 class Cluster:
     """The processes of one Celery deployment: broker, Airflow components, workers.
 

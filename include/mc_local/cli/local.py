@@ -52,15 +52,24 @@ def _test(args: argparse.Namespace) -> int:
             target.embedded.stop()
 
 
+def _mode_environment(target: object) -> dict[str, str]:
+    try:
+        return celery_mode.mode_environment(target)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SystemExit(f"[mc] {exc}") from None
+
+
 def _airflow(args: argparse.Namespace) -> int:
-    env = {**os.environ, **deployment(args.profile).environment()}
+    target = deployment(args.profile)
+    env = {**os.environ, **target.environment(), **_mode_environment(target)}
     binary = str(Path(sys.executable).parent / "airflow")
     os.execve(binary, [binary, *args.airflow_args], env)
     return 0  # not reached
 
 
 def _env(args: argparse.Namespace) -> int:
-    for key, value in sorted(deployment(args.profile).environment().items()):
+    target = deployment(args.profile)
+    for key, value in sorted({**target.environment(), **_mode_environment(target)}.items()):
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
