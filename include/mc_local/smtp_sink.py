@@ -97,6 +97,10 @@ class SmtpSink:
         tmp.write_bytes(header.encode() + content)
         tmp.rename(self.mail_dir / name)
 
+    def count(self) -> int:
+        """How many messages were received (cheaper than :meth:`messages`)."""
+        return sum(1 for _ in self.mail_dir.glob("*.eml"))
+
     def messages(self) -> list[EmailMessage]:
         """Every stored message, oldest first."""
         return [
@@ -117,8 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025)
     parser.add_argument("--mail-dir", type=Path, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="time each message takes before the server answers (a slow "
+                        "relay: the message is stored at the end, just before the 250)")
     args = parser.parse_args(argv)
-    with SmtpSink(args.mail_dir, args.host, args.port):
+    with SmtpSink(args.mail_dir, args.host, args.port) as sink:
+        sink.latency = args.latency_ms / 1000
         print(f"SMTP sink on {args.host}:{args.port}, keeping messages in {args.mail_dir}",
               flush=True)
         threading.Event().wait()

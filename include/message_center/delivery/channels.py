@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from message_center.delivery.ledger import Attempt
@@ -105,8 +106,13 @@ class Channels:
                 if sms.max_messages_per_second else None)
         return gates
 
-    def deliver(self, attempt: Attempt) -> Outcome:
-        """Render and send; never raises for a message-level problem."""
+    def deliver(self, attempt: Attempt, ready: Callable[[], None] | None = None) -> Outcome:
+        """Render and send; never raises for a message-level problem.
+
+        ``ready`` is called just before the point of no return (the final "." of SMTP
+        DATA, the gateway request): the shard's recorder commits there that the message
+        is handed (:meth:`message_center.processing.recorder.OutcomeRecorder.handing`).
+        An exception from it propagates and means "not sent"."""
         row = attempt.row
         if row["published_id"] is None:
             return Outcome.failed(f"template {attempt.template_name} version "
@@ -115,15 +121,15 @@ class Channels:
         name = f"{attempt.template_name} v{attempt.template_version}"
         try:
             if attempt.channel == "sms":
-                return self._send_sms(attempt, row, variables)
-            return self._send_email(attempt, row, variables)
+                return self._send_sms(attempt, row, variables, ready)
+            return self._send_email(attempt, row, variables, ready)
         except RenderError as exc:
             return Outcome.failed(f"template {name} cannot be rendered: {exc}")
         except ValueError as exc:
             return Outcome.failed(f"message from template {name} is invalid: {exc}")
 
-    def _send_email(self, attempt: Attempt, row: dict[str, Any],
-                    variables: dict[str, Any]) -> Outcome:
+    def _send_email(self, attempt: Attempt, row: dict[str, Any], variables: dict[str, Any],
+                    ready: Callable[[], None] | None = None) -> Outcome:
         if self.smtp_settings is None:
             return Outcome.retry("no SMTP connection is configured (smtp_default)")
         rendered = render_message(row["subject"], row["html_body"], row["text_body"],
@@ -137,7 +143,8 @@ class Channels:
         )
         sender = self._borrow_smtp()
         try:
-            return sender.send_bytes(data, message_id, envelope, attempt.address)
+            return sender.send_bytes(data, message_id, envelope, attempt.address,
+                                     ready)
         finally:
             with self._lock:
                 self._smtp_idle.append(sender)
@@ -153,8 +160,9 @@ class Channels:
             self._smtp_all.append(sender)
             return sender
 
-    def _send_sms(self, attempt: Attempt, row: dict[str, Any],
-                  variables: dict[str, Any]) -> Outcome:
+
+    def _send_sms(self, attempt: Attempt, row: dict[str, Any], variables: dict[str, Any],
+                  ready: Callable[[], None] | None = None) -> Outcome:
         if self.sms_settings is None:
             return Outcome.retry("no SMS gateway connection is configured (sms_gateway)")
         body = render_part(row["sms_body"], variables, part="sms")
@@ -165,7 +173,7 @@ class Channels:
                 self._sms = SmsSender(self.sms_settings)
             sms = self._sms
         return sms.send(log_id=attempt.log_id, to=attempt.address, text=body,
-                              sender=row["sender"])
+                        sender=row["sender"], ready=ready)
 
 
 def _share(limit: int | None, shards: int) -> int | None:

@@ -1,33 +1,47 @@
 """The delivery log as a ledger: the one place that decides whether a message may be sent.
 
-Every message goes through three committed steps::
+Every message goes through four committed steps::
 
     1. start_sending   INSERT ... ON CONFLICT DO UPDATE ... WHERE status IN (queued, retry)
-                       -> the row is 'sending' (or 'ignored': quarantine, no address)
-    2. (send over SMTP / the SMS gateway)
-    3. finalize        UPDATE ... WHERE status = 'sending'
+                       -> the row is 'sending', not handed yet (sending_started NULL),
+                          or 'ignored' (quarantine, no address)
+    2. mark_handed     UPDATE ... SET sending_started = now() WHERE status = 'sending'
+                       AND sending_started IS NULL AND the event is still this shard's
+                       -> committed before the point of no return (the final "." of SMTP
+                          DATA, the gateway request)
+    3. (send over SMTP / the SMS gateway)
+    4. finalize        UPDATE ... WHERE status = 'sending'
                        -> 'sent' | 'failed' | 'retry' (event back to pending, backoff)
 
 Step 1 is a compare-and-set on the ledger row (one row per event, unique on
 ``(event_kind, event_id)``): of two runs, two workers or a retried task racing for the
 same event, exactly one moves the row to ``sending``; the others get nothing back and
-do not send. A message is therefore never sent twice by the Message Center.
+do not send. Step 2 is a compare-and-set too (a row released meanwhile is not handed).
+A message is therefore never sent twice by the Message Center.
 
-**Unknown outcome after a crash.** A worker that dies between steps 1 and 3 leaves rows
-in ``sending``: the message may or may not have reached the provider. We choose
-*never send twice*: :func:`recover_unknown_outcomes` marks such rows ``failed`` with the
-reason "outcome unknown ..." (the Message-ID / SMS reference derived from the row id
-tells where to look at the provider) and copies that onto the event; it does not
-resend. At most ``delivery_chunk`` messages per crashed shard can be in this state.
-Events that had not reached step 1 are not lost: their claim lease runs out and they
-are processed again. A shard that is asked to stop (SIGTERM) or that runs out of time
-finishes the message in hand and gives the rest back, leaving nothing unknown.
+Steps 2 and 4 are written in grouped commits by the shard's
+:class:`~message_center.processing.recorder.OutcomeRecorder`, while the SMTP transaction
+runs (MAIL, RCPT, DATA and the content go out before the mark must be committed), so
+they cost one commit per group, not one per message, and mostly no waiting.
+
+**Unknown outcome after a crash.** A worker that dies between steps 2 and 4 leaves a
+handed row in ``sending``: the message may or may not have reached the provider. We
+choose *never send twice*: :func:`recover_unknown_outcomes` marks such rows ``failed``
+with the reason "outcome unknown ..." (the Message-ID / SMS reference derived from the
+row id tells where to look at the provider) and copies that onto the event; it does
+not resend. Because step 2 of the next message commits the outcome of the previous
+one, that is at most one message per SMTP session (the one in progress when the worker
+died). Rows armed in step 1 but never handed were not sent: :func:`release_unhanded`
+gives them back (the retried task re-arms and sends its own claim's at once; a dead
+worker's go back to the queue when its claim lease runs out). A shard that is asked to stop
+(SIGTERM) or that runs out of time finishes the message in hand and gives the rest
+back, leaving nothing unknown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -93,7 +107,7 @@ class Started:
 def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -> Started:
     """Step 1 for the next chunk: the shard's next ``limit`` linked events after id
     ``after`` (keyset paging on the claim index); their ledger rows are created or
-    re-armed (see module doc).
+    re-armed (see module doc), ``sending`` but not handed (``sending_started`` NULL).
 
     Quarantined and missing addresses are decided here, set-based, and written as
     final ``ignored`` rows. The caller must commit before sending anything.
@@ -123,8 +137,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
             SELECT {NEXT_ID_SQL}, :kind, id, template_name, template_version, channel, address,
                    CASE WHEN ignore_reason IS NULL THEN 'sending' ELSE 'ignored' END,
                    CASE WHEN ignore_reason IS NULL THEN 1 ELSE 0 END,
-                   ignore_reason,
-                   CASE WHEN ignore_reason IS NULL THEN clock_timestamp() END
+                   ignore_reason, NULL
             FROM decided
             ON CONFLICT (event_kind, event_id) DO UPDATE SET
                 status = EXCLUDED.status, attempts = d.attempts + EXCLUDED.attempts,
@@ -174,58 +187,58 @@ class Finalized:
     final_log_ids: tuple[int, ...] = ()
 
 
-def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outcome]],
-             retry: RetryPolicy) -> Finalized:
-    """Step 3 for a chunk: record each outcome; transient ones are rescheduled.
+@dataclass
+class _Outcomes:
+    """The arrays of one ``finalize`` / ``record`` statement and what they count."""
 
-    A transient failure puts the event back to ``pending`` with ``error_count + 1`` and
-    ``next_attempt = now() + backoff`` (the ledger row stays, in ``retry``, so the next
-    attempt re-arms the same row and keeps the same Message-ID). After ``max_tries``
-    attempts the ledger row becomes ``failed`` and the event ``expired``.
-    """
-    if not results:
-        return Finalized()
-    log_ids, statuses, errors, providers = [], [], [], []
-    retry_events: list[int] = []
-    retry_delays: list[float] = []
-    retry_errors: list[str] = []
-    retry_logs: list[int] = []
-    give_up: list[bool] = []
-    counts = {"sent": 0, "failed": 0, "retry": 0, "expired": 0}
-    final_ids: list[int] = []
+    log_ids: list[int] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    providers: list[str | None] = field(default_factory=list)
+    retry_events: list[int] = field(default_factory=list)
+    retry_logs: list[int] = field(default_factory=list)
+    retry_delays: list[float] = field(default_factory=list)
+    retry_errors: list[str] = field(default_factory=list)
+    give_up: list[bool] = field(default_factory=list)
+    final_ids: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "sent": 0, "failed": 0, "retry": 0, "expired": 0})
+
+    def finalized(self) -> Finalized:
+        c = self.counts
+        return Finalized(sent=c["sent"], failed=c["failed"], retried=c["retry"],
+                         expired=c["expired"], final_log_ids=tuple(self.final_ids))
+
+
+def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) -> _Outcomes:
+    out = _Outcomes()
     for attempt, outcome in results:
         status, error = outcome.status, outcome.error
         if status == "retry":
             exhausted = attempt.attempts >= retry.max_tries
-            retry_events.append(attempt.event_id)
-            retry_logs.append(attempt.log_id)
-            retry_delays.append(retry.backoff_seconds(attempt.attempts))
-            give_up.append(exhausted)
+            out.retry_events.append(attempt.event_id)
+            out.retry_logs.append(attempt.log_id)
+            out.retry_delays.append(retry.backoff_seconds(attempt.attempts))
+            out.give_up.append(exhausted)
             if exhausted:
                 error = f"gave up after {attempt.attempts} attempts: {error}"
                 status = "failed"
-                counts["expired"] += 1
+                out.counts["expired"] += 1
             else:
-                counts["retry"] += 1
-            retry_errors.append(error or "")
+                out.counts["retry"] += 1
+            out.retry_errors.append(error or "")
         else:
-            counts[status] += 1
-            final_ids.append(attempt.log_id)
-        log_ids.append(attempt.log_id)
-        statuses.append(status)
-        errors.append(error)
-        providers.append(outcome.provider_id)
-    conn.execute(text("""
-        UPDATE delivery_log d SET
-            status = v.status, error = v.error, provider_id = coalesce(v.provider_id,
-                                                                      d.provider_id),
-            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
-        FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
-                    CAST(:errors AS text[]), CAST(:providers AS text[]))
-             AS v(id, status, error, provider_id)
-        WHERE d.id = v.id AND d.status = 'sending'
-    """), {"ids": log_ids, "statuses": statuses, "errors": errors, "providers": providers})
-    if retry_events:
+            out.counts[status] += 1
+            out.final_ids.append(attempt.log_id)
+        out.log_ids.append(attempt.log_id)
+        out.statuses.append(status)
+        out.errors.append(error)
+        out.providers.append(outcome.provider_id)
+    return out
+
+
+def _reschedule(conn: Connection, kind: str, out: _Outcomes) -> None:
+    if out.retry_events:
         conn.execute(text(f"""
             UPDATE {event_table(kind)} e SET
                 status = CASE WHEN v.give_up THEN 'expired' ELSE 'pending' END,
@@ -239,48 +252,184 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
                         CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
                         CAST(:errors AS text[])) AS v(id, log_id, delay, give_up, error)
             WHERE e.id = v.id AND e.status = 'pending_delivery'
-        """), {"ids": retry_events, "logs": retry_logs, "delays": retry_delays,
-               "give_up": give_up, "errors": retry_errors})
-    return Finalized(sent=counts["sent"], failed=counts["failed"], retried=counts["retry"],
-                     expired=counts["expired"], final_log_ids=tuple(final_ids))
+        """), {"ids": out.retry_events, "logs": out.retry_logs, "delays": out.retry_delays,
+               "give_up": out.give_up, "errors": out.retry_errors})
+
+
+# In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that
+# the planner cannot match to the partial index delivery_log_sending_idx: they touch a few
+# rows by primary key, where a scan of every row in flight would cost far more (stale
+# statistics make the tiny-looking partial index tempting).
+
+def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outcome]],
+             retry: RetryPolicy) -> Finalized:
+    """Step 4: record each outcome; transient ones are rescheduled.
+
+    A transient failure puts the event back to ``pending`` with ``error_count + 1`` and
+    ``next_attempt = now() + backoff`` (the ledger row stays, in ``retry``, so the next
+    attempt re-arms the same row and keeps the same Message-ID). After ``max_tries``
+    attempts the ledger row becomes ``failed`` and the event ``expired``.
+    (:func:`record` does the same and step 2 in one statement, checking the claim.)
+    """
+    if not results:
+        return Finalized()
+    out = _outcomes(results, retry)
+    conn.execute(text("""
+        UPDATE delivery_log d SET
+            status = v.status, error = v.error, provider_id = coalesce(v.provider_id,
+                                                                      d.provider_id),
+            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+                    CAST(:errors AS text[]), CAST(:providers AS text[]))
+             AS v(id, status, error, provider_id)
+        WHERE d.id = v.id AND (d.status = 'sending') IS TRUE
+    """), {"ids": out.log_ids, "statuses": out.statuses, "errors": out.errors,
+           "providers": out.providers})
+    _reschedule(conn, kind, out)
+    return out.finalized()
+
+
+def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
+           results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy
+           ) -> tuple[set[int], Finalized]:
+    """Steps 2 and 4 in one statement (what the shard's recorder commits per group):
+    mark the ``handed`` rows (as :func:`mark_handed`) and record ``results`` (as
+    :func:`finalize`), both only on rows still ``sending`` for this very claim.
+    Returns the ids marked and what was recorded."""
+    out = _outcomes(results, retry)
+    ids = list(dict.fromkeys([*handed, *out.log_ids]))
+    if not ids:
+        return set(), Finalized()
+    by_id = {log_id: i for i, log_id in enumerate(out.log_ids)}
+    mark_set = set(handed)
+
+    def column(values: list[Any]) -> list[Any]:
+        return [values[by_id[i]] if i in by_id else None for i in ids]
+
+    rows = conn.execute(text(f"""
+        UPDATE delivery_log d SET
+            sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
+                                                             clock_timestamp())
+                                   ELSE d.sending_started END,
+            status = coalesce(v.status, d.status),
+            error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
+            provider_id = coalesce(v.provider_id, d.provider_id),
+            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:marks AS boolean[]),
+                    CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                    CAST(:providers AS text[])) AS v(id, mark, status, error, provider_id),
+             {event_table(claim.kind)} e
+        WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+          AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
+          AND e.claim_token = :token AND e.claim_shard = :shard
+        RETURNING d.id, v.mark
+    """), {"ids": ids, "marks": [i in mark_set for i in ids],
+           "statuses": column(out.statuses), "errors": column(out.errors),
+           "providers": column(out.providers), "kind": claim.kind, "token": claim.token,
+           "shard": claim.shard}).all()
+    written = {int(log_id) for log_id, _ in rows}
+    if len(written) < len(ids):  # rows no longer ours: their outcomes are not ours to write
+        out = _outcomes([r for r in results if r[0].log_id in written], retry)
+    _reschedule(conn, claim.kind, out)
+    return {int(log_id) for log_id, mark in rows if mark}, out.finalized()
+
+
+def mark_handed(conn: Connection, claim: ShardClaim, log_ids: Sequence[int]) -> set[int]:
+    """Step 2: these armed rows are about to reach the provider (``sending_started`` is
+    the time). Only rows still armed for this very claim are marked: a row released
+    meanwhile is not (released rows lose their claim token; re-arming needs a new claim).
+    Idempotent (a retry after a commit whose answer was lost keeps the first time).
+    Returns the ids marked."""
+    if not log_ids:
+        return set()
+    return set(conn.execute(text(f"""
+        UPDATE delivery_log d SET sending_started = coalesce(d.sending_started,
+                                                             clock_timestamp())
+        FROM {event_table(claim.kind)} e
+        WHERE d.id = ANY(CAST(:ids AS bigint[])) AND (d.status = 'sending') IS TRUE
+          AND d.event_kind = :kind AND e.id = d.event_id
+          AND e.claim_token = :token AND e.claim_shard = :shard
+          AND (e.status = 'pending_delivery') IS TRUE
+        RETURNING d.id
+    """), {"ids": list(log_ids), "kind": claim.kind, "token": claim.token,
+           "shard": claim.shard}).scalars())
+
+
+_RELEASED = "not attempted: the worker stopped before sending it"
+
+
+def _release_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> None:
+    if event_ids:
+        conn.execute(text(f"""
+            UPDATE {event_table(kind)} SET status = 'pending', next_attempt = now(),
+                   claim_token = NULL, claim_shard = NULL
+            WHERE id = ANY(:ids) AND status = 'pending_delivery'
+        """), {"ids": list(event_ids)})
 
 
 def release_unsent(conn: Connection, kind: str, attempts: Sequence[Attempt]) -> int:
     """Give back rows armed but never handed to a provider (the worker is stopping): the
     ledger row returns to ``retry`` without counting an attempt and the event is due
-    again at once, so a graceful stop leaves no unknown outcome behind."""
+    again at once, so a graceful stop leaves no unknown outcome behind. Rows already
+    handed (step 2) are left alone."""
     if not attempts:
         return 0
-    log_ids = [a.log_id for a in attempts]
     released = list(conn.execute(text("""
-        UPDATE delivery_log SET status = 'retry', attempts = attempts - 1,
-               error = 'not attempted: the worker stopped before sending it'
-        WHERE id = ANY(:ids) AND status = 'sending'
+        UPDATE delivery_log SET status = 'retry', attempts = attempts - 1, error = :reason
+        WHERE id = ANY(:ids) AND status = 'sending' AND sending_started IS NULL
         RETURNING event_id
-    """), {"ids": log_ids}).scalars())
-    if released:
-        conn.execute(text(f"""
-            UPDATE {event_table(kind)} SET status = 'pending', next_attempt = now(),
-                   claim_token = NULL, claim_shard = NULL
-            WHERE id = ANY(:ids) AND status = 'pending_delivery'
-        """), {"ids": released})
+    """), {"ids": [a.log_id for a in attempts], "reason": _RELEASED}).scalars())
+    _release_events(conn, kind, released)
+    return len(released)
+
+
+def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = None, *,
+                     requeue: bool = True) -> int:
+    """Give back rows armed (step 1) but never handed (step 2): they were not sent. The
+    ledger row returns to ``retry`` without counting an attempt.
+
+    With ``claim``: that claim's rows (its previous try is gone: a task retry). Without:
+    rows whose event's claim lease ran out (``next_attempt`` passed while
+    ``pending_delivery``), i.e. whose worker died; a live worker renews its lease long
+    before. ``requeue`` puts the events back to the queue, due at once; without it they
+    stay linked to the claim, for the retried shard task to send them itself. Returns
+    how many rows were given back."""
+    table = event_table(kind)
+    if claim is not None:
+        owner = "e.claim_token = :token AND e.claim_shard = :shard"
+        params: dict[str, Any] = {"token": claim.token, "shard": claim.shard}
+    else:
+        owner, params = "e.next_attempt <= now()", {}
+    released = list(conn.execute(text(f"""
+        UPDATE delivery_log d SET status = 'retry', attempts = d.attempts - 1, error = :reason
+        FROM {table} e
+        WHERE d.status = 'sending' AND d.sending_started IS NULL AND d.event_kind = :kind
+          AND e.id = d.event_id AND e.status = 'pending_delivery' AND {owner}
+        RETURNING d.event_id
+    """), {**params, "kind": kind, "reason": _RELEASED}).scalars())
+    if requeue:
+        _release_events(conn, kind, released)
     return len(released)
 
 
 def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
                              claim: ShardClaim | None = None) -> list[int]:
-    """Mark ``sending`` rows of dead workers ``failed`` (outcome unknown); never resend.
+    """Mark handed ``sending`` rows of dead workers ``failed`` (outcome unknown); never
+    resend.
 
-    A row qualifies when it has been ``sending`` for longer than ``older_than_seconds``,
-    or - given ``claim`` - when it belongs to that shard's claim: a shard task that
-    starts again (Airflow retry) knows its previous try is gone. Returns the log ids.
+    A row qualifies when it was handed to the provider more than ``older_than_seconds``
+    ago (a live worker records an outcome, or gives up trying, before that), or - given
+    ``claim`` - when it belongs to that shard's claim: a shard task that starts again
+    (Airflow retry) knows its previous try is gone. Rows armed but never handed are not
+    unknown: see :func:`release_unhanded`. Returns the log ids.
     """
     params: dict[str, Any] = {"age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}
     where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
     if claim is not None:
-        where = (f"({where}) OR (event_kind = :kind AND event_id IN ("
-                 f"SELECT id FROM {event_table(claim.kind)} WHERE claim_token = :token "
-                 "AND claim_shard = :shard AND status = 'pending_delivery'))")
+        where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
+                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
+                 "WHERE claim_token = :token AND claim_shard = :shard "
+                 "AND status = 'pending_delivery'))")
         params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
     return list(conn.execute(text(f"""
         UPDATE delivery_log SET status = 'failed', error = :reason

@@ -23,6 +23,7 @@ that deduplicates never sends a retried message twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -88,10 +89,15 @@ class SmsSender:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, *, log_id: int, to: str, text: str, sender: str | None = None) -> Outcome:
+    def send(self, *, log_id: int, to: str, text: str, sender: str | None = None,
+             ready: Callable[[], None] | None = None) -> Outcome:
+        """POST one message. ``ready`` is called just before the request goes out (the
+        point of no return); if it raises, nothing is sent and the exception propagates."""
         ref = reference(log_id)
         body = {"to": to, "from": sender or self.settings.sender, "text": text,
                 "reference": ref}
+        if ready is not None:
+            ready()
         try:
             response = self._client.post(self.settings.path, json=body,
                                          headers={"Idempotency-Key": ref})

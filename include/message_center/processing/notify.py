@@ -8,6 +8,7 @@ costs at most one poll interval, never an event.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from typing import Any
@@ -18,18 +19,38 @@ from message_center.statuses import NOTIFY_CHANNELS
 
 
 class Listener:
-    """A dedicated (non-pooled) connection that LISTENs on one channel."""
+    """A dedicated (non-pooled) connection that LISTENs on one channel.
+
+    A lost connection (database restarted) is not an error here: :meth:`wait` sleeps
+    its timeout instead (the caller polls the queue anyway) and listens again as soon
+    as the database accepts connections."""
 
     def __init__(self, engine: Engine, channel: str) -> None:
         if channel not in NOTIFY_CHANNELS.values():
             raise ValueError(f"unknown notification channel {channel!r}")
-        raw = engine.raw_connection()
-        self._conn: Any = raw.dbapi_connection
-        raw.detach()  # LISTEN state must not leak into the pool
-        self._raw = raw
-        self._conn.autocommit = True
-        with self._conn.cursor() as cur:
-            cur.execute(f"LISTEN {channel}")
+        self._engine, self._channel = engine, channel
+        self._raw: Any = None
+        self._conn: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        raw = self._engine.raw_connection()
+        try:
+            conn: Any = raw.dbapi_connection
+            raw.detach()  # LISTEN state must not leak into the pool
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {self._channel}")
+        except BaseException:
+            raw.close()
+            raise
+        self._raw, self._conn = raw, conn
+
+    def _lost(self) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(Exception):  # the connection is already gone
+                self._raw.close()
+        self._raw = self._conn = None
 
     def __enter__(self) -> Listener:
         return self
@@ -45,7 +66,22 @@ class Listener:
 
     def wait(self, timeout: float) -> int:
         """Block until a notification arrives or ``timeout`` seconds pass; returns how many
-        notifications were received (0 on timeout)."""
+        notifications were received (0 on timeout, or when the connection was lost: then
+        the next call listens again, or sleeps if the database is still away)."""
+        if self._conn is None:
+            try:
+                self._connect()
+            except Exception:
+                time.sleep(max(timeout, 0))
+                return 0
+            return 1  # we may have missed notifications meanwhile: look at the queue
+        try:
+            return self._wait(timeout)
+        except Exception:  # the database went away (restart, network)
+            self._lost()
+            return 1
+
+    def _wait(self, timeout: float) -> int:
         received = self._drain()
         if received or timeout <= 0:
             return received
@@ -59,4 +95,4 @@ class Listener:
                 return received
 
     def close(self) -> None:
-        self._raw.close()
+        self._lost()

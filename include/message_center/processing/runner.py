@@ -1,26 +1,26 @@
 """Putting the steps together: deliver a shard, run a real-time shard loop, maintenance.
 
 Memory stays bounded by ``delivery_chunk``: a shard pages through its claimed events by
-id (keyset), arms one chunk in the ledger, sends it, records it, and moves on. No step
-reads a whole queue or a whole shard into Python.
+id (keyset), arms one chunk in the ledger, sends it while its recorder writes each
+outcome (grouped commits), and moves on. No step reads a whole queue or a whole shard
+into Python.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from message_center.claims import ShardClaim, new_token
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import (
     Attempt,
-    finalize,
     recover_unknown_outcomes,
+    release_unhanded,
     release_unsent,
     start_sending,
 )
@@ -33,6 +33,7 @@ from message_center.processing.queue import (
     release_stale_claims,
     renew_lease,
 )
+from message_center.processing.recorder import NotHanded, OutcomeRecorder, RecorderFailed
 from message_center.processing.settings import ProcessingSettings
 from message_center.status_sync import copy_statuses, copy_statuses_for_events
 from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS
@@ -74,8 +75,11 @@ class ShardStats:
 def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...] = EVENT_KINDS,
             claim: ShardClaim | None = None) -> ShardStats:
     """Crash recovery, cheap enough to run at every split and every few seconds:
-    unknown outcomes are settled (failed, never resent) and copied onto their events;
-    linked events whose worker died before delivering go back to pending."""
+    unknown outcomes (messages handed to the provider by a worker that died) are
+    settled (failed, never resent) and copied onto their events; messages armed but
+    never handed, and linked events whose worker died before delivering, go back to
+    pending. With ``claim``: that shard's rows at once (its previous try is gone); its
+    messages armed but never handed stay with the claim, to be sent by the caller."""
     stats = ShardStats()
     with engine.begin() as conn:
         unknown = recover_unknown_outcomes(
@@ -83,121 +87,114 @@ def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...]
         for kind in EVENT_KINDS:
             copy_statuses(conn, kind, unknown)
         stats.unknown = len(unknown)
+        if claim is not None:  # not sent: this retried shard sends them itself
+            release_unhanded(conn, claim.kind, claim, requeue=False)
     for kind in kinds:
         with engine.begin() as conn:
+            stats.released += release_unhanded(conn, kind)
             stats.released += release_stale_claims(conn, kind)
     if stats.unknown or stats.released:
         log.warning("recovery: %d message(s) with an unknown outcome marked failed (not "
-                    "resent), %d stale claim(s) released", stats.unknown, stats.released)
+                    "resent), %d event(s) never sent given back to the queue",
+                    stats.unknown, stats.released)
     return stats
 
 
 def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
                   channels: Channels, *, copy_status: bool, recover_own: bool = True,
                   should_stop: StopCheck = _never) -> ShardStats:
-    """Render and deliver every linked event of the shard, chunk by chunk (ledger steps
-    1-2-3 of :mod:`message_center.delivery.ledger`).
+    """Render and deliver every linked event of the shard, chunk by chunk (the ledger
+    steps of :mod:`message_center.delivery.ledger`).
 
-    Each chunk is armed (``sending``) and committed, then sent over
+    Each chunk is armed (``sending``, not handed) and committed, then sent over
     ``settings.smtp_sessions`` concurrent sessions (:mod:`message_center.delivery.pool`,
-    within the relays' limits). One transaction per chunk records the previous chunk's
-    outcomes and arms the next chunk (one commit per chunk: the ledger costs little next
-    to the SMTP exchanges). ``copy_status`` copies final outcomes onto the events in that
-    same transaction (real time); otherwise ``updateEventStatus`` does it.
-    ``recover_own`` first settles ``sending`` rows left by a previous try of this same
-    shard (a task retry). When ``should_stop()`` turns true, the messages in hand are
-    finished, the rest of the chunk is given back to the queue and the function returns.
+    within the relays' limits). The shard's
+    :class:`~message_center.processing.recorder.OutcomeRecorder` marks each message
+    handed just before its point of no return and records each outcome as soon as it is
+    known, in grouped commits shared by the sessions and overlapping the SMTP exchanges.
+    ``copy_status`` copies final outcomes onto the events in those same transactions
+    (real time); otherwise ``updateEventStatus`` does it. ``recover_own`` first settles
+    rows left by a previous try of this same shard (a task retry). When
+    ``should_stop()`` turns true, the messages in hand are finished, the rest of the
+    chunk is given back to the queue and the function returns.
     """
     stats = ShardStats()
     kind = claim.kind
-    retry = settings.retry_policy
-    outcomes = _Outcomes()
     pool = channels.session_pool(settings.smtp_sessions, shards=settings.shards)
     throttles_before = pool.throttles
+    if recover_own:
+        stats.add(recover(engine, settings, kinds=(), claim=claim))
+    recorder = OutcomeRecorder(engine, claim, settings.retry_policy, copy_status=copy_status,
+                               sending_timeout_seconds=settings.sending_timeout_seconds)
 
-    def record(conn: Connection) -> None:
-        done = finalize(conn, kind, outcomes.take(), retry)
-        if copy_status:
-            copy_statuses(conn, kind, done.final_log_ids)
-        stats.sent += done.sent
-        stats.failed += done.failed
-        stats.retried += done.retried
-        stats.expired += done.expired
-
-    def give_back(unsent: list[Attempt]) -> None:
-        with engine.begin() as conn:
-            record(conn)
-            stats.released += release_unsent(conn, kind, unsent)
-
-    def send(attempt: Attempt) -> Outcome:
+    def send(attempt: Attempt) -> Outcome | None:
         try:
-            return channels.deliver(attempt)
+            return channels.deliver(attempt, recorder.handing(attempt))
+        except NotHanded:  # released meanwhile (its lease ran out): not ours to send
+            log.warning("delivery log %s was released meanwhile: not sent", attempt.log_id)
+            return None
+        except RecorderFailed:
+            raise
         except Exception as exc:  # a bug must fail one message, not the shard
             log.exception("delivery of log %s failed unexpectedly", attempt.log_id)
             return Outcome.failed(f"internal error: {type(exc).__name__}: {exc}")
 
-    if recover_own:
-        stats.add(recover(engine, settings, kinds=(), claim=claim))
+    def give_back(unsent: list[Attempt]) -> None:
+        try:
+            with engine.begin() as conn:
+                stats.released += release_unsent(conn, kind, unsent)
+        except Exception as exc:  # the database may be why we are stopping
+            log.warning("could not give back %d unsent message(s) now (%s); the crash "
+                        "recovery will when their claim lease runs out", len(unsent), exc)
+
     after = MIN_ID
     lease_renewed = time.monotonic()
     try:
-        while True:
-            with engine.begin() as conn:
-                record(conn)
-                if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
-                    renew_lease(conn, claim, settings.claim_lease_seconds)
-                    lease_renewed = time.monotonic()
-                started = start_sending(conn, claim, after, settings.delivery_chunk)
-                if started.last_id is None:
-                    break
-                after = started.last_id
-                copy_statuses_for_events(conn, kind, started.skipped_event_ids)
-                if copy_status:
-                    copy_statuses(conn, kind, started.ignored_log_ids)
-            # Committed: these rows are ours ('sending'); nobody else will send them.
-            stats.ignored += len(started.ignored_log_ids)
-            stats.chunks += 1
-            # A chunk stops sending after half the sending timeout (slow or hanging
-            # provider): the rest goes back to the queue, so no live row is ever mistaken
-            # for a crash.
-            dispatch = Dispatch(started.to_send)
-            try:
-                pool.run(dispatch, send, outcomes, should_stop=should_stop,
-                         deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
-            except BaseException:
-                # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, ...: record
-                # what was sent, give back what was not started; a message still in a
-                # session's hands stays unknown.
-                give_back(dispatch.unsent())
-                raise
-            if unsent := dispatch.unsent():
-                give_back(unsent)
-            if should_stop():
+        with recorder:
+            while True:
                 with engine.begin() as conn:
-                    record(conn)
-                    stats.released += release_claim(conn, claim)
-                break
+                    if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
+                        renew_lease(conn, claim, settings.claim_lease_seconds)
+                        lease_renewed = time.monotonic()
+                    started = start_sending(conn, claim, after, settings.delivery_chunk)
+                    if started.last_id is None:
+                        break
+                    after = started.last_id
+                    copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+                    if copy_status:
+                        copy_statuses(conn, kind, started.ignored_log_ids)
+                # Committed: these rows are ours ('sending'); nobody else will send them.
+                stats.ignored += len(started.ignored_log_ids)
+                stats.chunks += 1
+                # A chunk stops sending after half the sending timeout (slow or hanging
+                # provider): the rest goes back to the queue, so no live row is ever
+                # mistaken for a crash.
+                dispatch = Dispatch(started.to_send)
+                try:
+                    pool.run(dispatch, send, recorder.add, should_stop=should_stop,
+                             deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
+                except BaseException:
+                    # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, the
+                    # database gone for too long: what was sent is recorded (the
+                    # recorder's close), what was not started is given back; a message
+                    # still in a session's hands stays unknown.
+                    give_back(dispatch.unsent())
+                    raise
+                if unsent := dispatch.unsent():
+                    give_back(unsent)
+                if should_stop():
+                    recorder.flush()
+                    with engine.begin() as conn:
+                        stats.released += release_claim(conn, claim)
+                    break
     finally:
         stats.throttled += pool.throttles - throttles_before
+    done = recorder.totals
+    stats.sent += done.sent
+    stats.failed += done.failed
+    stats.retried += done.retried
+    stats.expired += done.expired
     return stats
-
-
-class _Outcomes:
-    """Where the sessions report outcomes (the one place; thread-safe): kept here until
-    the shard's next ledger transaction records them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[tuple[Attempt, Outcome]] = []
-
-    def __call__(self, attempt: Attempt, outcome: Outcome) -> None:
-        with self._lock:
-            self._items.append((attempt, outcome))
-
-    def take(self) -> list[tuple[Attempt, Outcome]]:
-        with self._lock:
-            items, self._items = self._items, []
-        return items
 
 
 def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,

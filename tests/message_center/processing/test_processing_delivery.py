@@ -22,7 +22,7 @@ from processing_factory import (
 )
 
 from message_center.delivery.channels import Channels
-from message_center.delivery.ledger import UNKNOWN_OUTCOME, start_sending
+from message_center.delivery.ledger import UNKNOWN_OUTCOME, mark_handed, start_sending
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import (
@@ -254,14 +254,16 @@ def test_two_runs_at_once_deliver_every_event_exactly_once(execution_db, smtp_si
 
 
 def test_a_crash_while_sending_is_never_resent(execution_db, smtp_sink, channels):
-    """Rows left in 'sending' (worker died mid-chunk): failed, outcome unknown, not resent;
-    the rest of the shard is delivered by the retried task."""
+    """Rows handed to the provider by a worker that died (no outcome recorded): failed,
+    outcome unknown, not resent; the rest of the shard is delivered by the retried task."""
     publish_templates(execution_db)
     insert_events(execution_db, "batch", 5)
     settings = replace(FAST, shards=1, delivery_chunk=2)
     (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
-    with execution_db.begin() as conn:  # step 1 committed, then the worker "dies"
+    with execution_db.begin() as conn:  # steps 1 and 2 committed, then the worker "dies"
         in_flight = start_sending(conn, claim, -(2**63), 2)
+        assert mark_handed(conn, claim, [a.log_id for a in in_flight.to_send]) == {
+            a.log_id for a in in_flight.to_send}
     assert len(in_flight.to_send) == 2
     # The Airflow retry of the same shard task: settles its own 'sending' rows first.
     stats = deliver_shard(execution_db, claim, settings, channels, copy_status=True)
@@ -274,6 +276,27 @@ def test_a_crash_while_sending_is_never_resent(execution_db, smtp_sink, channels
     assert len(smtp_sink.messages()) == 3
 
 
+def test_rows_armed_but_never_handed_go_back_to_the_queue(execution_db, smtp_sink, channels):
+    """A worker that died after arming a chunk but before handing its messages sent none
+    of them: the retried task sends them, once; only the one in progress is unknown."""
+    publish_templates(execution_db)
+    insert_events(execution_db, "batch", 5)
+    settings = replace(FAST, shards=1, delivery_chunk=3)
+    (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
+    with execution_db.begin() as conn:  # step 1 committed, then the worker "dies"
+        armed = start_sending(conn, claim, -(2**63), 3)
+        mark_handed(conn, claim, [armed.to_send[0].log_id])  # the one in progress
+    stats = deliver_shard(execution_db, claim, settings, channels, copy_status=True)
+    assert (stats.unknown, stats.released, stats.sent) == (1, 0, 4)
+    sync_event_statuses(execution_db)
+    assert Counter(row["status"] for row in events(execution_db, "batch")) == {
+        "sent": 4, "failed": 1}
+    assert len(smtp_sink.messages()) == 4 and set(recipients(smtp_sink).values()) == {1}
+    logs = {log["event_id"]: log for log in delivery_logs(execution_db)}
+    assert logs[armed.to_send[0].event_id]["error"] == UNKNOWN_OUTCOME
+    assert all(logs[a.event_id]["attempts"] == 1 for a in armed.to_send[1:])
+
+
 def test_unknown_outcomes_of_a_dead_run_are_settled_by_the_next(execution_db, smtp_sink,
                                                                 channels):
     publish_templates(execution_db)
@@ -281,14 +304,16 @@ def test_unknown_outcomes_of_a_dead_run_are_settled_by_the_next(execution_db, sm
     settings = replace(FAST, shards=1, delivery_chunk=2)
     (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
     with execution_db.begin() as conn:
-        start_sending(conn, claim, -(2**63), 2)
+        armed = start_sending(conn, claim, -(2**63), 2)
+        mark_handed(conn, claim, [armed.to_send[0].log_id])
     drain(execution_db, channels)  # lease and sending timeout still running: nothing
     assert smtp_sink.messages() == []
-    expire_leases(execution_db, "batch")
+    expire_leases(execution_db, "batch")  # and the handed row is a day old
     stats = drain(execution_db, channels)
-    assert (stats.unknown, stats.released, stats.sent) == (2, 2, 2)
+    # 1 unknown; the armed one and the 2 never armed go back and are sent
+    assert (stats.unknown, stats.released, stats.sent) == (1, 3, 3)
     assert Counter(row["status"] for row in events(execution_db, "batch")) == {
-        "sent": 2, "failed": 2}
+        "sent": 3, "failed": 1}
 
 
 def test_a_stopping_worker_records_what_it_sent_and_gives_back_the_rest(
@@ -301,11 +326,11 @@ def test_a_stopping_worker_records_what_it_sent_and_gives_back_the_rest(
     class Stopping(Channels):
         calls = 0
 
-        def deliver(self, attempt):
+        def deliver(self, attempt, ready=None):
             self.calls += 1
             if self.calls == 3:
                 raise KeyboardInterrupt  # like Airflow's SIGTERM handler
-            return super().deliver(attempt)
+            return super().deliver(attempt, ready)
 
     with Stopping(SmtpSettings(port=test_deployment.smtp_port), None, "batch") as chans, \
             pytest.raises(KeyboardInterrupt):
@@ -342,8 +367,8 @@ def test_a_slow_provider_never_holds_rows_in_sending_past_the_timeout(
     (claim,) = split_queue(execution_db, "batch", settings)  # claimed and linked
 
     class Slow(Channels):
-        def deliver(self, attempt):
-            outcome = super().deliver(attempt)
+        def deliver(self, attempt, ready=None):
+            outcome = super().deliver(attempt, ready)
             threading.Event().wait(0.3)
             return outcome
 

@@ -1,0 +1,365 @@
+"""Recording delivery as it happens, in grouped commits: marks and outcomes.
+
+A shard tells its :class:`OutcomeRecorder` two things per message: "this one is about
+to reach the provider" (:meth:`OutcomeRecorder.handing`, step 2 of
+:mod:`message_center.delivery.ledger`) and, when the provider answers, its outcome
+(:meth:`OutcomeRecorder.add`, step 4). A writer thread commits whatever is waiting in
+one transaction (group commit): :func:`~message_center.delivery.ledger.record` (steps
+2 and 4 in one statement) and, for real time,
+:func:`~message_center.status_sync.copy_statuses`.
+
+The sender asks for the mark before it opens the SMTP transaction and waits for it
+(the barrier returned by :meth:`~OutcomeRecorder.handing`) only before the point of no
+return, the final "." of DATA: MAIL, RCPT, DATA and the content go out while the mark
+is committed, so the sender rarely waits. The mark of a message is committed with the
+outcome of the previous one. So after a ``kill -9`` exactly what was in flight is
+unknown - at most one message per SMTP session - every other handed message has its
+outcome in the ledger, and the messages armed but never handed are given back to the
+queue (:func:`~message_center.delivery.ledger.release_unhanded`). One commit serves
+every message (and every session) waiting at that moment: one per message for a
+single session against a slow server, far fewer with several sessions.
+
+Outcomes alone (no sender waiting) are committed at most every ``min_interval``
+seconds or when ``max_batch`` are waiting, whichever comes first.
+
+**Database outage.** When a write fails because the database cannot be reached, marks
+and outcomes stay in memory and the write is retried with exponential backoff.
+Meanwhile :meth:`~OutcomeRecorder.add` and :meth:`~OutcomeRecorder.wait_writable`
+block, and the barrier of a new message waits before the point of no return: nothing
+new is sent. When the database is back, everything is written and sending resumes. The
+recorder gives up - every call raises :class:`RecorderFailed` and the unrecorded
+outcomes are logged one per line - ``sending_timeout_seconds`` minus a margin after the
+oldest message it holds was handed, never later: the crash recovery only settles rows
+handed longer than ``sending_timeout_seconds`` ago
+(:func:`~message_center.delivery.ledger.recover_unknown_outcomes`), so it never races a
+live worker that is only waiting for the database. (The mark is a compare-and-set on
+the shard's claim: a row that was released meanwhile is reported by the barrier with
+:class:`NotHanded` and must not be sent.)
+
+Thread safety: every method except :meth:`~OutcomeRecorder.close` may be called from
+several sender threads at once (one recorder per shard claim, shared by its SMTP
+sessions); :meth:`~OutcomeRecorder.close` once, after the senders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from message_center.claims import ShardClaim
+from message_center.delivery.ledger import Attempt, Finalized, RetryPolicy, record
+from message_center.delivery.outcome import Outcome
+from message_center.status_sync import copy_statuses
+
+log = logging.getLogger(__name__)
+Barrier = Callable[[], None]
+
+
+class RecorderFailed(RuntimeError):
+    """The recorder could not write in time (database unreachable for too long) or a
+    write failed for good: nothing more may be sent."""
+
+
+class NotHanded(RuntimeError):
+    """The row was released by someone else before it could be handed: do not send it."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for "the database cannot be reached right now" (worth retrying), False for a
+    bug or a constraint violation (retrying cannot help)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+@dataclass
+class _Totals:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    expired: int = 0
+
+    def add(self, done: Finalized) -> None:
+        self.sent += done.sent
+        self.failed += done.failed
+        self.retried += done.retried
+        self.expired += done.expired
+
+
+class OutcomeRecorder:
+    """Marks and outcomes of one shard claim, committed in groups (see module doc).
+
+    ``sending_timeout_seconds`` is the processing setting of the same name (how long the
+    recorder may keep retrying during an outage); ``on_written`` (optional) is called in
+    the writer thread after each commit with the :class:`Finalized` of that group.
+    """
+
+    def __init__(self, engine: Engine, claim: ShardClaim, retry: RetryPolicy, *,
+                 copy_status: bool, sending_timeout_seconds: float = 600.0,
+                 max_batch: int = 500, min_interval: float = 0.002,
+                 backoff_max_seconds: float = 5.0,
+                 on_written: Callable[[Finalized], None] | None = None) -> None:
+        if max_batch < 1 or min_interval < 0 or sending_timeout_seconds <= 0:
+            raise ValueError("max_batch must be >= 1, min_interval >= 0 and "
+                             "sending_timeout_seconds > 0")
+        self.engine, self.claim, self.retry = engine, claim, retry
+        self.copy_status = copy_status
+        self.max_batch, self.min_interval = max_batch, min_interval
+        self.backoff_max_seconds = backoff_max_seconds
+        self.sending_timeout_seconds = float(sending_timeout_seconds)
+        # Give up this long before the crash recovery may settle a row we hold.
+        self.margin = min(max(1.0, 0.05 * self.sending_timeout_seconds),
+                          0.5 * self.sending_timeout_seconds)
+        self.on_written = on_written
+        self._cond = threading.Condition()
+        self._marks: list[Attempt] = []
+        self._outcomes: list[tuple[Attempt, Outcome]] = []
+        self._handed_at: dict[int, float] = {}  # log id -> monotonic time of handing()
+        self._marked: dict[int, bool] = {}  # log id -> mark committed (True) / refused
+        self._added = self._written = 0
+        self._urgent = 0  # a flush() is waiting: skip the pacing
+        self._last_commit = 0.0
+        self._outage = False
+        self._closing = False
+        self._error: RecorderFailed | None = None
+        self._totals = _Totals()
+        self.commits = 0
+        self._conn: Connection | None = None  # the writer thread's
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"mc-recorder-{claim.kind}-{claim.shard}")
+        self._thread.start()
+
+    # -- senders' side ----------------------------------------------------------------
+    def handing(self, attempt: Attempt) -> Barrier:
+        """Ask for the durable "about to reach the provider" mark of ``attempt`` (step 2)
+        and return its barrier: call it just before the point of no return; it returns
+        once the mark is committed, raises :class:`NotHanded` if the row is no longer
+        this claim's, :class:`RecorderFailed` if the recorder gave up."""
+        log_id = attempt.log_id
+        with self._cond:
+            self._raise_if_failed()
+            if self._closing:
+                raise RuntimeError("OutcomeRecorder.handing() after close()")
+            self._handed_at[log_id] = time.monotonic()
+            self._marks.append(attempt)
+            self._cond.notify_all()
+
+        def barrier() -> None:
+            with self._cond:
+                self._cond.wait_for(lambda: log_id in self._marked or self._error is not None)
+                if log_id in self._marked:
+                    if not self._marked.pop(log_id):
+                        raise NotHanded(f"delivery log {log_id} is no longer this shard's "
+                                        "(released meanwhile): not sent")
+                    return
+                self._raise_if_failed()
+        return barrier
+
+    def add(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Hand over one outcome; returns at once unless the database is unreachable
+        (then it blocks until it is written, or raises :class:`RecorderFailed`)."""
+        with self._cond:
+            self._raise_if_failed()
+            if self._closing:
+                raise RuntimeError("OutcomeRecorder.add() after close()")
+            self._outcomes.append((attempt, outcome))
+            self._added += 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._outage or self._error is not None)
+            self._raise_if_failed()
+
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Block while the database is unreachable; True when a sender may start a new
+        message, False on timeout; raises :class:`RecorderFailed` once given up."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: not self._outage or self._error is not None,
+                                     timeout)
+            self._raise_if_failed()
+            return ok
+
+    def flush(self) -> None:
+        """Return once every outcome added so far is committed."""
+        with self._cond:
+            target = self._added
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: self._written >= target or self._error is not None)
+            finally:
+                self._urgent -= 1
+            if self._written < target:
+                self._raise_if_failed()
+
+    def close(self) -> None:
+        """Write everything still waiting and stop the writer thread (idempotent)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            if self._written < self._added:
+                self._raise_if_failed()
+
+    def __enter__(self) -> OutcomeRecorder:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.close()
+        except RecorderFailed:
+            if exc_type is None:
+                raise
+            # the exception in flight says more; the unrecorded outcomes are in the log
+
+    @property
+    def totals(self) -> Finalized:
+        """What has been written so far (sent, failed, retried, expired)."""
+        with self._cond:
+            t = self._totals
+            return Finalized(sent=t.sent, failed=t.failed, retried=t.retried,
+                             expired=t.expired)
+
+    @property
+    def pending(self) -> int:
+        """Outcomes handed over and not yet committed."""
+        with self._cond:
+            return self._added - self._written
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- writer thread ----------------------------------------------------------------
+    def _next_group(self) -> tuple[list[Attempt], list[tuple[Attempt, Outcome]]] | None:
+        with self._cond:
+            while True:
+                if not self._marks and not self._outcomes:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                wait = self._last_commit + self.min_interval - time.monotonic()
+                if (not self._marks and wait > 0 and len(self._outcomes) < self.max_batch
+                        and not self._urgent and not self._closing):
+                    self._cond.wait(wait)
+                    continue
+                marks, self._marks = self._marks, []
+                outcomes = self._outcomes[:self.max_batch]
+                del self._outcomes[:self.max_batch]
+                return marks, outcomes
+
+    def _run(self) -> None:
+        while True:
+            group = self._next_group()
+            if group is None:
+                self._release_connection()
+                return
+            marks, outcomes = group
+            try:
+                marked, done = self._write(marks, outcomes)
+            except BaseException as exc:  # reported to every caller
+                self._give_up(outcomes, exc)
+                self._release_connection()
+                return
+            with self._cond:
+                for attempt in marks:
+                    self._marked[attempt.log_id] = attempt.log_id in marked
+                for attempt, _ in outcomes:
+                    self._handed_at.pop(attempt.log_id, None)
+                self._written += len(outcomes)
+                self._totals.add(done)
+                self._last_commit = time.monotonic()
+                self.commits += 1
+                self._cond.notify_all()
+            if self.on_written is not None and outcomes:
+                self.on_written(done)
+
+    def _connection(self) -> Connection:
+        # The writer's own connection: no pool checkout and pre-ping per commit.
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _release_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
+    def _deadline(self, attempts: list[Attempt]) -> float:
+        now = time.monotonic()
+        oldest = min((self._handed_at.get(a.log_id, now) for a in attempts), default=now)
+        return oldest + self.sending_timeout_seconds - self.margin
+
+    def _write(self, marks: list[Attempt], outcomes: list[tuple[Attempt, Outcome]]
+               ) -> tuple[set[int], Finalized]:
+        with self._cond:
+            deadline = self._deadline(marks + [a for a, _ in outcomes])
+        delay = 0.05
+        while True:
+            try:
+                conn = self._connection()
+                with conn.begin():
+                    marked, done = record(conn, self.claim, [a.log_id for a in marks],
+                                          outcomes, self.retry)
+                    if self.copy_status:
+                        copy_statuses(conn, self.claim.kind, done.final_log_ids)
+                if self._outage:
+                    log.warning("database reachable again: %d outcome(s) recorded, sending "
+                                "resumes", len(outcomes))
+                    with self._cond:
+                        self._outage = False
+                        self._cond.notify_all()
+                return marked, done
+            except Exception as exc:
+                self._drop_connection()
+                if not is_connection_error(exc):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RecorderFailed(
+                        f"the database stayed unreachable: {len(outcomes)} outcome(s) could "
+                        "not be recorded before the sending timeout (the crash recovery "
+                        "will mark them 'outcome unknown')") from exc
+                if not self._outage:
+                    log.warning("cannot record %d outcome(s), database unreachable (%s); "
+                                "retrying for up to %.0f s, sending nothing new meanwhile",
+                                len(outcomes), type(exc).__name__, remaining)
+                    with self._cond:
+                        self._outage = True
+                        self._cond.notify_all()
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, self.backoff_max_seconds)
+
+    def _give_up(self, outcomes: list[tuple[Attempt, Outcome]], exc: BaseException) -> None:
+        with self._cond:
+            lost = outcomes + self._outcomes
+            self._outcomes, self._marks = [], []
+            if isinstance(exc, RecorderFailed):
+                error = exc
+            else:
+                error = RecorderFailed(f"recording outcomes failed: {type(exc).__name__}: "
+                                       f"{exc}")
+                error.__cause__ = exc
+            self._error = error
+            self._outage = False
+            self._cond.notify_all()
+        log.error("%s", error)
+        for attempt, outcome in lost:  # what the ledger could not be told
+            log.error("unrecorded outcome: delivery log %s (event %s): %s %s", attempt.log_id,
+                      attempt.event_id, outcome.status,
+                      outcome.error or outcome.provider_id or "")
