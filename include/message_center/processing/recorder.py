@@ -73,10 +73,33 @@ class NotHanded(RuntimeError):
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for "the database cannot be reached right now" (worth retrying), False for a
-    bug or a constraint violation (retrying cannot help)."""
+    bug or a constraint violation (retrying cannot help). A :class:`RecorderFailed`
+    counts when a lost connection is what made it give up."""
+    if isinstance(exc, RecorderFailed):
+        return exc.__cause__ is not None and is_connection_error(exc.__cause__)
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def wait_for_database(engine: Engine, *, timeout: float,
+                      should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """Wait (backoff 0.1 s doubling to 2 s) until the database answers; False after
+    ``timeout`` seconds or when ``should_stop()`` turns true."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+        if time.monotonic() + delay > deadline or should_stop():
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 @dataclass
@@ -129,6 +152,8 @@ class OutcomeRecorder:
         self._outage = False
         self._closing = False
         self._error: RecorderFailed | None = None
+        #: Outcomes known but not written when the recorder gave up (to write later).
+        self.unrecorded: list[tuple[Attempt, Outcome]] = []
         self._totals = _Totals()
         self.commits = 0
         self._conn: Connection | None = None  # the writer thread's
@@ -356,6 +381,7 @@ class OutcomeRecorder:
                                        f"{exc}")
                 error.__cause__ = exc
             self._error = error
+            self.unrecorded = lost
             self._outage = False
             self._cond.notify_all()
         log.error("%s", error)

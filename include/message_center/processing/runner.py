@@ -16,24 +16,33 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine
 
 from message_center.claims import ShardClaim, new_token
+from message_center.db import first_line
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import (
     Attempt,
+    record,
     recover_unknown_outcomes,
     release_unhanded,
     release_unsent,
     start_sending,
 )
 from message_center.delivery.outcome import Outcome
-from message_center.delivery.pool import Dispatch
+from message_center.delivery.pool import Dispatch, SessionPool
 from message_center.processing.notify import Listener
 from message_center.processing.queue import (
+    ClaimResult,
     claim_due,
     release_claim,
     release_stale_claims,
     renew_lease,
 )
-from message_center.processing.recorder import NotHanded, OutcomeRecorder, RecorderFailed
+from message_center.processing.recorder import (
+    NotHanded,
+    OutcomeRecorder,
+    RecorderFailed,
+    is_connection_error,
+    wait_for_database,
+)
 from message_center.processing.settings import ProcessingSettings
 from message_center.status_sync import copy_statuses, copy_statuses_for_events
 from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS
@@ -117,15 +126,69 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
     rows left by a previous try of this same shard (a task retry). When
     ``should_stop()`` turns true, the messages in hand are finished, the rest of the
     chunk is given back to the queue and the function returns.
+
+    **Database outage.** Nothing new is sent while outcomes cannot be written (the
+    recorder holds them and retries); when the database answers again - within
+    ``sending_timeout_seconds`` - the outcomes are written and the shard resumes where
+    it was (its claim is still held), so an outage leaves no unknown outcome behind.
     """
     stats = ShardStats()
-    kind = claim.kind
     pool = channels.session_pool(settings.smtp_sessions, shards=settings.shards)
     throttles_before = pool.throttles
-    if recover_own:
-        stats.add(recover(engine, settings, kinds=(), claim=claim))
-    recorder = OutcomeRecorder(engine, claim, settings.retry_policy, copy_status=copy_status,
-                               sending_timeout_seconds=settings.sending_timeout_seconds)
+    resume, unrecorded = recover_own, []
+    try:
+        while True:
+            recorder = OutcomeRecorder(
+                engine, claim, settings.retry_policy, copy_status=copy_status,
+                sending_timeout_seconds=settings.sending_timeout_seconds)
+            try:
+                if unrecorded:  # known outcomes the last recorder could not write
+                    _write_late(engine, claim, settings, unrecorded, copy_status, stats)
+                if resume:
+                    stats.add(recover(engine, settings, kinds=(), claim=claim))
+                _deliver_chunks(engine, claim, settings, channels, pool, recorder, stats,
+                                copy_status, should_stop)
+                return stats
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                log.warning("shard %s: database unreachable (%s); sending nothing, "
+                            "waiting up to %d s for it", claim.shard, first_line(exc),
+                            settings.sending_timeout_seconds)
+                if not wait_for_database(engine, timeout=settings.sending_timeout_seconds,
+                                         should_stop=should_stop):
+                    raise
+                log.warning("shard %s: database reachable again, resuming", claim.shard)
+                resume, unrecorded = True, recorder.unrecorded
+            finally:
+                done = recorder.totals
+                stats.sent += done.sent
+                stats.failed += done.failed
+                stats.retried += done.retried
+                stats.expired += done.expired
+    finally:
+        stats.throttled += pool.throttles - throttles_before
+
+
+def _write_late(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
+                results: list[tuple[Attempt, Outcome]], copy_status: bool,
+                stats: ShardStats) -> None:
+    """Outcomes a recorder held past its deadline: still the truth, written if the rows
+    are still ours (nobody settled them meanwhile)."""
+    with engine.begin() as conn:
+        _, done = record(conn, claim, [], results, settings.retry_policy)
+        if copy_status:
+            copy_statuses(conn, claim.kind, done.final_log_ids)
+    stats.sent += done.sent
+    stats.failed += done.failed
+    stats.retried += done.retried
+    stats.expired += done.expired
+
+
+def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
+                    channels: Channels, pool: SessionPool, recorder: OutcomeRecorder,
+                    stats: ShardStats, copy_status: bool, should_stop: StopCheck) -> None:
+    kind = claim.kind
 
     def send(attempt: Attempt) -> Outcome | None:
         try:
@@ -144,57 +207,49 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
             with engine.begin() as conn:
                 stats.released += release_unsent(conn, kind, unsent)
         except Exception as exc:  # the database may be why we are stopping
-            log.warning("could not give back %d unsent message(s) now (%s); the crash "
-                        "recovery will when their claim lease runs out", len(unsent), exc)
+            log.warning("could not give back %d unsent message(s) now (%s); they are "
+                        "given back when the shard resumes or its claim lease runs out",
+                        len(unsent), first_line(exc))
 
     after = MIN_ID
     lease_renewed = time.monotonic()
-    try:
-        with recorder:
-            while True:
-                with engine.begin() as conn:
-                    if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
-                        renew_lease(conn, claim, settings.claim_lease_seconds)
-                        lease_renewed = time.monotonic()
-                    started = start_sending(conn, claim, after, settings.delivery_chunk)
-                    if started.last_id is None:
-                        break
-                    after = started.last_id
-                    copy_statuses_for_events(conn, kind, started.skipped_event_ids)
-                    if copy_status:
-                        copy_statuses(conn, kind, started.ignored_log_ids)
-                # Committed: these rows are ours ('sending'); nobody else will send them.
-                stats.ignored += len(started.ignored_log_ids)
-                stats.chunks += 1
-                # A chunk stops sending after half the sending timeout (slow or hanging
-                # provider): the rest goes back to the queue, so no live row is ever
-                # mistaken for a crash.
-                dispatch = Dispatch(started.to_send)
-                try:
-                    pool.run(dispatch, send, recorder.add, should_stop=should_stop,
-                             deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
-                except BaseException:
-                    # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, the
-                    # database gone for too long: what was sent is recorded (the
-                    # recorder's close), what was not started is given back; a message
-                    # still in a session's hands stays unknown.
-                    give_back(dispatch.unsent())
-                    raise
-                if unsent := dispatch.unsent():
-                    give_back(unsent)
-                if should_stop():
-                    recorder.flush()
-                    with engine.begin() as conn:
-                        stats.released += release_claim(conn, claim)
+    with recorder:
+        while True:
+            with engine.begin() as conn:
+                if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
+                    renew_lease(conn, claim, settings.claim_lease_seconds)
+                    lease_renewed = time.monotonic()
+                started = start_sending(conn, claim, after, settings.delivery_chunk)
+                if started.last_id is None:
                     break
-    finally:
-        stats.throttled += pool.throttles - throttles_before
-    done = recorder.totals
-    stats.sent += done.sent
-    stats.failed += done.failed
-    stats.retried += done.retried
-    stats.expired += done.expired
-    return stats
+                after = started.last_id
+                copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+                if copy_status:
+                    copy_statuses(conn, kind, started.ignored_log_ids)
+            # Committed: these rows are ours ('sending'); nobody else will send them.
+            stats.ignored += len(started.ignored_log_ids)
+            stats.chunks += 1
+            # A chunk stops sending after half the sending timeout (slow or hanging
+            # provider): the rest goes back to the queue, so no live row is ever
+            # mistaken for a crash.
+            dispatch = Dispatch(started.to_send)
+            try:
+                pool.run(dispatch, send, recorder.add, should_stop=should_stop,
+                         deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
+            except BaseException:
+                # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, the database
+                # gone for too long: what was sent is recorded (the recorder's close),
+                # what was not started is given back; a message still in a session's
+                # hands stays unknown.
+                give_back(dispatch.unsent())
+                raise
+            if unsent := dispatch.unsent():
+                give_back(unsent)
+            if should_stop():
+                recorder.flush()
+                with engine.begin() as conn:
+                    stats.released += release_claim(conn, claim)
+                break
 
 
 def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
@@ -218,22 +273,26 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
     next_maintenance = 0.0
     with Listener(engine, NOTIFY_CHANNELS[kind]) as listener:
         while True:
-            if time.monotonic() >= next_maintenance:
-                stats.add(recover(engine, settings, kinds=(kind,)))
-                next_maintenance = time.monotonic() + maintenance_seconds
             claim = ShardClaim(kind, new_token(), shard)
-            with engine.begin() as conn:  # claims and links in one statement
-                result = claim_due(conn, kind, token=claim.token, shard_base=shard,
-                                   limit=settings.routing_batch_size,
-                                   lease_seconds=settings.claim_lease_seconds)
-            stats.claimed += result.claimed
-            stats.linked += result.linked
-            stats.not_taken += result.not_taken
-            stats.expired += result.expired
-            if result.linked:
-                stats.add(deliver_shard(engine, claim, settings, channels,
-                                        copy_status=True, recover_own=False,
-                                        should_stop=should_stop))
+            try:
+                result = _realtime_round(engine, claim, settings, channels, stats, kind,
+                                         next_maintenance, should_stop)
+                if time.monotonic() >= next_maintenance:
+                    next_maintenance = time.monotonic() + maintenance_seconds
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                # The database went away between two rounds or while claiming: wait
+                # for it, then finish what this round may have claimed.
+                log.warning("real-time shard %s: database unreachable (%s); waiting for it",
+                            shard, first_line(exc))
+                if not wait_for_database(engine, should_stop=should_stop,
+                                         timeout=max(deadline - time.monotonic(), 0)):
+                    break
+                log.warning("real-time shard %s: database reachable again, resuming", shard)
+                stats.add(deliver_shard(engine, claim, settings, channels, copy_status=True,
+                                        recover_own=True, should_stop=should_stop))
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or should_stop():
                 break
@@ -241,3 +300,22 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
                 continue  # more is waiting: no sleep
             listener.wait(min(poll_seconds, remaining))
     return stats
+
+
+def _realtime_round(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
+                    channels: Channels, stats: ShardStats, kind: str, next_maintenance: float,
+                    should_stop: StopCheck) -> ClaimResult:
+    if time.monotonic() >= next_maintenance:
+        stats.add(recover(engine, settings, kinds=(kind,)))
+    with engine.begin() as conn:  # claims and links in one statement
+        result = claim_due(conn, kind, token=claim.token, shard_base=claim.shard,
+                           limit=settings.routing_batch_size,
+                           lease_seconds=settings.claim_lease_seconds)
+    stats.claimed += result.claimed
+    stats.linked += result.linked
+    stats.not_taken += result.not_taken
+    stats.expired += result.expired
+    if result.linked:
+        stats.add(deliver_shard(engine, claim, settings, channels, copy_status=True,
+                                recover_own=False, should_stop=should_stop))
+    return result
