@@ -41,8 +41,8 @@ def processing_params(*, shards: int, routing_batch_size: int, routing_batch_max
             description="Events claimed per claim statement (one transaction)."),
         "delivery_chunk": processing_param(
             "delivery_chunk", delivery_chunk, title="Delivery chunk",
-            description="Messages recorded per ledger transaction (bounds memory and the "
-                        "messages whose outcome can be unknown after a crash)."),
+            description="Messages armed per ledger transaction (bounds memory); outcomes "
+                        "are recorded as they come."),
         "smtp_sessions": processing_param(
             "smtp_sessions", smtp_sessions, title="SMTP sessions per shard",
             description="Messages each shard task sends at once, each over its own SMTP "
@@ -60,5 +60,7 @@ def processing_params(*, shards: int, routing_batch_size: int, routing_batch_max
             description="Claimed events whose worker died become due again after this long."),
         "sending_timeout_seconds": processing_param(
             "sending_timeout_seconds", sending_timeout_seconds, title="Sending timeout (s)",
-            description="A message still 'sending' after this long has an unknown outcome."),
+            description="A message handed to the provider this long ago with no outcome "
+                        "has an unknown outcome; also the longest a shard waits for an "
+                        "unreachable database."),
     }

@@ -35,8 +35,9 @@ class ProcessingSettings:
     * ``shards`` - parallel shard tasks a claim is split into.
     * ``max_events_per_run`` - batch: stop claiming after this many in one DAG run, so a
       run ends in bounded time and the next run picks up the rest.
-    * ``delivery_chunk`` - messages marked ``sending`` per ledger transaction: the most
-      messages whose outcome can be unknown after a crash, per shard.
+    * ``delivery_chunk`` - messages armed (``sending``, not yet handed) per ledger
+      transaction: bounds memory; outcomes are recorded as they come, and after a crash
+      only the messages in progress (one per SMTP session) have an unknown outcome.
     * ``smtp_sessions`` - delivery sessions of one shard task working at once (each with
       its own SMTP connection; SMS requests too), within the relays' limits (see
       :mod:`message_center.delivery.pool`).
@@ -45,11 +46,13 @@ class ProcessingSettings:
     * ``max_tries`` - delivery attempts before a transiently failing event expires.
     * ``retry_backoff_seconds`` / ``retry_backoff_max_seconds`` - exponential backoff:
       ``base * 2**(attempt-1)``, capped.
-    * ``sending_timeout_seconds`` - a ledger row still ``sending`` after this long belongs
-      to a dead worker: its outcome is unknown (see :mod:`message_center.delivery.ledger`).
-      A live shard stops a chunk after half of it and gives the rest back; one message
-      can still take 4 SMTP commands x the connection timeout, so keep this above 8x
-      that timeout (defaults: 300-600 s for a 30 s SMTP timeout).
+    * ``sending_timeout_seconds`` - a message handed to the provider this long ago with
+      no outcome belongs to a dead worker: its outcome is unknown (see
+      :mod:`message_center.delivery.ledger`). A live shard stops a chunk after half of it
+      and gives the rest back, and waits at most this long for an unreachable database
+      (its recorder gives up a little earlier, so the recovery never races it); one
+      message can still take 4 SMTP commands x the connection timeout, so keep this above
+      8x that timeout (defaults: 300-600 s for a 30 s SMTP timeout).
     """
 
     routing_batch_size: int = 10_000
