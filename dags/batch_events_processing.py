@@ -85,13 +85,19 @@ def batch_events_processing() -> None:
     def split_queue() -> list[dict[str, Any]]:
         """Recover crashed work, then claim and link due events into shards in one write
         per event (ids stay in the DB; only (token, shard, count) goes to XCom)."""
-        from mc_airflow.delivery import execution_engine, processing_settings
+        from mc_airflow.delivery import (
+            execution_engine,
+            processing_settings,
+            reconcile_channels,
+        )
         from message_center.processing import recover
         from message_center.processing import split_queue as split
 
         settings = processing_settings(get_current_context()["params"])
         engine = execution_engine()
-        recovered = recover(engine, settings, kinds=(KIND,))
+        with reconcile_channels(KIND) as channels:  # the SMS gateway settles what it can
+            recovered = recover(engine, settings, kinds=(KIND,),
+                                reconcile=channels.reconcile)
         claims = split(engine, KIND, settings)
         print(f"recovered: {recovered.as_dict()}; linked "
               f"{sum(c.events for c in claims)} event(s) for delivery into "

@@ -83,11 +83,17 @@ def rt_events_processing() -> None:
     @task(task_display_name="Recover and open the shards")
     def recover_and_open_shards() -> list[int]:
         """Settle crashed work, validate params and open the shards (their numbers only)."""
-        from mc_airflow.delivery import execution_engine, processing_settings
+        from mc_airflow.delivery import (
+            execution_engine,
+            processing_settings,
+            reconcile_channels,
+        )
         from message_center.processing import recover
 
         settings = processing_settings(get_current_context()["params"])
-        recovered = recover(execution_engine(), settings, kinds=(KIND,))
+        with reconcile_channels(KIND) as channels:  # the SMS gateway settles what it can
+            recovered = recover(execution_engine(), settings, kinds=(KIND,),
+                                reconcile=channels.reconcile)
         print(f"recovered: {recovered.as_dict()}; opening {settings.shards} shard(s)")
         return list(range(settings.shards))
 

@@ -86,6 +86,12 @@ def open_channels(kind: str) -> Channels:
     return Channels(smtp_settings(), sms_settings(), kind=kind)
 
 
+def reconcile_channels(kind: str) -> Channels:
+    """What the crash recovery asks about messages a dead worker was sending: the SMS
+    gateway when there is one (no SMTP connection needed: e-mail cannot be asked)."""
+    return Channels(None, sms_settings(), kind=kind)
+
+
 def processing_settings(params: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
     """Validated settings from a run's params (a bad value fails with its name)."""
     return ProcessingSettings.from_mapping(params, **defaults)

@@ -1,9 +1,11 @@
 """A real SMS gateway on loopback that keeps every accepted SMS as a ``.json`` file.
 
 It implements the gateway contract of :mod:`message_center.delivery.sms` (JSON POST on
-``/messages``), so the demo can show SMS next to e-mail and the tests exercise the real
-HTTP path. Replies can be scripted per recipient (``"503"`` then ``"201"``, or
-``"always 400"``) to exercise retries and permanent failures.
+``/messages``; a repeated ``Idempotency-Key`` gets the first answer again and sends
+nothing; ``GET /messages?reference=...`` tells whether a message was accepted), so the
+demo can show SMS next to e-mail and the tests exercise the real HTTP path. Replies can
+be scripted per recipient (``"503"`` then ``"201"``, or ``"always 400"``) to exercise
+retries and permanent failures.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 MAX_BODY = 64 * 1024
 
@@ -39,8 +42,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/health":
+        sink = self.server.sink
+        url = urlsplit(self.path)
+        if url.path.rstrip("/") == "/health":
             self._answer(200, {"status": "ok"})
+        elif url.path.rstrip("/") == sink.path:
+            ref = parse_qs(url.query).get("reference", [""])[0]
+            if not ref:
+                self._answer(400, {"error": "?reference= is required"})
+            elif (record := sink.find(ref)) is None:
+                self._answer(404, {"reference": ref, "found": False,
+                                   "error": f"no message with reference {ref}"})
+            else:
+                self._answer(200, {"id": record["id"], "reference": ref, "found": True,
+                                   "status": "accepted"})
         else:
             self._answer(404, {"error": "not found"})
 
@@ -69,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(sink.latency)
             scripted = sink.next_reply(body["to"])
             if scripted is None:
-                status, answer = 201, {"id": sink.store(body, self.headers.get(
+                status, answer = 201, {"id": sink.accept(body, self.headers.get(
                     "Idempotency-Key")), "status": "accepted"}
             else:
                 status, answer = scripted, {
@@ -92,6 +107,7 @@ class SmsSink:
         self.sms_dir.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.path = host, port, path.rstrip("/")
         self._lock = threading.Lock()
+        self._accept_lock = threading.Lock()
         self._replies: dict[str, deque[str]] = defaultdict(deque)
         #: Seconds each POST takes before its answer; ``peak_in_flight``: the most POSTs
         #: it was answering at once (since the last ``clear()``).
@@ -154,6 +170,22 @@ class SmsSink:
                 reply = reply.removeprefix("always ")
         status = int(reply.split()[0])
         return None if 200 <= status < 300 else status
+
+    def accept(self, body: dict[str, Any], idempotency_key: str | None) -> str:
+        """Keep one SMS; a repeated ``Idempotency-Key`` keeps nothing and gets the first
+        message's id again (like a gateway that deduplicates)."""
+        with self._accept_lock:
+            if idempotency_key and (first := self.find_key(idempotency_key)) is not None:
+                return str(first["id"])
+            return self.store(body, idempotency_key)
+
+    def find(self, reference: str) -> dict[str, Any] | None:
+        """The accepted SMS with this ``reference`` (None: never accepted)."""
+        return next((m for m in self.messages() if m.get("reference") == reference), None)
+
+    def find_key(self, key: str) -> dict[str, Any] | None:
+        """The SMS first accepted with this ``Idempotency-Key``."""
+        return next((m for m in self.messages() if m.get("idempotency_key") == key), None)
 
     def store(self, body: dict[str, Any], idempotency_key: str | None) -> str:
         message_id = f"sms-{uuid.uuid4().hex[:16]}"

@@ -106,6 +106,19 @@ class Channels:
                 if sms.max_messages_per_second else None)
         return gates
 
+    def reconcile(self, attempt: Attempt) -> Outcome | None:
+        """Ask the provider what became of a message whose worker died while sending it:
+        the SMS gateway's lookup by reference (:meth:`SmsSender.lookup
+        <message_center.delivery.sms.SmsSender.lookup>`); None when it cannot tell
+        (e-mail: SMTP has no such question)."""
+        if attempt.channel != "sms" or self.sms_settings is None:
+            return None
+        with self._lock:
+            if self._sms is None:
+                self._sms = SmsSender(self.sms_settings)
+            sms = self._sms
+        return sms.lookup(attempt.log_id)
+
     def deliver(self, attempt: Attempt, ready: Callable[[], None] | None = None) -> Outcome:
         """Render and send; never raises for a message-level problem.
 

@@ -412,6 +412,38 @@ def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = Non
     return len(released)
 
 
+def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause (on delivery_log) of handed rows whose worker is gone."""
+    params: dict[str, Any] = {}
+    where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
+    if claim is not None:
+        where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
+                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
+                 "WHERE claim_token = :token AND claim_shard = :shard "
+                 "AND status = 'pending_delivery'))")
+        params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
+    return f"status = 'sending' AND ({where})", params
+
+
+def unknown_candidates(conn: Connection, *, older_than_seconds: float,
+                       claim: ShardClaim | None = None, channels: Sequence[str] = ("sms",),
+                       limit: int = 500) -> list[tuple[str, Attempt]]:
+    """The rows :func:`recover_unknown_outcomes` would settle, on these channels: what a
+    provider may be asked about before they are called unknown. (kind, attempt) pairs."""
+    where, params = _dead_rows(claim)
+    rows = conn.execute(text(f"""
+        SELECT id, event_kind, event_id, attempts, channel, address, template_name,
+               template_version
+        FROM delivery_log WHERE {where} AND channel = ANY(:channels)
+        ORDER BY id LIMIT :limit
+    """), {**params, "age": float(older_than_seconds), "channels": list(channels),
+           "limit": limit}).mappings().all()
+    return [(row["event_kind"], Attempt(
+        log_id=int(row["id"]), event_id=int(row["event_id"]), attempts=int(row["attempts"]),
+        channel=row["channel"], address=row["address"], template_name=row["template_name"],
+        template_version=row["template_version"], row={})) for row in rows]
+
+
 def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
                              claim: ShardClaim | None = None) -> list[int]:
     """Mark handed ``sending`` rows of dead workers ``failed`` (outcome unknown); never
@@ -423,16 +455,9 @@ def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
     (Airflow retry) knows its previous try is gone. Rows armed but never handed are not
     unknown: see :func:`release_unhanded`. Returns the log ids.
     """
-    params: dict[str, Any] = {"age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}
-    where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
-    if claim is not None:
-        where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
-                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
-                 "WHERE claim_token = :token AND claim_shard = :shard "
-                 "AND status = 'pending_delivery'))")
-        params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
+    where, params = _dead_rows(claim)
     return list(conn.execute(text(f"""
         UPDATE delivery_log SET status = 'failed', error = :reason
-        WHERE status = 'sending' AND ({where})
+        WHERE {where}
         RETURNING id
-    """), params).scalars())
+    """), {**params, "age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}).scalars())

@@ -15,6 +15,16 @@ adapter in front of a real SMS provider must accept)::
     408, 425, 429, 5xx, timeout, refused        -> transient: retried later
     any other 4xx                               -> permanent: failed
 
+Optional, for gateways that can tell what became of a message (used to settle a message
+whose worker died while sending it, instead of calling it "outcome unknown")::
+
+    GET <base url><path>?reference=mc-<delivery log id>
+    200 {"id": "<provider message id>", "reference": "mc-<id>", "found": true}
+                                  -> the gateway accepted it: sent
+    404 {"reference": "mc-<id>", "found": false}
+                                  -> the gateway never received it: sent again (same key)
+    anything else, timeout        -> it cannot tell: the outcome stays unknown
+
 HTTP status semantics are used as HTTP defines them: a 5xx from a gateway is a server
 problem that usually heals, so it is retried (unlike a 5xx SMTP reply, which is a final
 refusal). ``reference``/``Idempotency-Key`` stay the same on every attempt, so a gateway
@@ -115,6 +125,28 @@ class SmsSender:
         if response.status_code in TRANSIENT_HTTP or response.status_code >= 500:
             return Outcome.retry(error)
         return Outcome.failed(error)
+
+    def lookup(self, log_id: int) -> Outcome | None:
+        """What became of message ``log_id`` at the gateway (see the module doc): sent
+        (with the provider id), a transient "never received" (sent again later, with the
+        same ``Idempotency-Key``), or None when the gateway cannot tell."""
+        ref = reference(log_id)
+        try:
+            response = self._client.get(self.settings.path, params={"reference": ref})
+        except httpx.HTTPError:
+            return None
+        try:
+            answer = response.json()
+        except ValueError:
+            return None
+        if not isinstance(answer, dict) or answer.get("reference") != ref:
+            return None  # no lookup there (a plain 404, an HTML page): it cannot tell
+        if response.status_code == 404 and answer.get("found") is False:
+            return Outcome.retry(f"the SMS gateway says it never received {ref} (the worker "
+                                 "stopped while sending it): sent again")
+        if response.is_success and answer.get("found") is True:
+            return Outcome.sent(str(answer.get("id") or ref))
+        return None
 
     def close(self) -> None:
         self._client.close()

@@ -20,11 +20,13 @@ from message_center.db import first_line
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import (
     Attempt,
+    finalize,
     record,
     recover_unknown_outcomes,
     release_unhanded,
     release_unsent,
     start_sending,
+    unknown_candidates,
 )
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import Dispatch, SessionPool
@@ -52,6 +54,8 @@ MIN_ID = -(1 << 63)
 # Asked between messages and rounds: True means "stop soon, cleanly" (SIGTERM from the
 # scheduler, the supervising process gone, ...). The Airflow layer provides it.
 StopCheck = Callable[[], bool]
+# Asks the provider what became of a message a dead worker was sending (None: cannot tell).
+Reconcile = Callable[[Attempt], Outcome | None]
 
 
 def _never() -> bool:
@@ -72,6 +76,7 @@ class ShardStats:
     released: int = 0
     chunks: int = 0
     throttled: int = 0  # "slow down" answers (421 / 4.7.x / HTTP 429) waited out
+    reconciled: int = 0  # messages of a stopped worker settled with the provider
 
     def add(self, other: ShardStats) -> None:
         for name, value in asdict(other).items():
@@ -82,14 +87,23 @@ class ShardStats:
 
 
 def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...] = EVENT_KINDS,
-            claim: ShardClaim | None = None) -> ShardStats:
+            claim: ShardClaim | None = None,
+            reconcile: Reconcile | None = None) -> ShardStats:
     """Crash recovery, cheap enough to run at every split and every few seconds:
     unknown outcomes (messages handed to the provider by a worker that died) are
     settled (failed, never resent) and copied onto their events; messages armed but
     never handed, and linked events whose worker died before delivering, go back to
     pending. With ``claim``: that shard's rows at once (its previous try is gone); its
-    messages armed but never handed stay with the claim, to be sent by the caller."""
+    messages armed but never handed stay with the claim, to be sent by the caller.
+
+    ``reconcile`` (:meth:`Channels.reconcile
+    <message_center.delivery.channels.Channels.reconcile>`) first asks the provider
+    about each such message where it can answer (an SMS gateway's lookup by reference):
+    what it accepted is *sent*, what it never received is sent again; only what nobody
+    can tell (e-mail) is called unknown."""
     stats = ShardStats()
+    if reconcile is not None:
+        stats.reconciled += _reconcile(engine, settings, claim, reconcile)
     with engine.begin() as conn:
         unknown = recover_unknown_outcomes(
             conn, older_than_seconds=settings.sending_timeout_seconds, claim=claim)
@@ -107,6 +121,28 @@ def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...]
                     "resent), %d event(s) never sent given back to the queue",
                     stats.unknown, stats.released)
     return stats
+
+
+def _reconcile(engine: Engine, settings: ProcessingSettings, claim: ShardClaim | None,
+               reconcile: Reconcile) -> int:
+    with engine.begin() as conn:
+        candidates = unknown_candidates(
+            conn, older_than_seconds=settings.sending_timeout_seconds, claim=claim)
+    by_kind: dict[str, list[tuple[Attempt, Outcome]]] = {}
+    for kind, attempt in candidates:  # one provider request each, outside a transaction
+        outcome = reconcile(attempt)
+        if outcome is not None:
+            by_kind.setdefault(kind, []).append((attempt, outcome))
+    settled = 0
+    with engine.begin() as conn:
+        for kind, results in by_kind.items():
+            done = finalize(conn, kind, results, settings.retry_policy)
+            copy_statuses(conn, kind, done.final_log_ids)
+            settled += len(results)
+    if settled:
+        log.warning("recovery: %d message(s) of a stopped worker settled with the provider "
+                    "(sent, or sent again when it never received them)", settled)
+    return settled
 
 
 def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
@@ -145,7 +181,8 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
                 if unrecorded:  # known outcomes the last recorder could not write
                     _write_late(engine, claim, settings, unrecorded, copy_status, stats)
                 if resume:
-                    stats.add(recover(engine, settings, kinds=(), claim=claim))
+                    stats.add(recover(engine, settings, kinds=(), claim=claim,
+                                      reconcile=channels.reconcile))
                 _deliver_chunks(engine, claim, settings, channels, pool, recorder, stats,
                                 copy_status, should_stop)
                 return stats
@@ -306,7 +343,7 @@ def _realtime_round(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
                     channels: Channels, stats: ShardStats, kind: str, next_maintenance: float,
                     should_stop: StopCheck) -> ClaimResult:
     if time.monotonic() >= next_maintenance:
-        stats.add(recover(engine, settings, kinds=(kind,)))
+        stats.add(recover(engine, settings, kinds=(kind,), reconcile=channels.reconcile))
     with engine.begin() as conn:  # claims and links in one statement
         result = claim_due(conn, kind, token=claim.token, shard_base=claim.shard,
                            limit=settings.routing_batch_size,
