@@ -118,7 +118,7 @@ def rt_events_processing() -> None:
                 execution_engine(), shard, settings, channels,
                 loop_seconds=float(params["loop_seconds"]),
                 poll_seconds=float(params["poll_seconds"]), kind=KIND,
-                should_stop=should_stop)
+                should_stop=should_stop, progress=print)  # counts per outcome every minute
         print(f"shard {shard}: {stats.as_dict()}")
         return stats.as_dict()
 

@@ -85,6 +85,12 @@ class ShardStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def outcomes(self) -> str:
+        """The counts per outcome, for a progress line."""
+        return (f"sent {self.sent}, failed {self.failed}, ignored {self.ignored}, retried "
+                f"{self.retried}, not taken into account {self.not_taken}, expired "
+                f"{self.expired}, unknown {self.unknown} (claimed {self.claimed})")
+
 
 def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...] = EVENT_KINDS,
             claim: ShardClaim | None = None,
@@ -292,7 +298,8 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
 def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
                        channels: Channels, *, loop_seconds: float, poll_seconds: float,
                        kind: str = "rt", maintenance_seconds: float = 30.0,
-                       should_stop: StopCheck = _never) -> ShardStats:
+                       should_stop: StopCheck = _never, progress_seconds: float = 60.0,
+                       progress: Callable[[str], object] | None = None) -> ShardStats:
     """Process events as they arrive for ``loop_seconds``, then return (the continuous DAG
     starts the next run).
 
@@ -302,14 +309,23 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
     it immediately - or at most ``poll_seconds`` (for scheduled events and retries that
     become due without a notification). ``should_stop`` ends the loop early and cleanly
     (checked between rounds, between messages, and at least every ``poll_seconds``).
+    Every ``progress_seconds`` the shard reports its counts per outcome so far to
+    ``progress`` (default: this module's log, INFO), so a running loop shows what it did
+    without waiting for its end.
     """
-    if loop_seconds < 0 or poll_seconds <= 0:
-        raise ValueError("loop_seconds must be >= 0 and poll_seconds > 0")
+    if loop_seconds < 0 or poll_seconds <= 0 or progress_seconds <= 0:
+        raise ValueError("loop_seconds must be >= 0, poll_seconds and progress_seconds > 0")
     stats = ShardStats()
-    deadline = time.monotonic() + loop_seconds
+    started = time.monotonic()
+    deadline = started + loop_seconds
     next_maintenance = 0.0
+    next_progress = started + progress_seconds
     with Listener(engine, NOTIFY_CHANNELS[kind]) as listener:
         while True:
+            if time.monotonic() >= next_progress:
+                (progress or log.info)(f"{kind} shard {shard} after "
+                                       f"{time.monotonic() - started:.0f} s: {stats.outcomes()}")
+                next_progress = time.monotonic() + progress_seconds
             claim = ShardClaim(kind, new_token(), shard)
             try:
                 result = _realtime_round(engine, claim, settings, channels, stats, kind,

@@ -3,6 +3,7 @@ real SMS gateway on loopback. Each outcome a user relies on, plus exactly-once."
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -407,3 +408,21 @@ def test_realtime_shard_stops_when_asked(execution_db, smtp_sink, test_deploymen
                                    poll_seconds=0.05,
                                    should_stop=lambda: next(rounds) > 20)
     assert stats.sent == 2  # an hour-long loop, ended by the stop request
+
+
+def test_a_real_time_shard_logs_its_counts_per_outcome_while_it_runs(
+        execution_db, smtp_sink, test_deployment, caplog):
+    """Progress every ``progress_seconds``, not only when the (hour-long) loop ends."""
+    publish_templates(execution_db)
+    insert_events(execution_db, "rt", 2)
+    caplog.set_level(logging.INFO, logger="message_center.processing.runner")
+    with Channels(SmtpSettings(port=test_deployment.smtp_port), None, "rt") as chans:
+        stats = run_realtime_shard(execution_db, 0, FAST, chans, loop_seconds=2.6,
+                                   poll_seconds=0.05, progress_seconds=1)
+    assert stats.sent == 2
+    progress = [record.getMessage() for record in caplog.records
+                if "rt shard 0 after" in record.getMessage()]
+    assert len(progress) == 2, progress  # at about 1 s and 2 s, before the loop ended
+    assert progress[-1].startswith("rt shard 0 after 2 s: sent 2, failed 0, ignored 0, "
+                                   "retried 0, not taken into account 0, expired 0, "
+                                   "unknown 0 (claimed 2)"), progress
