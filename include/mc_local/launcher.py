@@ -6,6 +6,7 @@ Airflow itself is only ever started as a subprocess here, with the environment f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,6 +105,32 @@ def prepare(deployment: Deployment) -> None:
     log(f"set-up done in {time.monotonic() - started:.1f}s")
 
 
+def stop_session(session_id: int, deadline: float) -> None:
+    """Stop every process of the session ``session_id`` (``airflow standalone``, its
+    components, and the task processes in their own process groups), waiting until they
+    are gone (killed at ``deadline``), so "stopped" is only said once nothing runs."""
+    import psutil
+
+    def members() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == session_id:
+                    found.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return found
+
+    for proc in members():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(members(), timeout=max(0.1, deadline - time.monotonic()))
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 def run(deployment: Deployment) -> int:
     """Set up, then run Airflow standalone and the SMTP sink until Ctrl-C stops them all."""
     pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
@@ -120,10 +147,11 @@ def run(deployment: Deployment) -> int:
         [sys.executable, "-m", "mc_local.sms_sink", "--port",
          os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env,
     ))
-    children.append(subprocess.Popen(
+    standalone = subprocess.Popen(
         [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env,
         start_new_session=True,
-    ))
+    )
+    children.append(standalone)
     log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
     for name, role in deployment.users():
         log(f"  login: {name} / {deployment.password(name)}  (role {role})")
@@ -155,6 +183,7 @@ def run(deployment: Deployment) -> int:
                 child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
+        stop_session(standalone.pid, deadline)  # its scheduler, triggerer, tasks, ...
         if deployment.uses_embedded and not pg_was_running:
             deployment.embedded.stop()
         log("stopped")

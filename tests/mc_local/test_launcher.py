@@ -36,3 +36,34 @@ def test_env_prints_exports_for_a_shell(test_deployment):
     lines = result.stdout.splitlines()
     assert f"export AIRFLOW_HOME={test_deployment.airflow_home}" in lines
     assert any(line.startswith("export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=") for line in lines)
+
+
+def test_stop_session_returns_once_every_process_of_the_session_is_gone(tmp_path):
+    """Like `airflow standalone`: a session leader whose children (here one in its own
+    process group, as Airflow's task processes are) take a while to stop after SIGTERM."""
+    import time
+
+    import psutil
+
+    from mc_local.launcher import stop_session
+
+    slow = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))\n"
+            "open(sys.argv[1], 'w').close()\n"
+            "time.sleep(60)\n")
+    leader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         f"subprocess.Popen([sys.executable, '-c', {slow!r}, sys.argv[1]], "
+         "process_group=0)\n"
+         "time.sleep(60)\n", str(tmp_path / "ready")],
+        start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = psutil.Process(leader.pid).children()
+    started = time.monotonic()
+    stop_session(leader.pid, time.monotonic() + 10)
+    assert time.monotonic() - started >= 1.4  # it waited for the slow one
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    leader.wait(5)
