@@ -54,6 +54,9 @@ class PushClient:
         self.base_url = base_url.rstrip("/")
         self._token, self._username, self._password = token, username, password
         self._http = http or httpx.Client(timeout=timeout)
+        #: Whether the last answer was a replay of an earlier request with the same
+        #: Idempotency-Key (header ``Idempotent-Replayed``): nothing new was stored.
+        self.last_replayed = False
 
     def __enter__(self) -> PushClient:
         return self
@@ -90,6 +93,7 @@ class PushClient:
                 continue  # expired token: log in again once
             if response.status_code not in ok:
                 raise PushError(response.status_code, _body(response))
+            self.last_replayed = response.headers.get("Idempotent-Replayed") == "true"
             return response
         raise AssertionError("unreachable")
 

@@ -128,6 +128,8 @@ def test_mc_push_one_event_and_a_jsonl_file(airflow_stack, execution_db, tmp_pat
     assert "pushed 2500 events" in many.stderr
     again = mc(airflow_stack, "--file", str(path), "--idempotency-key", "demo")
     assert again.returncode == 0, again.stderr
+    assert "already pushed: all 2500 events" in again.stderr, again.stderr
+    assert "pushed 2500 events to" not in again.stderr
     assert count(execution_db, "batch_event") == 2500
     assert count(execution_db, "rt_event") == 1
 

@@ -135,7 +135,7 @@ def _push(args: argparse.Namespace) -> int:
         print(f"mc push: {exc}", file=sys.stderr)
         return 2
 
-    started, pushed = time.perf_counter(), 0
+    started, pushed, replayed = time.perf_counter(), 0, 0
     keys = _keys(args.idempotency_key)
     try:
         with _client(args) as client:
@@ -147,17 +147,23 @@ def _push(args: argparse.Namespace) -> int:
                 else:
                     result = client.push_event(event, idempotency_key=next(keys))
                 print(json.dumps(result))
+                if client.last_replayed:
+                    print(f"mc push: already pushed with Idempotency-Key "
+                          f"{args.idempotency_key}-1: this is the first answer, nothing new "
+                          "was stored", file=sys.stderr)
                 return 0
             if args.rt:
                 for event in pending:
                     answer = client.push_event(event, idempotency_key=next(keys))
-                    pushed += 1
+                    pushed += not client.last_replayed
+                    replayed += client.last_replayed
                     if args.print_ids:
                         print(answer["id"])
             else:
                 for chunk in chunks(pending, args.batch_size):
                     ids = client.push_events(chunk, idempotency_key=next(keys))
-                    pushed += len(ids)
+                    pushed += 0 if client.last_replayed else len(ids)
+                    replayed += len(ids) if client.last_replayed else 0
                     if args.print_ids:
                         print("\n".join(str(i) for i in ids))
     except InputError as exc:
@@ -172,8 +178,14 @@ def _push(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.perf_counter() - started
     queue = "real-time" if args.rt else "batch"
+    if replayed and not pushed:
+        print(f"already pushed: all {replayed} events were pushed before with Idempotency-Key "
+              f"{args.idempotency_key}-*; nothing new was stored", file=sys.stderr)
+        return 0
+    already = (f"; {replayed} events already pushed before (Idempotency-Key "
+               f"{args.idempotency_key}-*), not stored again" if replayed else "")
     print(f"pushed {pushed} events to the {queue} queue in {elapsed:.2f}s "
-          f"({pushed / elapsed if elapsed else 0:.0f} events/s)", file=sys.stderr)
+          f"({pushed / elapsed if elapsed else 0:.0f} events/s){already}", file=sys.stderr)
     return 0
 
 
@@ -181,10 +193,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     help_text = "Push an event (flags or --json), or a JSON-lines file of events, to the API."
     parser = subparsers.add_parser(
         "push", help=help_text, description=help_text,
-        epilog="Examples:\n"
+        epilog="Examples (the demo's templates; their ctx declarations say what each type "
+               "needs):\n"
                "  mc push --type ORDER_CONFIRMED --email jane@example.com "
-               "--ctx '{\"orderId\": \"A-1001\"}'\n"
-               "  mc push --type OTP --channel sms --mobile-phone +33612345678\n"
+               "--ctx '{\"firstName\": \"Jane\", \"orderId\": \"A-1001\", \"total\": 42.5}'\n"
+               "  mc push --type PASSWORD_RESET --channel sms --mobile-phone +33612345678 "
+               "--ctx '{\"firstName\": \"Jane\", \"code\": \"4711\", \"expiresMinutes\": 15}'\n"
                "  mc push --file events.jsonl            # batch queue, 1000 per request\n"
                "Password: $MC_API_PASSWORD, else the local deployment's password for --user "
                "(.mc/secrets/); or a token with --token / $MC_API_TOKEN (renewed when it expires "
