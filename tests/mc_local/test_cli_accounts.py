@@ -107,6 +107,7 @@ def test_add_refuses_and_changes_nothing(registry, new_conn_id, test_deployment,
                  "--conn-id", new_conn_id, "--conn-uri", uri]) == 1
     err = capsys.readouterr().err
     assert "registered with cell id 5" in err and "nothing registered" in err
+    assert "--no-test" not in err  # it would register the very database just refused
     # A cell id already registered is refused before Airflow is even asked.
     assert main(["accounts", "add", "mcExec6", "--label", "Six", "--cell-id", "1",
                  "--conn-id", new_conn_id, "--conn-uri", uri]) == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mc_airflow.defaults import ACCOUNT_REGISTRY
 from mc_local.localenv import deployment
-from message_center.archiving import ArchivingError, check_instance, safe_url
+from message_center.archiving import ArchivingError, CellIdMismatch, check_instance, safe_url
 from message_center.registry import (
     ExecutionAccount,
     RegistryError,
@@ -137,6 +137,9 @@ def _add(args: argparse.Namespace) -> int:
     else:
         try:
             print(_test_url(account, test_url or ""))
+        except CellIdMismatch as exc:  # the wrong database: --no-test would register it
+            raise CommandError(f"{exc}\nnothing registered (check --cell-id and the "
+                               "connection: they must name the same instance)") from None
         except ArchivingError as exc:
             raise CommandError(f"{exc}\nnothing registered (use --no-test to register an "
                                "instance that is not up yet)") from None
