@@ -22,9 +22,10 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from typing import Any
 
@@ -149,7 +150,7 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         f"From: {_address_value(sender)}",
         f"To: {_address_value(recipient)}",
         f"Subject: {_header_value(subject or '')}",
-        f"Date: {formatdate(localtime=False)}",
+        f"Date: {format_datetime(datetime.now(UTC))}",  # +0000: UTC (-0000 = zone unknown)
         f"Message-ID: {mid}",
         "MIME-Version: 1.0",
     ]

@@ -162,6 +162,8 @@ def test_built_messages_are_standard_mime_with_crlf():
         "Merci ✓\nLigne 2"
     assert message.get_body(("html",)).get_content().startswith("<p>Très bien</p>")
     assert message["X-Message-Center-Event"] == "rt:7"
+    assert message["Date"].endswith(" +0000")  # UTC; -0000 would say "zone unknown"
+    assert message["Date"].datetime.utcoffset() is not None
 
 
 @pytest.mark.fast
