@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mc_local import celery_mode, execution2, launcher
@@ -67,6 +68,58 @@ def _airflow(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _backfill_wait(args: argparse.Namespace) -> int:
+    """Wait until Airflow marks every backfill of a DAG complete (it does so some seconds
+    after the backfill's runs end; until then a new backfill of the DAG is refused with
+    AlreadyRunningBackfill). Asks the Airflow REST API as the local admin."""
+    import httpx
+
+    from mc_local.client import PushClient, PushError
+    from mc_local.localenv import ADMIN_USER
+
+    local = deployment(args.profile)
+    base = f"http://127.0.0.1:{local.api_port}"
+    deadline = time.monotonic() + args.timeout
+    try:
+        with PushClient(base, username=ADMIN_USER, password=local.admin_password()) as client:
+            token = client.token()
+            while True:
+                response = httpx.get(f"{base}/api/v2/backfills", timeout=30,
+                                     params={"dag_id": args.dag_id, "limit": 100},
+                                     headers={"Authorization": f"Bearer {token}"})
+                if response.status_code != 200:
+                    print(f"mc backfill-wait: {response.status_code} {response.text[:300]}",
+                          file=sys.stderr)
+                    return 1
+                running = [b for b in response.json()["backfills"]
+                           if b.get("completed_at") is None]
+                if not running:
+                    print(f"{args.dag_id}: no backfill running")
+                    return 0
+                if time.monotonic() > deadline:
+                    print(f"mc backfill-wait: {args.dag_id} still has backfill "
+                          f"{running[0]['id']} running after {args.timeout:.0f} s",
+                          file=sys.stderr)
+                    return 1
+                time.sleep(2)
+    except (PushError, httpx.HTTPError, OSError) as exc:
+        print(f"mc backfill-wait: cannot ask {base}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    """A day of past traffic in execution instance 1 (cell 0): history for the archiving
+    DAG, the README's backfill examples and the report pages."""
+    from mc_local.demo_data import add_demo_traffic
+    from message_center.db import engine_for
+
+    local = deployment(args.profile)
+    ids = add_demo_traffic(engine_for(local.database_url("execution")))
+    print(f"added {len(ids)} events (with their delivery logs) over the 23 hours before this "
+          f"one to {local.database('execution')} (instance 1, cell 0)")
+    return 0
+
+
 def _env(args: argparse.Namespace) -> int:
     target = deployment(args.profile)
     for key, value in sorted({**target.environment(), **_mode_environment(target)}.items()):
@@ -90,3 +143,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser = add("airflow", _airflow, "Run any airflow CLI command against the local deployment.")
     parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
     add("env", _env, "Print the environment of the local deployment as shell exports.")
+    add("demo-data", _demo_data, "Add a day of past traffic to execution instance 1 (for "
+                                 "archiving, backfills and reports).")
+    parser = add("backfill-wait", _backfill_wait,
+                 "Wait until Airflow has marked every backfill of a DAG complete.")
+    parser.add_argument("dag_id", help="e.g. mcSynch_mcExec1")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds to wait at most (default 600); exit 1 after")
