@@ -12,9 +12,10 @@ from mc_airflow.defaults import ACCOUNT_REGISTRY, DAGS_DIR
 from message_center.registry import load_registry, registry_path
 
 EXPECTED_DAGS = {"rtEventsProcessing", "batchEventsProcessing", "updateEventStatus"}
-#: Every DAG the project ships: the execution workflows, template publishing and one
-#: archiving DAG per enabled account of the registry. A new DAG file adds its ids here.
-DAG_IDS = sorted({*EXPECTED_DAGS, "mcPublishTemplates",
+#: Every DAG the project ships: the execution workflows, template publishing, the database
+#: clean-up and one archiving DAG per enabled account of the registry. A new DAG file adds
+#: its ids here.
+DAG_IDS = sorted({*EXPECTED_DAGS, "mcPublishTemplates", "cleanup",
                   *(account.dag_id for account in
                     load_registry(registry_path(ACCOUNT_REGISTRY)).enabled)})
 

@@ -226,7 +226,9 @@ IdempotencyKey = Annotated[str, Header(
     description=f"Repeat a request safely: the same key returns the first answer and stores "
                 f"nothing; the same key with another body is a 409. 1-"
                 f"{events.MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters (spaces "
-                f"inside only); any other value is a 422 and stores nothing.",
+                f"inside only); any other value is a 422 and stores nothing. Keys are kept "
+                f"for their replay window, at least 24 hours by default (the `cleanup` DAG's "
+                f"`idempotency_key_hours`); the same key sent later is a new request.",
     # Stated for clients and fuzzers; checked by events.check_idempotency_key, whose 422
     # names the field like every other input error.
     json_schema_extra={"minLength": 1, "maxLength": events.MAX_IDEMPOTENCY_KEY_LENGTH,
