@@ -22,6 +22,24 @@ of this deployment (`MC_DEPLOYMENT_ROLES`, default `execution,control`):
 2. `execution_instance.purge_idempotency_keys` - push API `Idempotency-Key`s older than
    their replay window `idempotency_key_hours` (default 24).
 
+**Control instance** (`mc_control`)
+
+3. `control_instance.purge_archive` - archived events created more than
+   `archived_event_days` ago (default 365), with their archived delivery logs.
+4. `control_instance.purge_statistics` - hourly event statistics older than
+   `statistics_days` (default 1095, at least the archive delay); the queue size still open
+   at the cut-off is carried over, so the reports' queue sizes stay right.
+
+**Airflow metadata** (always)
+
+5. `airflow_metadata.clean_airflow_metadata` - Airflow's own `airflow db clean` for the
+   Message Center's DAGs (tag `message-center`, the archiving DAGs of the registry):
+   DAG runs (the latest scheduled run of each DAG is kept), task instances and their
+   history, reschedules, XComs and audit log rows older than `airflow_metadata_days`
+   (default 14). Task log files are not metadata and are not touched. Tasks cannot reach
+   the metadata database in Airflow 3: the command gets it from the `airflow_db`
+   connection; without it this task deletes nothing and says so.
+
 **Params** (Trigger DAG w/ config): every delay above, `batch_rows`, and `dry_run`:
 report what would be deleted and change nothing. Re-running a run deletes nothing more;
 a run that crashed half-way continues where it stopped (each batch commits on its own).
@@ -78,6 +96,40 @@ def cleanup() -> None:
 
             purge_events()
             purge_idempotency_keys()
+
+    if "control" in ROLES:
+        with TaskGroup("control_instance", group_display_name="Control instance",
+                       tooltip="Archive and hourly statistics (mc_control)"):
+
+            @task(task_display_name="Purge the archive")
+            def purge_archive() -> dict:
+                """Archived events and delivery logs past the archive delay."""
+                from mc_airflow.cleanup import purge_control_archive
+
+                return purge_control_archive(get_current_context()["params"], _now())
+
+            @task(task_display_name="Purge the hourly statistics")
+            def purge_statistics() -> dict:
+                """Hourly event statistics past the statistics delay (queue sizes carried)."""
+                from mc_airflow.cleanup import purge_control_statistics
+
+                return purge_control_statistics(get_current_context()["params"], _now())
+
+            purge_archive()
+            purge_statistics()
+
+    with TaskGroup("airflow_metadata", group_display_name="Airflow metadata",
+                   tooltip="DAG runs, task instances, XComs, audit log (airflow db clean)"):
+
+        @task(task_display_name="Clean the Airflow metadata (airflow db clean)")
+        def clean_airflow_metadata() -> dict:
+            """`airflow db clean` for the Message Center's DAGs, keeping
+            `airflow_metadata_days`."""
+            from mc_airflow.cleanup import clean_airflow_metadata as clean
+
+            return clean(get_current_context()["params"], _now())
+
+        clean_airflow_metadata()
 
 
 cleanup()

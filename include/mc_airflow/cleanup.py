@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param
@@ -142,3 +142,115 @@ def _log_sizes(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         log.info("before: %s", size.summary())
     for size in after.values():
         log.info("after:  %s", size.summary())
+
+
+def purge_control_archive(params: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """Archived events and delivery logs of ``mc_control`` past the archive delay."""
+    from mc_airflow.connections import database_url
+    from message_center.cleanup import purge_archive
+    from message_center.db import engine_for
+
+    report = purge_archive(engine_for(database_url(CONTROL_CONN_ID)), cleanup_settings(params),
+                           now=now)
+    _log_sizes(report.sizes_before, report.sizes_after)
+    for line in report.lines():
+        log.info("%s", line)
+    return report.as_dict()
+
+
+def purge_control_statistics(params: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """Hourly event statistics of ``mc_control`` past the statistics delay."""
+    from mc_airflow.connections import database_url
+    from message_center.cleanup import purge_statistics_before
+    from message_center.db import engine_for
+
+    report = purge_statistics_before(engine_for(database_url(CONTROL_CONN_ID)),
+                                     cleanup_settings(params), now=now)
+    _log_sizes(report.sizes_before, report.sizes_after)
+    for line in report.lines():
+        log.info("%s", line)
+    return report.as_dict()
+
+
+# --- Airflow metadata --------------------------------------------------------------------
+#: Airflow's conventional connection id for its own metadata database.
+AIRFLOW_DB_CONN_ID = "airflow_db"
+#: What `airflow db clean` may delete here: a Message Center DAG's runs and what hangs off
+#: them (Airflow adds the dependent tables itself: task_state_store, deadline of those
+#: runs). Never `dag`, `dag_version`, `job`, `trigger`, `callback`, `import_error`,
+#: `asset_event`, `session`, `revoked_token`: they are the scheduler's and the whole
+#: deployment's, not the Message Center's.
+AIRFLOW_TABLES = ("dag_run", "task_instance", "task_instance_history", "task_reschedule",
+                  "xcom", "log")
+#: The Message Center's DAGs that are not tagged (the tag `message-center` finds the rest).
+MESSAGE_CENTER_DAG_IDS = ("rtEventsProcessing", "batchEventsProcessing", "updateEventStatus",
+                          "mcPublishTemplates", "cleanup")
+MESSAGE_CENTER_TAG = "message-center"
+
+
+def message_center_dag_ids(metadata_url: str) -> list[str]:
+    """Every DAG id tagged ``message-center`` in the metadata DB (a read), the fixed ids and
+    the archiving DAGs of the registry (also disabled accounts': their old runs)."""
+    from sqlalchemy import text
+
+    from message_center.db import engine_for
+    from message_center.registry import load_registry, registry_path
+
+    with engine_for(metadata_url).connect() as conn:
+        tagged = set(conn.execute(text("SELECT dag_id FROM dag_tag WHERE name = :tag"),
+                                  {"tag": MESSAGE_CENTER_TAG}).scalars())
+    registry = load_registry(registry_path(ACCOUNT_REGISTRY))
+    return sorted(tagged | set(MESSAGE_CENTER_DAG_IDS) | {a.dag_id for a in registry.accounts})
+
+
+def clean_airflow_metadata(params: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """`airflow db clean` (Airflow's own tool, as a subprocess) for the Message Center's
+    DAGs, keeping ``airflow_metadata_days``; sizes of the tables before and after.
+
+    Airflow 3 blocks the metadata database inside tasks; the subprocess gets it from the
+    ``airflow_db`` connection. Without that connection nothing is deleted and the log
+    says how to run the same command outside Airflow."""
+    import subprocess
+    import sys
+
+    from message_center.cleanup import table_sizes
+    from message_center.db import engine_for, sqlalchemy_url
+
+    settings = cleanup_settings(params)
+    before = now - timedelta(days=settings.airflow_metadata_days)
+    url, problem = _optional_url(AIRFLOW_DB_CONN_ID)
+    command = ["airflow", "db", "clean", "--clean-before-timestamp", before.isoformat(),
+               "--tables", ",".join(AIRFLOW_TABLES), "--skip-archive", "--yes",
+               "--batch-size", str(settings.batch_rows)]
+    if settings.dry_run:
+        command.append("--dry-run")
+    if url is None:
+        log.warning("Airflow metadata not cleaned: %s (a postgres connection to Airflow's "
+                    "metadata database). Tasks cannot reach it otherwise in Airflow 3; "
+                    "define it, or run `%s --dag-ids <ids>` where Airflow is configured.",
+                    problem, " ".join(command))
+        return {"skipped": problem}
+    engine = engine_for(url)
+    dag_ids = message_center_dag_ids(url)
+    command += ["--dag-ids", ",".join(dag_ids)]
+    sizes_before = table_sizes(engine, AIRFLOW_TABLES)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                                  "AIRFLOW__CORE__SQL_ALCHEMY_CONN"))}
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sqlalchemy_url(url)
+    log.info("%sAirflow metadata older than %s of %d DAG(s): %s",
+             "DRY RUN, nothing deleted: " if settings.dry_run else "", before.isoformat(),
+             len(dag_ids), ", ".join(dag_ids))
+    log.info("$ %s", " ".join([*command[:-1], "<the DAG ids above>"]))
+    result = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True,
+                            text=True, timeout=3600)
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.strip():
+            log.info("airflow db clean: %s", line)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow db clean failed with exit code {result.returncode}")
+    sizes_after = table_sizes(engine, AIRFLOW_TABLES)
+    _log_sizes(sizes_before, sizes_after)
+    return {"dry_run": settings.dry_run, "before": before.isoformat(), "dag_ids": len(dag_ids),
+            "bytes_before": {t: s.total_bytes for t, s in sizes_before.items()},
+            "bytes_after": {t: s.total_bytes for t, s in sizes_after.items()}}

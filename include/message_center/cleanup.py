@@ -118,6 +118,12 @@ class CleanupSettings:
                 f"archived_event_days ({self.archived_event_days}): the hourly statistics "
                 "must outlive the archive they are computed from")
 
+        if self.event_days >= self.archived_event_days:
+            raise CleanupError(
+                f"cleanup param event_days ({self.event_days}) is not shorter than "
+                f"archived_event_days ({self.archived_event_days}): the archive must keep "
+                "an event longer than the execution instance does")
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> CleanupSettings:
         """From DAG params (unknown keys ignored); whole numbers given as strings or
@@ -144,6 +150,14 @@ class CleanupSettings:
     @property
     def idempotency_window(self) -> timedelta:
         return timedelta(hours=self.idempotency_key_hours)
+
+    @property
+    def archive_delay(self) -> timedelta:
+        return timedelta(days=self.archived_event_days)
+
+    @property
+    def statistics_delay(self) -> timedelta:
+        return timedelta(days=self.statistics_days)
 
     def as_dict(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
@@ -523,4 +537,184 @@ def purge_idempotency(execution: Engine, settings: CleanupSettings, *, now: date
     if vacuum_after and report.keys and not settings.dry_run:
         vacuum(execution, KEY_TABLES)
     report.sizes_after = table_sizes(execution, KEY_TABLES)
+    return report
+
+
+# --- control instance --------------------------------------------------------------------
+ARCHIVE_TABLES = ("archived_event", "archived_delivery_log")
+STATISTICS_TABLES = ("event_stats_hourly", "flow_stats_hourly", "event_stats_dirty")
+
+# Oldest first by creation (keyset on (created, cell_id, id)); each archived event goes
+# with its archived delivery log in the same statement.
+_PURGE_ARCHIVE = text("""
+    WITH victims AS (
+        SELECT cell_id, id, event_kind, created FROM archived_event
+        WHERE created < :cutoff AND created >= :after_created
+          AND (created, cell_id, id) > (:after_created, :after_cell, :after_id)
+        ORDER BY created, cell_id, id LIMIT :n
+        FOR UPDATE SKIP LOCKED),
+    gone_logs AS (
+        DELETE FROM archived_delivery_log l USING victims v
+        WHERE l.cell_id = v.cell_id AND l.event_id = v.id AND l.event_kind = v.event_kind
+        RETURNING 1),
+    gone AS (
+        DELETE FROM archived_event e USING victims v
+        WHERE e.cell_id = v.cell_id AND e.id = v.id RETURNING 1),
+    last AS (SELECT created, cell_id, id FROM victims ORDER BY created DESC, cell_id DESC,
+                                                               id DESC LIMIT 1)
+    SELECT (SELECT count(*) FROM victims), (SELECT count(*) FROM gone),
+           (SELECT count(*) FROM gone_logs), last.created, last.cell_id, last.id
+    FROM (SELECT 1) AS one LEFT JOIN last ON true""")
+_COUNT_ARCHIVE = text("""
+    SELECT count(*), (SELECT count(*) FROM archived_delivery_log l JOIN archived_event e
+                      ON l.cell_id = e.cell_id AND l.event_id = e.id
+                      AND l.event_kind = e.event_kind WHERE e.created < :cutoff)
+    FROM archived_event WHERE created < :cutoff""")
+# Delivery logs whose event is not (or no longer) archived, per cell, through the
+# (cell_id, last_modified) index: last_modified < cutoff implies created < cutoff.
+_ORPHAN_LOGS = """
+    {verb} archived_delivery_log l WHERE l.ctid = ANY(ARRAY(
+        SELECT o.ctid FROM archived_delivery_log o
+        WHERE o.cell_id = :cell AND o.last_modified < :cutoff
+          AND NOT EXISTS (SELECT 1 FROM archived_event e WHERE e.cell_id = o.cell_id
+                          AND e.id = o.event_id AND e.event_kind = o.event_kind)
+        LIMIT :n {lock}))"""
+
+
+@dataclass
+class ControlPurgeReport:
+    """The control instance's purge: archive and statistics."""
+
+    dry_run: bool
+    archive_cutoff: datetime | None = None
+    statistics_cutoff: datetime | None = None
+    archived_events: int = 0
+    archived_delivery_logs: int = 0
+    orphan_delivery_logs: int = 0
+    statistics_rows: int = 0
+    carried_queues: int = 0
+    batches: int = 0
+    sizes_before: dict[str, TableSize] = field(default_factory=dict)
+    sizes_after: dict[str, TableSize] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        mode = "DRY RUN, nothing deleted: " if self.dry_run else ""
+        verb = "would go" if self.dry_run else "deleted"
+        out = []
+        if self.archive_cutoff:
+            out.append(f"{mode}archive created before {self.archive_cutoff.isoformat()}: "
+                       f"{self.archived_events} event(s), {self.archived_delivery_logs} "
+                       f"delivery log(s) and {self.orphan_delivery_logs} delivery log(s) "
+                       f"without an archived event {verb} ({self.batches} batch(es))")
+        if self.statistics_cutoff:
+            out.append(f"{mode}hourly statistics before "
+                       f"{self.statistics_cutoff.isoformat()}: {self.statistics_rows} row(s) "
+                       f"{verb}; queue sizes carried over for {self.carried_queues} series")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "archived_events": self.archived_events,
+                "archived_delivery_logs": self.archived_delivery_logs,
+                "orphan_delivery_logs": self.orphan_delivery_logs,
+                "statistics_rows": self.statistics_rows,
+                "bytes_before": {t: s.total_bytes for t, s in self.sizes_before.items()},
+                "bytes_after": {t: s.total_bytes for t, s in self.sizes_after.items()}}
+
+
+def purge_archive(control: Engine, settings: CleanupSettings, *, now: datetime,
+                  vacuum_after: bool = True,
+                  should_stop: Callable[[], bool] = lambda: False) -> ControlPurgeReport:
+    """Archived events created more than ``archived_event_days`` ago, with their archived
+    delivery logs (and delivery logs left without an archived event), ``batch_rows``
+    events per transaction, oldest first."""
+    if now.tzinfo is None:
+        raise CleanupError("the clean-up needs a timezone-aware 'now'")
+    cutoff = now - settings.archive_delay
+    report = ControlPurgeReport(dry_run=settings.dry_run, archive_cutoff=cutoff)
+    report.sizes_before = table_sizes(control, ARCHIVE_TABLES)
+    if settings.dry_run:
+        with control.connect() as conn:
+            events, logs = conn.execute(_COUNT_ARCHIVE, {"cutoff": cutoff}).one()
+        report.archived_events, report.archived_delivery_logs = int(events), int(logs)
+    else:
+        after = {"after_created": datetime(1, 1, 1, tzinfo=cutoff.tzinfo), "after_cell": -1,
+                 "after_id": -(1 << 63)}
+        while not should_stop():
+            with control.begin() as conn:
+                read, events, logs, last_created, last_cell, last_id = conn.execute(
+                    _PURGE_ARCHIVE, {"cutoff": cutoff, "n": settings.batch_rows, **after}).one()
+            report.batches += 1
+            report.archived_events += int(events)
+            report.archived_delivery_logs += int(logs)
+            if read < settings.batch_rows:
+                break
+            after = {"after_created": last_created, "after_cell": last_cell,
+                     "after_id": last_id}
+    report.orphan_delivery_logs = _purge_orphan_logs(control, cutoff, settings, should_stop)
+    if vacuum_after and not settings.dry_run and (
+            report.archived_events or report.orphan_delivery_logs):
+        vacuum(control, ARCHIVE_TABLES)
+    report.sizes_after = table_sizes(control, ARCHIVE_TABLES)
+    return report
+
+
+def _purge_orphan_logs(control: Engine, cutoff: datetime, settings: CleanupSettings,
+                       should_stop: Callable[[], bool]) -> int:
+    total = 0
+    count = text(_ORPHAN_LOGS.format(verb="SELECT count(*) FROM", lock="")
+                 .replace("LIMIT :n", ""))
+    delete = text(_ORPHAN_LOGS.format(verb="DELETE FROM", lock="FOR UPDATE SKIP LOCKED"))
+    with control.connect() as conn:
+        cells = [c for c in range(256) if conn.execute(text(
+            "SELECT 1 FROM archived_delivery_log WHERE cell_id = :cell "
+            "AND last_modified < :cutoff LIMIT 1"), {"cell": c, "cutoff": cutoff}).first()]
+    for cell in cells:
+        if settings.dry_run:
+            with control.connect() as conn:
+                total += int(conn.execute(count, {"cell": cell, "cutoff": cutoff}).scalar_one())
+            continue
+        while not should_stop():
+            with control.begin() as conn:
+                deleted = conn.execute(delete, {"cell": cell, "cutoff": cutoff,
+                                                "n": settings.batch_rows}).rowcount
+            total += deleted
+            if deleted < settings.batch_rows:
+                break
+    return total
+
+
+def purge_statistics_before(control: Engine, settings: CleanupSettings, *, now: datetime,
+                            step: timedelta = timedelta(days=7)) -> ControlPurgeReport:
+    """Hourly statistics older than ``statistics_days``, a week of hours per transaction
+    (oldest first), carrying the queue size still open over (see
+    :func:`message_center.reporting.statistics.purge_statistics`); and the recomputation
+    marks of those hours."""
+    from message_center.reporting.statistics import floor_hour, purge_statistics
+
+    if now.tzinfo is None:
+        raise CleanupError("the clean-up needs a timezone-aware 'now'")
+    cutoff = floor_hour(now - settings.statistics_delay)
+    report = ControlPurgeReport(dry_run=settings.dry_run, statistics_cutoff=cutoff)
+    report.sizes_before = table_sizes(control, STATISTICS_TABLES)
+    with control.connect() as conn:
+        oldest = conn.execute(text(
+            "SELECT least((SELECT min(hour) FROM event_stats_hourly),"
+            " (SELECT min(hour) FROM flow_stats_hourly))")).scalar()
+        if settings.dry_run:
+            report.statistics_rows = int(conn.execute(text(
+                "SELECT (SELECT count(*) FROM event_stats_hourly WHERE hour < :c)"
+                " + (SELECT count(*) FROM flow_stats_hourly WHERE hour < :c"
+                "    AND (received, finished) <> (0, 0))"), {"c": cutoff}).scalar_one())
+    if not settings.dry_run and oldest is not None and oldest < cutoff:
+        before = oldest
+        while before < cutoff:
+            before = min(floor_hour(before + step), cutoff)
+            with control.begin() as conn:
+                purged = purge_statistics(conn, before)
+                conn.execute(text("DELETE FROM event_stats_dirty WHERE hour < :before"),
+                             {"before": before})
+            report.statistics_rows += purged.event_rows + purged.flow_rows
+            report.carried_queues = purged.carried
+            report.batches += 1
+    report.sizes_after = table_sizes(control, STATISTICS_TABLES)
     return report

@@ -6,6 +6,7 @@ instance keeps every event and says why."""
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from message_center.registry import REGISTRY_ENV
 
 DAGS = PROJECT_ROOT / "dags"
 TASKS = {"execution_instance.purge_events", "execution_instance.purge_idempotency_keys"}
+CONTROL_TASKS = {"control_instance.purge_archive", "control_instance.purge_statistics"}
+AIRFLOW_TASKS = {"airflow_metadata.clean_airflow_metadata"}
 
 
 def dagbag_for(path: Path):
@@ -48,7 +51,7 @@ def test_the_dag_in_the_minimal_architecture(dagbag):
     assert dag.dag_display_name == "Database cleanup"
     assert (dag.catchup, dag.max_active_runs) == (False, 1)
     assert {"message-center", "maintenance", "execution"} <= set(dag.tags)
-    assert set(dag.task_dict) >= TASKS
+    assert set(dag.task_dict) == TASKS | CONTROL_TASKS | AIRFLOW_TASKS
     assert dag.task_group_dict["execution_instance"].group_display_name == "Execution instance"
     from airflow.sdk import CronTriggerTimetable
 
@@ -67,7 +70,7 @@ def test_the_dag_in_the_minimal_architecture(dagbag):
 def test_a_control_only_deployment_has_no_execution_group(monkeypatch):
     monkeypatch.setenv("MC_DEPLOYMENT_ROLES", "control")
     dag = dagbag_for(DAGS / "cleanup.py").dags["cleanup"]
-    assert not TASKS & set(dag.task_dict)
+    assert set(dag.task_dict) == CONTROL_TASKS | AIRFLOW_TASKS
 
 
 def test_an_unknown_role_is_an_import_error_naming_the_variable(monkeypatch):
@@ -178,9 +181,92 @@ def test_an_unreachable_control_instance_keeps_every_event(cleanup_dag, executio
                                                             caplog, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_MC_CONTROL",
                        f"postgres://mc:s3cret@127.0.0.1:{free_port()}/mc_control")
+    for task in cleanup_dag.tasks:  # keep the retry, drop the wait
+        task.retries, task.retry_delay = 1, timedelta(0)
     caplog.set_level("INFO")
     before = state(execution_db)
-    assert cleanup_dag.test().state == "success"
+    run = cleanup_dag.test(run_conf={"dry_run": False})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    # the execution instance's clean-up succeeds, keeping every event; the control
+    # instance's own clean-up cannot run and fails (after its retry), as it should
+    assert states["execution_instance.purge_events"] == "success"
+    assert states["execution_instance.purge_idempotency_keys"] == "success"
+    assert states["control_instance.purge_archive"] == "failed"
     assert state(execution_db)["events"] == before["events"]
     assert "the control database is unreachable" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+def test_the_control_group_purges_archive_and_statistics(cleanup_dag, control_db, caplog):
+    now = datetime.now(UTC)
+    with control_db.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO archived_event (cell_id, id, event_kind, type, wished_channel, ctx,
+                                        status, created, last_modified, error_count)
+            VALUES (0, 1, 'rt', 'T', 'email', '{}', 'sent', :old, :old, 0),
+                   (0, 2, 'rt', 'T', 'email', '{}', 'sent', :new, :new, 0)"""),
+            {"old": now - timedelta(days=400), "new": now - timedelta(days=40)})
+        conn.execute(text("""
+            INSERT INTO event_stats_hourly (hour, cell_id, event_kind, event_type, channel,
+                                            status, received)
+            SELECT date_trunc('hour', t), 0, 'rt', 'T', 'email', 'sent', 1
+            FROM unnest(ARRAY[CAST(:old AS timestamptz), CAST(:new AS timestamptz)]) t"""),
+            {"old": now - timedelta(days=1200), "new": now - timedelta(days=400)})
+    caplog.set_level("INFO")
+    assert cleanup_dag.test(run_conf={"dry_run": False}).state == "success"
+    with control_db.connect() as conn:
+        assert list(conn.execute(text("SELECT id FROM archived_event")).scalars()) == [2]
+        assert conn.execute(text("SELECT count(*) FROM event_stats_hourly")).scalar() == 1
+    assert "1 event(s), 0 delivery log(s)" in caplog.text
+    assert "before: archived_event:" in caplog.text
+
+
+def airflow_db() -> Engine:
+    from mc_local.localenv import deployment
+    from message_center.db import engine_for
+
+    return engine_for(deployment(os.environ["MC_DEPLOYMENT_PROFILE"]).database_url("airflow"))
+
+
+def test_airflow_metadata_of_the_message_center_dags_goes_with_airflow_db_clean(
+        dagbag, cleanup_dag, execution_db, caplog):
+    status = dagbag.dags["updateEventStatus"]
+    old_run = status.test(run_conf={})
+    new_run = status.test(run_conf={})
+    assert old_run.state == new_run.state == "success"
+    with airflow_db().begin() as conn:  # a run of 30 days ago
+        for table in ("dag_run", "task_instance"):
+            conn.execute(text(f"UPDATE {table} SET start_date = start_date - interval '30 days'"
+                              " WHERE dag_id = 'updateEventStatus' AND run_id = :run"),
+                         {"run": old_run.run_id})
+
+    def runs() -> set[str]:
+        with airflow_db().connect() as conn:
+            return set(conn.execute(text(
+                "SELECT run_id FROM dag_run WHERE dag_id = 'updateEventStatus'")).scalars())
+
+    caplog.set_level("INFO")
+    assert cleanup_dag.test(run_conf={"dry_run": True}).state == "success"
+    assert {old_run.run_id, new_run.run_id} <= runs()
+    assert "DRY RUN, nothing deleted: Airflow metadata older than" in caplog.text
+
+    assert cleanup_dag.test(run_conf={"dry_run": False}).state == "success"
+    assert old_run.run_id not in runs() and new_run.run_id in runs()
+    with airflow_db().connect() as conn:
+        assert not conn.execute(text(
+            "SELECT count(*) FROM task_instance WHERE run_id = :run"),
+            {"run": old_run.run_id}).scalar()
+    assert "airflow db clean:" in caplog.text and "before: dag_run:" in caplog.text
+    assert "updateEventStatus" in caplog.text and "mcSynch_mcExec1" in caplog.text
+
+
+def test_without_the_airflow_db_connection_the_metadata_is_left_alone(cleanup_dag, caplog,
+                                                                       monkeypatch):
+    import mc_airflow.cleanup
+
+    monkeypatch.setattr(mc_airflow.cleanup, "AIRFLOW_DB_CONN_ID", "no_such_connection")
+    caplog.set_level("INFO")
+    assert cleanup_dag.test(run_conf={"dry_run": False}).state == "success"
+    assert "Airflow metadata not cleaned: no Airflow connection 'no_such_connection'" in (
+        caplog.text)
+    assert "airflow db clean --clean-before-timestamp" in caplog.text

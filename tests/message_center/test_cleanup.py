@@ -22,8 +22,10 @@ from message_center.archiving import archive_window
 from message_center.cleanup import (
     CleanupError,
     CleanupSettings,
+    purge_archive,
     purge_execution,
     purge_idempotency,
+    purge_statistics_before,
 )
 from message_center.db import engine_for
 from message_center.ids import NEXT_ID_SQL
@@ -346,3 +348,123 @@ def test_settings_from_params():
     settings = CleanupSettings.from_mapping(
         {"event_days": "7", "dry_run": "true", "batch_rows": 500.0, "other": "ignored"})
     assert (settings.event_days, settings.dry_run, settings.batch_rows) == (7, True, 500)
+
+
+@pytest.mark.fast
+def test_the_execution_instance_keeps_events_shorter_than_the_archive():
+    with pytest.raises(CleanupError, match=r"event_days \(365\) is not shorter than "
+                                           r"archived_event_days \(365\)"):
+        CleanupSettings(event_days=365)
+
+
+# --- control instance: archive and statistics ------------------------------------------------
+
+def add_archived(control: Engine, cell: int, created: datetime, count: int = 1, *,
+                 log: bool = True, step: timedelta = timedelta(0)) -> list[int]:
+    """Archived events of ``cell`` created at ``created`` (+ ``step`` each), with logs."""
+    with control.begin() as conn:
+        base = conn.execute(text("SELECT coalesce(max(id), 0) FROM archived_event")).scalar()
+        rows = list(conn.execute(text("""
+            INSERT INTO archived_event (cell_id, id, event_kind, type, wished_channel, ctx,
+                                        status, created, last_modified, error_count)
+            SELECT :cell, :base + g, 'rt', 'ORDER_CONFIRMED', 'email', '{}', 'sent',
+                   :at + :step * g, :at + :step * g, 0
+            FROM generate_series(1, :n) g RETURNING id"""),
+            {"cell": cell, "base": base, "at": created, "n": count, "step": step}).scalars())
+        if log:
+            conn.execute(text("""
+                INSERT INTO archived_delivery_log (cell_id, id, event_kind, event_id, channel,
+                                                   status, attempts, created, last_modified)
+                SELECT :cell, e + 1000000, 'rt', e, 'email', 'sent', 1, :at, :at
+                FROM unnest(CAST(:ids AS bigint[])) e"""),
+                {"cell": cell, "ids": rows, "at": created})
+    return rows
+
+
+def archive_ids(control: Engine) -> tuple[set[int], set[int]]:
+    with control.connect() as conn:
+        return (set(conn.execute(text("SELECT id FROM archived_event")).scalars()),
+                set(conn.execute(text("SELECT id FROM archived_delivery_log")).scalars()))
+
+
+def test_the_archive_goes_after_its_delay_with_its_delivery_logs(control_db):
+    cutoff = NOW - 365 * DAY
+    old = add_archived(control_db, 0, cutoff - 10 * DAY, 150, step=timedelta(seconds=1))
+    old += add_archived(control_db, 1, cutoff - 10 * DAY, 100, step=timedelta(seconds=1))
+    just = add_archived(control_db, 1, cutoff - timedelta(microseconds=1))
+    exactly = add_archived(control_db, 0, cutoff)
+    recent = add_archived(control_db, 1, NOW - DAY)
+    with control_db.begin() as conn:  # logs whose event is not archived (any more)
+        conn.execute(text("""
+            INSERT INTO archived_delivery_log (cell_id, id, event_kind, event_id, channel,
+                                               status, attempts, created, last_modified)
+            VALUES (1, 42, 'rt', 999999, 'email', 'sent', 1, :old, :old),
+                   (1, 43, 'rt', 999998, 'email', 'sent', 1, :new, :new)"""),
+            {"old": cutoff - DAY, "new": NOW - DAY})
+    before = archive_ids(control_db)
+    settings = {"batch_rows": 100}
+
+    dry = purge_archive(control_db, CleanupSettings(dry_run=True, **settings), now=NOW)
+    assert (dry.archived_events, dry.archived_delivery_logs, dry.orphan_delivery_logs) == (
+        251, 251, 1)
+    assert archive_ids(control_db) == before
+    assert "DRY RUN, nothing deleted" in dry.lines()[0]
+
+    report = purge_archive(control_db, CleanupSettings(**settings), now=NOW)
+    assert (report.archived_events, report.archived_delivery_logs,
+            report.orphan_delivery_logs) == (251, 251, 1)
+    assert report.batches == 3
+    events, logs = archive_ids(control_db)
+    assert events == set(exactly + recent)
+    assert logs == {e + 1_000_000 for e in exactly + recent} | {43}
+    assert not set(old + just) & events
+    assert set(report.sizes_after) == {"archived_event", "archived_delivery_log"}
+
+    again = purge_archive(control_db, CleanupSettings(**settings), now=NOW)
+    assert (again.archived_events, again.orphan_delivery_logs) == (0, 0)
+
+
+def test_statistics_go_after_their_delay_and_queue_sizes_stay_right(control_db):
+    from message_center.reporting.statistics import floor_hour
+
+    cutoff = floor_hour(NOW - 1095 * DAY)
+    hours = [cutoff - timedelta(hours=h) for h in (30 * 24, 48, 2, 1)] + [
+        cutoff, cutoff + timedelta(hours=1)]
+    with control_db.begin() as conn:
+        for n, hour in enumerate(hours):
+            conn.execute(text("""
+                INSERT INTO event_stats_hourly (hour, cell_id, event_kind, event_type, channel,
+                                                status, received, finished)
+                VALUES (:h, 0, 'rt', 'ORDER_CONFIRMED', 'email', 'sent', 5, 5)"""), {"h": hour})
+            conn.execute(text("""
+                INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, received,
+                                               finished, arrivals, departures)
+                VALUES (:h, 0, 'rt', 'email', 5, 5, :a, 2)"""), {"h": hour, "a": 2 + n})
+            conn.execute(text("INSERT INTO event_stats_dirty VALUES (0, :h)"), {"h": hour})
+
+    def queue_after(hour: datetime) -> int:
+        with control_db.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT coalesce(sum(arrivals - departures), 0) FROM flow_stats_hourly "
+                "WHERE hour <= :h"), {"h": hour}).scalar_one())
+
+    def rows() -> tuple[list, list]:
+        with control_db.connect() as conn:
+            return ([r[0] for r in conn.execute(text(
+                        "SELECT hour FROM event_stats_hourly ORDER BY hour"))],
+                    [r[0] for r in conn.execute(text(
+                        "SELECT hour FROM event_stats_dirty ORDER BY hour"))])
+
+    queues = {h: queue_after(h) for h in hours[-2:]}
+    dry = purge_statistics_before(control_db, CleanupSettings(dry_run=True), now=NOW)
+    assert dry.statistics_rows == 8 and rows()[0] == sorted(hours)
+
+    report = purge_statistics_before(control_db, CleanupSettings(), now=NOW)
+    assert report.batches >= 2  # a week of hours per transaction
+    assert rows() == (hours[-2:], hours[-2:])
+    assert {h: queue_after(h) for h in hours[-2:]} == queues  # 0+1+2+3 carried over
+    assert report.carried_queues == 1
+    again = purge_statistics_before(control_db, CleanupSettings(), now=NOW)
+    assert rows() == (hours[-2:], hours[-2:])
+    assert {h: queue_after(h) for h in hours[-2:]} == queues
+    assert again.lines()[0].startswith("hourly statistics before")
