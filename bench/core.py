@@ -160,6 +160,9 @@ class Sizes:
     slow_latency: float = 0.05  # seconds the slow relay takes per message
     slow_rt_rate: float = 200.0
     slow_rt_seconds: float = 60.0
+    cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
+    meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
+    meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -170,14 +173,16 @@ class Sizes:
                        deliver_messages=1_000, status_events=20_000, archive_events=10_000,
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
                        memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90,
-                       slow_events=10_000, slow_rt_seconds=20.0)
+                       slow_events=10_000, slow_rt_seconds=20.0,
+                       cleanup_events=100_000, meta_days=30, meta_scale=0.25)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
                        split_events=2_000, deliver_messages=100, status_events=2_000,
                        archive_events=1_000, rt_rate=20.0, rt_seconds=3.0,
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
                        stats_events=100_000, stats_days=3, report_days=2,
-                       slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0)
+                       slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
+                       cleanup_events=2_000, meta_days=3, meta_scale=0.01)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -212,6 +217,15 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             (f"real time, push to Sent, {sizes.slow_rt_rate:g} events/s through the "
              f"{sizes.slow_latency * 1000:g} ms relay, p99", "<= 2,000 ms"),
             ("peak RSS of any task during the slow-relay runs", "<= 300 MB"),
+        ],
+        "cleanup": [
+            (f"cleanup: purge of {sizes.cleanup_events:,} expired events with their delivery "
+             "logs, each checked against the archive", ">= 10,000 events/s"),
+            (f"{rt}, while the purge runs, p50", "-"),
+            (f"{rt}, while the purge runs, p99", "<= 1.5x without the purge"),
+            (f"Airflow metadata database after {sizes.meta_days} simulated days of the "
+             "Message Center's runs, with the daily clean-up (14 days kept)",
+             "< without the clean-up"),
         ],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
                     "peak RSS of any task", "<= 300 MB")],

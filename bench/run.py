@@ -43,7 +43,15 @@ Stage = Callable[[Context], list[Result]]
 
 
 def _stages() -> dict[str, Stage]:
-    from bench import http_stages, pipeline, realtime, reports, slow_relay, soap_stage
+    from bench import (
+        cleanup_stage,
+        http_stages,
+        pipeline,
+        realtime,
+        reports,
+        slow_relay,
+        soap_stage,
+    )
 
     return {
         "ingest": http_stages.ingest,
@@ -57,17 +65,18 @@ def _stages() -> dict[str, Stage]:
         "realtime": realtime.realtime,
         "memory": realtime.memory,
         "slow_relay": slow_relay.slow_relay,
+        "cleanup": cleanup_stage.cleanup,
     }
 
 
 STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-               "reports", "realtime", "memory", "slow_relay")
+               "reports", "realtime", "memory", "slow_relay", "cleanup")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it; slow_relay reuses that standalone). The table keeps the order
 # (STAGE_NAMES).
 RUN_ORDER = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-             "reports", "memory", "realtime", "slow_relay")
+             "reports", "memory", "realtime", "slow_relay", "cleanup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -347,14 +347,17 @@ def _candidates_sql(table: str, kind: str) -> str:
         LIMIT :n"""
 
 
+# ``a.id = ANY(:ids)``: primary-key probes for the batch, never a scan of the archive.
 _ARCHIVED_EVENTS = text("""
     SELECT v.id FROM unnest(CAST(:ids AS bigint[]), CAST(:lms AS timestamptz[])) AS v(id, lm)
-    JOIN archived_event a ON a.cell_id = :cell AND a.id = v.id
-    WHERE a.event_kind = :kind AND a.last_modified >= v.lm""")
+    JOIN archived_event a ON a.id = v.id
+    WHERE a.cell_id = :cell AND a.id = ANY(CAST(:ids AS bigint[]))
+      AND a.event_kind = :kind AND a.last_modified >= v.lm""")
 _ARCHIVED_LOGS = text("""
     SELECT v.id FROM unnest(CAST(:ids AS bigint[]), CAST(:lms AS timestamptz[])) AS v(id, lm)
-    JOIN archived_delivery_log a ON a.cell_id = :cell AND a.id = v.id
-    WHERE a.last_modified >= v.lm""")
+    JOIN archived_delivery_log a ON a.id = v.id
+    WHERE a.cell_id = :cell AND a.id = ANY(CAST(:ids AS bigint[]))
+      AND a.last_modified >= v.lm""")
 
 
 def _delete_sql(table: str, kind: str) -> str:
@@ -368,12 +371,13 @@ def _delete_sql(table: str, kind: str) -> str:
                    AS v(id, lm, log_id, log_lm)),
         ev AS (
             SELECT e.id, v.log_id, v.log_lm FROM {table} e JOIN v ON e.id = v.id
-            WHERE e.last_modified = v.lm AND e.status IN {_FINAL_EVENTS}
+            WHERE e.id = ANY(CAST(:ids AS bigint[])) AND e.last_modified = v.lm
+              AND e.status IN {_FINAL_EVENTS}
             ORDER BY e.id FOR UPDATE OF e SKIP LOCKED),
         lg AS (
             SELECT d.id FROM delivery_log d JOIN ev ON d.id = ev.log_id
-            WHERE d.event_kind = '{kind}' AND d.event_id = ev.id
-              AND d.last_modified = ev.log_lm AND d.status IN {_FINAL_LOGS}
+            WHERE d.id = ANY(CAST(:log_ids AS bigint[])) AND d.event_kind = '{kind}'
+              AND d.event_id = ev.id AND d.last_modified = ev.log_lm AND d.status IN {_FINAL_LOGS}
             ORDER BY d.id FOR UPDATE OF d SKIP LOCKED),
         ok AS (
             SELECT ev.id, ev.log_id FROM ev

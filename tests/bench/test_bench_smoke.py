@@ -35,6 +35,10 @@ FIGURES = (
     "batch DAG through a relay taking",
     "real time, push to Sent, ",
     "peak RSS of any task during the slow-relay runs",
+    "cleanup: purge of",
+    "real time, push to Sent",
+    "real time, push to Sent",
+    "Airflow metadata database after",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports")
 
