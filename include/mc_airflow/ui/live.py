@@ -27,6 +27,7 @@ from message_center.reporting import read_instance_live
 STATEMENT_TIMEOUT_SECONDS = 5.0
 EXECUTION_DAG_IDS = ("rtEventsProcessing", "batchEventsProcessing", "updateEventStatus")
 """The DAGs that work on an execution instance (shown for this deployment's own)."""
+CLEANUP_DAG_ID = "cleanup"
 
 
 def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def overview(registry: Registry | None = None) -> dict[str, Any]:
     thresholds = HealthThresholds.from_env()
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(instances)))) as pool:
         figures = list(pool.map(lambda i: _live(i, thresholds), instances))
-    dag_ids = set(EXECUTION_DAG_IDS)
+    dag_ids = {*EXECUTION_DAG_IDS, CLEANUP_DAG_ID}
     dag_ids.update(i.account.dag_id for i in instances if i.account is not None)
     states = dag_state.dag_states(dag_ids)
     rows = []
@@ -64,6 +65,14 @@ def overview(registry: Registry | None = None) -> dict[str, Any]:
         rows.append({"instance": instance, "live": live,
                      "dags": [state.to_dict() for state in dags]})
     return {"rows": rows, "registryErrors": registry.errors,
+            "retention": retention(states[CLEANUP_DAG_ID]),
             "thresholds": {"warning": thresholds.warning, "alert": thresholds.alert},
             "checkedAt": datetime.now(UTC).isoformat(timespec="seconds").replace(
                 "+00:00", "Z")}
+
+
+def retention(state: dag_state.DagState) -> dict[str, Any]:
+    """The clean-up's default delays (its scheduled runs use them) and its DAG's state."""
+    from message_center.cleanup import CleanupSettings
+
+    return {"dag": state.to_dict(), "delays": CleanupSettings().as_dict()}
