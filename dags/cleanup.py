@@ -56,6 +56,9 @@ from mc_airflow.defaults import DEFAULT_ARGS
 ROLES = deployment_roles()
 
 
+# Each task returns one small dict as one XCom (multiple_outputs=False: not one row per key).
+
+
 def _now() -> pendulum.DateTime:
     return pendulum.now("UTC")
 
@@ -79,7 +82,8 @@ def cleanup() -> None:
         with TaskGroup("execution_instance", group_display_name="Execution instance",
                        tooltip="Events, delivery logs, idempotency keys (mc_execution)"):
 
-            @task(task_display_name="Purge archived events and delivery logs")
+            @task(task_display_name="Purge archived events and delivery logs",
+                  multiple_outputs=False)
             def purge_events() -> dict:
                 """Final events past the event delay, with their delivery logs, that the
                 control instance archived (checked row by row)."""
@@ -87,7 +91,7 @@ def cleanup() -> None:
 
                 return purge_execution_events(get_current_context()["params"], _now())
 
-            @task(task_display_name="Purge idempotency keys")
+            @task(task_display_name="Purge idempotency keys", multiple_outputs=False)
             def purge_idempotency_keys() -> dict:
                 """Push API idempotency keys past their replay window."""
                 from mc_airflow.cleanup import purge_execution_idempotency_keys
@@ -101,14 +105,14 @@ def cleanup() -> None:
         with TaskGroup("control_instance", group_display_name="Control instance",
                        tooltip="Archive and hourly statistics (mc_control)"):
 
-            @task(task_display_name="Purge the archive")
+            @task(task_display_name="Purge the archive", multiple_outputs=False)
             def purge_archive() -> dict:
                 """Archived events and delivery logs past the archive delay."""
                 from mc_airflow.cleanup import purge_control_archive
 
                 return purge_control_archive(get_current_context()["params"], _now())
 
-            @task(task_display_name="Purge the hourly statistics")
+            @task(task_display_name="Purge the hourly statistics", multiple_outputs=False)
             def purge_statistics() -> dict:
                 """Hourly event statistics past the statistics delay (queue sizes carried)."""
                 from mc_airflow.cleanup import purge_control_statistics
@@ -121,7 +125,8 @@ def cleanup() -> None:
     with TaskGroup("airflow_metadata", group_display_name="Airflow metadata",
                    tooltip="DAG runs, task instances, XComs, audit log (airflow db clean)"):
 
-        @task(task_display_name="Clean the Airflow metadata (airflow db clean)")
+        @task(task_display_name="Clean the Airflow metadata (airflow db clean)",
+              multiple_outputs=False)
         def clean_airflow_metadata() -> dict:
             """`airflow db clean` for the Message Center's DAGs, keeping
             `airflow_metadata_days`."""
