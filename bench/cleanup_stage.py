@@ -37,7 +37,9 @@ from bench.realtime import (
     measure_rt,
     prepare_dags,
     push_steadily,
+    set_paused,
     wait_final,
+    wait_for_dag,
     wait_rt_shards,
 )
 from message_center import archiving
@@ -147,6 +149,8 @@ def cleanup(ctx: Context) -> list[Result]:
     ctx.ensure_sinks()
     ctx.ensure_standalone()
     prepare_dags(ctx)
+    wait_for_dag(ctx, "cleanup")
+    set_paused(ctx, "cleanup", True)  # its own nightly run must not purge the bench's rows
     ctx.reset_execution()
     wait_rt_shards(ctx, 2)
 
