@@ -270,3 +270,51 @@ def test_without_the_airflow_db_connection_the_metadata_is_left_alone(cleanup_da
     assert "Airflow metadata not cleaned: no Airflow connection 'no_such_connection'" in (
         caplog.text)
     assert "airflow db clean --clean-before-timestamp" in caplog.text
+
+
+# --- under the real scheduler ---------------------------------------------------------------
+
+def wait_for(what: str, check, timeout: float = 300):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(2)
+
+
+@pytest.mark.server
+def test_every_task_runs_under_the_real_scheduler(airflow_stack, execution_db, control_db):
+    """Airflow 3 runs tasks without metadata DB access: the `airflow db clean` subprocess
+    must get it from the `airflow_db` connection, in a real worker."""
+    import httpx
+
+    api = httpx.Client(base_url=f"{airflow_stack.base_url}/api/v2", timeout=30,
+                       headers={"Authorization": f"Bearer {airflow_stack.token()}"})
+    wait_for("the cleanup DAG to be parsed", lambda: api.get("/dags/cleanup").status_code == 200)
+
+    def runs() -> list[dict]:
+        return api.get("/dags/cleanup/dagRuns", params={"limit": 100}).json()["dag_runs"]
+
+    try:
+        assert api.patch("/dags/cleanup", json={"is_paused": False}).status_code == 200
+        response = api.post("/dags/cleanup/dagRuns",
+                            json={"logical_date": None, "conf": {"dry_run": True}})
+        assert response.status_code in (200, 201), response.text
+        run_id = response.json()["dag_run_id"]
+        # also the nightly run the scheduler may start on unpausing: wait for every run
+        wait_for("the runs to finish", lambda: all(
+            r["state"] in ("success", "failed") for r in runs()) and runs())
+    finally:
+        api.patch("/dags/cleanup", json={"is_paused": True})
+    tis = api.get(f"/dags/cleanup/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    assert {ti["task_id"]: ti["state"] for ti in tis} == {
+        task: "success" for task in TASKS | CONTROL_TASKS | AIRFLOW_TASKS}
+    log = api.get(f"/dags/cleanup/dagRuns/{run_id}/taskInstances/"
+                  "airflow_metadata.clean_airflow_metadata/logs/1",
+                  headers={"Accept": "text/plain"}).text
+    assert "airflow db clean:" in log and "Performing dry run" in log, log[-3000:]
