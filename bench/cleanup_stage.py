@@ -92,6 +92,16 @@ def build_expired(ctx: Context, count: int) -> None:
     ctx.vacuum("archived_event", "archived_delivery_log", role="control")
 
 
+MB = 1024 * 1024
+
+
+def table_bytes(ctx: Context) -> int:
+    with ctx.engine().connect() as conn:
+        return int(conn.execute(text(
+            "SELECT pg_total_relation_size('rt_event') + pg_total_relation_size('delivery_log')"
+        )).scalar_one())
+
+
 def purge(ctx: Context) -> tuple[float, int, int]:
     """The clean-up's execution purge as the DAG task runs it; (seconds, events, logs)."""
     registry = Registry(path=Path("bench.yaml"), accounts=[
@@ -155,9 +165,12 @@ def cleanup(ctx: Context) -> list[Result]:
     wait_rt_shards(ctx, 2)
 
     build_expired(ctx, count)
+    full = table_bytes(ctx)
     seconds, events, logs = purge(ctx)
+    purged = table_bytes(ctx)
     log(f"cleanup: purged {events:,} events + {logs:,} logs in {seconds:.1f}s")
-    build_expired(ctx, count)
+    build_expired(ctx, count)  # the same amount again: the freed space is reused
+    refilled = table_bytes(ctx)
     bare_seconds, bare_events, bare_logs = bare_delete(ctx)
     log(f"cleanup: bare delete {bare_events:,} + {bare_logs:,} in {bare_seconds:.1f}s")
     ctx.vacuum("rt_event", "delivery_log")
@@ -177,7 +190,10 @@ def cleanup(ctx: Context) -> list[Result]:
                   note=(f"{events:,} events + {logs:,} delivery logs in {seconds:.1f}s "
                         f"({(events + logs) / seconds:,.0f} rows/s) incl. VACUUM; every row "
                         "checked against the control archive; batches of 10,000; bare: "
-                        f"{bare_events:,} + {bare_logs:,} in {bare_seconds:.1f}s"))]
+                        f"{bare_events:,} + {bare_logs:,} in {bare_seconds:.1f}s; rt_event + "
+                        f"delivery_log: {full / MB:.0f} MB full, {purged / MB:.0f} MB after the "
+                        f"purge (files keep their size, the space is free), {refilled / MB:.0f}"
+                        f" MB after as many rows were written again (reused, not grown)"))]
     for (figure, target), q in zip(rows[1:], (50, 99), strict=True):
         value, base = during.p(q), without.p(q)
         out.append(Result(figure, target, value, "ms",
@@ -353,7 +369,7 @@ def metadata_month(ctx: Context) -> Result:
     with with_cleanup.connect() as conn:
         kept_runs = int(conn.execute(text("SELECT count(*) FROM dag_run")).scalar())
     (figure, target), = planned_rows(ctx.sizes)["cleanup"][3:]
-    mb = 1024 * 1024
+    mb = MB
     return Result(figure, target, sizes[0] / mb, "MB", sizes[0] < sizes[1],
                   sizes[1] / mb, "same runs, no clean-up", higher_is_better=False,
                   note=(f"{days} days x {scale:g} of the schedules: {runs:,} DAG runs, "
