@@ -1,5 +1,6 @@
 """Database clean-up (ACC's *Database cleanup* workflow): retention of events, delivery
-logs and idempotency keys on an execution instance, never losing an unarchived row.
+logs and idempotency keys on an execution instance, never losing an unarchived row, and of
+the archive and the hourly statistics on the control instance.
 
 **Execution instance.** A *final* event (Sent, Ignored, Delivery failed, Event not taken
 into account, Event expired) whose row last changed more than ``event_days`` ago is
@@ -25,6 +26,12 @@ retry, are never candidates.
 
 Idempotency keys (``api_idempotency``) are deleted once older than their replay window
 (``idempotency_key_hours``): a key repeated after that is a new request.
+
+**Control instance.** Archived events created more than ``archived_event_days`` ago go
+with their archived delivery logs (and archived delivery logs left without an event);
+hourly statistics older than ``statistics_days`` go a week of hours per transaction, the
+queue size still open at the cut-off carried over
+(:func:`message_center.reporting.statistics.purge_statistics`).
 
 Everything deletes in bounded batches (``batch_rows`` rows per transaction, keyset pages
 in ``(last_modified, id)`` order), each batch committed on its own, so a crash loses at
