@@ -182,7 +182,7 @@ class Sizes:
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
-                       cleanup_events=2_000, meta_days=3, meta_scale=0.01)
+                       cleanup_events=2_000, meta_days=16, meta_scale=0.01)
         raise ValueError(f"unknown size preset {name!r}")
 
 
