@@ -4,14 +4,14 @@ The daily clean-up deletes ``api_idempotency`` rows older than the replay window
 first, in batches; an index on ``created`` makes each batch read only the rows it deletes.
 Built ``CONCURRENTLY`` so upgrading a live execution instance never blocks the push API.
 
-Revision ID: e0004
-Revises: e0003
+Revision ID: e0005
+Revises: e0004
 """
 
 from alembic import op
 
-revision = "e0004"
-down_revision = "e0003"
+revision = "e0005"
+down_revision = "e0004"
 branch_labels = None
 depends_on = None
 
