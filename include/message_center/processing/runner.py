@@ -159,7 +159,8 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
 
     Each chunk is armed (``sending``, not handed) and committed, then sent over
     ``settings.smtp_sessions`` concurrent sessions (:mod:`message_center.delivery.pool`,
-    within the relays' limits). The shard's
+    within the relays' limits); the next chunk is armed by one session as soon as no
+    more messages wait than there are sessions, so the others never stand idle. The shard's
     :class:`~message_center.processing.recorder.OutcomeRecorder` marks each message
     handed just before its point of no return and records each outcome as soon as it is
     known, in grouped commits shared by the sessions and overlapping the SMTP exchanges.
@@ -256,29 +257,36 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
 
     after = MIN_ID
     lease_renewed = time.monotonic()
+
+    def refill() -> tuple[list[Attempt], float] | None:
+        """Arm the shard's next chunk (one session at a time, while the others send)."""
+        nonlocal after, lease_renewed
+        with engine.begin() as conn:
+            if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
+                renew_lease(conn, claim, settings.claim_lease_seconds)
+                lease_renewed = time.monotonic()
+            started = start_sending(conn, claim, after, settings.delivery_chunk)
+            if started.last_id is None:
+                return None
+            after = started.last_id
+            copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+            if copy_status:
+                copy_statuses(conn, kind, started.ignored_log_ids)
+        # Committed: these rows are ours ('sending'); nobody else will send them.
+        stats.ignored += len(started.ignored_log_ids)
+        stats.chunks += 1
+        # A chunk stops sending after half the sending timeout (slow or hanging
+        # provider): the rest goes back to the queue, so no live row is ever mistaken
+        # for a crash.
+        return started.to_send, time.monotonic() + settings.sending_timeout_seconds / 2
+
     with recorder:
         while True:
-            with engine.begin() as conn:
-                if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
-                    renew_lease(conn, claim, settings.claim_lease_seconds)
-                    lease_renewed = time.monotonic()
-                started = start_sending(conn, claim, after, settings.delivery_chunk)
-                if started.last_id is None:
-                    break
-                after = started.last_id
-                copy_statuses_for_events(conn, kind, started.skipped_event_ids)
-                if copy_status:
-                    copy_statuses(conn, kind, started.ignored_log_ids)
-            # Committed: these rows are ours ('sending'); nobody else will send them.
-            stats.ignored += len(started.ignored_log_ids)
-            stats.chunks += 1
-            # A chunk stops sending after half the sending timeout (slow or hanging
-            # provider): the rest goes back to the queue, so no live row is ever
-            # mistaken for a crash.
-            dispatch = Dispatch(started.to_send)
+            # The next chunk is armed as soon as no more messages wait than there are
+            # sessions: the sessions never stand idle while the ledger arms a chunk.
+            dispatch = Dispatch(refill=refill, low_water=settings.smtp_sessions)
             try:
-                pool.run(dispatch, send, recorder.add, should_stop=should_stop,
-                         deadline=time.monotonic() + settings.sending_timeout_seconds / 2)
+                pool.run(dispatch, send, recorder.add, should_stop=should_stop)
             except BaseException:
                 # Execution timeout (AirflowTaskTimeout), KeyboardInterrupt, the database
                 # gone for too long: what was sent is recorded (the recorder's close),
@@ -293,6 +301,9 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
                 with engine.begin() as conn:
                     stats.released += release_claim(conn, claim)
                 break
+            if dispatch.exhausted:
+                break
+            # else a chunk's sending budget ran out: its rest went back; go on
 
 
 def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,

@@ -247,8 +247,7 @@ def test_a_shard_killed_mid_delivery_sends_nothing_twice(execution_db, smtp_sink
     unknown = [row for row in rows if row["status"] == "failed"]
     assert all(row["error_reason"] == UNKNOWN_OUTCOME for row in unknown)
     assert stats.unknown == len(unknown)
-    # TODO(#14): with the OutcomeRecorder the bound becomes `sessions` (one per session).
-    assert len(unknown) <= chunk
+    assert len(unknown) <= sessions  # at most the message each session had in hand
     sent = {row["email"] for row in rows if row["status"] == "sent"}
     assert all(got[email] == 1 for email in sent)  # what says "sent" was received
     # and what was received says "sent", unless its outcome is honestly unknown
