@@ -46,5 +46,6 @@ lock:  ## Re-resolve requirements.txt into requirements.lock (needs the package 
 	/tmp/mc-lock-venv/bin/pip install --quiet -r requirements.txt
 	/tmp/mc-lock-venv/bin/pip freeze --exclude-editable | sort > requirements.lock
 
-clean:  ## Remove the virtualenv and all local state (databases, mail, logs)
+clean:  ## Stop this checkout's embedded PostgreSQL, remove the virtualenv and all local state
+	if [ -x $(BIN)/mc ] && [ -d .mc/postgres ]; then $(BIN)/mc stop; fi
 	rm -rf $(VENV) .mc

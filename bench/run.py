@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     from mc_local.localenv import deployment
 
     dep = deployment(args.profile)
+    # The embedded PostgreSQL is stopped at the end unless it was already running (like
+    # `make test`): a benchmark leaves no server behind.
+    pg_was_running = dep.uses_embedded and dep.embedded.is_ready()
     work_dir = new_work_dir()
     ctx = Context(dep, args.sizes, work_dir, smtp_port=dep.smtp_port,
                   null_smtp_port=free_port())
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             by_stage[name] = rows
     finally:
         ctx.stop_all()
+        if dep.uses_embedded and not pg_was_running:
+            dep.embedded.stop()
     results = [row for name in STAGE_NAMES for row in by_stage.get(name, [])]
     load_after = os.getloadavg()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

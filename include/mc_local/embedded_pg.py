@@ -18,7 +18,12 @@ from pathlib import Path
 import psycopg2
 
 DEFAULT_PORT = 54329
+PORT_VARIABLE = "MC_EMBEDDED_PG_PORT"
 SYSTEM_USER = "pgserver"  # postgres refuses to run as root
+
+
+class NotOurServer(RuntimeError):
+    """A PostgreSQL on our port whose data directory is not ours (another checkout's)."""
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,52 @@ class EmbeddedPostgres:
         return {"user": SYSTEM_USER}
 
     def is_ready(self) -> bool:
+        """A server answers on our port (ours or not: see :meth:`serving_dir`)."""
         try:
             psycopg2.connect(self.url(), connect_timeout=1).close()
         except psycopg2.OperationalError:
             return False
         return True
 
+    def serving_dir(self) -> Path | None:
+        """The data directory of the server answering on our port (None: nobody)."""
+        try:
+            conn = psycopg2.connect(self.url(), connect_timeout=1)
+        except psycopg2.OperationalError:
+            return None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW data_directory")
+                row = cur.fetchone()
+        except psycopg2.Error:  # not allowed to ask: certainly not our trust-auth server
+            return Path("<unknown: not this checkout's embedded server>")
+        finally:
+            conn.close()
+        return Path(str(row[0])) if row else None
+
+    def owns_port(self) -> bool:
+        """The server on our port runs on our data directory."""
+        serving = self.serving_dir()
+        return serving is not None and _same_dir(serving, self.data_dir)
+
+    def check_port(self) -> bool:
+        """True when our server already runs, False when the port is free; raises
+        :class:`NotOurServer` when another data directory (another checkout) serves it."""
+        serving = self.serving_dir()
+        if serving is None:
+            return False
+        if _same_dir(serving, self.data_dir):
+            return True
+        raise NotOurServer(
+            f"port {self.port} is served by a PostgreSQL whose data directory is {serving}, "
+            f"not this checkout's {self.data_dir}. Stop that server (`mc stop` in its "
+            f"checkout) or give this checkout another port: export {PORT_VARIABLE}=<free port>")
+
     def start(self) -> None:
-        """Initialise the cluster on first use and start it unless it already runs."""
+        """Initialise the cluster on first use and start it unless it already runs;
+        refuses (:class:`NotOurServer`) a server of another data directory on the port."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_ready():
+        if self.check_port():
             return
         run_as = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -101,13 +142,30 @@ class EmbeddedPostgres:
             time.sleep(0.1)
         raise RuntimeError(f"embedded PostgreSQL on port {self.port} is not accepting connections")
 
-    def stop(self) -> None:
+    def running(self) -> bool:
+        """Our server's postmaster is alive (whether or not it accepts connections yet)."""
+        if not (self.data_dir / "PG_VERSION").exists():
+            return False
+        result = subprocess.run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "status"],
+                                capture_output=True, **self._run_as())  # type: ignore[arg-type]
+        return result.returncode == 0
+
+    def stop(self) -> bool:
+        """Stop our server (fast shutdown) if it runs; True if it was running."""
         if not (self.data_dir / "postmaster.pid").exists():
-            return
+            return False
         subprocess.run(
             [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
             capture_output=True, **self._run_as(),  # type: ignore[arg-type]
         )
+        return True
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def ensure_database(server_url: str, name: str) -> None:

@@ -1,14 +1,18 @@
 """Sets up and runs a local deployment: embedded PostgreSQL, schemas, Airflow, SMTP sink.
 
+``make run`` owns what it starts, and only that: it refuses ports already taken (naming
+the variable that moves each) and an embedded PostgreSQL port served by another
+checkout's data; it supervises each component and starts again whatever dies.
+
 Airflow itself is only ever started as a subprocess here, with the environment from
 :mod:`mc_local.localenv`, so this module stays free of Airflow imports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +21,10 @@ from pathlib import Path
 import psycopg2
 
 from mc_airflow.defaults import templates_dir
-from mc_local.embedded_pg import ensure_database
+from mc_local.embedded_pg import NotOurServer, ensure_database
 from mc_local.localenv import PROJECT_ROOT, Deployment
+from mc_local.supervisor import Component, Supervisor
+from mc_local.supervisor import stop_session as stop_session  # used by tests and scripts
 from message_center import migrations, templates
 
 # Cell ids of the two demo execution instances (high byte of every event id).
@@ -81,7 +87,10 @@ def prepare(deployment: Deployment) -> None:
     except ValueError as exc:
         raise SystemExit(f"[mc] {exc}") from None
     if deployment.uses_embedded:
-        deployment.embedded.start()
+        try:
+            deployment.embedded.start()
+        except NotOurServer as exc:
+            raise SystemExit(f"[mc] {exc}") from None
         log(f"PostgreSQL (embedded) on {deployment.embedded.url()} "
             f"with data in {deployment.embedded.data_dir}")
     for role in ("airflow", "control", "execution", "execution2"):
@@ -105,58 +114,72 @@ def prepare(deployment: Deployment) -> None:
     log(f"set-up done in {time.monotonic() - started:.1f}s")
 
 
-def stop_session(session_id: int, deadline: float) -> None:
-    """Stop every process of the session ``session_id`` (``airflow standalone``, its
-    components, and the task processes in their own process groups), waiting until they
-    are gone (killed at ``deadline``), so "stopped" is only said once nothing runs."""
-    import psutil
+#: The ports a local deployment listens on, by the variable that moves each.
+PORT_VARIABLES = ("MC_API_PORT", "MC_SMTP_PORT", "MC_SMS_PORT")
+#: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
+#: supervised on its own.
+AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 
-    def members() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
+
+def sms_port() -> int:
+    return int(os.environ.get("MC_SMS_PORT", "8026"))
+
+
+def deployment_ports(deployment: Deployment) -> dict[str, int]:
+    return {"MC_API_PORT": deployment.api_port, "MC_SMTP_PORT": deployment.smtp_port,
+            "MC_SMS_PORT": sms_port()}
+
+
+def port_problems(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
+    """What stops these ports from being used (taken by another program, or one port
+    given twice), each naming the variable that moves it; empty when all are free."""
+    problems = []
+    seen: dict[int, str] = {}
+    for variable, port in ports.items():
+        if port in seen:
+            problems.append(f"{variable} and {seen[port]} are both {port}: give "
+                            f"{variable} another port")
+            continue
+        seen[port] = variable
+        with socket.socket() as sock:
             try:
-                if os.getsid(proc.pid) == session_id:
-                    found.append(proc)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
-        return found
-
-    for proc in members():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(members(), timeout=max(0.1, deadline - time.monotonic()))
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+                sock.bind((host, port))
+            except OSError:
+                problems.append(f"port {port} ({variable}) is already in use by another "
+                                f"program (another `make run`?): stop it, or move this "
+                                f"deployment with {variable}=<free port>")
+    return problems
 
 
 def run(deployment: Deployment) -> int:
-    """Set up, then run Airflow standalone and the SMTP sink until Ctrl-C stops them all."""
-    pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
+    """Set up, then run the Airflow components and the sinks until Ctrl-C stops them all,
+    starting again whatever dies meanwhile (:mod:`mc_local.supervisor`)."""
+    if problems := port_problems(deployment_ports(deployment)):
+        raise SystemExit("[mc] cannot start:\n  " + "\n  ".join(problems))
+    pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     env = {**os.environ, **deployment.environment()}
-    children: list[subprocess.Popen[bytes]] = []
-    children.append(subprocess.Popen(
-        [sys.executable, "-m", "mc_local.smtp_sink", "--port", str(deployment.smtp_port),
-         "--mail-dir", str(deployment.mail_dir)], env=env,
-    ))
-    # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
     sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
-    children.append(subprocess.Popen(
-        [sys.executable, "-m", "mc_local.sms_sink", "--port",
-         os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env,
-    ))
-    standalone = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "standalone"], env=env,
-        start_new_session=True,
-    )
-    children.append(standalone)
+    airflow_bin = str(Path(sys.executable).parent / "airflow")
+    components = [
+        Component("smtp-sink", [sys.executable, "-m", "mc_local.smtp_sink", "--port",
+                                str(deployment.smtp_port), "--mail-dir",
+                                str(deployment.mail_dir)], env),
+        # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
+        Component("sms-sink", [sys.executable, "-m", "mc_local.sms_sink", "--port",
+                               str(sms_port()), "--sms-dir", str(sms_dir)], env),
+        *(Component(name, [airflow_bin, name], env) for name in AIRFLOW_COMPONENTS),
+    ]
+    supervisor = Supervisor(
+        components, postgres=deployment.embedded if deployment.uses_embedded else None,
+        health_url=f"http://127.0.0.1:{deployment.api_port}/api/v2/monitor/health")
+    supervisor.start()
     log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
     for name, role in deployment.users():
         log(f"  login: {name} / {deployment.password(name)}  (role {role})")
     log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
-    log("Press Ctrl-C to stop everything.")
+    log("A component that stops is started again (and said here). Press Ctrl-C to stop "
+        "everything.")
 
     stopping = False
 
@@ -167,23 +190,12 @@ def run(deployment: Deployment) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        while not stopping and all(child.poll() is None for child in children):
+        while not stopping:
+            supervisor.check()
             time.sleep(0.5)
     finally:
         log("stopping ...")
-        for child in children:
-            if child.poll() is None:
-                try:
-                    os.killpg(child.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    child.terminate()
-        deadline = time.monotonic() + 30
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-        stop_session(standalone.pid, deadline)  # its scheduler, triggerer, tasks, ...
+        supervisor.stop()
         if deployment.uses_embedded and not pg_was_running:
             deployment.embedded.stop()
         log("stopped")

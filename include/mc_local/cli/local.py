@@ -60,6 +60,27 @@ def _mode_environment(target: object) -> dict[str, str]:
         raise SystemExit(f"[mc] {exc}") from None
 
 
+def _stop(args: argparse.Namespace) -> int:
+    """Stop this checkout's embedded PostgreSQL (a leftover of `make bench`, a `make run`
+    killed hard, ...); never a server of another checkout."""
+    target = deployment(args.profile)
+    if not target.uses_embedded:
+        print("[mc] MC_POSTGRES_URL is set: that server is not ours to stop")
+        return 0
+    server = target.embedded
+    if server.stop():
+        print(f"[mc] stopped the embedded PostgreSQL on port {server.port} "
+              f"(data in {server.data_dir})")
+        return 0
+    serving = server.serving_dir()
+    if serving is not None:
+        print(f"[mc] port {server.port} is served by another checkout's PostgreSQL (data in "
+              f"{serving}); stop it with `mc stop` there")
+        return 1
+    print(f"[mc] no embedded PostgreSQL of this checkout is running (port {server.port})")
+    return 0
+
+
 def _airflow(args: argparse.Namespace) -> int:
     target = deployment(args.profile)
     env = {**os.environ, **target.environment(), **_mode_environment(target)}
@@ -140,6 +161,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add("run", _run, "Set up, then run Airflow (UI, scheduler, DAGs, push API) and the SMTP sink.")
     parser = add("test", _test, "Set up the test deployment and run pytest (args go to pytest).")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    add("stop", _stop, "Stop this checkout's embedded PostgreSQL (a leftover server).")
     parser = add("airflow", _airflow, "Run any airflow CLI command against the local deployment.")
     parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
     add("env", _env, "Print the environment of the local deployment as shell exports.")
