@@ -290,47 +290,79 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
 
 
 def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
-           results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy
-           ) -> tuple[set[int], Finalized]:
-    """Steps 2 and 4 in one statement (what the shard's recorder commits per group):
-    mark the ``handed`` rows (as :func:`mark_handed`) and record ``results`` (as
-    :func:`finalize`), both only on rows still ``sending`` for this very claim.
-    Returns the ids marked and what was recorded."""
+           results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy, *,
+           copy_status: bool = False) -> tuple[set[int], Finalized]:
+    """Steps 2 and 4 in ONE statement (what the shard's recorder commits per group, in
+    autocommit: one round trip): mark the ``handed`` rows (as :func:`mark_handed`),
+    record ``results`` (as :func:`finalize`, transient ones rescheduled) and, with
+    ``copy_status``, copy the final ones onto their events (as
+    :func:`message_center.status_sync.copy_statuses`) - all only on rows still
+    ``sending`` for this very claim. Returns the ids marked and what was recorded."""
     out = _outcomes(results, retry)
     ids = list(dict.fromkeys([*handed, *out.log_ids]))
     if not ids:
         return set(), Finalized()
     by_id = {log_id: i for i, log_id in enumerate(out.log_ids)}
+    retry_by_id = {log_id: i for i, log_id in enumerate(out.retry_logs)}
     mark_set = set(handed)
 
-    def column(values: list[Any]) -> list[Any]:
-        return [values[by_id[i]] if i in by_id else None for i in ids]
+    def column(values: list[Any], index: dict[int, int] = by_id) -> list[Any]:
+        return [values[index[i]] if i in index else None for i in ids]
 
+    table = event_table(claim.kind)
     rows = conn.execute(text(f"""
-        UPDATE delivery_log d SET
-            sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
-                                                             clock_timestamp())
-                                   ELSE d.sending_started END,
-            status = coalesce(v.status, d.status),
-            error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
-            provider_id = coalesce(v.provider_id, d.provider_id),
-            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
-        FROM unnest(CAST(:ids AS bigint[]), CAST(:marks AS boolean[]),
-                    CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                    CAST(:providers AS text[])) AS v(id, mark, status, error, provider_id),
-             {event_table(claim.kind)} e
-        WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
-          AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
-          AND e.claim_token = :token AND e.claim_shard = :shard
-        RETURNING d.id, v.mark
+        WITH v AS MATERIALIZED (
+            SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:marks AS boolean[]),
+                                 CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                                 CAST(:providers AS text[]), CAST(:delays AS float8[]),
+                                 CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]))
+                 AS v(id, mark, status, error, provider_id, delay, give_up, retry_error)
+        ), rec AS (
+            UPDATE delivery_log d SET
+                sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
+                                                                 clock_timestamp())
+                                       ELSE d.sending_started END,
+                status = coalesce(v.status, d.status),
+                error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
+                provider_id = coalesce(v.provider_id, d.provider_id),
+                sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp()
+                               ELSE d.sent_at END
+            FROM v, {table} e
+            WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+              AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
+              AND e.claim_token = :token AND e.claim_shard = :shard
+            RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
+                      v.delay, v.give_up, v.retry_error
+        ), rescheduled AS (
+            UPDATE {table} e SET
+                status = CASE WHEN r.give_up THEN 'expired' ELSE 'pending' END,
+                error_count = e.error_count + 1,
+                next_attempt = now() + make_interval(secs => r.delay),
+                processed = CASE WHEN r.give_up THEN now() ELSE e.processed END,
+                error_reason = r.retry_error, delivery_log_id = r.id,
+                claim_token = NULL, claim_shard = NULL
+            FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
+            RETURNING e.id
+        ), copied AS (
+            UPDATE {table} e SET
+                status = r.status, processed = r.last_modified, delivery_log_id = r.id,
+                error_reason = CASE WHEN r.status = 'sent' THEN NULL ELSE r.error END
+            FROM rec r WHERE :copy AND r.delay IS NULL
+              AND r.status IN ('sent', 'ignored', 'failed') AND e.id = r.event_id
+            RETURNING e.id
+        )
+        SELECT r.id, r.mark FROM rec r
     """), {"ids": ids, "marks": [i in mark_set for i in ids],
            "statuses": column(out.statuses), "errors": column(out.errors),
-           "providers": column(out.providers), "kind": claim.kind, "token": claim.token,
-           "shard": claim.shard}).all()
+           "providers": column(out.providers),
+           "delays": column(out.retry_delays, retry_by_id),
+           "give_up": column(out.give_up, retry_by_id),
+           "retry_errors": column(out.retry_errors, retry_by_id),
+           "kind": claim.kind, "token": claim.token, "shard": claim.shard,
+           "copy": copy_status}).all()
     written = {int(log_id) for log_id, _ in rows}
-    if len(written) < len(ids):  # rows no longer ours: their outcomes are not ours to write
+    if len(written) < len(ids):  # rows no longer ours: their outcomes were not written
         out = _outcomes([r for r in results if r[0].log_id in written], retry)
-    _reschedule(conn, claim.kind, out)
     return {int(log_id) for log_id, mark in rows if mark}, out.finalized()
 
 

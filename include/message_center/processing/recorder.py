@@ -4,9 +4,8 @@ A shard tells its :class:`OutcomeRecorder` two things per message: "this one is 
 to reach the provider" (:meth:`OutcomeRecorder.handing`, step 2 of
 :mod:`message_center.delivery.ledger`) and, when the provider answers, its outcome
 (:meth:`OutcomeRecorder.add`, step 4). A writer thread commits whatever is waiting in
-one transaction (group commit): :func:`~message_center.delivery.ledger.record` (steps
-2 and 4 in one statement) and, for real time,
-:func:`~message_center.status_sync.copy_statuses`.
+one statement (group commit): :func:`~message_center.delivery.ledger.record` (steps
+2 and 4, and for real time the copy of final outcomes onto the events).
 
 The sender asks for the mark before it opens the SMTP transaction and waits for it
 (the barrier returned by :meth:`~OutcomeRecorder.handing`) only before the point of no
@@ -56,7 +55,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from message_center.claims import ShardClaim
 from message_center.delivery.ledger import Attempt, Finalized, RetryPolicy, record
 from message_center.delivery.outcome import Outcome
-from message_center.status_sync import copy_statuses
 
 log = logging.getLogger(__name__)
 Barrier = Callable[[], None]
@@ -307,9 +305,11 @@ class OutcomeRecorder:
                 self.on_written(done)
 
     def _connection(self) -> Connection:
-        # The writer's own connection: no pool checkout and pre-ping per commit.
+        # The writer's own connection, in autocommit: each group is one statement
+        # (ledger.record), so one round trip and one commit, no BEGIN/COMMIT trips and
+        # no pool checkout or pre-ping per group.
         if self._conn is None:
-            self._conn = self.engine.connect()
+            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._conn
 
     def _release_connection(self) -> None:
@@ -338,11 +338,8 @@ class OutcomeRecorder:
         while True:
             try:
                 conn = self._connection()
-                with conn.begin():
-                    marked, done = record(conn, self.claim, [a.log_id for a in marks],
-                                          outcomes, self.retry)
-                    if self.copy_status:
-                        copy_statuses(conn, self.claim.kind, done.final_log_ids)
+                marked, done = record(conn, self.claim, [a.log_id for a in marks],
+                                      outcomes, self.retry, copy_status=self.copy_status)
                 if self._outage:
                     log.warning("database reachable again: %d outcome(s) recorded, sending "
                                 "resumes", len(outcomes))
