@@ -56,7 +56,7 @@ from sqlalchemy import Engine, text  # noqa: E402
 from mc_local.smtp_sink import SmtpSink  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
-EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template",
+EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
                     "quarantine", "api_idempotency", "mc_watermark")
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
                   "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty")

@@ -11,6 +11,10 @@ plain dataclasses; this module is the only place that reads Airflow connections 
   (default ``/messages``), ``sender``, ``timeout``, the gateway's limits
   ``max_concurrent`` and ``max_messages_per_second``. Optional: without it SMS messages
   are retried and eventually expire, e-mail is unaffected.
+
+Quarantine rules come from the Airflow Variable ``mc_quarantine_rules`` (JSON, per
+channel: ``{"email": {"soft_threshold": 3, "soft_window_days": 7,
+"release_after_days": 30}, "sms": {...}}``; missing keys keep these defaults).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from mc_airflow.connections import database_url
 from mc_airflow.defaults import EXECUTION_CONN_ID, SMS_CONN_ID, SMTP_CONN_ID
 from message_center.db import engine_for
 from message_center.delivery.channels import Channels
+from message_center.delivery.quarantine import QuarantineRules
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import (
     SmtpSettings,
@@ -92,8 +97,23 @@ def reconcile_channels(kind: str) -> Channels:
     return Channels(None, sms_settings(), kind=kind)
 
 
+QUARANTINE_RULES_VARIABLE = "mc_quarantine_rules"
+
+
+def quarantine_rules() -> QuarantineRules:
+    """The rules from the ``mc_quarantine_rules`` Variable (defaults when it is not set;
+    a bad value fails the task with the Variable's name and the key at fault)."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get(QUARANTINE_RULES_VARIABLE, default=None)
+    return QuarantineRules.from_mapping(
+        raw, where=f"Airflow Variable {QUARANTINE_RULES_VARIABLE}")
+
+
 def processing_settings(params: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
-    """Validated settings from a run's params (a bad value fails with its name)."""
+    """Validated settings from a run's params (a bad value fails with its name), with
+    the quarantine rules of :func:`quarantine_rules`."""
+    defaults.setdefault("quarantine", quarantine_rules())
     return ProcessingSettings.from_mapping(params, **defaults)
 
 

@@ -87,9 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = 201, {"id": sink.accept(body, self.headers.get(
                     "Idempotency-Key")), "status": "accepted"}
             else:
-                status, answer = scripted, {
-                    "error": HTTPStatus(scripted).phrase
-                    if scripted in HTTPStatus._value2member_map_ else "scripted"}
+                status, code = scripted
+                answer = {"error": HTTPStatus(status).phrase
+                          if status in HTTPStatus._value2member_map_ else "scripted"}
+                if code:
+                    answer["code"] = code
         self._answer(status, answer)  # out of in_flight: the client may go on at once
 
 
@@ -155,11 +157,12 @@ class SmsSink:
 
     def script(self, to: str, *replies: str) -> None:
         """Answer POSTs for ``to`` with these HTTP statuses first (``"503"``,
-        ``"always 400"``); a 2xx reply in the script means "accept normally"."""
+        ``"always 400"``, or with an error code of the gateway contract in the JSON body:
+        ``"404 unknown_subscriber"``); a 2xx reply in the script means "accept normally"."""
         with self._lock:
             self._replies[to].extend(replies)
 
-    def next_reply(self, to: str) -> int | None:
+    def next_reply(self, to: str) -> tuple[int, str | None] | None:
         with self._lock:
             queue = self._replies.get(to)
             if not queue:
@@ -168,8 +171,8 @@ class SmsSink:
             if reply.startswith("always "):
                 queue.appendleft(reply)
                 reply = reply.removeprefix("always ")
-        status = int(reply.split()[0])
-        return None if 200 <= status < 300 else status
+        status, _, code = reply.partition(" ")
+        return None if 200 <= int(status) < 300 else (int(status), code.strip() or None)
 
     def accept(self, body: dict[str, Any], idempotency_key: str | None) -> str:
         """Keep one SMS; a repeated ``Idempotency-Key`` keeps nothing and gets the first

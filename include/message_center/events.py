@@ -473,7 +473,8 @@ _GET_EVENT = text(f"""
     SELECT ev.*, pt.label AS template_label, dl.id AS dl_id, dl.status AS dl_status,
            dl.channel AS dl_channel, dl.attempts AS dl_attempts, dl.error AS dl_error,
            dl.provider_id AS dl_provider_id, dl.created AS dl_created,
-           dl.last_modified AS dl_last_modified, dl.sent_at AS dl_sent_at
+           dl.last_modified AS dl_last_modified, dl.sent_at AS dl_sent_at,
+           dl.failure_class AS dl_failure_class, dl.failure_reason AS dl_failure_reason
     FROM ev
     LEFT JOIN delivery_log dl ON dl.event_kind = ev.kind AND dl.event_id = :id
     LEFT JOIN published_template pt
@@ -503,7 +504,9 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
                     "error": row["dl_error"], "providerId": row["dl_provider_id"],
                     "created": _iso(row["dl_created"]),
                     "lastModified": _iso(row["dl_last_modified"]),
-                    "sentAt": _iso(row["dl_sent_at"])}
+                    "sentAt": _iso(row["dl_sent_at"]),
+                    "failureClass": row["dl_failure_class"],
+                    "failureReason": row["dl_failure_reason"]}
     return {
         "id": public_id, "kind": row["kind"], "type": row["type"], "email": row["email"],
         "mobilePhone": row["mobile_phone"], "wishedChannel": row["wished_channel"],

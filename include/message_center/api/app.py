@@ -118,6 +118,11 @@ class DeliveryOutcome(BaseModel):
     created: datetime | None
     lastModified: datetime | None
     sentAt: datetime | None
+    failureClass: str | None = Field(
+        None, description="What the channel's last answer meant: hard | soft | policy | "
+                          "throttle | transient | error (null when sent).")
+    failureReason: str | None = Field(
+        None, description="Why, e.g. user_unknown, mailbox_full, refused, throttled.")
 
 
 class EventOut(BaseModel):

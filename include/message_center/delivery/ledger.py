@@ -48,6 +48,13 @@ from sqlalchemy import Connection, text
 
 from message_center.claims import ShardClaim
 from message_center.delivery.outcome import Outcome
+from message_center.delivery.quarantine import (
+    ACTIVE_SQL,
+    DEFAULT_RULES,
+    Bounce,
+    QuarantineRules,
+    record_bounces,
+)
 from message_center.ids import NEXT_ID_SQL
 from message_center.statuses import event_table
 
@@ -126,9 +133,10 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
             SELECT c.*, CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CASE WHEN c.channel = 'sms' THEN 'mobile phone' ELSE 'email' END)
-                WHEN EXISTS (SELECT 1 FROM quarantine q WHERE q.channel = c.channel
-                             AND q.address IN (c.address, lower(c.address)))
-                    THEN 'address is in quarantine'
+                ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
+                      WHERE q.channel = c.channel
+                        AND q.address IN (c.address, lower(c.address)) AND {ACTIVE_SQL}
+                      LIMIT 1)
                 END AS ignore_reason
             FROM chunk c
         ), marked AS (
@@ -195,6 +203,9 @@ class _Outcomes:
     statuses: list[str] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
     providers: list[str | None] = field(default_factory=list)
+    classes: list[str | None] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    bounces: list[Bounce] = field(default_factory=list)
     retry_events: list[int] = field(default_factory=list)
     retry_logs: list[int] = field(default_factory=list)
     retry_delays: list[float] = field(default_factory=list)
@@ -234,6 +245,14 @@ def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) ->
         out.statuses.append(status)
         out.errors.append(error)
         out.providers.append(outcome.provider_id)
+        out.classes.append(outcome.failure_class)
+        out.reasons.append(outcome.failure_reason)
+        if outcome.classification is not None and outcome.classification.is_bounce:
+            out.bounces.append(Bounce(
+                channel=attempt.channel, address=attempt.address,
+                failure_class=outcome.classification.klass.value,
+                failure_reason=outcome.classification.reason, error=outcome.error,
+                delivery_log_id=attempt.log_id, attempt=attempt.attempts))
     return out
 
 
@@ -262,7 +281,7 @@ def _reschedule(conn: Connection, kind: str, out: _Outcomes) -> None:
 # statistics make the tiny-looking partial index tempting).
 
 def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outcome]],
-             retry: RetryPolicy) -> Finalized:
+             retry: RetryPolicy, rules: QuarantineRules = DEFAULT_RULES) -> Finalized:
     """Step 4: record each outcome; transient ones are rescheduled.
 
     A transient failure puts the event back to ``pending`` with ``error_count + 1`` and
@@ -278,20 +297,25 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
         UPDATE delivery_log d SET
             status = v.status, error = v.error, provider_id = coalesce(v.provider_id,
                                                                       d.provider_id),
-            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END
+            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END,
+            failure_class = v.failure_class, failure_reason = v.failure_reason
         FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
-                    CAST(:errors AS text[]), CAST(:providers AS text[]))
-             AS v(id, status, error, provider_id)
+                    CAST(:errors AS text[]), CAST(:providers AS text[]),
+                    CAST(:classes AS text[]), CAST(:reasons AS text[]))
+             AS v(id, status, error, provider_id, failure_class, failure_reason)
         WHERE d.id = v.id AND (d.status = 'sending') IS TRUE
     """), {"ids": out.log_ids, "statuses": out.statuses, "errors": out.errors,
-           "providers": out.providers})
+           "providers": out.providers, "classes": out.classes, "reasons": out.reasons})
+    if out.bounces:  # classes and bounces: see message_center.delivery.quarantine
+        record_bounces(conn, out.bounces, rules)
     _reschedule(conn, kind, out)
     return out.finalized()
 
 
 def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
            results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy, *,
-           copy_status: bool = False) -> tuple[set[int], Finalized]:
+           copy_status: bool = False,
+           rules: QuarantineRules = DEFAULT_RULES) -> tuple[set[int], Finalized]:
     """Steps 2 and 4 in ONE statement (what the shard's recorder commits per group, in
     autocommit: one round trip): mark the ``handed`` rows (as :func:`mark_handed`),
     record ``results`` (as :func:`finalize`, transient ones rescheduled) and, with
@@ -315,8 +339,10 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
             SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:marks AS boolean[]),
                                  CAST(:statuses AS text[]), CAST(:errors AS text[]),
                                  CAST(:providers AS text[]), CAST(:delays AS float8[]),
-                                 CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]))
-                 AS v(id, mark, status, error, provider_id, delay, give_up, retry_error)
+                                 CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]),
+                                 CAST(:classes AS text[]), CAST(:reasons AS text[]))
+                 AS v(id, mark, status, error, provider_id, delay, give_up, retry_error,
+                      failure_class, failure_reason)
         ), rec AS (
             UPDATE delivery_log d SET
                 sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
@@ -326,7 +352,11 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
                 error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
                 provider_id = coalesce(v.provider_id, d.provider_id),
                 sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp()
-                               ELSE d.sent_at END
+                               ELSE d.sent_at END,
+                failure_class = CASE WHEN v.status IS NULL THEN d.failure_class
+                                     ELSE v.failure_class END,
+                failure_reason = CASE WHEN v.status IS NULL THEN d.failure_reason
+                                      ELSE v.failure_reason END
             FROM v, {table} e
             WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
@@ -358,11 +388,14 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
            "delays": column(out.retry_delays, retry_by_id),
            "give_up": column(out.give_up, retry_by_id),
            "retry_errors": column(out.retry_errors, retry_by_id),
+           "classes": column(out.classes), "reasons": column(out.reasons),
            "kind": claim.kind, "token": claim.token, "shard": claim.shard,
            "copy": copy_status}).all()
     written = {int(log_id) for log_id, _ in rows}
     if len(written) < len(ids):  # rows no longer ours: their outcomes were not written
         out = _outcomes([r for r in results if r[0].log_id in written], retry)
+    if out.bounces:  # rare: a second statement, idempotent (one bounce per attempt)
+        record_bounces(conn, out.bounces, rules)
     return {int(log_id) for log_id, mark in rows if mark}, out.finalized()
 
 

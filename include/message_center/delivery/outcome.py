@@ -8,14 +8,25 @@ do not need to know about SMTP reply codes or HTTP statuses:
   template error, missing template);
 * ``retry`` - transient: the same message may succeed later (4xx SMTP reply, connection
   refused, timeout, 429/5xx from an HTTP gateway).
+
+Each outcome also carries its :class:`~message_center.delivery.classification.Classification`
+(hard / soft / policy / throttle / transient / error and a reason): the ledger records
+it on the delivery log and quarantines addresses from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Verdict = Literal["sent", "failed", "retry"]
+from message_center.delivery.classification import (
+    SENT,
+    Classification,
+    Verdict,
+    classify_smtp,
+    message_error,
+    not_connected,
+)
+
 MAX_ERROR_CHARS = 1000
 
 
@@ -24,23 +35,49 @@ class Outcome:
     status: Verdict
     error: str | None = None
     provider_id: str | None = None
+    classification: Classification | None = None
 
     @classmethod
     def sent(cls, provider_id: str | None) -> Outcome:
-        return cls("sent", None, provider_id)
+        return cls("sent", None, provider_id, SENT)
 
     @classmethod
-    def failed(cls, error: str) -> Outcome:
-        return cls("failed", error[:MAX_ERROR_CHARS])
+    def failed(cls, error: str, classification: Classification | None = None) -> Outcome:
+        """Permanent; without a classification: a problem of the message, not the address."""
+        return cls("failed", error[:MAX_ERROR_CHARS], None, classification or message_error())
 
     @classmethod
-    def retry(cls, error: str) -> Outcome:
-        return cls("retry", error[:MAX_ERROR_CHARS])
+    def retry(cls, error: str, classification: Classification | None = None) -> Outcome:
+        """Transient; without a classification: no answer from the provider."""
+        return cls("retry", error[:MAX_ERROR_CHARS], None, classification or not_connected())
+
+    @classmethod
+    def classified(cls, classification: Classification, error: str,
+                   provider_id: str | None = None) -> Outcome:
+        """The verdict the classification gives (sent / failed / retry)."""
+        verdict = classification.verdict
+        if verdict == "sent":
+            return cls("sent", None, provider_id, classification)
+        return cls(verdict, error[:MAX_ERROR_CHARS], None, classification)
+
+    @property
+    def failure_class(self) -> str | None:
+        return self.classification.failure_class if self.classification else None
+
+    @property
+    def failure_reason(self) -> str | None:
+        if self.classification is None or self.status == "sent":
+            return None
+        return self.classification.reason or None
 
 
 def smtp_reply_outcome(stage: str, code: int, reply: bytes | str) -> Outcome:
-    """A non-success SMTP reply: 4xx is transient (greylisting, mailbox busy), the rest
-    (5xx, or anything unexpected) is permanent."""
+    """A non-success SMTP reply, classified (RFC 3463 enhanced code, basic code, text):
+    4xx is retried (greylisting, mailbox busy, slow down), 5xx (or anything unexpected)
+    is permanent; the class says whether the address is to blame."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     error = f"SMTP {stage} refused: {code} {text}".strip()
-    return Outcome.retry(error) if 400 <= code < 500 else Outcome.failed(error)
+    classification = classify_smtp(code, text, stage=stage)
+    if classification.verdict == "sent":  # a 2xx where another one was expected
+        return Outcome.failed(error)
+    return Outcome.classified(classification, error)

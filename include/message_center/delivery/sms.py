@@ -14,6 +14,14 @@ adapter in front of a real SMS provider must accept)::
     2xx  {"id": "<provider message id>", ...}   -> sent (provider id recorded)
     408, 425, 429, 5xx, timeout, refused        -> transient: retried later
     any other 4xx                               -> permanent: failed
+    non-2xx {"code": "unknown_subscriber", ...} -> classified by the code (see below)
+
+Every non-2xx answer is classified by
+:func:`~message_center.delivery.classification.classify_sms` (the documented mapping:
+a ``code`` field of the JSON body first - ``unknown_subscriber``, ``invalid_number``
+hard; ``absent_subscriber``, ``handset_full`` soft and retried; ``blocked``,
+``opted_out``, ``spam`` policy; ``throttled`` - else the status: 404/410 hard, 403/451
+policy, 429 throttle, 408/425/5xx transient, other 4xx an error of the request).
 
 Optional, for gateways that can tell what became of a message (used to settle a message
 whose worker died while sending it, instead of calling it "outcome unknown")::
@@ -38,10 +46,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from message_center.delivery.classification import classify_sms
 from message_center.delivery.outcome import Outcome
 from message_center.ids import to_public
-
-TRANSIENT_HTTP = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -122,9 +129,11 @@ class SmsSender:
                 provider_id = ref
             return Outcome.sent(provider_id)
         error = f"SMS gateway answered {response.status_code}: {response.text[:300]}"
-        if response.status_code in TRANSIENT_HTTP or response.status_code >= 500:
-            return Outcome.retry(error)
-        return Outcome.failed(error)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return Outcome.classified(classify_sms(response.status_code, body), error)
 
     def lookup(self, log_id: int) -> Outcome | None:
         """What became of message ``log_id`` at the gateway (see the module doc): sent

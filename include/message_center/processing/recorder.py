@@ -55,6 +55,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from message_center.claims import ShardClaim
 from message_center.delivery.ledger import Attempt, Finalized, RetryPolicy, record
 from message_center.delivery.outcome import Outcome
+from message_center.delivery.quarantine import DEFAULT_RULES, QuarantineRules
 
 log = logging.getLogger(__name__)
 Barrier = Callable[[], None]
@@ -126,11 +127,13 @@ class OutcomeRecorder:
                  copy_status: bool, sending_timeout_seconds: float = 600.0,
                  max_batch: int = 500, min_interval: float = 0.002,
                  backoff_max_seconds: float = 5.0,
-                 on_written: Callable[[Finalized], None] | None = None) -> None:
+                 on_written: Callable[[Finalized], None] | None = None,
+                 rules: QuarantineRules = DEFAULT_RULES) -> None:
         if max_batch < 1 or min_interval < 0 or sending_timeout_seconds <= 0:
             raise ValueError("max_batch must be >= 1, min_interval >= 0 and "
                              "sending_timeout_seconds > 0")
         self.engine, self.claim, self.retry = engine, claim, retry
+        self.rules = rules  # quarantine rules: bounces recorded with the outcomes
         self.copy_status = copy_status
         self.max_batch, self.min_interval = max_batch, min_interval
         self.backoff_max_seconds = backoff_max_seconds
@@ -339,7 +342,8 @@ class OutcomeRecorder:
             try:
                 conn = self._connection()
                 marked, done = record(conn, self.claim, [a.log_id for a in marks],
-                                      outcomes, self.retry, copy_status=self.copy_status)
+                                      outcomes, self.retry, copy_status=self.copy_status,
+                                      rules=self.rules)
                 if self._outage:
                     log.warning("database reachable again: %d outcome(s) recorded, sending "
                                 "resumes", len(outcomes))

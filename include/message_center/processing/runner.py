@@ -142,7 +142,7 @@ def _reconcile(engine: Engine, settings: ProcessingSettings, claim: ShardClaim |
     settled = 0
     with engine.begin() as conn:
         for kind, results in by_kind.items():
-            done = finalize(conn, kind, results, settings.retry_policy)
+            done = finalize(conn, kind, results, settings.retry_policy, settings.quarantine)
             copy_statuses(conn, kind, done.final_log_ids)
             settled += len(results)
     if settled:
@@ -183,7 +183,8 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
         while True:
             recorder = OutcomeRecorder(
                 engine, claim, settings.retry_policy, copy_status=copy_status,
-                sending_timeout_seconds=settings.sending_timeout_seconds)
+                sending_timeout_seconds=settings.sending_timeout_seconds,
+                rules=settings.quarantine)
             try:
                 if unrecorded:  # known outcomes the last recorder could not write
                     _write_late(engine, claim, settings, unrecorded, copy_status, stats)
@@ -220,7 +221,8 @@ def _write_late(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
     """Outcomes a recorder held past its deadline: still the truth, written if the rows
     are still ours (nobody settled them meanwhile)."""
     with engine.begin() as conn:
-        _, done = record(conn, claim, [], results, settings.retry_policy)
+        _, done = record(conn, claim, [], results, settings.retry_policy,
+                         rules=settings.quarantine)
         if copy_status:
             copy_statuses(conn, claim.kind, done.final_log_ids)
     stats.sent += done.sent

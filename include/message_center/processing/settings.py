@@ -4,10 +4,11 @@ with a message naming the param instead of half-processing a queue."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from message_center.delivery.ledger import RetryPolicy
+from message_center.delivery.quarantine import QuarantineRules
 
 #: (minimum, maximum) per field: wide enough for production, narrow enough to catch typos.
 #: The one table: the DAGs' params (``mc_airflow.params``) take their bounds from it.
@@ -53,6 +54,8 @@ class ProcessingSettings:
       (its recorder gives up a little earlier, so the recovery never races it); one
       message can still take 4 SMTP commands x the connection timeout, so keep this above
       8x that timeout (defaults: 300-600 s for a 30 s SMTP timeout).
+    * ``quarantine`` - the quarantine rules per channel (not a run param: the Airflow
+      layer reads them from the ``mc_quarantine_rules`` Variable).
     """
 
     routing_batch_size: int = 10_000
@@ -65,9 +68,14 @@ class ProcessingSettings:
     retry_backoff_seconds: float = 60.0
     retry_backoff_max_seconds: float = 3_600.0
     sending_timeout_seconds: int = 600
+    quarantine: QuarantineRules = field(default_factory=QuarantineRules)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.quarantine, QuarantineRules):
+            raise ValueError("processing setting quarantine: expected QuarantineRules")
         for item in fields(self):
+            if item.name not in BOUNDS:
+                continue
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"processing setting {item.name}: {value!r} is not a number")
@@ -83,7 +91,7 @@ class ProcessingSettings:
     def from_mapping(cls, values: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
         """Build from DAG params (or any mapping); unknown keys are ignored, so the DAGs can
         keep their other params (loop duration, ...) in the same mapping."""
-        known = {item.name: item.type for item in fields(cls)}
+        known = {item.name: item.type for item in fields(cls) if item.name in BOUNDS}
         kwargs: dict[str, Any] = dict(defaults)
         for name in known:
             if name not in values or values[name] is None:

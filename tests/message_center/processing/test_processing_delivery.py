@@ -100,7 +100,7 @@ def test_ignored_failed_and_not_taken(execution_db, smtp_sink, channels):
     drain(execution_db, channels)
     rows = by_id(execution_db)
     assert rows[quarantined]["status"] == "ignored"
-    assert rows[quarantined]["error_reason"] == "address is in quarantine"
+    assert rows[quarantined]["error_reason"] == "address is in quarantine: hard bounce"
     assert rows[no_address]["status"] == "ignored"
     assert rows[no_address]["error_reason"] == "no email address on the event"
     assert rows[rejected]["status"] == "failed" and "550" in rows[rejected]["error_reason"]
