@@ -10,10 +10,18 @@ Keycloak, AWS, ...). No separate user store, no Message Center role.
 | register an execution account | create connections, edit DAGs (its `mcSynch_<name>`) |
 | enable / disable an account | edit its `mcSynch_<name>` DAG (pause / unpause) |
 | publish / unpublish templates | create DAG runs of mcPublishTemplates |
+| read the quarantine | read DAG runs of a queue's DAG (like reading events) |
+| quarantine / release an address | edit the DAGs rtEventsProcessing and batchEventsProcessing |
 | health | a valid token (or nothing with `MC_HEALTH_PUBLIC=true`) |
 
-Simple auth manager: `viewer` reads, `user` also pushes, enables/disables archiving and
-publishes, `op` and `admin` also test and register accounts.
+Simple auth manager: `viewer` reads, `user` also pushes, enables/disables archiving,
+publishes and quarantines / releases addresses, `op` and `admin` also test and register
+accounts.
+
+Why editing the processing DAGs for the quarantine: a quarantine changes what the delivery
+does for every later event of an address (like pausing the DAG changes what it does),
+and it is not the right to push: an application account that may only push (create DAG
+runs) cannot release an address a bounce put in quarantine.
 
 Why DAG permissions rather than a Message Center resource (``is_authorized_custom_view``):
 every auth manager implements DAG permissions and administrators already grant them per DAG
@@ -125,6 +133,18 @@ def connection_test_permission(conn_id: str | None = None) -> Permission:
 
 def publish_permission() -> Permission:
     return dag_runs(PUBLISH_DAG, "POST")
+
+
+def quarantine_change_permissions() -> tuple[Permission, ...]:
+    """Quarantining or releasing an address changes the delivery of both queues."""
+    return tuple(Permission("dag", "PUT", dag_id) for dag_id in QUEUE_DAGS.values())
+
+
+CHANGING_QUARANTINE = "quarantining or releasing an address"
+
+
+def check_quarantine_change(user: Any) -> None:
+    check(user, CHANGING_QUARANTINE, *quarantine_change_permissions())
 
 
 # --- asking the auth manager -------------------------------------------------------------
@@ -251,6 +271,7 @@ class Capabilities:
     register_accounts: bool
     change_accounts: bool
     publish_templates: bool
+    change_quarantine: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {key: sorted(value) if isinstance(value, frozenset) else value
@@ -265,6 +286,7 @@ def capabilities(user: Any) -> Capabilities:
         register_accounts=not missing(user, register_account_permissions()),
         change_accounts=is_allowed(user, change_account_permission()),
         publish_templates=is_allowed(user, publish_permission()),
+        change_quarantine=not missing(user, quarantine_change_permissions()),
     )
 
 
@@ -379,8 +401,16 @@ def require_templates_publish(*, user_dependency: Callable[..., Any] = authentic
                    user_dependency=user_dependency)
 
 
+def require_quarantine_change(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Quarantining or releasing an address: editing both processing DAGs."""
+    return require(CHANGING_QUARANTINE, *quarantine_change_permissions(),
+                   user_dependency=user_dependency)
+
+
 PUSH_API_AUTHORIZATION = Authorization(push=require_push, read=require_read(),
-                                       check_push=check_push)
+                                       check_push=check_push,
+                                       change_quarantine=require_quarantine_change())
 """What the push APIs check, backed by Airflow: the JSON push API
 (``message_center.api.create_app``), ACC's SOAP API and the Campaign REST API."""
 

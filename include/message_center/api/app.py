@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from message_center import events
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.db import engine_for
+from message_center.delivery import quarantine as quarantine_store
 from message_center.events import (
     MAX_BATCH_BODY_BYTES,
     MAX_BATCH_EVENTS,
@@ -55,6 +56,8 @@ class Authorization:
       ``kind`` ("rt" / "batch") queue. Called once per kind when the app is built.
     - ``read``: a dependency raising 403 unless the caller may read some events; it
       returns an :class:`EventReadCheck` for the queue of the event found.
+    - ``change_quarantine``: a dependency raising 403 unless the caller may quarantine or
+      release addresses; reading the quarantine asks ``read``.
     - ``check_push(user, kind)``: the same rule as ``push(kind)`` for a user already known
       (SOAP reads it from the envelope); raises ``HTTPException(403)`` naming the missing
       permission. It may do I/O: call it off the event loop.
@@ -63,6 +66,9 @@ class Authorization:
     push: Callable[[str], Callable[..., Any]]
     read: Callable[..., Any]
     check_push: Callable[[Any, str], None]
+    #: Quarantining or releasing an address (a dependency raising 403 otherwise, returning
+    #: the user). ``None``: nobody may (the endpoints answer 403).
+    change_quarantine: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,40 @@ class EventOut(BaseModel):
     errorReason: str | None
 
 
+class QuarantineRecord(BaseModel):
+    channel: str = Field(description="`email` or `sms`.")
+    address: str = Field(description="E-mail addresses in lower case.")
+    status: str = Field(description="`quarantined` or `released` (by hand or automatically "
+                                    "once `releaseAt` passed: see `active`).")
+    active: bool = Field(description="In force now: the delivery ignores the address.")
+    reason: str
+    failureClass: str = Field(description="`hard`, `soft` (bounces) or `manual`.")
+    failureReason: str | None = Field(description="e.g. `user_unknown`, `mailbox_full`.")
+    bounceCount: int
+    source: str = Field(description="delivery | bounce_mail | manual | api | ui | synch")
+    decidedBy: str | None
+    originCell: int | None = Field(description="Cell id of the instance that decided.")
+    deliveryLogId: int | None
+    created: datetime
+    updated: datetime = Field(description="When the last decision was made (last wins).")
+    releaseAt: datetime | None = Field(description="Automatic release (null: never).")
+    releasedAt: datetime | None
+
+
+class QuarantineList(BaseModel):
+    items: list[QuarantineRecord]
+    total: int = Field(description="Records matching the filters, all pages.")
+    limit: int
+    offset: int
+
+
+class QuarantineIn(BaseModel):
+    reason: str = Field("", max_length=500, description="Why (shown on ignored events).")
+    releaseAfterDays: float | None = Field(
+        None, gt=0, le=36500, description="Release automatically after this many days "
+                                          "(default: never).")
+
+
 class Health(BaseModel):
     status: str = Field(description="ok | warning | alert | error")
     message: str = Field(description="ACC mcPing style: `Ok / <date> / 7/400 pending events`.")
@@ -238,6 +278,11 @@ IdempotencyKey = Annotated[str, Header(
     # names the field like every other input error.
     json_schema_extra={"minLength": 1, "maxLength": events.MAX_IDEMPOTENCY_KEY_LENGTH,
                        "pattern": events.IDEMPOTENCY_KEY_PATTERN})]
+
+
+ChannelPath = Annotated[str, Path(pattern="^(email|sms)$", description="`email` or `sms`.")]
+AddressPath = Annotated[str, Path(min_length=1, max_length=320,
+                                  description="The address (phone numbers as stored).")]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -364,6 +409,94 @@ def create_app(
             raise HTTPException(404, f"event {event_id} not found")
         access.check(found["kind"])
         return JSONResponse(found)
+
+    # --- quarantine ----------------------------------------------------------------------
+    def _user_name(user: Any) -> str | None:
+        getter = getattr(user, "get_name", None)
+        if callable(getter):
+            return str(getter())
+        return str(user) if isinstance(user, str) else getattr(user, "username", None)
+
+    def _refuse_changes() -> None:
+        raise HTTPException(403, "Forbidden: changing the quarantine is not allowed here")
+
+    change_quarantine = authorization.change_quarantine or _refuse_changes
+    not_found = {404: {"model": Problem,
+                       "description": "The address was never quarantined here."}}
+
+    def with_connection(work: Callable[[Any], Any], write: bool = False) -> Any:
+        try:
+            if write:
+                with engine().begin() as conn:
+                    return work(conn)
+            with engine().connect() as conn:
+                return work(conn)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @router.get("/quarantine", response_model=QuarantineList,
+                responses={**_COMMON, **_FORBIDDEN,
+                           422: {"model": Problem, "description": "A bad filter."}},
+                summary="Quarantined addresses (filters)")
+    async def list_quarantine(
+        _access: EventReadCheck = Depends(authorization.read),
+        channel: Annotated[str | None, Query(pattern="^(email|sms)$")] = None,
+        status: Annotated[str, Query(pattern="^(active|released|all)$",
+                                     description="active (in force), released, all")] = "active",
+        address: Annotated[str | None, Query(max_length=320,
+                                             description="Case-insensitive substring.")] = None,
+        failure_class: Annotated[str | None, Query(alias="class",
+                                                   pattern="^(hard|soft|manual)$")] = None,
+        since: Annotated[datetime | None, Query(description="Decided at or after.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:
+        """Newest decision first. Needs the right to read events (runs of a processing DAG)."""
+        rows, total = await run_in_threadpool(with_connection, lambda conn: (
+            quarantine_store.list_quarantine(
+                conn, channel=channel, status=status, address=address,
+                failure_class=failure_class, since=since, limit=limit, offset=offset)))
+        return JSONResponse({"items": [quarantine_store.api_record(r) for r in rows],
+                             "total": total, "limit": limit, "offset": offset})
+
+    @router.get("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
+                responses={**_COMMON, **_FORBIDDEN, **not_found},
+                summary="One address's quarantine record")
+    async def get_quarantine(channel: ChannelPath, address: AddressPath,
+                             _access: EventReadCheck = Depends(authorization.read)) -> Any:
+        """Active, released or expired: `active` says whether the delivery ignores it."""
+        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.get(
+            conn, channel, address))
+        if found is None:
+            raise HTTPException(404, f"{channel} address {address} is not in quarantine")
+        return JSONResponse(quarantine_store.api_record(found))
+
+    @router.put("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
+                responses={**_COMMON, **_FORBIDDEN,
+                           422: {"model": Problem, "description": "A bad address."}},
+                summary="Quarantine an address by hand")
+    async def put_quarantine(channel: ChannelPath, address: AddressPath,
+                             body: QuarantineIn | None = None,
+                             user: Any = Depends(change_quarantine)) -> Any:
+        """Idempotent: an address already in quarantine gets the new reason."""
+        data = body or QuarantineIn()
+        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.add(
+            conn, channel, address, data.reason, source="api", decided_by=_user_name(user),
+            release_after_days=data.releaseAfterDays), True)
+        return JSONResponse(quarantine_store.api_record(found))
+
+    @router.delete("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
+                   responses={**_COMMON, **_FORBIDDEN, **not_found},
+                   summary="Release an address (its next event is sent again)")
+    async def release_quarantine(channel: ChannelPath, address: AddressPath,
+                                 user: Any = Depends(change_quarantine)) -> Any:
+        """The record stays, `released`, so the release reaches the other instances.
+        Idempotent: releasing a released address answers the same record."""
+        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.release(
+            conn, channel, address, source="api", decided_by=_user_name(user)), True)
+        if found is None:
+            raise HTTPException(404, f"{channel} address {address} is not in quarantine")
+        return JSONResponse(quarantine_store.api_record(found))
 
     def check_health() -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC)

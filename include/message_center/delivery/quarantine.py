@@ -26,10 +26,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
+
+from message_center.ids import to_public
 
 CHANNELS = ("email", "sms")
 SOURCES = ("delivery", "bounce_mail", "manual", "api", "ui", "synch")
@@ -257,6 +259,13 @@ def record_bounces(conn: Connection, bounces: Sequence[Bounce],
     return [(r.channel, r.address) for r in decided]
 
 
+def instance_cell(conn: Connection) -> int | None:
+    """This database's cell id (execution instances), ``None`` on the control instance."""
+    if not conn.execute(text("SELECT to_regclass('mc_instance') IS NOT NULL")).scalar_one():
+        return None
+    return conn.execute(text("SELECT cell_id FROM mc_instance")).scalar()
+
+
 def add(conn: Connection, channel: str, address: str, reason: str, *, source: str = "manual",
         decided_by: str | None = None, release_after_days: float | None = None,
         cell: int | None = None) -> dict[str, Any]:
@@ -268,6 +277,8 @@ def add(conn: Connection, channel: str, address: str, reason: str, *, source: st
         raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     if release_after_days is not None and not 0 < release_after_days <= 36500:
         raise ValueError(f"release after {release_after_days} days: expected 0 < days <= 36500")
+    if cell is None:
+        cell = instance_cell(conn)
     row = conn.execute(text("""
         INSERT INTO quarantine AS q (address, channel, reason, status, failure_class,
             failure_reason, bounce_count, source, decided_by, origin_cell, updated,
@@ -296,6 +307,8 @@ def release(conn: Connection, channel: str, address: str, *, source: str = "manu
     the row, or ``None`` when the address was never quarantined. Releasing a released
     address changes nothing (idempotent)."""
     address = normalize_address(channel, address)
+    if cell is None:
+        cell = instance_cell(conn)
     row = conn.execute(text("""
         UPDATE quarantine SET status = 'released', released_at = clock_timestamp(),
                updated = clock_timestamp(), source = :source, decided_by = :by,
@@ -372,7 +385,28 @@ def _public(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _db_now(reference: datetime) -> datetime:
-    from datetime import UTC
-
     now = datetime.now(UTC)
     return now if reference.tzinfo else now.replace(tzinfo=None)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def api_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A quarantine record in the push API's shape (camelCase, ISO 8601 UTC times, public
+    delivery-log id)."""
+    log_id = record.get("delivery_log_id")
+    return {
+        "channel": record["channel"], "address": record["address"],
+        "status": record["status"], "active": bool(record["active"]),
+        "reason": record["reason"], "failureClass": record["failure_class"],
+        "failureReason": record["failure_reason"], "bounceCount": record["bounce_count"],
+        "source": record["source"], "decidedBy": record["decided_by"],
+        "originCell": record["origin_cell"],
+        "deliveryLogId": to_public(log_id) if log_id is not None else None,
+        "created": _iso(record["created"]), "updated": _iso(record["updated"]),
+        "releaseAt": _iso(record["release_at"]), "releasedAt": _iso(record["released_at"]),
+    }
