@@ -15,7 +15,7 @@ EXPECTED_DAGS = {"rtEventsProcessing", "batchEventsProcessing", "updateEventStat
 #: Every DAG the project ships: the execution workflows, template publishing, the database
 #: clean-up and one archiving DAG per enabled account of the registry. A new DAG file adds
 #: its ids here.
-DAG_IDS = sorted({*EXPECTED_DAGS, "mcPublishTemplates", "cleanup",
+DAG_IDS = sorted({*EXPECTED_DAGS, "mcPublishTemplates", "cleanup", "mcQuarantineSynch",
                   *(account.dag_id for account in
                     load_registry(registry_path(ACCOUNT_REGISTRY)).enabled)})
 

@@ -50,3 +50,12 @@ def test_clear_errors(execution_db, capsys, test_deployment):
     url = test_deployment.database_url("execution").rsplit(":", 1)[0] + ":1/nothing"
     assert main(["quarantine", "list", "--database-url", url]) == 1
     assert capsys.readouterr().err.startswith("error: the execution database is unavailable")
+
+
+def test_a_release_on_the_control_instance(control_db, capsys):
+    assert main(["quarantine", "add", "c@example.test", "--instance", "control"]) == 0
+    assert main(["quarantine", "release", "c@example.test", "--instance", "control"]) == 0
+    assert "released" in capsys.readouterr().out
+    with control_db.connect() as conn:
+        record = q.get(conn, "email", "c@example.test")
+    assert record["status"] == "released" and record["origin_cell"] is None

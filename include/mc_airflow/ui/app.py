@@ -51,6 +51,7 @@ PAGES = (
     ("processing-time", "Processing time"),
     ("history", "Event history"),
     ("lookup", "Event lookup"),
+    ("quarantine", "Quarantine"),
     ("accounts", "Execution accounts"),
 )
 
@@ -120,7 +121,7 @@ async def json_body(request: Request) -> Any:
 
 def create_ui_app() -> FastAPI:
     """The pages app; mount it under ``/message-center/ui``."""
-    from mc_airflow.ui import pages, reports
+    from mc_airflow.ui import pages, quarantine, reports
 
     app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
@@ -164,6 +165,7 @@ def create_ui_app() -> FastAPI:
 
     pages.register(app, render)
     reports.register(app, render)
+    quarantine.register(app, render)
     return app
 
 

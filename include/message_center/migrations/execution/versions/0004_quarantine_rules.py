@@ -7,7 +7,9 @@
   a retried finalize or a DSN read twice counts once. Soft bounces are counted here.
 * ``quarantine`` becomes a decision record: ``status`` quarantined / released (a release
   is kept, so that it can be shared between instances), ``updated`` (when the decision
-  was made: the last decision wins), ``release_at`` (automatic release), what caused it.
+  was made: the last decision wins), ``release_at`` (automatic release), what caused it,
+  ``last_modified`` (when the row changed here: what the synchronisation with the control
+  instance reads).
 
 Revision ID: e0004
 Revises: e0003
@@ -58,20 +60,25 @@ def upgrade() -> None:
             ADD COLUMN origin_cell smallint,
             ADD COLUMN updated timestamptz NOT NULL DEFAULT now(),
             ADD COLUMN release_at timestamptz,
-            ADD COLUMN released_at timestamptz
+            ADD COLUMN released_at timestamptz,
+            ADD COLUMN last_modified timestamptz NOT NULL DEFAULT clock_timestamp()
     """)
-    op.execute("CREATE INDEX quarantine_updated_idx ON quarantine (updated)")
+    # What changed here since the last synchronisation with the control instance.
+    op.execute("CREATE INDEX quarantine_last_modified_idx ON quarantine (last_modified)")
+    op.execute("CREATE TRIGGER quarantine_touch BEFORE UPDATE ON quarantine "
+               "FOR EACH ROW EXECUTE FUNCTION mc_touch_last_modified()")
+
+
+QUARANTINE_COLUMNS = ("last_modified", "status", "failure_class", "failure_reason",
+                      "bounce_count", "delivery_log_id", "source", "decided_by", "origin_cell",
+                      "updated", "release_at", "released_at")
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS quarantine_updated_idx")
-    op.execute("""
-        ALTER TABLE quarantine
-            DROP COLUMN status, DROP COLUMN failure_class, DROP COLUMN failure_reason,
-            DROP COLUMN bounce_count, DROP COLUMN delivery_log_id, DROP COLUMN source,
-            DROP COLUMN decided_by, DROP COLUMN origin_cell, DROP COLUMN updated,
-            DROP COLUMN release_at, DROP COLUMN released_at
-    """)
+    op.execute("DROP TRIGGER IF EXISTS quarantine_touch ON quarantine")
+    op.execute("DROP INDEX IF EXISTS quarantine_last_modified_idx")
+    op.execute("ALTER TABLE quarantine " + ", ".join(
+        f"DROP COLUMN IF EXISTS {column}" for column in QUARANTINE_COLUMNS))
     op.execute("DROP TABLE IF EXISTS bounce")
-    op.execute("ALTER TABLE delivery_log DROP COLUMN failure_class, "
-               "DROP COLUMN failure_reason")
+    op.execute("ALTER TABLE delivery_log DROP COLUMN IF EXISTS failure_class, "
+               "DROP COLUMN IF EXISTS failure_reason")
