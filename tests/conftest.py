@@ -66,7 +66,8 @@ CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version",
 #: Fixtures that need the test deployment's databases, servers or Airflow processes: a
 #: test marked ``fast`` (``make test-fast``, run without ``mc setup``) must not use them.
 NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db", "control_db",
-                               "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack"})
+                               "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack",
+                               "bounce_mailbox"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -318,3 +319,84 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         reporter.write_sep("!", f"{len(skipped)} BROWSER TESTS SKIPPED", red=True, bold=True)
         reporter.write_line(CHROMIUM_HELP, red=True, bold=True)
+
+
+# --- bounce mailbox: a real IMAP server (pymap, in-memory backend) on loopback ----------
+class BounceMailbox:
+    """The ``mc_bounce_mailbox`` connection's server: ``drop(raw)`` delivers a mail over
+    IMAP APPEND, ``unseen()`` lists what is still to read."""
+
+    user, password, folder = "demouser", "demopass", "INBOX"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def _client(self):
+        import imaplib
+
+        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        client.login(self.user, self.password)
+        client.select(self.folder)
+        return client
+
+    def drop(self, raw: bytes) -> None:
+        client = self._client()
+        try:
+            status, _ = client.append(self.folder, None, None, raw)
+            assert status == "OK"
+        finally:
+            client.logout()
+
+    def unseen(self) -> int:
+        client = self._client()
+        try:
+            return len(client.uid("SEARCH", None, "UNSEEN")[1][0].split())
+        finally:
+            client.logout()
+
+    def clear(self) -> None:
+        client = self._client()
+        try:
+            uids = client.uid("SEARCH", None, "ALL")[1][0].split()
+            if uids:
+                client.uid("STORE", b",".join(uids).decode(), "+FLAGS", r"(\Deleted)")
+                client.expunge()
+        finally:
+            client.logout()
+
+
+@pytest.fixture(scope="session")
+def _bounce_mailbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BounceMailbox]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("imap") / "pymap.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "pymap"), "--host", "127.0.0.1", "--port",
+             str(port), "--no-tls", "dict"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"pymap did not start:\n{log_path.read_text()}") from None
+            time.sleep(0.2)
+    os.environ["AIRFLOW_CONN_MC_BOUNCE_MAILBOX"] = json.dumps({
+        "conn_type": "imap", "host": "127.0.0.1", "port": port, "login": BounceMailbox.user,
+        "password": BounceMailbox.password, "extra": {"use_ssl": False}})
+    try:
+        yield BounceMailbox(port)
+    finally:
+        os.environ.pop("AIRFLOW_CONN_MC_BOUNCE_MAILBOX", None)
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def bounce_mailbox(_bounce_mailbox_session: BounceMailbox) -> BounceMailbox:
+    """A real IMAP server on loopback holding the bounce mailbox (emptied per test); the
+    ``mc_bounce_mailbox`` connection points at it."""
+    _bounce_mailbox_session.clear()
+    return _bounce_mailbox_session

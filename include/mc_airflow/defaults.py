@@ -27,6 +27,8 @@ CONTROL_CONN_ID = "mc_control"
 SMTP_CONN_ID = "smtp_default"
 #: The SMS gateway (an Airflow ``http`` connection); optional.
 SMS_CONN_ID = "sms_gateway"
+#: The bounce mailbox (an Airflow ``imap`` connection) read by ``bounceMails``; optional.
+BOUNCE_MAILBOX_CONN_ID = "mc_bounce_mailbox"
 
 #: ``include/`` of the project (the Astro layout: ``dags/`` and ``include/`` side by side).
 INCLUDE_DIR = Path(__file__).resolve().parents[1]

@@ -29,8 +29,14 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mc_airflow.connections import database_url
-from mc_airflow.defaults import EXECUTION_CONN_ID, SMS_CONN_ID, SMTP_CONN_ID
+from mc_airflow.defaults import (
+    BOUNCE_MAILBOX_CONN_ID,
+    EXECUTION_CONN_ID,
+    SMS_CONN_ID,
+    SMTP_CONN_ID,
+)
 from message_center.db import engine_for
+from message_center.delivery.bounce_mail import ImapSettings, imap_settings_from_connection
 from message_center.delivery.channels import Channels
 from message_center.delivery.quarantine import QuarantineRules
 from message_center.delivery.sms import SmsSettings
@@ -79,6 +85,24 @@ def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:
         max_messages_per_second=relay_limit(extra, "max_messages_per_second", float,
                                             "SMS gateway connection"),
     )
+
+
+def bounce_mailbox_settings(conn_id: str = BOUNCE_MAILBOX_CONN_ID) -> ImapSettings | None:
+    """The bounce mailbox from its ``imap`` connection (host, port, login, password;
+    extras ``use_ssl`` (default true), ``starttls``, ``folder`` (INBOX),
+    ``delete_processed`` (false), ``timeout``), or ``None`` when it does not exist."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = _get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    try:
+        return imap_settings_from_connection({
+            "host": conn.host, "port": conn.port, "login": conn.login,
+            "password": conn.password, "extra": conn.extra_dejson or {}})
+    except ValueError as exc:
+        raise ValueError(f"Airflow connection {conn_id}: {exc}") from None
 
 
 def execution_engine() -> Engine:
