@@ -62,8 +62,8 @@ IN_FLIGHT_GRACE_SECONDS = 15.0
 #: stop request or the end of the sending budget is noticed promptly.
 WAIT_STEP_SECONDS = 0.1
 
-# TODO(#16): replace with the shared answer classification ('throttle' class) once
-# /work/coord/CLASSIFICATION.md's API lands; until then the reply code in the error text.
+# Outcomes built without a classified answer (tests, older callers): the reply code in the
+# error text.
 _SMTP_THROTTLE = re.compile(r"(?:^|[\s(])(?:421|4\.7\.\d{1,3})(?=[\s,)]|$)")
 _HTTP_THROTTLE = re.compile(r"answered 429\b")
 
@@ -72,6 +72,9 @@ def is_throttle(channel: str, outcome: Outcome) -> bool:
     """Is ``outcome`` a "slow down" answer (retry the same message after a pause)?"""
     if outcome.status != "retry" or not outcome.error:
         return False
+    answer = outcome.classification
+    if answer is not None and answer.code is not None:  # a classified SMTP / HTTP answer
+        return answer.is_throttle
     pattern = _HTTP_THROTTLE if channel == "sms" else _SMTP_THROTTLE
     return pattern.search(outcome.error) is not None
 
