@@ -365,7 +365,8 @@ def _not_sent(throttle: Outcome | None) -> Outcome:
     # Refused with "slow down" until the budget ran out or the worker stops: it is known
     # not to have been sent, and counts as one ordinary transient failure (retried later
     # with the ledger's back-off, so a relay that never relents still expires it).
-    return Outcome.retry(f"the relay kept asking to slow down: {throttle.error}")
+    return Outcome.retry(f"the relay kept asking to slow down: {throttle.error}",
+                         throttle.classification)
 
 
 def _raise(future: Future[None]) -> None:
