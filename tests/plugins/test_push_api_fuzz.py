@@ -89,7 +89,11 @@ def test_every_operation_is_fuzzed():
     operations = {(result.ok().method.upper(), result.ok().path)
                   for result in schema.get_all_operations()}
     assert operations == {("POST", "/v1/rtEvents"), ("POST", "/v1/batchEvents"),
-                          ("GET", "/v1/events/{event_id}"), ("GET", "/v1/health")}
+                          ("GET", "/v1/events/{event_id}"), ("GET", "/v1/health"),
+                          ("GET", "/v1/quarantine"),
+                          *{(method, f"/v1/quarantine/{channel}/{{address}}")
+                            for method in ("GET", "PUT", "DELETE")
+                            for channel in ("email", "sms")}}
     assert {"negative_data_rejection", "positive_data_acceptance", "ignored_auth",
             "response_schema_conformance"} <= {check.__name__ for check in ALL_CHECKS
                                                if hasattr(check, "__name__")}

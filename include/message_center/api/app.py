@@ -19,11 +19,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from message_center import events
 from message_center.api.pushing import IdempotencyConflict, store_events
@@ -280,9 +284,19 @@ IdempotencyKey = Annotated[str, Header(
                        "pattern": events.IDEMPOTENCY_KEY_PATTERN})]
 
 
-ChannelPath = Annotated[str, Path(pattern="^(email|sms)$", description="`email` or `sms`.")]
-AddressPath = Annotated[str, Path(min_length=1, max_length=320,
-                                  description="The address (phone numbers as stored).")]
+#: What :func:`message_center.delivery.quarantine.normalize_address` accepts, per channel.
+EMAIL_PATTERN = r"^[^@\s/\x00-\x1f\x7f-\x9f]+@[^@\s/\x00-\x1f\x7f-\x9f]+$"
+PHONE_PATTERN = r"^\+?[0-9][0-9 .()-]{0,28}[0-9)]$"
+
+
+def email_path() -> Any:
+    return Path(min_length=3, max_length=320, pattern=EMAIL_PATTERN,
+                description="An e-mail address (any case).")
+
+
+def phone_path() -> Any:
+    return Path(min_length=3, max_length=32, pattern=PHONE_PATTERN,
+                description="A phone number, as stored (e.g. +33612345678).")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -337,6 +351,19 @@ def create_app(
     @app.exception_handler(EventValidationError)
     async def _invalid(_request: Request, exc: EventValidationError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A 405 lists every method of the path in ``Allow`` (Starlette lists only the
+        first route's: ``/v1/quarantine/{channel}/{address}`` has GET, PUT and DELETE)."""
+        if exc.status_code == 405:
+            allowed = sorted({method for route in app.router.routes
+                              if isinstance(route, APIRoute)
+                              and route.matches(request.scope)[0] is not Match.NONE
+                              for method in (route.methods or ())})
+            return JSONResponse({"detail": exc.detail}, status_code=405,
+                                headers={"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
@@ -424,7 +451,12 @@ def create_app(
     not_found = {404: {"model": Problem,
                        "description": "The address was never quarantined here."}}
 
-    def with_connection(work: Callable[[Any], Any], write: bool = False) -> Any:
+    def with_connection(work: Callable[[Any], Any], write: bool = False,
+                        invalid: int = 422) -> Any:
+        """Run ``work`` on the execution database. A ``ValueError`` (an address that cannot
+        be one of ``channel``) is ``invalid``: 422 in FastAPI's validation shape when
+        quarantining, 404 when looking up or releasing (such an address is in no
+        quarantine)."""
         try:
             if write:
                 with engine().begin() as conn:
@@ -432,11 +464,13 @@ def create_app(
             with engine().connect() as conn:
                 return work(conn)
         except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            if invalid == 404:
+                raise HTTPException(404, str(exc)) from None
+            raise HTTPException(422, [{"type": "value_error", "loc": ["path", "address"],
+                                       "msg": str(exc)}]) from None
 
     @router.get("/quarantine", response_model=QuarantineList,
-                responses={**_COMMON, **_FORBIDDEN,
-                           422: {"model": Problem, "description": "A bad filter."}},
+                responses={**_COMMON, **_FORBIDDEN},
                 summary="Quarantined addresses (filters)")
     async def list_quarantine(
         _access: EventReadCheck = Depends(authorization.read),
@@ -447,56 +481,73 @@ def create_app(
                                              description="Case-insensitive substring.")] = None,
         failure_class: Annotated[str | None, Query(alias="class",
                                                    pattern="^(hard|soft|manual)$")] = None,
-        since: Annotated[datetime | None, Query(description="Decided at or after.")] = None,
+        since: Annotated[str | None, Query(
+            max_length=64, description="Decided at or after (ISO 8601; no offset = UTC).",
+            json_schema_extra={"format": "date-time"})] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Any:
         """Newest decision first. Needs the right to read events (runs of a processing DAG)."""
+        try:
+            after = events.parse_datetime(since, "since")
+        except ValueError as exc:  # pydantic's custom errors are ValueErrors
+            raise HTTPException(422, [{"type": "datetime_format", "loc": ["query", "since"],
+                                       "msg": str(exc)}]) from None
         rows, total = await run_in_threadpool(with_connection, lambda conn: (
             quarantine_store.list_quarantine(
                 conn, channel=channel, status=status, address=address,
-                failure_class=failure_class, since=since, limit=limit, offset=offset)))
+                failure_class=failure_class, since=after, limit=limit, offset=offset)))
         return JSONResponse({"items": [quarantine_store.api_record(r) for r in rows],
                              "total": total, "limit": limit, "offset": offset})
 
-    @router.get("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
-                responses={**_COMMON, **_FORBIDDEN, **not_found},
-                summary="One address's quarantine record")
-    async def get_quarantine(channel: ChannelPath, address: AddressPath,
-                             _access: EventReadCheck = Depends(authorization.read)) -> Any:
-        """Active, released or expired: `active` says whether the delivery ignores it."""
-        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.get(
-            conn, channel, address))
-        if found is None:
-            raise HTTPException(404, f"{channel} address {address} is not in quarantine")
-        return JSONResponse(quarantine_store.api_record(found))
+    def quarantine_routes(channel: str, address_path: Callable[[], Any]) -> None:
+        """GET / PUT / DELETE ``/v1/quarantine/<channel>/{address}``: one route per channel,
+        so the schema states which addresses each channel takes."""
+        label = {"email": "an e-mail address", "sms": "a phone number"}[channel]
 
-    @router.put("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
-                responses={**_COMMON, **_FORBIDDEN,
-                           422: {"model": Problem, "description": "A bad address."}},
-                summary="Quarantine an address by hand")
-    async def put_quarantine(channel: ChannelPath, address: AddressPath,
-                             body: QuarantineIn | None = None,
-                             user: Any = Depends(change_quarantine)) -> Any:
-        """Idempotent: an address already in quarantine gets the new reason."""
-        data = body or QuarantineIn()
-        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.add(
-            conn, channel, address, data.reason, source="api", decided_by=_user_name(user),
-            release_after_days=data.releaseAfterDays), True)
-        return JSONResponse(quarantine_store.api_record(found))
+        @router.get(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+                    responses={**_COMMON, **_FORBIDDEN, **not_found},
+                    name=f"get_quarantine_{channel}",
+                    summary=f"The quarantine record of {label}")
+        async def get_quarantine(address: str = address_path(),
+                                 _access: EventReadCheck = Depends(authorization.read)) -> Any:
+            """Active, released or expired: `active` says whether the delivery ignores it."""
+            found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.get(
+                conn, channel, address), False, 404)
+            if found is None:
+                raise HTTPException(404, f"{channel} address {address} is not in quarantine")
+            return JSONResponse(quarantine_store.api_record(found))
 
-    @router.delete("/quarantine/{channel}/{address}", response_model=QuarantineRecord,
-                   responses={**_COMMON, **_FORBIDDEN, **not_found},
-                   summary="Release an address (its next event is sent again)")
-    async def release_quarantine(channel: ChannelPath, address: AddressPath,
+        @router.put(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+                    responses={**_COMMON, **_FORBIDDEN}, name=f"put_quarantine_{channel}",
+                    summary=f"Quarantine {label} by hand")
+        async def put_quarantine(address: str = address_path(),
+                                 body: QuarantineIn | None = None,
                                  user: Any = Depends(change_quarantine)) -> Any:
-        """The record stays, `released`, so the release reaches the other instances.
-        Idempotent: releasing a released address answers the same record."""
-        found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.release(
-            conn, channel, address, source="api", decided_by=_user_name(user)), True)
-        if found is None:
-            raise HTTPException(404, f"{channel} address {address} is not in quarantine")
-        return JSONResponse(quarantine_store.api_record(found))
+            """Idempotent: an address already in quarantine gets the new reason."""
+            data = body or QuarantineIn()
+            found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.add(
+                conn, channel, address, data.reason, source="api",
+                decided_by=_user_name(user), release_after_days=data.releaseAfterDays), True)
+            return JSONResponse(quarantine_store.api_record(found))
+
+        @router.delete(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+                       responses={**_COMMON, **_FORBIDDEN, **not_found},
+                       name=f"release_quarantine_{channel}",
+                       summary=f"Release {label} (its next event is sent again)")
+        async def release_quarantine(address: str = address_path(),
+                                     user: Any = Depends(change_quarantine)) -> Any:
+            """The record stays, `released`, so the release reaches the other instances.
+            Idempotent: releasing a released address answers the same record."""
+            found = await run_in_threadpool(with_connection, lambda conn: (
+                quarantine_store.release(conn, channel, address, source="api",
+                                         decided_by=_user_name(user))), True, 404)
+            if found is None:
+                raise HTTPException(404, f"{channel} address {address} is not in quarantine")
+            return JSONResponse(quarantine_store.api_record(found))
+
+    quarantine_routes("email", email_path)
+    quarantine_routes("sms", phone_path)
 
     def check_health() -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC)

@@ -141,7 +141,7 @@ class Bounce:
     source: str = "delivery"
 
 
-_PHONE = re.compile(r"^\+?[0-9][0-9 .\-()]{2,30}$")
+_PHONE = re.compile(r"\+?[0-9][0-9 .()-]{0,28}[0-9)]")
 
 
 def normalize_address(channel: str, address: str) -> str:
@@ -152,11 +152,11 @@ def normalize_address(channel: str, address: str) -> str:
     if not value:
         raise ValueError("address is empty")
     if channel == "email":
-        if value.count("@") != 1 or any(ch.isspace() for ch in value) or value.startswith(
-                "@") or value.endswith("@"):
+        blank = any(ch.isspace() or ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value)
+        if value.count("@") != 1 or blank or value.startswith("@") or value.endswith("@"):
             raise ValueError(f"address {address!r} is not an email address")
         return value.lower()
-    if not _PHONE.match(value):
+    if not _PHONE.fullmatch(value):
         raise ValueError(f"address {address!r} is not a phone number")
     return value
 

@@ -127,18 +127,30 @@ def test_quarantine_by_hand(client, execution_db):
      "email address nobody@example.test is not in quarantine"),
     ("delete", "/quarantine/email/nobody@example.test", None, 404,
      "email address nobody@example.test is not in quarantine"),
-    ("get", "/quarantine/fax/x", None, 422, None),
+    ("get", "/quarantine/fax/x", None, 404, "Not Found"),
+    ("get", "/quarantine/email/not-an-address", None, 422, None),
     ("get", "/quarantine", {"status": "everything"}, 422, None),
     ("get", "/quarantine", {"limit": 0}, 422, None),
-    ("put", "/quarantine/email/not-an-address", None, 422,
-     "address 'not-an-address' is not an email address"),
-    ("put", "/quarantine/sms/call%20me", None, 422, "address 'call me' is not a phone number"),
+    ("get", "/quarantine", {"since": "0.5"}, 422, None),
+    ("put", "/quarantine/email/not-an-address", None, 422, None),
+    ("put", "/quarantine/sms/a@example.test", None, 422, None),
+    ("put", "/quarantine/sms/call%20me", None, 422, None),
 ])
 def test_bad_requests(client, method, path, params, status, detail):
     response = getattr(client, method)(path, params=params)
     assert response.status_code == status
     if detail:
         assert response.json()["detail"] == detail
+    if status == 422 and not detail:
+        assert response.json()["detail"][0]["loc"][0] in ("path", "query")
+
+
+def test_a_405_lists_every_method_of_the_path(client):
+    response = client.post("/quarantine/email/a@example.test")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, PUT"
+    assert client.get("/quarantine", params={"since": "2020-01-01T00:00:00Z"}).status_code \
+        == 200
 
 
 def test_rights(client, execution_db):
