@@ -11,14 +11,14 @@
   ``last_modified`` (when the row changed here: what the synchronisation with the control
   instance reads).
 
-Revision ID: e0004
-Revises: e0003
+Revision ID: e0005
+Revises: e0004
 """
 
 from alembic import op
 
-revision = "e0004"
-down_revision = "e0003"
+revision = "e0005"
+down_revision = "e0004"
 branch_labels = None
 depends_on = None
 
