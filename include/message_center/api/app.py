@@ -519,7 +519,10 @@ def create_app(
             return JSONResponse(quarantine_store.api_record(found))
 
         @router.put(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
-                    responses={**_COMMON, **_FORBIDDEN}, name=f"put_quarantine_{channel}",
+                    responses={**_COMMON, **_FORBIDDEN,
+                               400: {"model": Problem, "description": "The body cannot be "
+                                                                      "read as JSON."}},
+                    name=f"put_quarantine_{channel}",
                     summary=f"Quarantine {label} by hand")
         async def put_quarantine(address: str = address_path(),
                                  body: QuarantineIn | None = None,
