@@ -11,14 +11,14 @@
   ``last_modified`` (when the row changed here: what the synchronisation with the control
   instance reads).
 
-Revision ID: e0005
-Revises: e0004
+Revision ID: e0006
+Revises: e0005
 """
 
 from alembic import op
 
-revision = "e0005"
-down_revision = "e0004"
+revision = "e0006"
+down_revision = "e0005"
 branch_labels = None
 depends_on = None
 
