@@ -50,8 +50,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import CronTriggerTimetable, TaskGroup, dag, get_current_context, task
 
-from mc_airflow.cleanup import cleanup_params, deployment_roles
-from mc_airflow.defaults import DEFAULT_ARGS
+from mc_airflow.cleanup import cleanup_params
+from mc_airflow.defaults import DEFAULT_ARGS, deployment_roles
 
 ROLES = deployment_roles()
 

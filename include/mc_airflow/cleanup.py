@@ -24,9 +24,6 @@ from message_center.cleanup import BOUNDS, CleanupSettings
 
 log = logging.getLogger(__name__)
 
-ROLES_ENV = "MC_DEPLOYMENT_ROLES"
-KNOWN_ROLES = ("execution", "control")
-
 _DESCRIPTIONS = {
     "event_days": ("Event delay (days)",
                    "Execution instance: final events and their delivery logs whose last change "
@@ -48,20 +45,6 @@ _DESCRIPTIONS = {
     "batch_rows": ("Rows per transaction",
                    "Each delete transaction removes at most this many rows (short locks)."),
 }
-
-
-def deployment_roles() -> tuple[str, ...]:
-    """The database roles of this deployment, from ``MC_DEPLOYMENT_ROLES``; a bad value
-    raises ``ValueError`` naming the variable (an import error in the UI, not silence)."""
-    raw = os.environ.get(ROLES_ENV)
-    if raw is None or not raw.strip():
-        return KNOWN_ROLES
-    roles = [part.strip().lower() for part in raw.split(",") if part.strip()]
-    unknown = sorted(set(roles) - set(KNOWN_ROLES))
-    if unknown:
-        raise ValueError(f"{ROLES_ENV}={raw!r}: unknown role(s) {unknown}; use a "
-                         f"comma-separated list of {', '.join(KNOWN_ROLES)}")
-    return tuple(role for role in KNOWN_ROLES if role in roles)
 
 
 def cleanup_params() -> dict[str, Param]:
