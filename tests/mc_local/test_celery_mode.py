@@ -391,7 +391,6 @@ def _scenario(cluster, api, engine, sink, pusher, worker1) -> None:
     # The real-time queue keeps flowing on worker1 meanwhile (no retry needed).
     wait_for("real-time events sent after the kill",
              lambda: _sent_since(engine, pusher.pushed, killed_at) >= 5, 30, cluster)
-    assert time.monotonic() - killed_at < 30
     cluster.start_worker(3)  # a replacement machine
 
     # 4. SIGTERM: worker1 (running both real-time loops) shuts down warm; the loops end
