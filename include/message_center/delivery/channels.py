@@ -1,55 +1,54 @@
 """Render and send one message on its channel; every problem becomes an :class:`Outcome`.
 
-A shard owns one :class:`Channels`: SMTP connections and the HTTP client are opened on
-first use and reused for the whole shard. :meth:`Channels.deliver` may be called from
-several session threads at once (:mod:`message_center.delivery.pool`): each call borrows
-an SMTP connection nobody else is using and gives it back afterwards, so a shard holds at
-most as many connections as messages it ever had in flight at once. Rendering happens
-here, per message, with the shared sandboxed renderer, so a template error or a missing
-variable fails only that message (with a readable reason in its delivery log) and never
-stops the shard.
+A shard owns one :class:`Channels`: each channel's sender (SMTP connections, the HTTP
+client, ...) is opened on first use and reused for the whole shard. Which channels exist
+and how each sends is the registry's business (:mod:`message_center.channels`): this
+module only routes a message to its channel's sender. :meth:`Channels.deliver` may be
+called from several session threads at once (:mod:`message_center.delivery.pool`).
+Rendering happens in the sender, per message, with the shared sandboxed renderer, so a
+template error or a missing variable fails only that message (with a readable reason in
+its delivery log) and never stops the shard.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from message_center import channels as registry
+from message_center.channels import Channel, ChannelSender
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate, SessionPool
-from message_center.delivery.sms import SmsSender, SmsSettings
-from message_center.delivery.smtp import (
-    SmtpSender,
-    SmtpSettings,
-    build_email,
-    envelope_address,
-)
-from message_center.ids import to_public
-from message_center.rendering import (
-    RenderError,
-    event_variables,
-    render_message,
-    render_part,
-    template_event,
-)
+from message_center.rendering import RenderError, event_variables, template_event
 
 log = logging.getLogger(__name__)
 
 
 class Channels:
-    """The senders of one shard. ``smtp``/``sms`` of ``None`` mean "not configured": such
-    messages are retried later (an operator can add the connection) and then expire."""
+    """The senders of one shard.
 
-    def __init__(self, smtp: SmtpSettings | None, sms: SmsSettings | None,
-                 kind: str = "rt") -> None:
-        self.smtp_settings, self.sms_settings, self.kind = smtp, sms, kind
+    ``Channels(settings_by_channel, kind=...)`` with a mapping ``{channel name:
+    settings}``, or ``Channels(smtp_settings, sms_settings, "rt")``: each settings
+    object goes to the channel whose ``settings_type`` it is. A channel without settings
+    (``None``, absent) is "not configured": its messages are retried later (an operator
+    can add the connection) and then expire."""
+
+    def __init__(self, *settings: Any, kind: str = "rt") -> None:
+        self.settings: dict[str, Any] = {}
+        for value in settings:
+            if isinstance(value, Mapping):
+                self.settings.update({registry.get(n).name: s for n, s in value.items()
+                                      if s is not None})
+            elif isinstance(value, str):
+                kind = value  # the older positional shape: Channels(smtp, sms, kind)
+            elif value is not None:
+                self.settings[_channel_of(value).name] = value
+        self.kind = kind
         self._lock = threading.Lock()
-        self._smtp_idle: list[SmtpSender] = []  # open connections nobody is using
-        self._smtp_all: list[SmtpSender] = []
-        self._sms: SmsSender | None = None
+        self._senders: dict[str, ChannelSender] = {}
         self._pool: SessionPool | None = None
         self._pool_key: tuple[int, int] | None = None
 
@@ -64,21 +63,33 @@ class Channels:
             self._pool.close()
         self._pool = self._pool_key = None
         with self._lock:
-            senders: list[SmtpSender | SmsSender] = [*self._smtp_all]
-            if self._sms is not None:
-                senders.append(self._sms)
-            self._smtp_all, self._smtp_idle, self._sms = [], [], None
+            senders, self._senders = list(self._senders.values()), {}
         for sender in senders:
             sender.close()
+
+    def sender(self, channel: str) -> ChannelSender | None:
+        """The shard's sender of ``channel`` (opened on first use); None when the channel
+        is not configured."""
+        found = self._senders.get(channel)
+        if found is not None:
+            return found
+        settings = self.settings.get(channel)
+        if settings is None:
+            return None
+        with self._lock:
+            if channel not in self._senders:
+                self._senders[channel] = registry.get(channel).open_sender(settings,
+                                                                           self.kind)
+            return self._senders[channel]
 
     def session_pool(self, sessions: int, *, shards: int = 1) -> SessionPool:
         """The shard's pool of ``sessions`` delivery sessions, kept while the settings stay
         the same (a real-time loop reuses its sessions and connections round after round).
 
-        The relays' limits (``max_sessions`` / ``max_messages_per_second`` of the SMTP
-        connection, ``max_concurrent`` / ``max_messages_per_second`` of the SMS gateway)
-        are for the whole DAG run: each of its ``shards`` shard tasks takes an even share
-        (at least one session)."""
+        The providers' limits (e.g. ``max_sessions`` / ``max_messages_per_second`` of the
+        SMTP connection, ``max_concurrent`` / ``max_messages_per_second`` of the SMS
+        gateway) are for the whole DAG run: each of its ``shards`` shard tasks takes an
+        even share (at least one session)."""
         key = (sessions, shards)
         if self._pool is None or self._pool_key != key:
             if self._pool is not None:
@@ -89,35 +100,23 @@ class Channels:
 
     def relay_gates(self, shards: int = 1) -> dict[str, RelayGate]:
         """One :class:`RelayGate` per configured channel, with this shard's share of the
-        relay's limits."""
+        provider's limits."""
         gates: dict[str, RelayGate] = {}
-        smtp, sms = self.smtp_settings, self.sms_settings
-        if smtp is not None:
-            gates["email"] = RelayGate(
-                f"smtp://{smtp.host}:{smtp.port}",
-                max_concurrent=_share(smtp.max_sessions, shards),
-                per_second=smtp.max_messages_per_second / shards
-                if smtp.max_messages_per_second else None)
-        if sms is not None:
-            gates["sms"] = RelayGate(
-                sms.base_url,
-                max_concurrent=_share(sms.max_concurrent, shards),
-                per_second=sms.max_messages_per_second / shards
-                if sms.max_messages_per_second else None)
+        for name in self.settings:
+            sender = self.sender(name)
+            gate = sender.relay_gate(shards) if sender is not None else None
+            if gate is not None:
+                gates[name] = gate
         return gates
 
     def reconcile(self, attempt: Attempt) -> Outcome | None:
-        """Ask the provider what became of a message whose worker died while sending it:
-        the SMS gateway's lookup by reference (:meth:`SmsSender.lookup
-        <message_center.delivery.sms.SmsSender.lookup>`); None when it cannot tell
-        (e-mail: SMTP has no such question)."""
-        if attempt.channel != "sms" or self.sms_settings is None:
+        """Ask the provider what became of a message whose worker died while sending it
+        (e.g. the SMS gateway's lookup by reference); None when it cannot tell (e-mail:
+        SMTP has no such question) or the channel is not configured."""
+        if not registry.get(attempt.channel).reconciles:
             return None
-        with self._lock:
-            if self._sms is None:
-                self._sms = SmsSender(self.sms_settings)
-            sms = self._sms
-        return sms.lookup(attempt.log_id)
+        sender = self.sender(attempt.channel)
+        return None if sender is None else sender.reconcile(attempt)
 
     def deliver(self, attempt: Attempt, ready: Callable[[], None] | None = None) -> Outcome:
         """Render and send; never raises for a message-level problem.
@@ -132,63 +131,22 @@ class Channels:
                                   f"{attempt.template_version} is not published here")
         variables = event_variables(template_event(row, attempt.event_id))
         name = f"{attempt.template_name} v{attempt.template_version}"
+        sender = self._senders.get(attempt.channel) or self.sender(attempt.channel)
+        if sender is None:
+            channel = registry.get(attempt.channel)
+            return Outcome.retry(f"no {channel.connection_label} connection is configured "
+                                 f"({channel.connection_id})")
         try:
-            if attempt.channel == "sms":
-                return self._send_sms(attempt, row, variables, ready)
-            return self._send_email(attempt, row, variables, ready)
+            return sender.send(attempt, variables, ready)
         except RenderError as exc:
             return Outcome.failed(f"template {name} cannot be rendered: {exc}")
         except ValueError as exc:
             return Outcome.failed(f"message from template {name} is invalid: {exc}")
 
-    def _send_email(self, attempt: Attempt, row: dict[str, Any], variables: dict[str, Any],
-                    ready: Callable[[], None] | None = None) -> Outcome:
-        if self.smtp_settings is None:
-            return Outcome.retry("no SMTP connection is configured (smtp_default)")
-        rendered = render_message(row["subject"], row["html_body"], row["text_body"],
-                                  variables)
-        sender = row["sender"] or self.smtp_settings.from_email
-        envelope = envelope_address(sender)
-        message_id, data = build_email(
-            log_id=attempt.log_id, sender=sender, recipient=attempt.address,
-            subject=rendered.subject, html=rendered.html, text=rendered.text,
-            headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}"},
-        )
-        sender = self._borrow_smtp()
-        try:
-            return sender.send_bytes(data, message_id, envelope, attempt.address,
-                                     ready)
-        finally:
-            with self._lock:
-                self._smtp_idle.append(sender)
 
-    def _borrow_smtp(self) -> SmtpSender:
-        """An SMTP sender (connection) no other session is using: the last one given back
-        (still connected), or a new one."""
-        assert self.smtp_settings is not None
-        with self._lock:
-            if self._smtp_idle:
-                return self._smtp_idle.pop()
-            sender = SmtpSender(self.smtp_settings)
-            self._smtp_all.append(sender)
-            return sender
-
-
-    def _send_sms(self, attempt: Attempt, row: dict[str, Any], variables: dict[str, Any],
-                  ready: Callable[[], None] | None = None) -> Outcome:
-        if self.sms_settings is None:
-            return Outcome.retry("no SMS gateway connection is configured (sms_gateway)")
-        body = render_part(row["sms_body"], variables, part="sms")
-        if not body:
-            return Outcome.failed(f"template {attempt.template_name} has no SMS text")
-        with self._lock:
-            if self._sms is None:  # one pooled HTTP client, safe to share between threads
-                self._sms = SmsSender(self.sms_settings)
-            sms = self._sms
-        return sms.send(log_id=attempt.log_id, to=attempt.address, text=body,
-                        sender=row["sender"], ready=ready)
-
-
-def _share(limit: int | None, shards: int) -> int | None:
-    """A shard task's share of a relay's concurrency limit (at least one)."""
-    return None if limit is None else max(1, limit // max(1, shards))
+def _channel_of(settings: object) -> Channel:
+    for channel in registry.all_channels():
+        if channel.settings_type is not None and isinstance(settings, channel.settings_type):
+            return channel
+    raise TypeError(f"no registered channel takes settings of type "
+                    f"{type(settings).__name__}")

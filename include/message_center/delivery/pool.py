@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
+from message_center import channels
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 
@@ -62,10 +63,14 @@ IN_FLIGHT_GRACE_SECONDS = 15.0
 #: stop request or the end of the sending budget is noticed promptly.
 WAIT_STEP_SECONDS = 0.1
 
-# Outcomes built without a classified answer (tests, older callers): the reply code in the
-# error text.
-_SMTP_THROTTLE = re.compile(r"(?:^|[\s(])(?:421|4\.7\.\d{1,3})(?=[\s,)]|$)")
-_HTTP_THROTTLE = re.compile(r"answered 429\b")
+
+def throttle_pattern(channel: str) -> re.Pattern[str] | None:
+    """A "slow down" answer in the error text of an outcome built without a classified
+    answer (tests, older callers): the channel says how it reads."""
+    try:
+        return channels.get(channel).throttle_pattern
+    except channels.UnknownChannelError:
+        return None
 
 
 def is_throttle(channel: str, outcome: Outcome) -> bool:
@@ -75,8 +80,8 @@ def is_throttle(channel: str, outcome: Outcome) -> bool:
     answer = outcome.classification
     if answer is not None and answer.code is not None:  # a classified SMTP / HTTP answer
         return answer.is_throttle
-    pattern = _HTTP_THROTTLE if channel == "sms" else _SMTP_THROTTLE
-    return pattern.search(outcome.error) is not None
+    pattern = throttle_pattern(channel)
+    return pattern is not None and pattern.search(outcome.error) is not None
 
 
 class RelayGate:

@@ -1,0 +1,103 @@
+"""Channels: the seam a delivery channel plugs into, and the registry that finds them.
+
+A channel (e-mail, SMS, ...) is one :class:`Channel` object registered by its name, the
+way Airflow providers register hooks and notifiers: the core never lists channels, it
+asks the registry. Everything specific to a channel lives in its own module: the address
+it needs (wire field, validation, normalised form), its template parts (their checks,
+rendering, preview), its Airflow connection and sender (session pool, relay caps), how a
+provider's answer is told to be a "slow down", the local sink ``make run`` starts for it,
+the event lookup's re-render and ACC's numeric ``wishedChannel`` codes.
+
+The built-in channels are the modules of this package that define ``CHANNEL`` (found at
+the first lookup, so adding ``channels/webpush.py`` adds the channel); a channel defined
+elsewhere (a test, a plugin) calls :func:`register`. Lookups are dict reads: the hot path
+resolves a channel once per chunk or group, never with a query.
+
+See ``docs/how-to/add-a-channel.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+
+from message_center.channels.base import (
+    Channel,
+    ChannelSender,
+    LocalSink,
+    RenderedParts,
+    UnknownChannelError,
+)
+
+__all__ = ["Channel", "ChannelSender", "LocalSink", "RenderedParts", "UnknownChannelError",
+           "acc_code_map", "all_channels", "get", "names", "register", "unregister"]
+
+_REGISTRY: dict[str, Channel] = {}
+_LOCK = threading.Lock()
+_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import every module of this package that defines ``CHANNEL`` (once)."""
+    global _loaded
+    if _loaded:
+        return
+    with _LOCK:
+        if _loaded:
+            return
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if info.name.startswith("_") or info.name == "base":
+                continue
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            channel = getattr(module, "CHANNEL", None)
+            if isinstance(channel, Channel) and channel.name not in _REGISTRY:
+                _REGISTRY[channel.name] = channel
+        _loaded = True
+
+
+def register(channel: Channel, *, replace: bool = False) -> Channel:
+    """Add ``channel`` under its name; a second channel of the same name is refused
+    unless ``replace`` (two channels answering to one ``wishedChannel`` is a mistake)."""
+    _load_builtins()
+    if not channel.name or not channel.name.isidentifier():
+        raise ValueError(f"channel name {channel.name!r} must be a plain identifier")
+    with _LOCK:
+        if channel.name in _REGISTRY and not replace and _REGISTRY[channel.name] is not channel:
+            raise ValueError(f"a channel named {channel.name!r} is already registered")
+        _REGISTRY[channel.name] = channel
+    return channel
+
+
+def unregister(name: str) -> None:
+    """Remove a channel registered with :func:`register` (tests clean up with it)."""
+    with _LOCK:
+        _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Channel:
+    """The channel called ``name``; :class:`UnknownChannelError` names the known ones."""
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise UnknownChannelError(name, names()) from None
+
+
+def names() -> tuple[str, ...]:
+    """The registered channel names, built-ins first in their order, then the others."""
+    _load_builtins()
+    return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n)))
+
+
+def all_channels() -> tuple[Channel, ...]:
+    return tuple(_REGISTRY[name] for name in names())
+
+
+def acc_code_map() -> dict[str, str]:
+    """ACC's ``wishedChannel`` values (numeric codes and labels, lower case) -> channel."""
+    codes: dict[str, str] = {}
+    for channel in all_channels():
+        for code in (*channel.acc_codes, channel.name):
+            codes.setdefault(code.lower(), channel.name)
+    return codes

@@ -1,0 +1,205 @@
+"""The :class:`Channel` interface: what a delivery channel tells the core about itself.
+
+Kept free of heavy imports (no SMTP, no HTTP client): the registry, the push API and the
+template checks import it at start-up. A channel module implements it and its sender
+(:class:`ChannelSender`); the core only calls these methods.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from message_center.delivery.ledger import Attempt
+    from message_center.delivery.outcome import Outcome
+    from message_center.delivery.pool import RelayGate
+
+
+class UnknownChannelError(ValueError):
+    """A channel name no registered channel answers to."""
+
+    def __init__(self, name: object, known: Sequence[str]) -> None:
+        self.name, self.known = name, tuple(known)
+        super().__init__(f"unknown channel {name!r} (expected one of {', '.join(known)})")
+
+
+#: Rendered template parts by part name (``subject``, ``html``, ``text``; ``sms``; ...).
+RenderedParts = dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class LocalSink:
+    """A local stand-in for a channel's provider that ``make run`` starts (the launcher
+    asks the registry for them): ``python -m <module> --port <port> <dir_flag> <dir>``."""
+
+    name: str
+    module: str
+    port_env: str
+    default_port: int
+    dir_flag: str
+    #: The folder kept next to the mail folder: the mail folder's name with "mail"
+    #: replaced by this.
+    dir_name: str
+    #: What is kept there, for the start-up message ("SMS").
+    what: str
+
+    def port(self, environ: Mapping[str, str]) -> int:
+        return int(environ.get(self.port_env) or self.default_port)
+
+    def directory(self, mail_dir: Path) -> Path:
+        return mail_dir.with_name(mail_dir.name.replace("mail", self.dir_name, 1))
+
+
+class ChannelSender(Protocol):
+    """A channel's open connection(s) inside one shard (shared by its session threads)."""
+
+    def relay_gate(self, shards: int) -> RelayGate | None:
+        """The provider's limits, this shard's share of them (None: no limit)."""
+
+    def send(self, attempt: Attempt, variables: dict[str, Any],
+             ready: Callable[[], None] | None) -> Outcome:
+        """Render and send one message; ``ready`` just before the point of no return.
+        A render problem raises :class:`~message_center.rendering.RenderError`."""
+
+    def reconcile(self, attempt: Attempt) -> Outcome | None:
+        """What became of a message whose worker died while sending it (None: cannot
+        tell)."""
+
+    def close(self) -> None:
+        """Close connections."""
+
+
+@dataclass(frozen=True)
+class AddressPath:
+    """How the API's ``/v1/quarantine/<channel>/{address}`` path states the address."""
+
+    pattern: str
+    min_length: int
+    max_length: int
+    description: str
+
+
+class Channel(ABC):
+    """One delivery channel. Subclass it, set the class attributes, implement the
+    abstract methods, and register an instance (``CHANNEL = MyChannel()`` in a module of
+    :mod:`message_center.channels`, or :func:`message_center.channels.register`)."""
+
+    #: ``wishedChannel`` value, stored in every ``channel`` column.
+    name: ClassVar[str]
+    #: Shown to people (reports, UI filters).
+    label: ClassVar[str]
+    #: Sort order in lists (built-ins first).
+    order: ClassVar[int] = 100
+    #: The event's address on the wire (camelCase, as pushed and as ``GET /events`` shows).
+    address_field: ClassVar[str]
+    #: The event column holding the address.
+    address_column: ClassVar[str] = "address"
+    #: The error type of a bad address at push time.
+    address_error_type: ClassVar[str] = "address_format"
+    #: Words for the address: "no <noun> address on the event".
+    address_noun: ClassVar[str]
+    #: "an e-mail address": API summaries and messages.
+    address_description: ClassVar[str]
+    #: The address as a quarantine API path segment (None: given as a query parameter).
+    address_path: ClassVar[AddressPath | None] = None
+    #: ACC's ``wishedChannel`` codes and labels (``nms:messageType``) for this channel.
+    acc_codes: ClassVar[tuple[str, ...]] = ()
+    #: Template file fields that belong to this channel, and the ones it requires.
+    template_parts: ClassVar[tuple[str, ...]] = ()
+    required_parts: ClassVar[tuple[str, ...]] = ()
+    #: The ``published_template`` column each part is stored in.
+    template_columns: ClassVar[Mapping[str, str]] = {}
+    #: Parts rendered with HTML autoescaping.
+    html_parts: ClassVar[tuple[str, ...]] = ()
+    #: These parts are in every template's versioned content (None when unused) so that
+    #: the content hashes of versions made before the seam stay the same.
+    parts_in_every_content: ClassVar[bool] = False
+    #: The Airflow connection of the provider; required: a missing one fails the task
+    #: (otherwise the channel's messages are retried and eventually expire).
+    connection_id: ClassVar[str | None] = None
+    connection_required: ClassVar[bool] = False
+    #: Names the provider in "no <label> connection is configured (<id>)".
+    connection_label: ClassVar[str] = ""
+    #: Where a message is found at the provider (the "outcome unknown" reason says it).
+    provider_reference: ClassVar[str] = ""
+    #: The provider can be asked what became of a message (crash recovery).
+    reconciles: ClassVar[bool] = False
+    #: A "slow down" answer in an outcome's error text (outcomes without a classified
+    #: answer).
+    throttle_pattern: ClassVar[re.Pattern[str] | None] = None
+    #: The sink ``make run`` starts for this channel (None: none).
+    local_sink: ClassVar[LocalSink | None] = None
+    #: The settings type this channel's sender takes (routes ``Channels(settings, ...)``).
+    settings_type: ClassVar[type | None] = None
+
+    def __repr__(self) -> str:
+        return f"<channel {self.name}>"
+
+    # --- addresses -------------------------------------------------------------------
+    @abstractmethod
+    def address_error(self, value: str) -> str | None:
+        """Why ``value`` is not a valid address at push time (None: it is)."""
+
+    @abstractmethod
+    def normalize_address(self, value: str) -> str:
+        """The stored (quarantine) form of an address; ``ValueError`` when it cannot be."""
+
+    def seed_address_error(self, value: str) -> str | None:
+        """Why a template seed's address is not one of this channel (None: fine)."""
+        return self.address_error(value)
+
+    def event_address(self, event: Mapping[str, Any]) -> str | None:
+        """The address on a stored event row."""
+        value = event.get(self.address_column)
+        return value if isinstance(value, str) else None
+
+    def parts_from_row(self, row: Mapping[str, Any]) -> dict[str, str | None]:
+        """The template parts from a ``published_template`` row."""
+        return {part: row.get(column) for part, column in self.template_columns.items()}
+
+    # --- templates -------------------------------------------------------------------
+    def check_template(self, values: Mapping[str, str | None], present: Sequence[str],
+                       problem: Callable[[str | None, str], None]) -> None:
+        """Channel-specific template checks; ``problem(field, message)`` reports one.
+        ``values`` are the text fields read, ``present`` the keys of the file."""
+        return None
+
+    @abstractmethod
+    def render(self, parts: Mapping[str, str | None],
+               variables: dict[str, Any]) -> RenderedParts:
+        """The template's parts rendered for an event (the delivery's renderer)."""
+
+    def preview_files(self, rendered: RenderedParts, out_dir: Path, stem: str,
+                      header: str, sender: str | None, address: str) -> list[Path] | None:
+        """Preview files for people (None: the generic e-mail-like preview)."""
+        return None
+
+    def proof_content(self, rendered: RenderedParts, label: str,
+                      address: str) -> tuple[str | None, str | None, str | None]:
+        """(subject, html, text) of the proof e-mail of a rendered template."""
+        return None, None, "\n\n".join(f"{k}: {v}" for k, v in rendered.items() if v)
+
+    #: A proof goes to the seeds' own addresses (False: ``--to`` e-mail addresses needed).
+    proofs_to_seeds: ClassVar[bool] = False
+
+    def lookup_message(self, rendered: RenderedParts, *, to: str | None,
+                       sender: str | None, log_id: int | None,
+                       event_ref: str) -> dict[str, Any]:
+        """The event lookup's re-rendered message (``channel`` and ``to`` added by the
+        caller)."""
+        return {"sender": sender, **rendered}
+
+    # --- delivery --------------------------------------------------------------------
+    def settings_from_connection(self, conn: Mapping[str, Any]) -> Any:
+        """Sender settings from an Airflow connection (host, port, login, password,
+        schema, extra)."""
+        raise NotImplementedError(f"channel {self.name} has no connection settings")
+
+    @abstractmethod
+    def open_sender(self, settings: Any, kind: str) -> ChannelSender:
+        """The shard's sender (opened on first use, closed with the shard)."""

@@ -1,0 +1,223 @@
+"""The e-mail channel: an address per RFC 5321 (pragmatic check), subject / html / text
+parts, sent over SMTP (:mod:`message_center.delivery.smtp`) through the ``smtp_default``
+connection, with the relay's ``max_sessions`` / ``max_messages_per_second`` as caps.
+
+Answers are classified by their SMTP reply code
+(:func:`~message_center.delivery.classification.classify_smtp`); ``421`` and ``4.7.x``
+mean "slow down". An address is kept in lower case in the quarantine.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+from message_center.channels.base import AddressPath, Channel, LocalSink, RenderedParts
+from message_center.delivery.ledger import Attempt
+from message_center.delivery.outcome import Outcome
+from message_center.delivery.pool import RelayGate
+from message_center.delivery.smtp import (
+    SmtpSender,
+    SmtpSettings,
+    build_email,
+    envelope_address,
+    smtp_settings_from_connection,
+)
+from message_center.ids import to_public
+from message_center.rendering import RenderError, render_message
+
+_EMAIL_FORBIDDEN = re.compile(r'[\s\x00<>(),;:"\[\]\\@]')
+_DOMAIN_LABEL = re.compile(r"^[^\W_](?:[\w-]{0,61}[^\W_])?$")
+#: Template seeds and senders: a looser check than at push time (``a@b.c``).
+_SEED_EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+#: What :meth:`EmailChannel.normalize_address` accepts (the quarantine API's path).
+EMAIL_PATTERN = r"^[^@\s/\x00-\x1f\x7f-\x9f]+@[^@\s/\x00-\x1f\x7f-\x9f]+$"
+# Outcomes built without a classified answer (tests, older callers): the reply code in the
+# error text.
+_SMTP_THROTTLE = re.compile(r"(?:^|[\s(])(?:421|4\.7\.\d{1,3})(?=[\s,)]|$)")
+
+
+def is_valid_email(value: str) -> bool:
+    """Pragmatic address check: one ``@``, a sane local part, a dotted domain (IDN ok)."""
+    if len(value) > 254 or value.count("@") != 1:
+        return False
+    local, domain = value.split("@")
+    if not local or len(local) > 64 or _EMAIL_FORBIDDEN.search(local):
+        return False
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    labels = domain.split(".")
+    return (len(labels) >= 2 and len(labels[-1]) >= 2 and not labels[-1].isdigit()
+            and all(_DOMAIN_LABEL.match(label) for label in labels))
+
+
+class EmailChannel(Channel):
+    name = "email"
+    label = "E-mail"
+    order = 0
+    address_field = "email"
+    address_column = "email"
+    address_error_type = "email_format"
+    address_noun = "email"
+    address_description = "an e-mail address"
+    address_path = AddressPath(EMAIL_PATTERN, 3, 320, "An e-mail address (any case).")
+    acc_codes = ("0",)
+    template_parts = ("subject", "html", "text")
+    required_parts = ("subject",)
+    html_parts = ("html",)
+    template_columns = {"subject": "subject", "html": "html_body", "text": "text_body"}
+    parts_in_every_content = True
+    connection_id = "smtp_default"
+    connection_label = "SMTP"
+    connection_required = True
+    provider_reference = "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>"
+    throttle_pattern = _SMTP_THROTTLE
+    settings_type = SmtpSettings
+    proofs_to_seeds = True
+    local_sink = LocalSink(name="smtp-sink", module="mc_local.smtp_sink",
+                           port_env="MC_SMTP_PORT", default_port=8025, dir_flag="--mail-dir",
+                           dir_name="mail", what="e-mails")
+
+    def address_error(self, value: str) -> str | None:
+        return None if is_valid_email(value) else "email is not a valid email address"
+
+    def normalize_address(self, value: str) -> str:
+        value = (value or "").strip()
+        if not value:
+            raise ValueError("address is empty")
+        blank = any(ch.isspace() or ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value)
+        if value.count("@") != 1 or blank or value.startswith("@") or value.endswith("@"):
+            raise ValueError(f"address {value!r} is not an email address")
+        return value.lower()
+
+    def seed_address_error(self, value: str) -> str | None:
+        return None if _SEED_EMAIL.match(value) else f"{value!r} is not an email address"
+
+    def check_template(self, values: Mapping[str, str | None], present: Sequence[str],
+                       problem: Callable[[str | None, str], None]) -> None:
+        if values.get("html") is None and values.get("text") is None:
+            problem("html", "an email template needs an html and/or a text body")
+        sender = values.get("sender")
+        if sender is not None:
+            _, address = parseaddr(sender)
+            if not _SEED_EMAIL.match(address):
+                problem("sender", f"{sender!r} is not an address such as "
+                                  "'Shop <shop@example.com>'")
+
+    def render(self, parts: Mapping[str, str | None],
+               variables: dict[str, Any]) -> RenderedParts:
+        message = render_message(parts.get("subject"), parts.get("html"), parts.get("text"),
+                                 variables)
+        if message.subject is not None and ("\n" in message.subject
+                                            or "\r" in message.subject):
+            raise RenderError("the rendered subject contains a line break")
+        return {"subject": message.subject, "html": message.html, "text": message.text}
+
+    def proof_content(self, rendered: RenderedParts, label: str,
+                      address: str) -> tuple[str | None, str | None, str | None]:
+        return rendered.get("subject") or "", rendered.get("html"), rendered.get("text")
+
+    def preview_files(self, rendered: RenderedParts, out_dir: Path, stem: str,
+                      header: str, sender: str | None, address: str) -> list[Path] | None:
+        return None  # the generic preview is the e-mail one
+
+    def lookup_message(self, rendered: RenderedParts, *, to: str | None,
+                       sender: str | None, log_id: int | None,
+                       event_ref: str) -> dict[str, Any]:
+        sender = sender or "Message Center <no-reply@localhost>"
+        eml = None
+        if log_id is not None and to:
+            _mid, data = build_email(
+                log_id=log_id, sender=sender, recipient=to, subject=rendered["subject"],
+                html=rendered["html"], text=rendered["text"],
+                headers={"X-Message-Center-Event": event_ref})
+            eml = data.decode("utf-8")
+        return {"sender": sender, "subject": rendered["subject"], "html": rendered["html"],
+                "text": rendered["text"], "messageId": _message_id(eml), "eml": eml}
+
+    def settings_from_connection(self, conn: Mapping[str, Any]) -> SmtpSettings:
+        return smtp_settings_from_connection(conn)
+
+    def open_sender(self, settings: SmtpSettings, kind: str) -> EmailSender:
+        return EmailSender(settings, kind)
+
+
+def _message_id(eml: str | None) -> str | None:
+    if not eml:
+        return None
+    for line in eml.split("\r\n"):
+        if line.lower().startswith("message-id:"):
+            return line.split(":", 1)[1].strip()
+        if not line:
+            break
+    return None
+
+
+class EmailSender:
+    """SMTP connections of one shard: each session thread borrows one nobody else is
+    using and gives it back, so a shard holds at most as many connections as messages it
+    ever had in flight at once."""
+
+    def __init__(self, settings: SmtpSettings, kind: str) -> None:
+        self.settings, self.kind = settings, kind
+        self._lock = threading.Lock()
+        self._idle: list[SmtpSender] = []  # open connections nobody is using
+        self._all: list[SmtpSender] = []
+
+    def relay_gate(self, shards: int) -> RelayGate:
+        smtp = self.settings
+        return RelayGate(
+            f"smtp://{smtp.host}:{smtp.port}",
+            max_concurrent=share(smtp.max_sessions, shards),
+            per_second=smtp.max_messages_per_second / shards
+            if smtp.max_messages_per_second else None)
+
+    def send(self, attempt: Attempt, variables: dict[str, Any],
+             ready: Callable[[], None] | None = None) -> Outcome:
+        row = attempt.row
+        rendered = render_message(row["subject"], row["html_body"], row["text_body"],
+                                  variables)
+        sender = row["sender"] or self.settings.from_email
+        envelope = envelope_address(sender)
+        message_id, data = build_email(
+            log_id=attempt.log_id, sender=sender, recipient=attempt.address,
+            subject=rendered.subject, html=rendered.html, text=rendered.text,
+            headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}"},
+        )
+        smtp = self._borrow()
+        try:
+            return smtp.send_bytes(data, message_id, envelope, attempt.address, ready)
+        finally:
+            with self._lock:
+                self._idle.append(smtp)
+
+    def _borrow(self) -> SmtpSender:
+        """An SMTP sender (connection) no other session is using: the last one given back
+        (still connected), or a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            sender = SmtpSender(self.settings)
+            self._all.append(sender)
+            return sender
+
+    def reconcile(self, attempt: Attempt) -> Outcome | None:
+        return None  # SMTP has no such question
+
+    def close(self) -> None:
+        with self._lock:
+            senders, self._all, self._idle = self._all, [], []
+        for sender in senders:
+            sender.close()
+
+
+def share(limit: int | None, shards: int) -> int | None:
+    """A shard task's share of a relay's concurrency limit (at least one)."""
+    return None if limit is None else max(1, limit // max(1, shards))
+
+
+CHANNEL = EmailChannel()
