@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection, text
 
+from message_center import channels
+from message_center.channels import Channel
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
 from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS, EventStatus, event_table
 
@@ -52,10 +54,6 @@ MAX_TYPE_LENGTH = 128
 MAX_TEXT_LENGTH = 255
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
-Channel = Literal["email", "sms"]
-CHANNEL_ADDRESS = {"email": "email", "sms": "mobilePhone"}
-
-
 class EventValidationError(ValueError):
     """Bad input: ``errors`` are FastAPI-style entries (loc, field, msg, type)."""
 
@@ -65,34 +63,10 @@ class EventValidationError(ValueError):
 
 
 # --- field checks ------------------------------------------------------------------
-_EMAIL_FORBIDDEN = re.compile(r'[\s\x00<>(),;:"\[\]\\@]')
-_DOMAIN_LABEL = re.compile(r"^[^\W_](?:[\w-]{0,61}[^\W_])?$")
-# 6-15 digits, the first after an optional +, separators between: one rule, also in the schema.
-PHONE_PATTERN = r"^\+?[0-9](?:[ ().-]*[0-9]){5,14}[ ().-]*$"
-_PHONE = re.compile(PHONE_PATTERN)
 # PostgreSQL text cannot hold NUL (checked in Rust by pydantic, not per field in Python).
 _TEXT_PATTERN = r"^[^\x00]*$"
 _TYPE_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def is_valid_email(value: str) -> bool:
-    """Pragmatic address check: one ``@``, a sane local part, a dotted domain (IDN ok)."""
-    if len(value) > 254 or value.count("@") != 1:
-        return False
-    local, domain = value.split("@")
-    if not local or len(local) > 64 or _EMAIL_FORBIDDEN.search(local):
-        return False
-    if local.startswith(".") or local.endswith(".") or ".." in local:
-        return False
-    labels = domain.split(".")
-    return (len(labels) >= 2 and len(labels[-1]) >= 2 and not labels[-1].isdigit()
-            and all(_DOMAIN_LABEL.match(label) for label in labels))
-
-
-def is_valid_phone(value: str) -> bool:
-    """E.164-like numbers, separators allowed: ``+33 6 12 34 56 78``, ``555 010-9999``."""
-    return bool(_PHONE.match(value))
 
 
 def parse_datetime(value: Any, field: str) -> datetime | None:
@@ -134,11 +108,34 @@ class EncodedCtx(dict[str, Any]):
         self.json = encoded
 
 
+#: ACC's address attributes (wire name -> model field).
+_ACC_FIELDS = {"email": "email", "mobilePhone": "mobile_phone"}
+_ACC_ADDRESSES: dict[str, Channel] = {}
+
+
+def _acc_address(field: str) -> Any:
+    """The model field of one of ACC's address attributes, as its channel states it."""
+    channel = channels.by_address_field(field)
+    if channel is None:  # pragma: no cover - the built-in channels own them
+        raise RuntimeError(f"no channel owns ACC's address attribute {field}")
+    _ACC_ADDRESSES[_ACC_FIELDS[field]] = channel
+    return Field(None, max_length=channel.address_max_length,
+                 json_schema_extra={k: v for k, v in channel.address_json_schema.items()
+                                    if k != "type"} or None,
+                 description=channel.address_doc)
+
+
+def _check_address(channel: Channel, value: Any) -> None:
+    error = channel.address_error(value)
+    if error is not None:
+        raise PydanticCustomError(channel.address_error_type, error)
+
+
 class EventIn(BaseModel):
     """One pushed event, as ACC's ``PushEvent`` takes it (camelCase on the wire)."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=False,
+        extra="allow", strict=True, alias_generator=to_camel, populate_by_name=False,
         frozen=True,
         json_schema_extra={
             "examples": [{
@@ -148,25 +145,28 @@ class EventIn(BaseModel):
             }],
             # The channel's address is required (checked by _cross_fields below).
             "anyOf": [
-                {"required": ["email"], "properties": {
-                    "wishedChannel": {"const": "email"}, "email": {"type": "string"}}},
-                {"required": ["wishedChannel", "mobilePhone"], "properties": {
-                    "wishedChannel": {"const": "sms"}, "mobilePhone": {"type": "string"}}},
+                {"required": [*(() if channel is channels.default() else ("wishedChannel",)),
+                              channel.address_field],
+                 "properties": {"wishedChannel": {"const": channel.name},
+                                channel.address_field: {"type": "string"}}}
+                for channel in channels.all_channels()
             ],
         },
     )
 
     type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=_TYPE_PATTERN,
                       description="Event type; links the event to its published template.")
-    # format / pattern stated for clients, checked by the validators below (their errors
-    # name the field in the project's words).
-    email: str | None = Field(None, max_length=254, json_schema_extra={"format": "email"},
-                              description="Recipient address; required for the email channel.")
-    mobile_phone: str | None = Field(
-        None, max_length=32, json_schema_extra={"pattern": PHONE_PATTERN},
-        description="Recipient number (E.164, 6-15 digits, separators allowed); required "
-                    "for sms.")
-    wished_channel: Channel = Field("email", description="`email` (default) or `sms`.")
+    # ACC's two address attributes, described and checked by the channel whose address
+    # each is (format / pattern stated for clients; the errors name the field in the
+    # project's words). Another channel's address is its own wire field (an extra,
+    # checked by _cross_fields).
+    email: str | None = _acc_address("email")
+    mobile_phone: str | None = _acc_address("mobilePhone")
+    wished_channel: str = Field(
+        channels.default().name,
+        description=f"{' or '.join(f'`{name}`' for name in channels.names())} (default "
+                    f"`{channels.default().name}`).",
+        json_schema_extra={"enum": list(channels.names())})
     external_id: str | None = Field(None, max_length=MAX_TEXT_LENGTH, pattern=_TEXT_PATTERN,
                                     description="The caller's own id for the event.")
     language: str | None = Field(None, max_length=35, pattern=_TEXT_PATTERN)
@@ -182,20 +182,19 @@ class EventIn(BaseModel):
                           "processed by then.")
 
     # Few Python validators on purpose: a 1,000-event batch runs each of them 1,000 times.
-    @field_validator("email")
+    @field_validator("email", "mobile_phone")
     @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        if value is not None and not is_valid_email(value):
-            raise PydanticCustomError("email_format", "email is not a valid email address")
+    def _address(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            _check_address(_ACC_ADDRESSES[info.field_name], value)
         return value
 
-    @field_validator("mobile_phone")
+    @field_validator("wished_channel", mode="plain")
     @classmethod
-    def _mobile_phone(cls, value: str | None) -> str | None:
-        if value is not None and not is_valid_phone(value):
-            raise PydanticCustomError(
-                "phone_format",
-                "mobilePhone is not a valid phone number (6-15 digits, e.g. +33612345678)")
+    def _wished_channel(cls, value: Any) -> str:
+        if not isinstance(value, str) or value not in channels.names():
+            raise PydanticCustomError("literal_error", "wishedChannel must be {expected}",
+                                      {"expected": channels.expected()})
         return value
 
     @field_validator("ctx", mode="plain")
@@ -224,16 +223,38 @@ class EventIn(BaseModel):
 
     @model_validator(mode="after")
     def _cross_fields(self) -> EventIn:
-        field = CHANNEL_ADDRESS[self.wished_channel]
-        if getattr(self, "email" if field == "email" else "mobile_phone") is None:
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            owner = channels.by_address_field(key)
+            if owner is None or key in _ACC_FIELDS:
+                raise PydanticCustomError("extra_forbidden", "unknown field '{field}'",
+                                          {"field": key})
+            _check_address(owner, value)
+        channel = channels.get(self.wished_channel)
+        if self.address is None:
             raise PydanticCustomError(
                 "address_missing", "{field} is required when wishedChannel is '{channel}'",
-                {"field": field, "channel": self.wished_channel})
+                {"field": channel.address_field, "channel": self.wished_channel})
         if self.scheduled and self.expiration and self.expiration < self.scheduled:
             raise PydanticCustomError(
                 "expiration_before_scheduled",
                 "expiration must not be before scheduled", {"field": "expiration"})
         return self
+
+    @property
+    def address(self) -> Any:
+        """The address the event's channel needs (None: missing)."""
+        field = channels.get(self.wished_channel).address_field
+        if field in _ACC_FIELDS:
+            return getattr(self, _ACC_FIELDS[field])
+        return (self.__pydantic_extra__ or {}).get(field)
+
+    def stored_address(self) -> str | None:
+        """What the ``address`` column keeps: the address of a channel that is not one of
+        ACC's (those are in ``email`` / ``mobile_phone``), JSON text when structured."""
+        if channels.get(self.wished_channel).address_field in _ACC_FIELDS:
+            return None
+        value = self.address
+        return value if value is None or isinstance(value, str) else compact_json(value)
 
     def to_row(self) -> dict[str, Any]:
         """The event as the insert statement reads it (snake_case, ISO dates)."""
@@ -242,7 +263,8 @@ class EventIn(BaseModel):
     def _scalars(self) -> dict[str, Any]:
         return {
             "type": self.type, "email": self.email, "mobile_phone": self.mobile_phone,
-            "wished_channel": self.wished_channel, "external_id": self.external_id,
+            "wished_channel": self.wished_channel, "address": self.stored_address(),
+            "external_id": self.external_id,
             "language": self.language, "country": self.country, "origin": self.origin,
             "scheduled": self.scheduled.isoformat() if self.scheduled else None,
             "expiration": self.expiration.isoformat() if self.expiration else None,
@@ -374,8 +396,8 @@ def check_idempotency_key(key: str) -> str:
 
 
 # --- writes ------------------------------------------------------------------------
-_INSERT_COLUMNS = ("type", "email", "mobile_phone", "wished_channel", "external_id",
-                   "language", "country", "origin")
+_INSERT_COLUMNS = ("type", "email", "mobile_phone", "wished_channel", "address",
+                   "external_id", "language", "country", "origin")
 
 
 def _insert_sql(kind: str) -> str:
@@ -459,7 +481,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-_EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "external_id", "language",
+_EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "address", "external_id",
+                 "language",
                  "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
                  "last_modified", "processing", "processed", "error_count", "next_attempt",
                  "template_name", "template_version", "delivery_log_id", "error_reason")
@@ -507,7 +530,7 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
                     "sentAt": _iso(row["dl_sent_at"]),
                     "failureClass": row["dl_failure_class"],
                     "failureReason": row["dl_failure_reason"]}
-    return {
+    event = {
         "id": public_id, "kind": row["kind"], "type": row["type"], "email": row["email"],
         "mobilePhone": row["mobile_phone"], "wishedChannel": row["wished_channel"],
         "externalId": row["external_id"], "language": row["language"],
@@ -519,6 +542,14 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         "errorCount": row["error_count"], "nextAttempt": _iso(row["next_attempt"]),
         "template": template, "delivery": delivery, "errorReason": row["error_reason"],
     }
+    if row["address"] is not None:  # a channel's own address field (not one of ACC's)
+        try:
+            channel = channels.get(row["wished_channel"])
+        except channels.UnknownChannelError:
+            channel = None
+        if channel is not None and channel.address_field not in event:
+            event[channel.address_field] = channel.address_on_wire(row["address"])
+    return event
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,25 @@ from message_center.channels.base import (
     UnknownChannelError,
 )
 
-__all__ = ["Channel", "ChannelSender", "LocalSink", "RenderedParts", "UnknownChannelError",
-           "acc_code_map", "all_channels", "get", "names", "register", "unregister"]
+__all__ = [
+    "Channel",
+    "ChannelSender",
+    "LocalSink",
+    "RenderedParts",
+    "UnknownChannelError",
+    "acc_code_map",
+    "address_nouns",
+    "all_channels",
+    "by_address_field",
+    "default",
+    "event_address_sql",
+    "expected",
+    "get",
+    "names",
+    "reconciling",
+    "register",
+    "unregister",
+]
 
 _REGISTRY: dict[str, Channel] = {}
 _LOCK = threading.Lock()
@@ -92,6 +109,44 @@ def names() -> tuple[str, ...]:
 
 def all_channels() -> tuple[Channel, ...]:
     return tuple(_REGISTRY[name] for name in names())
+
+
+def default() -> Channel:
+    """The channel of an event that names none (ACC's default: the first by order)."""
+    return all_channels()[0]
+
+
+def by_address_field(field: str) -> Channel | None:
+    """The channel whose address is the wire field ``field`` (None: no channel's)."""
+    for channel in all_channels():
+        if channel.address_field == field:
+            return channel
+    return None
+
+
+def expected() -> str:
+    """The channel names as a message lists them: ``'email' or 'sms'``."""
+    quoted = [repr(name) for name in names()]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def event_address_sql(alias: str = "e") -> str:
+    """SQL for the address an event's channel needs: ACC's channels keep theirs in their
+    own column (``email``, ``mobile_phone``), the others in ``address``."""
+    cases = " ".join(f"WHEN '{c.name}' THEN {alias}.{c.address_column}"
+                     for c in all_channels() if c.address_column != "address")
+    return (f"CASE {alias}.wished_channel {cases} ELSE {alias}.address END" if cases
+            else f"{alias}.address")
+
+
+def address_nouns() -> dict[str, str]:
+    """``{channel: noun}``: "no <noun> address on the event"."""
+    return {c.name: c.address_noun for c in all_channels()}
+
+
+def reconciling() -> tuple[str, ...]:
+    """The channels whose provider can be asked what became of a message."""
+    return tuple(c.name for c in all_channels() if c.reconciles)
 
 
 def acc_code_map() -> dict[str, str]:

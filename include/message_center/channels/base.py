@@ -97,6 +97,11 @@ class Channel(ABC):
     order: ClassVar[int] = 100
     #: The event's address on the wire (camelCase, as pushed and as ``GET /events`` shows).
     address_field: ClassVar[str]
+    #: The address on the wire: its JSON schema (stated for clients), its longest text,
+    #: and what the API documentation says of it.
+    address_json_schema: ClassVar[Mapping[str, Any]] = {"type": "string"}
+    address_max_length: ClassVar[int | None] = None
+    address_doc: ClassVar[str] = ""
     #: The event column holding the address.
     address_column: ClassVar[str] = "address"
     #: The error type of a bad address at push time.
@@ -158,9 +163,17 @@ class Channel(ABC):
         value = event.get(self.address_column)
         return value if isinstance(value, str) else None
 
+    def address_on_wire(self, stored: str) -> Any:
+        """The stored ``address`` column as the wire shows it (``GET /events``)."""
+        return stored
+
     def parts_from_row(self, row: Mapping[str, Any]) -> dict[str, str | None]:
-        """The template parts from a ``published_template`` row."""
-        return {part: row.get(column) for part, column in self.template_columns.items()}
+        """The template parts from a ``published_template`` row: the channel's own columns,
+        else the ``parts`` JSON."""
+        if self.template_columns:
+            return {part: row.get(column) for part, column in self.template_columns.items()}
+        stored = row.get("parts") or {}
+        return {part: stored.get(part) for part in self.template_parts}
 
     # --- templates -------------------------------------------------------------------
     def check_template(self, values: Mapping[str, str | None], present: Sequence[str],

@@ -60,6 +60,9 @@ class EmailChannel(Channel):
     label = "E-mail"
     order = 0
     address_field = "email"
+    address_json_schema = {"type": "string", "format": "email"}
+    address_max_length = 254
+    address_doc = "Recipient address; required for the email channel."
     address_column = "email"
     address_error_type = "email_format"
     address_noun = "email"

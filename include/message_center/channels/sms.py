@@ -62,6 +62,10 @@ class SmsChannel(Channel):
     label = "SMS"
     order = 1
     address_field = "mobilePhone"
+    address_json_schema = {"type": "string", "pattern": PHONE_PATTERN}
+    address_max_length = 32
+    address_doc = ("Recipient number (E.164, 6-15 digits, separators allowed); required "
+                   "for sms.")
     address_column = "mobile_phone"
     address_error_type = "phone_format"
     address_noun = "mobile phone"

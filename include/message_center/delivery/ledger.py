@@ -40,12 +40,14 @@ back, leaving nothing unknown.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from message_center import channels as registry
 from message_center.claims import ShardClaim
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.quarantine import (
@@ -64,12 +66,17 @@ UNKNOWN_OUTCOME = (
     "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
 )
 
-# Event columns a template may use, plus the linked template's parts.
-_SEND_COLUMNS = """
-    e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id, e.language, e.country,
-    e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-    t.id AS published_id, t.sender, t.subject, t.html_body, t.text_body, t.sms_body
-"""
+
+def _send_columns() -> str:
+    """Event columns a template may use, plus the linked template's parts (each
+    channel's columns)."""
+    parts = sorted({f"t.{column}" for channel in registry.all_channels()
+                    for column in channel.template_columns.values()})
+    return f"""
+        e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
+        e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
+        t.id AS published_id, t.sender{"".join(f", {part}" for part in parts)}
+    """
 
 
 @dataclass(frozen=True)
@@ -123,8 +130,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
     rows = conn.execute(text(f"""
         WITH chunk AS MATERIALIZED (
             SELECT e.id, e.wished_channel AS channel, e.template_name, e.template_version,
-                   nullif(btrim(CASE WHEN e.wished_channel = 'sms' THEN e.mobile_phone
-                                     ELSE e.email END), '') AS address
+                   nullif(btrim({registry.event_address_sql("e")}), '') AS address
             FROM {table} e
             WHERE e.claim_token = :token AND e.claim_shard = :shard
               AND e.status = 'pending_delivery' AND e.id > :after
@@ -132,7 +138,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
         ), decided AS MATERIALIZED (
             SELECT c.*, CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
-                    CASE WHEN c.channel = 'sms' THEN 'mobile phone' ELSE 'email' END)
+                    CAST(:nouns AS jsonb) ->> c.channel)
                 ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
                       WHERE q.channel = c.channel
                         AND q.address IN (c.address, lower(c.address)) AND {ACTIVE_SQL}
@@ -159,7 +165,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
         )
         SELECT c.id AS chunk_event_id, m.id AS log_id, m.event_id, m.status AS log_status,
                m.attempts, m.channel, m.address, m.template_name, m.template_version,
-               {_SEND_COLUMNS}
+               {_send_columns()}
         FROM chunk c
         LEFT JOIN marked m ON m.event_id = c.id
         LEFT JOIN {table} e ON e.id = m.event_id
@@ -167,7 +173,8 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
                ON t.internal_name = m.template_name AND t.version = m.template_version
         ORDER BY c.id
     """), {"after": after, "limit": limit, "token": claim.token, "shard": claim.shard,
-           "kind": claim.kind}).mappings().all()
+           "kind": claim.kind, "nouns": json.dumps(registry.address_nouns())}
+    ).mappings().all()
     to_send: list[Attempt] = []
     ignored: list[int] = []
     skipped: list[int] = []
@@ -491,10 +498,14 @@ def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
 
 
 def unknown_candidates(conn: Connection, *, older_than_seconds: float,
-                       claim: ShardClaim | None = None, channels: Sequence[str] = ("sms",),
+                       claim: ShardClaim | None = None,
+                       channels: Sequence[str] | None = None,
                        limit: int = 500) -> list[tuple[str, Attempt]]:
-    """The rows :func:`recover_unknown_outcomes` would settle, on these channels: what a
-    provider may be asked about before they are called unknown. (kind, attempt) pairs."""
+    """The rows :func:`recover_unknown_outcomes` would settle, on these channels (by
+    default those whose provider can be asked): what a provider may be asked about
+    before they are called unknown. (kind, attempt) pairs."""
+    if channels is None:
+        channels = registry.reconciling()
     where, params = _dead_rows(claim)
     rows = conn.execute(text(f"""
         SELECT id, event_kind, event_id, attempts, channel, address, template_name,
