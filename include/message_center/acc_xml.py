@@ -30,6 +30,7 @@ from typing import Any
 
 from lxml import etree
 
+from message_center import channels
 from message_center.events import EventValidationError
 
 TEXT_KEY = "#text"
@@ -47,8 +48,22 @@ IGNORED_ATTRIBUTES = frozenset({"emailFormat", "_operation", "xtkschema"})
 """ACC attributes accepted and ignored: ``emailFormat`` (every e-mail is sent as text + HTML
 here) and the attributes ACC's own SDKs add to entities."""
 
-WISHED_CHANNELS = {"0": "email", "email": "email", "1": "sms", "mobile": "sms", "sms": "sms"}
-"""ACC's ``nms:messageType`` values (0 email, 1 mobile) and labels, case-insensitive."""
+def wished_channels() -> dict[str, str]:
+    """ACC's ``nms:messageType`` values (0 email, 1 mobile) and labels, case-insensitive:
+    each channel states its own (:attr:`message_center.channels.Channel.acc_codes`)."""
+    return channels.acc_code_map()
+
+
+def _accepted_channels() -> str:
+    """What wishedChannel takes, channel by channel: its ACC codes and names."""
+    described = []
+    for channel in channels.all_channels():
+        codes = [code if code.isdigit() else repr(code)
+                 for code in (*channel.acc_codes, channel.name)]
+        said = codes[0] if len(codes) == 1 else f"{', '.join(codes[:-1])} or {codes[-1]}"
+        label = channel.label if channel.label.isupper() else channel.label.lower()
+        described.append(f"{said} ({label})")
+    return ", ".join(described)
 
 
 class XmlRefused(ValueError):
@@ -207,12 +222,11 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
             errors.append(_error(where, f"unknown attribute '{name}' (accepted: "
                                         f"{', '.join(EVENT_ATTRIBUTES)})", "extra_forbidden"))
         elif name == "wishedChannel":
-            channel = WISHED_CHANNELS.get(value.strip().lower())
+            channel = wished_channels().get(value.strip().lower())
             if channel is None and value.strip():
                 errors.append(_error(where, f"wishedChannel '{value}' is not supported: use "
-                                            "0 or 'email' (e-mail), 1, 'mobile' or 'sms' "
-                                            "(SMS); push channels are not supported yet",
-                                     "wished_channel"))
+                                            f"{_accepted_channels()}; push channels are not "
+                                            "supported yet", "wished_channel"))
             elif channel is not None:
                 data[name] = channel
         elif value != "":  # ACC clients send empty attributes for "not set"

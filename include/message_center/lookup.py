@@ -19,7 +19,7 @@ No Airflow here: callers pass SQLAlchemy engines.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,16 +27,15 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from message_center.delivery.smtp import build_email
+from message_center import channels
 from message_center.ids import cell_of, to_public, to_stored
 from message_center.rendering import (
     RenderError,
     event_variables,
-    render_message,
-    render_part,
     template_event,
 )
 from message_center.statuses import EVENT_KINDS, EventStatus
+from message_center.templates.model import content_parts
 
 LOOKUP_FIELDS = {
     "id": "Event id",
@@ -224,15 +223,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --- one event in full ---------------------------------------------------------------
-_EVENT_COLUMNS = ("id, type, email, mobile_phone, wished_channel, external_id, language, "
+_EVENT_COLUMNS = ("id, type, email, mobile_phone, wished_channel, address, external_id, "
+                  "language, "
                   "country, origin, ctx, scheduled, expiration, status, created, "
                   "last_modified, processing, processed, error_count, next_attempt, "
                   "template_name, template_version, delivery_log_id, error_reason")
 _LOG_COLUMNS = ("id, event_kind, event_id, template_name, template_version, channel, "
                 "address, status, attempts, error, provider_id, created, last_modified, "
                 "sending_started, sent_at")
-_TEMPLATE_COLUMNS = ("internal_name, label, event_type, channel, version, language, sender, "
-                     "subject, html_body, text_body, sms_body, active, published_at")
 
 
 @dataclass(frozen=True)
@@ -242,21 +240,35 @@ class Template:
     channel: str
     version: int
     sender: str | None
-    subject: str | None
-    html_body: str | None
-    text_body: str | None
-    sms_body: str | None
+    #: The channel's template parts by name (``subject``, ``html``, ...).
+    parts: dict[str, str | None]
     language: str | None
     source: str
     active: bool | None = None
     published_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        try:
+            shown = content_parts(self.channel)
+        except channels.UnknownChannelError:
+            shown = tuple(self.parts)
         return {"name": self.internal_name, "label": self.label, "channel": self.channel,
                 "version": self.version, "language": self.language, "sender": self.sender,
-                "subject": self.subject, "html": self.html_body, "text": self.text_body,
-                "sms": self.sms_body, "source": self.source, "active": self.active,
+                **{part: self.parts.get(part) for part in shown},
+                "source": self.source, "active": self.active,
                 "publishedAt": _iso(self.published_at)}
+
+
+def _parts(channel: str, row: Mapping[str, Any] | None = None,
+           content: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+    """A template's parts, from a ``published_template`` row or a stored version."""
+    try:
+        spec = channels.get(channel)
+    except channels.UnknownChannelError:
+        return {}
+    if row is not None:
+        return spec.parts_from_row(row)
+    return {part: (content or {}).get(part) for part in spec.template_parts}
 
 
 def _live_event(engine: Engine, stored: int) -> tuple[str, dict[str, Any]] | None:
@@ -369,15 +381,14 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
         try:
             with source.engine.connect() as conn:
                 row = conn.execute(text(
-                    f"SELECT {_TEMPLATE_COLUMNS} FROM published_template "
+                    "SELECT * FROM published_template "
                     "WHERE internal_name = :name AND version = :version"),
                     {"name": name, "version": version}).mappings().first()
             if row is not None:
                 return Template(
                     internal_name=row["internal_name"], label=row["label"],
                     channel=row["channel"], version=row["version"], sender=row["sender"],
-                    subject=row["subject"], html_body=row["html_body"],
-                    text_body=row["text_body"], sms_body=row["sms_body"],
+                    parts=_parts(row["channel"], row=row),
                     language=row["language"], active=row["active"],
                     published_at=row["published_at"],
                     source=f"published on {source.label}")
@@ -401,9 +412,8 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
     content = row["content"]
     return Template(
         internal_name=name, label=content.get("label", name), channel=content["channel"],
-        version=version, sender=content.get("sender"), subject=content.get("subject"),
-        html_body=content.get("html"), text_body=content.get("text"),
-        sms_body=content.get("sms"), language=content.get("language"),
+        version=version, sender=content.get("sender"),
+        parts=_parts(content["channel"], content=content), language=content.get("language"),
         published_at=row["created"], source="version stored on the control instance")
 
 
@@ -415,43 +425,24 @@ def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str
                   else "the template version is not available")
         return {"available": False, "reason": reason}
     log = logs[-1] if logs else None
+    try:
+        spec = channels.get(template.channel)
+    except channels.UnknownChannelError as exc:
+        return {"available": False, "reason": str(exc)}
     variables = event_variables(template_event(event, stored))
     try:
-        if template.channel == "sms":
-            body = render_part(template.sms_body, variables, part="sms")
-            return {"available": True, "channel": "sms",
-                    "to": (log or {}).get("address") or event["mobile_phone"],
-                    "sender": template.sender, "text": body, "length": len(body or "")}
-        rendered = render_message(template.subject, template.html_body, template.text_body,
-                                  variables)
-        sender = template.sender or default_sender or "Message Center <no-reply@localhost>"
-        recipient = (log or {}).get("address") or event["email"] or ""
-        eml = None
-        if log is not None and recipient:
-            _mid, data = build_email(
-                log_id=log["id"], sender=sender, recipient=recipient,
-                subject=rendered.subject, html=rendered.html, text=rendered.text,
-                headers={"X-Message-Center-Event": f"{kind}:{to_public(stored)}"})
-            eml = data.decode("utf-8")
-        return {"available": True, "channel": "email", "to": recipient, "sender": sender,
-                "subject": rendered.subject, "html": rendered.html, "text": rendered.text,
-                "messageId": _message_id(eml), "eml": eml}
+        rendered = spec.render(template.parts, variables)
+        message = spec.lookup_message(
+            rendered, to=(log or {}).get("address") or spec.event_address(event),
+            sender=template.sender, default_sender=default_sender,
+            log_id=None if log is None else log["id"],
+            event_ref=f"{kind}:{to_public(stored)}")
+        return {"available": True, "channel": spec.name, **message}
     except RenderError as exc:
         return {"available": False, "reason": f"the template cannot be rendered for this "
                                                f"event: {exc}"}
     except ValueError as exc:
         return {"available": False, "reason": f"the message is invalid: {exc}"}
-
-
-def _message_id(eml: str | None) -> str | None:
-    if not eml:
-        return None
-    for line in eml.split("\r\n"):
-        if line.lower().startswith("message-id:"):
-            return line.split(":", 1)[1].strip()
-        if not line:
-            break
-    return None
 
 
 def _log_dict(log: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class TemplateContent:
     text_body: str | None = None
     sms_body: str | None = None
     language: str | None = None
+    #: The parts of a channel that has no columns of its own (``published_template.parts``).
+    parts: Mapping[str, Any] | None = None
     #: The ctx fields the template declares (``{name: {"type", "required"}}``); the push
     #: API refuses events whose ctx does not fit. None: not declared, not checked.
     ctx_schema: Mapping[str, Any] | None = None
@@ -47,6 +49,7 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     values = asdict(template)
     values["ctx_schema"] = (None if template.ctx_schema is None
                             else json.dumps(template.ctx_schema, sort_keys=True))
+    values["parts"] = None if template.parts is None else json.dumps(dict(template.parts))
     conn.execute(
         text("UPDATE published_template SET active = false "
              "WHERE internal_name = :internal_name AND version <> :version AND active"),
@@ -54,15 +57,17 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     )
     conn.execute(text("""
         INSERT INTO published_template (internal_name, label, event_type, channel, version,
-            language, sender, subject, html_body, text_body, sms_body, ctx_schema, active)
+            language, sender, subject, html_body, text_body, sms_body, parts, ctx_schema,
+            active)
         VALUES (:internal_name, :label, :event_type, :channel, :version, :language, :sender,
-            :subject, :html_body, :text_body, :sms_body, CAST(:ctx_schema AS jsonb), true)
+            :subject, :html_body, :text_body, :sms_body, CAST(:parts AS jsonb),
+            CAST(:ctx_schema AS jsonb), true)
         ON CONFLICT (internal_name, version) DO UPDATE SET
             label = EXCLUDED.label, event_type = EXCLUDED.event_type,
             channel = EXCLUDED.channel, language = EXCLUDED.language, sender = EXCLUDED.sender,
             subject = EXCLUDED.subject, html_body = EXCLUDED.html_body,
             text_body = EXCLUDED.text_body, sms_body = EXCLUDED.sms_body,
-            ctx_schema = EXCLUDED.ctx_schema, active = true
+            parts = EXCLUDED.parts, ctx_schema = EXCLUDED.ctx_schema, active = true
     """), values)
 
 
@@ -102,7 +107,7 @@ def active_templates(conn: Connection) -> dict[str, TemplateContent]:
     """The active published templates of an execution database, by internal name."""
     rows = conn.execute(text("""
         SELECT internal_name, label, event_type, channel, version, sender, subject,
-               html_body, text_body, sms_body, language, ctx_schema
+               html_body, text_body, sms_body, parts, language, ctx_schema
         FROM published_template WHERE active ORDER BY internal_name, version
     """)).mappings().all()
     return {row["internal_name"]: TemplateContent(**dict(row)) for row in rows}

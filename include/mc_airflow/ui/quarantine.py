@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from mc_airflow import authorization
 from mc_airflow.instances import connection_url, execution_instances
 from mc_airflow.ui.app import Reader, User, json_body, same_origin
+from message_center import channels
 from message_center.db import engine_for
 from message_center.delivery import quarantine as store
 
@@ -91,8 +92,8 @@ def register(app: FastAPI, render: Render) -> None:
         form = _form(await json_body(request), "instance", "channel", "address", "reason",
                      "days")
         errors: dict[str, str] = {}
-        if form["channel"] not in store.CHANNELS:
-            errors["channel"] = "choose email or sms"
+        if form["channel"] not in channels.names():
+            errors["channel"] = f"choose {' or '.join(channels.names())}"
         days = form["days"]
         if days in (None, ""):
             days = None
@@ -128,7 +129,7 @@ def register(app: FastAPI, render: Render) -> None:
         """Release an address: ``{"instance", "channel", "address"}``."""
         await run_in_threadpool(authorization.check_quarantine_change, user)
         form = _form(await json_body(request), "instance", "channel", "address")
-        if form["channel"] not in store.CHANNELS or not form["address"]:
+        if form["channel"] not in channels.names() or not form["address"]:
             return _fail({"address": "channel and address are required"})
 
         def work() -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from mc_local.localenv import deployment
+from message_center import channels
+from message_center.channels import guess as guess_channel
 from message_center.db import engine_for
 from message_center.delivery import quarantine as q
 
@@ -31,7 +33,7 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _channel(args: argparse.Namespace) -> str:
-    return args.channel or ("email" if "@" in args.address else "sms")
+    return args.channel or guess_channel(args.address)
 
 
 def _who() -> str:
@@ -135,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         return parser
 
     parser = add("list", _list, "List quarantined addresses, newest decision first.")
-    parser.add_argument("--channel", choices=q.CHANNELS)
+    parser.add_argument("--channel", choices=channels.names())
     parser.add_argument("--status", choices=("active", "released", "all"), default="active",
                         help="active (in force, the default), released, all")
     parser.add_argument("--address", help="case-insensitive part of the address")
@@ -145,12 +147,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--json", action="store_true", help="the push API's JSON")
     parser = add("add", _add, "Quarantine an address by hand (its events are ignored).")
     parser.add_argument("address")
-    parser.add_argument("--channel", choices=q.CHANNELS,
-                        help="default: email when the address has an @, else sms")
+    parser.add_argument("--channel", choices=channels.names(),
+                        help="default: the first channel the address is valid for")
     parser.add_argument("--reason", help="shown on the ignored events")
     parser.add_argument("--days", type=float, default=None,
                         help="release automatically after this many days (default: never)")
     parser = add("release", _release, "Release an address: its next event is sent again.")
     parser.add_argument("address")
-    parser.add_argument("--channel", choices=q.CHANNELS,
-                        help="default: email when the address has an @, else sms")
+    parser.add_argument("--channel", choices=channels.names(),
+                        help="default: the first channel the address is valid for")

@@ -29,8 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from message_center import events
+from message_center import channels, events
 from message_center.api.pushing import IdempotencyConflict, store_events
+from message_center.channels import Channel
 from message_center.db import engine_for
 from message_center.delivery import quarantine as quarantine_store
 from message_center.events import (
@@ -284,19 +285,16 @@ IdempotencyKey = Annotated[str, Header(
                        "pattern": events.IDEMPOTENCY_KEY_PATTERN})]
 
 
-#: What :func:`message_center.delivery.quarantine.normalize_address` accepts, per channel.
-EMAIL_PATTERN = r"^[^@\s/\x00-\x1f\x7f-\x9f]+@[^@\s/\x00-\x1f\x7f-\x9f]+$"
-PHONE_PATTERN = r"^\+?[0-9][0-9 .()-]{0,28}[0-9)]$"
-
-
-def email_path() -> Any:
-    return Path(min_length=3, max_length=320, pattern=EMAIL_PATTERN,
-                description="An e-mail address (any case).")
-
-
-def phone_path() -> Any:
-    return Path(min_length=3, max_length=32, pattern=PHONE_PATTERN,
-                description="A phone number, as stored (e.g. +33612345678).")
+def address_param(channel: Channel) -> Any:
+    """The address of ``channel`` in a quarantine route: a path segment as the channel
+    states it (what its ``normalize_address`` accepts), or a query parameter for
+    addresses that cannot be one (a URL)."""
+    spec = channel.address_path
+    if spec is None:
+        return Query(alias=channel.address_query, min_length=1, max_length=2048,
+                     description=channel.address_description)
+    return Path(min_length=spec.min_length, max_length=spec.max_length, pattern=spec.pattern,
+                description=spec.description)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -474,7 +472,8 @@ def create_app(
                 summary="Quarantined addresses (filters)")
     async def list_quarantine(
         _access: EventReadCheck = Depends(authorization.read),
-        channel: Annotated[str | None, Query(pattern="^(email|sms)$")] = None,
+        channel: Annotated[str | None, Query(
+            pattern=f"^({'|'.join(channels.names())})$")] = None,
         status: Annotated[str, Query(pattern="^(active|released|all)$",
                                      description="active (in force), released, all")] = "active",
         address: Annotated[str | None, Query(max_length=320,
@@ -500,12 +499,17 @@ def create_app(
         return JSONResponse({"items": [quarantine_store.api_record(r) for r in rows],
                              "total": total, "limit": limit, "offset": offset})
 
-    def quarantine_routes(channel: str, address_path: Callable[[], Any]) -> None:
-        """GET / PUT / DELETE ``/v1/quarantine/<channel>/{address}``: one route per channel,
-        so the schema states which addresses each channel takes."""
-        label = {"email": "an e-mail address", "sms": "a phone number"}[channel]
+    def quarantine_routes(spec: Channel) -> None:
+        """GET / PUT / DELETE ``/v1/quarantine/<channel>/{address}`` (or
+        ``/v1/quarantine/<channel>?<query>=`` for addresses that cannot be a path segment):
+        one route per channel, so the schema states which addresses each channel takes."""
+        channel, label = spec.name, spec.address_description
+        suffix = "/{address}" if spec.address_path is not None else ""
 
-        @router.get(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+        def address_path() -> Any:
+            return address_param(spec)
+
+        @router.get(f"/quarantine/{channel}{suffix}", response_model=QuarantineRecord,
                     responses={**_COMMON, **_FORBIDDEN, **not_found},
                     name=f"get_quarantine_{channel}",
                     summary=f"The quarantine record of {label}")
@@ -518,7 +522,7 @@ def create_app(
                 raise HTTPException(404, f"{channel} address {address} is not in quarantine")
             return JSONResponse(quarantine_store.api_record(found))
 
-        @router.put(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+        @router.put(f"/quarantine/{channel}{suffix}", response_model=QuarantineRecord,
                     responses={**_COMMON, **_FORBIDDEN,
                                400: {"model": Problem, "description": "The body cannot be "
                                                                       "read as JSON."}},
@@ -534,7 +538,7 @@ def create_app(
                 decided_by=_user_name(user), release_after_days=data.releaseAfterDays), True)
             return JSONResponse(quarantine_store.api_record(found))
 
-        @router.delete(f"/quarantine/{channel}/{{address}}", response_model=QuarantineRecord,
+        @router.delete(f"/quarantine/{channel}{suffix}", response_model=QuarantineRecord,
                        responses={**_COMMON, **_FORBIDDEN, **not_found},
                        name=f"release_quarantine_{channel}",
                        summary=f"Release {label} (its next event is sent again)")
@@ -549,8 +553,8 @@ def create_app(
                 raise HTTPException(404, f"{channel} address {address} is not in quarantine")
             return JSONResponse(quarantine_store.api_record(found))
 
-    quarantine_routes("email", email_path)
-    quarantine_routes("sms", phone_path)
+    for spec in channels.all_channels():
+        quarantine_routes(spec)
 
     def check_health() -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC)

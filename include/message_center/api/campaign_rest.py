@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from message_center import events
+from message_center import channels, events
 from message_center.api.app import Authorization, EventReadCheck, read_body
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.db import engine_for
@@ -73,8 +73,9 @@ def parse_rest_event(event_id: str, data: Any) -> EventIn:
         if name not in REST_FIELDS:
             raise _field_error(name, f"unknown field '{name}' (a transactional event takes "
                                      f"{', '.join(REST_FIELDS)})", "extra_forbidden")
-    channel = "sms" if data.get("email") is None and data.get("mobilePhone") is not None \
-        else "email"
+    # The channel is the first (by order) whose address the body carries.
+    channel = next((c.name for c in channels.all_channels()
+                    if data.get(c.address_field) is not None), channels.default().name)
     try:
         return events.parse_event({**data, "type": event_type(event_id),
                                    "wishedChannel": channel})

@@ -125,7 +125,7 @@ def by_address_field(field: str) -> Channel | None:
 
 
 def expected() -> str:
-    """The channel names as a message lists them: ``'email' or 'sms'``."""
+    """The channel names as a message lists them (quoted, the last after "or")."""
     quoted = [repr(name) for name in names()]
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
@@ -147,6 +147,19 @@ def address_nouns() -> dict[str, str]:
 def reconciling() -> tuple[str, ...]:
     """The channels whose provider can be asked what became of a message."""
     return tuple(c.name for c in all_channels() if c.reconciles)
+
+
+def guess(address: str) -> str:
+    """The first channel (by order) that takes ``address`` (the last one when none does,
+    so that its error says what is wrong)."""
+    found = all_channels()
+    for channel in found:
+        try:
+            channel.normalize_address(address)
+        except ValueError:
+            continue
+        return channel.name
+    return found[-1].name
 
 
 def acc_code_map() -> dict[str, str]:

@@ -102,6 +102,8 @@ class Channel(ABC):
     address_json_schema: ClassVar[Mapping[str, Any]] = {"type": "string"}
     address_max_length: ClassVar[int | None] = None
     address_doc: ClassVar[str] = ""
+    #: Addresses compared and kept in lower case (quarantine, bounces).
+    address_case_insensitive: ClassVar[bool] = False
     #: The event column holding the address.
     address_column: ClassVar[str] = "address"
     #: The error type of a bad address at push time.
@@ -110,10 +112,15 @@ class Channel(ABC):
     address_noun: ClassVar[str]
     #: "an e-mail address": API summaries and messages.
     address_description: ClassVar[str]
-    #: The address as a quarantine API path segment (None: given as a query parameter).
+    #: The address as a quarantine API path segment (None: given as the query parameter
+    #: ``address_query``).
     address_path: ClassVar[AddressPath | None] = None
+    address_query: ClassVar[str] = "address"
     #: ACC's ``wishedChannel`` codes and labels (``nms:messageType``) for this channel.
     acc_codes: ClassVar[tuple[str, ...]] = ()
+    #: "an email template"; "(use <parts_hint>)" when a file sets another channel's part.
+    template_noun: ClassVar[str] = ""
+    parts_hint: ClassVar[str] = ""
     #: Template file fields that belong to this channel, and the ones it requires.
     template_parts: ClassVar[tuple[str, ...]] = ()
     required_parts: ClassVar[tuple[str, ...]] = ()
@@ -176,10 +183,10 @@ class Channel(ABC):
         return {part: stored.get(part) for part in self.template_parts}
 
     # --- templates -------------------------------------------------------------------
-    def check_template(self, values: Mapping[str, str | None], present: Sequence[str],
+    def check_template(self, values: Mapping[str, str | None], flagged: Sequence[str],
                        problem: Callable[[str | None, str], None]) -> None:
         """Channel-specific template checks; ``problem(field, message)`` reports one.
-        ``values`` are the text fields read, ``present`` the keys of the file."""
+        ``values`` are the text fields read, ``flagged`` the fields already reported."""
         return None
 
     @abstractmethod
@@ -201,11 +208,12 @@ class Channel(ABC):
     proofs_to_seeds: ClassVar[bool] = False
 
     def lookup_message(self, rendered: RenderedParts, *, to: str | None,
-                       sender: str | None, log_id: int | None,
+                       sender: str | None, default_sender: str | None, log_id: int | None,
                        event_ref: str) -> dict[str, Any]:
-        """The event lookup's re-rendered message (``channel`` and ``to`` added by the
-        caller)."""
-        return {"sender": sender, **rendered}
+        """The event lookup's re-rendered message (``to``, ``sender``, the parts, ...;
+        ``available`` and ``channel`` are added by the caller). ``log_id`` is the
+        delivery log's id (None: never delivered)."""
+        return {"to": to, "sender": sender, **rendered}
 
     # --- delivery --------------------------------------------------------------------
     def settings_from_connection(self, conn: Mapping[str, Any]) -> Any:

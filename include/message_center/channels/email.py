@@ -64,11 +64,14 @@ class EmailChannel(Channel):
     address_max_length = 254
     address_doc = "Recipient address; required for the email channel."
     address_column = "email"
+    address_case_insensitive = True
     address_error_type = "email_format"
     address_noun = "email"
     address_description = "an e-mail address"
     address_path = AddressPath(EMAIL_PATTERN, 3, 320, "An e-mail address (any case).")
     acc_codes = ("0",)
+    template_noun = "an email template"
+    parts_hint = "html and/or text"
     template_parts = ("subject", "html", "text")
     required_parts = ("subject",)
     html_parts = ("html",)
@@ -89,20 +92,21 @@ class EmailChannel(Channel):
         return None if is_valid_email(value) else "email is not a valid email address"
 
     def normalize_address(self, value: str) -> str:
-        value = (value or "").strip()
+        address, value = value, (value or "").strip()
         if not value:
             raise ValueError("address is empty")
         blank = any(ch.isspace() or ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value)
         if value.count("@") != 1 or blank or value.startswith("@") or value.endswith("@"):
-            raise ValueError(f"address {value!r} is not an email address")
+            raise ValueError(f"address {address!r} is not an email address")
         return value.lower()
 
     def seed_address_error(self, value: str) -> str | None:
         return None if _SEED_EMAIL.match(value) else f"{value!r} is not an email address"
 
-    def check_template(self, values: Mapping[str, str | None], present: Sequence[str],
+    def check_template(self, values: Mapping[str, str | None], flagged: Sequence[str],
                        problem: Callable[[str | None, str], None]) -> None:
-        if values.get("html") is None and values.get("text") is None:
+        if values.get("html") is None and values.get("text") is None and not (
+                {"html", "text"} & set(flagged)):
             problem("html", "an email template needs an html and/or a text body")
         sender = values.get("sender")
         if sender is not None:
@@ -129,9 +133,10 @@ class EmailChannel(Channel):
         return None  # the generic preview is the e-mail one
 
     def lookup_message(self, rendered: RenderedParts, *, to: str | None,
-                       sender: str | None, log_id: int | None,
+                       sender: str | None, default_sender: str | None, log_id: int | None,
                        event_ref: str) -> dict[str, Any]:
-        sender = sender or "Message Center <no-reply@localhost>"
+        sender = sender or default_sender or "Message Center <no-reply@localhost>"
+        to = to or ""
         eml = None
         if log_id is not None and to:
             _mid, data = build_email(
@@ -139,7 +144,8 @@ class EmailChannel(Channel):
                 html=rendered["html"], text=rendered["text"],
                 headers={"X-Message-Center-Event": event_ref})
             eml = data.decode("utf-8")
-        return {"sender": sender, "subject": rendered["subject"], "html": rendered["html"],
+        return {"to": to, "sender": sender, "subject": rendered["subject"],
+                "html": rendered["html"],
                 "text": rendered["text"], "messageId": _message_id(eml), "eml": eml}
 
     def settings_from_connection(self, conn: Mapping[str, Any]) -> SmtpSettings:

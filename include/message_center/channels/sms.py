@@ -73,6 +73,8 @@ class SmsChannel(Channel):
     address_path = AddressPath(STORED_PHONE_PATTERN, 3, 32,
                                "A phone number, as stored (e.g. +33612345678).")
     acc_codes = ("1", "mobile")
+    template_noun = "an SMS template"
+    parts_hint = "sms"
     template_parts = ("sms",)
     required_parts = ("sms",)
     template_columns = {"sms": "sms_body"}
@@ -94,18 +96,18 @@ class SmsChannel(Channel):
             "mobilePhone is not a valid phone number (6-15 digits, e.g. +33612345678)")
 
     def normalize_address(self, value: str) -> str:
-        value = (value or "").strip()
+        address, value = value, (value or "").strip()
         if not value:
             raise ValueError("address is empty")
         if not _STORED_PHONE.fullmatch(value):
-            raise ValueError(f"address {value!r} is not a phone number")
+            raise ValueError(f"address {address!r} is not a phone number")
         return value
 
     def seed_address_error(self, value: str) -> str | None:
         return None if _SEED_PHONE.match(value) else (
             f"{value!r} is not a mobile phone number such as +33612345678")
 
-    def check_template(self, values: Mapping[str, str | None], present: Sequence[str],
+    def check_template(self, values: Mapping[str, str | None], flagged: Sequence[str],
                        problem: Callable[[str | None, str], None]) -> None:
         pass
 
@@ -127,10 +129,10 @@ class SmsChannel(Channel):
         return [path]
 
     def lookup_message(self, rendered: RenderedParts, *, to: str | None,
-                       sender: str | None, log_id: int | None,
+                       sender: str | None, default_sender: str | None, log_id: int | None,
                        event_ref: str) -> dict[str, Any]:
         body = rendered["sms"]
-        return {"sender": sender, "text": body, "length": len(body or "")}
+        return {"to": to, "sender": sender, "text": body, "length": len(body or "")}
 
     def settings_from_connection(self, conn: Mapping[str, Any]) -> SmsSettings:
         """Settings from the ``sms_gateway`` (``http``) connection: schema (http/https),

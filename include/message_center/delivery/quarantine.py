@@ -23,17 +23,16 @@ without surrounding blanks (the delivery compares the event's address the same w
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from message_center import channels as registry
 from message_center.ids import to_public
 
-CHANNELS = ("email", "sms")
 SOURCES = ("delivery", "bounce_mail", "manual", "api", "ui", "synch")
 STATUSES = ("quarantined", "released")
 MAX_REASON_CHARS = 500
@@ -70,25 +69,55 @@ class ChannelRules:
                              "a whole number")
 
 
-@dataclass(frozen=True)
 class QuarantineRules:
-    """The rules of every channel; :meth:`from_mapping` reads the documented JSON."""
+    """The rules of every channel (:class:`ChannelRules` by channel name; a channel not
+    given keeps the defaults); :meth:`from_mapping` reads the documented JSON."""
 
-    email: ChannelRules = field(default_factory=ChannelRules)
-    sms: ChannelRules = field(default_factory=ChannelRules)
+    __slots__ = ("_rules",)
+
+    def __init__(self, **rules: ChannelRules) -> None:
+        for channel, value in rules.items():
+            _check_channel(channel, "unknown channel {channel!r} (expected one of {known})")
+            if not isinstance(value, ChannelRules):
+                raise ValueError(f"quarantine rules of {channel}: expected ChannelRules")
+        object.__setattr__(self, "_rules", dict(rules))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("QuarantineRules is immutable")
+
+    def __getattr__(self, name: str) -> ChannelRules:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.for_channel(name)
+        except ValueError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuarantineRules):
+            return NotImplemented
+        names = {*self._rules, *other._rules}
+        return all(self.for_channel(n) == other.for_channel(n) for n in names)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((n, r) for n, r in self._rules.items()
+                                 if r != ChannelRules())))
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{n}={r!r}" for n, r in sorted(self._rules.items()))
+        return f"QuarantineRules({given})"
 
     def for_channel(self, channel: str) -> ChannelRules:
-        if channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r} (expected one of {CHANNELS})")
-        return getattr(self, channel)
+        _check_channel(channel, "unknown channel {channel!r} (expected one of {known})")
+        return self._rules.get(channel) or ChannelRules()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | str | None,
                      where: str = "quarantine rules") -> QuarantineRules:
         """``{"email": {"soft_threshold": 3, "soft_window_days": 7, "release_after_days":
-        30}, "sms": {...}}`` (or that as JSON text); a missing channel or key keeps its
-        default. Unknown channels or keys and bad values raise ``ValueError`` naming them
-        and ``where`` they come from."""
+        30}, "<another channel>": {...}}`` (or that as JSON text); a missing channel or key
+        keeps its default. Unknown channels or keys and bad values raise ``ValueError``
+        naming them and ``where`` they come from."""
         if values is None or values == "":
             return cls()
         if isinstance(values, str):
@@ -96,11 +125,12 @@ class QuarantineRules:
                 values = json.loads(values)
             except ValueError as exc:
                 raise ValueError(f"{where}: not JSON: {exc}") from None
+        known = registry.names()
         if not isinstance(values, Mapping):
-            raise ValueError(f"{where}: expected an object with channels {CHANNELS}")
-        unknown = sorted(set(values) - set(CHANNELS))
+            raise ValueError(f"{where}: expected an object with channels {known}")
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"{where}: unknown channel(s) {unknown} (expected {CHANNELS})")
+            raise ValueError(f"{where}: unknown channel(s) {unknown} (expected {known})")
         channels: dict[str, ChannelRules] = {}
         for channel, raw in values.items():
             if not isinstance(raw, Mapping):
@@ -117,11 +147,19 @@ class QuarantineRules:
 
     def as_arrays(self) -> dict[str, list[Any]]:
         """The rules as SQL array parameters (one element per channel)."""
-        rules = [self.for_channel(c) for c in CHANNELS]
-        return {"r_channel": list(CHANNELS),
+        names = registry.names()
+        rules = [self.for_channel(c) for c in names]
+        return {"r_channel": list(names),
                 "r_threshold": [int(r.soft_threshold) for r in rules],
                 "r_window": [float(r.soft_window_days) for r in rules],
                 "r_release": [float(r.release_after_days) for r in rules]}
+
+
+def _check_channel(channel: str | None, message: str) -> None:
+    """Refuse a channel no registered channel answers to, with ``message``."""
+    known = registry.names()
+    if channel not in known:
+        raise ValueError(message.format(channel=channel, known=", ".join(known)))
 
 
 DEFAULT_RULES = QuarantineRules()
@@ -141,24 +179,19 @@ class Bounce:
     source: str = "delivery"
 
 
-_PHONE = re.compile(r"\+?[0-9][0-9 .()-]{0,28}[0-9)]")
-
-
 def normalize_address(channel: str, address: str) -> str:
-    """The stored form of an address; a clear ``ValueError`` for one that cannot be."""
-    if channel not in CHANNELS:
-        raise ValueError(f"channel {channel!r}: expected one of {', '.join(CHANNELS)}")
-    value = (address or "").strip()
-    if not value:
-        raise ValueError("address is empty")
-    if channel == "email":
-        blank = any(ch.isspace() or ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value)
-        if value.count("@") != 1 or blank or value.startswith("@") or value.endswith("@"):
-            raise ValueError(f"address {address!r} is not an email address")
-        return value.lower()
-    if not _PHONE.fullmatch(value):
-        raise ValueError(f"address {address!r} is not a phone number")
-    return value
+    """The stored form of an address (the channel says which); a clear ``ValueError`` for
+    one that cannot be."""
+    _check_channel(channel, "channel {channel!r}: expected one of {known}")
+    return registry.get(channel).normalize_address(address)
+
+
+def _folds_case(channel: str) -> bool:
+    """Whether the channel's addresses are kept in lower case (e-mail: they are)."""
+    try:
+        return registry.get(channel).address_case_insensitive
+    except registry.UnknownChannelError:
+        return False
 
 
 def record_bounces(conn: Connection, bounces: Sequence[Bounce],
@@ -175,14 +208,15 @@ def record_bounces(conn: Connection, bounces: Sequence[Bounce],
     touched = conn.execute(text("""
         INSERT INTO bounce (channel, address, failure_class, failure_reason, error,
                             delivery_log_id, attempt, source)
-        SELECT v.channel, CASE WHEN v.channel = 'email' THEN lower(btrim(v.address))
+        SELECT v.channel, CASE WHEN v.fold THEN lower(btrim(v.address))
                                ELSE btrim(v.address) END,
                v.class, v.reason, v.error, v.log_id, v.attempt, v.source
         FROM unnest(CAST(:channels AS text[]), CAST(:addresses AS text[]),
                     CAST(:classes AS text[]), CAST(:reasons AS text[]),
                     CAST(:errors AS text[]), CAST(:logs AS bigint[]),
-                    CAST(:attempts AS int[]), CAST(:sources AS text[]))
-             AS v(channel, address, class, reason, error, log_id, attempt, source)
+                    CAST(:attempts AS int[]), CAST(:sources AS text[]),
+                    CAST(:folds AS boolean[]))
+             AS v(channel, address, class, reason, error, log_id, attempt, source, fold)
         ON CONFLICT (delivery_log_id, attempt, source) DO NOTHING
         RETURNING channel, address
     """), {"channels": [b.channel for b in rows], "addresses": [b.address for b in rows],
@@ -190,7 +224,8 @@ def record_bounces(conn: Connection, bounces: Sequence[Bounce],
            "reasons": [b.failure_reason for b in rows],
            "errors": [(b.error or "")[:MAX_REASON_CHARS] for b in rows],
            "logs": [b.delivery_log_id for b in rows], "attempts": [b.attempt for b in rows],
-           "sources": [b.source for b in rows]}).all()
+           "sources": [b.source for b in rows],
+           "folds": [_folds_case(b.channel) for b in rows]}).all()
     if not touched:
         return []
     pairs = sorted({(r.channel, r.address) for r in touched})
@@ -342,8 +377,8 @@ def list_quarantine(conn: Connection, *, channel: str | None = None, status: str
     at or after."""
     if status not in ("active", "released", "all"):
         raise ValueError(f"status {status!r}: expected active, released or all")
-    if channel is not None and channel not in CHANNELS:
-        raise ValueError(f"channel {channel!r}: expected one of {', '.join(CHANNELS)}")
+    if channel is not None:
+        _check_channel(channel, "channel {channel!r}: expected one of {known}")
     if failure_class is not None and failure_class not in ("hard", "soft", "manual"):
         raise ValueError(f"class {failure_class!r}: expected hard, soft or manual")
     if not 1 <= limit <= 10_000 or offset < 0:

@@ -38,10 +38,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
+from message_center import channels
 from message_center.ids import to_public
 from message_center.reporting.statistics import HOUR, histogram_percentile
 from message_center.reporting.thresholds import Indicator, Thresholds
-from message_center.statuses import CHANNELS, EVENT_KINDS, EventStatus
+from message_center.statuses import EVENT_KINDS, EventStatus
 
 GRANULARITIES = ("hour", "day")
 AUTO_HOURLY_UP_TO = timedelta(days=7)
@@ -124,8 +125,9 @@ class ReportFilter:
                 if isinstance(cell, bool) or not isinstance(cell, int) or not 0 <= cell <= 255:
                     raise ReportFilterError("cells", f"cell ids are 0-255; got {cell!r}")
             object.__setattr__(self, "cells", cells)
-        if self.channel is not None and self.channel not in CHANNELS:
-            raise ReportFilterError("channel", f"expected one of {', '.join(CHANNELS)} or all; "
+        if self.channel is not None and self.channel not in channels.names():
+            raise ReportFilterError("channel", f"expected one of "
+                                    f"{', '.join(channels.names())} or all; "
                                     f"got {self.channel!r}")
         if self.kind is not None and self.kind not in EVENT_KINDS:
             raise ReportFilterError("kind", f"expected one of {', '.join(EVENT_KINDS)} or all; "

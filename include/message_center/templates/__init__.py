@@ -18,6 +18,7 @@ The execution side of publishing (what an execution database has active) is
 
 from __future__ import annotations
 
+from message_center.channels.sms import sms_segments  # the SMS preview's length rule
 from message_center.templates.model import (
     MessageTemplate,
     Seed,
@@ -32,7 +33,6 @@ from message_center.templates.preview import (
     pick_seed,
     proof_message,
     send_proofs,
-    sms_segments,
     write_preview,
 )
 from message_center.templates.validation import (

@@ -15,11 +15,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from message_center import channels
+
 REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
-EMAIL_FIELDS = ("subject", "html", "text")
-TEXT_FIELDS = ("internal_name", "label", "event_type", "channel", "sender", "subject", "html",
-               "text", "sms", "language")
-ALLOWED_FIELDS = (*TEXT_FIELDS, "ctx", "seeds")
+#: The fields every template has; each channel adds its parts (``Channel.template_parts``).
+COMMON_TEXT_FIELDS = ("internal_name", "label", "event_type", "channel", "sender",
+                      "language")
+
+
+def part_fields() -> tuple[str, ...]:
+    """Every registered channel's template parts, in channel order."""
+    return tuple(dict.fromkeys(part for channel in channels.all_channels()
+                               for part in channel.template_parts))
+
+
+def text_fields() -> tuple[str, ...]:
+    """The text fields of a template file: the common ones and every channel's parts."""
+    return (*COMMON_TEXT_FIELDS[:5], *part_fields(), *COMMON_TEXT_FIELDS[5:])
+
+
+def allowed_fields() -> tuple[str, ...]:
+    return (*text_fields(), "ctx", "seeds")
+
+
+def content_parts(channel: str) -> tuple[str, ...]:
+    """The parts in the versioned content of a ``channel`` template: its own, and those
+    every content has carried since before the seam (so that hashes stay the same)."""
+    own = channels.get(channel).template_parts
+    return tuple(dict.fromkeys([
+        *(part for c in channels.all_channels() if c.parts_in_every_content
+          for part in c.template_parts), *own]))
+
 SEED_FIELDS = ("address", "ctx", "event")
 #: Event fields a seed may set for its test render (besides the address and ``ctx``).
 SEED_EVENT_FIELDS = ("id", "external_id", "language", "country", "origin", "scheduled",
@@ -70,20 +96,28 @@ class MessageTemplate:
     channel: str
     seeds: tuple[Seed, ...]
     sender: str | None = None
-    subject: str | None = None
-    html: str | None = None
-    text: str | None = None
-    sms: str | None = None
     language: str | None = None
+    #: The channel's template parts (``subject``/``html``/``text`` of an e-mail, ...);
+    #: also readable as attributes (``template.subject``).
+    parts: Mapping[str, str | None] = field(default_factory=dict)
     lines: Mapping[str, int] = field(default_factory=dict)
     #: The declared ``ctx`` fields (``ctx_schema.parse_declaration``); None: not declared.
     ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
+
+    def __getattr__(self, name: str) -> str | None:
+        """A template part by name (None when this template has no such part)."""
+        if name.startswith("_") or name == "parts":
+            raise AttributeError(name)
+        if name in self.parts or name in part_fields():
+            return self.parts.get(name)
+        raise AttributeError(name)
 
     def content(self) -> dict[str, Any]:
         """What is versioned and published (seeds are test data, not content). The ``ctx``
         declaration is part of it only when there is one, so the versions of templates
         without one keep their content hash."""
-        content: dict[str, Any] = {name: getattr(self, name) for name in TEXT_FIELDS}
+        content: dict[str, Any] = {name: getattr(self, name) for name in COMMON_TEXT_FIELDS}
+        content.update({part: self.parts.get(part) for part in content_parts(self.channel)})
         if self.ctx_schema is not None:
             content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
         return content

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.utils import make_msgid
 from pathlib import Path
 
+from message_center import channels
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.smtp import (
     DEFAULT_FROM,
@@ -39,22 +40,6 @@ def pick_seed(template: MessageTemplate, which: str | int | None) -> Seed:
     raise KeyError(f"{template.internal_name} has no seed {which!r} (seeds: {known})")
 
 
-GSM_7BIT = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM_7BIT_EXTENDED = set("^{}\\[~]|€\f")
-
-
-def sms_segments(body: str) -> tuple[str, int]:
-    """(encoding, number of SMS parts) the text takes: GSM 7-bit or UCS-2."""
-    if all(char in GSM_7BIT or char in GSM_7BIT_EXTENDED for char in body):
-        units = sum(2 if char in GSM_7BIT_EXTENDED else 1 for char in body)
-        return "GSM-7", 1 if units <= 160 else -(-units // 153)
-    units = len(body.encode("utf-16-le")) // 2
-    return "UCS-2", 1 if units <= 70 else -(-units // 67)
-
-
 PREVIEW_SENDER = DEFAULT_FROM
 
 
@@ -67,23 +52,20 @@ def write_preview(template: MessageTemplate, seed: Seed, out_dir: Path) -> list[
     written: list[Path] = []
     header = (f"Template: {template.internal_name} ({template.label}), {template.channel}, "
               f"event type {template.event_type}\nSeed: {seed.address}\n")
-    if rendered.sms is not None:
-        encoding, parts = sms_segments(rendered.sms)
-        path = out_dir / f"{stem}.sms.txt"
-        path.write_text(f"{header}Length: {len(rendered.sms)} characters, {encoding}, "
-                        f"{parts} SMS part(s)\n\n{rendered.sms}", encoding="utf-8")
-        return [path]
-    message = rendered.message
-    assert message is not None
-    if message.html is not None:
+    own = channels.get(template.channel).preview_files(
+        rendered.parts, out_dir, stem, header, template.sender, seed.address)
+    if own is not None:
+        return own
+    subject, html, text = channels.get(template.channel).proof_content(
+        rendered.parts, template.label, seed.address)
+    if html is not None:
         path = out_dir / f"{stem}.html"
-        path.write_text(message.html, encoding="utf-8")
+        path.write_text(html, encoding="utf-8")
         written.append(path)
     path = out_dir / f"{stem}.txt"
     path.write_text(
         f"{header}From: {template.sender or PREVIEW_SENDER}\nTo: {seed.address}\n"
-        f"Subject: {message.subject}\n\n"
-        + (message.text if message.text is not None else "(no text body)\n"),
+        f"Subject: {subject}\n\n" + (text if text is not None else "(no text body)\n"),
         encoding="utf-8")
     written.append(path)
     path = out_dir / f"{stem}.eml"
@@ -115,13 +97,9 @@ def proof_message(rendered: RenderedSeed, to: str, default_sender: str,
     template = rendered.template
     sender = template.sender or default_sender
     headers = {"X-MC-Template": template.internal_name, "X-MC-Seed": rendered.seed.address}
-    if rendered.sms is not None:
-        subject, html = f"{prefix}SMS {template.label}", None
-        text: str | None = f"SMS to {rendered.seed.address}:\n\n{rendered.sms}"
-    else:
-        message = rendered.message
-        assert message is not None
-        subject, html, text = f"{prefix}{message.subject or ''}", message.html, message.text
+    subject, html, text = channels.get(template.channel).proof_content(
+        rendered.parts, template.label, rendered.seed.address)
+    subject = f"{prefix}{subject or ''}"
     return build_email(log_id=0, sender=sender, recipient=to, subject=subject, html=html,
                        text=text, headers=headers,
                        message_id_override=make_msgid(domain="message-center.local"))
@@ -131,12 +109,15 @@ def send_proofs(template: MessageTemplate, settings: SmtpSettings,
                 seeds: Sequence[Seed] | None = None,
                 recipients: Sequence[str] | None = None) -> list[ProofResult]:
     """Send the proof of ``template`` rendered for each seed to that seed's address (or to
-    ``recipients`` instead), through the delivery's SMTP sender. SMS templates need
-    ``recipients``: their proof is the SMS text by email."""
+    ``recipients`` instead), through the delivery's SMTP sender. Templates of a channel
+    whose seeds are not e-mail addresses (SMS) need ``recipients``: their proof is the
+    message by email."""
     seeds = list(seeds or template.seeds)
-    if template.channel == "sms" and not recipients:
-        raise ValueError(f"{template.internal_name} is an SMS template: its seeds are phone "
-                         "numbers; give email addresses to receive the SMS text (--to)")
+    spec = channels.get(template.channel)
+    if not spec.proofs_to_seeds and not recipients:
+        raise ValueError(f"{template.internal_name} is {spec.template_noun}: its seeds are "
+                         f"not e-mail addresses; give email addresses to receive "
+                         f"the {spec.label} text (--to)")
     results = []
     with SmtpSender(settings) as sender:
         for index, seed in enumerate(seeds, start=1):

@@ -10,36 +10,33 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from message_center import channels
+from message_center.channels import Channel, RenderedParts
 from message_center.rendering import (
-    RenderedMessage,
     RenderError,
     check_syntax,
     event_variables,
-    render_message,
-    render_part,
     template_event,
     template_variables,
 )
-from message_center.statuses import CHANNELS
 from message_center.templates import ctx_schema
 from message_center.templates.model import (
-    ALLOWED_FIELDS,
-    EMAIL_FIELDS,
     REQUIRED_FIELDS,
     SEED_EVENT_FIELDS,
     SEED_FIELDS,
-    TEXT_FIELDS,
     MessageTemplate,
     Seed,
     TemplateProblem,
     TemplateSet,
+    allowed_fields,
     display_path,
+    part_fields,
+    text_fields,
 )
 from message_center.templates.source import (
     LineLoader,
@@ -52,8 +49,6 @@ from message_center.templates.source import (
 _INTERNAL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-_EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
-_PHONE = re.compile(r"^\+?[0-9][0-9 ().\-]{4,22}$")
 _TEMPLATE_LINE = re.compile(r"\(line (\d+)\)")
 
 
@@ -110,19 +105,23 @@ class _FileChecker:
         return value
 
     def _check(self, data: LineMapping) -> MessageTemplate | None:
+        allowed = allowed_fields()
         for key in data:
-            if key not in ALLOWED_FIELDS:
+            if key not in allowed:
                 self.add(data.key_lines[key], str(key),
-                         f"unknown field (allowed: {', '.join(ALLOWED_FIELDS)})")
+                         f"unknown field (allowed: {', '.join(allowed)})")
         channel = self._string(data, "channel", required=True)
-        if channel is not None and channel not in CHANNELS:
+        spec: Channel | None = None
+        if channel is not None and channel not in channels.names():
             self.add(data.key_lines["channel"], "channel",
-                     f"{channel!r} is not a channel (expected one of {', '.join(CHANNELS)})")
+                     f"{channel!r} is not a channel (expected one of "
+                     f"{', '.join(channels.names())})")
             channel = None
-        required = {*REQUIRED_FIELDS, *({"subject"} if channel == "email" else ()),
-                    *({"sms"} if channel == "sms" else ())}
+        elif channel is not None:
+            spec = channels.get(channel)
+        required = {*REQUIRED_FIELDS, *(spec.required_parts if spec else ())}
         values = {name: self._string(data, name, name in required)
-                  for name in TEXT_FIELDS if name != "channel"}
+                  for name in text_fields() if name != "channel"}
         values["channel"] = channel
         name = values["internal_name"]
         if name is not None and not _INTERNAL_NAME.match(name):
@@ -135,26 +134,25 @@ class _FileChecker:
         if values["language"] is not None and not _LANGUAGE.match(values["language"]):
             self.add(data.key_lines["language"], "language",
                      f"{values['language']!r} is not a language code such as en or fr-FR")
-        if channel == "email":
-            self._check_email_fields(data, values)
-        elif channel == "sms":
-            self._check_sms_fields(data)
+        if spec is not None:
+            self._check_channel_fields(data, values, spec)
         self._check_syntax(data, values)
         schema = self._ctx_declaration(data)
-        seeds = self._seeds(data, channel)
+        seeds = self._seeds(data, spec)
         if self.problems or name is None or channel is None:
             return None
         assert values["label"] is not None and values["event_type"] is not None
+        assert spec is not None
         if schema is not None:
-            self._check_declared_variables(data, values, schema)
+            self._check_declared_variables(data, values, schema, spec)
             seeds = self._fit_seeds(seeds, schema, name)
             if self.problems:
                 return None
         template = MessageTemplate(
             path=self.path, internal_name=name, label=values["label"],
             event_type=values["event_type"], channel=channel, seeds=tuple(seeds),
-            sender=values["sender"], subject=values["subject"], html=values["html"],
-            text=values["text"], sms=values["sms"], language=values["language"],
+            sender=values["sender"], language=values["language"],
+            parts={part: values[part] for part in spec.template_parts},
             lines={**data.key_lines, **{f"{key}:body": line
                                         for key, line in data.body_lines.items()}},
             ctx_schema=schema,
@@ -175,14 +173,14 @@ class _FileChecker:
         return schema
 
     def _check_declared_variables(self, data: LineMapping, values: dict[str, str | None],
-                                  schema: ctx_schema.CtxSchema) -> None:
+                                  schema: ctx_schema.CtxSchema, spec: Channel) -> None:
         """With a declaration, every variable the template reads must be declared (or be
         ``ctx`` / ``event``): the push-time check is only as good as the declaration."""
-        for part in ("subject", "html", "text", "sms"):
+        for part in spec.template_parts:
             source = values[part]
             if source is None:
                 continue
-            for variable in sorted(template_variables(source, html=(part == "html"))
+            for variable in sorted(template_variables(source, html=part in spec.html_parts)
                                    - set(schema) - {"ctx", "event"}):
                 self.add(data.key_lines[part], part,
                          f"uses the variable {variable!r}, which ctx does not declare "
@@ -202,37 +200,36 @@ class _FileChecker:
                 address=seed.address, ctx=normalised, event=seed.event, line=seed.line))
         return fitted
 
-    def _check_email_fields(self, data: LineMapping, values: dict[str, str | None]) -> None:
-        if "sms" in data:
-            self.add(data.key_lines["sms"], "sms", "not used by an email template "
-                     "(use html and/or text)")
-        if values["html"] is None and values["text"] is None and not any(
-                problem.field in ("html", "text") for problem in self.problems):
-            self.add(data.line, "html", "an email template needs an html and/or a text body")
-        sender = values["sender"]
-        if sender is not None:
-            _, address = parseaddr(sender)
-            if not _EMAIL.match(address):
-                self.add(data.key_lines["sender"], "sender",
-                         f"{sender!r} is not an address such as 'Shop <shop@example.com>'")
+    def _check_channel_fields(self, data: LineMapping, values: dict[str, str | None],
+                              spec: Channel) -> None:
+        """Other channels' parts are refused; then the channel's own checks."""
+        for name in part_fields():
+            if name in data and name not in spec.template_parts:
+                self.add(data.key_lines[name], name,
+                         f"not used by {spec.template_noun} (use {spec.parts_hint})")
+        flagged = {problem.field for problem in self.problems}
 
-    def _check_sms_fields(self, data: LineMapping) -> None:
-        for name in EMAIL_FIELDS:
-            if name in data:
-                self.add(data.key_lines[name], name, "not used by an SMS template (use sms)")
+        def problem(field_name: str | None, message: str) -> None:
+            if field_name in flagged:
+                return  # already reported for this field
+            line = data.key_lines.get(field_name) if values.get(field_name or "") else None
+            self.add(line or data.line, field_name, message)
+
+        spec.check_template(values, sorted(f for f in flagged if f), problem)
 
     def _check_syntax(self, data: LineMapping, values: dict[str, str | None]) -> None:
-        for name in ("subject", "html", "text", "sms"):
+        html_parts = {part for c in channels.all_channels() for part in c.html_parts}
+        for name in part_fields():
             source = values[name]
             if source is None:
                 continue
             try:
-                check_syntax(source, html=(name == "html"))
+                check_syntax(source, html=name in html_parts)
             except RenderError as exc:
                 self.add(_file_line(data.body_lines[name], str(exc)), name,
                          f"template syntax error: {exc}")
 
-    def _seeds(self, data: LineMapping, channel: str | None) -> list[Seed]:
+    def _seeds(self, data: LineMapping, spec: Channel | None) -> list[Seed]:
         if "seeds" not in data:
             return []
         raw = data["seeds"]
@@ -254,12 +251,8 @@ class _FileChecker:
             if not isinstance(address, str) or not address.strip():
                 self.add(item.key_lines.get("address", line), f"{where}.address",
                          "required: the seed's email address or mobile phone number")
-            elif channel == "email" and not _EMAIL.match(address):
-                self.add(item.key_lines["address"], f"{where}.address",
-                         f"{address!r} is not an email address")
-            elif channel == "sms" and not _PHONE.match(address):
-                self.add(item.key_lines["address"], f"{where}.address",
-                         f"{address!r} is not a mobile phone number such as +33612345678")
+            elif spec is not None and (error := spec.seed_address_error(address)):
+                self.add(item.key_lines["address"], f"{where}.address", error)
             ctx = item.get("ctx", {})
             if not isinstance(ctx, dict):
                 self.add(item.key_lines["ctx"], f"{where}.ctx",
@@ -352,14 +345,14 @@ def load_templates(directory: Path | str) -> TemplateSet:
 def seed_event(template: MessageTemplate, seed: Seed) -> dict[str, Any]:
     """The event a seed stands for, as the delivery hands it to the renderer (same
     function, so ``{{ event.externalId }}`` renders in a proof as in a real message)."""
+    spec = channels.get(template.channel)
     row: dict[str, Any] = {
-        "type": template.event_type,
-        "email": seed.address if template.channel == "email" else None,
-        "mobile_phone": seed.address if template.channel == "sms" else None,
+        "type": template.event_type, "email": None, "mobile_phone": None, "address": None,
         "wished_channel": template.channel, "external_id": None,
         "language": template.language, "country": None, "origin": "seed",
         "scheduled": None, "expiration": None, "created": None,
     }
+    row[spec.address_column] = seed.address
     row.update({key: value for key, value in seed.event.items() if key != "id"})
     row["ctx"] = seed.ctx
     return template_event(row, int(seed.event.get("id", 0)))
@@ -367,18 +360,23 @@ def seed_event(template: MessageTemplate, seed: Seed) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RenderedSeed:
+    """A template rendered for a seed: its parts by name (also as attributes:
+    ``rendered.subject``)."""
+
     template: MessageTemplate
     seed: Seed
-    message: RenderedMessage | None = None
-    sms: str | None = None
+    parts: RenderedParts
+
+    def __getattr__(self, name: str) -> str | None:
+        if name.startswith("_") or name == "parts":
+            raise AttributeError(name)
+        if name in self.parts or name in part_fields():
+            return self.parts.get(name)
+        raise AttributeError(name)
 
 
 def render_seed(template: MessageTemplate, seed: Seed) -> RenderedSeed:
     """Render ``template`` for ``seed`` exactly as the delivery renders an event."""
     variables = event_variables(seed_event(template, seed))
-    if template.channel == "sms":
-        return RenderedSeed(template, seed, sms=render_part(template.sms, variables, part="sms"))
-    message = render_message(template.subject, template.html, template.text, variables)
-    if message.subject is not None and ("\n" in message.subject or "\r" in message.subject):
-        raise RenderError("the rendered subject contains a line break")
-    return RenderedSeed(template, seed, message=message)
+    spec = channels.get(template.channel)
+    return RenderedSeed(template, seed, spec.render(template.parts, variables))

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from message_center import channels
 from message_center.db import engine_for, first_line, with_connect_timeout
 from message_center.publishing import PUBLISH_LOCK_KEY, SyncResult, TemplateContent, sync_instance
 from message_center.templates.model import MessageTemplate, TemplateSet, content_hash
@@ -25,13 +26,16 @@ from message_center.templates.validation import load_templates
 
 def published_content(content: Mapping[str, Any], version: int) -> TemplateContent:
     """A stored version's content as the execution side's publishing takes it."""
+    spec = channels.get(content["channel"])
     return TemplateContent(
         internal_name=content["internal_name"], label=content["label"],
         event_type=content["event_type"], channel=content["channel"], version=version,
-        sender=content.get("sender"), subject=content.get("subject"),
-        html_body=content.get("html"), text_body=content.get("text"),
-        sms_body=content.get("sms"), language=content.get("language"),
+        sender=content.get("sender"), language=content.get("language"),
         ctx_schema=content.get("ctx"),
+        # Parts in the channel's own columns, else in the generic ``parts``.
+        **{column: content.get(part) for part, column in spec.template_columns.items()},
+        parts=None if spec.template_columns else {
+            part: content.get(part) for part in spec.template_parts},
     )
 
 
