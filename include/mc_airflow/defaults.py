@@ -23,10 +23,9 @@ DEFAULT_ARGS: dict[str, Any] = {
 EXECUTION_CONN_ID = "mc_execution"
 #: The control database (templates, archive).
 CONTROL_CONN_ID = "mc_control"
-#: The e-mail channel (an Airflow ``smtp`` connection).
+#: The SMTP relay (an Airflow ``smtp`` connection): the e-mail channel's, and proofs'.
+#: Each channel names its own connection (``message_center.channels``).
 SMTP_CONN_ID = "smtp_default"
-#: The SMS gateway (an Airflow ``http`` connection); optional.
-SMS_CONN_ID = "sms_gateway"
 #: The bounce mailbox (an Airflow ``imap`` connection) read by ``bounceMails``; optional.
 BOUNCE_MAILBOX_CONN_ID = "mc_bounce_mailbox"
 

@@ -2,19 +2,21 @@
 
 The domain (:mod:`message_center.processing`, :mod:`message_center.delivery`) takes
 plain dataclasses; this module is the only place that reads Airflow connections for it.
+Each channel (:mod:`message_center.channels`) names its connection and reads it:
 
-* ``smtp_default`` (type ``smtp``): host, port, login, password; extras as the Airflow
-  SMTP provider reads them: ``disable_ssl`` (default false: implicit TLS),
-  ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout``.
-* ``sms_gateway`` (type ``http``): schema (http/https), host, port, login/password
-  (Basic auth; a password without login is sent as a Bearer token); extras ``path``
-  (default ``/messages``), ``sender``, ``timeout``, the gateway's limits
+* ``smtp_default`` (type ``smtp``, the e-mail channel): host, port, login, password;
+  extras as the Airflow SMTP provider reads them: ``disable_ssl`` (default false:
+  implicit TLS), ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout``.
+  Required: a missing connection fails the task.
+* ``sms_gateway`` (type ``http``, the SMS channel): schema (http/https), host, port,
+  login/password (Basic auth; a password without login is sent as a Bearer token);
+  extras ``path`` (default ``/messages``), ``sender``, ``timeout``, the gateway's limits
   ``max_concurrent`` and ``max_messages_per_second``. Optional: without it SMS messages
   are retried and eventually expire, e-mail is unaffected.
 
 Quarantine rules come from the Airflow Variable ``mc_quarantine_rules`` (JSON, per
 channel: ``{"email": {"soft_threshold": 3, "soft_window_days": 7,
-"release_after_days": 30}, "sms": {...}}``; missing keys keep these defaults).
+"release_after_days": 30}, "<channel>": {...}}``; missing keys keep these defaults).
 """
 
 from __future__ import annotations
@@ -32,19 +34,14 @@ from mc_airflow.connections import database_url
 from mc_airflow.defaults import (
     BOUNCE_MAILBOX_CONN_ID,
     EXECUTION_CONN_ID,
-    SMS_CONN_ID,
     SMTP_CONN_ID,
 )
+from message_center import channels
 from message_center.db import engine_for
 from message_center.delivery.bounce_mail import ImapSettings, imap_settings_from_connection
 from message_center.delivery.channels import Channels
 from message_center.delivery.quarantine import QuarantineRules
-from message_center.delivery.sms import SmsSettings
-from message_center.delivery.smtp import (
-    SmtpSettings,
-    relay_limit,
-    smtp_settings_from_connection,
-)
+from message_center.delivery.smtp import SmtpSettings
 from message_center.processing.settings import ProcessingSettings
 
 
@@ -54,37 +51,44 @@ def _get_connection(conn_id: str) -> Any:
     return BaseHook.get_connection(conn_id)
 
 
-def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
-    """Settings from the SMTP connection (a missing connection fails the task: e-mail is
-    the main channel, and the claimed events wait for their lease to run out)."""
-    conn = _get_connection(conn_id)
-    return smtp_settings_from_connection({
-        "host": conn.host, "port": conn.port, "login": conn.login, "password": conn.password,
-        "extra": conn.extra_dejson or {}})
-
-
-def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:
-    """Settings from the SMS gateway connection, or ``None`` when it does not exist."""
+def channel_settings(channel: str, conn_id: str | None = None) -> Any | None:
+    """A channel's sender settings from its Airflow connection (``conn_id``: another
+    connection than the channel's own); ``None`` when an optional connection does not
+    exist (a required one fails the task: the claimed events wait for their lease)."""
     from airflow.sdk.exceptions import AirflowNotFoundException
 
+    spec = channels.get(channel)
+    conn_id = conn_id or spec.connection_id
+    if conn_id is None:
+        return None
     try:
         conn = _get_connection(conn_id)
     except AirflowNotFoundException:
+        if spec.connection_required:
+            raise
         return None
-    extra = conn.extra_dejson or {}
-    scheme = conn.schema if conn.schema in ("http", "https") else "http"
-    port = f":{conn.port}" if conn.port else ""
-    return SmsSettings(
-        base_url=f"{scheme}://{conn.host or 'localhost'}{port}",
-        path=str(extra.get("path") or "/messages"),
-        sender=extra.get("sender"),
-        login=conn.login or None,
-        password=conn.password or None,
-        timeout=float(extra.get("timeout") or 10),
-        max_concurrent=relay_limit(extra, "max_concurrent", int, "SMS gateway connection"),
-        max_messages_per_second=relay_limit(extra, "max_messages_per_second", float,
-                                            "SMS gateway connection"),
-    )
+    return spec.settings_from_connection({
+        "host": conn.host, "port": conn.port, "login": conn.login, "password": conn.password,
+        "schema": conn.schema, "extra": conn.extra_dejson or {}})
+
+
+def _channel_of_connection(conn_id: str) -> str:
+    for spec in channels.all_channels():
+        if spec.connection_id == conn_id:
+            return spec.name
+    raise ValueError(f"no channel uses the connection {conn_id}")
+
+
+def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
+    """Settings from an SMTP connection (the e-mail channel's by default)."""
+    settings = channel_settings(_channel_of_connection(SMTP_CONN_ID), conn_id)
+    assert settings is not None
+    return settings
+
+
+def sms_settings(conn_id: str = "sms_gateway") -> Any | None:
+    """Settings from an SMS gateway connection, or ``None`` when it does not exist."""
+    return channel_settings(_channel_of_connection("sms_gateway"), conn_id)
 
 
 def bounce_mailbox_settings(conn_id: str = BOUNCE_MAILBOX_CONN_ID) -> ImapSettings | None:
@@ -112,13 +116,16 @@ def execution_engine() -> Engine:
 
 def open_channels(kind: str) -> Channels:
     """The senders of one shard, configured from the Airflow connections."""
-    return Channels(smtp_settings(), sms_settings(), kind=kind)
+    return Channels({spec.name: channel_settings(spec.name)
+                     for spec in channels.all_channels()}, kind=kind)
 
 
 def reconcile_channels(kind: str) -> Channels:
-    """What the crash recovery asks about messages a dead worker was sending: the SMS
-    gateway when there is one (no SMTP connection needed: e-mail cannot be asked)."""
-    return Channels(None, sms_settings(), kind=kind)
+    """What the crash recovery asks about messages a dead worker was sending: the
+    providers that can be asked (e.g. the SMS gateway; no SMTP connection needed: e-mail
+    cannot be asked)."""
+    return Channels({name: channel_settings(name) for name in channels.reconciling()},
+                    kind=kind)
 
 
 QUARANTINE_RULES_VARIABLE = "mc_quarantine_rules"

@@ -440,15 +440,9 @@ def run(deployment: Deployment) -> int:
     pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
     launcher.prepare(deployment)
     env = {**os.environ, **deployment.environment()}
-    sinks = [
-        subprocess.Popen([sys.executable, "-m", "mc_local.smtp_sink", "--port",
-                          str(deployment.smtp_port), "--mail-dir", str(deployment.mail_dir)],
-                         env=env),
-    ]
-    sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
-    sinks.append(subprocess.Popen(
-        [sys.executable, "-m", "mc_local.sms_sink", "--port",
-         os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env))
+    declared = launcher.local_sinks(deployment)  # each channel's sink (SMTP, SMS gateway, ...)
+    sinks = [subprocess.Popen(launcher.sink_command(sink, port, directory), env=env)
+             for sink, port, directory in declared]
     cluster = Cluster(deployment, settings)
     stopping = False
 
@@ -465,7 +459,8 @@ def run(deployment: Deployment) -> int:
         log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
         for name, role in deployment.users():
             log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-        log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
+        log("Delivered messages are kept in " + ", ".join(
+            f"{directory} ({sink.what})" for sink, _port, directory in declared))
         log("Press Ctrl-C to stop everything.")
         while not stopping:
             exited = [name for name, alive in cluster.running().items() if not alive]

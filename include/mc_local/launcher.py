@@ -25,7 +25,8 @@ from mc_local.embedded_pg import NotOurServer, ensure_database
 from mc_local.localenv import PROJECT_ROOT, Deployment
 from mc_local.supervisor import Component, Supervisor
 from mc_local.supervisor import stop_session as stop_session  # used by tests and scripts
-from message_center import migrations, templates
+from message_center import channels, migrations, templates
+from message_center.channels import LocalSink
 
 # Cell ids of the two demo execution instances (high byte of every event id).
 DEMO_CELLS = {"execution": 0, "execution2": 1}
@@ -115,19 +116,30 @@ def prepare(deployment: Deployment) -> None:
 
 
 #: The ports a local deployment listens on, by the variable that moves each.
-PORT_VARIABLES = ("MC_API_PORT", "MC_SMTP_PORT", "MC_SMS_PORT")
+PORT_VARIABLES = ("MC_API_PORT", *(spec.local_sink.port_env for spec in channels.all_channels()
+                                   if spec.local_sink is not None))
 #: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
 #: supervised on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 
 
-def sms_port() -> int:
-    return int(os.environ.get("MC_SMS_PORT", "8026"))
+def local_sinks(deployment: Deployment) -> list[tuple[LocalSink, int, Path]]:
+    """The local stand-ins for the channels' providers that ``make run`` starts (each
+    channel declares its own): (sink, port, folder where it keeps what it receives)."""
+    env = {**os.environ, **deployment.environment()}
+    return [(spec.local_sink, spec.local_sink.port(env),
+             spec.local_sink.directory(deployment.mail_dir))
+            for spec in channels.all_channels() if spec.local_sink is not None]
+
+
+def sink_command(sink: LocalSink, port: int, directory: Path) -> list[str]:
+    return [sys.executable, "-m", sink.module, "--port", str(port), sink.dir_flag,
+            str(directory)]
 
 
 def deployment_ports(deployment: Deployment) -> dict[str, int]:
-    return {"MC_API_PORT": deployment.api_port, "MC_SMTP_PORT": deployment.smtp_port,
-            "MC_SMS_PORT": sms_port()}
+    return {"MC_API_PORT": deployment.api_port,
+            **{sink.port_env: port for sink, port, _dir in local_sinks(deployment)}}
 
 
 def port_problems(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
@@ -159,15 +171,11 @@ def run(deployment: Deployment) -> int:
     pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     env = {**os.environ, **deployment.environment()}
-    sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
     airflow_bin = str(Path(sys.executable).parent / "airflow")
+    sinks = local_sinks(deployment)  # each channel's sink (SMTP, SMS gateway, ...)
     components = [
-        Component("smtp-sink", [sys.executable, "-m", "mc_local.smtp_sink", "--port",
-                                str(deployment.smtp_port), "--mail-dir",
-                                str(deployment.mail_dir)], env),
-        # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
-        Component("sms-sink", [sys.executable, "-m", "mc_local.sms_sink", "--port",
-                               str(sms_port()), "--sms-dir", str(sms_dir)], env),
+        *(Component(sink.name, sink_command(sink, port, directory), env)
+          for sink, port, directory in sinks),
         *(Component(name, [airflow_bin, name], env) for name in AIRFLOW_COMPONENTS),
     ]
     supervisor = Supervisor(
@@ -177,7 +185,8 @@ def run(deployment: Deployment) -> int:
     log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
     for name, role in deployment.users():
         log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-    log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
+    log("Delivered messages are kept in " + ", ".join(
+        f"{directory} ({sink.what})" for sink, _port, directory in sinks))
     log("A component that stops is started again (and said here). Press Ctrl-C to stop "
         "everything.")
 

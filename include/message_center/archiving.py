@@ -57,6 +57,7 @@ EVENT_COLUMNS = (
     "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
     "last_modified", "processing", "processed", "error_count", "next_attempt",
     "template_name", "template_version", "delivery_log_id", "error_reason",
+    "address",  # a channel's own address (not ACC's email / mobile_phone): the channel seam
 )
 DELIVERY_LOG_COLUMNS = (
     "id", "event_kind", "event_id", "template_name", "template_version", "channel",

@@ -126,7 +126,8 @@ def create_ui_app() -> FastAPI:
     app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     templates.env.filters.update(dt=format_datetime, age=format_age, num=format_number)
-    templates.env.globals.update(percent=format_percent, ms=format_ms, count=format_number)
+    templates.env.globals.update(percent=format_percent, ms=format_ms, count=format_number,
+                                 channel_choices=channel_choices)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(SecurityHeaders)
 
@@ -225,6 +226,13 @@ def format_age(seconds: Any) -> str:
         return f"{hours} h {minutes} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def channel_choices() -> list[tuple[str, str]]:
+    """(name, label) of every registered channel, for the pages' channel filters."""
+    from message_center import channels
+
+    return [(spec.name, spec.label) for spec in channels.all_channels()]
 
 
 def format_percent(ratio: Any) -> str:

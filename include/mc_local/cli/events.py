@@ -19,7 +19,7 @@ import httpx
 
 from mc_local.client import PushClient, PushError, chunks
 from mc_local.localenv import ADMIN_USER, deployment
-from message_center import events
+from message_center import channels, events
 
 EVENT_FLAGS = (  # (flag, wire field)
     ("--type", "type"), ("--email", "email"), ("--mobile-phone", "mobilePhone"),
@@ -206,7 +206,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter)
     event = parser.add_argument_group("one event")
     for flag, field in EVENT_FLAGS:
-        extra = {"choices": ("email", "sms")} if flag == "--channel" else {}
+        extra = {"choices": channels.names()} if flag == "--channel" else {}
         event.add_argument(flag, help=f"the event's {field}", **extra)  # type: ignore[arg-type]
     event.add_argument("--ctx", help="the event's context, a JSON object")
     event.add_argument("--json", help="the whole event as a JSON object (flags override it)")
