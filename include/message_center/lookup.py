@@ -121,7 +121,7 @@ class SearchResult:
 
 
 _SUMMARY = ("id, type, email, mobile_phone, wished_channel, external_id, status, created, "
-            "processed, error_reason")
+            "processed, error_reason, address")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -133,8 +133,9 @@ def _summary(row: Any, kind: str, cell_id: int, source: str) -> dict[str, Any]:
     return {
         "id": to_public(row["id"]), "cellId": cell_id, "kind": kind, "type": row["type"],
         "channel": row["wished_channel"], "email": row["email"],
-        "mobilePhone": row["mobile_phone"], "externalId": row["external_id"],
-        "status": status.value, "statusLabel": status.label, "created": _iso(row["created"]),
+        "mobilePhone": row["mobile_phone"], "address": channels.address_of(row),
+        "externalId": row["external_id"], "status": status.value,
+        "statusLabel": status.label, "created": _iso(row["created"]),
         "processed": _iso(row["processed"]), "errorReason": row["error_reason"],
         "source": source,
     }
@@ -328,7 +329,7 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
     template = _template(event, source, control, problems)
     message = _rendered(event, stored, kind, logs, template, default_sender)
     status = EventStatus(event["status"])
-    return {
+    detail = {
         "id": public_id, "cellId": cell, "kind": kind, "source": source_label,
         "type": event["type"], "email": event["email"], "mobilePhone": event["mobile_phone"],
         "channel": event["wished_channel"], "externalId": event["external_id"],
@@ -343,6 +344,13 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         "message": message,
         "problems": problems,
     }
+    if event.get("address") is not None:  # a channel's own address (not one of ACC's)
+        try:
+            spec = channels.get(event["wished_channel"])
+            detail.setdefault(spec.address_field, spec.address_on_wire(event["address"]))
+        except channels.UnknownChannelError:
+            detail["address"] = event["address"]
+    return detail
 
 
 def _delivery_logs(kind: str, stored: int, cell: int, source: LiveSource | None,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from message_center.channels.base import (
     Channel,
@@ -38,6 +40,7 @@ __all__ = [
     "UnknownChannelError",
     "acc_code_map",
     "address_nouns",
+    "address_of",
     "all_channels",
     "by_address_field",
     "default",
@@ -53,6 +56,15 @@ __all__ = [
 _REGISTRY: dict[str, Channel] = {}
 _LOCK = threading.Lock()
 _loaded = False
+#: The channels in order, rebuilt when the registry changes (read per pushed event).
+_ORDERED: tuple[Channel, ...] = ()
+_NAMES: tuple[str, ...] = ()
+
+
+def _reorder() -> None:
+    global _ORDERED, _NAMES
+    _ORDERED = tuple(sorted(_REGISTRY.values(), key=lambda c: (c.order, c.name)))
+    _NAMES = tuple(c.name for c in _ORDERED)
 
 
 def _load_builtins() -> None:
@@ -70,6 +82,7 @@ def _load_builtins() -> None:
             channel = getattr(module, "CHANNEL", None)
             if isinstance(channel, Channel) and channel.name not in _REGISTRY:
                 _REGISTRY[channel.name] = channel
+        _reorder()
         _loaded = True
 
 
@@ -83,6 +96,7 @@ def register(channel: Channel, *, replace: bool = False) -> Channel:
         if channel.name in _REGISTRY and not replace and _REGISTRY[channel.name] is not channel:
             raise ValueError(f"a channel named {channel.name!r} is already registered")
         _REGISTRY[channel.name] = channel
+        _reorder()
     return channel
 
 
@@ -90,6 +104,7 @@ def unregister(name: str) -> None:
     """Remove a channel registered with :func:`register` (tests clean up with it)."""
     with _LOCK:
         _REGISTRY.pop(name, None)
+        _reorder()
 
 
 def get(name: str) -> Channel:
@@ -104,11 +119,12 @@ def get(name: str) -> Channel:
 def names() -> tuple[str, ...]:
     """The registered channel names, built-ins first in their order, then the others."""
     _load_builtins()
-    return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n)))
+    return _NAMES
 
 
 def all_channels() -> tuple[Channel, ...]:
-    return tuple(_REGISTRY[name] for name in names())
+    _load_builtins()
+    return _ORDERED
 
 
 def default() -> Channel:
@@ -137,6 +153,15 @@ def event_address_sql(alias: str = "e") -> str:
                      for c in all_channels() if c.address_column != "address")
     return (f"CASE {alias}.wished_channel {cases} ELSE {alias}.address END" if cases
             else f"{alias}.address")
+
+
+def address_of(event: Mapping[str, Any]) -> Any:
+    """The address of a stored event (a row with ``wished_channel``, ``email``,
+    ``mobile_phone``, ``address``), whatever its channel."""
+    try:
+        return get(event["wished_channel"]).event_address(event)
+    except UnknownChannelError:
+        return event.get("address")
 
 
 def address_nouns() -> dict[str, str]:

@@ -163,7 +163,8 @@ class Channel(ABC):
 
     def seed_address_error(self, value: str) -> str | None:
         """Why a template seed's address is not one of this channel (None: fine)."""
-        return self.address_error(value)
+        error = self.address_error(value)
+        return None if error is None else f"{value!r}: {error}"
 
     def event_address(self, event: Mapping[str, Any]) -> str | None:
         """The address on a stored event row."""

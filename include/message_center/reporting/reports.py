@@ -653,7 +653,7 @@ def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 
         clauses.append("(processed, cell_id, id) < (:at, :cell, :id)")
         params.update(at=at, cell=cell_id, id=stored_id)
     rows = conn.execute(text(f"""
-        SELECT cell_id, id, event_kind, type, wished_channel, email, mobile_phone,
+        SELECT cell_id, id, event_kind, type, wished_channel, email, mobile_phone, address,
                external_id, status, error_reason, created, processed
         FROM archived_event WHERE {" AND ".join(clauses)}
         ORDER BY processed DESC, cell_id DESC, id DESC LIMIT :n
@@ -662,7 +662,8 @@ def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 
     rows = rows[:limit]
     items = [{"id": to_public(r.id), "cellId": r.cell_id, "kind": r.event_kind,
               "type": r.type, "channel": r.wished_channel, "email": r.email,
-              "mobilePhone": r.mobile_phone, "externalId": r.external_id,
+              "mobilePhone": r.mobile_phone, "address": channels.address_of(r._mapping),
+              "externalId": r.external_id,
               "status": r.status, "statusLabel": EventStatus(r.status).label,
               "errorReason": r.error_reason, "created": _iso(r.created),
               "processed": _iso(r.processed)} for r in rows]
