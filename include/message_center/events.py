@@ -125,10 +125,12 @@ def _acc_address(field: str) -> Any:
                  description=channel.address_doc)
 
 
-def _check_address(channel: Channel, value: Any) -> None:
+def _check_address(channel: Channel, value: Any, field: str | None = None) -> None:
+    """``field``: name the field (a channel's own wire field, checked after the others)."""
     error = channel.address_error(value)
     if error is not None:
-        raise PydanticCustomError(channel.address_error_type, error)
+        raise PydanticCustomError(channel.address_error_type, error,
+                                  {"field": field} if field else None)
 
 
 class EventIn(BaseModel):
@@ -228,7 +230,7 @@ class EventIn(BaseModel):
             if owner is None or key in _ACC_FIELDS:
                 raise PydanticCustomError("extra_forbidden", "unknown field '{field}'",
                                           {"field": key})
-            _check_address(owner, value)
+            _check_address(owner, value, key)
         channel = channels.get(self.wished_channel)
         if self.address is None:
             raise PydanticCustomError(

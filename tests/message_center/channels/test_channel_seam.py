@@ -36,7 +36,7 @@ from message_center.processing import ProcessingSettings, deliver_shard, split_q
 from message_center.rendering import render_part
 from message_center.status_sync import sync_event_statuses
 from message_center.templates import load_templates
-from message_center.templates.versions import published_content
+from message_center.templates.versions import published_content, store_version
 
 TOKEN = "test-token"
 CELL = 1  # execution2
@@ -144,8 +144,12 @@ def _no_check(user: str, kind: str) -> None:
     return None
 
 
+def _may_change() -> str:
+    return "tester"
+
+
 ALLOW_ALL = Authorization(push=lambda kind: (lambda: None), read=lambda: _Everything(),
-                          check_push=_no_check)
+                          check_push=_no_check, change_quarantine=_may_change)
 
 
 @pytest.fixture
@@ -158,14 +162,17 @@ def client(pager, execution2_db, test_deployment) -> TestClient:
                       headers={"Authorization": f"Bearer {TOKEN}"})
 
 
-def publish_pager_template(engine: Any, directory: Path) -> None:
-    """The template file is checked by the registry's channel (parts, seeds, render)."""
+def publish_pager_template(engine: Any, control: Any, directory: Path) -> None:
+    """The template file is checked by the registry's channel (parts, seeds, render),
+    versioned on the control instance and published on the execution instance."""
     (directory / "order_page.yaml").write_text(TEMPLATE, encoding="utf-8")
     loaded = load_templates(directory)
     loaded.raise_for_problems()
     template = loaded.find("orderPage")
     assert template.page == "Order {{ orderId }} for {{ firstName }}"
-    publish_templates(engine, published_content(template.content(), 1))
+    with control.begin() as conn:
+        version, _new = store_version(conn, template)
+    publish_templates(engine, published_content(template.content(), version))
 
 
 def run_processing(engine: Any, outbox: list[dict[str, Any]]) -> None:
@@ -179,7 +186,7 @@ def run_processing(engine: Any, outbox: list[dict[str, Any]]) -> None:
 
 def test_a_channel_defined_in_a_test_goes_from_push_to_lookup(
         client, execution2_db, control_db, tmp_path):
-    publish_pager_template(execution2_db, tmp_path)
+    publish_pager_template(execution2_db, control_db, tmp_path)
     pushed = client.post("/rtEvents", json={
         "type": "ORDER_PAGED", "wishedChannel": "pager", "pagerId": "P-42",
         "ctx": {"orderId": "A-7", "firstName": "Ada"}})
@@ -204,13 +211,15 @@ def test_a_channel_defined_in_a_test_goes_from_push_to_lookup(
     for sources in (live, []):  # the live instance, then the archive alone
         detail = event_detail(event_id, sources, control_db)
         assert detail is not None and detail["status"] == "sent"
+        assert (detail["channel"], detail["pagerId"]) == ("pager", "P-42")
+        assert detail["template"]["page"] == "Order {{ orderId }} for {{ firstName }}"
         assert detail["message"] == {"available": True, "channel": "pager", "to": "P-42",
                                      "sender": None, "page": "Order A-7 for Ada"}
 
 
 def test_a_new_channel_is_validated_and_quarantined_like_the_others(
-        client, execution2_db, tmp_path):
-    publish_pager_template(execution2_db, tmp_path)
+        client, execution2_db, control_db, tmp_path):
+    publish_pager_template(execution2_db, control_db, tmp_path)
     refused = client.post("/rtEvents", json={"type": "ORDER_PAGED", "wishedChannel": "pager",
                                              "pagerId": "555"})
     assert refused.status_code == 422
@@ -221,7 +230,9 @@ def test_a_new_channel_is_validated_and_quarantined_like_the_others(
     assert missing.status_code == 422
     assert "pagerId is required when wishedChannel is 'pager'" in missing.text
 
-    put = client.put("/quarantine/pager/P-7", json={"reason": "pager lost"})
+    # No path segment declared: the address is a query parameter (as a URL would be).
+    put = client.put("/quarantine/pager", params={"address": "P-7"},
+                     json={"reason": "pager lost"})
     assert put.status_code == 200, put.text
     assert put.json()["channel"] == "pager"
     blocked = client.post("/rtEvents", json={
