@@ -42,7 +42,7 @@ from bench.realtime import (
     wait_for_dag,
     wait_rt_shards,
 )
-from message_center import archiving
+from message_center import archiving, dag_ids
 from message_center.cleanup import CleanupSettings, purge_execution
 from message_center.ids import NEXT_ID_SQL
 from message_center.registry import ExecutionAccount, Registry
@@ -159,8 +159,8 @@ def cleanup(ctx: Context) -> list[Result]:
     ctx.ensure_sinks()
     ctx.ensure_standalone()
     prepare_dags(ctx)
-    wait_for_dag(ctx, "cleanup")
-    set_paused(ctx, "cleanup", True)  # its own nightly run must not purge the bench's rows
+    wait_for_dag(ctx, dag_ids.CLEANUP)
+    set_paused(ctx, dag_ids.CLEANUP, True)  # its own nightly run must not purge the bench's rows
     ctx.reset_execution()
     wait_rt_shards(ctx, 2)
 
