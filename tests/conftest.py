@@ -58,6 +58,7 @@ os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
 from sqlalchemy import Engine, text  # noqa: E402
 
 from mc_local.smtp_sink import SmtpSink  # noqa: E402
+from message_center import dag_ids  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
@@ -254,7 +255,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         _stop_session(process)
 
 
-QUEUE_CONSUMERS = ("rtEventsProcessing", "batchEventsProcessing", "mcPublishTemplates")
+QUEUE_CONSUMERS = (*dag_ids.PROCESSING.values(), dag_ids.PUBLISH_TEMPLATES)
 
 
 def _pause_workflows_that_consume_queues() -> None:
