@@ -402,7 +402,12 @@ class WebPushSink:
         return [json.loads(path.read_text()) for path in sorted(self.push_dir.glob("*.json"))]
 
     def clear(self) -> None:
-        """Forget the kept messages and scripts (subscriptions stay)."""
+        """Forget the kept messages and scripts (subscriptions stay), once the requests
+        being answered are done (a slow answer must not land in the next test)."""
+        self.latency = 0.0
+        deadline = time.monotonic() + 30
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         for path in self.push_dir.glob("*.json"):
             path.unlink()
         with self._lock:
