@@ -79,6 +79,8 @@ MAX_ENDPOINT = 2048
 MAX_TTL = 28 * 24 * 3600
 #: VAPID tokens are signed for 12 hours and signed again when less than an hour is left.
 VAPID_LIFETIME = 12 * 3600
+#: How long a push service's host check (name resolution) is reused by a sender.
+CHECK_SECONDS = 60.0
 _TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _SUBJECT = re.compile(r"mailto:[^@\s]+@(localhost|([a-z0-9-]+\.)+[a-z0-9-]+)|"
@@ -226,6 +228,28 @@ def parse_subscription(value: Any, insecure_hosts: HostList | None = None, *,
                                                         "curve") from None
     auth = _key(keys.get("auth"), f"{field}.keys.auth", 16, "a 16-byte secret")
     return Subscription(endpoint, b64url(p256dh), b64url(auth))
+
+
+def subscription_endpoint(value: str) -> str:
+    """The endpoint URL of a stored subscription (its JSON) or of an endpoint given alone
+    (the quarantine API's ``?endpoint=``): the key a subscription is quarantined by.
+    ``ValueError`` when it is neither."""
+    text = (value or "").strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            raise ValueError("the push subscription is not JSON") from None
+        text = parsed.get("endpoint", "") if isinstance(parsed, dict) else ""
+        text = text.strip() if isinstance(text, str) else ""
+    if not text:
+        raise ValueError("no push subscription endpoint")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{text[:100]!r} is not a push subscription endpoint (an https URL)")
+    if len(text) > MAX_ENDPOINT:
+        raise ValueError(f"the endpoint is longer than {MAX_ENDPOINT} characters")
+    return text
 
 
 def _key(value: Any, name: str, size: int, what: str) -> bytes:
@@ -459,6 +483,7 @@ class WebPushSender:
         self._session = guarded_session(settings.insecure_hosts)
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[float, dict[str, str]]] = {}
+        self._targets: dict[tuple[str, str], tuple[float, Target]] = {}
 
     def __enter__(self) -> WebPushSender:
         return self
@@ -480,6 +505,25 @@ class WebPushSender:
             self._tokens[audience] = (expires, headers)
             return headers
 
+    def check_endpoint(self, endpoint: str) -> Target:
+        """The host check of an endpoint (:func:`~message_center.net_guard.check_url`),
+        remembered per push service for :data:`CHECK_SECONDS` so that a busy shard does
+        not resolve the same name for every message; the connection-time check of the
+        address reached still applies to every new connection."""
+        parts = urlsplit(endpoint)
+        key, now = (parts.scheme.lower(), parts.netloc.lower()), time.monotonic()
+        with self._lock:
+            known = self._targets.get(key)
+        if known is not None and known[0] > now:
+            return known[1]
+        target = check_url(endpoint, self.settings.insecure_hosts, public=True,
+                           allow_http=True, resolver=self._resolver)
+        with self._lock:
+            if len(self._targets) >= 1024:  # endpoints come from event data: stay bounded
+                self._targets.clear()
+            self._targets[key] = (now + CHECK_SECONDS, target)
+        return target
+
     def send(self, subscription: Subscription | Mapping[str, Any] | str,
              notification: Mapping[str, Any] | str | bytes, *, ttl: int,
              urgency: str = "normal", topic: str | None = None,
@@ -498,8 +542,7 @@ class WebPushSender:
         if problem:
             return PushResult(Outcome.failed(f"Web Push message refused: {problem}"))
         try:
-            target = check_url(sub.endpoint, self.settings.insecure_hosts, public=True,
-                               allow_http=True, resolver=self._resolver)
+            target = self.check_endpoint(sub.endpoint)
         except UrlRefused as exc:
             return PushResult(_refused(exc))
         headers = {**self.vapid_headers(target.origin), "Urgency": urgency}

@@ -35,6 +35,7 @@ from message_center.delivery.webpush import (
     public_key_bytes,
     push_service,
     settings_from_connection,
+    subscription_endpoint,
 )
 from message_center.net_guard import WEBPUSH_INSECURE_HOSTS, HostList
 
@@ -121,6 +122,18 @@ def test_the_insecure_hosts_come_from_the_environment(monkeypatch):
     monkeypatch.setenv(WEBPUSH_INSECURE_HOSTS, "localhost:8027, http://bad")
     with pytest.raises(ValueError, match=f"{WEBPUSH_INSECURE_HOSTS}: entry 'http://bad'"):
         parse_subscription(subscription())
+
+
+@fast
+def test_the_quarantine_key_is_the_endpoint():
+    sub = parse_subscription(subscription(), hosts())
+    assert subscription_endpoint(sub.dumps()) == sub.endpoint
+    assert subscription_endpoint(f"  {sub.endpoint} ") == sub.endpoint
+    for bad, message in (("", "no push subscription endpoint"), ("{not json", "not JSON"),
+                         ('{"keys": {}}', "no push subscription endpoint"),
+                         ("mailto:a@b.c", "is not a push subscription endpoint")):
+        with pytest.raises(ValueError, match=message):
+            subscription_endpoint(bad)
 
 
 # --- answers, keys, settings (fast) -------------------------------------------------------
@@ -240,6 +253,30 @@ def test_a_message_that_cannot_be_sent_fails_without_a_connection():
         assert result.outcome.failure_class == "error" and result.status is None
     with pytest.raises(ValueError, match="subject"):
         WebPushSettings(keys.private_key, "ops@shop.example")
+
+
+@fast
+def test_a_push_services_host_check_is_reused_for_a_while():
+    """A busy shard resolves a push service's name once a minute, not per message; a
+    refusal is not remembered (the next message is checked again)."""
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return ["93.184.215.14"] if host == "push.example.org" else ["10.0.0.1"]
+
+    keys = generate_vapid_keys()
+    sender = WebPushSender(WebPushSettings(keys.private_key, "mailto:ops@shop.example"),
+                           resolver=resolver)
+    for path in ("a", "b", "c"):
+        target = sender.check_endpoint(f"https://push.example.org/wpush/{path}")
+        assert target.addresses == ("93.184.215.14",)
+    assert calls == ["push.example.org"]
+    for _ in range(2):
+        result = sender.send(subscription(endpoint="https://inside.example.org/p"),
+                             NOTIFICATION, ttl=60)
+        assert "inside.example.org (10.0.0.1) is a private address" in result.outcome.error
+    assert calls == ["push.example.org", "inside.example.org", "inside.example.org"]
 
 
 # --- sending to the local push service on loopback ---------------------------------------
