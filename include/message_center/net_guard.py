@@ -291,15 +291,18 @@ class Target:
         default = DEFAULT_PORTS[self.scheme] == self.port
         return f"{self.scheme}://{host}" if default else f"{self.scheme}://{host}:{self.port}"
 
-    def peer_problem(self, address: str) -> str | None:
-        """Why a connection that reached ``address`` must not be used (the name may
-        resolve elsewhere by the time the connection is made), or None."""
-        if self.listed:
-            return None
-        try:
-            return address_problem(address.split("%", 1)[0])
-        except ValueError:
-            return f"unknown peer address {address!r}"
+
+
+def connection_problem(hosts: HostList, host: str, port: int, peer: str) -> str | None:
+    """Why a connection to ``host:port`` that reached address ``peer`` must not be used
+    (the name may resolve elsewhere by the time the connection is made: DNS rebinding),
+    or None. A listed host may reach anything."""
+    if hosts.lists(host, port):
+        return None
+    try:
+        return address_problem(peer.split("%", 1)[0])
+    except ValueError:
+        return f"unknown peer address {peer!r}"
 
 
 def check_url(url: str, hosts: HostList, *, public: bool = True, allow_http: bool = False,

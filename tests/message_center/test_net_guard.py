@@ -14,6 +14,7 @@ from message_center.net_guard import (
     UrlRefused,
     address_problem,
     check_url,
+    connection_problem,
     embedded_ipv4,
 )
 
@@ -295,12 +296,14 @@ def test_the_real_resolver_judges_localhost_and_literals():
 def test_peer_check_of_a_made_connection():
     """The address a connection reached is checked again (the name may have resolved
     elsewhere meanwhile); a listed host may connect anywhere."""
-    unlisted = check_url("https://push.example.org/p", hosts(), resolver=PUBLIC)
-    assert unlisted.peer_problem("93.184.215.14") is None
-    assert unlisted.peer_problem("127.0.0.1") == "loopback"
-    assert unlisted.peer_problem("fe80::1%eth0") == "link-local"
-    listed = check_url("http://localhost:8027/p", hosts("localhost:8027"), allow_http=True)
-    assert listed.peer_problem("127.0.0.1") is None
+    listed = hosts("localhost:8027")
+    assert connection_problem(listed, "push.example.org", 443, "93.184.215.14") is None
+    assert connection_problem(listed, "push.example.org", 443, "127.0.0.1") == "loopback"
+    assert connection_problem(listed, "push.example.org", 443, "fe80::1%eth0") == "link-local"
+    assert connection_problem(listed, "push.example.org", 443, "nonsense") == \
+        "unknown peer address 'nonsense'"
+    assert connection_problem(listed, "localhost", 8027, "127.0.0.1") is None
+    assert connection_problem(listed, "localhost", 8028, "127.0.0.1") == "loopback"
 
 
 def test_origin_keeps_a_non_default_port_and_brackets_ipv6():

@@ -62,8 +62,8 @@ from message_center.net_guard import (
     HostList,
     Target,
     UrlRefused,
-    address_problem,
     check_url,
+    connection_problem,
 )
 
 #: The wire field of a push event's address, and the connection of the VAPID keys.
@@ -425,10 +425,8 @@ class _NoRedirectSession(requests.Session):
 
 
 def _check_peer(conn: Any, sock: Any, hosts: HostList) -> None:
-    if hosts.lists(conn.host, conn.port):
-        return
-    peer = sock.getpeername()[0]
-    problem = address_problem(str(peer).split("%", 1)[0])
+    peer = str(sock.getpeername()[0])
+    problem = connection_problem(hosts, conn.host, conn.port, peer)
     if problem:
         sock.close()
         raise PeerRefused(f"{conn.host}:{conn.port}", f"the connection reached {peer}, a "
