@@ -1,8 +1,9 @@
 """Airflow glue for processing: connections -> delivery settings, params -> settings.
 
 The domain (:mod:`message_center.processing`, :mod:`message_center.delivery`) takes
-plain dataclasses; this module is the only place that reads Airflow connections for it.
-Each channel (:mod:`message_center.channels`) names its connection and reads it:
+plain dataclasses; this module turns Airflow connections (read through
+:mod:`mc_airflow.connections`) into them. Each channel (:mod:`message_center.channels`)
+names its connection and reads it:
 
 * ``smtp_default`` (type ``smtp``, the e-mail channel): host, port, login, password;
   extras as the Airflow SMTP provider reads them: ``disable_ssl`` (default false:
@@ -30,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from mc_airflow.connections import database_url
+from mc_airflow.connections import database_url, get_connection, require_connection
 from mc_airflow.defaults import (
     BOUNCE_MAILBOX_CONN_ID,
     EXECUTION_CONN_ID,
@@ -45,27 +46,16 @@ from message_center.delivery.smtp import SmtpSettings
 from message_center.processing.settings import ProcessingSettings
 
 
-def _get_connection(conn_id: str) -> Any:
-    from airflow.sdk import BaseHook
-
-    return BaseHook.get_connection(conn_id)
-
-
 def channel_settings(channel: str, conn_id: str | None = None) -> Any | None:
     """A channel's sender settings from its Airflow connection (``conn_id``: another
     connection than the channel's own); ``None`` when an optional connection does not
     exist (a required one fails the task: the claimed events wait for their lease)."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
     spec = channels.get(channel)
     conn_id = conn_id or spec.connection_id
     if conn_id is None:
         return None
-    try:
-        conn = _get_connection(conn_id)
-    except AirflowNotFoundException:
-        if spec.connection_required:
-            raise
+    conn = require_connection(conn_id) if spec.connection_required else get_connection(conn_id)
+    if conn is None:
         return None
     return spec.settings_from_connection({
         "host": conn.host, "port": conn.port, "login": conn.login, "password": conn.password,
@@ -95,11 +85,8 @@ def bounce_mailbox_settings(conn_id: str = BOUNCE_MAILBOX_CONN_ID) -> ImapSettin
     """The bounce mailbox from its ``imap`` connection (host, port, login, password;
     extras ``use_ssl`` (default true), ``starttls``, ``folder`` (INBOX),
     ``delete_processed`` (false), ``timeout``), or ``None`` when it does not exist."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = _get_connection(conn_id)
-    except AirflowNotFoundException:
+    conn = get_connection(conn_id)
+    if conn is None:
         return None
     try:
         return imap_settings_from_connection({
