@@ -24,7 +24,7 @@ EXECUTION_CONN_ID = "mc_execution"
 #: The control database (templates, archive).
 CONTROL_CONN_ID = "mc_control"
 #: The SMTP relay (an Airflow ``smtp`` connection): the e-mail channel's, and proofs'.
-#: Each channel names its own connection (``message_center.channels``).
+#: Each channel names its own connection (``message_center.channel``).
 SMTP_CONN_ID = "smtp_default"
 #: The bounce mailbox (an Airflow ``imap`` connection) read by ``bounceMails``; optional.
 BOUNCE_MAILBOX_CONN_ID = "mc_bounce_mailbox"

@@ -2,7 +2,7 @@
 
 The domain (:mod:`message_center.processing`, :mod:`message_center.delivery`) takes
 plain dataclasses; this module turns Airflow connections (read through
-:mod:`mc_airflow.connections`) into them. Each channel (:mod:`message_center.channels`)
+:mod:`mc_airflow.connections`) into them. Each channel (:mod:`message_center.channel`)
 names its connection and reads it:
 
 * ``smtp_default`` (type ``smtp``, the e-mail channel): host, port, login, password;
@@ -37,7 +37,7 @@ from mc_airflow.defaults import (
     EXECUTION_CONN_ID,
     SMTP_CONN_ID,
 )
-from message_center import channels
+from message_center import channel as channels
 from message_center.db import engine_for
 from message_center.delivery.bounce_mail import ImapSettings, imap_settings_from_connection
 from message_center.delivery.channels import Channels

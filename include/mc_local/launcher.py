@@ -25,8 +25,9 @@ from mc_local.embedded_pg import NotOurServer, ensure_database
 from mc_local.localenv import PROJECT_ROOT, Deployment
 from mc_local.supervisor import Component, Supervisor
 from mc_local.supervisor import stop_session as stop_session  # used by tests and scripts
-from message_center import channels, migrations, templates
-from message_center.channels import LocalSink
+from message_center import channel as channels
+from message_center import migrations, templates
+from message_center.channel import LocalSink
 
 # Cell ids of the two demo execution instances (high byte of every event id).
 DEMO_CELLS = {"execution": 0, "execution2": 1}

@@ -30,7 +30,7 @@ from typing import Any
 
 from lxml import etree
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.events import EventValidationError
 
 TEXT_KEY = "#text"
@@ -50,7 +50,7 @@ here) and the attributes ACC's own SDKs add to entities."""
 
 def wished_channels() -> dict[str, str]:
     """ACC's ``nms:messageType`` values (0 email, 1 mobile) and labels, case-insensitive:
-    each channel states its own (:attr:`message_center.channels.Channel.acc_codes`)."""
+    each channel states its own (:attr:`message_center.channel.Channel.acc_codes`)."""
     return channels.acc_code_map()
 
 

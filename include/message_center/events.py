@@ -33,8 +33,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection, text
 
-from message_center import channels
-from message_center.channels import Channel
+from message_center import channel as channels
+from message_center.channel import Channel
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
 from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS, EventStatus, event_table
 
@@ -184,17 +184,24 @@ class EventIn(BaseModel):
                           "processed by then.")
 
     # Few Python validators on purpose: a 1,000-event batch runs each of them 1,000 times.
-    @field_validator("email", "mobile_phone")
+    @field_validator("email")
     @classmethod
-    def _address(cls, value: str | None, info: Any) -> str | None:
+    def _email(cls, value: str | None) -> str | None:
         if value is not None:
-            _check_address(_ACC_ADDRESSES[info.field_name], value)
+            _check_address(_ACC_ADDRESSES["email"], value)
+        return value
+
+    @field_validator("mobile_phone")
+    @classmethod
+    def _mobile_phone(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_address(_ACC_ADDRESSES["mobile_phone"], value)
         return value
 
     @field_validator("wished_channel", mode="plain")
     @classmethod
     def _wished_channel(cls, value: Any) -> str:
-        if not isinstance(value, str) or value not in channels.names():
+        if value.__class__ is not str or value not in channels.names():
             raise PydanticCustomError("literal_error", "wishedChannel must be {expected}",
                                       {"expected": channels.expected()})
         return value
@@ -225,14 +232,17 @@ class EventIn(BaseModel):
 
     @model_validator(mode="after")
     def _cross_fields(self) -> EventIn:
-        for key, value in (self.__pydantic_extra__ or {}).items():
-            owner = channels.by_address_field(key)
-            if owner is None or key in _ACC_FIELDS:
-                raise PydanticCustomError("extra_forbidden", "unknown field '{field}'",
-                                          {"field": key})
-            _check_address(owner, value, key)
+        extra = self.__pydantic_extra__
+        if extra:
+            for key, value in extra.items():
+                owner = channels.by_address_field(key)
+                if owner is None or key in _ACC_FIELDS:
+                    raise PydanticCustomError("extra_forbidden", "unknown field '{field}'",
+                                              {"field": key})
+                _check_address(owner, value, key)
         channel = channels.get(self.wished_channel)
-        if self.address is None:
+        acc = _ACC_FIELDS.get(channel.address_field)
+        if (getattr(self, acc) if acc else (extra or {}).get(channel.address_field)) is None:
             raise PydanticCustomError(
                 "address_missing", "{field} is required when wishedChannel is '{channel}'",
                 {"field": channel.address_field, "channel": self.wished_channel})
@@ -253,9 +263,10 @@ class EventIn(BaseModel):
     def stored_address(self) -> str | None:
         """What the ``address`` column keeps: the address of a channel that is not one of
         ACC's (those are in ``email`` / ``mobile_phone``), JSON text when structured."""
-        if channels.get(self.wished_channel).address_field in _ACC_FIELDS:
+        field = channels.get(self.wished_channel).address_field
+        if field in _ACC_FIELDS:
             return None
-        value = self.address
+        value = (self.__pydantic_extra__ or {}).get(field)
         return value if value is None or isinstance(value, str) else compact_json(value)
 
     def to_row(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.ids import cell_of, to_public, to_stored
 from message_center.rendering import (
     RenderError,
@@ -35,7 +35,6 @@ from message_center.rendering import (
     template_event,
 )
 from message_center.statuses import EVENT_KINDS, EventStatus
-from message_center.templates.model import content_parts
 
 LOOKUP_FIELDS = {
     "id": "Event id",
@@ -250,7 +249,7 @@ class Template:
 
     def to_dict(self) -> dict[str, Any]:
         try:
-            shown = content_parts(self.channel)
+            shown = channels.content_parts(self.channel)
         except channels.UnknownChannelError:
             shown = tuple(self.parts)
         return {"name": self.internal_name, "label": self.label, "channel": self.channel,

@@ -42,7 +42,7 @@ class DeliveryStatus(StrEnum):
 
 
 EVENT_KINDS = ("rt", "batch")
-# Channels are not listed here: ask the registry (message_center.channels).
+# Channels are not listed here: ask the registry (message_center.channel).
 #: ``NOTIFY`` / ``LISTEN`` channel per event kind: the push API notifies after it commits
 #: new events, real-time shards listen.
 NOTIFY_CHANNELS = {"rt": "mc_rt_events", "batch": "mc_batch_events"}

@@ -230,7 +230,7 @@ def format_age(seconds: Any) -> str:
 
 def channel_choices() -> list[tuple[str, str]]:
     """(name, label) of every registered channel, for the pages' channel filters."""
-    from message_center import channels
+    from message_center import channel as channels
 
     return [(spec.name, spec.label) for spec in channels.all_channels()]
 

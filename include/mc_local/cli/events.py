@@ -19,7 +19,8 @@ import httpx
 
 from mc_local.client import PushClient, PushError, chunks
 from mc_local.localenv import ADMIN_USER, deployment
-from message_center import channels, events
+from message_center import channel as channels
+from message_center import events
 
 EVENT_FLAGS = (  # (flag, wire field)
     ("--type", "type"), ("--email", "email"), ("--mobile-phone", "mobilePhone"),

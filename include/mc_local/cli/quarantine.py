@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from mc_local.localenv import deployment
-from message_center import channels
-from message_center.channels import guess as guess_channel
+from message_center import channel as channels
+from message_center.channel import guess as guess_channel
 from message_center.db import engine_for
 from message_center.delivery import quarantine as q
 

@@ -29,10 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from message_center import channels, events
+from message_center import channel as channels
+from message_center import events
 from message_center.api.database import answer_503_while_database_down, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events
-from message_center.channels import Channel
+from message_center.channel import Channel
 from message_center.delivery import quarantine as quarantine_store
 from message_center.events import (
     MAX_BATCH_BODY_BYTES,

@@ -30,7 +30,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from message_center import channels, events
+from message_center import channel as channels
+from message_center import events
 from message_center.api.app import Authorization, EventReadCheck, read_body
 from message_center.api.database import answer_503_while_database_down, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events

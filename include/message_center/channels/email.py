@@ -16,7 +16,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from message_center.channels.base import AddressPath, Channel, LocalSink, RenderedParts
+from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate

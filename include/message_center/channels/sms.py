@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from message_center.channels.base import AddressPath, Channel, LocalSink, RenderedParts
+from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
 from message_center.channels.email import share
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
-from message_center.delivery.sms import SmsSender, SmsSettings
+from message_center.delivery.sms import SmsSender, SmsSettings, sms_segments
 from message_center.delivery.smtp import relay_limit
 from message_center.rendering import render_part
 
@@ -36,25 +36,9 @@ STORED_PHONE_PATTERN = r"^\+?[0-9][0-9 .()-]{0,28}[0-9)]$"
 _STORED_PHONE = re.compile(r"\+?[0-9][0-9 .()-]{0,28}[0-9)]")
 _HTTP_THROTTLE = re.compile(r"answered 429\b")
 
-GSM_7BIT = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-GSM_7BIT_EXTENDED = set("^{}\\[~]|€\f")
-
-
 def is_valid_phone(value: str) -> bool:
     """E.164-like numbers, separators allowed: ``+33 6 12 34 56 78``, ``555 010-9999``."""
     return bool(_PHONE.match(value))
-
-
-def sms_segments(body: str) -> tuple[str, int]:
-    """(encoding, number of SMS parts) the text takes: GSM 7-bit or UCS-2."""
-    if all(char in GSM_7BIT or char in GSM_7BIT_EXTENDED for char in body):
-        units = sum(2 if char in GSM_7BIT_EXTENDED else 1 for char in body)
-        return "GSM-7", 1 if units <= 160 else -(-units // 153)
-    units = len(body.encode("utf-16-le")) // 2
-    return "UCS-2", 1 if units <= 70 else -(-units // 67)
 
 
 class SmsChannel(Channel):

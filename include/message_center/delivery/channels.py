@@ -2,7 +2,7 @@
 
 A shard owns one :class:`Channels`: each channel's sender (SMTP connections, the HTTP
 client, ...) is opened on first use and reused for the whole shard. Which channels exist
-and how each sends is the registry's business (:mod:`message_center.channels`): this
+and how each sends is the registry's business (:mod:`message_center.channel`): this
 module only routes a message to its channel's sender. :meth:`Channels.deliver` may be
 called from several session threads at once (:mod:`message_center.delivery.pool`).
 Rendering happens in the sender, per message, with the shared sandboxed renderer, so a
@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from message_center import channels as registry
-from message_center.channels import Channel, ChannelSender
+from message_center import channel as registry
+from message_center.channel import Channel, ChannelSender
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate, SessionPool

@@ -47,7 +47,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from message_center import channels as registry
+from message_center import channel as registry
 from message_center.claims import ShardClaim
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.quarantine import (

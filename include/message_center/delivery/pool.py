@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 

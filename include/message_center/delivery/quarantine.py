@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from message_center import channels as registry
+from message_center import channel as registry
 from message_center.ids import to_public
 
 SOURCES = ("delivery", "bounce_mail", "manual", "api", "ui", "synch")

@@ -82,6 +82,22 @@ class SmsSettings:
             raise ValueError("SMS gateway: timeout must be positive")
 
 
+GSM_7BIT = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM_7BIT_EXTENDED = set("^{}\\[~]|€\f")
+
+
+def sms_segments(body: str) -> tuple[str, int]:
+    """(encoding, number of SMS parts) the text takes: GSM 7-bit or UCS-2."""
+    if all(char in GSM_7BIT or char in GSM_7BIT_EXTENDED for char in body):
+        units = sum(2 if char in GSM_7BIT_EXTENDED else 1 for char in body)
+        return "GSM-7", 1 if units <= 160 else -(-units // 153)
+    units = len(body.encode("utf-16-le")) // 2
+    return "UCS-2", 1 if units <= 70 else -(-units // 67)
+
+
 def reference(log_id: int) -> str:
     return f"mc-{to_public(log_id)}"
 

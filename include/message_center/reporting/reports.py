@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, text
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.ids import to_public
 from message_center.reporting.statistics import HOUR, histogram_percentile
 from message_center.reporting.thresholds import Indicator, Thresholds

@@ -18,7 +18,7 @@ The execution side of publishing (what an execution database has active) is
 
 from __future__ import annotations
 
-from message_center.channels.sms import sms_segments  # the SMS preview's length rule
+from message_center.delivery.sms import sms_segments  # the SMS preview's length rule
 from message_center.templates.model import (
     MessageTemplate,
     Seed,

@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from message_center import channels
+from message_center.channel import content_parts, part_fields
 
 REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
 #: The fields every template has; each channel adds its parts (``Channel.template_parts``).
 COMMON_TEXT_FIELDS = ("internal_name", "label", "event_type", "channel", "sender",
                       "language")
-
-
-def part_fields() -> tuple[str, ...]:
-    """Every registered channel's template parts, in channel order."""
-    return tuple(dict.fromkeys(part for channel in channels.all_channels()
-                               for part in channel.template_parts))
 
 
 def text_fields() -> tuple[str, ...]:
@@ -37,14 +31,6 @@ def text_fields() -> tuple[str, ...]:
 def allowed_fields() -> tuple[str, ...]:
     return (*text_fields(), "ctx", "seeds")
 
-
-def content_parts(channel: str) -> tuple[str, ...]:
-    """The parts in the versioned content of a ``channel`` template: its own, and those
-    every content has carried since before the seam (so that hashes stay the same)."""
-    own = channels.get(channel).template_parts
-    return tuple(dict.fromkeys([
-        *(part for c in channels.all_channels() if c.parts_in_every_content
-          for part in c.template_parts), *own]))
 
 SEED_FIELDS = ("address", "ctx", "event")
 #: Event fields a seed may set for its test render (besides the address and ``ctx``).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from email.utils import make_msgid
 from pathlib import Path
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.smtp import (
     DEFAULT_FROM,

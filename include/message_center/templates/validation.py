@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from message_center import channels
-from message_center.channels import Channel, RenderedParts
+from message_center import channel as channels
+from message_center.channel import Channel, RenderedParts
 from message_center.rendering import (
     RenderError,
     check_syntax,

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.db import engine_for, first_line, with_connect_timeout
 from message_center.publishing import PUBLISH_LOCK_KEY, SyncResult, TemplateContent, sync_instance
 from message_center.templates.model import MessageTemplate, TemplateSet, content_hash

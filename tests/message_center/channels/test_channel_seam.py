@@ -23,10 +23,10 @@ from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 from processing_factory import publish_templates
 
-from message_center import channels
+from message_center import channel as channels
 from message_center.api import Authorization, HealthThresholds, create_app
 from message_center.archiving import archive_window
-from message_center.channels import Channel
+from message_center.channel import Channel
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome

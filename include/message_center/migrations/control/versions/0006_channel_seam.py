@@ -1,6 +1,6 @@
 """The channel seam on the control instance: the archive keeps an event's generic
 ``address`` (see execution revision e0007), and the ``CHECK (channel IN (...))``
-constraints go (the registry, :mod:`message_center.channels`, validates channels).
+constraints go (the registry, :mod:`message_center.channel`, validates channels).
 
 Revision ID: c0006
 Revises: c0005

@@ -7,7 +7,7 @@
 * ``published_template`` gains ``parts`` (jsonb): the template parts of a channel that
   has no columns of its own.
 * The ``CHECK (... channel IN (...))`` constraints go: which channels exist is the
-  registry's business (:mod:`message_center.channels`), validated where events, templates
+  registry's business (:mod:`message_center.channel`), validated where events, templates
   and quarantine decisions come in. Existing rows are kept as they are.
 
 Revision ID: e0007

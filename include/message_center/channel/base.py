@@ -1,8 +1,8 @@
 """The :class:`Channel` interface: what a delivery channel tells the core about itself.
 
-Kept free of heavy imports (no SMTP, no HTTP client): the registry, the push API and the
-template checks import it at start-up. A channel module implements it and its sender
-(:class:`ChannelSender`); the core only calls these methods.
+Kept free of imports from the domain (no SMTP, no HTTP client, no delivery): the
+registry, the ledger, the push API and the template checks import it. A channel module
+implements it and its sender (:class:`ChannelSender`); the core only calls these methods.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover - types only
-    from message_center.delivery.ledger import Attempt
-    from message_center.delivery.outcome import Outcome
-    from message_center.delivery.pool import RelayGate
+# The delivery's types, named here without importing them (this module sits below the
+# delivery): ``Attempt`` (message_center.delivery.ledger), ``Outcome``
+# (message_center.delivery.outcome), ``RelayGate`` (message_center.delivery.pool).
+Attempt = Any
+Outcome = Any
+RelayGate = Any
 
 
 class UnknownChannelError(ValueError):
