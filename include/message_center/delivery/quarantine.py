@@ -85,6 +85,9 @@ class QuarantineRules:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("QuarantineRules is immutable")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rules_from, (dict(self._rules),))
+
     def __getattr__(self, name: str) -> ChannelRules:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -153,6 +156,11 @@ class QuarantineRules:
                 "r_threshold": [int(r.soft_threshold) for r in rules],
                 "r_window": [float(r.soft_window_days) for r in rules],
                 "r_release": [float(r.release_after_days) for r in rules]}
+
+
+def _rules_from(rules: dict[str, ChannelRules]) -> QuarantineRules:
+    """Unpickling (the class is immutable)."""
+    return QuarantineRules(**rules)
 
 
 def _check_channel(channel: str | None, message: str) -> None:
