@@ -361,7 +361,10 @@ def _stop_and_reap(component: Component, deadline: float, name: str = "",
             log(f"{name}: did not stop in time, killing it")
         kill_session(component.process.pid)
         component.process.wait()
-    stop_session(component.process.pid, max(deadline, time.monotonic() + 5))
+    if component.warm_shutdown:  # task processes that outlived their worker
+        kill_session(component.process.pid)
+    else:
+        stop_session(component.process.pid, max(deadline, time.monotonic() + 5))
 
 
 def terminate(component: Component, timeout: float = 10.0) -> None:
