@@ -471,13 +471,15 @@ def stop_recorded_session(path: Path, timeout: float = 120.0,
 
 # -- process sessions: the one place that lists and signals them ----------------------
 def session_members(sid: int) -> list[int]:
-    """Pids of every process of session ``sid`` (a component and all it started)."""
+    """Pids of the live processes (zombies excluded) of session ``sid``: a component and
+    all it started."""
     members = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            if os.getsid(int(entry)) == sid:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
                 members.append(int(entry))
     return members
 
