@@ -25,7 +25,7 @@ import psycopg2
 from mc_airflow.defaults import templates_dir
 from mc_local.embedded_pg import NotOurServer, ensure_database
 from mc_local.localenv import PROJECT_ROOT, Deployment
-from mc_local.supervisor import HEALTH_KEYS, Component, Supervisor
+from mc_local.supervisor import Component, Supervisor
 from mc_local.supervisor import stop_session as stop_session  # used by tests and scripts
 from message_center import migrations, templates
 
@@ -121,6 +121,10 @@ PORT_VARIABLES = ("MC_API_PORT", "MC_SMTP_PORT", "MC_SMS_PORT")
 #: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
 #: supervised on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+#: Their keys in the API server's health answer (a component reported unhealthy for
+#: long is restarted).
+HEALTH_KEYS = {"scheduler": "scheduler", "triggerer": "triggerer",
+               "dag-processor": "dag_processor"}
 
 
 def sms_port() -> int:

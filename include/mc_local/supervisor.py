@@ -47,9 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-#: Health endpoint keys of the Airflow components we start.
-HEALTH_KEYS = {"scheduler": "scheduler", "triggerer": "triggerer",
-               "dag-processor": "dag_processor"}
 #: Stop stages: lower stops first.
 FIRST, MIDDLE, LAST = 0, 1, 2
 
