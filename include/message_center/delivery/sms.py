@@ -12,7 +12,9 @@ adapter in front of a real SMS provider must accept)::
      "reference": "mc-<delivery log id>"}
 
     2xx  {"id": "<provider message id>", ...}   -> sent (provider id recorded)
-    408, 425, 429, 5xx, timeout, refused        -> transient: retried later
+    refused, 503 with Retry-After               -> the gateway is down: not a try; its
+                                                   circuit breaker decides when to go on
+    408, 425, 429, 5xx, timeout                 -> transient: retried later
     any other 4xx                               -> permanent: failed
     non-2xx {"code": "unknown_subscriber", ...} -> classified by the code (see below)
 
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -82,6 +86,21 @@ class SmsSettings:
             raise ValueError("SMS gateway: timeout must be positive")
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (a number or an HTTP date), capped at an hour."""
+    raw = response.headers.get("Retry-After", "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
 def reference(log_id: int) -> str:
     return f"mc-{to_public(log_id)}"
 
@@ -118,6 +137,9 @@ class SmsSender:
         try:
             response = self._client.post(self.settings.path, json=body,
                                          headers={"Idempotency-Key": ref})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it
+            return Outcome.unavailable(f"SMS gateway unreachable: {type(exc).__name__}: "
+                                       f"{exc}")
         except httpx.TimeoutException as exc:
             return Outcome.retry(f"SMS gateway timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
@@ -129,6 +151,8 @@ class SmsSender:
                 provider_id = ref
             return Outcome.sent(provider_id)
         error = f"SMS gateway answered {response.status_code}: {response.text[:300]}"
+        if response.status_code == 503 and (wait := _retry_after(response)) is not None:
+            return Outcome.unavailable(error, retry_after=wait)
         try:
             body = response.json()
         except ValueError:
