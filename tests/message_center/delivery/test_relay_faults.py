@@ -1,0 +1,233 @@
+"""A relay that stalls, against a real SMTP server on loopback and the real execution
+database: no reply to the final "." is an unknown outcome (failed, class ``unknown``,
+never sent again), a stall before it is a safe retry, and each SMTP phase waits as long
+as its own timeout says."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import free_port
+from processing_factory import (
+    delivery_logs,
+    events,
+    expire_leases,
+    insert_events,
+    publish_templates,
+)
+from sqlalchemy import text
+
+from message_center.delivery.channels import Channels
+from message_center.delivery.ledger import mark_handed, start_sending
+from message_center.delivery.smtp import (
+    PHASE_TIMEOUTS,
+    SmtpSettings,
+    smtp_settings_from_connection,
+)
+from message_center.events import get_event
+from message_center.ids import to_public
+from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
+from message_center.status_sync import sync_event_statuses
+
+SETTINGS = ProcessingSettings(shards=1, delivery_chunk=20, smtp_sessions=2,
+                              sending_timeout_seconds=60, retry_backoff_seconds=0,
+                              retry_backoff_max_seconds=0)
+STALL = "stall@example.test"
+
+
+class StallingRelay:
+    """An SMTP server that can hang at RCPT or after the final "." for one recipient.
+
+    ``after_dot``: it queues the message (keeps it) and then never answers the "." (as a
+    busy MTA whose reply is lost, RFC 1047). ``at_rcpt``: it does not answer RCPT for
+    the first ``at_rcpt`` transactions to that recipient. Hanging handlers are released
+    when the server stops."""
+
+    def __init__(self, mail_dir: Path) -> None:
+        self.port = free_port()
+        self.after_dot = 0  # how many transactions to STALL hang after the "."
+        self.at_rcpt = 0
+        self.received: list[tuple[str, bytes]] = []
+        self._release = asyncio.Event()
+        self._lock = threading.Lock()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                      ready_timeout=10)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if address == STALL and self.at_rcpt:
+            self.at_rcpt -= 1
+            await self._wait()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self._lock:
+            self.received.append((envelope.rcpt_tos[0], envelope.content))
+        if envelope.rcpt_tos[0] == STALL and self.after_dot:
+            self.after_dot -= 1
+            await self._wait()
+        return "250 queued"
+
+    async def _wait(self) -> None:
+        with self._lock:
+            if self._release.is_set():
+                return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._release.wait(), timeout=120)
+
+    def count(self, address: str) -> int:
+        with self._lock:
+            return sum(1 for to, _ in self.received if to == address)
+
+    def start(self) -> StallingRelay:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.loop.call_soon_threadsafe(self._release.set)
+        self._controller.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path):
+    server = StallingRelay(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def deliver(engine, smtp: SmtpSettings, settings: ProcessingSettings = SETTINGS) -> Counter:
+    """One batchEventsProcessing run at the domain level (split, every shard, status)."""
+    total: Counter = Counter()
+    with Channels(smtp, None, "batch") as channels:
+        for claim in split_queue(engine, "batch", settings):
+            total.update(deliver_shard(engine, claim, settings, channels,
+                                       copy_status=False).as_dict())
+    sync_event_statuses(engine)
+    return total
+
+
+def log_of(engine, event_id: int) -> dict:
+    return next(log for log in delivery_logs(engine) if log["event_id"] == event_id)
+
+
+def test_no_reply_to_the_final_dot_is_an_unknown_outcome_and_never_sent_again(
+        execution_db, relay):
+    publish_templates(execution_db)
+    (stalled,) = insert_events(execution_db, "batch", 1, email=STALL)
+    others = insert_events(execution_db, "batch", 6)
+    relay.after_dot = 1
+    smtp = SmtpSettings(port=relay.port, data_termination_timeout=1.5)
+    stats = deliver(execution_db, smtp)
+    assert (stats["sent"], stats["failed"], stats["retried"]) == (6, 1, 0)
+    row = events(execution_db, "batch", [stalled])[0]
+    assert (row["status"], row["error_count"]) == ("failed", 0)
+    log = log_of(execution_db, stalled)
+    assert (log["status"], log["failure_class"], log["failure_reason"]) == (
+        "failed", "unknown", "outcome_unknown")
+    assert "outcome unknown" in log["error"] and "may have delivered it" in log["error"]
+    assert "after the final '.'" in log["error"] and "1.5 s" in log["error"]
+    # The one waiting session held nothing else: the others went out meanwhile.
+    assert all(log_of(execution_db, other)["sent_at"] < log["last_modified"]
+               for other in others)
+    # The API shows the class.
+    with execution_db.connect() as conn:
+        shown = get_event(conn, to_public(stalled))
+    assert shown["status"] == "failed"
+    assert shown["delivery"]["failureClass"] == "unknown"
+
+    deliver(execution_db, smtp)  # a later run: nothing to send again
+    assert relay.count(STALL) == 1
+    assert events(execution_db, "batch", [stalled])[0]["status"] == "failed"
+    assert {relay.count(f"user{n}@example.test") for n in range(1, 7)} == {1}
+
+
+def test_after_dot_timeout_retry_prefers_a_duplicate_to_a_loss(execution_db, relay):
+    publish_templates(execution_db)
+    (stalled,) = insert_events(execution_db, "batch", 1, email=STALL)
+    relay.after_dot = 1
+    smtp = SmtpSettings(port=relay.port, data_termination_timeout=1.0,
+                        after_dot_timeout="retry")
+    deliver(execution_db, smtp)
+    row = events(execution_db, "batch", [stalled])[0]
+    assert (row["status"], row["error_count"]) == ("pending", 1)
+    assert "sent again (after_dot_timeout: retry)" in row["error_reason"]
+    deliver(execution_db, smtp)
+    assert events(execution_db, "batch", [stalled])[0]["status"] == "sent"
+    assert relay.count(STALL) == 2  # the trade-off: the relay got it twice
+
+
+def test_a_relay_stalling_at_rcpt_is_retried_and_the_message_sent_once(execution_db, relay):
+    publish_templates(execution_db)
+    (stalled,) = insert_events(execution_db, "batch", 1, email=STALL)
+    relay.at_rcpt = 1
+    smtp = SmtpSettings(port=relay.port, rcpt_timeout=1.0)
+    first = deliver(execution_db, smtp)
+    assert (first["sent"], first["failed"], first["retried"]) == (0, 0, 1)
+    row = events(execution_db, "batch", [stalled])[0]
+    assert (row["status"], row["error_count"]) == ("pending", 1)
+    assert row["error_reason"].startswith("SMTP connection lost at RCPT TO")
+    assert relay.count(STALL) == 0
+    deliver(execution_db, smtp)
+    assert events(execution_db, "batch", [stalled])[0]["status"] == "sent"
+    assert (log_of(execution_db, stalled)["attempts"], relay.count(STALL)) == (2, 1)
+
+
+def test_the_crash_recovery_records_unknown_outcomes_with_their_class(execution_db):
+    publish_templates(execution_db)
+    (event_id,) = insert_events(execution_db, "batch", 1)
+    (claim,) = split_queue(execution_db, "batch", SETTINGS)
+    with execution_db.begin() as conn:
+        started = start_sending(conn, claim, -(1 << 63), 10)
+        mark_handed(conn, claim, [a.log_id for a in started.to_send])
+    expire_leases(execution_db, "batch")  # the worker died long ago
+    assert recover(execution_db, SETTINGS, kinds=("batch",)).unknown == 1
+    log = log_of(execution_db, event_id)
+    assert (log["status"], log["failure_class"], log["failure_reason"]) == (
+        "failed", "unknown", "outcome_unknown")
+    assert events(execution_db, "batch", [event_id])[0]["status"] == "failed"
+
+
+def test_unknown_is_a_stored_failure_class(execution_db):
+    publish_templates(execution_db)
+    (_event_id,) = insert_events(execution_db, "batch", 1)
+    (claim,) = split_queue(execution_db, "batch", SETTINGS)
+    with execution_db.begin() as conn:
+        start_sending(conn, claim, -(1 << 63), 10)
+        conn.execute(text("UPDATE delivery_log SET failure_class = 'unknown'"))
+    with pytest.raises(Exception, match="delivery_log_failure_class_check"), \
+            execution_db.begin() as conn:
+        conn.execute(text("UPDATE delivery_log SET failure_class = 'maybe'"))
+
+
+@pytest.mark.fast
+def test_phase_timeouts_and_after_dot_choice_come_from_the_connection_extras():
+    default = smtp_settings_from_connection({"host": "relay.example", "extra": {}})
+    assert (default.greeting_timeout, default.mail_timeout, default.rcpt_timeout,
+            default.data_init_timeout, default.data_block_timeout,
+            default.data_termination_timeout) == (300, 300, 300, 120, 180, 600)
+    assert default.after_dot_timeout == "unknown" and default.timeout == 30
+    assert default.transaction_seconds == 30 + 300 + 300 + 300 + 120 + 180 + 600
+    tuned = smtp_settings_from_connection({"host": "relay.example", "extra": json.dumps({
+        **{name: 7 for name in PHASE_TIMEOUTS}, "timeout": "3",
+        "after_dot_timeout": "Retry"})})
+    assert {getattr(tuned, name) for name in PHASE_TIMEOUTS} == {7.0}
+    assert (tuned.timeout, tuned.after_dot_timeout) == (3.0, "retry")
+    with pytest.raises(ValueError, match="after_dot_timeout: 'maybe' is not one of unknown, "
+                                         "retry"):
+        smtp_settings_from_connection({"extra": {"after_dot_timeout": "maybe"}})
+    with pytest.raises(ValueError, match="extra rcpt_timeout: -1 is not a positive number"):
+        smtp_settings_from_connection({"extra": {"rcpt_timeout": -1}})
+    with pytest.raises(ValueError, match="data_termination_timeout 0 is not a positive"):
+        replace(default, data_termination_timeout=0)
