@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, text
@@ -362,7 +362,8 @@ class RelayHealth:
 
     def to_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
-            return None if value is None else value.isoformat().replace("+00:00", "Z")
+            return None if value is None else value.astimezone(UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z")
         return {"relay": self.relay, "channel": self.channel, "state": self.state,
                 "down": self.down, "failures": self.failures, "openedAt": iso(self.opened_at),
                 "pausedUntil": iso(self.paused_until), "lastError": self.last_error,
@@ -370,7 +371,10 @@ class RelayHealth:
 
 
 def relay_health(conn: Connection, *, recent_days: float = 1.0) -> list[RelayHealth]:
-    """Every relay seen in the last ``recent_days`` (down first), for health checks."""
+    """Every relay seen in the last ``recent_days`` (down first), for health checks
+    (none on an instance whose schema predates the breakers: migration ``e0007``)."""
+    if conn.execute(text("SELECT to_regclass('relay_breaker')")).scalar() is None:
+        return []
     rows = conn.execute(text("""
         SELECT relay, channel, state, failures, opened_at,
                CASE WHEN paused_until > clock_timestamp() THEN paused_until END

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,11 @@ from processing_factory import (
 )
 from sqlalchemy import text
 
+from message_center.delivery.breaker import BreakerPolicy, RelayBreaker
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import mark_handed, start_sending
+from message_center.delivery.outcome import Outcome
+from message_center.delivery.pool import RelayGate
 from message_center.delivery.smtp import (
     PHASE_TIMEOUTS,
     SmtpSettings,
@@ -231,3 +235,29 @@ def test_phase_timeouts_and_after_dot_choice_come_from_the_connection_extras():
         smtp_settings_from_connection({"extra": {"rcpt_timeout": -1}})
     with pytest.raises(ValueError, match="data_termination_timeout 0 is not a positive"):
         replace(default, data_termination_timeout=0)
+
+
+@pytest.mark.fast
+def test_the_breaker_opens_after_five_failures_lets_one_probe_through_and_closes_on_an_answer():
+    policy = BreakerPolicy(threshold=5, probe_seconds=0.3, refresh_seconds=0.05)
+    gate = RelayGate("smtp://relay:25", breaker=RelayBreaker("smtp://relay:25", "email",
+                                                             policy=policy))
+    refused = Outcome.unavailable("cannot connect to SMTP server relay:25: refused")
+    assert not refused.counted and refused.status == "retry"
+    for _ in range(4):
+        gate.unavailable(refused)
+    assert not gate.is_down  # four in a row: still closed
+    gate.answered()  # an answer resets the count
+    for _ in range(5):
+        gate.unavailable(refused)
+    assert gate.is_down and gate.unavailable_count == 9
+    soon = time.monotonic() + 0.1
+    assert not gate.wait_turn(soon, lambda: False)  # open: nobody starts before the probe
+    assert gate.wait_turn(time.monotonic() + 5, lambda: False)  # this caller is the probe
+    assert not gate.wait_turn(time.monotonic() + 0.1, lambda: False)  # one probe at a time
+    gate.unavailable(refused)  # the probe failed: still open
+    assert gate.is_down
+    assert gate.wait_turn(time.monotonic() + 5, lambda: False)  # the next probe
+    gate.answered()  # the relay answered it
+    assert not gate.is_down
+    assert gate.wait_turn(time.monotonic() + 1, lambda: False)  # everybody goes again
