@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import mark_handed, start_sending
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
+from message_center.delivery.sms import SmsSender, SmsSettings
 from message_center.delivery.smtp import (
     PHASE_TIMEOUTS,
     SmtpSettings,
@@ -261,3 +263,42 @@ def test_the_breaker_opens_after_five_failures_lets_one_probe_through_and_closes
     gate.answered()  # the relay answered it
     assert not gate.is_down
     assert gate.wait_turn(time.monotonic() + 1, lambda: False)  # everybody goes again
+
+
+def test_an_sms_gateway_answering_503_with_retry_after_is_down_not_a_try():
+    """A gateway that says "unavailable, come back in N s" never got the message: the
+    answer feeds the breaker with the pause it asked for, and is not counted as a try;
+    a plain 503 stays an ordinary transient failure."""
+    answers = [(503, {"Retry-After": "2"}), (503, {}), (201, {})]
+
+    class Gateway(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status, headers = answers.pop(0)
+            body = b'{"id": "gw-1"}' if status == 201 else b'{"error": "unavailable"}'
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with SmsSender(SmsSettings(base_url=url)) as sms:
+            down, busy, sent = [sms.send(log_id=1, to="+33600000001", text="code 1")
+                                for _ in range(3)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (down.status, down.counted, down.retry_after) == ("retry", False, 2.0)
+    assert (busy.status, busy.counted, busy.failure_class) == ("retry", True, "transient")
+    assert (sent.status, sent.provider_id) == ("sent", "gw-1")
+    gate = RelayGate(url, channel="sms")
+    gate.unavailable(down)  # the pause it asked for holds the gateway's sessions
+    assert not gate.wait_turn(time.monotonic() + 1, lambda: False)
