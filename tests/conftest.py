@@ -30,8 +30,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# MC_TEST_PROFILE lets several suites run side by side on separate databases.
-PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
+# MC_TEST_PROFILE lets several suites run side by side on separate databases; under
+# pytest-xdist (`mc test` runs MC_TEST_WORKERS workers) each worker has its own deployment
+# profile, set up by `mc test` beforehand: gw0 the base one, gwN `<base>_wN`.
+_BASE_PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+PROFILE = _BASE_PROFILE if _WORKER == 0 else f"{_BASE_PROFILE}_w{_WORKER}"
 os.environ["MC_DEPLOYMENT_PROFILE"] = PROFILE
 # One user per simple-auth-manager role, named after it (passwords in .mc/secrets/).
 ROLE_USERS = ("admin", "viewer", "user", "op")
@@ -54,6 +58,7 @@ os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
 from sqlalchemy import Engine, text  # noqa: E402
 
 from mc_local.smtp_sink import SmtpSink  # noqa: E402
+from message_center import dag_ids  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
@@ -70,11 +75,22 @@ NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db
                                "bounce_mailbox"})
 
 
+#: The xdist group of every module that starts or uses the session's Airflow stack: they
+#: run on one worker, in file order, so the stack starts once (and modules that rely on
+#: running before or after it keep their order).
+AIRFLOW_GROUP = "airflow-stack"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    stack_modules = {item.path for item in items
+                     if "airflow_stack" in getattr(item, "fixturenames", ())}
     for item in items:
         needs = NOT_FAST_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if needs and item.get_closest_marker("fast"):
             raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(needs)}")
+        # `mc test --dist loadgroup`: a module's tests stay together on one worker.
+        group = AIRFLOW_GROUP if item.path in stack_modules else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +255,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         _stop_session(process)
 
 
-QUEUE_CONSUMERS = ("rtEventsProcessing", "batchEventsProcessing", "mcPublishTemplates")
+QUEUE_CONSUMERS = (*dag_ids.PROCESSING.values(), dag_ids.PUBLISH_TEMPLATES)
 
 
 def _pause_workflows_that_consume_queues() -> None:
