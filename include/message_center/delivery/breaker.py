@@ -25,7 +25,8 @@ Each :class:`RelayBreaker` keeps a local copy of its row, read again at most eve
 something changes, so the breaker costs nothing per message while the relay is healthy.
 The database being unreachable never stops delivery: the breaker then works on its
 local copy (:class:`MemoryBreakerStore` is that local store, also used without a
-database).
+database). The health check and the Overview page read the table through
+:mod:`message_center.reporting.relays`.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
 
@@ -339,49 +339,3 @@ class RelayBreaker:
         if won:
             log.info("relay %s: probing (breaker open)", self.relay)
         return bool(won)
-
-
-# --- reading, for the health check and the Overview page ------------------------------
-
-@dataclass(frozen=True)
-class RelayHealth:
-    relay: str
-    channel: str
-    state: str
-    failures: int
-    opened_at: datetime | None
-    paused_until: datetime | None
-    last_error: str | None
-    last_failure: datetime | None
-    last_success: datetime | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def down(self) -> bool:
-        return self.state == "open"
-
-    def to_dict(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return None if value is None else value.astimezone(UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z")
-        return {"relay": self.relay, "channel": self.channel, "state": self.state,
-                "down": self.down, "failures": self.failures, "openedAt": iso(self.opened_at),
-                "pausedUntil": iso(self.paused_until), "lastError": self.last_error,
-                "lastFailure": iso(self.last_failure), "lastSuccess": iso(self.last_success)}
-
-
-def relay_health(conn: Connection, *, recent_days: float = 1.0) -> list[RelayHealth]:
-    """Every relay seen in the last ``recent_days`` (down first), for health checks
-    (none on an instance whose schema predates the breakers: migration ``e0007``)."""
-    if conn.execute(text("SELECT to_regclass('relay_breaker')")).scalar() is None:
-        return []
-    rows = conn.execute(text("""
-        SELECT relay, channel, state, failures, opened_at,
-               CASE WHEN paused_until > clock_timestamp() THEN paused_until END
-                   AS paused_until,
-               last_error, last_failure, last_success
-        FROM relay_breaker
-        WHERE updated >= clock_timestamp() - make_interval(days => :days) OR state = 'open'
-        ORDER BY state = 'open' DESC, relay
-    """), {"days": int(recent_days) or 1}).mappings().all()
-    return [RelayHealth(**dict(row)) for row in rows]

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from message_center.delivery.breaker import RelayHealth, relay_health
 from message_center.events import queue_depths
+from message_center.reporting.relays import RelayHealth, relay_health
 from message_center.reporting.thresholds import health_age_limits, health_limits, health_status
 
 DEFAULT_TIMEOUT_S = 5.0
