@@ -14,7 +14,9 @@ adapter in front of a real SMS provider must accept)::
     2xx  {"id": "<provider message id>", ...}   -> sent (provider id recorded)
     refused, 503 with Retry-After               -> the gateway is down: not a try; its
                                                    circuit breaker decides when to go on
-    408, 425, 429, 5xx, timeout                 -> transient: retried later
+    408, 425, 429, 5xx                          -> transient: retried later
+    no answer in time (the request went out)    -> the lookup below decides; a gateway
+                                                   without it: outcome unknown
     any other 4xx                               -> permanent: failed
     non-2xx {"code": "unknown_subscriber", ...} -> classified by the code (see below)
 
@@ -140,8 +142,10 @@ class SmsSender:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it
             return Outcome.unavailable(f"SMS gateway unreachable: {type(exc).__name__}: "
                                        f"{exc}")
-        except httpx.TimeoutException as exc:
+        except httpx.PoolTimeout as exc:  # waiting for a connection: nothing was sent
             return Outcome.retry(f"SMS gateway timeout: {type(exc).__name__}")
+        except httpx.TimeoutException as exc:  # the request went out, no answer came
+            return self._after_timeout(log_id, exc)
         except httpx.HTTPError as exc:
             return Outcome.retry(f"SMS gateway unreachable: {type(exc).__name__}: {exc}")
         if response.is_success:
@@ -158,6 +162,20 @@ class SmsSender:
         except ValueError:
             body = None
         return Outcome.classified(classify_sms(response.status_code, body), error)
+
+    def _after_timeout(self, log_id: int, exc: Exception) -> Outcome:
+        """No answer to a request that went out: the gateway's lookup by reference decides
+        (sent; never received: sent again with the same ``Idempotency-Key``); a gateway
+        that cannot tell leaves the outcome unknown, as a lost final reply of SMTP."""
+        ref = reference(log_id)
+        found = self.lookup(log_id)
+        if found is not None:
+            return found
+        return Outcome.unknown(
+            f"outcome unknown: the SMS gateway did not answer within "
+            f"{self.settings.timeout:g} s ({type(exc).__name__}) after the request was sent, "
+            f"and its lookup cannot tell whether it took {ref}; not sent again (look for "
+            f"reference {ref} at the gateway)")
 
     def lookup(self, log_id: int) -> Outcome | None:
         """What became of message ``log_id`` at the gateway (see the module doc): sent

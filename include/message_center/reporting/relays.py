@@ -42,7 +42,8 @@ class RelayHealth:
 
 
 def relay_health(conn: Connection, *, recent_days: float = 1.0) -> list[RelayHealth]:
-    """Every relay seen in the last ``recent_days`` (down first), for health checks
+    """Every relay used in the last ``recent_days`` (down first), for health checks: a
+    relay nobody used for that long (``smtp_default`` now points elsewhere) is left out
     (none on an instance whose schema predates the breakers: migration ``e0007``)."""
     if conn.execute(text("SELECT to_regclass('relay_breaker')")).scalar() is None:
         return []
@@ -52,7 +53,7 @@ def relay_health(conn: Connection, *, recent_days: float = 1.0) -> list[RelayHea
                    AS paused_until,
                last_error, last_failure, last_success
         FROM relay_breaker
-        WHERE updated >= clock_timestamp() - make_interval(days => :days) OR state = 'open'
+        WHERE updated >= clock_timestamp() - make_interval(days => :days)
         ORDER BY state = 'open' DESC, relay
     """), {"days": int(recent_days) or 1}).mappings().all()
     return [RelayHealth(**dict(row)) for row in rows]

@@ -302,3 +302,53 @@ def test_an_sms_gateway_answering_503_with_retry_after_is_down_not_a_try():
     gate = RelayGate(url, channel="sms")
     gate.unavailable(down)  # the pause it asked for holds the gateway's sessions
     assert not gate.wait_turn(time.monotonic() + 1, lambda: False)
+
+
+@pytest.mark.parametrize("can_look_up", [True, False])
+def test_an_sms_request_without_an_answer_is_settled_by_the_gateways_lookup(can_look_up):
+    """The request went out and no answer came in time: a gateway that can be asked
+    (lookup by reference) says it took it, so it is sent; one that cannot tell leaves the
+    outcome unknown, as a lost final reply of SMTP: never sent again."""
+    taken: list[dict] = []
+
+    class SlowGateway(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            taken.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            time.sleep(1.5)  # longer than the client waits
+            self.send_response(201)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_GET(self) -> None:
+            ref = self.path.rpartition("reference=")[2]
+            if can_look_up and any(body["reference"] == ref for body in taken):
+                body = json.dumps({"reference": ref, "found": True, "id": "gw-7"}).encode()
+                self.send_response(200)
+            else:
+                body = b"<html>not found</html>"
+                self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = SmsSettings(base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                               timeout=0.5)
+        with SmsSender(settings) as sms:
+            outcome = sms.send(log_id=7, to="+33600000007", text="code 7")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(taken) == 1
+    if can_look_up:
+        assert (outcome.status, outcome.provider_id) == ("sent", "gw-7")
+    else:
+        assert (outcome.status, outcome.failure_class) == ("failed", "unknown")
+        assert outcome.error.startswith("outcome unknown: the SMS gateway did not answer "
+                                        "within 0.5 s")
