@@ -42,9 +42,10 @@ class RelayHealth:
 
 
 def relay_health(conn: Connection, *, recent_days: float = 1.0) -> list[RelayHealth]:
-    """Every relay used in the last ``recent_days`` (down first), for health checks: a
-    relay nobody used for that long (``smtp_default`` now points elsewhere) is left out
-    (none on an instance whose schema predates the breakers: migration ``e0007``)."""
+    """Every relay whose breaker changed in the last ``recent_days`` (down first), for
+    health checks: one nobody touched for that long (``smtp_default`` now points
+    elsewhere) is left out; a relay that never failed has no row. None on an instance
+    whose schema predates the breakers (migration ``e0007``)."""
     if conn.execute(text("SELECT to_regclass('relay_breaker')")).scalar() is None:
         return []
     rows = conn.execute(text("""
