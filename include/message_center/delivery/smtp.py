@@ -406,6 +406,8 @@ class SmtpSender:
             try:
                 self._timeout(smtp, s.mail_timeout)
                 code, reply = smtp.mail(envelope_from)
+                if reused and code == 421:  # "closing": often an idle connection timed out
+                    raise smtplib.SMTPServerDisconnected(reply.decode("utf-8", "replace"))
             except (OSError, smtplib.SMTPServerDisconnected):
                 if not reused:
                     raise

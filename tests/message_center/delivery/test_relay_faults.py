@@ -36,7 +36,9 @@ from message_center.delivery.pool import RelayGate
 from message_center.delivery.sms import SmsSender, SmsSettings
 from message_center.delivery.smtp import (
     PHASE_TIMEOUTS,
+    SmtpSender,
     SmtpSettings,
+    build_email,
     smtp_settings_from_connection,
 )
 from message_center.events import get_event
@@ -62,11 +64,20 @@ class StallingRelay:
         self.port = free_port()
         self.after_dot = 0  # how many transactions to STALL hang after the "."
         self.at_rcpt = 0
+        self.mail_421 = 0
         self.received: list[tuple[str, bytes]] = []
         self._release = asyncio.Event()
         self._lock = threading.Lock()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
                                       ready_timeout=10)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if self.mail_421:  # as Postfix answers on a connection idle for too long
+            self.mail_421 -= 1
+            return "421 4.4.2 relay.example Error: timeout exceeded"
+        envelope.mail_from = address
+        return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: list[str]) -> str:
@@ -317,11 +328,12 @@ def test_an_sms_request_without_an_answer_is_settled_by_the_gateways_lookup(can_
 
         def do_POST(self) -> None:
             taken.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            time.sleep(1.5)  # longer than the client waits
-            self.send_response(201)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+            time.sleep(1.5)  # longer than the client waits (it has gone meanwhile)
+            with contextlib.suppress(OSError):
+                self.send_response(201)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
 
         def do_GET(self) -> None:
             ref = self.path.rpartition("reference=")[2]
@@ -352,3 +364,18 @@ def test_an_sms_request_without_an_answer_is_settled_by_the_gateways_lookup(can_
         assert (outcome.status, outcome.failure_class) == ("failed", "unknown")
         assert outcome.error.startswith("outcome unknown: the SMS gateway did not answer "
                                         "within 0.5 s")
+
+
+def test_a_reused_connection_the_relay_closed_meanwhile_is_reopened_not_a_failure(relay):
+    """A relay closes idle connections (Postfix answers the next command ``421 4.4.2
+    timeout exceeded``): the sender opens a new connection and the message goes out."""
+    with SmtpSender(SmtpSettings(port=relay.port)) as sender:
+        def send(n: int):
+            mid, data = build_email(log_id=n, sender="shop@example.test",
+                                    recipient=f"user{n}@example.test", subject="s",
+                                    html=None, text="hello")
+            return sender.send_bytes(data, mid, "shop@example.test", f"user{n}@example.test")
+        assert send(1).status == "sent"
+        relay.mail_421 = 1  # the connection went idle for too long
+        second = send(2)
+    assert (second.status, relay.count("user2@example.test")) == ("sent", 1)
