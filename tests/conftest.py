@@ -72,7 +72,7 @@ CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version",
 #: test marked ``fast`` (``make test-fast``, run without ``mc setup``) must not use them.
 NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db", "control_db",
                                "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack",
-                               "bounce_mailbox"})
+                               "bounce_mailbox", "webpush_sink"})
 
 
 #: The xdist group of every module that starts or uses the session's Airflow stack: they
@@ -317,6 +317,37 @@ def sms_sink(_sms_sink_session):
     emptied per test; ``.script(to, "503", "always 400")`` scripts replies."""
     _sms_sink_session.clear()
     return _sms_sink_session
+
+
+# --- Web Push service sink: the `webpush_default` connection's VAPID keys, its host listed
+os.environ.setdefault("MC_WEBPUSH_PORT", str(free_port()))
+os.environ["MC_WEBPUSH_INSECURE_HOSTS"] = f"127.0.0.1:{os.environ['MC_WEBPUSH_PORT']}"
+if "AIRFLOW_CONN_WEBPUSH_DEFAULT" not in os.environ:
+    from message_center.delivery.webpush import generate_vapid_keys
+
+    _vapid = generate_vapid_keys()  # made per run: no key in the repository
+    os.environ["AIRFLOW_CONN_WEBPUSH_DEFAULT"] = json.dumps({
+        "conn_type": "generic", "login": "mailto:ops@message-center.test",
+        "password": _vapid.private_key, "extra": {"public_key": _vapid.public_key},
+    })
+
+
+@pytest.fixture(scope="session")
+def _webpush_sink_session(tmp_path_factory: pytest.TempPathFactory):
+    from mc_local.webpush_sink import WebPushSink
+
+    with WebPushSink(tmp_path_factory.mktemp("webpush"),
+                     port=int(os.environ["MC_WEBPUSH_PORT"])) as sink:
+        yield sink
+
+
+@pytest.fixture
+def webpush_sink(_webpush_sink_session):
+    """A real Web Push service on loopback (RFC 8030/8291/8292: it checks the VAPID token
+    and decrypts), emptied per test; ``.create_subscription()`` subscribes to it,
+    ``.script(endpoint, "410", "429 retry-after=30")`` scripts answers."""
+    _webpush_sink_session.clear()
+    return _webpush_sink_session
 
 
 # --- browser tests: a loud line when they could not run ---------------------------------
