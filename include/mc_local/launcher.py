@@ -2,7 +2,10 @@
 
 ``make run`` owns what it starts, and only that: it refuses ports already taken (naming
 the variable that moves each) and an embedded PostgreSQL port served by another
-checkout's data; it supervises each component and starts again whatever dies.
+checkout's data. Every mode (this one, :mod:`mc_local.celery_mode`,
+:mod:`mc_local.execution2`) builds its list of components - the sinks and Airflow
+components built here, plus its own - and runs it with :func:`serve`, on the one
+:class:`~mc_local.supervisor.Supervisor`.
 
 Airflow itself is only ever started as a subprocess here, with the environment from
 :mod:`mc_local.localenv`, so this module stays free of Airflow imports.
@@ -11,7 +14,6 @@ Airflow itself is only ever started as a subprocess here, with the environment f
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -122,20 +124,20 @@ PORT_VARIABLES = ("MC_API_PORT", *(spec.local_sink.port_env for spec in channels
 #: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
 #: supervised on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+#: Their keys in the API server's health answer (a component reported unhealthy for
+#: long is restarted).
+HEALTH_KEYS = {"scheduler": "scheduler", "triggerer": "triggerer",
+               "dag-processor": "dag_processor"}
 
 
 def local_sinks(deployment: Deployment) -> list[tuple[LocalSink, int, Path]]:
     """The local stand-ins for the channels' providers that ``make run`` starts (each
-    channel declares its own): (sink, port, folder where it keeps what it receives)."""
+    channel declares its own, :attr:`message_center.channel.Channel.local_sink`): (sink,
+    port, folder where it keeps what it receives)."""
     env = {**os.environ, **deployment.environment()}
     return [(spec.local_sink, spec.local_sink.port(env),
              spec.local_sink.directory(deployment.mail_dir))
             for spec in channels.all_channels() if spec.local_sink is not None]
-
-
-def sink_command(sink: LocalSink, port: int, directory: Path) -> list[str]:
-    return [sys.executable, "-m", sink.module, "--port", str(port), sink.dir_flag,
-            str(directory)]
 
 
 def deployment_ports(deployment: Deployment) -> dict[str, int]:
@@ -164,49 +166,76 @@ def port_problems(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
     return problems
 
 
-def run(deployment: Deployment) -> int:
-    """Set up, then run the Airflow components and the sinks until Ctrl-C stops them all,
-    starting again whatever dies meanwhile (:mod:`mc_local.supervisor`)."""
-    if problems := port_problems(deployment_ports(deployment)):
+def sink_components(deployment: Deployment, env: dict[str, str]) -> list[Component]:
+    """Each channel's local sink (the SMTP sink, the SMS gateway sink, ...)."""
+    return [Component(sink.name, [sys.executable, "-m", sink.module, "--port", str(port),
+                                  sink.dir_flag, str(directory)], env)
+            for sink, port, directory in local_sinks(deployment)]
+
+
+def kept_line(deployment: Deployment) -> str:
+    """Where the sinks keep what they receive, for the start-up banner."""
+    return "Delivered messages are kept in " + ", ".join(
+        f"{directory} ({sink.what})" for sink, _port, directory in local_sinks(deployment))
+
+
+def airflow_component(name: str, env: dict[str, str], *args: str) -> Component:
+    """``airflow <name> <args>``, watched through the health endpoint when it has a key."""
+    return Component(name, [str(Path(sys.executable).parent / "airflow"), name, *args], env,
+                     health_key=HEALTH_KEYS.get(name))
+
+
+def airflow_components(env: dict[str, str]) -> list[Component]:
+    """The Airflow components of :data:`AIRFLOW_COMPONENTS`, each supervised on its own."""
+    return [airflow_component(name, env) for name in AIRFLOW_COMPONENTS]
+
+
+def health_url(deployment: Deployment) -> str:
+    return f"http://127.0.0.1:{deployment.api_port}/api/v2/monitor/health"
+
+
+def refuse_taken_ports(ports: dict[str, int]) -> None:
+    if problems := port_problems(ports):
         raise SystemExit("[mc] cannot start:\n  " + "\n  ".join(problems))
+
+
+def serve(deployment: Deployment, components: list[Component], *, banner: list[str],
+          pg_was_running: bool) -> int:
+    """Run ``components`` on one :class:`Supervisor` until Ctrl-C (or SIGTERM) stops them
+    all, starting again whatever dies or stays unhealthy meanwhile; then stop the embedded
+    PostgreSQL if this command started it. The one run loop of every mode."""
+    supervisor = Supervisor(
+        components, postgres=deployment.embedded if deployment.uses_embedded else None,
+        health_url=health_url(deployment), session_file=deployment.session_file)
+
+    def started() -> None:
+        for line in banner:
+            log(line)
+        log(f"A component that stops is started again (and said here); `mc ps --profile "
+            f"{deployment.profile}` lists them. Press Ctrl-C to stop everything.")
+
+    def stopped() -> None:
+        if deployment.uses_embedded and not pg_was_running:
+            deployment.embedded.stop()
+
+    supervisor.run(on_started=started, on_stopped=stopped)
+    return 0
+
+
+def login_lines(deployment: Deployment) -> list[str]:
+    return [f"  login: {name} / {deployment.password(name)}  (role {role})"
+            for name, role in deployment.users()]
+
+
+def run(deployment: Deployment) -> int:
+    """``make run``: set up, then run the sinks and the Airflow components (LocalExecutor)
+    until Ctrl-C stops them all (:func:`serve`)."""
+    refuse_taken_ports(deployment_ports(deployment))
     pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     env = {**os.environ, **deployment.environment()}
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    sinks = local_sinks(deployment)  # each channel's sink (SMTP, SMS gateway, ...)
-    components = [
-        *(Component(sink.name, sink_command(sink, port, directory), env)
-          for sink, port, directory in sinks),
-        *(Component(name, [airflow_bin, name], env) for name in AIRFLOW_COMPONENTS),
-    ]
-    supervisor = Supervisor(
-        components, postgres=deployment.embedded if deployment.uses_embedded else None,
-        health_url=f"http://127.0.0.1:{deployment.api_port}/api/v2/monitor/health")
-    supervisor.start()
-    log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
-    for name, role in deployment.users():
-        log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-    log("Delivered messages are kept in " + ", ".join(
-        f"{directory} ({sink.what})" for sink, _port, directory in sinks))
-    log("A component that stops is started again (and said here). Press Ctrl-C to stop "
-        "everything.")
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while not stopping:
-            supervisor.check()
-            time.sleep(0.5)
-    finally:
-        log("stopping ...")
-        supervisor.stop()
-        if deployment.uses_embedded and not pg_was_running:
-            deployment.embedded.stop()
-        log("stopped")
-    return 0
+    return serve(deployment, [*sink_components(deployment, env), *airflow_components(env)],
+                 pg_was_running=pg_was_running, banner=[
+                     f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}",
+                     *login_lines(deployment),
+                     kept_line(deployment)])

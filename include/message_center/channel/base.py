@@ -224,6 +224,12 @@ class Channel(ABC):
         schema, extra)."""
         raise NotImplementedError(f"channel {self.name} has no connection settings")
 
+    def transaction_seconds(self, settings: Any | None) -> float:
+        """The longest one message may take at the provider with these settings (None:
+        not configured); the crash recovery waits that long before calling a message
+        unknown."""
+        return float(getattr(settings, "timeout", 0.0) or 0.0)
+
     @abstractmethod
     def open_sender(self, settings: Any, kind: str) -> ChannelSender:
         """The shard's sender (opened on first use, closed with the shard)."""

@@ -151,6 +151,10 @@ class EmailChannel(Channel):
     def settings_from_connection(self, conn: Mapping[str, Any]) -> SmtpSettings:
         return smtp_settings_from_connection(conn)
 
+    def transaction_seconds(self, settings: SmtpSettings | None) -> float:
+        # No connection: the RFC 5321 defaults (the recovery errs long).
+        return (settings or SmtpSettings()).transaction_seconds
+
     def open_sender(self, settings: SmtpSettings, kind: str) -> EmailSender:
         return EmailSender(settings, kind)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from message_center import channel as registry
 from message_center.channel import Channel, ChannelSender
+from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate, SessionPool
@@ -82,30 +83,34 @@ class Channels:
                                                                            self.kind)
             return self._senders[channel]
 
-    def session_pool(self, sessions: int, *, shards: int = 1) -> SessionPool:
+    def session_pool(self, sessions: int, *, shards: int = 1,
+                     breakers: BreakerStore | None = None) -> SessionPool:
         """The shard's pool of ``sessions`` delivery sessions, kept while the settings stay
         the same (a real-time loop reuses its sessions and connections round after round).
 
         The providers' limits (e.g. ``max_sessions`` / ``max_messages_per_second`` of the
         SMTP connection, ``max_concurrent`` / ``max_messages_per_second`` of the SMS
         gateway) are for the whole DAG run: each of its ``shards`` shard tasks takes an
-        even share (at least one session)."""
+        even share (at least one session). ``breakers``: where the relays' circuit
+        breakers are shared (the execution database); without it each gate has its own."""
         key = (sessions, shards)
         if self._pool is None or self._pool_key != key:
             if self._pool is not None:
                 self._pool.close()
-            self._pool = SessionPool(self.relay_gates(shards), sessions)
+            self._pool = SessionPool(self.relay_gates(shards, breakers), sessions)
             self._pool_key = key
         return self._pool
 
-    def relay_gates(self, shards: int = 1) -> dict[str, RelayGate]:
+    def relay_gates(self, shards: int = 1,
+                    breakers: BreakerStore | None = None) -> dict[str, RelayGate]:
         """One :class:`RelayGate` per configured channel, with this shard's share of the
-        provider's limits."""
+        provider's limits and the relay's circuit breaker (in ``breakers``)."""
         gates: dict[str, RelayGate] = {}
         for name in self.settings:
             sender = self.sender(name)
             gate = sender.relay_gate(shards) if sender is not None else None
             if gate is not None:
+                gate.breaker = RelayBreaker(gate.name, name, breakers)
                 gates[name] = gate
         return gates
 

@@ -218,6 +218,7 @@ class _Outcomes:
     retry_delays: list[float] = field(default_factory=list)
     retry_errors: list[str] = field(default_factory=list)
     give_up: list[bool] = field(default_factory=list)
+    counted: list[bool] = field(default_factory=list)  # False: the provider was down
     final_ids: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {
         "sent": 0, "failed": 0, "retry": 0, "expired": 0})
@@ -233,11 +234,14 @@ def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) ->
     for attempt, outcome in results:
         status, error = outcome.status, outcome.error
         if status == "retry":
-            exhausted = attempt.attempts >= retry.max_tries
+            # Not counted (the provider was unavailable): no try used, due again at once.
+            exhausted = outcome.counted and attempt.attempts >= retry.max_tries
             out.retry_events.append(attempt.event_id)
             out.retry_logs.append(attempt.log_id)
-            out.retry_delays.append(retry.backoff_seconds(attempt.attempts))
+            out.retry_delays.append(retry.backoff_seconds(attempt.attempts)
+                                    if outcome.counted else 0.0)
             out.give_up.append(exhausted)
+            out.counted.append(outcome.counted)
             if exhausted:
                 error = f"gave up after {attempt.attempts} attempts: {error}"
                 status = "failed"
@@ -347,14 +351,17 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
                                  CAST(:statuses AS text[]), CAST(:errors AS text[]),
                                  CAST(:providers AS text[]), CAST(:delays AS float8[]),
                                  CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]),
-                                 CAST(:classes AS text[]), CAST(:reasons AS text[]))
+                                 CAST(:classes AS text[]), CAST(:reasons AS text[]),
+                                 CAST(:counted AS boolean[]))
                  AS v(id, mark, status, error, provider_id, delay, give_up, retry_error,
-                      failure_class, failure_reason)
+                      failure_class, failure_reason, counted)
         ), rec AS (
             UPDATE delivery_log d SET
-                sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
+                sending_started = CASE WHEN v.counted IS FALSE THEN NULL
+                                       WHEN v.mark THEN coalesce(d.sending_started,
                                                                  clock_timestamp())
                                        ELSE d.sending_started END,
+                attempts = d.attempts - CASE WHEN v.counted IS FALSE THEN 1 ELSE 0 END,
                 status = coalesce(v.status, d.status),
                 error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
                 provider_id = coalesce(v.provider_id, d.provider_id),
@@ -369,12 +376,15 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error
+                      v.delay, v.give_up, v.retry_error, v.counted
         ), rescheduled AS (
             UPDATE {table} e SET
                 status = CASE WHEN r.give_up THEN 'expired' ELSE 'pending' END,
-                error_count = e.error_count + 1,
-                next_attempt = now() + make_interval(secs => r.delay),
+                error_count = e.error_count + CASE WHEN r.counted IS FALSE THEN 0 ELSE 1 END,
+                -- not counted: due again at once, in its place (when it was claimed)
+                next_attempt = CASE WHEN r.counted IS FALSE
+                                    THEN least(coalesce(e.processing, now()), now())
+                                    ELSE now() + make_interval(secs => r.delay) END,
                 processed = CASE WHEN r.give_up THEN now() ELSE e.processed END,
                 error_reason = r.retry_error, delivery_log_id = r.id,
                 claim_token = NULL, claim_shard = NULL
@@ -394,6 +404,7 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
            "providers": column(out.providers),
            "delays": column(out.retry_delays, retry_by_id),
            "give_up": column(out.give_up, retry_by_id),
+           "counted": column(out.counted, retry_by_id),
            "retry_errors": column(out.retry_errors, retry_by_id),
            "classes": column(out.classes), "reasons": column(out.reasons),
            "kind": claim.kind, "token": claim.token, "shard": claim.shard,
@@ -533,7 +544,8 @@ def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
     """
     where, params = _dead_rows(claim)
     return list(conn.execute(text(f"""
-        UPDATE delivery_log SET status = 'failed', error = :reason
+        UPDATE delivery_log SET status = 'failed', error = :reason,
+               failure_class = 'unknown', failure_reason = 'outcome_unknown'
         WHERE {where}
         RETURNING id
     """), {**params, "age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}).scalars())
