@@ -1,5 +1,5 @@
 """The channel seam on the control instance: the archive keeps an event's generic
-``address`` (see execution revision e0007), and the ``CHECK (channel IN (...))``
+``address`` (see execution revision e0008), and the ``CHECK (channel IN (...))``
 constraints go (the registry, :mod:`message_center.channel`, validates channels).
 
 Revision ID: c0006

@@ -10,14 +10,14 @@
   registry's business (:mod:`message_center.channel`), validated where events, templates
   and quarantine decisions come in. Existing rows are kept as they are.
 
-Revision ID: e0007
-Revises: e0006
+Revision ID: e0008
+Revises: e0007
 """
 
 from alembic import op
 
-revision = "e0007"
-down_revision = "e0006"
+revision = "e0008"
+down_revision = "e0007"
 branch_labels = None
 depends_on = None
 
