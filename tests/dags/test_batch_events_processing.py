@@ -23,7 +23,7 @@ from processing_factory import (
 )
 
 from mc_local.localenv import PROJECT_ROOT
-from message_center.delivery.ledger import UNKNOWN_OUTCOME
+from message_center.state import UNKNOWN_OUTCOME
 
 DAG_ID = "batchEventsProcessing"
 

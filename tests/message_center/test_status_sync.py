@@ -6,7 +6,8 @@ import pytest
 from processing_factory import events, insert_events
 from sqlalchemy import text
 
-from message_center.status_sync import WATERMARK, copy_statuses, sync_event_statuses
+from message_center.state import copy_statuses
+from message_center.status_sync import WATERMARK, sync_event_statuses
 
 
 def outcome(engine, kind: str, event_id: int, status: str, error: str | None = None,

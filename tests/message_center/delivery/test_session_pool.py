@@ -31,12 +31,12 @@ from processing_factory import (
 
 from mc_local.localenv import PROJECT_ROOT
 from message_center.delivery.channels import Channels
-from message_center.delivery.ledger import UNKNOWN_OUTCOME
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import Dispatch, RelayGate, SessionPool, is_throttle
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
+from message_center.state import UNKNOWN_OUTCOME
 from message_center.status_sync import sync_event_statuses
 
 POOLED = ProcessingSettings(shards=1, delivery_chunk=20, smtp_sessions=8,

@@ -27,9 +27,9 @@ from processing_factory import (
 )
 
 from message_center.delivery.channels import Channels
-from message_center.delivery.ledger import UNKNOWN_OUTCOME
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
+from message_center.state import UNKNOWN_OUTCOME
 from message_center.status_sync import sync_event_statuses
 
 # The defaults of the batch DAG where it matters: 100-message chunks.

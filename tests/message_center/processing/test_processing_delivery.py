@@ -23,7 +23,7 @@ from processing_factory import (
 )
 
 from message_center.delivery.channels import Channels
-from message_center.delivery.ledger import UNKNOWN_OUTCOME, mark_handed, start_sending
+from message_center.delivery.ledger import start_sending
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import (
@@ -34,6 +34,7 @@ from message_center.processing import (
     run_realtime_shard,
     split_queue,
 )
+from message_center.state import UNKNOWN_OUTCOME, mark_handed
 from message_center.status_sync import sync_event_statuses
 
 FAST = ProcessingSettings(shards=2, delivery_chunk=3, retry_backoff_seconds=0,

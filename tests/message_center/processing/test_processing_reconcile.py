@@ -22,14 +22,11 @@ from processing_factory import (
 )
 
 from message_center.delivery.channels import Channels
-from message_center.delivery.ledger import (
-    UNKNOWN_OUTCOME,
-    mark_handed,
-    start_sending,
-)
+from message_center.delivery.ledger import start_sending
 from message_center.delivery.sms import SmsSender, SmsSettings, reference
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
+from message_center.state import UNKNOWN_OUTCOME, mark_handed
 from message_center.status_sync import sync_event_statuses
 
 SETTINGS = ProcessingSettings(shards=1, retry_backoff_seconds=0, retry_backoff_max_seconds=0)

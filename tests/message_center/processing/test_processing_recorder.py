@@ -10,10 +10,11 @@ from collections import Counter
 import pytest
 from processing_factory import delivery_logs, events, insert_events, publish_templates
 
-from message_center.delivery.ledger import release_unsent, start_sending
+from message_center.delivery.ledger import start_sending
 from message_center.delivery.outcome import Outcome
 from message_center.processing import ProcessingSettings, split_queue
 from message_center.processing.recorder import NotHanded, OutcomeRecorder
+from message_center.state import release_unsent
 
 SETTINGS = ProcessingSettings(shards=1, retry_backoff_seconds=0, retry_backoff_max_seconds=0)
 
@@ -68,7 +69,7 @@ def test_the_barrier_returns_once_the_mark_is_committed(execution_db):
 def test_a_row_released_meanwhile_is_not_handed(execution_db):
     claim, (attempt, *_) = _armed(execution_db, 1)
     with execution_db.begin() as conn:  # e.g. its lease ran out and a recovery gave it back
-        assert release_unsent(conn, "batch", [attempt]) == 1
+        assert release_unsent(conn, "batch", [attempt.log_id]) == 1
     with OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy,
                          copy_status=False) as recorder:
         ready = recorder.handing(attempt)
