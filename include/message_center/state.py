@@ -36,8 +36,9 @@ ledger decides, which is what makes a message go out at most once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, text
@@ -301,7 +302,8 @@ ARM = f"""
 
 
 def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address: str,
-        ignore_reason: str, columns: str) -> Sequence[RowMapping]:
+        ignore_reason: str, columns: str,
+        params: Mapping[str, Any] | None = None) -> Sequence[RowMapping]:
     """Ledger row (none) | ``queued`` | ``retry`` -> ``sending`` (armed, not handed) or
     ``ignored`` (final): the shard's next ``limit`` linked events after id ``after`` (keyset
     paging on the claim index), one row per chunk event, in id order.
@@ -310,14 +312,15 @@ def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address:
     for an event exactly one arms it; the other gets ``log_id`` NULL. What the delivery
     knows is given as SQL expressions by :func:`message_center.delivery.ledger.start_sending`:
     ``address`` (over event ``e``), ``ignore_reason`` (over the chunk row ``c``: why not to
-    send, or NULL) and ``columns`` (event ``e`` and template ``t`` columns to send with).
+    send, or NULL) and ``columns`` (event ``e`` and template ``t`` columns to send with);
+    ``params``: the bind parameters those expressions use, if any.
     """
     table = event_table(claim.kind)
     statement = ARM.format(table=table, address=address, ignore_reason=ignore_reason,
                            columns=columns)
     return conn.execute(text(statement), {
-        "after": after, "limit": limit, "token": claim.token, "shard": claim.shard,
-        "kind": claim.kind}).mappings().all()
+        **(params or {}), "after": after, "limit": limit, "token": claim.token,
+        "shard": claim.shard, "kind": claim.kind}).mappings().all()
 
 
 MARK_HANDED = """
@@ -495,7 +498,8 @@ def copy_statuses_for_events(conn: Connection, kind: str, event_ids: Sequence[in
     return sum(_copy(conn, kind, "d.event_id = ANY(:ids)", {"ids": list(event_ids)}).values())
 
 
-def copy_statuses_between(conn: Connection, kind: str, low: Any, high: Any) -> dict[str, int]:
+def copy_statuses_between(conn: Connection, kind: str, low: datetime | None,
+                          high: datetime) -> dict[str, int]:
     """Same, for every ledger row last modified in ``(low, high]`` (``low`` None: from the
     start): updateEventStatus' batch. Returns the count per status copied."""
     where = ("(CAST(:low AS timestamptz) IS NULL OR d.last_modified > :low) "

@@ -30,16 +30,15 @@ they cost one commit per group, not one per message, and mostly no waiting.
 **Unknown outcome after a crash.** A worker that dies between steps 2 and 4 leaves a
 handed row in ``sending``: the message may or may not have reached the provider. We
 choose *never send twice*: :func:`~message_center.state.recover_unknown_outcomes` marks
-such rows ``failed``
-with the reason "outcome unknown ..." (the Message-ID / SMS reference derived from the
-row id tells where to look at the provider) and copies that onto the event; it does
-not resend. Because step 2 of the next message commits the outcome of the previous
-one, that is at most one message per SMTP session (the one in progress when the worker
-died). Rows armed in step 1 but never handed were not sent:
-:func:`~message_center.state.release_unhanded` gives them back (the retried task re-arms
-and sends its own claim's at once; a dead worker's go back to the queue when its claim
-lease runs out). A shard that is asked to stop (SIGTERM) or that runs out of time
-finishes the message in hand and gives the rest back
+such rows ``failed`` with the reason "outcome unknown ..." (the Message-ID / SMS
+reference derived from the row id tells where to look at the provider) and the runner
+copies that onto the event; nothing is resent. Because step 2 of the next message
+commits the outcome of the previous one, that is at most one message per SMTP session
+(the one in progress when the worker died). Rows armed in step 1 but never handed were
+not sent: :func:`~message_center.state.release_unhanded` gives them back (the retried
+task re-arms and sends its own claim's at once; a dead worker's go back to the queue
+when its claim lease runs out). A shard that is asked to stop (SIGTERM) or that runs out
+of time finishes the message in hand and gives the rest back
 (:func:`~message_center.state.release_unsent`), leaving nothing unknown.
 """
 
