@@ -36,12 +36,13 @@ ledger decides, which is what makes a message go out at most once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, RowMapping, text
+from sqlalchemy import Connection, Row, RowMapping, TextClause, text
 
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
@@ -63,6 +64,18 @@ UNKNOWN_OUTCOME = (
     "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
 )
 RELEASED = "not attempted: the worker stopped before sending it"
+
+
+
+@functools.lru_cache(maxsize=256)
+def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
+    """Statement ``template`` on event kind ``kind``'s table, ``parts`` filled in, built
+    once per process: building a TextClause parses its binds, which costs more CPU than
+    the recorder's whole group statement otherwise does on the client."""
+    if kind is not None:
+        parts["table"] = event_table(kind)
+    return text(template.format(**parts))
+
 
 # -- fragments every statement that needs them shares -------------------------------------
 _OPEN_EVENT = sql_in(OPEN_EVENT)
@@ -192,7 +205,7 @@ def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seco
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
-    rows = conn.execute(text(CLAIM_AND_LINK.format(table=event_table(kind))), {
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind), {
         "limit": limit, "token": token, "base": shard_base, "offset": offset,
         "shards": shards, "lease": float(lease_seconds),
         "expired_reason": EXPIRED_REASON}).all()
@@ -216,7 +229,7 @@ RENEW_LEASE = f"""
 
 def renew_lease(conn: Connection, claim: ShardClaim, lease_seconds: float) -> int:
     """Keep a long-running shard's remaining events claimed (pushes their lease forward)."""
-    return conn.execute(text(RENEW_LEASE.format(table=event_table(claim.kind))), {
+    return conn.execute(_sql(RENEW_LEASE, claim.kind), {
         "token": claim.token, "shard": claim.shard,
         "lease": float(lease_seconds)}).rowcount
 
@@ -242,20 +255,20 @@ RELEASE_EVENTS = f"""
 def release_claim(conn: Connection, claim: ShardClaim) -> int:
     """Give a stopping shard's untouched events back to the queue at once (no waiting for
     the lease): claimed or linked events with no ledger row in flight or final."""
-    return conn.execute(text(RELEASE_CLAIM.format(table=event_table(claim.kind))), {
+    return conn.execute(_sql(RELEASE_CLAIM, claim.kind), {
         "token": claim.token, "shard": claim.shard, "kind": claim.kind}).rowcount
 
 
 def release_stale_claims(conn: Connection, kind: str) -> int:
     """Linked events whose worker died before their delivery started go back to pending
     (lease run out, no ledger row in flight or final)."""
-    return conn.execute(text(RELEASE_STALE_CLAIMS.format(table=event_table(kind))),
+    return conn.execute(_sql(RELEASE_STALE_CLAIMS, kind),
                         {"kind": kind}).rowcount
 
 
 def _release_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> None:
     if event_ids:
-        conn.execute(text(RELEASE_EVENTS.format(table=event_table(kind))),
+        conn.execute(_sql(RELEASE_EVENTS, kind),
                      {"ids": list(event_ids)})
 
 
@@ -315,10 +328,9 @@ def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address:
     send, or NULL) and ``columns`` (event ``e`` and template ``t`` columns to send with);
     ``params``: the bind parameters those expressions use, if any.
     """
-    table = event_table(claim.kind)
-    statement = ARM.format(table=table, address=address, ignore_reason=ignore_reason,
-                           columns=columns)
-    return conn.execute(text(statement), {
+    statement = _sql(ARM, claim.kind, address=address, ignore_reason=ignore_reason,
+                     columns=columns)
+    return conn.execute(statement, {
         **(params or {}), "after": after, "limit": limit, "token": claim.token,
         "shard": claim.shard, "kind": claim.kind}).mappings().all()
 
@@ -348,7 +360,7 @@ def mark_handed(conn: Connection, claim: ShardClaim, log_ids: Sequence[int]) -> 
     lost keeps the first time). Returns the ids marked."""
     if not log_ids:
         return set()
-    return set(conn.execute(text(MARK_HANDED.format(table=event_table(claim.kind))), {
+    return set(conn.execute(_sql(MARK_HANDED, claim.kind), {
         "ids": list(log_ids), "kind": claim.kind, "token": claim.token,
         "shard": claim.shard}).scalars())
 
@@ -382,7 +394,7 @@ def write_outcomes(conn: Connection, *, ids: Sequence[int], statuses: Sequence[s
     row in each array (rows no longer ``sending`` are left alone). Transient ones are
     then rescheduled (:func:`reschedule`); :func:`record_group` does both and the mark in
     one statement."""
-    conn.execute(text(WRITE_OUTCOMES), {
+    conn.execute(_sql(WRITE_OUTCOMES), {
         "ids": list(ids), "statuses": list(statuses), "errors": list(errors),
         "providers": list(providers), "classes": list(classes), "reasons": list(reasons)})
 
@@ -395,7 +407,7 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     the next attempt re-arms the same row) or ``expired`` where ``give_up`` (retries
     exhausted)."""
     if event_ids:
-        conn.execute(text(RESCHEDULE.format(table=event_table(kind))), {
+        conn.execute(_sql(RESCHEDULE, kind), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors)})
 
@@ -454,7 +466,7 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
     written. Returns ``(log id, marked)`` of the rows written."""
-    return conn.execute(text(RECORD_GROUP.format(table=event_table(claim.kind))), {
+    return conn.execute(_sql(RECORD_GROUP, claim.kind), {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
@@ -476,7 +488,7 @@ COPY_STATUSES = f"""
 
 
 def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
-    rows = conn.execute(text(COPY_STATUSES.format(table=event_table(kind), where=where)),
+    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where),
                         {**params, "kind": kind}).all()
     return {status: int(count) for status, count in rows}
 
@@ -529,7 +541,7 @@ def release_unsent(conn: Connection, kind: str, log_ids: Sequence[int]) -> int:
     handed (step 2) are left alone."""
     if not log_ids:
         return 0
-    released = list(conn.execute(text(RELEASE_UNSENT), {
+    released = list(conn.execute(_sql(RELEASE_UNSENT), {
         "ids": list(log_ids), "reason": RELEASED}).scalars())
     _release_events(conn, kind, released)
     return len(released)
@@ -551,8 +563,7 @@ def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = Non
         params: dict[str, Any] = {"token": claim.token, "shard": claim.shard}
     else:
         owner, params = "e.next_attempt <= now()", {}
-    statement = RELEASE_UNHANDED.format(table=event_table(kind), owner=owner)
-    released = list(conn.execute(text(statement), {
+    released = list(conn.execute(_sql(RELEASE_UNHANDED, kind, owner=owner), {
         **params, "kind": kind, "reason": RELEASED}).scalars())
     if requeue:
         _release_events(conn, kind, released)
@@ -591,7 +602,7 @@ def unknown_rows(conn: Connection, *, older_than_seconds: float, claim: ShardCla
     """The rows :func:`recover_unknown_outcomes` would settle, on these channels (a read:
     what a provider may be asked about first)."""
     where, params = _dead_rows(claim)
-    return conn.execute(text(UNKNOWN_ROWS.format(where=where)), {
+    return conn.execute(_sql(UNKNOWN_ROWS, where=where), {
         **params, "age": float(older_than_seconds), "channels": list(channels),
         "limit": limit}).mappings().all()
 
@@ -608,7 +619,7 @@ def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
     unknown: see :func:`release_unhanded`. Returns the log ids.
     """
     where, params = _dead_rows(claim)
-    return list(conn.execute(text(RECOVER_UNKNOWN.format(where=where)), {
+    return list(conn.execute(_sql(RECOVER_UNKNOWN, where=where), {
         **params, "age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}).scalars())
 
 
@@ -637,13 +648,13 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
     """Ledger row and event ``sent`` -> ``failed``: a permanent bounce came back after the
     provider had accepted the message (the bounce mailbox). Rows no longer ``sent`` are
     left alone (a re-read bounce changes nothing). Returns the log ids failed."""
-    changed = conn.execute(text(FAIL_SENT_LOGS), {
+    changed = conn.execute(_sql(FAIL_SENT_LOGS), {
         "ids": list(log_ids), "errors": list(errors), "classes": list(classes),
         "reasons": list(reasons)}).mappings().all()
     for kind in EVENT_KINDS:
         rows = [r for r in changed if r["event_kind"] == kind]
         if rows:
-            conn.execute(text(FAIL_SENT_EVENTS.format(table=event_table(kind))), {
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind), {
                 "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
                 "errors": [r["error"] for r in rows]})
     return {int(r["id"]) for r in changed}
