@@ -262,14 +262,12 @@ def release_claim(conn: Connection, claim: ShardClaim) -> int:
 def release_stale_claims(conn: Connection, kind: str) -> int:
     """Linked events whose worker died before their delivery started go back to pending
     (lease run out, no ledger row in flight or final)."""
-    return conn.execute(_sql(RELEASE_STALE_CLAIMS, kind),
-                        {"kind": kind}).rowcount
+    return conn.execute(_sql(RELEASE_STALE_CLAIMS, kind), {"kind": kind}).rowcount
 
 
 def _release_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> None:
     if event_ids:
-        conn.execute(_sql(RELEASE_EVENTS, kind),
-                     {"ids": list(event_ids)})
+        conn.execute(_sql(RELEASE_EVENTS, kind), {"ids": list(event_ids)})
 
 
 # == ledger row: arm, hand =================================================================
@@ -335,6 +333,10 @@ def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address:
         "shard": claim.shard, "kind": claim.kind}).mappings().all()
 
 
+# In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that
+# the planner cannot match to the partial index delivery_log_sending_idx: they touch a few
+# rows by primary key, where a scan of every row in flight would cost far more (stale
+# statistics make the tiny-looking partial index tempting).
 MARK_HANDED = """
         UPDATE delivery_log d SET sending_started = coalesce(d.sending_started,
                                                              clock_timestamp())
@@ -346,11 +348,6 @@ MARK_HANDED = """
         RETURNING d.id
 """
 
-
-# In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that
-# the planner cannot match to the partial index delivery_log_sending_idx: they touch a few
-# rows by primary key, where a scan of every row in flight would cost far more (stale
-# statistics make the tiny-looking partial index tempting).
 
 def mark_handed(conn: Connection, claim: ShardClaim, log_ids: Sequence[int]) -> set[int]:
     """Step 2 of the ledger: these armed rows are about to reach the provider
