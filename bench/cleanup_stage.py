@@ -42,7 +42,7 @@ from bench.realtime import (
     wait_for_dag,
     wait_rt_shards,
 )
-from message_center import archiving
+from message_center import archiving, dag_ids
 from message_center.cleanup import CleanupSettings, purge_execution
 from message_center.ids import NEXT_ID_SQL
 from message_center.registry import ExecutionAccount, Registry
@@ -159,8 +159,8 @@ def cleanup(ctx: Context) -> list[Result]:
     ctx.ensure_sinks()
     ctx.ensure_standalone()
     prepare_dags(ctx)
-    wait_for_dag(ctx, "cleanup")
-    set_paused(ctx, "cleanup", True)  # its own nightly run must not purge the bench's rows
+    wait_for_dag(ctx, dag_ids.CLEANUP)
+    set_paused(ctx, dag_ids.CLEANUP, True)  # its own nightly run must not purge the bench's rows
     ctx.reset_execution()
     wait_rt_shards(ctx, 2)
 
@@ -211,22 +211,26 @@ def cleanup(ctx: Context) -> list[Result]:
 # --- the Airflow metadata database over a simulated month -----------------------------------
 #: (dag_id, runs per day, [(task_id, map count, xcoms per task instance)])
 SCHEDULES = (
-    ("batchEventsProcessing", 1440, [("split_queue", 1, 1), ("render_and_deliver", 4, 6),
-                                     ("update_event_status", 1, 3)]),
-    ("updateEventStatus", 1440, [("update_event_status", 1, 3)]),
-    ("mcPublishTemplates", 288, [("targets", 1, 1), ("publish_to_instance", 2, 1),
-                                 ("report", 1, 1)]),
-    ("rtEventsProcessing", 24, [("recover_and_open_shards", 1, 1), ("link_render_deliver", 2, 6),
-                                ("update_event_status", 1, 3)]),
-    ("mcSynch_mcExec1", 24, [("check_instance", 1, 2), ("archive_events", 1, 2),
-                             ("archive_delivery_logs", 1, 1), ("update_statistics", 1, 4)]),
-    ("mcSynch_mcExec2", 24, [("check_instance", 1, 2), ("archive_events", 1, 2),
-                             ("archive_delivery_logs", 1, 1), ("update_statistics", 1, 4)]),
-    ("cleanup", 1, [("execution_instance.purge_events", 1, 1),
-                    ("execution_instance.purge_idempotency_keys", 1, 1),
-                    ("control_instance.purge_archive", 1, 1),
-                    ("control_instance.purge_statistics", 1, 1),
-                    ("airflow_metadata.clean_airflow_metadata", 1, 1)]),
+    (dag_ids.BATCH_EVENTS_PROCESSING, 1440, [("split_queue", 1, 1),
+                                             ("render_and_deliver", 4, 6),
+                                             ("update_event_status", 1, 3)]),
+    (dag_ids.UPDATE_EVENT_STATUS, 1440, [("update_event_status", 1, 3)]),
+    (dag_ids.PUBLISH_TEMPLATES, 288, [("targets", 1, 1), ("publish_to_instance", 2, 1),
+                                      ("report", 1, 1)]),
+    (dag_ids.RT_EVENTS_PROCESSING, 24, [("recover_and_open_shards", 1, 1),
+                                        ("link_render_deliver", 2, 6),
+                                        ("update_event_status", 1, 3)]),
+    (dag_ids.archiving("mcExec1"), 24, [("check_instance", 1, 2), ("archive_events", 1, 2),
+                                        ("archive_delivery_logs", 1, 1),
+                                        ("update_statistics", 1, 4)]),
+    (dag_ids.archiving("mcExec2"), 24, [("check_instance", 1, 2), ("archive_events", 1, 2),
+                                        ("archive_delivery_logs", 1, 1),
+                                        ("update_statistics", 1, 4)]),
+    (dag_ids.CLEANUP, 1, [("execution_instance.purge_events", 1, 1),
+                          ("execution_instance.purge_idempotency_keys", 1, 1),
+                          ("control_instance.purge_archive", 1, 1),
+                          ("control_instance.purge_statistics", 1, 1),
+                          ("airflow_metadata.clean_airflow_metadata", 1, 1)]),
 )
 META_TABLES = ("dag_run", "task_instance", "task_instance_history", "task_reschedule", "xcom",
                "log")

@@ -34,8 +34,10 @@ from sqlalchemy import text
 
 from bench.core import Context, Result, log, percentile, planned_rows, session_members
 from bench.data import event_json, insert_events
+from message_center import dag_ids
 
-RT_DAG, BATCH_DAG, STATUS_DAG = "rtEventsProcessing", "batchEventsProcessing", "updateEventStatus"
+RT_DAG, BATCH_DAG, STATUS_DAG = (dag_ids.RT_EVENTS_PROCESSING, dag_ids.BATCH_EVENTS_PROCESSING,
+                                 dag_ids.UPDATE_EVENT_STATUS)
 FINAL = ("sent", "ignored", "failed", "not_taken_into_account", "expired")
 # The real-time DAG's defaults (dags/rt_events_processing.py), reused by the bare loop.
 RT_DEFAULTS = {"shards": 2, "poll_seconds": 1.0, "routing_batch_size": 100,

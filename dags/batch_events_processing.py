@@ -52,6 +52,7 @@ from airflow.sdk import dag, get_current_context, task
 
 from mc_airflow.defaults import DEFAULT_ARGS, has_role
 from mc_airflow.params import processing_param, processing_params
+from message_center import dag_ids
 
 KIND = "batch"
 
@@ -68,7 +69,7 @@ PARAMS = {
 
 
 @dag(
-    dag_id="batchEventsProcessing",
+    dag_id=dag_ids.BATCH_EVENTS_PROCESSING,
     dag_display_name="Processing batch events",
     description="Split, link, render and deliver the batch event queue (throughput first)",
     schedule=timedelta(minutes=1),

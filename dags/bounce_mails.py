@@ -27,12 +27,13 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from mc_airflow.defaults import BOUNCE_MAILBOX_CONN_ID, DEFAULT_ARGS
+from message_center import dag_ids
 
 log = logging.getLogger(__name__)
 
 
 @dag(
-    dag_id="bounceMails",
+    dag_id=dag_ids.BOUNCE_MAILS,
     dag_display_name="Bounce mail processing",
     description="Read asynchronous bounces from the bounce mailbox (IMAP) into the delivery logs",
     schedule="*/10 * * * *",

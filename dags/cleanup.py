@@ -52,6 +52,7 @@ from airflow.sdk import CronTriggerTimetable, TaskGroup, dag, get_current_contex
 
 from mc_airflow.cleanup import cleanup_params
 from mc_airflow.defaults import DEFAULT_ARGS, deployment_roles
+from message_center import dag_ids
 
 ROLES = deployment_roles()
 
@@ -64,7 +65,7 @@ def _now() -> pendulum.DateTime:
 
 
 @dag(
-    dag_id="cleanup",
+    dag_id=dag_ids.CLEANUP,
     dag_display_name="Database cleanup",
     description="Retention: events, delivery logs, idempotency keys, archive, statistics, "
                 "Airflow metadata",

@@ -36,10 +36,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from mc_airflow.connections import database_url
 from mc_airflow.defaults import CONTROL_CONN_ID, DEFAULT_ARGS, has_role
+from message_center import dag_ids
 
 
 @dag(
-    dag_id="mcPublishTemplates",
+    dag_id=dag_ids.PUBLISH_TEMPLATES,
     dag_display_name="Publish message templates",
     description="Version the repository's message templates and publish them to every "
                 "execution instance",

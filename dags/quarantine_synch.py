@@ -27,6 +27,7 @@ import pendulum
 from airflow.sdk import dag, task
 
 from mc_airflow.defaults import ACCOUNT_REGISTRY, CONTROL_CONN_ID, DEFAULT_ARGS
+from message_center import dag_ids
 from message_center.registry import load_registry, registry_path
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ ACCOUNTS = [(account.name, account.conn_id, account.cell_id) for account in REGI
 
 
 @dag(
-    dag_id="mcQuarantineSynch",
+    dag_id=dag_ids.QUARANTINE_SYNCH,
     dag_display_name="Quarantine synchronisation",
     description="Share quarantined addresses between the control and every execution instance",
     schedule="*/15 * * * *",

@@ -48,6 +48,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from mc_airflow.defaults import DEFAULT_ARGS, has_role
 from mc_airflow.params import processing_params
+from message_center import dag_ids
 
 KIND = "rt"
 
@@ -67,7 +68,7 @@ PARAMS = {
 
 
 @dag(
-    dag_id="rtEventsProcessing",
+    dag_id=dag_ids.RT_EVENTS_PROCESSING,
     dag_display_name="Processing real time events",
     description="Continuously link, render and deliver real-time events (latency first)",
     schedule="@continuous",

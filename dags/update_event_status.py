@@ -31,10 +31,11 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from mc_airflow.defaults import DEFAULT_ARGS, has_role
+from message_center import dag_ids
 
 
 @dag(
-    dag_id="updateEventStatus",
+    dag_id=dag_ids.UPDATE_EVENT_STATUS,
     dag_display_name="Update event status",
     description="Copy sent / ignored / failed from the delivery logs onto the events",
     schedule=timedelta(minutes=1),

@@ -18,7 +18,7 @@ under ``/message-center/ui`` and listed in Airflow's navigation (``external_view
 
 Airflow imports plugin files in every process, task runners included, so this module
 stays light: Airflow's API-server security module and the connection model are imported
-on the first request, not here.
+on the first request, not here (:mod:`mc_airflow.connections` reads the connection).
 
 Settings (environment of the API server): ``MC_HEALTH_WARNING`` (default 100) and
 ``MC_HEALTH_ALERT`` (default 400) pending real-time events; ``MC_HEALTH_PUBLIC=true``
@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
-import time
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import HTTPException
 
 from mc_airflow.authorization import PUSH_API_AUTHORIZATION, AirflowSessions, authenticated_user
+from mc_airflow.connections import ConnectionCache
 from mc_airflow.defaults import EXECUTION_CONN_ID
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
@@ -50,30 +49,16 @@ CONNECTION_TTL_SECONDS = 60.0
 airflow_user = authenticated_user
 
 
-class _ExecutionDatabaseUrl:
+_CONNECTIONS = ConnectionCache(CONNECTION_TTL_SECONDS, remember_missing=False)
+
+
+def execution_database_url() -> str:
     """The ``mc_execution`` connection's URL, looked up in the API server, kept a minute."""
-
-    def __init__(self, conn_id: str, ttl: float) -> None:
-        self.conn_id, self.ttl = conn_id, ttl
-        self._lock = threading.Lock()
-        self._cached: tuple[str, float] | None = None
-
-    def __call__(self) -> str:
-        cached = self._cached
-        if cached is not None and time.monotonic() - cached[1] < self.ttl:
-            return cached[0]
-        with self._lock:
-            from airflow.exceptions import AirflowNotFoundException
-            from airflow.models.connection import Connection
-
-            try:
-                conn = Connection.get_connection_from_secrets(self.conn_id)
-            except AirflowNotFoundException:
-                raise HTTPException(503, f"Airflow connection {self.conn_id!r} is not "
-                                         "defined on the API server") from None
-            url = str(conn.get_uri())
-            self._cached = (url, time.monotonic())
-            return url
+    url = _CONNECTIONS.url(EXECUTION_CONN_ID)
+    if url is None:
+        raise HTTPException(503, f"Airflow connection {EXECUTION_CONN_ID!r} is not defined "
+                                 "on the API server")
+    return url
 
 
 class FreezeGcOnFirstRequest:
@@ -96,7 +81,6 @@ class FreezeGcOnFirstRequest:
         await self.app(scope, receive, send)
 
 
-execution_database_url = _ExecutionDatabaseUrl(EXECUTION_CONN_ID, CONNECTION_TTL_SECONDS)
 app = create_app(
     airflow_user,
     execution_database_url,

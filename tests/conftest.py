@@ -30,8 +30,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# MC_TEST_PROFILE lets several suites run side by side on separate databases.
-PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
+# MC_TEST_PROFILE lets several suites run side by side on separate databases; under
+# pytest-xdist (`mc test` runs MC_TEST_WORKERS workers) each worker has its own deployment
+# profile, set up by `mc test` beforehand: gw0 the base one, gwN `<base>_wN`.
+_BASE_PROFILE = os.environ.get("MC_TEST_PROFILE", "test")
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+PROFILE = _BASE_PROFILE if _WORKER == 0 else f"{_BASE_PROFILE}_w{_WORKER}"
 os.environ["MC_DEPLOYMENT_PROFILE"] = PROFILE
 # One user per simple-auth-manager role, named after it (passwords in .mc/secrets/).
 ROLE_USERS = ("admin", "viewer", "user", "op")
@@ -54,6 +58,7 @@ os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps({
 from sqlalchemy import Engine, text  # noqa: E402
 
 from mc_local.smtp_sink import SmtpSink  # noqa: E402
+from message_center import dag_ids  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
@@ -67,14 +72,25 @@ CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version",
 #: test marked ``fast`` (``make test-fast``, run without ``mc setup``) must not use them.
 NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db", "control_db",
                                "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack",
-                               "bounce_mailbox"})
+                               "bounce_mailbox", "webpush_sink"})
+
+
+#: The xdist group of every module that starts or uses the session's Airflow stack: they
+#: run on one worker, in file order, so the stack starts once (and modules that rely on
+#: running before or after it keep their order).
+AIRFLOW_GROUP = "airflow-stack"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    stack_modules = {item.path for item in items
+                     if "airflow_stack" in getattr(item, "fixturenames", ())}
     for item in items:
         needs = NOT_FAST_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if needs and item.get_closest_marker("fast"):
             raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(needs)}")
+        # `mc test --dist loadgroup`: a module's tests stay together on one worker.
+        group = AIRFLOW_GROUP if item.path in stack_modules else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +255,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         _stop_session(process)
 
 
-QUEUE_CONSUMERS = ("rtEventsProcessing", "batchEventsProcessing", "mcPublishTemplates")
+QUEUE_CONSUMERS = (*dag_ids.PROCESSING.values(), dag_ids.PUBLISH_TEMPLATES)
 
 
 def _pause_workflows_that_consume_queues() -> None:
@@ -301,6 +317,37 @@ def sms_sink(_sms_sink_session):
     emptied per test; ``.script(to, "503", "always 400")`` scripts replies."""
     _sms_sink_session.clear()
     return _sms_sink_session
+
+
+# --- Web Push service sink: the `webpush_default` connection's VAPID keys, its host listed
+os.environ.setdefault("MC_WEBPUSH_PORT", str(free_port()))
+os.environ["MC_WEBPUSH_INSECURE_HOSTS"] = f"127.0.0.1:{os.environ['MC_WEBPUSH_PORT']}"
+if "AIRFLOW_CONN_WEBPUSH_DEFAULT" not in os.environ:
+    from message_center.delivery.webpush import generate_vapid_keys
+
+    _vapid = generate_vapid_keys()  # made per run: no key in the repository
+    os.environ["AIRFLOW_CONN_WEBPUSH_DEFAULT"] = json.dumps({
+        "conn_type": "generic", "login": "mailto:ops@message-center.test",
+        "password": _vapid.private_key, "extra": {"public_key": _vapid.public_key},
+    })
+
+
+@pytest.fixture(scope="session")
+def _webpush_sink_session(tmp_path_factory: pytest.TempPathFactory):
+    from mc_local.webpush_sink import WebPushSink
+
+    with WebPushSink(tmp_path_factory.mktemp("webpush"),
+                     port=int(os.environ["MC_WEBPUSH_PORT"])) as sink:
+        yield sink
+
+
+@pytest.fixture
+def webpush_sink(_webpush_sink_session):
+    """A real Web Push service on loopback (RFC 8030/8291/8292: it checks the VAPID token
+    and decrypts), emptied per test; ``.create_subscription()`` subscribes to it,
+    ``.script(endpoint, "410", "429 retry-after=30")`` scripts answers."""
+    _webpush_sink_session.clear()
+    return _webpush_sink_session
 
 
 # --- browser tests: a loud line when they could not run ---------------------------------

@@ -1,11 +1,14 @@
-"""The README's walk-through works as written: its command blocks for a running deployment
-are read from README.md and run, in order, by bash against the test deployment (the
-session's `airflow standalone`, the real SMTP and SMS sinks), and their outcomes checked.
+"""The walk-through of the README and the documentation works as written: its command
+blocks for a running deployment are read from README.md and the pages under docs/, and run,
+in order, by bash against the test deployment (the session's `airflow standalone`, the real
+SMTP and SMS sinks), and their outcomes checked.
 
-A block is run when a ``<!-- readme-test: NAME -->`` comment precedes its code fence; the
-set of names is fixed here, so a block cannot silently drop out. Only what differs between
-the demo and the test deployment is rewritten: the API port, the profile's password file
-and the sink folders. An edit that breaks an example breaks ``make test``.
+A block is run when a ``<!-- readme-test: NAME -->`` comment precedes its code fence, in
+whichever of those files it lives (the README keeps the first steps, the docs pages the
+rest); the set of names is fixed here, so a block cannot silently drop out, and a name may
+appear only once across all the files. Only what differs between the demo and the test
+deployment is rewritten: the API port, the profile's password file and the sink folders.
+An edit that breaks an example breaks ``make test``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mc_local.localenv import PROJECT_ROOT, STATE_DIR
 from message_center.registry import load_registry
 
 README = PROJECT_ROOT / "README.md"
+DOCS = PROJECT_ROOT / "docs"
 BLOCK = re.compile(r"<!-- readme-test: (?P<name>[\w-]+)[^>]*-->\n```bash\n(?P<body>.*?)\n```",
                    re.S)
 #: The walk-through, in the order it is run (a new user's order).
@@ -36,11 +40,21 @@ RT_DAG = "rtEventsProcessing"
 ARCHIVE_DAG = "mcSynch_mcExec1"
 
 
+def walk_through_files() -> list[Path]:
+    """The README and every documentation page: where the walk-through blocks may live."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
 def readme_blocks() -> dict[str, str]:
     found: dict[str, str] = {}
-    for match in BLOCK.finditer(README.read_text(encoding="utf-8")):
-        assert match["name"] not in found, f"two README blocks named {match['name']}"
-        found[match["name"]] = match["body"]
+    where: dict[str, Path] = {}
+    for path in walk_through_files():
+        for match in BLOCK.finditer(path.read_text(encoding="utf-8")):
+            assert match["name"] not in found, (
+                f"two README blocks named {match['name']}: in {where[match['name']]} and "
+                f"{path}")
+            found[match["name"]] = match["body"]
+            where[match["name"]] = path
     return found
 
 

@@ -65,16 +65,16 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 from starlette.concurrency import run_in_threadpool
 
+from message_center import dag_ids
 from message_center.api.app import Authorization
 from message_center.api.sessions import SessionRefused
 
 Method = Literal["GET", "POST", "PUT", "DELETE"]
 
-QUEUE_DAGS: dict[str, str] = {"rt": "rtEventsProcessing", "batch": "batchEventsProcessing"}
+QUEUE_DAGS: dict[str, str] = dag_ids.PROCESSING
 """The DAG whose run rights govern pushing events into (reading events of) each queue."""
 KIND_LABELS = {"rt": "real-time events", "batch": "batch events"}
-PUBLISH_DAG = "mcPublishTemplates"
-ARCHIVING_DAG_PREFIX = "mcSynch_"
+PUBLISH_DAG = dag_ids.PUBLISH_TEMPLATES
 
 _VERBS = {"GET": "read", "POST": "create", "PUT": "edit", "DELETE": "delete"}
 
@@ -112,7 +112,7 @@ def read_permission(kind: str) -> Permission:
 
 
 def account_dag(name: str | None) -> str | None:
-    return f"{ARCHIVING_DAG_PREFIX}{name}" if name else None
+    return dag_ids.archiving(name) if name else None
 
 
 def register_account_permissions(name: str | None = None,

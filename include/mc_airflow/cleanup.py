@@ -20,6 +20,7 @@ from typing import Any
 from airflow.sdk import Param
 
 from mc_airflow.defaults import ACCOUNT_REGISTRY, CONTROL_CONN_ID, EXECUTION_CONN_ID
+from message_center import dag_ids
 from message_center.cleanup import BOUNDS, CleanupSettings
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,7 @@ AIRFLOW_DB_CONN_ID = "airflow_db"
 AIRFLOW_TABLES = ("dag_run", "task_instance", "task_instance_history", "task_reschedule",
                   "xcom", "log")
 #: The Message Center's DAGs that are not tagged (the tag `message-center` finds the rest).
-MESSAGE_CENTER_DAG_IDS = ("rtEventsProcessing", "batchEventsProcessing", "updateEventStatus",
-                          "mcPublishTemplates", "cleanup")
+MESSAGE_CENTER_DAG_IDS = (*dag_ids.EXECUTION, dag_ids.PUBLISH_TEMPLATES, dag_ids.CLEANUP)
 MESSAGE_CENTER_TAG = "message-center"
 
 

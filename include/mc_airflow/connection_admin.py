@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mc_airflow.connections import get_connection
+
 EXIT_NOT_FOUND = 2
 EXIT_CONFLICT = 3
 
 
 def get_uri(conn_id: str) -> str | None:
     """The connection's URI as Airflow resolves it (env vars, secrets backends, metadata DB)."""
-    from airflow.exceptions import AirflowNotFoundException
-    from airflow.models.connection import Connection
-
-    try:
-        return str(Connection.get_connection_from_secrets(conn_id).get_uri())
-    except AirflowNotFoundException:
-        return None
+    conn = get_connection(conn_id)
+    return None if conn is None else str(conn.get_uri())
 
 
 def _same(conn: object, wanted: object) -> bool:

@@ -1,7 +1,8 @@
 """Airflow glue for processing: connections -> delivery settings, params -> settings.
 
 The domain (:mod:`message_center.processing`, :mod:`message_center.delivery`) takes
-plain dataclasses; this module is the only place that reads Airflow connections for it.
+plain dataclasses; this module turns Airflow connections (read through
+:mod:`mc_airflow.connections`) into them.
 
 * ``smtp_default`` (type ``smtp``): host, port, login, password; extras as the Airflow
   SMTP provider reads them: ``disable_ssl`` (default false: implicit TLS),
@@ -28,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from mc_airflow.connections import database_url
+from mc_airflow.connections import database_url, get_connection, require_connection
 from mc_airflow.defaults import (
     BOUNCE_MAILBOX_CONN_ID,
     EXECUTION_CONN_ID,
@@ -48,16 +49,10 @@ from message_center.delivery.smtp import (
 from message_center.processing.settings import ProcessingSettings
 
 
-def _get_connection(conn_id: str) -> Any:
-    from airflow.sdk import BaseHook
-
-    return BaseHook.get_connection(conn_id)
-
-
 def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
     """Settings from the SMTP connection (a missing connection fails the task: e-mail is
     the main channel, and the claimed events wait for their lease to run out)."""
-    conn = _get_connection(conn_id)
+    conn = require_connection(conn_id)
     return smtp_settings_from_connection({
         "host": conn.host, "port": conn.port, "login": conn.login, "password": conn.password,
         "extra": conn.extra_dejson or {}})
@@ -65,11 +60,8 @@ def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
 
 def sms_settings(conn_id: str = SMS_CONN_ID) -> SmsSettings | None:
     """Settings from the SMS gateway connection, or ``None`` when it does not exist."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = _get_connection(conn_id)
-    except AirflowNotFoundException:
+    conn = get_connection(conn_id)
+    if conn is None:
         return None
     extra = conn.extra_dejson or {}
     scheme = conn.schema if conn.schema in ("http", "https") else "http"
@@ -91,11 +83,8 @@ def bounce_mailbox_settings(conn_id: str = BOUNCE_MAILBOX_CONN_ID) -> ImapSettin
     """The bounce mailbox from its ``imap`` connection (host, port, login, password;
     extras ``use_ssl`` (default true), ``starttls``, ``folder`` (INBOX),
     ``delete_processed`` (false), ``timeout``), or ``None`` when it does not exist."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        conn = _get_connection(conn_id)
-    except AirflowNotFoundException:
+    conn = get_connection(conn_id)
+    if conn is None:
         return None
     try:
         return imap_settings_from_connection({

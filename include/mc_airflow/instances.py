@@ -6,17 +6,17 @@ processed by this Airflow's DAGs) plus every account of the registry
 first account *is* ``mc_execution``: instances are keyed by connection id, so it is
 listed once.
 
-Connections are read in the API server with Airflow's own lookup (environment variables,
-secrets backends, metadata DB) and kept for :data:`CONNECTION_TTL_SECONDS`.
+Connections are read in the API server through :mod:`mc_airflow.connections`
+(environment variables, secrets backends, metadata DB) and kept for
+:data:`CONNECTION_TTL_SECONDS`.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mc_airflow.connections import ConnectionCache
 from mc_airflow.defaults import (
     ACCOUNT_REGISTRY,
     CONTROL_CONN_ID,
@@ -69,45 +69,14 @@ def account_registry() -> Path:
     return registry_path(ACCOUNT_REGISTRY)
 
 
-class _ConnectionCache:
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[object, float]] = {}
-
-    def get(self, conn_id: str) -> object | None:
-        """The Airflow ``Connection`` or None when it does not exist."""
-        entry = self._entries.get(conn_id)
-        if entry is not None and time.monotonic() - entry[1] < self.ttl:
-            return entry[0]
-        from airflow.exceptions import AirflowNotFoundException
-        from airflow.models.connection import Connection
-
-        try:
-            conn: object | None = Connection.get_connection_from_secrets(conn_id)
-        except AirflowNotFoundException:
-            conn = None
-        with self._lock:
-            self._entries[conn_id] = (conn, time.monotonic())
-        return conn
-
-    def forget(self, conn_id: str | None = None) -> None:
-        with self._lock:
-            if conn_id is None:
-                self._entries.clear()
-            else:
-                self._entries.pop(conn_id, None)
-
-
-CONNECTIONS = _ConnectionCache(CONNECTION_TTL_SECONDS)
+CONNECTIONS = ConnectionCache(CONNECTION_TTL_SECONDS)
 
 
 def connection_url(conn_id: str, *, connect_timeout: bool = True) -> str | None:
     """The postgres URL of an Airflow connection (None when it is not defined)."""
-    conn = CONNECTIONS.get(conn_id)
-    if conn is None:
+    url = CONNECTIONS.url(conn_id)
+    if url is None:
         return None
-    url = str(conn.get_uri())  # type: ignore[attr-defined]
     return with_connect_timeout(url, CONNECT_TIMEOUT_SECONDS) if connect_timeout else url
 
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
+from message_center import dag_ids
+
 REGISTRY_ENV = "MC_ACCOUNT_REGISTRY"
-DAG_ID_PREFIX = "mcSynch_"
 DEFAULT_SCHEDULE = "0 * * * *"
 
 _FIELDS = ("name", "label", "conn_id", "cell_id", "enabled", "schedule")
@@ -68,7 +69,7 @@ class ExecutionAccount:
 
     @property
     def dag_id(self) -> str:
-        return f"{DAG_ID_PREFIX}{self.name}"
+        return dag_ids.archiving(self.name)
 
     @property
     def dag_display_name(self) -> str:

@@ -1,11 +1,13 @@
 """Execution accounts from the UI: ACC's *Test the connection* and *Create the archiving
 workflow*, enable/disable, and each account's archiving state.
 
-The same steps as ``mc accounts add`` (test the instance, store its Airflow connection,
-write the registry entry), done in the API server process: the connection is written
-through Airflow's ORM (:mod:`mc_airflow.connection_admin`), the registry file is
-replaced atomically. Every field is checked before anything is written, and a failure
-after the connection was created removes it again, so an error leaves nothing behind.
+Registering is :func:`message_center.accounts.register_account`, the same flow as ``mc
+accounts add`` (test the instance, store its Airflow connection, write the registry
+entry), run in the API server process: the connection is written through Airflow's ORM
+(:mod:`mc_airflow.connection_admin`), the registry file is replaced atomically. Every
+field is checked before anything is written, and a failure after the connection was
+created removes it again, so an error leaves nothing behind; this module words a
+refusal for the form's fields.
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ from typing import Any
 
 from mc_airflow import connection_admin, dag_state
 from mc_airflow.instances import CONNECTIONS, account_registry, connection_url
-from message_center.archiving import ArchivingError, CellIdMismatch, check_instance, safe_url
-from message_center.db import with_connect_timeout
-from message_center.registry import (
-    ExecutionAccount,
-    RegistryError,
-    add_account,
-    clashes,
-    load_registry,
-    parse_account,
-    set_enabled,
+from message_center import accounts
+from message_center.accounts import AccountRefused, ConnectionConflict, register_account
+from message_center.archiving import (
+    ArchivingError,
+    CellIdMismatch,
+    InstanceInfo,
+    check_instance,
+    safe_url,
 )
+from message_center.db import with_connect_timeout
+from message_center.registry import ExecutionAccount, load_registry, parse_account, set_enabled
 
 # Form field (camelCase, as the page posts it) -> registry field.
 FORM_FIELDS = {"name": "name", "label": "label", "cellId": "cell_id", "connId": "conn_id",
@@ -142,9 +144,9 @@ def _uri_problem(uri: str) -> str | None:
 _FIELD_OF = {"name": "name", "cell_id": "cellId", "conn_id": "connId"}
 
 
-def _clashes(account: ExecutionAccount, accounts: list[ExecutionAccount]) -> dict[str, str]:
-    """The registry's own clash check, keyed by form field."""
-    return {_FIELD_OF[clash.field]: str(clash) for clash in clashes(account, accounts)}
+def _tested(url: str, account: ExecutionAccount, info: InstanceInfo) -> str:
+    return (f"connection {account.conn_id} reaches {safe_url(url)} (PostgreSQL "
+            f"{info.server_version}, database {info.database}); cell id {info.cell_id} matches")
 
 
 def _test(url: str, account: ExecutionAccount, field_for_unreachable: str) -> str:
@@ -155,8 +157,7 @@ def _test(url: str, account: ExecutionAccount, field_for_unreachable: str) -> st
         raise FormError({"cellId": str(exc)}) from None
     except ArchivingError as exc:
         raise FormError({field_for_unreachable: str(exc)}) from None
-    return (f"connection {account.conn_id} reaches {safe_url(url)} (PostgreSQL "
-            f"{info.server_version}, database {info.database}); cell id {info.cell_id} matches")
+    return _tested(url, account, info)
 
 
 def test_form(body: Any) -> dict[str, Any]:
@@ -191,54 +192,73 @@ def get_account(name: str) -> ExecutionAccount:
     return account
 
 
+class _AirflowConnections:
+    """The connections as this API server sees them (:mod:`mc_airflow.connection_admin`),
+    read afresh and forgotten by the page cache after every change."""
+
+    def get_uri(self, conn_id: str) -> str | None:
+        CONNECTIONS.forget(conn_id)
+        return connection_url(conn_id, connect_timeout=False)
+
+    def put(self, conn_id: str, uri: str, description: str, *, replace: bool) -> str:
+        try:
+            return connection_admin.put(conn_id, uri, description, replace=replace)
+        except FileExistsError as exc:
+            raise ConnectionConflict(str(exc)) from None
+        finally:
+            CONNECTIONS.forget(conn_id)
+
+    def delete(self, conn_id: str) -> None:
+        connection_admin.delete(conn_id)
+        CONNECTIONS.forget(conn_id)
+
+
+def _form_error(refusal: AccountRefused, account: ExecutionAccount, path: Path,
+                uri_given: bool) -> FormError:
+    """A refusal of :func:`register_account`, worded for the form's fields."""
+    reason = refusal.reason
+    if reason == accounts.REGISTRY_HAS_ERRORS:
+        return FormError({"form": f"fix {path.name} first: "
+                                  + "; ".join(refusal.registry_errors)}, status=409)
+    if reason == accounts.CLASH:
+        return FormError({_FIELD_OF[clash.field]: str(clash) for clash in refusal.clashes})
+    if reason == accounts.NO_CONNECTION:
+        return FormError({"connUri": f"Airflow connection {account.conn_id} does not exist: "
+                                     "give the instance's postgres:// URI"})
+    if reason == accounts.WRONG_CELL:
+        return FormError({"cellId": str(refusal)})
+    if reason == accounts.UNREACHABLE:
+        return FormError({"connUri" if uri_given else "connId": str(refusal)})
+    if reason == accounts.CONNECTION_CONFLICT:
+        return FormError({"connId": f"Airflow connection {account.conn_id} already exists "
+                                    "with other settings: tick \"replace the connection\" to "
+                                    "overwrite it, or leave the URI empty to use it as it is"},
+                         status=409)
+    if reason == accounts.NOT_REGISTERED:
+        return FormError({"form": f"the account was not registered: {refusal}"}, status=409)
+    return FormError({"connUri": str(refusal)})  # BAD_URI, CONNECTION_REFUSED
+
+
 def create_account(body: Any) -> dict[str, Any]:
-    """*Create the archiving workflow*: test, store the connection, register the account."""
+    """*Create the archiving workflow*: test, store the connection, register the account
+    (:func:`message_center.accounts.register_account`, as ``mc accounts add``)."""
     form = parse_form(body)
     account = form.account
     with _WRITE_LOCK:
         path: Path = account_registry()
-        registry = load_registry(path)
-        if registry.errors:
-            raise FormError({"form": f"fix {path.name} first: " + "; ".join(registry.errors)},
-                            status=409)
-        clashes = _clashes(account, registry.accounts)
-        if clashes:
-            raise FormError(clashes)
-        CONNECTIONS.forget(account.conn_id)
-        existing = connection_url(account.conn_id, connect_timeout=False)
-        url = form.conn_uri or existing
-        if url is None:
-            raise FormError({"connUri": f"Airflow connection {account.conn_id} does not exist: "
-                                        "give the instance's postgres:// URI"})
-        tested = _test(url, account, "connUri" if form.conn_uri else "connId")
-        created_connection = False
-        messages = [tested]
-        if form.conn_uri is not None:
-            description = (f"Message Center execution instance {account.label} "
-                           f"(cell {account.cell_id})")
-            try:
-                outcome = connection_admin.put(account.conn_id, form.conn_uri, description,
-                                               replace=form.replace_connection)
-            except FileExistsError:
-                raise FormError({"connId": f"Airflow connection {account.conn_id} already "
-                                           "exists with other settings: tick \"replace the "
-                                           "connection\" to overwrite it, or leave the URI "
-                                           "empty to use it as it is"}, status=409) from None
-            except ValueError as exc:
-                raise FormError({"connUri": str(exc)}) from None
-            created_connection = outcome == "created"
-            messages.append(f"Airflow connection {account.conn_id} {outcome}")
         try:
-            add_account(path, account)
-        except BaseException as exc:
-            if created_connection:
-                connection_admin.delete(account.conn_id)
+            done = register_account(path, account, _AirflowConnections(),
+                                    conn_uri=form.conn_uri,
+                                    replace_connection=form.replace_connection,
+                                    connect_timeout=TEST_TIMEOUT_SECONDS)
+        except AccountRefused as refusal:
+            raise _form_error(refusal, account, path, form.conn_uri is not None) from None
+        finally:
             CONNECTIONS.forget(account.conn_id)
-            if isinstance(exc, RegistryError | ValueError | OSError):
-                raise FormError({"form": f"the account was not registered: {exc}"},
-                                status=409) from None
-            raise
-        CONNECTIONS.forget(account.conn_id)
+    assert done.tested is not None and done.tested_url is not None
+    messages = [_tested(done.tested_url, account, done.tested)]
+    if done.connection is not None:
+        messages.append(f"Airflow connection {account.conn_id} {done.connection}")
     messages.append(f"registered in {path.name}")
     return {"ok": True, "account": account_dict(account), "dagId": account.dag_id,
             "registeredAt": _now(), "messages": messages,

@@ -19,15 +19,16 @@ from mc_airflow.instances import (
     connection_url,
     execution_instances,
 )
+from message_center import dag_ids
 from message_center.api.app import HealthThresholds
 from message_center.db import engine_for
 from message_center.registry import Registry, load_registry
 from message_center.reporting import read_instance_live
 
 STATEMENT_TIMEOUT_SECONDS = 5.0
-EXECUTION_DAG_IDS = ("rtEventsProcessing", "batchEventsProcessing", "updateEventStatus")
+EXECUTION_DAG_IDS = dag_ids.EXECUTION
 """The DAGs that work on an execution instance (shown for this deployment's own)."""
-CLEANUP_DAG_ID = "cleanup"
+CLEANUP_DAG_ID = dag_ids.CLEANUP
 
 
 def _live(instance: ExecutionInstance, thresholds: HealthThresholds) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("local", "templates", "events", "accounts", "quarantine")
+COMMAND_MODULES = ("local", "templates", "events", "accounts", "quarantine", "webpush")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from mc_airflow.defaults import ACCOUNT_REGISTRY
 from mc_local.localenv import deployment
-from message_center.archiving import ArchivingError, CellIdMismatch, check_instance, safe_url
+from message_center import accounts
+from message_center.accounts import AccountRefused, ConnectionConflict, register_account
+from message_center.archiving import ArchivingError, InstanceInfo, check_instance, safe_url
 from message_center.registry import (
     ExecutionAccount,
     RegistryError,
-    add_account,
-    clashes,
     load_registry,
     parse_account,
     registry_path,
@@ -66,11 +66,15 @@ def _registry(args: argparse.Namespace) -> Path:
     return Path(args.registry) if args.registry else registry_path(ACCOUNT_REGISTRY)
 
 
+def _tested(account: ExecutionAccount, url: str, info: InstanceInfo) -> str:
+    return (f"{account.name}: connection {account.conn_id} reaches {safe_url(url)} "
+            f"(PostgreSQL {info.server_version}); cell id {info.cell_id} matches")
+
+
 def _test_url(account: ExecutionAccount, url: str) -> str:
     info = check_instance(url, account.cell_id,
                           name=f"account {account.name} (connection {account.conn_id})")
-    return (f"{account.name}: connection {account.conn_id} reaches {safe_url(url)} "
-            f"(PostgreSQL {info.server_version}); cell id {info.cell_id} matches")
+    return _tested(account, url, info)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -106,7 +110,62 @@ def _test(args: argparse.Namespace) -> int:
     return 0
 
 
+class _AirflowConnections:
+    """The deployment's Airflow connections, through ``python -m mc_airflow.connection_admin``."""
+
+    def __init__(self, profile: str | None) -> None:
+        self.profile = profile
+
+    def get_uri(self, conn_id: str) -> str | None:
+        return resolve_connection(self.profile, conn_id)
+
+    def put(self, conn_id: str, uri: str, description: str, *, replace: bool) -> str:
+        stored = _connection_admin(self.profile, "put", conn_id, "--description", description,
+                                   *(["--replace"] if replace else []), stdin=uri)
+        if stored.returncode == EXIT_CONFLICT:
+            raise ConnectionConflict(_last_line(stored.stderr))
+        if stored.returncode != 0:
+            raise CommandError(f"cannot store connection {conn_id} in Airflow: "
+                               f"{_last_line(stored.stderr)}")
+        return _last_line(stored.stdout)
+
+    def delete(self, conn_id: str) -> None:
+        _connection_admin(self.profile, "delete", conn_id)
+
+
+def _refused(refusal: AccountRefused, account: ExecutionAccount, path: Path) -> CommandError:
+    """A refusal of :func:`register_account`, worded for the command line."""
+    reason = refusal.reason
+    if reason == accounts.REGISTRY_HAS_ERRORS:
+        return CommandError(f"fix {path} first:\n" + "\n".join(refusal.registry_errors))
+    if reason == accounts.CLASH:
+        clash = refusal.clashes[0]
+        what = {"cell_id": "cell id", "conn_id": "connection"}.get(clash.field, clash.field)
+        return CommandError(f"account {account.name}: {what} {clash.value!r} is already used "
+                            f"by account {clash.owner}")
+    if reason == accounts.BAD_URI:
+        return CommandError("--conn-uri must be a postgres:// or postgresql:// URI")
+    if reason == accounts.NO_CONNECTION:
+        return CommandError(f"Airflow connection {account.conn_id} does not exist: pass "
+                            "--conn-uri (or --conn-uri - to read it from stdin)")
+    if reason == accounts.WRONG_CELL:  # the wrong database: --no-test would register it
+        return CommandError(f"{refusal}\nnothing registered (check --cell-id and the "
+                            "connection: they must name the same instance)")
+    if reason == accounts.UNREACHABLE:
+        return CommandError(f"{refusal}\nnothing registered (use --no-test to register an "
+                            "instance that is not up yet)")
+    if reason == accounts.CONNECTION_CONFLICT:
+        return CommandError(f"Airflow connection {account.conn_id} already exists with "
+                            "other settings; pass --replace-connection to overwrite it")
+    if reason == accounts.CONNECTION_REFUSED:
+        return CommandError(f"cannot store connection {account.conn_id} in Airflow: "
+                            f"{refusal}")
+    return CommandError(str(refusal))  # NOT_REGISTERED: the registry's own words
+
+
 def _add(args: argparse.Namespace) -> int:
+    """``mc accounts add``: :func:`message_center.accounts.register_account`, the flow of
+    the UI's *Create the archiving workflow*."""
     path = _registry(args)
     raw = {"name": args.name, "label": args.label, "conn_id": args.conn_id or args.name,
            "cell_id": args.cell_id, "enabled": not args.disabled, "schedule": args.schedule}
@@ -114,55 +173,27 @@ def _add(args: argparse.Namespace) -> int:
         account = parse_account(raw)
     except ValueError as exc:
         raise CommandError(f"account {args.name}: {exc}") from None
-    registry = load_registry(path)
-    if registry.errors:
-        raise CommandError(f"fix {path} first:\n" + "\n".join(registry.errors))
-    for clash in clashes(account, registry.accounts):  # refuse before touching Airflow
-        what = {"cell_id": "cell id", "conn_id": "connection"}.get(clash.field, clash.field)
-        raise CommandError(f"account {account.name}: {what} {clash.value!r} is already used "
-                           f"by account {clash.owner}")
-
     uri = args.conn_uri
     if uri == "-":
         uri = sys.stdin.readline().strip()
-    if uri is not None and not uri.startswith(("postgres://", "postgresql://")):
-        raise CommandError("--conn-uri must be a postgres:// or postgresql:// URI")
-    existing = resolve_connection(args.profile, account.conn_id)
-    test_url = uri or existing
-    if test_url is None and not args.no_test:
-        raise CommandError(f"Airflow connection {account.conn_id} does not exist: pass "
-                           "--conn-uri (or --conn-uri - to read it from stdin)")
-    if args.no_test:
+    try:
+        done = register_account(
+            path, account, _AirflowConnections(args.profile), conn_uri=uri,
+            replace_connection=args.replace_connection, test=not args.no_test,
+            instance_name=f"account {account.name} (connection {account.conn_id})")
+    except AccountRefused as refusal:
+        if refusal.tested is not None:  # the steps before the refusal, as they went
+            print(_tested(account, refusal.tested_url or "", refusal.tested))
+        raise _refused(refusal, account, path) from None
+    if done.tested is None:
         print(f"{account.name}: connection not tested (--no-test)")
     else:
-        try:
-            print(_test_url(account, test_url or ""))
-        except CellIdMismatch as exc:  # the wrong database: --no-test would register it
-            raise CommandError(f"{exc}\nnothing registered (check --cell-id and the "
-                               "connection: they must name the same instance)") from None
-        except ArchivingError as exc:
-            raise CommandError(f"{exc}\nnothing registered (use --no-test to register an "
-                               "instance that is not up yet)") from None
-
-    if uri is not None:
-        stored = _connection_admin(
-            args.profile, "put", account.conn_id,
-            "--description", f"Message Center execution instance {account.label} "
-                             f"(cell {account.cell_id})",
-            *(["--replace"] if args.replace_connection else []), stdin=uri)
-        if stored.returncode == EXIT_CONFLICT:
-            raise CommandError(f"Airflow connection {account.conn_id} already exists with "
-                               "other settings; pass --replace-connection to overwrite it")
-        if stored.returncode != 0:
-            raise CommandError(f"cannot store connection {account.conn_id} in Airflow: "
-                               f"{_last_line(stored.stderr)}")
-        print(f"{account.name}: Airflow connection {account.conn_id} "
-              f"{_last_line(stored.stdout)}")
-    elif existing is None:
+        print(_tested(account, done.tested_url or "", done.tested))
+    if done.connection is not None:
+        print(f"{account.name}: Airflow connection {account.conn_id} {done.connection}")
+    elif not done.connection_existed:
         print(f"warning: Airflow connection {account.conn_id} does not exist yet; the "
               "archiving runs fail until it is created", file=sys.stderr)
-
-    add_account(path, account)
     print(f"{account.name}: registered in {path} (cell {account.cell_id}).")
     if account.enabled:
         print(f"The DAG {account.dag_id} \"{account.dag_display_name}\" appears within a "

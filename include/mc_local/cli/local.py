@@ -8,10 +8,11 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mc_local import celery_mode, execution2, launcher
-from mc_local.localenv import deployment
+from mc_local.localenv import Deployment, deployment
 
 
 def _setup(args: argparse.Namespace) -> int:
@@ -36,15 +37,64 @@ def _run(args: argparse.Namespace) -> int:
     return launcher.run(target)
 
 
+def test_workers(pytest_args: list[str]) -> int:
+    """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else one per core (at
+    most 2: the suite's servers need the rest); 1 when the caller chose ``-n`` or selected
+    tests (a path, a node id or ``-k``'s expression), so a narrow run sets up one deployment."""
+    if any(arg == "-n" or arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
+        return 1
+    value = os.environ.get("MC_TEST_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"[mc] MC_TEST_WORKERS={value!r}: expected a whole number >= 1")
+        return int(value)
+    if any(not arg.startswith("-") for arg in pytest_args):
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def worker_profile(base: str, index: int) -> str:
+    """The deployment profile of test worker ``index``: the first uses ``base`` itself, the
+    others their own databases (``<base>_w1``, ...), so that workers never share a row."""
+    return base if index == 0 else f"{base}_w{index}"
+
+
+def _prepare_side_by_side(target: Deployment, others: list[str]) -> None:
+    """Set up ``target`` and the worker profiles ``others`` at the same time, each other one
+    as an `mc setup` process of its own (Alembic is not thread-safe) started once ``target``
+    has the embedded server up."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(launcher.prepare, target)
+        deadline = time.monotonic() + 120
+        while target.uses_embedded and not target.embedded.is_ready() and not first.done():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        setups = [subprocess.Popen([str(Path(sys.executable).parent / "mc"), "setup",
+                                    "--profile", profile]) for profile in others]
+        first.result()
+        failed = [profile for profile, setup in zip(others, setups, strict=True)
+                  if setup.wait() != 0]
+    if failed:
+        raise SystemExit(f"[mc] set-up of the test profile(s) {', '.join(failed)} failed")
+
+
 def _test(args: argparse.Namespace) -> int:
-    """Set up the test deployment, run pytest, and stop the embedded PostgreSQL again
-    unless it was already running (a `make run` in another terminal keeps its server)."""
+    """Set up the test deployment (one per pytest worker), run pytest, and stop the embedded
+    PostgreSQL again unless it was already running (a `make run` in another terminal keeps
+    its server)."""
     target = deployment(args.profile or "test")
     was_running = target.uses_embedded and target.embedded.is_ready()
-    launcher.prepare(target)
     pytest_args = list(args.pytest_args)
     if pytest_args[:1] == ["--"]:
         pytest_args = pytest_args[1:]
+    workers = test_workers(pytest_args)
+    _prepare_side_by_side(target, [worker_profile(target.profile, index)
+                                   for index in range(1, workers)])
+    if workers > 1:
+        # One group per module, and one for every module that uses the Airflow stack
+        # (tests/conftest.py marks them): a module's tests share a worker and its order.
+        pytest_args = ["-n", str(workers), "--dist", "loadgroup", *pytest_args]
     try:
         return subprocess.call([str(Path(sys.executable).parent / "pytest"), *pytest_args],
                                env={**os.environ, "MC_TEST_PROFILE": target.profile})

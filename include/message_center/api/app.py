@@ -30,8 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from message_center import events
+from message_center.api.database import answer_503_while_database_down, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events
-from message_center.db import engine_for
 from message_center.delivery import quarantine as quarantine_store
 from message_center.events import (
     MAX_BATCH_BODY_BYTES,
@@ -365,13 +365,8 @@ def create_app(
                                 headers={"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
-        return JSONResponse({"detail": "the execution database is unavailable; retry later"},
-                            status_code=503, headers={"Retry-After": "5"})
-
-    def engine() -> Any:
-        return engine_for(database_url())
+    answer_503_while_database_down(app)
+    engine = execution_engine(database_url)
 
     def push(kind: str, body: bytes, key: str | None) -> tuple[int, Any, bool]:
         """Validate and store; returns (status, body, replayed). Runs in a worker thread."""

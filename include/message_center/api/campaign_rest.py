@@ -28,13 +28,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from message_center import events
 from message_center.api.app import Authorization, EventReadCheck, read_body
+from message_center.api.database import answer_503_while_database_down, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events
-from message_center.db import engine_for
 from message_center.events import MAX_EVENT_BODY_BYTES, EventIn, EventValidationError
 from message_center.statuses import EventStatus
 
@@ -109,13 +108,8 @@ def create_campaign_rest_app(
     async def _invalid(_request: Request, exc: EventValidationError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
-        return JSONResponse({"detail": "the execution database is unavailable; retry later"},
-                            status_code=503, headers={"Retry-After": "5"})
-
-    def engine() -> Any:
-        return engine_for(database_url())
+    answer_503_while_database_down(app)
+    engine = execution_engine(database_url)
 
     def push(body: bytes, key: str | None, path: dict[str, str],
              server_url: str) -> tuple[int, Any, bool]:

@@ -48,10 +48,10 @@ from message_center.acc_xml import (
     xml_location,
 )
 from message_center.api.app import Authorization, read_body
+from message_center.api.database import RETRY_AFTER, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.api.sessions import SessionRefused, Sessions
 from message_center.api.wsdl import SCHEMAS, namespace_of, wsdl
-from message_center.db import engine_for
 from message_center.events import MAX_BATCH_EVENTS, EventValidationError
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,7 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
     app = FastAPI(title="Message Center: Adobe Campaign SOAP API", docs_url=None,
                   redoc_url=None, openapi_url=None)
 
-    def engine() -> Any:
-        return engine_for(database_url())
+    engine = execution_engine(database_url)
 
     def token_from_request(request: Request) -> str:
         authorization = request.headers.get("authorization", "")
@@ -385,7 +384,7 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
         except OperationalError:
             log.exception("SOAP request failed: execution database unavailable")
             return _fault(SoapFault("The execution database is unavailable; retry later.",
-                                    code="Server", status=503, headers={"Retry-After": "5"}))
+                                    code="Server", status=503, headers=RETRY_AFTER))
         except HTTPException as exc:  # e.g. the mc_execution connection is not defined
             return _fault(SoapFault(str(exc.detail), code="Server" if exc.status_code >= 500
                                     else "Client", status=exc.status_code))

@@ -196,3 +196,18 @@ def test_event_id_to_type():
     assert event_type("EVTcartAbandonment") == "cartAbandonment"
     assert event_type("ORDER_CONFIRMED") == "ORDER_CONFIRMED"
     assert event_type("EVT") == "EVT"
+
+
+def test_an_unreachable_database_is_503_with_retry_after_like_the_push_api():
+    """A client retries after ``Retry-After`` seconds; nothing was stored (the JSON push API
+    answers the same, from the same handler)."""
+    rest_app = create_campaign_rest_app(bearer_user,
+                                        lambda: "postgresql://nobody@127.0.0.1:1/none",
+                                        authorization=RIGHTS)
+    root = airflow_like()
+    root.add_middleware(CampaignRestDispatch, rest_app=rest_app)
+    client = TestClient(root, base_url="http://testserver", headers=OPERATOR)
+    response = client.post(SAMPLE_PATH, json=ADOBE_SAMPLE)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "the execution database is unavailable; retry later"}

@@ -348,7 +348,9 @@ def test_health_reports_an_unreachable_database_as_503():
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json()["status"] == "error"
-    assert client.post("/rtEvents", json=EVENT).status_code == 503
+    pushed = client.post("/rtEvents", json=EVENT)
+    assert pushed.status_code == 503 and pushed.headers["retry-after"] == "5"
+    assert pushed.json() == {"detail": "the execution database is unavailable; retry later"}
 
 
 @pytest.mark.parametrize(("method", "path"), [
