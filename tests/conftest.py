@@ -41,8 +41,19 @@ os.environ["MC_DEPLOYMENT_PROFILE"] = PROFILE
 ROLE_USERS = ("admin", "viewer", "user", "op")
 os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(
     f"{role}:{role}" for role in ROLE_USERS)
-os.environ.setdefault("MC_API_PORT", str(free_port()))
-os.environ.setdefault("MC_SMTP_PORT", str(free_port()))
+
+
+def port_variable(name: str) -> int:
+    """A port of this test process: ``$name`` when set, else a free one. A pytest-xdist
+    worker always takes a free one: the workers inherit the controller's environment, where
+    this file ran first, and one value for every worker would collide."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ[name] = str(free_port())
+    return int(os.environ.setdefault(name, str(free_port())))
+
+
+port_variable("MC_API_PORT")
+port_variable("MC_SMTP_PORT")
 DEPLOYMENT = deployment(PROFILE)
 os.environ.update(DEPLOYMENT.environment())
 for _role, _conn_id in (("execution", "MC_EXECUTION"), ("control", "MC_CONTROL"),
@@ -62,7 +73,7 @@ from message_center import dag_ids  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
-                    "quarantine", "api_idempotency", "mc_watermark")
+                    "quarantine", "api_idempotency", "mc_watermark", "relay_breaker")
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
                   "quarantine", "quarantine_sync",
                   "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty")
@@ -296,7 +307,7 @@ def _stop_session(process: subprocess.Popen[bytes]) -> None:
 
 
 # --- SMS gateway sink (processing): the `sms_gateway` connection points at it ---------
-os.environ.setdefault("MC_SMS_PORT", str(free_port()))
+port_variable("MC_SMS_PORT")
 os.environ["AIRFLOW_CONN_SMS_GATEWAY"] = json.dumps({
     "conn_type": "http", "host": "127.0.0.1", "port": int(os.environ["MC_SMS_PORT"]),
     "schema": "http", "extra": {"path": "/messages", "sender": "MsgCenter"},
@@ -320,7 +331,7 @@ def sms_sink(_sms_sink_session):
 
 
 # --- Web Push service sink: the `webpush_default` connection's VAPID keys, its host listed
-os.environ.setdefault("MC_WEBPUSH_PORT", str(free_port()))
+port_variable("MC_WEBPUSH_PORT")
 os.environ["MC_WEBPUSH_INSECURE_HOSTS"] = f"127.0.0.1:{os.environ['MC_WEBPUSH_PORT']}"
 if "AIRFLOW_CONN_WEBPUSH_DEFAULT" not in os.environ:
     from message_center.delivery.webpush import generate_vapid_keys

@@ -6,7 +6,11 @@ plain dataclasses; this module turns Airflow connections (read through
 
 * ``smtp_default`` (type ``smtp``): host, port, login, password; extras as the Airflow
   SMTP provider reads them: ``disable_ssl`` (default false: implicit TLS),
-  ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout``.
+  ``disable_tls`` (default false: STARTTLS), ``from_email``, ``timeout`` (opening the
+  connection); the reply timeouts ``greeting_timeout``, ``mail_timeout``,
+  ``rcpt_timeout``, ``data_init_timeout``, ``data_block_timeout``,
+  ``data_termination_timeout`` and ``after_dot_timeout`` (``unknown`` | ``retry``): see
+  ``docs/operations/relay-faults.md``.
 * ``sms_gateway`` (type ``http``): schema (http/https), host, port, login/password
   (Basic auth; a password without login is sent as a Bearer token); extras ``path``
   (default ``/messages``), ``sender``, ``timeout``, the gateway's limits
@@ -20,6 +24,7 @@ channel: ``{"email": {"soft_threshold": 3, "soft_window_days": 7,
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -47,6 +52,8 @@ from message_center.delivery.smtp import (
     smtp_settings_from_connection,
 )
 from message_center.processing.settings import ProcessingSettings
+
+log = logging.getLogger(__name__)
 
 
 def smtp_settings(conn_id: str = SMTP_CONN_ID) -> SmtpSettings:
@@ -125,9 +132,44 @@ def quarantine_rules() -> QuarantineRules:
 
 def processing_settings(params: Mapping[str, Any], **defaults: Any) -> ProcessingSettings:
     """Validated settings from a run's params (a bad value fails with its name), with
-    the quarantine rules of :func:`quarantine_rules`."""
+    the quarantine rules of :func:`quarantine_rules`. The sending timeout covers the
+    relays' own timeouts (:meth:`ProcessingSettings.covering`: the DAG's default is a
+    floor) unless the run's conf sets it: an explicit value is used as given, with a
+    warning when a message may still be waiting for its relay after it."""
     defaults.setdefault("quarantine", quarantine_rules())
-    return ProcessingSettings.from_mapping(params, **defaults)
+    settings = ProcessingSettings.from_mapping(params, **defaults)
+    covered = settings.covering(relay_transaction_seconds())
+    if "sending_timeout_seconds" not in _run_conf():
+        return covered
+    if covered.sending_timeout_seconds > settings.sending_timeout_seconds:
+        log.warning("sending_timeout_seconds=%d is set by this run, below the %d s the "
+                    "relays' timeouts need: a message still waiting for its relay's reply "
+                    "may be called unknown by the crash recovery",
+                    settings.sending_timeout_seconds, covered.sending_timeout_seconds)
+    return settings
+
+
+def _run_conf() -> Mapping[str, Any]:
+    """The running DAG run's conf (empty outside a task)."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return get_current_context()["dag_run"].conf or {}
+    except Exception:
+        return {}
+
+
+def relay_transaction_seconds() -> float:
+    """The longest one message may take at a relay, from the connections' timeouts (the
+    RFC 5321 defaults when ``smtp_default`` is missing: the recovery errs long)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        smtp = smtp_settings()
+    except AirflowNotFoundException:
+        smtp = SmtpSettings()
+    sms = sms_settings()
+    return max(smtp.transaction_seconds, sms.timeout if sms is not None else 0.0)
 
 
 class StopSignal:

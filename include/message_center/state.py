@@ -25,6 +25,7 @@ Delivery-log row::
     (none) | queued | retry --arm--> sending (armed, not handed) | ignored        (final)
     sending --mark_handed / record_group--> sending, handed (``sending_started``)
     sending --write_outcomes / record_group--> sent | failed (final) | retry
+                                  (provider down: retry, not handed, attempt not counted)
     sending, not handed --release_unsent / release_unhanded--> retry (attempt not counted)
     sending, handed, worker gone --recover_unknown_outcomes--> failed (outcome unknown)
     sent --fail_after_bounce--> failed
@@ -95,11 +96,15 @@ _UNHANDED = "d.status = 'sending' AND d.sending_started IS NULL"
 #: ... given back: waiting again, and the attempt it was armed for does not count.
 _UNARM = "status = 'retry', attempts = d.attempts - 1, error = :reason"
 #: Event ``e`` after a transient failure of ``r`` (``id``: its ledger row, ``delay``,
-#: ``give_up``: retries exhausted, ``retry_error``): due again after the backoff, or expired.
+#: ``give_up``: retries exhausted, ``retry_error``, ``counted``: FALSE when the provider
+#: was down, which uses no try): due again after the backoff, or expired.
 _RESCHEDULE = """
                 status = CASE WHEN r.give_up THEN 'expired' ELSE 'pending' END,
-                error_count = e.error_count + 1,
-                next_attempt = now() + make_interval(secs => r.delay),
+                error_count = e.error_count + CASE WHEN r.counted IS FALSE THEN 0 ELSE 1 END,
+                -- not counted: due again at once, in its place (when it was claimed)
+                next_attempt = CASE WHEN r.counted IS FALSE
+                                    THEN least(coalesce(e.processing, now()), now())
+                                    ELSE now() + make_interval(secs => r.delay) END,
                 processed = CASE WHEN r.give_up THEN now() ELSE e.processed END,
                 error_reason = r.retry_error, delivery_log_id = r.id,
                 claim_token = NULL, claim_shard = NULL"""
@@ -379,7 +384,8 @@ RESCHEDULE = f"""
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
                         CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
-                        CAST(:errors AS text[])) AS r(event_id, id, delay, give_up, retry_error)
+                        CAST(:errors AS text[]), CAST(:counted AS boolean[]))
+                 AS r(event_id, id, delay, give_up, retry_error, counted)
             WHERE e.id = r.event_id AND e.status = 'pending_delivery'
 """
 
@@ -398,15 +404,16 @@ def write_outcomes(conn: Connection, *, ids: Sequence[int], statuses: Sequence[s
 
 def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
                log_ids: Sequence[int], delays: Sequence[float], give_up: Sequence[bool],
-               errors: Sequence[str]) -> None:
+               errors: Sequence[str], counted: Sequence[bool]) -> None:
     """Event ``pending_delivery`` -> ``pending`` after a transient failure (``error_count
     + 1``, due again after its delay, claim dropped; the ledger row stays in ``retry``, so
     the next attempt re-arms the same row) or ``expired`` where ``give_up`` (retries
-    exhausted)."""
+    exhausted). Where not ``counted`` (the provider was down) no try is used: due again
+    at once, in its place."""
     if event_ids:
         conn.execute(_sql(RESCHEDULE, kind), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
-            "give_up": list(give_up), "errors": list(errors)})
+            "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
 
 
 RECORD_GROUP = f"""
@@ -415,14 +422,17 @@ RECORD_GROUP = f"""
                                  CAST(:statuses AS text[]), CAST(:errors AS text[]),
                                  CAST(:providers AS text[]), CAST(:delays AS float8[]),
                                  CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]),
-                                 CAST(:classes AS text[]), CAST(:reasons AS text[]))
+                                 CAST(:classes AS text[]), CAST(:reasons AS text[]),
+                                 CAST(:counted AS boolean[]))
                  AS v(id, mark, status, error, provider_id, delay, give_up, retry_error,
-                      failure_class, failure_reason)
+                      failure_class, failure_reason, counted)
         ), rec AS (
             UPDATE delivery_log d SET
-                sending_started = CASE WHEN v.mark THEN coalesce(d.sending_started,
+                sending_started = CASE WHEN v.counted IS FALSE THEN NULL
+                                       WHEN v.mark THEN coalesce(d.sending_started,
                                                                  clock_timestamp())
                                        ELSE d.sending_started END,
+                attempts = d.attempts - CASE WHEN v.counted IS FALSE THEN 1 ELSE 0 END,
                 status = coalesce(v.status, d.status),
                 error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
                 provider_id = coalesce(v.provider_id, d.provider_id),
@@ -437,7 +447,7 @@ RECORD_GROUP = f"""
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error
+                      v.delay, v.give_up, v.retry_error, v.counted
         ), rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
@@ -457,7 +467,8 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
                  errors: Sequence[str | None], providers: Sequence[str | None],
                  delays: Sequence[float | None], give_up: Sequence[bool | None],
                  retry_errors: Sequence[str | None], classes: Sequence[str | None],
-                 reasons: Sequence[str | None], copy: bool) -> Sequence[Row[Any]]:
+                 reasons: Sequence[str | None], counted: Sequence[bool | None],
+                 copy: bool) -> Sequence[Row[Any]]:
     """:func:`mark_handed`, :func:`write_outcomes`, :func:`reschedule` and (``copy``)
     :func:`copy_statuses` in ONE statement, the recorder's group commit: one entry per
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
@@ -467,8 +478,8 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
-        "classes": list(classes), "reasons": list(reasons), "kind": claim.kind,
-        "token": claim.token, "shard": claim.shard, "copy": copy}).all()
+        "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
+        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy}).all()
 
 
 COPY_STATUSES = f"""
@@ -588,7 +599,8 @@ UNKNOWN_ROWS = """
         ORDER BY id LIMIT :limit
 """
 RECOVER_UNKNOWN = """
-        UPDATE delivery_log SET status = 'failed', error = :reason
+        UPDATE delivery_log SET status = 'failed', error = :reason,
+               failure_class = 'unknown', failure_reason = 'outcome_unknown'
         WHERE {where}
         RETURNING id
 """
@@ -606,8 +618,9 @@ def unknown_rows(conn: Connection, *, older_than_seconds: float, claim: ShardCla
 
 def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
                              claim: ShardClaim | None = None) -> list[int]:
-    """Ledger row ``sending`` (handed, worker dead) -> ``failed`` (outcome unknown); never
-    resent. The caller copies it onto the events (:func:`copy_statuses`).
+    """Ledger row ``sending`` (handed, worker dead) -> ``failed`` (failure class
+    ``unknown``: outcome unknown); never resent. The caller copies it onto the events
+    (:func:`copy_statuses`).
 
     A row qualifies when it was handed to the provider more than ``older_than_seconds``
     ago (a live worker records an outcome, or gives up trying, before that), or - given

@@ -104,3 +104,19 @@ def test_stop_signal_turns_on_with_sigterm_and_restores_the_handler():
         assert len(calls) == 2  # restored
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_sending_timeout_follows_from_the_relays_timeouts(monkeypatch):
+    """The recovery must not call a message unknown while its session may still wait for
+    the relay: with RFC 5321's timeouts (smtp_default sets none here) that is 1830 s + a
+    10 % margin; shorter relay timeouts leave the DAG's value, the floor."""
+    assert processing_settings({}).sending_timeout_seconds == 1830 + 183
+    assert processing_settings({"sending_timeout_seconds": 5000}
+                               ).sending_timeout_seconds == 5000
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": 25, "extra": {
+            "disable_ssl": True, "disable_tls": True, "timeout": 5, "greeting_timeout": 10,
+            "mail_timeout": 10, "rcpt_timeout": 10, "data_init_timeout": 10,
+            "data_block_timeout": 10, "data_termination_timeout": 10}}))
+    assert processing_settings({}).sending_timeout_seconds == 600
+    assert processing_settings({}).claim_lease_seconds == 1_800

@@ -177,6 +177,35 @@ def test_message_center_is_in_airflows_navigation_with_live_figures(admin, airfl
     expect(frame(admin).locator("#lookup-results tbody tr")).to_have_count(1)
 
 
+def test_the_overview_shows_a_relay_that_is_down(admin, airflow_stack, dataset):
+    """The relay's circuit breaker, as the delivery leaves it after five refused
+    connections (message_center.delivery.breaker, shared in the execution database)."""
+    from playwright.sync_api import expect
+
+    from message_center.delivery.breaker import BreakerPolicy, DatabaseBreakerStore
+
+    relay = "smtp://relay.example.test:25"
+    store = DatabaseBreakerStore(dataset["execution"])
+    for _ in range(BreakerPolicy().threshold):
+        store.failure(relay, "email", "cannot connect to SMTP server relay.example.test:25: "
+                      "ConnectionRefusedError", pause=0, policy=BreakerPolicy())
+    try:
+        admin.goto(f"{airflow_stack.base_url}/plugin/message-center/message-center/ui/"
+                   "overview")
+        row = frame(admin).locator("tr[data-instance='mc_execution']")
+        down = row.locator(f"[data-field='relay-down'][data-relay='{relay}']")
+        expect(down).to_contain_text("relay down")
+        expect(down).to_contain_text("ConnectionRefusedError")
+        expect(row.locator("[data-field='health'] .badge").first).to_have_text("warning")
+        store.success(relay)  # the relay answers again
+        admin.reload()
+        row = frame(admin).locator("tr[data-instance='mc_execution']")
+        expect(row.locator("[data-field='health'] .badge").first).to_have_text("ok")
+        expect(row.locator("[data-field='relay-down']")).to_have_count(0)
+    finally:
+        store.success(relay)
+
+
 def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, dataset):
     from playwright.sync_api import expect
 

@@ -67,7 +67,9 @@ def overview(registry: Registry | None = None) -> dict[str, Any]:
                      "dags": [state.to_dict() for state in dags]})
     return {"rows": rows, "registryErrors": registry.errors,
             "retention": retention(states[CLEANUP_DAG_ID]),
-            "thresholds": {"warning": thresholds.warning, "alert": thresholds.alert},
+            "thresholds": {"warning": thresholds.warning, "alert": thresholds.alert,
+                           "ageWarning": thresholds.age_warning,
+                           "ageAlert": thresholds.age_alert},
             "checkedAt": datetime.now(UTC).isoformat(timespec="seconds").replace(
                 "+00:00", "Z")}
 

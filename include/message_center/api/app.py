@@ -40,6 +40,12 @@ from message_center.events import (
     EventIn,
     EventValidationError,
 )
+from message_center.reporting.live import instance_live
+from message_center.reporting.thresholds import (
+    DEFAULT_HEALTH_AGE_ALERT,
+    DEFAULT_HEALTH_AGE_WARNING,
+    health_age_limits,
+)
 
 DEFAULT_WARNING = 100
 DEFAULT_ALERT = 400
@@ -77,19 +83,27 @@ class Authorization:
 
 @dataclass(frozen=True)
 class HealthThresholds:
-    """Pending real-time events that make health say warning / alert (ACC: 100 / 400)."""
+    """Pending real-time events that make health say warning / alert (ACC: 100 / 400),
+    and the age (s) of the oldest of them that does too (300 / 900: a queue that does not
+    move, e.g. its relay down)."""
 
     warning: int = DEFAULT_WARNING
     alert: int = DEFAULT_ALERT
+    age_warning: float = DEFAULT_HEALTH_AGE_WARNING
+    age_alert: float = DEFAULT_HEALTH_AGE_ALERT
 
     def __post_init__(self) -> None:
         if not 0 < self.warning <= self.alert:
             raise ValueError(f"health thresholds need 0 < warning <= alert; got warning="
                              f"{self.warning}, alert={self.alert}")
+        if not 0 < self.age_warning <= self.age_alert:
+            raise ValueError(f"health age thresholds need 0 < warning <= alert; got "
+                             f"warning={self.age_warning}, alert={self.age_alert}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HealthThresholds:
-        """``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT``; a bad value stops the start-up."""
+        """``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT`` (and ``MC_HEALTH_AGE_WARNING`` /
+        ``MC_HEALTH_AGE_ALERT``, seconds); a bad value stops the start-up."""
         env = os.environ if environ is None else environ
         values = {}
         for name, var, default in (("warning", "MC_HEALTH_WARNING", DEFAULT_WARNING),
@@ -99,7 +113,8 @@ class HealthThresholds:
                 values[name] = int(raw) if raw else default
             except ValueError:
                 raise ValueError(f"{var} must be a whole number; got {raw!r}") from None
-        return cls(**values)
+        age_warning, age_alert = health_age_limits(env)
+        return cls(**values, age_warning=age_warning, age_alert=age_alert)
 
 
 # --- documentation models (responses are built as plain dicts on the hot path) ----------
@@ -130,7 +145,10 @@ class DeliveryOutcome(BaseModel):
     sentAt: datetime | None
     failureClass: str | None = Field(
         None, description="What the channel's last answer meant: hard | soft | policy | "
-                          "throttle | transient | error (null when sent).")
+                          "throttle | transient | error | unknown (null when sent). "
+                          "`unknown`: the relay or a crash left it open whether the "
+                          "message went out (no answer after the final \".\" of SMTP "
+                          "DATA): never retried automatically.")
     failureReason: str | None = Field(
         None, description="Why, e.g. user_unknown, mailbox_full, refused, throttled.")
 
@@ -197,9 +215,30 @@ class QuarantineIn(BaseModel):
                                           "(default: never).")
 
 
+class RelayState(BaseModel):
+    relay: str = Field(description="`smtp://host:port` or the SMS gateway's URL.")
+    channel: str
+    state: str = Field(description="`closed` (messages go out) or `open` (the relay is "
+                                   "down: nothing is attempted on it but a probe every few "
+                                   "seconds; its messages wait and keep their tries).")
+    down: bool
+    failures: int = Field(description="Failures in a row (connection refused, 421 to "
+                                      "everyone, 503 with Retry-After).")
+    openedAt: datetime | None
+    pausedUntil: datetime | None = Field(description="The relay asked to slow down until.")
+    lastError: str | None
+    lastFailure: datetime | None
+    lastSuccess: datetime | None
+
+
 class Health(BaseModel):
-    status: str = Field(description="ok | warning | alert | error")
-    message: str = Field(description="ACC mcPing style: `Ok / <date> / 7/400 pending events`.")
+    status: str = Field(description="ok | warning | alert | error: the worst of the due "
+                                    "real-time events against the thresholds, the age of "
+                                    "the oldest against the age thresholds, and warning "
+                                    "while a relay is down.")
+    message: str = Field(description="ACC mcPing style: `Ok / <date> / 7/400 pending events` "
+                                     "(then, in parentheses, the queue's age or a relay "
+                                     "down when they raised it).")
     checkedAt: datetime
     rtPending: int | None = Field(description="Due pending real-time events.")
     batchPending: int | None = Field(description="Due pending batch events.")
@@ -207,6 +246,10 @@ class Health(BaseModel):
     oldestBatchPendingAgeSeconds: float | None
     warningThreshold: int
     alertThreshold: int
+    ageWarningSeconds: float
+    ageAlertSeconds: float
+    relays: list[RelayState] = Field(description="Every relay's circuit breaker.")
+    relaysDown: list[str] = Field(description="The relays whose breaker is open.")
 
 
 class ErrorEntry(BaseModel):
@@ -552,26 +595,24 @@ def create_app(
         stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         body: dict[str, Any] = {"checkedAt": stamp, "warningThreshold": limits.warning,
                                 "alertThreshold": limits.alert}
+        body.update(ageWarningSeconds=limits.age_warning, ageAlertSeconds=limits.age_alert)
         try:
             with engine().connect() as conn:
-                depths = events.queue_depths(conn)
+                live = instance_live(conn, thresholds=limits, now=now)
         except OperationalError:
             return 503, {"status": "error", "rtPending": None, "batchPending": None,
                          "oldestRtPendingAgeSeconds": None,
                          "oldestBatchPendingAgeSeconds": None,
                          "message": f"Error / {stamp} / execution database unavailable",
-                         **body}
-        pending = depths["rt"].pending
-        status = ("alert" if pending >= limits.alert
-                  else "warning" if pending >= limits.warning else "ok")
-        word = {"ok": "Ok", "warning": "Warning", "alert": "Error"}[status]
+                         "relays": [], "relaysDown": [], **body}
+        status = live.status
         return (503 if status == "alert" else 200), {
-            "status": status,
-            "message": f"{word} / {stamp} / {pending}/{limits.alert} pending events",
-            "rtPending": pending, "batchPending": depths["batch"].pending,
-            "oldestRtPendingAgeSeconds": depths["rt"].oldest_pending_age,
-            "oldestBatchPendingAgeSeconds": depths["batch"].oldest_pending_age,
-            **body,
+            "status": status, "message": live.message,
+            "rtPending": live.rt_pending, "batchPending": live.batch_pending,
+            "oldestRtPendingAgeSeconds": live.oldest_rt_pending_age,
+            "oldestBatchPendingAgeSeconds": live.oldest_batch_pending_age,
+            "relays": [relay.to_dict() for relay in live.relays],
+            "relaysDown": live.relays_down, **body,
         }
 
     health_deps = [] if public_health else [Depends(auth)]

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate, SessionPool
@@ -71,39 +72,43 @@ class Channels:
         for sender in senders:
             sender.close()
 
-    def session_pool(self, sessions: int, *, shards: int = 1) -> SessionPool:
+    def session_pool(self, sessions: int, *, shards: int = 1,
+                     breakers: BreakerStore | None = None) -> SessionPool:
         """The shard's pool of ``sessions`` delivery sessions, kept while the settings stay
         the same (a real-time loop reuses its sessions and connections round after round).
 
         The relays' limits (``max_sessions`` / ``max_messages_per_second`` of the SMTP
         connection, ``max_concurrent`` / ``max_messages_per_second`` of the SMS gateway)
         are for the whole DAG run: each of its ``shards`` shard tasks takes an even share
-        (at least one session)."""
+        (at least one session). ``breakers``: where the relays' circuit breakers are
+        shared (the execution database); without it each gate has its own."""
         key = (sessions, shards)
         if self._pool is None or self._pool_key != key:
             if self._pool is not None:
                 self._pool.close()
-            self._pool = SessionPool(self.relay_gates(shards), sessions)
+            self._pool = SessionPool(self.relay_gates(shards, breakers), sessions)
             self._pool_key = key
         return self._pool
 
-    def relay_gates(self, shards: int = 1) -> dict[str, RelayGate]:
+    def relay_gates(self, shards: int = 1,
+                    breakers: BreakerStore | None = None) -> dict[str, RelayGate]:
         """One :class:`RelayGate` per configured channel, with this shard's share of the
-        relay's limits."""
+        relay's limits and the relay's circuit breaker (in ``breakers``)."""
         gates: dict[str, RelayGate] = {}
         smtp, sms = self.smtp_settings, self.sms_settings
         if smtp is not None:
+            name = f"smtp://{smtp.host}:{smtp.port}"
             gates["email"] = RelayGate(
-                f"smtp://{smtp.host}:{smtp.port}",
-                max_concurrent=_share(smtp.max_sessions, shards),
+                name, max_concurrent=_share(smtp.max_sessions, shards),
                 per_second=smtp.max_messages_per_second / shards
-                if smtp.max_messages_per_second else None)
+                if smtp.max_messages_per_second else None,
+                breaker=RelayBreaker(name, "email", breakers), channel="email")
         if sms is not None:
             gates["sms"] = RelayGate(
-                sms.base_url,
-                max_concurrent=_share(sms.max_concurrent, shards),
+                sms.base_url, max_concurrent=_share(sms.max_concurrent, shards),
                 per_second=sms.max_messages_per_second / shards
-                if sms.max_messages_per_second else None)
+                if sms.max_messages_per_second else None,
+                breaker=RelayBreaker(sms.base_url, "sms", breakers), channel="sms")
         return gates
 
     def reconcile(self, attempt: Attempt) -> Outcome | None:

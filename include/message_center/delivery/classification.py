@@ -17,6 +17,10 @@ notification (RFC 3464) that arrives later, a connection problem - becomes a
   retried; address untouched.
 * ``error`` - permanent but not about the address (our sender refused, a syntax or
   content error, a template error): fails; address untouched.
+* ``unknown`` - nobody can tell whether the message went out: the connection was lost
+  or timed out after the final "." of SMTP DATA, or the worker died at that point. The
+  relay may have delivered it: fails (never retried automatically, so the recipient
+  never gets it twice); address untouched.
 
 The verdict (``sent`` / ``failed`` / ``retry``) is the one the delivery always used:
 SMTP 4xx is retried and 5xx fails; an HTTP gateway's 408/425/429/5xx is retried and
@@ -47,6 +51,7 @@ class AnswerClass(StrEnum):
     THROTTLE = "throttle"
     TRANSIENT = "transient"
     ERROR = "error"
+    UNKNOWN = "unknown"
 
 
 #: The classes that say something about the address (they feed the quarantine).
@@ -68,6 +73,8 @@ REASONS = {
     "server_error": "temporary problem at the provider",
     "message_error": "the message itself was refused or could not be built",
     "sender_refused": "our sender address or session was refused",
+    "outcome_unknown": "no answer after the message was handed over: it may have been "
+                       "delivered",
     "undefined": "the answer does not say",
 }
 
@@ -306,6 +313,12 @@ def classify_sms(status: int, body: Any = None) -> Classification:
 def not_connected() -> Classification:
     """No answer at all (connection refused, lost, timed out): retried, not the address."""
     return Classification(AnswerClass.TRANSIENT, "not_connected", temporary=True)
+
+
+def outcome_unknown() -> Classification:
+    """The message was handed over and no answer came (connection lost or timed out after
+    the final "." of SMTP DATA, or the worker died): failed, never retried."""
+    return Classification(AnswerClass.UNKNOWN, "outcome_unknown", temporary=False)
 
 
 def message_error() -> Classification:

@@ -175,6 +175,7 @@ class _Outcomes:
     retry_delays: list[float] = field(default_factory=list)
     retry_errors: list[str] = field(default_factory=list)
     give_up: list[bool] = field(default_factory=list)
+    counted: list[bool] = field(default_factory=list)  # False: the provider was down
     final_ids: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {
         "sent": 0, "failed": 0, "retry": 0, "expired": 0})
@@ -190,11 +191,14 @@ def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) ->
     for attempt, outcome in results:
         status, error = outcome.status, outcome.error
         if status == "retry":
-            exhausted = attempt.attempts >= retry.max_tries
+            # Not counted (the provider was unavailable): no try used, due again at once.
+            exhausted = outcome.counted and attempt.attempts >= retry.max_tries
             out.retry_events.append(attempt.event_id)
             out.retry_logs.append(attempt.log_id)
-            out.retry_delays.append(retry.backoff_seconds(attempt.attempts))
+            out.retry_delays.append(retry.backoff_seconds(attempt.attempts)
+                                    if outcome.counted else 0.0)
             out.give_up.append(exhausted)
+            out.counted.append(outcome.counted)
             if exhausted:
                 error = f"gave up after {attempt.attempts} attempts: {error}"
                 status = "failed"
@@ -238,7 +242,8 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
     if out.bounces:  # classes and bounces: see message_center.delivery.quarantine
         record_bounces(conn, out.bounces, rules)
     state.reschedule(conn, kind, event_ids=out.retry_events, log_ids=out.retry_logs,
-                     delays=out.retry_delays, give_up=out.give_up, errors=out.retry_errors)
+                     delays=out.retry_delays, give_up=out.give_up, errors=out.retry_errors,
+                     counted=out.counted)
     return out.finalized()
 
 
@@ -270,7 +275,8 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
         providers=column(out.providers), delays=column(out.retry_delays, retry_by_id),
         give_up=column(out.give_up, retry_by_id),
         retry_errors=column(out.retry_errors, retry_by_id), classes=column(out.classes),
-        reasons=column(out.reasons), copy=copy_status)
+        reasons=column(out.reasons), counted=column(out.counted, retry_by_id),
+        copy=copy_status)
     written = {int(log_id) for log_id, _ in rows}
     if len(written) < len(ids):  # rows no longer ours: their outcomes were not written
         out = _outcomes([r for r in results if r[0].log_id in written], retry)

@@ -12,6 +12,13 @@ do not need to know about SMTP reply codes or HTTP statuses:
 Each outcome also carries its :class:`~message_center.delivery.classification.Classification`
 (hard / soft / policy / throttle / transient / error and a reason): the ledger records
 it on the delivery log and quarantines addresses from it.
+
+An outcome with ``counted=False`` (:meth:`Outcome.unavailable`) says the message never
+reached the provider because the provider itself was unavailable (connection refused,
+"service not available" to everyone, HTTP 503 with ``Retry-After``): the session pool
+feeds it to the relay's circuit breaker (:mod:`message_center.delivery.breaker`) and
+tries the same message again once the relay is back; if it gives up first, the ledger
+gives the message back to the queue without counting a try.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from message_center.delivery.classification import (
     classify_smtp,
     message_error,
     not_connected,
+    outcome_unknown,
 )
 
 MAX_ERROR_CHARS = 1000
@@ -36,6 +44,10 @@ class Outcome:
     error: str | None = None
     provider_id: str | None = None
     classification: Classification | None = None
+    #: False: the provider was unavailable and never got the message (not a try).
+    counted: bool = True
+    #: Seconds the provider asked us to wait (HTTP ``Retry-After``), if it said.
+    retry_after: float | None = None
 
     @classmethod
     def sent(cls, provider_id: str | None) -> Outcome:
@@ -50,6 +62,18 @@ class Outcome:
     def retry(cls, error: str, classification: Classification | None = None) -> Outcome:
         """Transient; without a classification: no answer from the provider."""
         return cls("retry", error[:MAX_ERROR_CHARS], None, classification or not_connected())
+
+    @classmethod
+    def unavailable(cls, error: str, retry_after: float | None = None) -> Outcome:
+        """The provider could not be reached or refused every message: not sent, and not
+        a try of this message (the relay's circuit breaker decides when to try again)."""
+        return cls("retry", error[:MAX_ERROR_CHARS], None, not_connected(), counted=False,
+                   retry_after=retry_after)
+
+    @classmethod
+    def unknown(cls, error: str) -> Outcome:
+        """Handed over, then no answer: it may have been delivered; never retried."""
+        return cls("failed", error[:MAX_ERROR_CHARS], None, outcome_unknown())
 
     @classmethod
     def classified(cls, classification: Classification, error: str,

@@ -31,6 +31,17 @@ doubling up to a minute while the relay keeps throttling; the first accepted mes
 resets it) and the same message is tried again. Only a relay that keeps throttling for
 the chunk's whole sending budget turns it into an ordinary transient failure (retried
 later with the ledger's back-off, so it still expires after ``max_tries``).
+
+**A relay that is down** (connection refused, "service not available" at the greeting,
+an SMS gateway's 503 with ``Retry-After``: :meth:`Outcome.unavailable
+<message_center.delivery.outcome.Outcome.unavailable>`) is the business of the relay's
+circuit breaker (:mod:`message_center.delivery.breaker`), shared by every shard and
+worker; the throttle pause above lives in it too. The message that met the failure is
+reported at once, not counted (the ledger gives it back to the queue in its place, no
+try used); the sessions start nothing on the relay while its breaker is open, except
+the one probe every few seconds, and the messages they hold go back to the queue,
+uncounted, when the chunk's budget ends. When a probe gets an answer, every session
+resumes.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
+from message_center.delivery.breaker import RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 
@@ -86,12 +98,16 @@ class RelayGate:
     * ``per_second`` - messages started per second, paced evenly (``None``: no cap);
     * after :meth:`throttled`, nobody starts a message before the pause ends; the pause
       doubles from ``backoff`` to ``backoff_max`` while the relay keeps throttling and is
-      reset by the first message accepted after a pause.
+      reset by the first message accepted after a pause;
+    * ``breaker`` - the relay's circuit breaker (shared through the database, or this
+      gate's own): the pause is written there for every worker, :meth:`unavailable`
+      counts failures, and while it is open :meth:`wait_turn` lets only the probe through.
     """
 
     def __init__(self, name: str, *, max_concurrent: int | None = None,
                  per_second: float | None = None, backoff: float = 1.0,
-                 backoff_max: float = 60.0) -> None:
+                 backoff_max: float = 60.0, breaker: RelayBreaker | None = None,
+                 channel: str = "email") -> None:
         if max_concurrent is not None and max_concurrent < 1:
             raise ValueError(f"relay {name}: max_concurrent must be at least 1")
         if per_second is not None and per_second <= 0:
@@ -108,6 +124,8 @@ class RelayGate:
         self._paused_until = 0.0
         self._pause = 0.0
         self.throttles = 0
+        self.breaker = breaker or RelayBreaker(name, channel)
+        self.unavailable_count = 0
 
     @property
     def pause(self) -> float:
@@ -132,8 +150,11 @@ class RelayGate:
             self._slots.release()
 
     def wait_turn(self, deadline: float, should_stop: StopCheck) -> bool:
-        """Wait until this caller may start a message (rate slot, throttle pause); False
-        when that time is past ``deadline`` or a stop is asked meanwhile."""
+        """Wait until this caller may start a message (breaker closed, or this caller
+        takes the probe; rate slot; throttle pause); False when that time is past
+        ``deadline`` or a stop is asked meanwhile."""
+        if not self._wait_breaker(deadline, should_stop):
+            return False
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next_start, self._paused_until)
@@ -147,18 +168,55 @@ class RelayGate:
             time.sleep(min(left, WAIT_STEP_SECONDS))
         return True
 
-    def throttled(self) -> float:
+    def _wait_breaker(self, deadline: float, should_stop: StopCheck) -> bool:
+        """Hold the caller while the relay's breaker is open (or a pause another worker
+        was asked for lasts); True when it may go (closed, or it took the probe)."""
+        while True:
+            view = self.breaker.view()
+            if view.pause_left > 0:
+                with self._lock:
+                    self._paused_until = max(self._paused_until,
+                                             time.monotonic() + view.pause_left)
+            if not view.is_open:
+                return True
+            if view.probe_in <= 0 and self.breaker.take_probe():
+                return True
+            if time.monotonic() > deadline or should_stop():
+                return False
+            time.sleep(min(max(view.probe_in, WAIT_STEP_SECONDS),
+                           self.breaker.policy.refresh_seconds, 0.5))
+
+    @property
+    def is_down(self) -> bool:
+        """Is the relay's breaker open (as last seen)?"""
+        return self.breaker.view().is_open
+
+    def throttled(self, error: str | None = None) -> float:
         """The relay said "slow down": pause every session; returns the pause left (s)."""
         with self._lock:
             now = time.monotonic()
             self.throttles += 1
-            if now >= self._paused_until:  # one doubling per pause, however many sessions
+            doubled = now >= self._paused_until  # one doubling per pause, however many
+            if doubled:
                 self._pause = min(self._backoff_max,
                                   self._pause * 2 if self._pause else self._backoff)
                 self._paused_until = now + self._pause
                 log.warning("relay %s asks to slow down: pausing its sessions %.1fs",
                             self.name, self._pause)
-            return self._paused_until - now
+            left = self._paused_until - now
+        if doubled and error is not None:  # every worker pauses too (not a failure)
+            self.breaker.pause(error, left)
+        return left
+
+    def unavailable(self, outcome: Outcome) -> None:
+        """The relay could not be reached (or asked to come back after ``retry_after``):
+        one more failure in a row for its breaker."""
+        with self._lock:
+            self.unavailable_count += 1
+            pause = outcome.retry_after or 0.0
+            if pause:
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        self.breaker.failure(outcome.error or "unavailable", pause)
 
     def accepted(self) -> None:
         """A message went through after the last pause ended: the relay has recovered."""
@@ -166,6 +224,10 @@ class RelayGate:
             with self._lock:
                 if time.monotonic() >= self._paused_until:
                     self._pause = 0.0
+
+    def answered(self) -> None:
+        """The relay answered (whatever it said): it is up; closes its breaker."""
+        self.breaker.success()
 
 
 #: The next chunk armed for sending and the time (``time.monotonic()``) its messages must
@@ -277,6 +339,11 @@ class SessionPool:
     def throttles(self) -> int:
         return sum(gate.throttles for gate in self.gates.values())
 
+    @property
+    def unavailable(self) -> int:
+        """Attempts that found their relay down (not counted as tries)."""
+        return sum(gate.unavailable_count for gate in self.gates.values())
+
     def run(self, dispatch: Dispatch, send: Send, report: Report, *,
             deadline: float = float("inf"), should_stop: StopCheck = lambda: False) -> None:
         """Deliver the dispatch's messages over the sessions until none is left, a
@@ -333,35 +400,44 @@ class SessionPool:
     def _send(self, attempt: Attempt, send: Send, deadline: float,
               should_stop: StopCheck) -> Outcome | None:
         """Send one message, waiting for its relay's turn and trying it again after each
-        "slow down" pause; raises :class:`_NotStarted` if it never went out."""
+        "slow down" pause; raises :class:`_NotStarted` if it never went out. A relay found
+        unavailable ends the message at once, uncounted (see the module doc)."""
         gate = self.gates.get(attempt.channel)
         if gate is None:
             return send(attempt)
         throttle: Outcome | None = None
         while True:
             if not gate.acquire(deadline, should_stop):
-                return _not_sent(throttle)
+                return _not_sent(throttle, gate)
             try:
                 if not gate.wait_turn(deadline, should_stop):
-                    return _not_sent(throttle)
+                    return _not_sent(throttle, gate)
                 outcome = send(attempt)
             finally:
                 gate.release()
+            if outcome is not None and not outcome.counted:
+                gate.unavailable(outcome)
+                return outcome
             if outcome is None or not is_throttle(attempt.channel, outcome):
-                if outcome is not None and outcome.status == "sent":
-                    gate.accepted()
+                if outcome is not None:
+                    gate.answered()
+                    if outcome.status == "sent":
+                        gate.accepted()
                 return outcome
             throttle = outcome
-            gate.throttled()
+            gate.throttled(outcome.error)
 
 
 class _NotStarted(Exception):
     """The message was never handed to the relay (deadline, stop)."""
 
 
-def _not_sent(throttle: Outcome | None) -> Outcome:
+def _not_sent(throttle: Outcome | None, gate: RelayGate) -> Outcome:
     if throttle is None:
         raise _NotStarted
+    if gate.is_down:  # the relay went down meanwhile: not this message's fault
+        return Outcome.unavailable(f"the relay is down (circuit breaker open): "
+                                   f"{throttle.error}")
     # Refused with "slow down" until the budget ran out or the worker stops: it is known
     # not to have been sent, and counts as one ordinary transient failure (retried later
     # with the ledger's back-off, so a relay that never relents still expires it).

@@ -12,7 +12,11 @@ adapter in front of a real SMS provider must accept)::
      "reference": "mc-<delivery log id>"}
 
     2xx  {"id": "<provider message id>", ...}   -> sent (provider id recorded)
-    408, 425, 429, 5xx, timeout, refused        -> transient: retried later
+    refused, 503 with Retry-After               -> the gateway is down: not a try; its
+                                                   circuit breaker decides when to go on
+    408, 425, 429, 5xx                          -> transient: retried later
+    no answer in time (the request went out)    -> the lookup below decides; a gateway
+                                                   without it: outcome unknown
     any other 4xx                               -> permanent: failed
     non-2xx {"code": "unknown_subscriber", ...} -> classified by the code (see below)
 
@@ -43,6 +47,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -82,6 +88,21 @@ class SmsSettings:
             raise ValueError("SMS gateway: timeout must be positive")
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (a number or an HTTP date), capped at an hour."""
+    raw = response.headers.get("Retry-After", "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
 def reference(log_id: int) -> str:
     return f"mc-{to_public(log_id)}"
 
@@ -118,8 +139,13 @@ class SmsSender:
         try:
             response = self._client.post(self.settings.path, json=body,
                                          headers={"Idempotency-Key": ref})
-        except httpx.TimeoutException as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached it
+            return Outcome.unavailable(f"SMS gateway unreachable: {type(exc).__name__}: "
+                                       f"{exc}")
+        except httpx.PoolTimeout as exc:  # waiting for a connection: nothing was sent
             return Outcome.retry(f"SMS gateway timeout: {type(exc).__name__}")
+        except httpx.TimeoutException as exc:  # the request went out, no answer came
+            return self._after_timeout(log_id, exc)
         except httpx.HTTPError as exc:
             return Outcome.retry(f"SMS gateway unreachable: {type(exc).__name__}: {exc}")
         if response.is_success:
@@ -129,11 +155,27 @@ class SmsSender:
                 provider_id = ref
             return Outcome.sent(provider_id)
         error = f"SMS gateway answered {response.status_code}: {response.text[:300]}"
+        if response.status_code == 503 and (wait := _retry_after(response)) is not None:
+            return Outcome.unavailable(error, retry_after=wait)
         try:
             body = response.json()
         except ValueError:
             body = None
         return Outcome.classified(classify_sms(response.status_code, body), error)
+
+    def _after_timeout(self, log_id: int, exc: Exception) -> Outcome:
+        """No answer to a request that went out: the gateway's lookup by reference decides
+        (sent; never received: sent again with the same ``Idempotency-Key``); a gateway
+        that cannot tell leaves the outcome unknown, as a lost final reply of SMTP."""
+        ref = reference(log_id)
+        found = self.lookup(log_id)
+        if found is not None:
+            return found
+        return Outcome.unknown(
+            f"outcome unknown: the SMS gateway did not answer within "
+            f"{self.settings.timeout:g} s ({type(exc).__name__}) after the request was sent, "
+            f"and its lookup cannot tell whether it took {ref}; not sent again (look for "
+            f"reference {ref} at the gateway)")
 
     def lookup(self, log_id: int) -> Outcome | None:
         """What became of message ``log_id`` at the gateway (see the module doc): sent

@@ -8,6 +8,18 @@ each refusal is classified by its own reply code: 4xx is retried later, 5xx fail
 
 The Message-ID is derived from the delivery-log id, so every attempt of one message
 carries the same id (receivers can deduplicate, operators can grep the mail server log).
+
+**Timeouts per phase** (RFC 5321 section 4.5.3.2): each command waits for its reply as
+long as the RFC recommends (greeting, MAIL, RCPT 5 minutes; DATA initiation 2 minutes;
+each data block 3 minutes; the reply to the final "." 10 minutes), each configurable
+per connection. A slow reply holds the one session waiting for it, nothing else.
+
+**The final "." is the point of no return.** A failure before it (connect, greeting,
+MAIL, RCPT, DATA, the content) is a safe retry: the server discards an unfinished
+transaction. A lost connection or a timeout *after* it is an unknown outcome: the server
+may have queued the message before its reply got lost, so retrying could deliver it
+twice. It fails with class ``unknown`` and is never retried automatically, unless the
+connection says ``after_dot_timeout: retry`` (a duplicate preferred to a loss).
 """
 
 from __future__ import annotations
@@ -33,9 +45,16 @@ from message_center.delivery.outcome import Outcome, smtp_reply_outcome
 from message_center.ids import to_public
 
 DEFAULT_FROM = "Message Center <no-reply@message-center.local>"
-# After a failed connection attempt, fail the next messages fast instead of waiting for a
-# new connect timeout per message (they are retried later anyway).
-RECONNECT_PAUSE_SECONDS = 5.0
+#: The reply timeouts of RFC 5321 section 4.5.3.2 (seconds), by connection extra name.
+PHASE_TIMEOUTS = {
+    "greeting_timeout": 300.0,  # 220 greeting, EHLO, STARTTLS, AUTH (4.5.3.2.1)
+    "mail_timeout": 300.0,  # MAIL FROM (4.5.3.2.2)
+    "rcpt_timeout": 300.0,  # RCPT TO (4.5.3.2.3)
+    "data_init_timeout": 120.0,  # DATA -> 354 (4.5.3.2.4)
+    "data_block_timeout": 180.0,  # sending the content (4.5.3.2.5)
+    "data_termination_timeout": 600.0,  # the final "." -> 250 (4.5.3.2.6)
+}
+AFTER_DOT_CHOICES = ("unknown", "retry")
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,16 @@ class SmtpSettings:
     use_ssl: bool = False  # implicit TLS (SMTPS, usually port 465)
     starttls: bool = False  # upgrade a plain connection with STARTTLS (usually port 587)
     from_email: str = DEFAULT_FROM
-    timeout: float = 30.0
+    timeout: float = 30.0  # opening the TCP connection (and the TLS handshake)
+    greeting_timeout: float = PHASE_TIMEOUTS["greeting_timeout"]  # the whole opening
+    mail_timeout: float = PHASE_TIMEOUTS["mail_timeout"]
+    rcpt_timeout: float = PHASE_TIMEOUTS["rcpt_timeout"]
+    data_init_timeout: float = PHASE_TIMEOUTS["data_init_timeout"]
+    data_block_timeout: float = PHASE_TIMEOUTS["data_block_timeout"]
+    data_termination_timeout: float = PHASE_TIMEOUTS["data_termination_timeout"]
+    #: A lost connection / timeout after the final ".": ``unknown`` (failed, never
+    #: retried: no duplicate) or ``retry`` (sent again: a duplicate rather than a loss).
+    after_dot_timeout: str = "unknown"
     # The relay's limits for the whole DAG run (shared by its shard tasks), or None.
     max_sessions: int | None = None
     max_messages_per_second: float | None = None
@@ -69,8 +97,25 @@ class SmtpSettings:
             raise ValueError(f"SMTP settings: port {self.port} is not a TCP port")
         if self.use_ssl and self.starttls:
             raise ValueError("SMTP settings: choose implicit TLS (ssl) or STARTTLS, not both")
-        if self.timeout <= 0:
-            raise ValueError("SMTP settings: timeout must be positive")
+        for name in ("timeout", *PHASE_TIMEOUTS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"SMTP settings: {name} {value!r} is not a positive number "
+                                 "of seconds")
+        if self.after_dot_timeout not in AFTER_DOT_CHOICES:
+            raise ValueError(f"SMTP settings: after_dot_timeout {self.after_dot_timeout!r} "
+                             f"is not one of {', '.join(AFTER_DOT_CHOICES)}")
+
+    @property
+    def transaction_seconds(self) -> float:
+        """The longest one message can legitimately take once its session started it:
+        opening a connection (connect, then greeting, EHLO, STARTTLS, AUTH within
+        ``greeting_timeout``), MAIL, RCPT, DATA, the content and the wait for the final
+        reply. The crash recovery must not call a message unknown before this (see
+        ``docs/operations/relay-faults.md``)."""
+        return (self.timeout + self.greeting_timeout + self.mail_timeout
+                + self.rcpt_timeout + self.data_init_timeout + self.data_block_timeout
+                + self.data_termination_timeout)
 
 
 @lru_cache(maxsize=256)
@@ -171,8 +216,10 @@ def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
     """SMTP settings from an Airflow SMTP connection as a plain mapping (``host``,
     ``port``, ``login``, ``password``, ``extra`` as a dict or JSON text, or
     ``extra_dejson``), read the way Airflow's SMTP hook reads it: implicit TLS unless
-    ``disable_ssl``, else STARTTLS unless ``disable_tls``; ``from_email``, ``timeout``;
-    the relay's limits ``max_sessions`` and ``max_messages_per_second``.
+    ``disable_ssl``, else STARTTLS unless ``disable_tls``; ``from_email``, ``timeout``
+    (opening the connection); the reply timeouts of :data:`PHASE_TIMEOUTS` and
+    ``after_dot_timeout`` (``unknown`` | ``retry``); the relay's limits
+    ``max_sessions`` and ``max_messages_per_second``.
 
     The one parser: the DAG tasks (``mc_airflow.delivery``) and ``mc templates proof``
     both use it. A missing host is :class:`SmtpSettings`' default (127.0.0.1)."""
@@ -183,10 +230,17 @@ def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
     starttls = not use_ssl and not _flag(extra.get("disable_tls", False))
     port = conn.get("port") or (465 if use_ssl else 587 if starttls else 25)
     host = {"host": conn["host"]} if conn.get("host") else {}
+    phases = {name: relay_limit(extra, name, float) for name in PHASE_TIMEOUTS}
+    after_dot = str(extra.get("after_dot_timeout") or "unknown").strip().lower()
+    if after_dot not in AFTER_DOT_CHOICES:
+        raise ValueError(f"SMTP connection extra after_dot_timeout: {after_dot!r} is not one "
+                         f"of {', '.join(AFTER_DOT_CHOICES)}")
     return SmtpSettings(**host, port=int(port), login=conn.get("login") or None,
                         password=conn.get("password") or None, use_ssl=use_ssl,
                         starttls=starttls, from_email=str(extra.get("from_email") or DEFAULT_FROM),
-                        timeout=float(extra.get("timeout") or 30),
+                        timeout=relay_limit(extra, "timeout", float) or 30.0,
+                        **{name: value for name, value in phases.items() if value is not None},
+                        after_dot_timeout=after_dot,
                         max_sessions=relay_limit(extra, "max_sessions", int),
                         max_messages_per_second=relay_limit(
                             extra, "max_messages_per_second", float))
@@ -229,6 +283,31 @@ def envelope_address(header_value: str) -> str:
     return address
 
 
+class _PhasedSmtp(smtplib.SMTP):
+    """``smtplib.SMTP`` whose socket connects within ``timeout`` and then waits for the
+    greeting within ``reply_timeout`` (smtplib uses one timeout for both)."""
+
+    reply_timeout: float = 300.0
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.settimeout(self.reply_timeout)
+        return sock
+
+
+class _PhasedSmtpSsl(smtplib.SMTP_SSL):
+    reply_timeout: float = 300.0
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        sock.settimeout(self.reply_timeout)
+        return sock
+
+
+class _Unavailable(Exception):
+    """The relay could not be reached or refused the session: nothing was sent."""
+
+
 class SmtpSender:
     """Sends messages over one SMTP connection, opened on first use and reused.
 
@@ -239,8 +318,6 @@ class SmtpSender:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
-        self._down_until = 0.0
-        self._down_error = ""
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -252,20 +329,33 @@ class SmtpSender:
         s = self.settings
         smtp: smtplib.SMTP
         if s.use_ssl:
-            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
-                                    context=ssl.create_default_context())
+            smtp = _PhasedSmtpSsl(timeout=s.timeout, context=ssl.create_default_context())
         else:
-            smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            smtp = _PhasedSmtp(timeout=s.timeout)
+        smtp.reply_timeout = s.greeting_timeout  # type: ignore[attr-defined]
+        # The whole opening (greeting, EHLO, STARTTLS, AUTH) within greeting_timeout.
+        opened_by = time.monotonic() + s.greeting_timeout
+
+        def left() -> None:
+            self._timeout(smtp, max(opened_by - time.monotonic(), 0.001))
+
         try:
+            code, reply = smtp.connect(s.host, s.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
             # The final "." goes out on its own after the content (see _data): without
             # NODELAY, Nagle + the server's delayed ACK would hold it ~40 ms each time.
             if smtp.sock is not None:
                 smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            left()
             smtp.ehlo_or_helo_if_needed()
             if s.starttls:
+                left()
                 smtp.starttls(context=ssl.create_default_context())
+                left()
                 smtp.ehlo()
             if s.login:
+                left()
                 smtp.login(s.login, s.password or "")
         except BaseException:
             smtp.close()
@@ -273,16 +363,14 @@ class SmtpSender:
         return smtp
 
     def _connection(self) -> smtplib.SMTP:
+        """The open connection, or a new one; raises :class:`_Unavailable`."""
         if self._smtp is None:
-            if time.monotonic() < self._down_until:
-                raise ConnectionError(self._down_error)
             try:
                 self._smtp = self._connect()
             except (OSError, smtplib.SMTPException) as exc:
-                self._down_until = time.monotonic() + RECONNECT_PAUSE_SECONDS
-                self._down_error = (f"cannot connect to SMTP server {self.settings.host}:"
-                                    f"{self.settings.port}: {exc}")
-                raise ConnectionError(self._down_error) from exc
+                raise _Unavailable(f"cannot connect to SMTP server {self.settings.host}:"
+                                   f"{self.settings.port}: {type(exc).__name__}: "
+                                   f"{exc}") from exc
         return self._smtp
 
     def _drop(self) -> None:
@@ -292,32 +380,65 @@ class SmtpSender:
             finally:
                 self._smtp = None
 
+    def _timeout(self, smtp: smtplib.SMTP, seconds: float) -> None:
+        if smtp.sock is not None:
+            smtp.sock.settimeout(seconds)
+
     def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
                    recipient: str, ready: Callable[[], None] | None = None) -> Outcome:
         """Submit ready DATA bytes to ``recipient``; never raises for delivery problems.
 
-        A connection lost before the server answered DATA counts as transient: SMTP
-        only takes responsibility for a message with its final 250 reply.
+        Before the final "." every failure is safe to retry: SMTP only takes
+        responsibility for a message with its final 250 reply. A relay that cannot be
+        reached (or refuses the session) is :meth:`Outcome.unavailable`: not a try. A
+        lost connection or a timeout after the final "." is :meth:`Outcome.unknown`
+        (or a retry with ``after_dot_timeout: retry``).
 
         ``ready`` is called after the content went out and before the final "." that
         commits the message at the server (the point of no return). If it raises, the
         connection is dropped without the ".", so the server discards the message, and
         the exception propagates: nothing was sent.
         """
+        s = self.settings
         try:
+            reused = self._smtp is not None
             smtp = self._connection()
-        except ConnectionError as exc:
-            return Outcome.retry(str(exc))
+            try:
+                self._timeout(smtp, s.mail_timeout)
+                code, reply = smtp.mail(envelope_from)
+                if reused and code == 421:  # "closing": often an idle connection timed out
+                    raise smtplib.SMTPServerDisconnected(reply.decode("utf-8", "replace"))
+            except (OSError, smtplib.SMTPServerDisconnected):
+                if not reused:
+                    raise
+                # The relay closed an idle connection (or went away): open a new one.
+                self._drop()
+                smtp = self._connection()
+                self._timeout(smtp, s.mail_timeout)
+                code, reply = smtp.mail(envelope_from)
+        except _Unavailable as exc:
+            return Outcome.unavailable(str(exc))
+        except smtplib.SMTPResponseException as exc:
+            self._drop()
+            return smtp_reply_outcome("session", exc.smtp_code, exc.smtp_error)
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return Outcome.retry(f"SMTP connection lost at MAIL FROM: "
+                                 f"{type(exc).__name__}: {exc}")
+        phase = "MAIL FROM"
+        dot_sent = [False]
         try:
-            code, reply = smtp.mail(envelope_from)
             if code != 250:
                 self._reset(smtp, code)
                 return smtp_reply_outcome("MAIL FROM", code, reply)
+            phase = "RCPT TO"
+            self._timeout(smtp, s.rcpt_timeout)
             code, reply = smtp.rcpt(recipient)
             if code not in (250, 251):
                 self._reset(smtp, code)
                 return smtp_reply_outcome("RCPT TO", code, reply)
-            code, reply = smtp.data(data) if ready is None else self._data(smtp, data, ready)
+            phase = "DATA"
+            code, reply = self._data(smtp, data, ready, dot_sent)
             if code != 250:
                 if code == 421:
                     self._drop()
@@ -329,11 +450,30 @@ class SmtpSender:
             return smtp_reply_outcome("session", exc.smtp_code, exc.smtp_error)
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
-            return Outcome.retry(f"SMTP connection lost: {type(exc).__name__}: {exc}")
+            if dot_sent[0]:
+                return self._after_dot(message_id, exc)
+            return Outcome.retry(f"SMTP connection lost at {phase}: "
+                                 f"{type(exc).__name__}: {exc}")
 
-    def _data(self, smtp: smtplib.SMTP, data: bytes,
-              ready: Callable[[], None]) -> tuple[int, bytes]:
-        """``smtplib.SMTP.data`` with ``ready()`` between the content and the final "."."""
+    def _after_dot(self, message_id: str | None, exc: BaseException) -> Outcome:
+        """No reply to the final ".": the relay may have queued the message."""
+        s = self.settings
+        what = (f"no reply from {s.host}:{s.port} after the final '.' of DATA "
+                f"({type(exc).__name__}: {exc}; waited up to "
+                f"{s.data_termination_timeout:g} s)")
+        if s.after_dot_timeout == "retry":
+            return Outcome.retry(f"{what}; sent again (after_dot_timeout: retry), with the "
+                                 f"same Message-ID {message_id}")
+        return Outcome.unknown(
+            f"outcome unknown: {what}; the relay may have delivered it, so it is not sent "
+            f"again (look for Message-ID {message_id} in the relay's log)")
+
+    def _data(self, smtp: smtplib.SMTP, data: bytes, ready: Callable[[], None] | None,
+              dot_sent: list[bool]) -> tuple[int, bytes]:
+        """DATA, the content, ``ready()``, the final "." and its reply, each phase with
+        its own timeout; ``dot_sent[0]`` turns true once the "." may have gone out."""
+        s = self.settings
+        self._timeout(smtp, s.data_init_timeout)
         smtp.putcmd("data")
         code, reply = smtp.getreply()
         if code != 354:
@@ -341,13 +481,17 @@ class SmtpSender:
         content = _LEADING_DOT.sub(b"..", data)
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
+        self._timeout(smtp, s.data_block_timeout)
         smtp.send(content)
-        try:
-            ready()
-        except BaseException:
-            self._drop()  # no final ".": the server discards what it got
-            raise
+        if ready is not None:
+            try:
+                ready()
+            except BaseException:
+                self._drop()  # no final ".": the server discards what it got
+                raise
+        dot_sent[0] = True
         smtp.send(b".\r\n")
+        self._timeout(smtp, s.data_termination_timeout)
         return smtp.getreply()
 
     def _reset(self, smtp: smtplib.SMTP, code: int) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from message_center import state
 from message_center.claims import ShardClaim, new_token
 from message_center.db import first_line
+from message_center.delivery.breaker import DatabaseBreakerStore
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import (
     Attempt,
@@ -69,6 +70,7 @@ class ShardStats:
     released: int = 0
     chunks: int = 0
     throttled: int = 0  # "slow down" answers (421 / 4.7.x / HTTP 429) waited out
+    unavailable: int = 0  # attempts on a relay that was down (not counted as tries)
     reconciled: int = 0  # messages of a stopped worker settled with the provider
 
     def add(self, other: ShardStats) -> None:
@@ -169,8 +171,10 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
     it was (its claim is still held), so an outage leaves no unknown outcome behind.
     """
     stats = ShardStats()
-    pool = channels.session_pool(settings.smtp_sessions, shards=settings.shards)
+    pool = channels.session_pool(settings.smtp_sessions, shards=settings.shards,
+                                 breakers=DatabaseBreakerStore(engine))
     throttles_before = pool.throttles
+    unavailable_before = pool.unavailable
     resume, unrecorded = recover_own, []
     try:
         while True:
@@ -206,6 +210,7 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
                 stats.expired += done.expired
     finally:
         stats.throttled += pool.throttles - throttles_before
+        stats.unavailable += pool.unavailable - unavailable_before
 
 
 def _write_late(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,

@@ -3,8 +3,9 @@ with a message naming the param instead of half-processing a queue."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from message_center.delivery.ledger import RetryPolicy
@@ -51,9 +52,10 @@ class ProcessingSettings:
       no outcome belongs to a dead worker: its outcome is unknown (see
       :mod:`message_center.delivery.ledger`). A live shard stops a chunk after half of it
       and gives the rest back, and waits at most this long for an unreachable database
-      (its recorder gives up a little earlier, so the recovery never races it); one
-      message can still take 4 SMTP commands x the connection timeout, so keep this above
-      8x that timeout (defaults: 300-600 s for a 30 s SMTP timeout).
+      (its recorder gives up a little earlier, so the recovery never races it). It must
+      outlast the longest SMTP transaction the relay's timeouts allow: :meth:`covering`
+      raises it to that, which the Airflow layer does from the ``smtp_default``
+      connection unless a run sets it explicitly (see ``docs/operations/relay-faults.md``).
     * ``quarantine`` - the quarantine rules per channel (not a run param: the Airflow
       layer reads them from the ``mc_quarantine_rules`` Variable).
     """
@@ -111,6 +113,20 @@ class ProcessingSettings:
             kwargs["retry_backoff_max_seconds"] = max(cls.retry_backoff_max_seconds,
                                                       kwargs["retry_backoff_seconds"])
         return cls(**kwargs)
+
+    def covering(self, transaction_seconds: float) -> ProcessingSettings:
+        """These settings, with ``sending_timeout_seconds`` raised to outlast one message
+        whose relay takes every timeout in full (``transaction_seconds``, e.g.
+        :attr:`SmtpSettings.transaction_seconds
+        <message_center.delivery.smtp.SmtpSettings.transaction_seconds>``) plus a margin
+        (10 %, at least a minute) for writing its outcome: the crash recovery never calls
+        a message still waiting for its relay's reply unknown. (The claim lease need not
+        follow: a shard whose lease ran out while a session waited loses its unstarted
+        events to other workers, and its own attempt to hand one is refused.)"""
+        needed = min(math.ceil(transaction_seconds + max(60.0, 0.1 * transaction_seconds)),
+                     BOUNDS["sending_timeout_seconds"][1])
+        return replace(self, sending_timeout_seconds=max(self.sending_timeout_seconds,
+                                                         needed))
 
     @property
     def retry_policy(self) -> RetryPolicy:

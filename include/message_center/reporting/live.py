@@ -3,7 +3,8 @@
 Every query reads an index range bounded by what is in flight, never the history: the
 due pending events (partial index ``<kind>_event_due_idx``, the same figures as
 ``GET /message-center/v1/health``) and the messages sent in the last hour (partial index
-``delivery_log_sent_at_idx``, migration ``e0003``).
+``delivery_log_sent_at_idx``, migration ``e0003``), and the relays' circuit breakers
+(``relay_breaker``, one row per relay).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from message_center.events import queue_depths
-from message_center.reporting.thresholds import classify, health_limits
+from message_center.reporting.relays import RelayHealth, relay_health
+from message_center.reporting.thresholds import health_age_limits, health_limits, health_status
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -40,16 +42,31 @@ class InstanceLive:
     sent_last_hour: int
     warning: int
     alert: int
+    age_warning: float = 300.0
+    age_alert: float = 900.0
+    relays: tuple[RelayHealth, ...] = ()
+
+    @property
+    def relays_down(self) -> list[str]:
+        return [relay.relay for relay in self.relays if relay.down]
+
+    def _health(self) -> tuple[str, str]:
+        return health_status(self.rt_pending, self.oldest_rt_pending_age, self.relays_down,
+                             warning=self.warning, alert=self.alert,
+                             age_warning=self.age_warning, age_alert=self.age_alert)
 
     @property
     def status(self) -> str:
-        return classify(self.rt_pending, self.warning, self.alert)
+        return self._health()[0]
 
     @property
     def message(self) -> str:
-        """ACC mcPing style, as ``/v1/health``: ``Ok / <date> / 7/400 pending events``."""
-        word = {"ok": "Ok", "warning": "Warning", "alert": "Error"}[self.status]
-        return f"{word} / {_iso(self.checked_at)} / {self.rt_pending}/{self.alert} pending events"
+        """ACC mcPing style, as ``/v1/health``: ``Ok / <date> / 7/400 pending events``
+        (then what else raised it, in parentheses: the queue's age, a relay down)."""
+        status, detail = self._health()
+        word = {"ok": "Ok", "warning": "Warning", "alert": "Error"}[status]
+        return (f"{word} / {_iso(self.checked_at)} / {self.rt_pending}/{self.alert} pending "
+                f"events" + (f" ({detail})" if detail else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"cellId": self.cell_id, "checkedAt": _iso(self.checked_at),
@@ -58,7 +75,10 @@ class InstanceLive:
                 "oldestBatchPendingAgeSeconds": self.oldest_batch_pending_age,
                 "sentLastHour": self.sent_last_hour, "status": self.status,
                 "message": self.message, "warningThreshold": self.warning,
-                "alertThreshold": self.alert}
+                "alertThreshold": self.alert, "ageWarningSeconds": self.age_warning,
+                "ageAlertSeconds": self.age_alert,
+                "relays": [relay.to_dict() for relay in self.relays],
+                "relaysDown": self.relays_down}
 
 
 def instance_live(conn: Connection, *, warning: int | None = None, alert: int | None = None,
@@ -67,9 +87,12 @@ def instance_live(conn: Connection, *, warning: int | None = None, alert: int | 
     transaction). Thresholds: ``warning`` / ``alert``, or any object with ``.warning``
     and ``.alert`` (the push API's ``HealthThresholds``), else ``MC_HEALTH_WARNING`` /
     ``MC_HEALTH_ALERT``."""
+    age_warning, age_alert = health_age_limits()
     if thresholds is not None:
         warning = thresholds.warning if warning is None else warning
         alert = thresholds.alert if alert is None else alert
+        age_warning = getattr(thresholds, "age_warning", age_warning)
+        age_alert = getattr(thresholds, "age_alert", age_alert)
     default_warning, default_alert = health_limits()
     depths = queue_depths(conn)
     cell_id = conn.execute(text("SELECT cell_id FROM mc_instance")).scalar()
@@ -82,7 +105,8 @@ def instance_live(conn: Connection, *, warning: int | None = None, alert: int | 
         oldest_batch_pending_age=depths["batch"].oldest_pending_age,
         sent_last_hour=int(sent),
         warning=default_warning if warning is None else warning,
-        alert=default_alert if alert is None else alert)
+        alert=default_alert if alert is None else alert,
+        age_warning=age_warning, age_alert=age_alert, relays=tuple(relay_health(conn)))
 
 
 def read_instance_live(engine: Engine, *, timeout_seconds: float = DEFAULT_TIMEOUT_S,

@@ -14,7 +14,10 @@ as for ``GET /message-center/v1/health``.
 | error rate | ``MC_RtEventError...`` | % | 5 / 20 |
 | queued real-time events | ``MC_RtEventQueue...`` | events | as the health check |
 
-(The health check's are ``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT``, 100 / 400.)
+(The health check's are ``MC_HEALTH_WARNING`` / ``MC_HEALTH_ALERT``, 100 / 400 due
+real-time events, and ``MC_HEALTH_AGE_WARNING`` / ``MC_HEALTH_AGE_ALERT``, 300 / 900 s
+for the oldest of them: a queue that does not move - a relay down - raises the health
+by its age even while it is short; see :func:`health_status`.)
 ACC's own default values are not published; these are ours: a real-time message should
 leave within seconds, and the queue thresholds are those of the health check.
 """
@@ -30,6 +33,8 @@ from typing import Any
 LEVELS = ("none", "ok", "warning", "alert")
 HEALTH_WARNING_ENV, HEALTH_ALERT_ENV = "MC_HEALTH_WARNING", "MC_HEALTH_ALERT"
 DEFAULT_HEALTH_WARNING, DEFAULT_HEALTH_ALERT = 100, 400
+HEALTH_AGE_WARNING_ENV, HEALTH_AGE_ALERT_ENV = "MC_HEALTH_AGE_WARNING", "MC_HEALTH_AGE_ALERT"
+DEFAULT_HEALTH_AGE_WARNING, DEFAULT_HEALTH_AGE_ALERT = 300.0, 900.0
 
 
 class ThresholdError(ValueError):
@@ -165,6 +170,43 @@ def health_limits(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
         raise ThresholdError(HEALTH_WARNING_ENV, f"health thresholds need 0 < warning <= "
                              f"alert; got warning={w}, alert={a}")
     return w, a
+
+
+def health_age_limits(environ: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """``(warning, alert)`` age in seconds of the oldest due real-time event
+    (``MC_HEALTH_AGE_WARNING`` / ``MC_HEALTH_AGE_ALERT``, 300 / 900)."""
+    env = os.environ if environ is None else environ
+    warning = _number(env, HEALTH_AGE_WARNING_ENV)
+    alert = _number(env, HEALTH_AGE_ALERT_ENV)
+    w = DEFAULT_HEALTH_AGE_WARNING if warning is None else warning
+    a = DEFAULT_HEALTH_AGE_ALERT if alert is None else alert
+    if not 0 < w <= a:
+        raise ThresholdError(HEALTH_AGE_WARNING_ENV, f"queue age thresholds need 0 < warning "
+                             f"<= alert; got warning={w:g}, alert={a:g}")
+    return w, a
+
+
+_ORDER = {"none": 0, "ok": 0, "warning": 1, "alert": 2}
+
+
+def health_status(pending: int, oldest_age: float | None, relays_down: list[str], *,
+                  warning: float, alert: float, age_warning: float, age_alert: float
+                  ) -> tuple[str, str]:
+    """The health of an execution instance (``ok`` / ``warning`` / ``alert``) and what
+    besides the queue depth made it so (empty, or e.g. ``oldest waiting 412 s; relay
+    smtp://mail:25 down``): the worst of the due real-time events against
+    ``warning`` / ``alert``, the age of the oldest against ``age_warning`` /
+    ``age_alert``, and *warning* while a relay's circuit breaker is open."""
+    by_depth = classify(pending, warning, alert)
+    by_age = classify(oldest_age, age_warning, age_alert)
+    levels = [by_depth, by_age, "warning" if relays_down else "ok"]
+    status = max(levels, key=_ORDER.__getitem__)
+    details = []
+    if _ORDER[by_age] and oldest_age is not None:
+        details.append(f"oldest waiting {oldest_age:.0f} s")
+    if relays_down:
+        details.append(f"relay {', '.join(relays_down)} down")
+    return ("ok" if status == "none" else status), "; ".join(details)
 
 
 def load_thresholds(environ: Mapping[str, str] | None = None) -> Thresholds:
