@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from mc_local.localenv import PROJECT_ROOT, STATE_DIR, Deployment
+from mc_local.supervisor import session_members
 from message_center.db import engine_for
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency",
@@ -287,19 +288,6 @@ class Managed:
                 if self.process.poll() is not None and not session_members(session):
                     return
                 time.sleep(0.2)
-
-
-def session_members(session: int) -> list[int]:
-    """Live processes (zombies excluded) whose session id is ``session``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session and fields[0] != "Z":
-                members.append(int(entry))
-    return members
 
 
 # --- the run context ----------------------------------------------------------------

@@ -283,27 +283,11 @@ def _stop_session(process: subprocess.Popen[bytes]) -> None:
     """Stop `airflow standalone` and every task process it started: tasks run in their own
     process groups but stay in its session, so a group kill alone would leave them
     running (and processing the test databases) after the suite."""
-    import psutil
+    from mc_local.supervisor import stop_session
 
-    def members() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == process.pid:
-                    found.append(proc)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
-        return found
-
-    for proc in members():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
+    stop_session(process.pid, time.monotonic() + 30)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(30)
-    _, alive = psutil.wait_procs(members(), timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+        process.wait(10)
 
 
 # --- SMS gateway sink (processing): the `sms_gateway` connection points at it ---------

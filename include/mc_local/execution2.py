@@ -11,7 +11,10 @@ This module runs the second one as a deployment of its own:
   default 8090), with only the execution DAGs (``MC_DEPLOYMENT_ROLES=execution``);
 * its execution database ``mc_execution2`` (cell id 1: every event id starts with
   byte 1), which is its ``mc_execution`` connection;
-* the same embedded PostgreSQL server and SMTP sink as ``make run``.
+* the same embedded PostgreSQL server and SMTP sink as ``make run``;
+* its processes (scheduler, DAG processor, triggerer, API server; with
+  ``MC_EXECUTOR=celery`` the broker and workers too) on the same supervisor as ``make
+  run``'s (:mod:`mc_local.supervisor`): one that dies is started again, Ctrl-C stops all.
 
 The control instance (``make run``) archives it through its ``mcSynch_mcExec2`` DAG and
 the account's ``mc_execution2`` connection, like any other execution account.
@@ -24,78 +27,21 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from mc_local.localenv import PROJECT_ROOT, STATE_DIR, Deployment
+from mc_local import celery_mode, launcher
+from mc_local.embedded_pg import ensure_database
+from mc_local.localenv import PROJECT_ROOT, ROLES_ENV, SecondExecution, second_execution
+from mc_local.localenv import SECOND_EXECUTION_API_PORT_ENV as API_PORT_ENV
+from mc_local.localenv import SECOND_EXECUTION_SUFFIX as PROFILE_SUFFIX
+from mc_local.localenv import is_second_execution as is_profile
+from mc_local.supervisor import Component
+from message_center import migrations
 
-PROFILE_SUFFIX = "execution2"
-API_PORT_ENV = "MC_EXECUTION2_API_PORT"
+__all__ = ["API_PORT_ENV", "CELL_ID", "PROFILE_SUFFIX", "ROLES_ENV", "SecondExecution",
+           "components", "is_profile", "prepare", "run", "second_execution", "standalone"]
+
 CELL_ID = 1
-ROLES_ENV = "MC_DEPLOYMENT_ROLES"
-
-
-def is_profile(name: str) -> bool:
-    return name == PROFILE_SUFFIX or name.endswith(f"_{PROFILE_SUFFIX}")
-
-
-@dataclass(frozen=True)
-class SecondExecution(Deployment):
-    """The second execution deployment next to the deployment ``base_profile``."""
-
-    base_profile: str = "run"
-
-    @property
-    def db_prefix(self) -> str:
-        return "" if self.base_profile == "run" else f"{self.base_profile}_"
-
-    def base(self) -> Deployment:
-        from mc_local.localenv import deployment
-
-        return deployment(self.base_profile)
-
-    def database(self, role: str) -> str:
-        names = {"airflow": "airflow_execution2", "execution": "mc_execution2"}
-        if role not in names:
-            raise ValueError(f"the second execution instance has no {role!r} database")
-        return self.db_prefix + names[role]
-
-    @property
-    def airflow_home(self) -> Path:
-        return STATE_DIR / f"airflow-{self.profile.replace('_', '-')}"
-
-    @property
-    def mail_dir(self) -> Path:
-        return self.base().mail_dir
-
-    def pg_parts(self) -> dict[str, str]:
-        parts = super().pg_parts()
-        parts["MC_DB_PREFIX"] = self.db_prefix
-        return parts
-
-    def environment(self) -> dict[str, str]:
-        env = super().environment()
-        execution = self.database_url("execution").replace("postgresql://", "postgres://", 1)
-        env.update({
-            ROLES_ENV: "execution",
-            # This deployment's own execution database is its `mc_execution`.
-            "AIRFLOW_CONN_MC_EXECUTION": execution,
-            # Beside `make run` on one machine: log servers on other ports.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.api_port + 3),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.api_port + 4),
-        })
-        return env
-
-
-def second_execution(profile: str) -> SecondExecution:
-    """``execution2`` (next to ``make run``) or ``<base>_execution2`` (next to ``<base>``)."""
-    base = "run" if profile == PROFILE_SUFFIX else profile.removesuffix(f"_{PROFILE_SUFFIX}")
-    from mc_local.localenv import deployment
-
-    first = deployment(base)
-    default_port = 8090 if base == "run" else first.api_port + 10
-    return SecondExecution(profile, int(os.environ.get(API_PORT_ENV, default_port)),
-                           first.smtp_port, base_profile=base)
 
 
 def log(message: str) -> None:
@@ -104,10 +50,6 @@ def log(message: str) -> None:
 
 def prepare(deployment: SecondExecution) -> None:
     """Databases, schema, cell id 1, templates, Airflow metadata and settings (idempotent)."""
-    from mc_local import launcher
-    from mc_local.embedded_pg import ensure_database
-    from message_center import migrations
-
     started = time.monotonic()
     try:
         deployment.users()
@@ -159,82 +101,47 @@ def _listening(port: int) -> bool:
 
 
 def standalone(deployment: SecondExecution, **popen: object) -> subprocess.Popen[bytes]:
-    """``airflow standalone`` of the second execution deployment (its own session)."""
+    """``airflow standalone`` of the second execution deployment (its own session): the
+    whole instance as one process, for a test that stops it as one session. ``make
+    run-execution2`` runs :func:`components` instead, each supervised."""
     env = {**os.environ, **deployment.environment()}
     env.update(popen.pop("env", {}))  # type: ignore[arg-type]
     return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
                             env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
 
 
+def components(deployment: SecondExecution,
+               settings: celery_mode.CelerySettings | None = None) -> list[Component]:
+    """The processes of the second execution instance: its Airflow components
+    (LocalExecutor), or with ``settings`` its Celery deployment (broker, components,
+    workers). No sink: it delivers to ``make run``'s."""
+    if settings is not None:
+        return celery_mode.Cluster(deployment, settings).components()
+    return launcher.airflow_components({**os.environ, **deployment.environment()})
+
+
 def run(deployment: SecondExecution) -> int:
-    """Set up and run the second execution instance until Ctrl-C."""
-    import signal
-
-    from mc_local import celery_mode
-
+    """``make run-execution2``: set up, then run :func:`components` on the one supervisor
+    (:func:`mc_local.launcher.serve`) until Ctrl-C stops them all."""
     try:
         settings = (celery_mode.CelerySettings.from_env()
                     if celery_mode.executor() == "celery" else None)
     except ValueError as exc:
         raise SystemExit(f"[mc] {exc}") from None
-    pg_was_running = deployment.uses_embedded and deployment.embedded.is_ready()
+    launcher.refuse_taken_ports({API_PORT_ENV: deployment.api_port})
+    pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     if not _listening(deployment.smtp_port):
         log(f"nothing listens on the SMTP port {deployment.smtp_port}: start `make run` "
             "(its SMTP sink) first, or messages wait in the queue for it")
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    # Ctrl-C, or SIGTERM from a script or a service manager: stop what we started.
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    if settings is not None:
-        cluster = celery_mode.Cluster(deployment, settings)
-        try:
-            cluster.start()
-            _banner(deployment)
-            while not stopping and all(cluster.running().values()):
-                time.sleep(0.5)
-        finally:
-            log("stopping ...")
-            cluster.stop()
-            _stop_postgres(deployment, pg_was_running)
-        return 0
-    process = standalone(deployment)
-    _banner(deployment)
-    try:
-        while not stopping and process.poll() is None:
-            time.sleep(0.5)
-    finally:
-        log("stopping ...")
-        celery_mode.terminate_session(process.pid)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            celery_mode.kill_session(process.pid)
-            process.wait()
-        celery_mode.kill_session(process.pid)  # task processes left behind
-        _stop_postgres(deployment, pg_was_running)
-        log("stopped")
-    return 0
+    return launcher.serve(deployment, components(deployment, settings),
+                          pg_was_running=pg_was_running, banner=_banner(deployment))
 
 
-def _stop_postgres(deployment: SecondExecution, was_running: bool) -> None:
-    """The embedded PostgreSQL is stopped only if this command started it (without
-    `make run` beside it)."""
-    if deployment.uses_embedded and not was_running:
-        deployment.embedded.stop()
-
-
-def _banner(deployment: SecondExecution) -> None:
-    log(f"second execution instance (cell {CELL_ID}, database "
-        f"{deployment.database('execution')}): UI and push API on "
-        f"http://127.0.0.1:{deployment.api_port}")
-    for name, role in deployment.users():
-        log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-    log(f"push to it: .venv/bin/mc push --profile {deployment.profile} ...; the control "
-        "instance (make run) archives it hourly (DAG mcSynch_mcExec2)")
-    log("Press Ctrl-C to stop it.")
+def _banner(deployment: SecondExecution) -> list[str]:
+    return [f"second execution instance (cell {CELL_ID}, database "
+            f"{deployment.database('execution')}): UI and push API on "
+            f"http://127.0.0.1:{deployment.api_port}",
+            *launcher.login_lines(deployment),
+            f"push to it: .venv/bin/mc push --profile {deployment.profile} ...; the control "
+            "instance (make run) archives it hourly (DAG mcSynch_mcExec2)"]

@@ -2,7 +2,10 @@
 
 ``make run`` owns what it starts, and only that: it refuses ports already taken (naming
 the variable that moves each) and an embedded PostgreSQL port served by another
-checkout's data; it supervises each component and starts again whatever dies.
+checkout's data. Every mode (this one, :mod:`mc_local.celery_mode`,
+:mod:`mc_local.execution2`) builds its list of components - the sinks and Airflow
+components built here, plus its own - and runs it with :func:`serve`, on the one
+:class:`~mc_local.supervisor.Supervisor`.
 
 Airflow itself is only ever started as a subprocess here, with the environment from
 :mod:`mc_local.localenv`, so this module stays free of Airflow imports.
@@ -11,7 +14,6 @@ Airflow itself is only ever started as a subprocess here, with the environment f
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -119,6 +121,10 @@ PORT_VARIABLES = ("MC_API_PORT", "MC_SMTP_PORT", "MC_SMS_PORT")
 #: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
 #: supervised on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+#: Their keys in the API server's health answer (a component reported unhealthy for
+#: long is restarted).
+HEALTH_KEYS = {"scheduler": "scheduler", "triggerer": "triggerer",
+               "dag-processor": "dag_processor"}
 
 
 def sms_port() -> int:
@@ -151,52 +157,80 @@ def port_problems(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
     return problems
 
 
-def run(deployment: Deployment) -> int:
-    """Set up, then run the Airflow components and the sinks until Ctrl-C stops them all,
-    starting again whatever dies meanwhile (:mod:`mc_local.supervisor`)."""
-    if problems := port_problems(deployment_ports(deployment)):
-        raise SystemExit("[mc] cannot start:\n  " + "\n  ".join(problems))
-    pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
-    prepare(deployment)
-    env = {**os.environ, **deployment.environment()}
-    sms_dir = deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
-    airflow_bin = str(Path(sys.executable).parent / "airflow")
-    components = [
+def sms_dir(deployment: Deployment) -> Path:
+    """Where the local SMS gateway sink keeps every SMS (one .json each)."""
+    return deployment.mail_dir.with_name(deployment.mail_dir.name.replace("mail", "sms", 1))
+
+
+def sink_components(deployment: Deployment, env: dict[str, str]) -> list[Component]:
+    """The local SMTP sink and SMS gateway sink (the `sms_gateway` connection)."""
+    return [
         Component("smtp-sink", [sys.executable, "-m", "mc_local.smtp_sink", "--port",
                                 str(deployment.smtp_port), "--mail-dir",
                                 str(deployment.mail_dir)], env),
-        # The SMS gateway sink (the `sms_gateway` connection): SMS kept as .json files.
         Component("sms-sink", [sys.executable, "-m", "mc_local.sms_sink", "--port",
-                               str(sms_port()), "--sms-dir", str(sms_dir)], env),
-        *(Component(name, [airflow_bin, name], env) for name in AIRFLOW_COMPONENTS),
+                               str(sms_port()), "--sms-dir", str(sms_dir(deployment))], env),
     ]
+
+
+def airflow_component(name: str, env: dict[str, str], *args: str) -> Component:
+    """``airflow <name> <args>``, watched through the health endpoint when it has a key."""
+    return Component(name, [str(Path(sys.executable).parent / "airflow"), name, *args], env,
+                     health_key=HEALTH_KEYS.get(name))
+
+
+def airflow_components(env: dict[str, str]) -> list[Component]:
+    """The Airflow components of :data:`AIRFLOW_COMPONENTS`, each supervised on its own."""
+    return [airflow_component(name, env) for name in AIRFLOW_COMPONENTS]
+
+
+def health_url(deployment: Deployment) -> str:
+    return f"http://127.0.0.1:{deployment.api_port}/api/v2/monitor/health"
+
+
+def refuse_taken_ports(ports: dict[str, int]) -> None:
+    if problems := port_problems(ports):
+        raise SystemExit("[mc] cannot start:\n  " + "\n  ".join(problems))
+
+
+def serve(deployment: Deployment, components: list[Component], *, banner: list[str],
+          pg_was_running: bool) -> int:
+    """Run ``components`` on one :class:`Supervisor` until Ctrl-C (or SIGTERM) stops them
+    all, starting again whatever dies or stays unhealthy meanwhile; then stop the embedded
+    PostgreSQL if this command started it. The one run loop of every mode."""
     supervisor = Supervisor(
         components, postgres=deployment.embedded if deployment.uses_embedded else None,
-        health_url=f"http://127.0.0.1:{deployment.api_port}/api/v2/monitor/health")
-    supervisor.start()
-    log(f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}")
-    for name, role in deployment.users():
-        log(f"  login: {name} / {deployment.password(name)}  (role {role})")
-    log(f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in {sms_dir}")
-    log("A component that stops is started again (and said here). Press Ctrl-C to stop "
-        "everything.")
+        health_url=health_url(deployment), session_file=deployment.session_file)
 
-    stopping = False
+    def started() -> None:
+        for line in banner:
+            log(line)
+        log(f"A component that stops is started again (and said here); `mc ps --profile "
+            f"{deployment.profile}` lists them. Press Ctrl-C to stop everything.")
 
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while not stopping:
-            supervisor.check()
-            time.sleep(0.5)
-    finally:
-        log("stopping ...")
-        supervisor.stop()
+    def stopped() -> None:
         if deployment.uses_embedded and not pg_was_running:
             deployment.embedded.stop()
-        log("stopped")
+
+    supervisor.run(on_started=started, on_stopped=stopped)
     return 0
+
+
+def login_lines(deployment: Deployment) -> list[str]:
+    return [f"  login: {name} / {deployment.password(name)}  (role {role})"
+            for name, role in deployment.users()]
+
+
+def run(deployment: Deployment) -> int:
+    """``make run``: set up, then run the sinks and the Airflow components (LocalExecutor)
+    until Ctrl-C stops them all (:func:`serve`)."""
+    refuse_taken_ports(deployment_ports(deployment))
+    pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
+    prepare(deployment)
+    env = {**os.environ, **deployment.environment()}
+    return serve(deployment, [*sink_components(deployment, env), *airflow_components(env)],
+                 pg_was_running=pg_was_running, banner=[
+                     f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}",
+                     *login_lines(deployment),
+                     f"Delivered e-mails are kept in {deployment.mail_dir}, SMS in "
+                     f"{sms_dir(deployment)}"])

@@ -101,6 +101,11 @@ class Deployment:
         """Where the local SMTP sink keeps every message it receives (one .eml each)."""
         return STATE_DIR / ("mail" if self.profile == "run" else f"mail-{self.profile}")
 
+    @property
+    def session_file(self) -> Path:
+        """Where ``mc run`` records the processes it runs (``mc ps``, ``mc stop``)."""
+        return STATE_DIR / "sessions" / f"{self.profile}.json"
+
     def _secret(self, name: str, nbytes: int = 24) -> str:
         """A random secret generated once per deployment and kept out of the repository
         (generated again if an older one is shorter than ``nbytes`` asks)."""
@@ -189,13 +194,81 @@ class Deployment:
         return env
 
 
+#: ``execution2`` names the second execution instance beside ``make run``;
+#: ``<base>_execution2`` the one beside the deployment ``<base>``.
+SECOND_EXECUTION_SUFFIX = "execution2"
+SECOND_EXECUTION_API_PORT_ENV = "MC_EXECUTION2_API_PORT"
+ROLES_ENV = "MC_DEPLOYMENT_ROLES"
+
+
+def is_second_execution(name: str) -> bool:
+    return name == SECOND_EXECUTION_SUFFIX or name.endswith(f"_{SECOND_EXECUTION_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class SecondExecution(Deployment):
+    """The second execution deployment next to the deployment ``base_profile``
+    (``make run-execution2``, :mod:`mc_local.execution2`): its own Airflow and execution
+    database, the same PostgreSQL server and SMTP sink."""
+
+    base_profile: str = "run"
+
+    @property
+    def db_prefix(self) -> str:
+        return "" if self.base_profile == "run" else f"{self.base_profile}_"
+
+    def base(self) -> Deployment:
+        return deployment(self.base_profile)
+
+    def database(self, role: str) -> str:
+        names = {"airflow": "airflow_execution2", "execution": "mc_execution2"}
+        if role not in names:
+            raise ValueError(f"the second execution instance has no {role!r} database")
+        return self.db_prefix + names[role]
+
+    @property
+    def airflow_home(self) -> Path:
+        return STATE_DIR / f"airflow-{self.profile.replace('_', '-')}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.base().mail_dir
+
+    def pg_parts(self) -> dict[str, str]:
+        parts = super().pg_parts()
+        parts["MC_DB_PREFIX"] = self.db_prefix
+        return parts
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        execution = self.database_url("execution").replace("postgresql://", "postgres://", 1)
+        env.update({
+            ROLES_ENV: "execution",
+            # This deployment's own execution database is its `mc_execution`.
+            "AIRFLOW_CONN_MC_EXECUTION": execution,
+            # Beside `make run` on one machine: log servers on other ports.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.api_port + 3),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.api_port + 4),
+        })
+        return env
+
+
+def second_execution(profile: str) -> SecondExecution:
+    """``execution2`` (next to ``make run``) or ``<base>_execution2`` (next to ``<base>``)."""
+    base = ("run" if profile == SECOND_EXECUTION_SUFFIX
+            else profile.removesuffix(f"_{SECOND_EXECUTION_SUFFIX}"))
+    first = deployment(base)
+    default_port = 8090 if base == "run" else first.api_port + 10
+    return SecondExecution(profile, int(os.environ.get(SECOND_EXECUTION_API_PORT_ENV,
+                                                       default_port)),
+                           first.smtp_port, base_profile=base)
+
+
 def deployment(profile: str | None = None) -> Deployment:
     """The deployment named by ``profile`` or ``MC_DEPLOYMENT_PROFILE`` (default ``run``)."""
     name = profile or os.environ.get("MC_DEPLOYMENT_PROFILE", "run")
-    from mc_local import execution2
-
-    if execution2.is_profile(name):  # the second execution instance (make run-execution2)
-        return execution2.second_execution(name)
+    if is_second_execution(name):  # the second execution instance (make run-execution2)
+        return second_execution(name)
     if name == "run":
         return Deployment("run", int(os.environ.get("MC_API_PORT", 8080)),
                           int(os.environ.get("MC_SMTP_PORT", 8025)))

@@ -469,3 +469,24 @@ def _assert_exactly_once(engine, sink, rt_ids: set[int], batch_ids: set[int]) ->
     assert by_kind[("rt", "sent")] == len(rt_ids), by_kind  # no rt shard was killed
     print(f"statuses: {dict(by_kind)}; outcome unknown (not resent): {len(unknown)}, of "
           f"which at the sink: {sum(received[row.email] for row in unknown)}")
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_killed_worker_is_started_again_and_takes_tasks(cluster):
+    """`kill -9` of a Celery worker (not a machine taken away through the cluster): the
+    supervisor of ``MC_EXECUTOR=celery make run`` starts it again, and it answers the
+    broker again. (Uses the deployment the test above started; alone, worker1.)"""
+    from mc_local.supervisor import kill_session
+
+    api = Api(cluster.deployment)
+    wait_for("the API server, scheduler and DAGs", api.ready, 240, cluster)
+    name, worker = next((name, c) for name, c in cluster.supervisor.components.items()
+                        if name.startswith("worker") and c.alive)
+    wait_for(f"{name} to take tasks", lambda: celery_ready(cluster, name), 120, cluster)
+    killed = worker.process.pid
+    kill_session(killed)
+    wait_for(f"{name} started again", lambda: worker.alive and worker.process.pid != killed,
+             60, cluster)
+    assert worker.restarts >= 1
+    wait_for(f"{name} to take tasks again", lambda: celery_ready(cluster, name), 120, cluster)

@@ -188,3 +188,81 @@ def test_two_execution_instances_archived_by_the_control_instance(
         assert sum(int(row["events"]) for row in table) == 2 * EVENTS_PER_CELL, table
         if cell == 1:
             assert sum(int(row["sent"]) for row in table) == 2 * EVENTS_PER_CELL, table
+
+
+@pytest.mark.server
+def test_make_run_execution2_starts_a_killed_component_again_and_ctrl_c_stops_all(
+        tmp_path, monkeypatch, capsys):
+    """`make run-execution2` (`mc run --profile <profile>_execution2`, a real process):
+    the triggerer killed with SIGKILL is started again and heartbeats again; Ctrl-C then
+    stops every component. `mc ps` lists them."""
+    import os
+    import signal
+    import sys
+
+    from conftest import PROFILE, free_port
+
+    from mc_local.cli import main as mc
+    from mc_local.supervisor import kill_session, stop_recorded_session
+    from message_center.db import engine_for
+
+    monkeypatch.setenv("MC_EXECUTION2_API_PORT", str(free_port()))
+    profile = f"{PROFILE}_execution2"
+    second = deployment(profile)
+    log = tmp_path / "run-execution2.log"
+
+    def listed() -> dict[str, tuple[int, bool]]:
+        capsys.readouterr()
+        assert mc(["ps", "--profile", profile]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+        return {row[0]: (int(row[1]), row[2] == "running") for row in rows if len(row) == 3}
+
+    with log.open("wb") as out:
+        run = subprocess.Popen([str(Path(sys.executable).parent / "mc"), "run", "--profile",
+                                profile], env=dict(os.environ), stdout=out,
+                               stderr=subprocess.STDOUT)
+    airflow_db = engine_for(second.database_url("airflow"))
+    try:
+        components = {"scheduler", "dag-processor", "triggerer", "api-server"}
+        wait_for("the components to start", lambda: components <= {
+            name for name, (_, running) in listed().items() if running}, 300, log)
+        killed, _ = listed()["triggerer"]
+        with airflow_db.connect() as conn:
+            killed_at = conn.execute(text("SELECT now()")).scalar_one()
+        kill_session(killed)  # like `kill -9` of the triggerer and what it started
+
+        def started_again() -> bool:
+            pid, running = listed().get("triggerer", (killed, False))
+            return running and pid != killed
+
+        wait_for("the triggerer started again", started_again, 60, log)
+        assert "triggerer exited (code -9); restarting it" in log.read_text()
+
+        def heartbeats() -> bool:  # the new triggerer works: a job of its own, alive
+            with airflow_db.connect() as conn:
+                return bool(conn.execute(text(
+                    "SELECT count(*) FROM job WHERE job_type = 'TriggererJob' "
+                    "AND state = 'running' AND start_date > :t AND latest_heartbeat > :t"),
+                    {"t": killed_at}).scalar_one())
+
+        wait_for("the new triggerer's heartbeat", heartbeats, 240, log)
+        pids = [pid for pid, _ in listed().values()]
+        run.send_signal(signal.SIGINT)  # Ctrl-C
+        assert run.wait(180) == 0, log.read_text()[-3000:]
+        assert not [pid for pid in pids if _runs(pid)]
+        assert listed() == {}  # nothing recorded any more
+    finally:
+        airflow_db.dispose()
+        if run.poll() is None:
+            run.terminate()
+            run.wait(180)
+        stop_recorded_session(second.session_file)
+
+
+def _runs(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

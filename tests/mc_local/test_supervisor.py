@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,3 +77,72 @@ def test_the_embedded_postgres_is_started_again_when_it_stops(tmp_path: Path):
         assert said[-1] == "PostgreSQL started again"
     finally:
         server.stop()
+
+
+def _supervised(session_file: Path) -> list[str]:
+    """A `mc run` in miniature: a worker (warm shutdown, stopped first) and a triggerer
+    (its session) on one Supervisor.run(), in a process of its own."""
+    return [sys.executable, "-c", (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from mc_local.supervisor import FIRST, Component, Supervisor\n"
+        f"sleeper = {SLEEPER!r}\n"
+        "Supervisor([Component('worker1', sleeper, dict(os.environ), stop_stage=FIRST,\n"
+        "                      warm_shutdown=True), Component('triggerer', sleeper,\n"
+        "                      dict(os.environ))], prefix_output=False,\n"
+        f"           session_file=Path({str(session_file)!r})).run()\n")]
+
+
+def _runs(pid: int) -> bool:
+    """Still running (a zombie waiting for an init that does not reap is not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _recorded(session_file: Path, count: int) -> list[tuple[str, int, bool]]:
+    from mc_local.supervisor import session_status
+
+    _until(lambda: sum(running for _, _, running in session_status(session_file)) == count)
+    return session_status(session_file)
+
+
+@pytest.mark.fast
+def test_ctrl_c_stops_every_component_and_the_session_record(tmp_path: Path):
+    session_file = tmp_path / "run.json"
+    run = subprocess.Popen(_supervised(session_file))
+    rows = _recorded(session_file, 3)
+    assert [name for name, _, _ in rows] == ["supervisor", "worker1", "triggerer"]
+    run.send_signal(signal.SIGINT)
+    assert run.wait(30) == 0
+    assert not [pid for _, pid, _ in rows if _runs(pid)]
+    assert not session_file.exists()
+
+
+@pytest.mark.fast
+def test_mc_stop_stops_the_components_of_a_supervisor_killed_hard(tmp_path: Path):
+    """`make run` killed with SIGKILL leaves its components running (sessions of their
+    own): the session record names them, and stopping it stops them, only them."""
+    from mc_local.supervisor import stop_recorded_session
+
+    session_file = tmp_path / "run.json"
+    run = subprocess.Popen(_supervised(session_file))
+    rows = _recorded(session_file, 3)
+    run.kill()
+    run.wait()
+    bystander = subprocess.Popen(SLEEPER, start_new_session=True)
+    try:
+        assert _recorded(session_file, 2)[0][2] is False  # the supervisor is gone
+        said: list[str] = []
+        assert stop_recorded_session(session_file, log=said.append) is True
+        assert not [pid for _, pid, _ in rows if _runs(pid)]
+        assert said == [f"stopping worker1 (pid {rows[1][1]}), left behind",
+                        f"stopping triggerer (pid {rows[2][1]}), left behind"]
+        assert bystander.poll() is None and not session_file.exists()
+        assert stop_recorded_session(session_file) is False  # nothing left
+    finally:
+        bystander.kill()
+        bystander.wait()

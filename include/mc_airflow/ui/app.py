@@ -22,28 +22,25 @@ the session cookie cannot be used to forge a change.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from mc_airflow import authorization
-from mc_airflow.authorization import EventReadAccess
+from mc_airflow.ui import pages, quarantine, reports
+from mc_airflow.ui.dependencies import NotAuthenticated
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 TEMPLATE_DIR = HERE / "templates"
-CSRF_HEADER = "X-Requested-With"
 
 PAGES = (
     ("overview", "Overview"),
@@ -55,74 +52,13 @@ PAGES = (
     ("accounts", "Execution accounts"),
 )
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-class NotAuthenticated(Exception):
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(detail)
-
 
 def _wants_html(request: Request) -> bool:
     return "/api/" not in request.url.path and request.method == "GET"
 
 
-async def current_user(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Any:
-    """Airflow's user for this request (session cookie or Bearer token), else NotAuthenticated
-    (a page redirects to the login, a JSON endpoint answers 401). The ``user_dependency`` of
-    every :mod:`mc_airflow.authorization` dependency the pages use."""
-    from airflow.api_fastapi.core_api.security import get_user
-
-    try:
-        return await get_user(request, None, bearer)
-    except HTTPException as exc:
-        if exc.status_code in (401, 403):
-            raise NotAuthenticated(str(exc.detail)) from None
-        raise
-
-
-User = Annotated[Any, Depends(current_user)]
-
-
-Reader = Annotated[EventReadAccess,
-                   Depends(authorization.require_read(user_dependency=current_user))]
-"""The user and the queues whose events and reports they may read (403 when none)."""
-
-
-def same_origin(request: Request) -> None:
-    """CSRF guard for every state-changing request."""
-    if request.headers.get(CSRF_HEADER, "").lower() != "xmlhttprequest":
-        raise HTTPException(403, f"refused: a change needs the {CSRF_HEADER}: XMLHttpRequest "
-                                 "header (sent by the Message Center pages)")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        host = request.headers.get("host", "")
-        if urlsplit(origin).netloc != host:
-            raise HTTPException(403, f"refused: request from another origin ({origin})")
-    if request.headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
-        raise HTTPException(403, "refused: cross-site request")
-
-
-async def json_body(request: Request) -> Any:
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        raise HTTPException(415, "send the form as application/json")
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        raise HTTPException(413, "the form is larger than 64 KiB")
-    try:
-        return json.loads(raw or b"null")
-    except ValueError:
-        raise HTTPException(400, "the body is not valid JSON") from None
-
-
 def create_ui_app() -> FastAPI:
     """The pages app; mount it under ``/message-center/ui``."""
-    from mc_airflow.ui import pages, quarantine, reports
-
     app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     templates.env.filters.update(dt=format_datetime, age=format_age, num=format_number)

@@ -18,7 +18,7 @@ from mc_airflow.instances import (
 )
 from mc_airflow.ui import accounts as account_actions
 from mc_airflow.ui import live
-from mc_airflow.ui.app import Reader, User, current_user, json_body, same_origin
+from mc_airflow.ui.dependencies import Reader, User, current_user, json_body, same_origin
 from message_center import lookup
 from message_center.db import engine_for
 

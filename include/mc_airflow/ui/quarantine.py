@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mc_airflow import authorization
 from mc_airflow.instances import connection_url, execution_instances
-from mc_airflow.ui.app import Reader, User, json_body, same_origin
+from mc_airflow.ui.dependencies import Reader, User, json_body, same_origin
 from message_center.db import engine_for
 from message_center.delivery import quarantine as store
 

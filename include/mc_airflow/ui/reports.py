@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 
 from mc_airflow.authorization import QUEUE_DAGS, EventReadAccess
 from mc_airflow.instances import CONTROL_CONN_ID, connection_url, execution_instances
-from mc_airflow.ui.app import Reader
+from mc_airflow.ui.dependencies import Reader
 from message_center.db import engine_for
 from message_center.reporting import (
     ERROR_CAUSE_LABELS,

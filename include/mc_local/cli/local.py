@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mc_local import celery_mode, execution2, launcher
 from mc_local.localenv import Deployment, deployment
+from mc_local.supervisor import session_status, stop_recorded_session
 
 
 def _setup(args: argparse.Namespace) -> int:
@@ -110,10 +111,27 @@ def _mode_environment(target: object) -> dict[str, str]:
         raise SystemExit(f"[mc] {exc}") from None
 
 
-def _stop(args: argparse.Namespace) -> int:
-    """Stop this checkout's embedded PostgreSQL (a leftover of `make bench`, a `make run`
-    killed hard, ...); never a server of another checkout."""
+def _ps(args: argparse.Namespace) -> int:
+    """List the processes of the deployment's running session (`mc run` in any mode)."""
     target = deployment(args.profile)
+    rows = session_status(target.session_file)
+    if not rows:
+        print(f"[mc] no session of profile {target.profile} is recorded "
+              f"({target.session_file})")
+        return 0
+    print(f"{'COMPONENT':<14} {'PID':>8}  STATE")
+    for name, pid, running in rows:
+        print(f"{name:<14} {pid:>8}  {'running' if running else 'gone'}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    """Stop the deployment's running session (`mc run` in any mode, also one whose
+    supervisor was killed hard), then this checkout's embedded PostgreSQL (a leftover of
+    `make bench`, ...); never a server of another checkout."""
+    target = deployment(args.profile)
+    if stop_recorded_session(target.session_file):
+        print(f"[mc] stopped the session of profile {target.profile}")
     if not target.uses_embedded:
         print("[mc] MC_POSTGRES_URL is set: that server is not ours to stop")
         return 0
@@ -211,7 +229,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add("run", _run, "Set up, then run Airflow (UI, scheduler, DAGs, push API) and the SMTP sink.")
     parser = add("test", _test, "Set up the test deployment and run pytest (args go to pytest).")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    add("stop", _stop, "Stop this checkout's embedded PostgreSQL (a leftover server).")
+    add("ps", _ps, "List the processes of the running `mc run` session (any mode).")
+    add("stop", _stop, "Stop the running `mc run` session, then this checkout's embedded "
+                       "PostgreSQL (a leftover server).")
     parser = add("airflow", _airflow, "Run any airflow CLI command against the local deployment.")
     parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
     add("env", _env, "Print the environment of the local deployment as shell exports.")
