@@ -72,7 +72,8 @@ def sync_event_statuses(engine: Engine, *, batch_size: int = 50_000,
             # campaign delivered before autovacuum analysed anything) the planner picks a
             # nested loop that rescans the batch's delivery logs once per event - quadratic
             # (20,000 events: 26 s instead of 0.3 s). A hash join is linear whatever the
-            # statistics say. See tests/message_center/test_status_sync_stale_statistics.py.
+            # statistics say. See
+            # tests/integration/message_center/test_status_sync_stale_statistics.py.
             conn.execute(text("SET LOCAL enable_nestloop = off"))
             if first:
                 low, upper = conn.execute(text("""

@@ -26,7 +26,7 @@ from message_center.delivery.smtp import SmtpSettings
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
 from message_center.status_sync import sync_event_statuses
 
-CORPUS = Path(__file__).parents[2] / "data" / "bounces" / "flufl"
+CORPUS = Path(__file__).parents[3] / "data" / "bounces" / "flufl"
 RULES = QuarantineRules(email=ChannelRules(soft_threshold=2))
 
 

@@ -1,6 +1,6 @@
 """The Overview page shows a relay that is down: its circuit breaker, as the delivery
 leaves it after five refused connections, read by the page's own code and rendered with
-its template (the browser test, tests/plugins/test_ui_browser.py, shows it in Chromium)."""
+its template (the browser test, tests/browser/plugins/test_ui_browser.py, shows it in Chromium)."""
 
 from __future__ import annotations
 

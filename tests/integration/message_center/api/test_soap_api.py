@@ -1,7 +1,7 @@
 """ACC's SOAP API (``/nl/jsp/soaprouter.jsp``, ``/nl/jsp/schemawsdl.jsp``) over HTTP with a
 FastAPI TestClient on the real execution database, mounted under ``/nl`` as the plugin
 mounts it. Adobe's documented requests are posted literally; sessions and rights are fakes
-here (Airflow's run in tests/plugins/test_acc_compat_server.py).
+here (Airflow's run in tests/integration/plugins/test_acc_compat_server.py).
 """
 
 from __future__ import annotations

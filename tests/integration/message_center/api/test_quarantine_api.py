@@ -1,7 +1,7 @@
 """The quarantine endpoints of the push API over HTTP (FastAPI TestClient, mounted under
 ``/message-center`` like the plugin mounts it) on the real execution database: list with
 filters, look up, quarantine by hand, release; 401 / 403 / 404 / 422. Airflow's own auth
-manager answers for these rights in tests/plugins/test_quarantine_server.py."""
+manager answers for these rights in tests/integration/plugins/test_quarantine_server.py."""
 
 from __future__ import annotations
 

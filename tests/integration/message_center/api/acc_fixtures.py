@@ -1,6 +1,7 @@
 """Shared by the SOAP and Campaign REST app tests: fake ACC sessions and rights (Airflow's
-auth manager is exercised through the real API server in tests/plugins/test_acc_compat_server.py
-and on the authorization module in tests/mc_airflow/test_authorization.py)."""
+auth manager is exercised through the real API server in
+tests/integration/plugins/test_acc_compat_server.py
+and on the authorization module in tests/integration/mc_airflow/test_authorization.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from processing_factory import events, insert_events, publish_templates
 from message_center.delivery import quarantine as q
 
 DAG_ID = "bounceMails"
-CORPUS = Path(__file__).parents[1] / "data" / "bounces" / "flufl"
+CORPUS = Path(__file__).parents[2] / "data" / "bounces" / "flufl"
 
 
 @pytest.fixture

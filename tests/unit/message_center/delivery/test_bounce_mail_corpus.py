@@ -14,7 +14,7 @@ from message_center.ids import to_public
 
 pytestmark = pytest.mark.fast
 
-CORPUS = Path(__file__).parents[2] / "data" / "bounces" / "flufl"
+CORPUS = Path(__file__).parents[3] / "data" / "bounces" / "flufl"
 SAMPLES = sorted(CORPUS.glob("*.txt"))
 
 # flufl.bounce 6.0.0 tests/test_detectors.py, the DSN rows: (file, address, temporary)

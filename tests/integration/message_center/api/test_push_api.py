@@ -3,8 +3,8 @@
 The app is mounted under ``/message-center`` exactly as the Airflow plugin mounts it; the
 auth dependency here is a fixed test token and the rights come from an ``X-Test-Rights``
 header (Airflow's own auth and auth manager are exercised in
-tests/mc_airflow/test_authorization.py and through the real API server in
-tests/plugins/test_permissions.py).
+tests/integration/mc_airflow/test_authorization.py and through the real API server in
+tests/integration/plugins/test_permissions.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Idempotency-Key unused; an expired token is a 401 that ``mc push`` and the Pytho
 get past by logging in again once, retrying with the same key.
 
 Registering accounts and publishing templates have no endpoint on this branch yet; their
-rules are tested on the authorization module itself (tests/mc_airflow/test_authorization.py).
+rules are tested on the authorization module itself
+(tests/integration/mc_airflow/test_authorization.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The authorization module against Airflow's real simple auth manager, in process: each
 role's rights for every Message Center action, and the FastAPI dependencies with real JWTs
 signed by the auth manager (401 without or with an expired token, 403 naming the missing
-permission). The same rules through the real API server: tests/plugins/test_permissions.py.
+permission). The same rules through the real API server:
+tests/integration/plugins/test_permissions.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``mc push`` refuses bad input before any request (the server path is covered in
-tests/plugins/test_message_center_api.py)."""
+tests/integration/plugins/test_message_center_api.py)."""
 
 from __future__ import annotations
 

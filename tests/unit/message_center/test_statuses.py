@@ -20,7 +20,7 @@ from message_center.statuses import (
 )
 
 pytestmark = pytest.mark.fast
-INCLUDE = Path(__file__).resolve().parents[2] / "include"
+INCLUDE = Path(__file__).resolve().parents[3] / "include"
 
 
 def test_every_event_status_is_either_open_or_final():
