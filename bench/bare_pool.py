@@ -82,13 +82,14 @@ class CpuSample:
         return self.user + self.system
 
 
-def sample(roots: list[int]) -> CpuSample:
+def sample(roots: list[int], tree: bool = True) -> CpuSample:
     """CPU of the process trees under ``roots`` (exited children count once reaped by a
-    process of the tree, which the Airflow supervisors and the postmaster do)."""
+    process of the tree, which the Airflow supervisors and the postmaster do); with
+    ``tree=False`` of the ``roots`` alone (their threads included)."""
     out = CpuSample()
     seen: set[int] = set()
     for root in roots:
-        for pid in process_tree(root):
+        for pid in process_tree(root) if tree else [root]:
             if pid in seen:
                 continue
             seen.add(pid)
@@ -111,21 +112,22 @@ class CpuMeter:
     """``with CpuMeter(app=[pid], db=[postmaster]) as cpu: ...``; then
     :meth:`per_message` for the table's note. ``app`` is what runs the Message Center
     code (the bench process itself for the in-process stages, the Airflow tasks
-    otherwise); ``db`` the PostgreSQL server."""
+    otherwise; ``app_tree=False`` for the bench process, whose children are the sinks);
+    ``db`` the PostgreSQL server."""
 
-    def __init__(self, app: list[int], db: list[int]) -> None:
-        self.app, self.db = app, db
+    def __init__(self, app: list[int], db: list[int], *, app_tree: bool = True) -> None:
+        self.app, self.db, self.app_tree = app, db, app_tree
         self.app_cpu = self.db_cpu = CpuSample()
         self.seconds = 0.0
 
     def __enter__(self) -> CpuMeter:
-        self._app0, self._db0 = sample(self.app), sample(self.db)
+        self._app0, self._db0 = sample(self.app, self.app_tree), sample(self.db)
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
-        self.app_cpu = sample(self.app) - self._app0
+        self.app_cpu = sample(self.app, self.app_tree) - self._app0
         self.db_cpu = sample(self.db) - self._db0
 
     def per_message(self, messages: int) -> str:
