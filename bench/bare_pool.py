@@ -22,8 +22,10 @@ import shutil
 import smtplib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -101,6 +103,20 @@ def sample(roots: list[int], tree: bool = True) -> CpuSample:
     return out
 
 
+def commit_counter(engine: Any) -> Callable[[], int]:
+    """Transactions committed in the database of ``engine`` so far (pg_stat_database,
+    as the server last flushed its backends' counters)."""
+    from sqlalchemy import text
+
+    def commits() -> int:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            return int(conn.execute(text(
+                "SELECT xact_commit FROM pg_stat_database "
+                "WHERE datname = current_database()")).scalar_one())
+    return commits
+
+
 def postmaster_pid(data_dir: Path) -> int | None:
     """The bench PostgreSQL server's postmaster (first line of ``postmaster.pid``)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -115,13 +131,17 @@ class CpuMeter:
     otherwise; ``app_tree=False`` for the bench process, whose children are the sinks);
     ``db`` the PostgreSQL server."""
 
-    def __init__(self, app: list[int], db: list[int], *, app_tree: bool = True) -> None:
+    def __init__(self, app: list[int], db: list[int], *, app_tree: bool = True,
+                 commits: Callable[[], int] | None = None) -> None:
         self.app, self.db, self.app_tree = app, db, app_tree
         self.app_cpu = self.db_cpu = CpuSample()
         self.seconds = 0.0
+        self._commits, self.commits = commits, 0
+        self._c0 = 0
 
     def __enter__(self) -> CpuMeter:
         self._app0, self._db0 = sample(self.app, self.app_tree), sample(self.db)
+        self._c0 = self._commits() if self._commits else 0
         self._t0 = time.perf_counter()
         return self
 
@@ -129,6 +149,9 @@ class CpuMeter:
         self.seconds = time.perf_counter() - self._t0
         self.app_cpu = sample(self.app, self.app_tree) - self._app0
         self.db_cpu = sample(self.db) - self._db0
+        if self._commits:
+            time.sleep(1.1)  # backends report their counters at most once a second
+            self.commits = self._commits() - self._c0
 
     def per_message(self, messages: int) -> str:
         """``CPU/msg 1.23 ms (app 0.80 + PostgreSQL 0.43; system 21%), 4.1 context
@@ -143,7 +166,10 @@ class CpuMeter:
         return (f"CPU/msg {total / messages * 1000:.2f} ms (Message Center "
                 f"{self.app_cpu.total / messages * 1000:.2f} + PostgreSQL "
                 f"{self.db_cpu.total / messages * 1000:.2f}; system {share:.0%}), "
-                f"{switches / messages:.1f} context switches/msg, {busy:.2f} CPUs busy")
+                f"{switches / messages:.1f} context switches/msg, "
+                + (f"{self.commits / messages:.2f} commits/msg "
+                   f"({self.commits / self.seconds:,.0f}/s), " if self._commits else "")
+                + f"{busy:.2f} CPUs busy")
 
 
 # --- the bare pool ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.bare_pool import CpuMeter, bare_pool
+from bench.bare_pool import CpuMeter, bare_pool, commit_counter
 from bench.core import Context, Result, log, planned_rows, stopwatch
 from bench.data import ITEMS, count_by_status, insert_events, insert_final_delivery_logs
 from message_center import archiving
@@ -109,7 +109,8 @@ def _deliver(ctx: Context, count: int, port: int) -> tuple[float, dict[str, int]
     engine = ctx.engine()
     channels = Channels(SmtpSettings(host="127.0.0.1", port=port, from_email=FROM), None,
                         kind="batch")
-    meter = CpuMeter([os.getpid()], ctx.db_pids(), app_tree=False)  # not the sinks
+    meter = CpuMeter([os.getpid()], ctx.db_pids(), app_tree=False,  # not the sinks
+                     commits=commit_counter(engine))
     with channels, meter as cpu, stopwatch() as elapsed:
         stats = deliver_shard(engine, claim, settings, channels, copy_status=False)
     return stats.sent / elapsed(), stats.as_dict(), cpu.per_message(stats.sent)
