@@ -92,7 +92,15 @@ NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db
 AIRFLOW_GROUP = "airflow-stack"
 
 
+#: The unit tier: every test in it runs without a database, server or Airflow process.
+UNIT_TIER = Path(__file__).parent / "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # the folder is the tier: tests/unit/ is `make test-fast`'s
+        if item.path.is_relative_to(UNIT_TIER) and not item.get_closest_marker("fast"):
+            item.add_marker(pytest.mark.fast)
     stack_modules = {item.path for item in items
                      if "airflow_stack" in getattr(item, "fixturenames", ())}
     for item in items:

@@ -13,6 +13,10 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 
 from message_center.ids import NEXT_ID_SQL
+from message_center.statuses import FINAL_DELIVERY, sql_in
+
+# The demo statuses with a delivery log (the others never reached the delivery).
+_LOGGED = sql_in(FINAL_DELIVERY)
 
 DEMO_SQL = f"""
 WITH hours AS (
@@ -57,12 +61,12 @@ SELECT new_id, type,
                                                         || type
                    WHEN 'expired' THEN 'event expired before it was processed' END,
        -- the log's id is the event's (LOGS_SQL); set here: an UPDATE would touch last_modified
-       CASE WHEN status IN ('sent', 'failed', 'ignored') THEN new_id END
+       CASE WHEN status IN {_LOGGED} THEN new_id END
 FROM numbered
 RETURNING id
 """
 
-LOGS_SQL = """
+LOGS_SQL = f"""
 INSERT INTO delivery_log (id, event_kind, event_id, template_name, template_version, channel,
                           address, status, attempts, error, provider_id, created,
                           last_modified, sending_started, sent_at)
@@ -71,7 +75,7 @@ SELECT e.id, 'rt', e.id, e.template_name, 1, e.wished_channel,
        CASE WHEN e.status = 'sent' THEN 'demo-' || e.id END,
        e.processing, e.processed, e.processing + (e.processed - e.processing) * 0.1,
        CASE WHEN e.status = 'sent' THEN e.processed END
-FROM rt_event e WHERE e.status IN ('sent', 'failed', 'ignored') AND e.id = ANY(:ids)
+FROM rt_event e WHERE e.status IN {_LOGGED} AND e.id = ANY(:ids)
 """
 
 

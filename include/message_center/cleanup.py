@@ -55,17 +55,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from message_center.db import first_line
 from message_center.registry import Registry
-from message_center.statuses import EVENT_KINDS, event_table
+from message_center.statuses import EVENT_KINDS, FINAL_DELIVERY, FINAL_EVENT, event_table, sql_in
 
 log = logging.getLogger(__name__)
 
-FINAL_EVENT_STATUSES = ("sent", "ignored", "failed", "not_taken_into_account", "expired")
-FINAL_LOG_STATUSES = ("sent", "ignored", "failed")
 EVENT_TABLES = ("rt_event", "batch_event", "delivery_log")
 KEY_TABLES = ("api_idempotency",)
 
-_FINAL_EVENTS = "(" + ", ".join(f"'{s}'" for s in FINAL_EVENT_STATUSES) + ")"
-_FINAL_LOGS = "(" + ", ".join(f"'{s}'" for s in FINAL_LOG_STATUSES) + ")"
+_FINAL_EVENTS = sql_in(FINAL_EVENT)
+_FINAL_LOGS = sql_in(FINAL_DELIVERY)
 
 #: (minimum, maximum, default) per setting: the DAG's params take their bounds from here.
 BOUNDS: dict[str, tuple[int, int, int]] = {

@@ -1,10 +1,11 @@
 """updateEventStatus: copy final delivery outcomes (sent, ignored, failed) onto the events.
 
-Two entry points share one set-based statement:
+Two entry points share one set-based statement (:data:`message_center.state.COPY_STATUSES`,
+the "copy status" transition):
 
-* :func:`copy_statuses` - for given delivery-log ids; the real-time shards call it in the
-  transaction that records the outcome, so a real-time event reads ``sent`` as soon as
-  the provider accepted it;
+* :func:`message_center.state.copy_statuses` - for given delivery-log ids; the real-time
+  shards call it in the transaction that records the outcome, so a real-time event reads
+  ``sent`` as soon as the provider accepted it;
 * :func:`sync_event_statuses` - incremental, for everything else (batch events, outcomes
   recovered after a crash): it walks ``delivery_log.last_modified`` from a watermark kept
   in ``mc_watermark``, in bounded batches, one statement per event kind and batch.
@@ -22,58 +23,24 @@ cheap because nothing in it changes twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
-from message_center.statuses import EVENT_KINDS, event_table
+from message_center import state
+from message_center.statuses import EVENT_KINDS, FINAL_DELIVERY
 
 WATERMARK = "updateEventStatus"
 _LOCK_KEY = "mc:updateEventStatus"
-
-
-def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
-    rows = conn.execute(text(f"""
-        WITH copied AS (
-            UPDATE {event_table(kind)} e SET
-                status = d.status,
-                processed = d.last_modified,
-                delivery_log_id = d.id,
-                error_reason = CASE WHEN d.status = 'sent' THEN NULL ELSE d.error END
-            FROM delivery_log d
-            WHERE {where} AND d.event_kind = :kind
-              AND d.status IN ('sent', 'ignored', 'failed')
-              AND e.id = d.event_id AND e.status = 'pending_delivery'
-            RETURNING e.status
-        )
-        SELECT status, count(*) FROM copied GROUP BY status
-    """), {**params, "kind": kind}).all()
-    return {status: int(count) for status, count in rows}
-
-
-def copy_statuses(conn: Connection, kind: str, log_ids: Sequence[int]) -> int:
-    """Copy the outcome of these delivery-log rows onto their events; returns how many."""
-    if not log_ids:
-        return 0
-    return sum(_copy(conn, kind, "d.id = ANY(:ids)", {"ids": list(log_ids)}).values())
-
-
-def copy_statuses_for_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> int:
-    """Same, looked up by event id (events whose ledger row was finalised elsewhere)."""
-    if not event_ids:
-        return 0
-    return sum(_copy(conn, kind, "d.event_id = ANY(:ids)", {"ids": list(event_ids)}).values())
 
 
 @dataclass
 class SyncStats:
     batches: int = 0
     scanned_until: datetime | None = None
-    copied: dict[str, int] = field(default_factory=lambda: {"sent": 0, "ignored": 0,
-                                                           "failed": 0})
+    copied: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        map(str, FINAL_DELIVERY), 0))
 
     @property
     def total(self) -> int:
@@ -105,7 +72,8 @@ def sync_event_statuses(engine: Engine, *, batch_size: int = 50_000,
             # campaign delivered before autovacuum analysed anything) the planner picks a
             # nested loop that rescans the batch's delivery logs once per event - quadratic
             # (20,000 events: 26 s instead of 0.3 s). A hash join is linear whatever the
-            # statistics say. See tests/message_center/test_status_sync_stale_statistics.py.
+            # statistics say. See
+            # tests/integration/message_center/test_status_sync_stale_statistics.py.
             conn.execute(text("SET LOCAL enable_nestloop = off"))
             if first:
                 low, upper = conn.execute(text("""
@@ -124,11 +92,9 @@ def sync_event_statuses(engine: Engine, *, batch_size: int = 50_000,
             """), bounds).scalar()
             if high is None:
                 break
-            where = ("(CAST(:low AS timestamptz) IS NULL OR d.last_modified > :low) "
-                     "AND d.last_modified <= :high")
             for kind in EVENT_KINDS:
-                for status, count in _copy(conn, kind, where,
-                                           {"low": low, "high": high}).items():
+                for status, count in state.copy_statuses_between(conn, kind, low,
+                                                                 high).items():
                     stats.copied[status] = stats.copied.get(status, 0) + count
             conn.execute(text("""
                 INSERT INTO mc_watermark (name, value) VALUES (:name, :high)

@@ -1,7 +1,16 @@
-"""Event and delivery-log statuses: the API values and the labels shown to people (ACC's)."""
+"""Event and delivery-log statuses: the API values, the labels shown to people (ACC's) and
+the sets of statuses the code reasons with (final, open, ...), SQL included.
+
+The sets are defined here and nowhere else: SQL takes them through :func:`sql_in` (a
+rendered ``IN`` list, so a statement reads the same as before and still matches the
+partial indexes whose predicates name these values). Which statement moves a row from one
+status to another is :mod:`message_center.state`; the state machine is drawn in
+``docs/architecture/event-state.md``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -31,7 +40,8 @@ EVENT_STATUS_LABELS: dict[EventStatus, str] = {
 
 
 class DeliveryStatus(StrEnum):
-    """Delivery-log (ledger) states; the last three are final and copied onto the event."""
+    """Delivery-log (ledger) states; the final ones (:data:`FINAL_DELIVERY`) are copied onto
+    the event."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -39,6 +49,45 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     IGNORED = "ignored"
     FAILED = "failed"
+
+
+# -- sets of event statuses -------------------------------------------------------------
+#: Still to be handled: queued (or waiting for a retry), claimed, linked and handed to the
+#: delivery. A claim is only ever given back from these (the claim index covers them).
+OPEN_EVENT: tuple[EventStatus, ...] = (EventStatus.PENDING, EventStatus.PENDING_DELIVERY)
+#: An event in one of these is done: never processed again, kept until the clean-up deletes
+#: it (only a bounce arriving after *sent* still turns it *failed*). Reports count it as
+#: finished at its ``processed`` time.
+FINAL_EVENT: tuple[EventStatus, ...] = (
+    EventStatus.SENT, EventStatus.IGNORED, EventStatus.FAILED,
+    EventStatus.NOT_TAKEN_INTO_ACCOUNT, EventStatus.EXPIRED)
+#: The final statuses that are errors (every one but *sent*), in the reports' order.
+ERROR_EVENT: tuple[EventStatus, ...] = (
+    EventStatus.NOT_TAKEN_INTO_ACCOUNT, EventStatus.EXPIRED, EventStatus.FAILED,
+    EventStatus.IGNORED)
+
+# -- sets of delivery-log (ledger) statuses ---------------------------------------------
+#: A ledger row a shard may arm (``sending``): never tried yet, or waiting for its retry.
+ARMABLE_DELIVERY: tuple[DeliveryStatus, ...] = (DeliveryStatus.QUEUED, DeliveryStatus.RETRY)
+#: The ledger's final statuses: the outcome copied onto the event (updateEventStatus).
+FINAL_DELIVERY: tuple[DeliveryStatus, ...] = (
+    DeliveryStatus.SENT, DeliveryStatus.IGNORED, DeliveryStatus.FAILED)
+#: A ledger row whose delivery started (in flight or final): its event is the ledger's
+#: business from then on, so a claim is never given back over it (it could be sent twice).
+DELIVERY_STARTED: tuple[DeliveryStatus, ...] = (DeliveryStatus.SENDING, *FINAL_DELIVERY)
+
+
+def sql_in(statuses: Iterable[str]) -> str:
+    """A set of statuses as an SQL ``IN`` list, ``('sent', 'ignored', 'failed')``.
+
+    Rendered rather than bound (``= ANY(:x)``) so that the planner sees the values: the
+    partial indexes (``WHERE status IN ('pending', 'pending_delivery')``, ...) match only
+    a predicate it can read. Only this module's values go in (no quoting needed).
+    """
+    values = [str(s) for s in statuses]
+    if not values or any(not v.replace("_", "").isalnum() for v in values):
+        raise ValueError(f"not a set of statuses: {values!r}")
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
 EVENT_KINDS = ("rt", "batch")

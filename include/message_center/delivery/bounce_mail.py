@@ -39,6 +39,7 @@ from typing import Any
 from flufl.bounce import all_failures
 from sqlalchemy import Connection, Engine, text
 
+from message_center import state
 from message_center.delivery.classification import Classification, classify_dsn
 from message_center.delivery.quarantine import (
     DEFAULT_RULES,
@@ -48,7 +49,6 @@ from message_center.delivery.quarantine import (
     record_bounces,
 )
 from message_center.ids import to_stored
-from message_center.statuses import event_table
 
 log = logging.getLogger(__name__)
 
@@ -259,30 +259,10 @@ def apply_bounces(conn: Connection, parsed: Sequence[ParsedBounce],
         results.append(min(mine, key=lambda r: order[r.outcome]))
     if to_fail:
         ids = list(to_fail)
-        changed = conn.execute(text("""
-            UPDATE delivery_log d SET status = 'failed', error = v.error,
-                   failure_class = v.class, failure_reason = v.reason
-            FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[]),
-                        CAST(:classes AS text[]), CAST(:reasons AS text[]))
-                 AS v(id, error, class, reason)
-            WHERE d.id = v.id AND d.status = 'sent'
-            RETURNING d.id, d.event_kind, d.event_id, d.error
-        """), {"ids": ids, "errors": [to_fail[i][0] for i in ids],
-               "classes": [to_fail[i][1].klass.value for i in ids],
-               "reasons": [to_fail[i][1].reason for i in ids]}).mappings().all()
-        for kind in ("rt", "batch"):
-            rows = [r for r in changed if r["event_kind"] == kind]
-            if rows:
-                conn.execute(text(f"""
-                    UPDATE {event_table(kind)} e SET status = 'failed',
-                           error_reason = v.error, processed = now()
-                    FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
-                                CAST(:errors AS text[])) AS v(event_id, log_id, error)
-                    WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
-                      AND e.status = 'sent'
-                """), {"events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
-                       "errors": [r["error"] for r in rows]})
-        done = {int(r["id"]) for r in changed}
+        done = state.fail_after_bounce(
+            conn, log_ids=ids, errors=[to_fail[i][0] for i in ids],
+            classes=[to_fail[i][1].klass.value for i in ids],
+            reasons=[to_fail[i][1].reason for i in ids])
         results = [BounceResult("already", r.reason, r.log_id, r.address, r.failure_class)
                    if r.outcome == "failed" and r.log_id not in done else r for r in results]
     if bounces:

@@ -14,7 +14,7 @@ is committed, so the sender rarely waits. The mark of a message is committed wit
 outcome of the previous one. So after a ``kill -9`` exactly what was in flight is
 unknown - at most one message per SMTP session - every other handed message has its
 outcome in the ledger, and the messages armed but never handed are given back to the
-queue (:func:`~message_center.delivery.ledger.release_unhanded`). One commit serves
+queue (:func:`~message_center.state.release_unhanded`). One commit serves
 every message (and every session) waiting at that moment: one per message for a
 single session against a slow server, far fewer with several sessions.
 
@@ -30,7 +30,7 @@ recorder gives up - every call raises :class:`RecorderFailed` and the unrecorded
 outcomes are logged one per line - ``sending_timeout_seconds`` minus a margin after the
 oldest message it holds was handed, never later: the crash recovery only settles rows
 handed longer than ``sending_timeout_seconds`` ago
-(:func:`~message_center.delivery.ledger.recover_unknown_outcomes`), so it never races a
+(:func:`~message_center.state.recover_unknown_outcomes`), so it never races a
 live worker that is only waiting for the database. (The mark is a compare-and-set on
 the shard's claim: a row that was released meanwhile is reported by the barrier with
 :class:`NotHanded` and must not be sent.)

@@ -4,6 +4,9 @@ Memory stays bounded by ``delivery_chunk``: a shard pages through its claimed ev
 id (keyset), arms one chunk in the ledger, sends it while its recorder writes each
 outcome (grouped commits), and moves on. No step reads a whole queue or a whole shard
 into Python.
+
+Every status change is a call into :mod:`message_center.state` (``state.*`` below, or
+through the ledger, which decides what an outcome means): this module decides when.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import Engine
 
+from message_center import state
 from message_center.claims import ShardClaim, new_token
 from message_center.db import first_line
 from message_center.delivery.breaker import DatabaseBreakerStore
@@ -23,22 +27,12 @@ from message_center.delivery.ledger import (
     Attempt,
     finalize,
     record,
-    recover_unknown_outcomes,
-    release_unhanded,
-    release_unsent,
     start_sending,
     unknown_candidates,
 )
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import Dispatch, SessionPool
 from message_center.processing.notify import Listener
-from message_center.processing.queue import (
-    ClaimResult,
-    claim_due,
-    release_claim,
-    release_stale_claims,
-    renew_lease,
-)
 from message_center.processing.recorder import (
     NotHanded,
     OutcomeRecorder,
@@ -47,7 +41,6 @@ from message_center.processing.recorder import (
     wait_for_database,
 )
 from message_center.processing.settings import ProcessingSettings
-from message_center.status_sync import copy_statuses, copy_statuses_for_events
 from message_center.statuses import EVENT_KINDS, NOTIFY_CHANNELS
 
 log = logging.getLogger(__name__)
@@ -113,17 +106,17 @@ def recover(engine: Engine, settings: ProcessingSettings, kinds: tuple[str, ...]
     if reconcile is not None:
         stats.reconciled += _reconcile(engine, settings, claim, reconcile)
     with engine.begin() as conn:
-        unknown = recover_unknown_outcomes(
+        unknown = state.recover_unknown_outcomes(
             conn, older_than_seconds=settings.sending_timeout_seconds, claim=claim)
         for kind in EVENT_KINDS:
-            copy_statuses(conn, kind, unknown)
+            state.copy_statuses(conn, kind, unknown)
         stats.unknown = len(unknown)
         if claim is not None:  # not sent: this retried shard sends them itself
-            release_unhanded(conn, claim.kind, claim, requeue=False)
+            state.release_unhanded(conn, claim.kind, claim, requeue=False)
     for kind in kinds:
         with engine.begin() as conn:
-            stats.released += release_unhanded(conn, kind)
-            stats.released += release_stale_claims(conn, kind)
+            stats.released += state.release_unhanded(conn, kind)
+            stats.released += state.release_stale_claims(conn, kind)
     if stats.unknown or stats.released:
         log.warning("recovery: %d message(s) with an unknown outcome marked failed (not "
                     "resent), %d event(s) never sent given back to the queue",
@@ -145,7 +138,7 @@ def _reconcile(engine: Engine, settings: ProcessingSettings, claim: ShardClaim |
     with engine.begin() as conn:
         for kind, results in by_kind.items():
             done = finalize(conn, kind, results, settings.retry_policy, settings.quarantine)
-            copy_statuses(conn, kind, done.final_log_ids)
+            state.copy_statuses(conn, kind, done.final_log_ids)
             settled += len(results)
     if settled:
         log.warning("recovery: %d message(s) of a stopped worker settled with the provider "
@@ -229,7 +222,7 @@ def _write_late(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
         _, done = record(conn, claim, [], results, settings.retry_policy,
                          rules=settings.quarantine)
         if copy_status:
-            copy_statuses(conn, claim.kind, done.final_log_ids)
+            state.copy_statuses(conn, claim.kind, done.final_log_ids)
     stats.sent += done.sent
     stats.failed += done.failed
     stats.retried += done.retried
@@ -256,7 +249,8 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
     def give_back(unsent: list[Attempt]) -> None:
         try:
             with engine.begin() as conn:
-                stats.released += release_unsent(conn, kind, unsent)
+                stats.released += state.release_unsent(conn, kind,
+                                                       [a.log_id for a in unsent])
         except Exception as exc:  # the database may be why we are stopping
             log.warning("could not give back %d unsent message(s) now (%s); they are "
                         "given back when the shard resumes or its claim lease runs out",
@@ -270,15 +264,15 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
         nonlocal after, lease_renewed
         with engine.begin() as conn:
             if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
-                renew_lease(conn, claim, settings.claim_lease_seconds)
+                state.renew_lease(conn, claim, settings.claim_lease_seconds)
                 lease_renewed = time.monotonic()
             started = start_sending(conn, claim, after, settings.delivery_chunk)
             if started.last_id is None:
                 return None
             after = started.last_id
-            copy_statuses_for_events(conn, kind, started.skipped_event_ids)
+            state.copy_statuses_for_events(conn, kind, started.skipped_event_ids)
             if copy_status:
-                copy_statuses(conn, kind, started.ignored_log_ids)
+                state.copy_statuses(conn, kind, started.ignored_log_ids)
         # Committed: these rows are ours ('sending'); nobody else will send them.
         stats.ignored += len(started.ignored_log_ids)
         stats.chunks += 1
@@ -306,7 +300,7 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
             if should_stop():
                 recorder.flush()
                 with engine.begin() as conn:
-                    stats.released += release_claim(conn, claim)
+                    stats.released += state.release_claim(conn, claim)
                 break
             if dispatch.exhausted:
                 break
@@ -375,11 +369,11 @@ def run_realtime_shard(engine: Engine, shard: int, settings: ProcessingSettings,
 
 def _realtime_round(engine: Engine, claim: ShardClaim, settings: ProcessingSettings,
                     channels: Channels, stats: ShardStats, kind: str, next_maintenance: float,
-                    should_stop: StopCheck) -> ClaimResult:
+                    should_stop: StopCheck) -> state.ClaimResult:
     if time.monotonic() >= next_maintenance:
         stats.add(recover(engine, settings, kinds=(kind,), reconcile=channels.reconcile))
     with engine.begin() as conn:  # claims and links in one statement
-        result = claim_due(conn, kind, token=claim.token, shard_base=claim.shard,
+        result = state.claim_due(conn, kind, token=claim.token, shard_base=claim.shard,
                            limit=settings.routing_batch_size,
                            lease_seconds=settings.claim_lease_seconds)
     stats.claimed += result.claimed

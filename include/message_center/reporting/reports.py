@@ -41,7 +41,7 @@ from sqlalchemy import Connection, text
 from message_center.ids import to_public
 from message_center.reporting.statistics import HOUR, histogram_percentile
 from message_center.reporting.thresholds import Indicator, Thresholds
-from message_center.statuses import CHANNELS, EVENT_KINDS, EventStatus
+from message_center.statuses import CHANNELS, ERROR_EVENT, EVENT_KINDS, EventStatus
 
 GRANULARITIES = ("hour", "day")
 AUTO_HOURLY_UP_TO = timedelta(days=7)
@@ -49,7 +49,7 @@ AUTO_HOURLY_UP_TO = timedelta(days=7)
 MAX_PERIOD = timedelta(days=400)
 MAX_BUCKETS = 24 * 31
 """An explicit ``granularity="hour"`` is refused past 31 days (a chart of 744 bars)."""
-ERROR_CAUSES = ("not_taken_into_account", "expired", "failed", "ignored")
+ERROR_CAUSES: tuple[str, ...] = tuple(map(str, ERROR_EVENT))  # in the reports' order
 ERROR_CAUSE_LABELS = {
     "not_taken_into_account": "Routing errors (event not taken into account)",
     "expired": "Event expired",

@@ -74,16 +74,17 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
+from message_center.statuses import FINAL_EVENT, sql_in
+
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
-FINAL_STATUSES = ("sent", "ignored", "failed", "not_taken_into_account", "expired")
 BUCKETS_PER_DOUBLING = 4
 HIST_BUCKETS = 110  # 0: < 1 ms; 1..108: 2^((b-1)/4) .. 2^(b/4) ms; 109: >= 2^27 ms (~37 h)
 DEFAULT_BATCH_HOURS = 48
 _LOCK_CLASS = "mc:event_stats"
 
-_FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in FINAL_STATUSES) + ")"
+_FINAL_SQL = sql_in(FINAL_EVENT)
 
 
 def bucket_sql(ms: str) -> str:

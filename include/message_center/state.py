@@ -1,0 +1,670 @@
+"""One owner of an event's state: every statement that moves an event or its delivery-log row.
+
+An event (``rt_event`` / ``batch_event``) and its delivery-log row (the ledger, one per
+event) change status here and nowhere else; the sets of statuses come from
+:mod:`message_center.statuses`. Each transition is one named statement below, set-based
+(one statement per batch, never per row). The callers decide *when* and *what*:
+:mod:`message_center.processing.queue` claims, :mod:`message_center.delivery.ledger`
+arms and records outcomes (retry policy, bounces), :mod:`message_center.processing.runner`
+gives back and recovers, :mod:`message_center.status_sync` copies outcomes,
+:mod:`message_center.delivery.bounce_mail` fails what bounced late. This module calls none
+of them. The state machine, drawn: ``docs/architecture/event-state.md``.
+
+Event::
+
+    pending --claim_due--> pending_delivery   (linked and claimed: token, shard, lease)
+                      \\--> not_taken_into_account | expired                    (final)
+    pending_delivery --release_claim / release_stale_claims------------> pending
+                     --release_unsent / release_unhanded (requeue)------> pending
+                     --reschedule / record_group (transient failure)---> pending | expired
+                     --copy_statuses* / record_group (copy)------------> sent | ignored | failed
+    sent --fail_after_bounce--> failed
+
+Delivery-log row::
+
+    (none) | queued | retry --arm--> sending (armed, not handed) | ignored        (final)
+    sending --mark_handed / record_group--> sending, handed (``sending_started``)
+    sending --write_outcomes / record_group--> sent | failed (final) | retry
+                                  (provider down: retry, not handed, attempt not counted)
+    sending, not handed --release_unsent / release_unhanded--> retry (attempt not counted)
+    sending, handed, worker gone --recover_unknown_outcomes--> failed (outcome unknown)
+    sent --fail_after_bounce--> failed
+
+A claim (``claim_token``, ``claim_shard``) is only given back over an event whose ledger
+row has not started (:data:`~message_center.statuses.DELIVERY_STARTED`): from then on the
+ledger decides, which is what makes a message go out at most once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, RowMapping, TextClause, text
+
+from message_center.claims import ShardClaim
+from message_center.ids import NEXT_ID_SQL
+from message_center.statuses import (
+    ARMABLE_DELIVERY,
+    DELIVERY_STARTED,
+    EVENT_KINDS,
+    FINAL_DELIVERY,
+    OPEN_EVENT,
+    EventStatus,
+    event_table,
+    sql_in,
+)
+
+EXPIRED_REASON = "expired before it could be delivered"
+UNKNOWN_OUTCOME = (
+    "outcome unknown: the worker stopped while this message was being sent; it is not "
+    "sent again so that the recipient never gets it twice (look it up at the provider: "
+    "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
+)
+RELEASED = "not attempted: the worker stopped before sending it"
+
+
+
+@functools.lru_cache(maxsize=256)
+def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
+    """Statement ``template`` on event kind ``kind``'s table, ``parts`` filled in, built
+    once per process: building a TextClause parses its binds, which costs more CPU than
+    the recorder's whole group statement otherwise does on the client."""
+    if kind is not None:
+        parts["table"] = event_table(kind)
+    return text(template.format(**parts))
+
+
+# -- fragments every statement that needs them shares -------------------------------------
+_OPEN_EVENT = sql_in(OPEN_EVENT)
+_ARMABLE = sql_in(ARMABLE_DELIVERY)
+_FINAL_DELIVERY = sql_in(FINAL_DELIVERY)
+_DELIVERY_STARTED = sql_in(DELIVERY_STARTED)
+
+#: Event ``e`` back to the queue: unclaimed and due at once.
+_REQUEUE = "status = 'pending', claim_token = NULL, claim_shard = NULL, next_attempt = now()"
+#: Event ``e`` has no ledger row whose delivery started: a claim may be given back.
+_NOT_STARTED = f"""NOT EXISTS (
+              SELECT 1 FROM delivery_log d
+              WHERE d.event_kind = :kind AND d.event_id = e.id
+                AND d.status IN {_DELIVERY_STARTED})"""
+#: Ledger row ``d`` armed but never handed: not sent.
+_UNHANDED = "d.status = 'sending' AND d.sending_started IS NULL"
+#: ... given back: waiting again, and the attempt it was armed for does not count.
+_UNARM = "status = 'retry', attempts = d.attempts - 1, error = :reason"
+#: Event ``e`` after a transient failure of ``r`` (``id``: its ledger row, ``delay``,
+#: ``give_up``: retries exhausted, ``retry_error``, ``counted``: FALSE when the provider
+#: was down, which uses no try): due again after the backoff, or expired.
+_RESCHEDULE = """
+                status = CASE WHEN r.give_up THEN 'expired' ELSE 'pending' END,
+                error_count = e.error_count + CASE WHEN r.counted IS FALSE THEN 0 ELSE 1 END,
+                -- not counted: due again at once, in its place (when it was claimed)
+                next_attempt = CASE WHEN r.counted IS FALSE
+                                    THEN least(coalesce(e.processing, now()), now())
+                                    ELSE now() + make_interval(secs => r.delay) END,
+                processed = CASE WHEN r.give_up THEN now() ELSE e.processed END,
+                error_reason = r.retry_error, delivery_log_id = r.id,
+                claim_token = NULL, claim_shard = NULL"""
+#: Event ``e`` takes the final outcome of its ledger row ``d``.
+_COPY = """
+                status = d.status, processed = d.last_modified, delivery_log_id = d.id,
+                error_reason = CASE WHEN d.status = 'sent' THEN NULL ELSE d.error END"""
+
+
+# == event: claim and link =================================================================
+@dataclass(frozen=True)
+class ClaimResult:
+    """What one claim statement did to the events it took (each written exactly once).
+
+    ``per_shard`` counts the ``pending_delivery`` events per shard number: what the
+    shard tasks will deliver.
+    """
+
+    linked: int = 0
+    not_taken: int = 0
+    expired: int = 0
+    per_shard: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> int:
+        """Events taken into processing (linked or not taken into account)."""
+        return self.linked + self.not_taken
+
+    @property
+    def taken(self) -> int:
+        """Every due event the statement took, expired ones included."""
+        return self.linked + self.not_taken + self.expired
+
+
+CLAIM_AND_LINK = """
+        WITH due AS (
+            SELECT id, type, wished_channel, language,
+                   coalesce(expiration <= now(), false) AS is_expired
+            FROM {table}
+            WHERE status = 'pending' AND next_attempt <= now()
+              AND (scheduled IS NULL OR scheduled <= now())
+            ORDER BY next_attempt
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        ), active AS (
+            SELECT id, internal_name, version, event_type, channel, language
+            FROM published_template WHERE active
+        ), by_language AS (
+            SELECT DISTINCT ON (event_type, channel, language) *
+            FROM active WHERE language IS NOT NULL
+            ORDER BY event_type, channel, language, id DESC
+        ), latest AS (
+            SELECT DISTINCT ON (event_type, channel) *
+            FROM active ORDER BY event_type, channel, id DESC
+        ), matched AS (
+            SELECT d.id, d.is_expired,
+                   coalesce(l.internal_name, a.internal_name) AS internal_name,
+                   coalesce(l.version, a.version) AS version
+            FROM due d
+            LEFT JOIN by_language l ON l.event_type = d.type
+                 AND l.channel = d.wished_channel AND l.language = d.language
+            LEFT JOIN latest a ON a.event_type = d.type AND a.channel = d.wished_channel
+        ), numbered AS (
+            -- only linked events are dealt round robin: shards get even deliveries
+            SELECT *, row_number() OVER (PARTITION BY is_expired OR internal_name IS NULL
+                                         ORDER BY id) - 1 AS n
+            FROM matched
+        ), claimed AS (
+            UPDATE {table} e SET
+                claim_token = :token,
+                claim_shard = :base + ((m.n + :offset) % :shards),
+                processing = now(),
+                next_attempt = now() + make_interval(secs => :lease),
+                status = CASE WHEN m.is_expired THEN 'expired'
+                              WHEN m.internal_name IS NULL THEN 'not_taken_into_account'
+                              ELSE 'pending_delivery' END,
+                template_name = CASE WHEN m.is_expired THEN e.template_name
+                                     ELSE m.internal_name END,
+                template_version = CASE WHEN m.is_expired THEN e.template_version
+                                        ELSE m.version END,
+                processed = CASE WHEN m.is_expired OR m.internal_name IS NULL THEN now()
+                                 ELSE e.processed END,
+                error_reason = CASE
+                    WHEN m.is_expired THEN :expired_reason
+                    WHEN m.internal_name IS NULL THEN
+                        format('no published %s template for event type %s',
+                               e.wished_channel, e.type)
+                    ELSE e.error_reason END
+            FROM numbered m WHERE e.id = m.id
+            RETURNING e.status, e.claim_shard
+        )
+        SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
+"""
+
+
+def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seconds: float,
+              shards: int = 1, shard_base: int = 0, offset: int = 0) -> ClaimResult:
+    """``pending`` -> ``pending_delivery`` | ``not_taken_into_account`` | ``expired``: claim
+    and link up to ``limit`` due events for ``token`` in one statement (see
+    :mod:`message_center.processing.queue`); linked events go to shard
+    ``base + (n + offset) % shards``.
+
+    Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
+    oldest events and the retries that are due go first.
+    """
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind), {
+        "limit": limit, "token": token, "base": shard_base, "offset": offset,
+        "shards": shards, "lease": float(lease_seconds),
+        "expired_reason": EXPIRED_REASON}).all()
+    counts: dict[str, int] = {}
+    per_shard: dict[int, int] = {}
+    for status, shard, count in rows:
+        counts[status] = counts.get(status, 0) + int(count)
+        if status == EventStatus.PENDING_DELIVERY:
+            per_shard[int(shard)] = int(count)
+    return ClaimResult(linked=counts.get(EventStatus.PENDING_DELIVERY, 0),
+                       not_taken=counts.get(EventStatus.NOT_TAKEN_INTO_ACCOUNT, 0),
+                       expired=counts.get(EventStatus.EXPIRED, 0), per_shard=per_shard)
+
+
+RENEW_LEASE = f"""
+        UPDATE {{table}} SET next_attempt = now() + make_interval(secs => :lease)
+        WHERE claim_token = :token AND claim_shard = :shard
+          AND status IN {_OPEN_EVENT}
+"""
+
+
+def renew_lease(conn: Connection, claim: ShardClaim, lease_seconds: float) -> int:
+    """Keep a long-running shard's remaining events claimed (pushes their lease forward)."""
+    return conn.execute(_sql(RENEW_LEASE, claim.kind), {
+        "token": claim.token, "shard": claim.shard,
+        "lease": float(lease_seconds)}).rowcount
+
+
+# == event: give a claim back ==============================================================
+RELEASE_CLAIM = f"""
+        UPDATE {{table}} e SET {_REQUEUE}
+        WHERE e.claim_token = :token AND e.claim_shard = :shard
+          AND e.status IN {_OPEN_EVENT}
+          AND {_NOT_STARTED}
+"""
+RELEASE_STALE_CLAIMS = f"""
+        UPDATE {{table}} e SET {_REQUEUE}
+        WHERE e.status = 'pending_delivery' AND e.next_attempt <= now()
+          AND {_NOT_STARTED}
+"""
+RELEASE_EVENTS = f"""
+            UPDATE {{table}} e SET {_REQUEUE}
+            WHERE e.id = ANY(:ids) AND e.status = 'pending_delivery'
+"""
+
+
+def release_claim(conn: Connection, claim: ShardClaim) -> int:
+    """Give a stopping shard's untouched events back to the queue at once (no waiting for
+    the lease): claimed or linked events with no ledger row in flight or final."""
+    return conn.execute(_sql(RELEASE_CLAIM, claim.kind), {
+        "token": claim.token, "shard": claim.shard, "kind": claim.kind}).rowcount
+
+
+def release_stale_claims(conn: Connection, kind: str) -> int:
+    """Linked events whose worker died before their delivery started go back to pending
+    (lease run out, no ledger row in flight or final)."""
+    return conn.execute(_sql(RELEASE_STALE_CLAIMS, kind), {"kind": kind}).rowcount
+
+
+def _release_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> None:
+    if event_ids:
+        conn.execute(_sql(RELEASE_EVENTS, kind), {"ids": list(event_ids)})
+
+
+# == ledger row: arm, hand =================================================================
+ARM = f"""
+        WITH chunk AS MATERIALIZED (
+            SELECT e.id, e.wished_channel AS channel, e.template_name, e.template_version,
+                   {{address}} AS address
+            FROM {{table}} e
+            WHERE e.claim_token = :token AND e.claim_shard = :shard
+              AND e.status = 'pending_delivery' AND e.id > :after
+            ORDER BY e.id LIMIT :limit
+        ), decided AS MATERIALIZED (
+            SELECT c.*, {{ignore_reason}} AS ignore_reason
+            FROM chunk c
+        ), marked AS (
+            INSERT INTO delivery_log AS d (id, event_kind, event_id, template_name,
+                template_version, channel, address, status, attempts, error, sending_started)
+            SELECT {NEXT_ID_SQL}, :kind, id, template_name, template_version, channel, address,
+                   CASE WHEN ignore_reason IS NULL THEN 'sending' ELSE 'ignored' END,
+                   CASE WHEN ignore_reason IS NULL THEN 1 ELSE 0 END,
+                   ignore_reason, NULL
+            FROM decided
+            ON CONFLICT (event_kind, event_id) DO UPDATE SET
+                status = EXCLUDED.status, attempts = d.attempts + EXCLUDED.attempts,
+                error = EXCLUDED.error, address = EXCLUDED.address,
+                template_name = EXCLUDED.template_name,
+                template_version = EXCLUDED.template_version,
+                sending_started = EXCLUDED.sending_started
+            WHERE d.status IN {_ARMABLE}
+            RETURNING d.id, d.event_id, d.status, d.attempts, d.channel, d.address,
+                      d.template_name, d.template_version
+        )
+        SELECT c.id AS chunk_event_id, m.id AS log_id, m.event_id, m.status AS log_status,
+               m.attempts, m.channel, m.address, m.template_name, m.template_version,
+               {{columns}}
+        FROM chunk c
+        LEFT JOIN marked m ON m.event_id = c.id
+        LEFT JOIN {{table}} e ON e.id = m.event_id
+        LEFT JOIN published_template t
+               ON t.internal_name = m.template_name AND t.version = m.template_version
+        ORDER BY c.id
+"""
+
+
+def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address: str,
+        ignore_reason: str, columns: str,
+        params: Mapping[str, Any] | None = None) -> Sequence[RowMapping]:
+    """Ledger row (none) | ``queued`` | ``retry`` -> ``sending`` (armed, not handed) or
+    ``ignored`` (final): the shard's next ``limit`` linked events after id ``after`` (keyset
+    paging on the claim index), one row per chunk event, in id order.
+
+    A compare-and-set (``ON CONFLICT ... WHERE`` the row is armable): of two workers racing
+    for an event exactly one arms it; the other gets ``log_id`` NULL. What the delivery
+    knows is given as SQL expressions by :func:`message_center.delivery.ledger.start_sending`:
+    ``address`` (over event ``e``), ``ignore_reason`` (over the chunk row ``c``: why not to
+    send, or NULL) and ``columns`` (event ``e`` and template ``t`` columns to send with);
+    ``params``: the bind parameters those expressions use, if any.
+    """
+    statement = _sql(ARM, claim.kind, address=address, ignore_reason=ignore_reason,
+                     columns=columns)
+    return conn.execute(statement, {
+        **(params or {}), "after": after, "limit": limit, "token": claim.token,
+        "shard": claim.shard, "kind": claim.kind}).mappings().all()
+
+
+# In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that
+# the planner cannot match to the partial index delivery_log_sending_idx: they touch a few
+# rows by primary key, where a scan of every row in flight would cost far more (stale
+# statistics make the tiny-looking partial index tempting).
+MARK_HANDED = """
+        UPDATE delivery_log d SET sending_started = coalesce(d.sending_started,
+                                                             clock_timestamp())
+        FROM {table} e
+        WHERE d.id = ANY(CAST(:ids AS bigint[])) AND (d.status = 'sending') IS TRUE
+          AND d.event_kind = :kind AND e.id = d.event_id
+          AND e.claim_token = :token AND e.claim_shard = :shard
+          AND (e.status = 'pending_delivery') IS TRUE
+        RETURNING d.id
+"""
+
+
+def mark_handed(conn: Connection, claim: ShardClaim, log_ids: Sequence[int]) -> set[int]:
+    """Step 2 of the ledger: these armed rows are about to reach the provider
+    (``sending_started`` is the time). Only rows still armed for this very claim are
+    marked: a row released meanwhile is not (released rows lose their claim token;
+    re-arming needs a new claim). Idempotent (a retry after a commit whose answer was
+    lost keeps the first time). Returns the ids marked."""
+    if not log_ids:
+        return set()
+    return set(conn.execute(_sql(MARK_HANDED, claim.kind), {
+        "ids": list(log_ids), "kind": claim.kind, "token": claim.token,
+        "shard": claim.shard}).scalars())
+
+
+# == ledger row: outcomes; event: reschedule, copy =========================================
+WRITE_OUTCOMES = """
+        UPDATE delivery_log d SET
+            status = v.status, error = v.error, provider_id = coalesce(v.provider_id,
+                                                                      d.provider_id),
+            sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp() ELSE d.sent_at END,
+            failure_class = v.failure_class, failure_reason = v.failure_reason
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+                    CAST(:errors AS text[]), CAST(:providers AS text[]),
+                    CAST(:classes AS text[]), CAST(:reasons AS text[]))
+             AS v(id, status, error, provider_id, failure_class, failure_reason)
+        WHERE d.id = v.id AND (d.status = 'sending') IS TRUE
+"""
+RESCHEDULE = f"""
+            UPDATE {{table}} e SET{_RESCHEDULE}
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
+                        CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
+                        CAST(:errors AS text[]), CAST(:counted AS boolean[]))
+                 AS r(event_id, id, delay, give_up, retry_error, counted)
+            WHERE e.id = r.event_id AND e.status = 'pending_delivery'
+"""
+
+
+def write_outcomes(conn: Connection, *, ids: Sequence[int], statuses: Sequence[str],
+                   errors: Sequence[str | None], providers: Sequence[str | None],
+                   classes: Sequence[str | None], reasons: Sequence[str | None]) -> None:
+    """Ledger row ``sending`` -> ``sent`` | ``failed`` | ``retry`` (step 4), one entry per
+    row in each array (rows no longer ``sending`` are left alone). Transient ones are
+    then rescheduled (:func:`reschedule`); :func:`record_group` does both and the mark in
+    one statement."""
+    conn.execute(_sql(WRITE_OUTCOMES), {
+        "ids": list(ids), "statuses": list(statuses), "errors": list(errors),
+        "providers": list(providers), "classes": list(classes), "reasons": list(reasons)})
+
+
+def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
+               log_ids: Sequence[int], delays: Sequence[float], give_up: Sequence[bool],
+               errors: Sequence[str], counted: Sequence[bool]) -> None:
+    """Event ``pending_delivery`` -> ``pending`` after a transient failure (``error_count
+    + 1``, due again after its delay, claim dropped; the ledger row stays in ``retry``, so
+    the next attempt re-arms the same row) or ``expired`` where ``give_up`` (retries
+    exhausted). Where not ``counted`` (the provider was down) no try is used: due again
+    at once, in its place."""
+    if event_ids:
+        conn.execute(_sql(RESCHEDULE, kind), {
+            "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
+            "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
+
+
+RECORD_GROUP = f"""
+        WITH v AS MATERIALIZED (
+            SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:marks AS boolean[]),
+                                 CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                                 CAST(:providers AS text[]), CAST(:delays AS float8[]),
+                                 CAST(:give_up AS boolean[]), CAST(:retry_errors AS text[]),
+                                 CAST(:classes AS text[]), CAST(:reasons AS text[]),
+                                 CAST(:counted AS boolean[]))
+                 AS v(id, mark, status, error, provider_id, delay, give_up, retry_error,
+                      failure_class, failure_reason, counted)
+        ), rec AS (
+            UPDATE delivery_log d SET
+                sending_started = CASE WHEN v.counted IS FALSE THEN NULL
+                                       WHEN v.mark THEN coalesce(d.sending_started,
+                                                                 clock_timestamp())
+                                       ELSE d.sending_started END,
+                attempts = d.attempts - CASE WHEN v.counted IS FALSE THEN 1 ELSE 0 END,
+                status = coalesce(v.status, d.status),
+                error = CASE WHEN v.status IS NULL THEN d.error ELSE v.error END,
+                provider_id = coalesce(v.provider_id, d.provider_id),
+                sent_at = CASE WHEN v.status = 'sent' THEN clock_timestamp()
+                               ELSE d.sent_at END,
+                failure_class = CASE WHEN v.status IS NULL THEN d.failure_class
+                                     ELSE v.failure_class END,
+                failure_reason = CASE WHEN v.status IS NULL THEN d.failure_reason
+                                      ELSE v.failure_reason END
+            FROM v, {{table}} e
+            WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+              AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
+              AND e.claim_token = :token AND e.claim_shard = :shard
+            RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
+                      v.delay, v.give_up, v.retry_error, v.counted
+        ), rescheduled AS (
+            UPDATE {{table}} e SET{_RESCHEDULE}
+            FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
+            RETURNING e.id
+        ), copied AS (
+            UPDATE {{table}} e SET{_COPY}
+            FROM rec d WHERE :copy AND d.delay IS NULL
+              AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
+            RETURNING e.id
+        )
+        SELECT r.id, r.mark FROM rec r
+"""
+
+
+def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
+                 marks: Sequence[bool], statuses: Sequence[str | None],
+                 errors: Sequence[str | None], providers: Sequence[str | None],
+                 delays: Sequence[float | None], give_up: Sequence[bool | None],
+                 retry_errors: Sequence[str | None], classes: Sequence[str | None],
+                 reasons: Sequence[str | None], counted: Sequence[bool | None],
+                 copy: bool) -> Sequence[Row[Any]]:
+    """:func:`mark_handed`, :func:`write_outcomes`, :func:`reschedule` and (``copy``)
+    :func:`copy_statuses` in ONE statement, the recorder's group commit: one entry per
+    ledger row in each array (NULL where it does not apply: a mark without an outcome, an
+    outcome that is not a retry). Only rows still ``sending`` for this very claim are
+    written. Returns ``(log id, marked)`` of the rows written."""
+    return conn.execute(_sql(RECORD_GROUP, claim.kind), {
+        "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
+        "errors": list(errors), "providers": list(providers), "delays": list(delays),
+        "give_up": list(give_up), "retry_errors": list(retry_errors),
+        "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
+        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy}).all()
+
+
+COPY_STATUSES = f"""
+        WITH copied AS (
+            UPDATE {{table}} e SET{_COPY}
+            FROM delivery_log d
+            WHERE {{where}} AND d.event_kind = :kind
+              AND d.status IN {_FINAL_DELIVERY}
+              AND e.id = d.event_id AND e.status = 'pending_delivery'
+            RETURNING e.status
+        )
+        SELECT status, count(*) FROM copied GROUP BY status
+"""
+
+
+def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
+    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where),
+                        {**params, "kind": kind}).all()
+    return {status: int(count) for status, count in rows}
+
+
+def copy_statuses(conn: Connection, kind: str, log_ids: Sequence[int]) -> int:
+    """Event ``pending_delivery`` -> the final outcome of its ledger row (``sent`` |
+    ``ignored`` | ``failed``), for these delivery-log rows; returns how many. Only events
+    still ``pending_delivery`` are touched: idempotent, and an event that moved on (expired
+    after its last retry) keeps its status. ``processed`` is when the ledger recorded it."""
+    if not log_ids:
+        return 0
+    return sum(_copy(conn, kind, "d.id = ANY(:ids)", {"ids": list(log_ids)}).values())
+
+
+def copy_statuses_for_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> int:
+    """Same, looked up by event id (events whose ledger row was finalised elsewhere)."""
+    if not event_ids:
+        return 0
+    return sum(_copy(conn, kind, "d.event_id = ANY(:ids)", {"ids": list(event_ids)}).values())
+
+
+def copy_statuses_between(conn: Connection, kind: str, low: datetime | None,
+                          high: datetime) -> dict[str, int]:
+    """Same, for every ledger row last modified in ``(low, high]`` (``low`` None: from the
+    start): updateEventStatus' batch. Returns the count per status copied."""
+    where = ("(CAST(:low AS timestamptz) IS NULL OR d.last_modified > :low) "
+             "AND d.last_modified <= :high")
+    return _copy(conn, kind, where, {"low": low, "high": high})
+
+
+# == ledger row: give back what was armed and never handed =================================
+RELEASE_UNSENT = f"""
+        UPDATE delivery_log d SET {_UNARM}
+        WHERE d.id = ANY(:ids) AND {_UNHANDED}
+        RETURNING d.event_id
+"""
+RELEASE_UNHANDED = f"""
+        UPDATE delivery_log d SET {_UNARM}
+        FROM {{table}} e
+        WHERE {_UNHANDED} AND d.event_kind = :kind
+          AND e.id = d.event_id AND e.status = 'pending_delivery' AND {{owner}}
+        RETURNING d.event_id
+"""
+
+
+def release_unsent(conn: Connection, kind: str, log_ids: Sequence[int]) -> int:
+    """Give back rows armed but never handed to a provider (the worker is stopping): the
+    ledger row returns to ``retry`` without counting an attempt and the event is due
+    again at once, so a graceful stop leaves no unknown outcome behind. Rows already
+    handed (step 2) are left alone."""
+    if not log_ids:
+        return 0
+    released = list(conn.execute(_sql(RELEASE_UNSENT), {
+        "ids": list(log_ids), "reason": RELEASED}).scalars())
+    _release_events(conn, kind, released)
+    return len(released)
+
+
+def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = None, *,
+                     requeue: bool = True) -> int:
+    """Give back rows armed (step 1) but never handed (step 2): they were not sent. The
+    ledger row returns to ``retry`` without counting an attempt.
+
+    With ``claim``: that claim's rows (its previous try is gone: a task retry). Without:
+    rows whose event's claim lease ran out (``next_attempt`` passed while
+    ``pending_delivery``), i.e. whose worker died; a live worker renews its lease long
+    before. ``requeue`` puts the events back to the queue, due at once; without it they
+    stay linked to the claim, for the retried shard task to send them itself. Returns
+    how many rows were given back."""
+    if claim is not None:
+        owner = "e.claim_token = :token AND e.claim_shard = :shard"
+        params: dict[str, Any] = {"token": claim.token, "shard": claim.shard}
+    else:
+        owner, params = "e.next_attempt <= now()", {}
+    released = list(conn.execute(_sql(RELEASE_UNHANDED, kind, owner=owner), {
+        **params, "kind": kind, "reason": RELEASED}).scalars())
+    if requeue:
+        _release_events(conn, kind, released)
+    return len(released)
+
+
+# == ledger row: settle what a dead worker handed ==========================================
+def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
+    """WHERE clause (on delivery_log) of handed rows whose worker is gone."""
+    params: dict[str, Any] = {}
+    where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
+    if claim is not None:
+        where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
+                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
+                 "WHERE claim_token = :token AND claim_shard = :shard "
+                 "AND status = 'pending_delivery'))")
+        params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
+    return f"status = 'sending' AND ({where})", params
+
+
+UNKNOWN_ROWS = """
+        SELECT id, event_kind, event_id, attempts, channel, address, template_name,
+               template_version
+        FROM delivery_log WHERE {where} AND channel = ANY(:channels)
+        ORDER BY id LIMIT :limit
+"""
+RECOVER_UNKNOWN = """
+        UPDATE delivery_log SET status = 'failed', error = :reason,
+               failure_class = 'unknown', failure_reason = 'outcome_unknown'
+        WHERE {where}
+        RETURNING id
+"""
+
+
+def unknown_rows(conn: Connection, *, older_than_seconds: float, claim: ShardClaim | None,
+                 channels: Sequence[str], limit: int) -> Sequence[RowMapping]:
+    """The rows :func:`recover_unknown_outcomes` would settle, on these channels (a read:
+    what a provider may be asked about first)."""
+    where, params = _dead_rows(claim)
+    return conn.execute(_sql(UNKNOWN_ROWS, where=where), {
+        **params, "age": float(older_than_seconds), "channels": list(channels),
+        "limit": limit}).mappings().all()
+
+
+def recover_unknown_outcomes(conn: Connection, *, older_than_seconds: float,
+                             claim: ShardClaim | None = None) -> list[int]:
+    """Ledger row ``sending`` (handed, worker dead) -> ``failed`` (failure class
+    ``unknown``: outcome unknown); never resent. The caller copies it onto the events
+    (:func:`copy_statuses`).
+
+    A row qualifies when it was handed to the provider more than ``older_than_seconds``
+    ago (a live worker records an outcome, or gives up trying, before that), or - given
+    ``claim`` - when it belongs to that shard's claim: a shard task that starts again
+    (Airflow retry) knows its previous try is gone. Rows armed but never handed are not
+    unknown: see :func:`release_unhanded`. Returns the log ids.
+    """
+    where, params = _dead_rows(claim)
+    return list(conn.execute(_sql(RECOVER_UNKNOWN, where=where), {
+        **params, "age": float(older_than_seconds), "reason": UNKNOWN_OUTCOME}).scalars())
+
+
+# == ledger row and event: a bounce after "sent" ===========================================
+FAIL_SENT_LOGS = """
+            UPDATE delivery_log d SET status = 'failed', error = v.error,
+                   failure_class = v.class, failure_reason = v.reason
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[]),
+                        CAST(:classes AS text[]), CAST(:reasons AS text[]))
+                 AS v(id, error, class, reason)
+            WHERE d.id = v.id AND d.status = 'sent'
+            RETURNING d.id, d.event_kind, d.event_id, d.error
+"""
+FAIL_SENT_EVENTS = """
+                    UPDATE {table} e SET status = 'failed',
+                           error_reason = v.error, processed = now()
+                    FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
+                                CAST(:errors AS text[])) AS v(event_id, log_id, error)
+                    WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
+                      AND e.status = 'sent'
+"""
+
+
+def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Sequence[str],
+                      classes: Sequence[str], reasons: Sequence[str]) -> set[int]:
+    """Ledger row and event ``sent`` -> ``failed``: a permanent bounce came back after the
+    provider had accepted the message (the bounce mailbox). Rows no longer ``sent`` are
+    left alone (a re-read bounce changes nothing). Returns the log ids failed."""
+    changed = conn.execute(_sql(FAIL_SENT_LOGS), {
+        "ids": list(log_ids), "errors": list(errors), "classes": list(classes),
+        "reasons": list(reasons)}).mappings().all()
+    for kind in EVENT_KINDS:
+        rows = [r for r in changed if r["event_kind"] == kind]
+        if rows:
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind), {
+                "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
+                "errors": [r["error"] for r in rows]})
+    return {int(r["id"]) for r in changed}

@@ -1,0 +1,79 @@
+"""The outcome recorder on the real execution database: grouped commits shared by several
+sender threads, the "handed" mark committed before the barrier lets a message go, and a
+row released meanwhile never handed."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+from processing_factory import delivery_logs, events, insert_events, publish_templates
+
+from message_center.delivery.ledger import start_sending
+from message_center.delivery.outcome import Outcome
+from message_center.processing import ProcessingSettings, split_queue
+from message_center.processing.recorder import NotHanded, OutcomeRecorder
+from message_center.state import release_unsent
+
+SETTINGS = ProcessingSettings(shards=1, retry_backoff_seconds=0, retry_backoff_max_seconds=0)
+
+
+def _armed(engine, count: int, kind: str = "batch"):
+    publish_templates(engine)
+    insert_events(engine, kind, count)
+    (claim,) = split_queue(engine, kind, SETTINGS)
+    with engine.begin() as conn:
+        return claim, start_sending(conn, claim, -(2**63), count).to_send
+
+
+def test_outcomes_from_several_threads_are_written_in_groups(execution_db):
+    claim, attempts = _armed(execution_db, 200, "rt")
+    recorder = OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy, copy_status=True)
+
+    def sender(mine) -> None:
+        for n, attempt in enumerate(mine):
+            recorder.handing(attempt)()
+            recorder.add(attempt, Outcome.sent(f"<{attempt.log_id}@x>") if n % 10
+                         else Outcome.retry("451 try later"))
+
+    threads = [threading.Thread(target=sender, args=(attempts[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorder.close()
+    totals = recorder.totals
+    assert (totals.sent, totals.retried) == (180, 20)
+    assert recorder.commits < 2 * len(attempts)  # marks and outcomes share commits
+    assert Counter(log["status"] for log in delivery_logs(execution_db)) == {
+        "sent": 180, "retry": 20}
+    assert all(log["sending_started"] is not None for log in delivery_logs(execution_db))
+    # real time: copied onto the events in the same transactions
+    assert Counter(e["status"] for e in events(execution_db, "rt")) == {
+        "sent": 180, "pending": 20}
+
+
+def test_the_barrier_returns_once_the_mark_is_committed(execution_db):
+    claim, (attempt, *_) = _armed(execution_db, 2)
+    with OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy,
+                         copy_status=False) as recorder:
+        ready = recorder.handing(attempt)
+        ready()
+        (log,) = [row for row in delivery_logs(execution_db) if row["id"] == attempt.log_id]
+        assert log["status"] == "sending" and log["sending_started"] is not None
+        others = [row for row in delivery_logs(execution_db) if row["id"] != attempt.log_id]
+        assert all(row["sending_started"] is None for row in others)  # armed, not handed
+
+
+def test_a_row_released_meanwhile_is_not_handed(execution_db):
+    claim, (attempt, *_) = _armed(execution_db, 1)
+    with execution_db.begin() as conn:  # e.g. its lease ran out and a recovery gave it back
+        assert release_unsent(conn, "batch", [attempt.log_id]) == 1
+    with OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy,
+                         copy_status=False) as recorder:
+        ready = recorder.handing(attempt)
+        with pytest.raises(NotHanded):
+            ready()
+    (log,) = delivery_logs(execution_db)
+    assert log["status"] == "retry" and log["sending_started"] is None
