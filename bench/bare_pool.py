@@ -39,7 +39,8 @@ def _stat_seconds(pid: int) -> tuple[float, float]:
 
 
 def _switches(pid: int) -> int:
-    """Voluntary + involuntary context switches of every thread of ``pid``."""
+    """Voluntary + involuntary context switches of every thread of ``pid`` (alive now:
+    unlike CPU time, the kernel does not add an exited child's to its parent's)."""
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         with contextlib.suppress(OSError):

@@ -90,7 +90,8 @@ def _drain(ctx: Context, count: int, label: str
         f"run {state} in {wall:.0f}s")
     ctx.reset_execution()
     cpu = (f"load average {load:.1f}; whole run (Airflow standalone with its tasks, and "
-           f"PostgreSQL): {meter.per_message(int(sent or 0))}")
+           f"PostgreSQL): {meter.per_message(int(sent or 0))} (context switches of the "
+           "processes still alive at the end only: the task processes' are not counted)")
     log(f"slow relay: {label}: {cpu}")
     return rate, wall, outcomes, cpu
 
