@@ -5,7 +5,10 @@ Real sockets, real PostgreSQL servers."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,15 +48,25 @@ def test_make_run_refuses_to_start_on_a_taken_port(busy_port, monkeypatch):
 
 
 @pytest.fixture
-def own_server(tmp_path: Path):
-    server = EmbeddedPostgres(tmp_path / "checkout-a" / ".mc" / "postgres", free_port())
+def checkouts() -> Iterator[Path]:
+    """A short directory for two checkouts' data: PostgreSQL puts its Unix socket in the
+    data directory, and a socket path has at most 107 bytes (pytest's ``tmp_path`` under a
+    pytest-xdist worker is deeper than that allows)."""
+    path = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def own_server(checkouts: Path):
+    server = EmbeddedPostgres(checkouts / "checkout-a" / ".mc" / "postgres", free_port())
     server.start()
     yield server
     server.stop()
 
 
-def test_a_server_of_another_checkout_on_the_port_is_refused(own_server, tmp_path):
-    other = EmbeddedPostgres(tmp_path / "checkout-b" / ".mc" / "postgres", own_server.port)
+def test_a_server_of_another_checkout_on_the_port_is_refused(own_server, checkouts):
+    other = EmbeddedPostgres(checkouts / "checkout-b" / ".mc" / "postgres", own_server.port)
     with pytest.raises(NotOurServer) as refused:
         other.start()
     message = str(refused.value)
@@ -64,10 +77,10 @@ def test_a_server_of_another_checkout_on_the_port_is_refused(own_server, tmp_pat
     own_server.start()  # its own server: fine, nothing to do
 
 
-def test_mc_stop_stops_this_checkouts_server_only(own_server, tmp_path, monkeypatch, capsys):
+def test_mc_stop_stops_this_checkouts_server_only(own_server, checkouts, monkeypatch, capsys):
     monkeypatch.delenv("MC_POSTGRES_URL", raising=False)
     monkeypatch.setenv("MC_EMBEDDED_PG_PORT", str(own_server.port))
-    monkeypatch.setattr("mc_local.localenv.STATE_DIR", tmp_path / "checkout-b" / ".mc")
+    monkeypatch.setattr("mc_local.localenv.STATE_DIR", checkouts / "checkout-b" / ".mc")
     assert mc(["stop"]) == 1  # another checkout's server on our port: left alone
     assert "another checkout's PostgreSQL" in capsys.readouterr().out
     assert own_server.is_ready()
