@@ -147,6 +147,7 @@ class Sizes:
     push_requests: int = 2_000
     split_events: int = 200_000
     deliver_messages: int = 10_000
+    deliver_sessions: int = 1  # SMTP sessions of the deliver stage's one shard
     status_events: int = 200_000
     archive_events: int = 100_000
     rt_rate: float = 100.0
@@ -301,6 +302,9 @@ class Context:
     smtp_port: int  # the project's SmtpSink (aiosmtpd, keeps .eml files)
     null_smtp_port: int  # bench.sinks null SMTP server (discards; for big drains)
     processes: dict[str, Managed] = field(default_factory=dict)
+    # Postfix's smtp-sink (C), started when installed and MC_BENCH_SINK=smtp-sink: the
+    # deliver stage's null-sink figure then uses it (bench.bare_pool.smtp_sink_binary).
+    smtp_sink_port: int | None = None
     token_cache: str | None = None
     started_at: dict[str, datetime] = field(default_factory=dict)  # process name -> UTC
 
@@ -334,6 +338,16 @@ class Context:
         if cancelled:
             log(f"cancelled {cancelled} statement(s) left running by stopped tasks")
         return int(cancelled)
+
+    def db_pids(self) -> list[int]:
+        """The bench PostgreSQL server's postmaster (its backends are its children), for
+        the CPU accounting of :mod:`bench.bare_pool`; empty for an external server."""
+        from bench.bare_pool import postmaster_pid
+
+        if not self.deployment.uses_embedded:
+            return []
+        pid = postmaster_pid(self.deployment.embedded.data_dir)
+        return [pid] if pid else []
 
     def reset_archive(self) -> None:
         with self.engine("control").begin() as conn:
@@ -390,6 +404,17 @@ class Context:
             sink = self.start("null_smtp", [sys.executable, "-m", "bench.sinks",
                                             "--port", str(self.null_smtp_port)])
             wait_for_port(self.null_smtp_port, sink.process, what="null SMTP sink")
+        from bench.bare_pool import smtp_sink_binary
+
+        binary = smtp_sink_binary()
+        if (os.environ.get("MC_BENCH_SINK") == "smtp-sink" and binary
+                and "postfix_sink" not in self.processes):
+            port = free_port()
+            user = ["-u", "nobody"] if os.geteuid() == 0 else []
+            sink = self.start("postfix_sink", [binary, *user, "-c", f"127.0.0.1:{port}",
+                                               "1000"])
+            wait_for_port(port, sink.process, what="Postfix smtp-sink")
+            self.smtp_sink_port = port
 
     def clear_mail(self) -> None:
         for path in (self.work_dir / "mail").glob("*.eml"):

@@ -9,12 +9,14 @@ measured is the work, not the scheduler (the real-time stage measures the schedu
 from __future__ import annotations
 
 import io
-import smtplib
+import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 
+from bench.bare_pool import CpuMeter, bare_pool, commit_counter
 from bench.core import Context, Result, log, planned_rows, stopwatch
 from bench.data import ITEMS, count_by_status, insert_events, insert_final_delivery_logs
 from message_center import archiving
@@ -99,32 +101,26 @@ def _sample_message(template: Any) -> bytes:
     return message
 
 
-def _bare_smtp(port: int, message: bytes, count: int) -> float:
-    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
-    try:
-        smtp.ehlo()
-        with stopwatch() as elapsed:
-            for i in range(count):
-                smtp.sendmail("no-reply@message-center.local", [f"customer{i}@example.com"],
-                              message)
-        return count / elapsed()
-    finally:
-        smtp.quit()
-
-
-def _deliver(ctx: Context, count: int, port: int) -> tuple[float, dict[str, int]]:
+def _deliver(ctx: Context, count: int, port: int) -> tuple[float, dict[str, int], str]:
+    """One shard of ``count`` messages over ``deliver_sessions`` sessions: (msg/s,
+    outcomes, CPU per message of this process and PostgreSQL during the sending)."""
     claim, settings = _prepare_linked(ctx, count)
+    settings = replace(settings, smtp_sessions=ctx.sizes.deliver_sessions)
     engine = ctx.engine()
     channels = Channels(SmtpSettings(host="127.0.0.1", port=port, from_email=FROM), None,
                         kind="batch")
-    with channels, stopwatch() as elapsed:
+    meter = CpuMeter([os.getpid()], ctx.db_pids(), app_tree=False,  # not the sinks
+                     commits=commit_counter(engine))
+    with channels, meter as cpu, stopwatch() as elapsed:
         stats = deliver_shard(engine, claim, settings, channels, copy_status=False)
-    return stats.sent / elapsed(), stats.as_dict()
+    return stats.sent / elapsed(), stats.as_dict(), cpu.per_message(stats.sent)
 
 
 def deliver(ctx: Context) -> list[Result]:
-    """Render + deliver one shard over one SMTP connection vs a bare smtplib loop."""
-    count = ctx.sizes.deliver_messages
+    """Render + deliver one shard vs the bare pool (the same number of smtplib sessions
+    sending the rendered message, no database), against the project's sink and against
+    the null sink (where the Message Center's own cost shows)."""
+    count, sessions = ctx.sizes.deliver_messages, ctx.sizes.deliver_sessions
     ctx.ensure_sinks()
     with ctx.engine().connect() as conn:
         template = conn.execute(text(
@@ -133,26 +129,32 @@ def deliver(ctx: Context) -> list[Result]:
         )).one()
     message = _sample_message(template)
     log(f"deliver: {count:,} messages to the SMTP sink (aiosmtpd, keeps .eml files)")
-    rate, stats = _deliver(ctx, count, ctx.smtp_port)
+    load = os.getloadavg()[0]
+    rate, stats, cpu = _deliver(ctx, count, ctx.smtp_port)
     ctx.clear_mail()
-    bare = _bare_smtp(ctx.smtp_port, message, count)
+    bare = bare_pool(ctx.smtp_port, message, sessions=sessions, count=count)
     ctx.clear_mail()
-    log(f"deliver: {count:,} messages to the null SMTP sink (own cost per message)")
-    null_rate, null_stats = _deliver(ctx, count, ctx.null_smtp_port)
-    null_bare = _bare_smtp(ctx.null_smtp_port, message, count)
+    null_port, null_sink = ctx.null_smtp_port, "bench.sinks null sink (Python)"
+    if ctx.smtp_sink_port is not None:
+        null_port, null_sink = ctx.smtp_sink_port, "Postfix smtp-sink (C)"
+    log(f"deliver: {count:,} messages to the {null_sink} (own cost per message)")
+    null_load = os.getloadavg()[0]
+    null_rate, null_stats, null_cpu = _deliver(ctx, count, null_port)
+    null_bare = bare_pool(null_port, message, sessions=sessions, count=count)
     ctx.reset_execution()
     problems = {k: v for k, v in stats.items() if k in ("failed", "retried", "unknown") and v}
-    note = (f"{stats['sent']:,} of {count:,} sent, one shard, one SMTP connection, "
-            f"{len(message):,}-byte messages; bare = smtplib.sendmail of the same rendered "
-            f"message on one connection. Against a null SMTP server (bench.sinks) the same "
-            f"shard sends {null_rate:,.0f}/s vs {null_bare:,.0f}/s bare "
-            f"({null_rate / null_bare:.0%}): that is the Message Center's own cost per "
+    note = (f"{stats['sent']:,} of {count:,} sent, one shard, {sessions} SMTP session(s), "
+            f"{len(message):,}-byte messages, load average {load:.1f}; {cpu}; bare pool = "
+            f"{sessions} smtplib session(s) sending the same rendered message, no database. "
+            f"Against the {null_sink} the same shard sends {null_rate:,.0f}/s vs "
+            f"{null_bare:,.0f}/s bare pool ({null_rate / null_bare:.0%}), load average "
+            f"{null_load:.1f}; {null_cpu}: that is the Message Center's own cost per "
             "message, without the sink's")
     if problems or null_stats["sent"] != count:
         note += f"; problems: {problems or null_stats}"
     ((figure, target),) = planned_rows(ctx.sizes)["deliver"]
     return [Result(figure, target, rate, "msg/s", rate >= 0.8 * bare and not problems, bare,
-                   "bare smtplib loop", note=note)]
+                   f"bare pool, {sessions} smtplib session(s), aiosmtpd sink", note=note)]
 
 
 BARE_STATUS = """

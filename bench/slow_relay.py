@@ -19,10 +19,12 @@ per message in the same run:
 
 from __future__ import annotations
 
+import os
 import time
 
 from sqlalchemy import text
 
+from bench.bare_pool import CpuMeter, bare_pool, commit_counter
 from bench.core import Context, Result, log, planned_rows
 from bench.data import insert_events
 from bench.realtime import (
@@ -44,9 +46,10 @@ BATCH_SHARDS = 4  # dags/batch_events_processing.py defaults
 BATCH_SESSIONS = 16
 
 
-def _drain(ctx: Context, count: int, label: str) -> tuple[float, float, dict[str, int]]:
+def _drain(ctx: Context, count: int, label: str
+           ) -> tuple[float, float, dict[str, int], str]:
     """One batch run draining ``count`` events: (msg/s first->last sent, run wall s,
-    outcomes)."""
+    outcomes, CPU per message of the Airflow processes and PostgreSQL during the run)."""
     set_paused(ctx, BATCH_DAG, True)
     fail_unfinished_runs(ctx, BATCH_DAG)
     ctx.reset_execution()
@@ -57,6 +60,9 @@ def _drain(ctx: Context, count: int, label: str) -> tuple[float, float, dict[str
     if status not in (200, 201):
         raise RuntimeError(f"cannot trigger {BATCH_DAG}: {status} {body}")
     run_id = body["dag_run_id"]
+    meter = CpuMeter([ctx.processes["standalone"].pid], ctx.db_pids(),
+                     commits=commit_counter(ctx.engine())).__enter__()
+    load = os.getloadavg()[0]
     set_paused(ctx, BATCH_DAG, False)
     log(f"slow relay: {label}: {BATCH_DAG} run {run_id} draining {count:,} events")
     started = time.monotonic()
@@ -68,6 +74,7 @@ def _drain(ctx: Context, count: int, label: str) -> tuple[float, float, dict[str
         if state in ("success", "failed"):
             break
     wall = time.monotonic() - started  # trigger -> run finished (as a user waits)
+    meter.__exit__(None, None, None)
     set_paused(ctx, BATCH_DAG, True)
     fail_unfinished_runs(ctx, BATCH_DAG)
     with ctx.engine().connect() as conn:
@@ -82,7 +89,23 @@ def _drain(ctx: Context, count: int, label: str) -> tuple[float, float, dict[str
     log(f"slow relay: {label}: {sent:,} sent, {rate:,.0f} msg/s over {window:.1f}s, "
         f"run {state} in {wall:.0f}s")
     ctx.reset_execution()
-    return rate, wall, outcomes
+    cpu = (f"load average {load:.1f}; whole run (Airflow standalone with its tasks, and "
+           f"PostgreSQL): {meter.per_message(int(sent or 0))} (context switches of the "
+           "processes still alive at the end only: the task processes' are not counted)")
+    log(f"slow relay: {label}: {cpu}")
+    return rate, wall, outcomes, cpu
+
+
+def _message(ctx: Context) -> bytes:
+    """The drained events' message, rendered once (what the bare pool sends)."""
+    from bench.pipeline import _sample_message
+
+    with ctx.engine().connect() as conn:
+        template = conn.execute(text(
+            "SELECT sender, subject, html_body, text_body FROM published_template "
+            "WHERE internal_name = 'orderConfirmed' AND active ORDER BY version DESC LIMIT 1"
+        )).one()
+    return _sample_message(template)
 
 
 def slow_relay(ctx: Context) -> list[Result]:
@@ -95,10 +118,21 @@ def slow_relay(ctx: Context) -> list[Result]:
     try:
         with TaskMemory(ctx.processes["standalone"].pid) as memory:
             set_latency(ctx.null_smtp_port, 0)
-            fast, fast_wall, fast_outcomes = _drain(ctx, sizes.slow_events, "0 ms relay")
+            fast, fast_wall, fast_outcomes, fast_cpu = _drain(ctx, sizes.slow_events,
+                                                              "0 ms relay")
             set_latency(ctx.null_smtp_port, sizes.slow_latency)
-            slow, slow_wall, slow_outcomes = _drain(
+            slow, slow_wall, slow_outcomes, slow_cpu = _drain(
                 ctx, sizes.slow_events, f"{latency_ms:g} ms relay")
+            message = _message(ctx)
+            bare_slow = bare_pool(ctx.null_smtp_port, message, sessions=BATCH_SESSIONS,
+                                  processes=BATCH_SHARDS, count=sizes.slow_events)
+            set_latency(ctx.null_smtp_port, 0)
+            bare_fast = bare_pool(ctx.null_smtp_port, message, sessions=BATCH_SESSIONS,
+                                  processes=BATCH_SHARDS, count=sizes.slow_events)
+            set_latency(ctx.null_smtp_port, sizes.slow_latency)
+            log(f"slow relay: bare pool ({BATCH_SHARDS} x {BATCH_SESSIONS} sessions, no "
+                f"database): {bare_slow:,.0f} msg/s ({latency_ms:g} ms), {bare_fast:,.0f} "
+                "msg/s (0 ms)")
             wait_rt_shards(ctx, 2)
             warm = push_steadily(ctx, 10, 0.1, first=20_000_000)
             wait_final(ctx, list(warm), timeout=120)
@@ -123,7 +157,12 @@ def slow_relay(ctx: Context) -> list[Result]:
               f"accepted by the relay from the first to the last; from the trigger to the "
               f"run's end (scheduling, split, task start-up, updateEventStatus) "
               f"{slow_wall:.0f}s ({latency_ms:g} ms relay) vs {fast_wall:.0f}s (0 ms); "
-              f"outcomes {slow_outcomes} vs {fast_outcomes}"))
+              f"outcomes {slow_outcomes} vs {fast_outcomes}; {latency_ms:g} ms relay: "
+              f"{slow_cpu}; 0 ms relay: {fast_cpu}; sink: bench.sinks null sink (Python); "
+              f"bare pool ({BATCH_SHARDS} processes x {BATCH_SESSIONS} smtplib sessions, "
+              f"the rendered message, no database): {bare_slow:,.0f} msg/s through the "
+              f"{latency_ms:g} ms relay ({slow / bare_slow:.0%}), {bare_fast:,.0f} msg/s "
+              f"through the 0 ms one ({fast / bare_fast:.0%})"))
     rt = Result(rt_figure, rt_target, p99, "ms", None if p99 is None else p99 <= 2000,
                 latency_ms, "the relay's own latency", higher_is_better=False,
                 note=(f"{real.pushed:,} pushed through the API, outcomes {real.statuses}, "

@@ -129,6 +129,10 @@ def message_id(log_id: int, sender: str) -> str:
 
 
 CRLF = "\r\n"
+#: The random half of every MIME boundary, drawn once per process: a boundary must not
+#: be guessable from a template (or it could end a part early), and the log id makes it
+#: unique per message; drawing 8 random bytes per message cost a getrandom() syscall each.
+_BOUNDARY_SALT = secrets.token_hex(8)
 _LEADING_DOT = re.compile(rb"(?m)^\.")  # SMTP dot-stuffing (RFC 5321 4.5.2)
 _LINE_BREAKS = re.compile(r"[\r\n]+")
 MAX_LINE = 998
@@ -201,7 +205,7 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
     ]
     lines += [f"{name}: {_header_value(value)}" for name, value in (headers or {}).items()]
     if html is not None and text is not None:
-        boundary = f"=_mc_{to_public(log_id)}_{secrets.token_hex(8)}"
+        boundary = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}"
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
         body = CRLF.join(["", f"--{boundary}", _body_part(text, "plain"), f"--{boundary}",
                           _body_part(html, "html"), f"--{boundary}--", ""])
