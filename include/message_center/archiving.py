@@ -62,7 +62,7 @@ EVENT_COLUMNS = (
 DELIVERY_LOG_COLUMNS = (
     "id", "event_kind", "event_id", "template_name", "template_version", "channel",
     "address", "status", "attempts", "error", "provider_id", "created", "last_modified",
-    "sending_started", "sent_at",
+    "sending_started", "sent_at", "failure_class",
 )
 
 
@@ -95,6 +95,9 @@ class _KindSpec:
     event_kind: str | None  # archived_event.event_kind; None for delivery logs
     returning: str  # what the upsert returns for the statistics marks
     mark_hours: str  # the INSERT marking those hours
+    # An archived row the same version of which gains a value: a column added to the
+    # archive after the row was archived is filled in by a backfill (idempotent).
+    fill_in: str = ""
 
 
 _EVENT_RETURNING = ("archived.created, greatest(archived.created, archived.scheduled) AS due, "
@@ -106,7 +109,10 @@ _SPECS = {
                        "batch", _EVENT_RETURNING, _MARK_EVENT_HOURS),
     "delivery_log": _KindSpec("delivery_log", "archived_delivery_log", "mc_stage_delivery_log",
                               DELIVERY_LOG_COLUMNS, None,
-                              "archived.event_id, archived.event_kind", _MARK_DELIVERY_HOURS),
+                              "archived.event_id, archived.event_kind", _MARK_DELIVERY_HOURS,
+                              " OR (archived.last_modified = EXCLUDED.last_modified"
+                              " AND archived.failure_class IS NULL"
+                              " AND EXCLUDED.failure_class IS NOT NULL)"),
 }
 
 
@@ -303,7 +309,7 @@ def copy_kind(source: Engine, control: Engine, cell_id: int, kind: str, start: d
         f" INSERT INTO {spec.archive_table} AS archived ({insert_columns}{columns})"
         f" SELECT {select_prefix}{columns} FROM {spec.stage_table} ORDER BY id"
         f" ON CONFLICT (cell_id, id) DO UPDATE SET {updates}, archived_at = now()"
-        f" WHERE archived.last_modified < EXCLUDED.last_modified"
+        f" WHERE archived.last_modified < EXCLUDED.last_modified{spec.fill_in}"
         f" RETURNING (xmax = 0) AS inserted, {spec.returning}),"
         + (f" marked AS ({spec.mark_hours})," if statistics else "") +
         f" last_row AS (SELECT last_modified, id FROM {spec.stage_table}"

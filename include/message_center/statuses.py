@@ -51,6 +51,42 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
+
+class AnswerClass(StrEnum):
+    """What a provider's answer (or its absence) says: :mod:`message_center.delivery.
+    classification` decides it; every class but *sent* is stored as the delivery log's
+    ``failure_class`` (and archived with it), and the reports count failures by it."""
+
+    SENT = "sent"
+    HARD = "hard"
+    SOFT = "soft"
+    POLICY = "policy"
+    THROTTLE = "throttle"
+    TRANSIENT = "transient"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+    @property
+    def label(self) -> str:
+        return FAILURE_CLASS_LABELS.get(self, "Sent")
+
+
+#: Every stored failure class value (the delivery log's CHECK constraint uses the same list),
+#: in the reports' order.
+FAILURE_CLASSES = tuple(c.value for c in AnswerClass if c is not AnswerClass.SENT)
+#: What the reports call each failure class.
+FAILURE_CLASS_LABELS: dict[str, str] = {
+    AnswerClass.HARD: "Hard bounce (the address does not exist)",
+    AnswerClass.SOFT: "Soft bounce (the mailbox cannot take it now)",
+    AnswerClass.POLICY: "Refused by policy (spam, reputation)",
+    AnswerClass.THROTTLE: "Throttled by the provider",
+    AnswerClass.TRANSIENT: "Temporary provider error",
+    AnswerClass.ERROR: "Message or sender refused",
+    AnswerClass.UNKNOWN: "Outcome unknown (may have been delivered)",
+}
+#: The label of failed events whose delivery log has no class (failed before any answer).
+UNCLASSIFIED_LABEL = "No failure class"
+
 # -- sets of event statuses -------------------------------------------------------------
 #: Still to be handled: queued (or waiting for a retry), claimed, linked and handed to the
 #: delivery. A claim is only ever given back from these (the claim index covers them).

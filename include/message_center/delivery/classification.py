@@ -37,27 +37,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
+
+from message_center.statuses import AnswerClass
 
 Verdict = Literal["sent", "failed", "retry"]
 
-
-class AnswerClass(StrEnum):
-    SENT = "sent"
-    HARD = "hard"
-    SOFT = "soft"
-    POLICY = "policy"
-    THROTTLE = "throttle"
-    TRANSIENT = "transient"
-    ERROR = "error"
-    UNKNOWN = "unknown"
-
-
 #: The classes that say something about the address (they feed the quarantine).
 BOUNCE_CLASSES = frozenset({AnswerClass.HARD, AnswerClass.SOFT})
-#: Every stored class value (the delivery log's CHECK constraint uses the same list).
-FAILURE_CLASSES = tuple(c.value for c in AnswerClass if c is not AnswerClass.SENT)
 
 #: The reason vocabulary (stored in ``delivery_log.failure_reason``).
 REASONS = {

@@ -42,7 +42,14 @@ from message_center import channel as channels
 from message_center.ids import to_public
 from message_center.reporting.statistics import HOUR, histogram_percentile
 from message_center.reporting.thresholds import Indicator, Thresholds
-from message_center.statuses import ERROR_EVENT, EVENT_KINDS, EventStatus
+from message_center.statuses import (
+    ERROR_EVENT,
+    EVENT_KINDS,
+    FAILURE_CLASS_LABELS,
+    FAILURE_CLASSES,
+    UNCLASSIFIED_LABEL,
+    EventStatus,
+)
 
 GRANULARITIES = ("hour", "day")
 AUTO_HOURLY_UP_TO = timedelta(days=7)
@@ -328,18 +335,37 @@ class ServiceLevelReport:
     buckets: list[ServiceLevelBucket]
     totals: ServiceLevelBucket
     indicators: dict[str, Indicator]
+    #: The period's failed events by their delivery log's failure class.
+    failed_classes: dict[str, int] = field(default_factory=dict)
+
+    def failure_classes(self) -> list[dict[str, Any]]:
+        """*Delivery failed* split by failure class (every class, in order), then the
+        failed events without one (``failureClass`` None)."""
+        processed = self.totals.processed
+        out = [{"failureClass": c, "label": FAILURE_CLASS_LABELS[c],
+                "count": self.failed_classes.get(c, 0),
+                "rate": _ratio(self.failed_classes.get(c, 0), processed)}
+               for c in FAILURE_CLASSES]
+        rest = max(0, self.totals.errors["failed"] - sum(self.failed_classes.values()))
+        out.append({"failureClass": None, "label": UNCLASSIFIED_LABEL, "count": rest,
+                    "rate": _ratio(rest, processed)})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         totals = self.totals.to_dict()
         totals.pop("start")
+        causes = [{"cause": cause, "label": ERROR_CAUSE_LABELS[cause],
+                   "count": self.totals.errors[cause],
+                   "rate": _ratio(self.totals.errors[cause], self.totals.processed)}
+                  for cause in ERROR_CAUSES]
+        for cause in causes:
+            if cause["cause"] == "failed":
+                cause["failureClasses"] = self.failure_classes()
         return {
             "filter": self.filter.to_dict(),
             "buckets": [b.to_dict() for b in self.buckets],
             "totals": totals,
-            "errorCauses": [{"cause": cause, "label": ERROR_CAUSE_LABELS[cause],
-                             "count": self.totals.errors[cause],
-                             "rate": _ratio(self.totals.errors[cause], self.totals.processed)}
-                            for cause in ERROR_CAUSES],
+            "errorCauses": causes,
             "indicators": {name: ind.to_dict() for name, ind in self.indicators.items()},
         }
 
@@ -376,7 +402,13 @@ def service_level(conn: Connection, f: ReportFilter,
     indicators = {"errorRate": Indicator.of(totals.error_rate, thresholds.error_rate),
                   "avgSendingMs": Indicator.of(totals.avg_sending_ms,
                                                thresholds.avg_sending_ms)}
-    return ServiceLevelReport(f, buckets, totals, indicators)
+    classes = conn.execute(text(f"""
+        SELECT c.key, sum(c.value::bigint)
+        FROM flow_stats_hourly, jsonb_each_text(failed_classes) AS c
+        WHERE {where} AND failed > 0 GROUP BY 1
+    """), params).all()
+    return ServiceLevelReport(f, buckets, totals, indicators,
+                              {key: int(n) for key, n in classes})
 
 
 # --- processing time -----------------------------------------------------------------
@@ -654,8 +686,10 @@ def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 
         params.update(at=at, cell=cell_id, id=stored_id)
     rows = conn.execute(text(f"""
         SELECT cell_id, id, event_kind, type, wished_channel, email, mobile_phone, address,
-               external_id, status, error_reason, created, processed
-        FROM archived_event WHERE {" AND ".join(clauses)}
+               external_id, status, error_reason, created, processed,
+               (SELECT d.failure_class FROM archived_delivery_log d
+                WHERE d.cell_id = e.cell_id AND d.id = e.delivery_log_id) AS failure_class
+        FROM archived_event e WHERE {" AND ".join(clauses)}
         ORDER BY processed DESC, cell_id DESC, id DESC LIMIT :n
     """), params).all()
     more = len(rows) > limit
@@ -665,7 +699,10 @@ def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 
               "mobilePhone": r.mobile_phone, "address": channels.address_of(r._mapping),
               "externalId": r.external_id,
               "status": r.status, "statusLabel": EventStatus(r.status).label,
-              "errorReason": r.error_reason, "created": _iso(r.created),
+              "errorReason": r.error_reason, "failureClass": r.failure_class,
+              "failureClassLabel": (FAILURE_CLASS_LABELS.get(r.failure_class)
+                                    if r.failure_class else None),
+              "created": _iso(r.created),
               "processed": _iso(r.processed)} for r in rows]
     next_cursor = (_encode_cursor(rows[-1].processed, rows[-1].cell_id, rows[-1].id)
                    if more and rows else None)

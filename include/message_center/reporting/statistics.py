@@ -22,6 +22,8 @@ Two tables (migration ``c0003``):
   ``finished`` and the sums of the three times over the finished events (sending time
   over those that have one: ``sending_n``). The history report reads it.
 * ``flow_stats_hourly`` (hour, cell, kind, channel): the same counts by final status,
+  the failed ones also by their delivery log's failure class (``failed_classes``, jsonb,
+  migration ``c0007``: the error breakdown tells ``unknown`` from hard / soft / policy),
   and over the **sent** events (ACC averages "successfully processed events") the time
   sums and a **log-scale histogram** per time (``integer[]``, bucket ``b`` counts times in
   ``[2^((b-1)/4), 2^(b/4))`` ms, bucket 0 under 1 ms, the last one everything from
@@ -231,11 +233,14 @@ _RECOMPUTE_SQL = text(f"""
                    greatest(ev.processed, ev.due) AS departed,
                    {_us("coalesce(ev.processing, ev.processed)", "ev.due")} AS queue_us,
                    {_us("ev.processed", "ev.due")} AS total_us,
-                   CASE WHEN d.sent_at IS NOT NULL AND d.sending_started IS NOT NULL
-                        THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us
+                   CASE WHEN ev.status = 'sent' AND d.sent_at IS NOT NULL
+                             AND d.sending_started IS NOT NULL
+                        THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us,
+                   CASE WHEN ev.status = 'failed' THEN d.failure_class END AS failure_class
             FROM ev
             LEFT JOIN archived_delivery_log d
-                   ON ev.status = 'sent' AND d.cell_id = :cell AND d.id = ev.delivery_log_id
+                   ON ev.status IN ('sent', 'failed') AND d.cell_id = :cell
+                  AND d.id = ev.delivery_log_id
         ) AS t
     ), received AS (
         SELECT created_hour AS hour, event_kind, type, channel, status, count(*) AS n
@@ -243,7 +248,7 @@ _RECOMPUTE_SQL = text(f"""
         GROUP BY 1, 2, 3, 4, 5
     ), finished AS MATERIALIZED (
         SELECT finished_hour AS hour, event_kind, type, channel, status, queue_us, total_us,
-               sending_us
+               sending_us, failure_class
         FROM timed WHERE final AND finished_hour = ANY(:hours)
     ), finished_agg AS (
         SELECT hour, event_kind, type, channel, status, count(*) AS n,
@@ -301,6 +306,12 @@ _RECOMPUTE_SQL = text(f"""
                count(sending_us) FILTER (WHERE status = 'sent') AS sending_n,
                coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us
         FROM finished GROUP BY 1, 2, 3
+    ), flow_classes AS (
+        SELECT hour, event_kind, channel, jsonb_object_agg(failure_class, n) AS classes
+        FROM (SELECT hour, event_kind, channel, failure_class, count(*) AS n FROM finished
+              WHERE status = 'failed' AND failure_class IS NOT NULL
+              GROUP BY 1, 2, 3, 4) AS c
+        GROUP BY 1, 2, 3
     ), flow_received AS (
         SELECT hour, event_kind, channel, sum(n) AS received FROM received GROUP BY 1, 2, 3
     ), hist_counts AS (
@@ -331,12 +342,14 @@ _RECOMPUTE_SQL = text(f"""
         UNION SELECT hour, event_kind, channel FROM queue_curves
     ), flow_rows AS (
         INSERT INTO flow_stats_hourly (hour, cell_id, event_kind, channel, received,
-            finished, sent, not_taken, expired, failed, ignored, sent_queue_us,
+            finished, sent, not_taken, expired, failed, failed_classes, ignored,
+            sent_queue_us,
             sent_total_us, sending_n, sending_us, queue_hist, sending_hist, total_hist,
             arrivals, departures, queue_minutes)
         SELECT k.hour, :cell, k.event_kind, k.channel, coalesce(r.received, 0),
                coalesce(f.finished, 0), coalesce(f.sent, 0), coalesce(f.not_taken, 0),
-               coalesce(f.expired, 0), coalesce(f.failed, 0), coalesce(f.ignored, 0),
+               coalesce(f.expired, 0), coalesce(f.failed, 0),
+               coalesce(c.classes, '{{}}'::jsonb), coalesce(f.ignored, 0),
                coalesce(f.sent_queue_us, 0), coalesce(f.sent_total_us, 0),
                coalesce(f.sending_n, 0), coalesce(f.sending_us, 0),
                coalesce(h.queue_hist, '{{}}'), coalesce(h.sending_hist, '{{}}'),
@@ -345,6 +358,7 @@ _RECOMPUTE_SQL = text(f"""
         FROM flow_keys k
         LEFT JOIN flow_received r USING (hour, event_kind, channel)
         LEFT JOIN flow_finished f USING (hour, event_kind, channel)
+        LEFT JOIN flow_classes c USING (hour, event_kind, channel)
         LEFT JOIN hists h USING (hour, event_kind, channel)
         LEFT JOIN queue_curves q USING (hour, event_kind, channel)
         ORDER BY k.hour, k.event_kind, k.channel

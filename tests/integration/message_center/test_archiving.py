@@ -283,3 +283,70 @@ def unused_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def failed_events(engine: Engine, classes: list[str | None], at: datetime) -> list[int]:
+    """Events that ended *Delivery failed* at ``at``, one per failure class of their
+    delivery log (``None``: failed without a class)."""
+    ids = []
+    with engine.begin() as conn:
+        for klass in classes:
+            event_id, log_id = (conn.execute(text(f"SELECT {NEXT_ID_SQL}")).scalar_one()
+                                for _ in range(2))
+            error = ("outcome unknown: no reply to the final '.'; the relay may have "
+                     "delivered it" if klass == "unknown" else f"550 5.1.1 ({klass})")
+            conn.execute(text("""
+                INSERT INTO rt_event (id, type, email, ctx, status, created, last_modified,
+                                      next_attempt, processing, processed, delivery_log_id,
+                                      error_reason)
+                VALUES (:id, 'ORDER_CONFIRMED', 'user@example.com', '{}', 'failed', :at, :at,
+                        :at, :at, :at, :log, :error)"""),
+                         {"id": event_id, "log": log_id, "at": at, "error": error})
+            conn.execute(text("""
+                INSERT INTO delivery_log (id, event_kind, event_id, channel, address, status,
+                    created, last_modified, template_name, template_version, error,
+                    sending_started, failure_class)
+                VALUES (:log, 'rt', :id, 'email', 'user@example.com', 'failed', :at, :at,
+                        'orderConfirmed', 1, :error, :at, :klass)"""),
+                         {"id": event_id, "log": log_id, "at": at, "error": error,
+                          "klass": klass})
+            ids.append(event_id)
+    return ids
+
+
+def test_the_failure_class_is_archived_and_reported(execution2_db, control_db):
+    from message_center.reporting import ReportFilter, service_level
+    from message_center.reporting.statistics import refresh_statistics
+
+    exec1, control = execution2_db, control_db
+    at = T0 + timedelta(minutes=10)
+    failed_events(exec1, ["unknown", "unknown", "hard", None], at)
+    archive_window(url(exec1), url(control), 1, T0, T0 + HOUR)
+    assert archived_rows(control, 1, "delivery_log") == source_rows(exec1, "delivery_log")
+    with control.connect() as conn:
+        classes = sorted(conn.execute(text(
+            "SELECT coalesce(failure_class, '-') FROM archived_delivery_log")).scalars())
+    assert classes == ["-", "hard", "unknown", "unknown"]
+
+    # Rows archived before the archive had the column: a backfill of the window fills it
+    # in (and only that: the archive equals the source again), idempotently.
+    with control.begin() as conn:
+        conn.execute(text("UPDATE archived_delivery_log SET failure_class = NULL"))
+    refill = archive_window(url(exec1), url(control), 1, T0, T0 + HOUR)
+    assert refill.counts["delivery_log"].updated == 3
+    assert archived_rows(control, 1, "delivery_log") == source_rows(exec1, "delivery_log")
+    before = snapshot(control)
+    again = archive_window(url(exec1), url(control), 1, T0, T0 + HOUR)
+    assert (again.counts["delivery_log"].inserted, again.counts["delivery_log"].updated) == (0, 0)
+    assert snapshot(control) == before
+
+    # The statistics and the service level report count the failures by class.
+    refresh_statistics(control, 1, window=(T0, T0 + HOUR))
+    with control.connect() as conn:
+        report = service_level(conn, ReportFilter(start=T0, end=T0 + HOUR)).to_dict()
+    failed = next(c for c in report["errorCauses"] if c["cause"] == "failed")
+    assert failed["count"] == 4
+    counts = {c["failureClass"]: c["count"] for c in failed["failureClasses"] if c["count"]}
+    assert counts == {"unknown": 2, "hard": 1, None: 1}
+    labels = {c["failureClass"]: c["label"] for c in failed["failureClasses"]}
+    assert labels["unknown"] == "Outcome unknown (may have been delivered)"
