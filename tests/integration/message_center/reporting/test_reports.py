@@ -242,6 +242,37 @@ def test_error_events_list_the_events_behind_a_cause(archive):
     assert [i["externalId"] for i in expired["items"]] == ["e7"]
 
 
+
+def test_delivery_failed_is_split_by_failure_class(archive):
+    """e4 failed without a class (archived before classes), then its delivery log gets
+    ``unknown``: the recomputed hour, the service level and the drill-down say so."""
+    def failed_cause(conn):
+        report = service_level(conn, hourly()).to_dict()
+        return next(c for c in report["errorCauses"] if c["cause"] == "failed")
+
+    with archive.connect() as conn:
+        before = failed_cause(conn)
+    assert [(c["failureClass"], c["count"]) for c in before["failureClasses"]] == [
+        ("hard", 0), ("soft", 0), ("policy", 0), ("throttle", 0), ("transient", 0),
+        ("error", 0), ("unknown", 0), (None, 1)]
+    with archive.begin() as conn:
+        conn.execute(text("UPDATE archived_delivery_log SET failure_class = 'unknown' "
+                          "WHERE cell_id = 0 AND event_id = :id"), {"id": IDS["e4"]})
+        recompute_hours(conn, 0, [H11])
+    with archive.connect() as conn:
+        after = failed_cause(conn)
+        [item] = error_events(conn, hourly(), "failed").to_dict()["items"]
+        other_causes = [c for c in service_level(conn, hourly()).to_dict()["errorCauses"]
+                        if c["cause"] != "failed"]
+    assert after["count"] == 1 and after["rate"] == 0.125
+    assert {c["failureClass"]: (c["count"], c["rate"]) for c in after["failureClasses"]
+            if c["count"]} == {"unknown": (1, 0.125)}
+    unknown = next(c for c in after["failureClasses"] if c["failureClass"] == "unknown")
+    assert unknown["label"] == "Outcome unknown (may have been delivered)"
+    assert all("failureClasses" not in c for c in other_causes)
+    assert (item["externalId"], item["failureClass"], item["failureClassLabel"]) == (
+        "e4", "unknown", "Outcome unknown (may have been delivered)")
+
 def test_error_events_are_keyset_paged_newest_first(control_db):
     many = [(f"f{n}", n % 2, "batch", "ORDER", "email", "failed", at(12), None, at(12),
              at(12, n), None) for n in range(1, 9)]
