@@ -238,9 +238,9 @@ _RECOMPUTE_SQL = text(f"""
                         THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us,
                    CASE WHEN ev.status = 'failed' THEN d.failure_class END AS failure_class
             FROM ev
+            -- the sending time of a sent event, the failure class of a failed one
             LEFT JOIN archived_delivery_log d
-                   ON ev.status IN ('sent', 'failed') AND d.cell_id = :cell
-                  AND d.id = ev.delivery_log_id
+                   ON d.cell_id = :cell AND d.id = ev.delivery_log_id
         ) AS t
     ), received AS (
         SELECT created_hour AS hour, event_kind, type, channel, status, count(*) AS n
