@@ -86,10 +86,38 @@ NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db
                                "bounce_mailbox", "webpush_sink"})
 
 
-#: The xdist group of every module that starts or uses the session's Airflow stack: they
-#: run on one worker, in file order, so the stack starts once (and modules that rely on
-#: running before or after it keep their order).
-AIRFLOW_GROUP = "airflow-stack"
+#: The scope of every module that starts or uses the session's Airflow stack: they run on
+#: one worker, in file order, so the stack starts once (and modules that rely on running
+#: before or after it keep their order).
+AIRFLOW_SCOPE = "airflow-stack"
+
+
+def _uses_airflow_stack(module: str, root: Path) -> bool:
+    """Whether a test module (a path relative to the root) asks for the stack: read from its
+    source, since xdist's controller schedules by node id before any worker collects."""
+    try:
+        return "airflow_stack" in (root / module).read_text()
+    except OSError:
+        return False
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``mc test`` runs ``--dist loadscope`` with this scope: a module (not a class) is the
+    unit of work, and every module that uses the Airflow stack shares one. (xdist's own
+    ``loadgroup`` marks do nothing on pytest 9.2: it renames node ids through an attribute
+    pytest no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return AIRFLOW_SCOPE if _uses_airflow_stack(module, root) else module
+
+    return ModuleScheduling(config, log)  # type: ignore[arg-type]
 
 
 #: The unit tier: every test in it runs without a database, server or Airflow process.
@@ -101,15 +129,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:  # the folder is the tier: tests/unit/ is `make test-fast`'s
         if item.path.is_relative_to(UNIT_TIER) and not item.get_closest_marker("fast"):
             item.add_marker(pytest.mark.fast)
-    stack_modules = {item.path for item in items
-                     if "airflow_stack" in getattr(item, "fixturenames", ())}
     for item in items:
         needs = NOT_FAST_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if needs and item.get_closest_marker("fast"):
             raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(needs)}")
-        # `mc test --dist loadgroup`: a module's tests stay together on one worker.
-        group = AIRFLOW_GROUP if item.path in stack_modules else str(item.path)
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,9 @@ def _test(args: argparse.Namespace) -> int:
     _prepare_side_by_side(target, [worker_profile(target.profile, index)
                                    for index in range(1, workers)])
     if workers > 1:
-        # One group per module, and one for every module that uses the Airflow stack
-        # (tests/conftest.py marks them): a module's tests share a worker and its order.
-        pytest_args = ["-n", str(workers), "--dist", "loadgroup", *pytest_args]
+        # One unit of work per module, and one for every module that uses the Airflow stack
+        # (tests/conftest.py's scheduler): a module's tests share a worker and its order.
+        pytest_args = ["-n", str(workers), "--dist", "loadscope", *pytest_args]
     try:
         return subprocess.call([str(Path(sys.executable).parent / "pytest"), *pytest_args],
                                env={**os.environ, "MC_TEST_PROFILE": target.profile})
