@@ -54,6 +54,9 @@ def port_variable(name: str) -> int:
 
 port_variable("MC_API_PORT")
 port_variable("MC_SMTP_PORT")
+if "PYTEST_XDIST_WORKER" in os.environ:  # each worker's Airflow stack has log servers
+    port_variable("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT")
+    port_variable("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
 DEPLOYMENT = deployment(PROFILE)
 os.environ.update(DEPLOYMENT.environment())
 for _role, _conn_id in (("execution", "MC_EXECUTION"), ("control", "MC_CONTROL"),
@@ -86,24 +89,29 @@ NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db
                                "bounce_mailbox", "webpush_sink"})
 
 
-#: The scope of every module that starts or uses the session's Airflow stack: they run on
-#: one worker, in file order, so the stack starts once (and modules that rely on running
-#: before or after it keep their order).
-AIRFLOW_SCOPE = "airflow-stack"
+#: The scopes of the modules that start or use the session's Airflow stack. Each scope runs
+#: on one worker, in file order, so that worker starts its stack once: the integration tier's
+#: modules in one (the archiving DAG's `dag.test()` runs first, before its stack exists), the
+#: browser and cluster tiers' in another, on a second worker with a stack (and databases) of
+#: its own.
+AIRFLOW_SCOPES = ("airflow-stack", "airflow-stack-2")
 
 
-def _uses_airflow_stack(module: str, root: Path) -> bool:
-    """Whether a test module (a path relative to the root) asks for the stack: read from its
-    source, since xdist's controller schedules by node id before any worker collects."""
+def _airflow_scope(module: str, root: Path) -> str | None:
+    """The stack scope of a test module (a path relative to the root), None when it does not
+    ask for the stack: read from its source, since xdist's controller schedules by node id
+    before any worker has collected."""
     try:
-        return "airflow_stack" in (root / module).read_text()
+        if "airflow_stack" not in (root / module).read_text():
+            return None
     except OSError:
-        return False
+        return None
+    return AIRFLOW_SCOPES[0] if module.startswith("tests/integration/") else AIRFLOW_SCOPES[1]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``mc test`` runs ``--dist loadscope`` with this scope: a module (not a class) is the
-    unit of work, and every module that uses the Airflow stack shares one. (xdist's own
+    """``mc test`` runs ``--dist loadscope`` with these scopes: a module (not a class) is the
+    unit of work, and the modules that use the Airflow stack share one of two. (xdist's own
     ``loadgroup`` marks do nothing on pytest 9.2: it renames node ids through an attribute
     pytest no longer reads.)"""
     if config.getvalue("dist") != "loadscope":
@@ -115,7 +123,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return AIRFLOW_SCOPE if _uses_airflow_stack(module, root) else module
+            return _airflow_scope(module, root) or module
 
     return ModuleScheduling(config, log)  # type: ignore[arg-type]
 
@@ -129,6 +137,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:  # the folder is the tier: tests/unit/ is `make test-fast`'s
         if item.path.is_relative_to(UNIT_TIER) and not item.get_closest_marker("fast"):
             item.add_marker(pytest.mark.fast)
+    if "PYTEST_XDIST_WORKER" in os.environ:  # the stack scopes first: one worker each
+        root = config.rootpath
+        ranks = {scope: rank for rank, scope in enumerate(AIRFLOW_SCOPES)}
+
+        def rank(item: pytest.Item) -> int:
+            scope = _airflow_scope(item.nodeid.split("::", 1)[0], root)
+            return ranks[scope] if scope else len(ranks)
+
+        items.sort(key=rank)
     for item in items:
         needs = NOT_FAST_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if needs and item.get_closest_marker("fast"):

@@ -39,8 +39,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def test_workers(pytest_args: list[str]) -> int:
-    """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else one per core (at
-    most 2: the suite's servers need the rest); 1 when the caller chose ``-n`` or selected
+    """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else 3 on two cores or
+    more (most of the suite waits on servers: one worker per Airflow stack scope, one for
+    the rest); 1 when the caller chose ``-n`` or selected
     tests (a path, a node id or ``-k``'s expression), so a narrow run sets up one deployment."""
     if any(arg == "-n" or arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
         return 1
@@ -51,7 +52,7 @@ def test_workers(pytest_args: list[str]) -> int:
         return int(value)
     if any(not arg.startswith("-") for arg in pytest_args):
         return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    return 3 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def worker_profile(base: str, index: int) -> str:
@@ -95,7 +96,8 @@ def _test(args: argparse.Namespace) -> int:
     if workers > 1:
         # One unit of work per module, and one for every module that uses the Airflow stack
         # (tests/conftest.py's scheduler): a module's tests share a worker and its order.
-        pytest_args = ["-n", str(workers), "--dist", "loadscope", *pytest_args]
+        pytest_args = ["-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder",
+                       *pytest_args]
     try:
         return subprocess.call([str(Path(sys.executable).parent / "pytest"), *pytest_args],
                                env={**os.environ, "MC_TEST_PROFILE": target.profile})
