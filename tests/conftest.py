@@ -141,9 +141,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         root = config.rootpath
         ranks = {scope: rank for rank, scope in enumerate(AIRFLOW_SCOPES)}
 
-        def rank(item: pytest.Item) -> int:
-            scope = _airflow_scope(item.nodeid.split("::", 1)[0], root)
-            return ranks[scope] if scope else len(ranks)
+        def rank(item: pytest.Item) -> tuple[int, bool]:
+            module = item.nodeid.split("::", 1)[0]
+            scope = _airflow_scope(module, root)
+            # In the second scope the cluster tier first: the browser tests then find the
+            # stack's UI warm (its first page loads are the slowest).
+            return (ranks[scope] if scope else len(ranks), not module.startswith("tests/cluster/"))
 
         items.sort(key=rank)
     for item in items:
