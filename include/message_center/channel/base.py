@@ -192,10 +192,25 @@ class Channel(ABC):
         ``values`` are the text fields read, ``flagged`` the fields already reported."""
         return None
 
+    #: Templates of this channel may opt into tracking (``tracking``, ``mirror_page``,
+    #: ``unsubscribe``: :mod:`message_center.tracking.options`).
+    tracks: ClassVar[bool] = False
+
     @abstractmethod
-    def render(self, parts: Mapping[str, str | None],
-               variables: dict[str, Any]) -> RenderedParts:
-        """The template's parts rendered for an event (the delivery's renderer)."""
+    def render(self, parts: Mapping[str, str | None], variables: dict[str, Any],
+               options: Mapping[str, Any] | None = None) -> RenderedParts:
+        """The template's parts rendered for an event (the delivery's renderer);
+        ``options``: the template's tracking options (a preview renders sample URLs)."""
+
+    def render_sent(self, template_row: Mapping[str, Any], variables: dict[str, Any], *,
+                    log_id: int, config: Any, track: bool = True,
+                    pixel: bool = True) -> tuple[RenderedParts, dict[str, str]]:
+        """The message of delivery log ``log_id`` as it was sent (the tracking server's
+        mirror page and click check): the parts of a ``published_template`` row rendered
+        with the tracking ``config`` (:class:`message_center.tracking.tokens.TrackingConfig`),
+        and the extra headers. ``track=False``: the links as the author wrote them;
+        ``pixel=False``: no open pixel. A channel that does not track renders as usual."""
+        return self.render(self.parts_from_row(template_row), variables), {}
 
     def preview_files(self, rendered: RenderedParts, out_dir: Path, stem: str,
                       header: str, sender: str | None, address: str) -> list[Path] | None:

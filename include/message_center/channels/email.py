@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,10 @@ from message_center.delivery.smtp import (
     smtp_settings_from_connection,
 )
 from message_center.ids import to_public
-from message_center.rendering import RenderError, render_message
+from message_center.rendering import RenderedMessage, RenderError, render_message
+from message_center.tracking import links as tracking_links
+from message_center.tracking import options as tracking_options
+from message_center.tracking import tokens as tracking_tokens
 
 _EMAIL_FORBIDDEN = re.compile(r'[\s\x00<>(),;:"\[\]\\@]')
 _DOMAIN_LABEL = re.compile(r"^[^\W_](?:[\w-]{0,61}[^\W_])?$")
@@ -84,6 +88,7 @@ class EmailChannel(Channel):
     throttle_pattern = _SMTP_THROTTLE
     settings_type = SmtpSettings
     proofs_to_seeds = True
+    tracks = True
     local_sink = LocalSink(name="smtp-sink", module="mc_local.smtp_sink",
                            port_env="MC_SMTP_PORT", default_port=8025, dir_flag="--mail-dir",
                            dir_name="mail", what="e-mails")
@@ -115,14 +120,29 @@ class EmailChannel(Channel):
                 problem("sender", f"{sender!r} is not an address such as "
                                   "'Shop <shop@example.com>'")
 
-    def render(self, parts: Mapping[str, str | None],
-               variables: dict[str, Any]) -> RenderedParts:
-        message = render_message(parts.get("subject"), parts.get("html"), parts.get("text"),
-                                 variables)
-        if message.subject is not None and ("\n" in message.subject
-                                            or "\r" in message.subject):
-            raise RenderError("the rendered subject contains a line break")
+    def render(self, parts: Mapping[str, str | None], variables: dict[str, Any],
+               options: Mapping[str, Any] | None = None) -> RenderedParts:
+        """Previews, proofs and template checks: tracking options render with sample URLs
+        (signed with a preview key the tracking server does not accept)."""
+        tracked = tracking_options.from_content(options)
+        config = preview_config() if tracked.any else None
+        message, _headers = render_email(parts.get("subject"), parts.get("html"),
+                                         parts.get("text"), variables, tracked, config,
+                                         tracking_links.PREVIEW_LOG_ID)
         return {"subject": message.subject, "html": message.html, "text": message.text}
+
+    def render_sent(self, template_row: Mapping[str, Any], variables: dict[str, Any], *,
+                    log_id: int, config: Any, track: bool = True,
+                    pixel: bool = True) -> tuple[RenderedParts, dict[str, str]]:
+        options = tracking_options.from_content(template_row.get("options"))
+        if not track:
+            options = replace(options, opens=False, clicks=False)
+        parts = self.parts_from_row(template_row)
+        message, headers = render_email(parts.get("subject"), parts.get("html"),
+                                        parts.get("text"), variables, options,
+                                        config if options.any else None, log_id,
+                                        pixel=pixel)
+        return {"subject": message.subject, "html": message.html, "text": message.text}, headers
 
     def proof_content(self, rendered: RenderedParts, label: str,
                       address: str) -> tuple[str | None, str | None, str | None]:
@@ -159,6 +179,52 @@ class EmailChannel(Channel):
         return EmailSender(settings, kind)
 
 
+_PREVIEW_KEY = "preview-only-not-accepted-by-the-tracking-server"
+
+
+def preview_config() -> tracking_tokens.TrackingConfig:
+    """Sample tracking URLs (previews, proofs, checks): the real base URL when set, a key
+    the tracking server never accepts."""
+    try:
+        base = tracking_tokens.base_url_from_env()
+    except tracking_tokens.TrackingKeyError:
+        base = tracking_tokens.DEFAULT_BASE_URL
+    return tracking_tokens.TrackingConfig(base, tracking_tokens.Signer([_PREVIEW_KEY]))
+
+
+def tracking_config(options: tracking_options.TrackingOptions
+                    ) -> tracking_tokens.TrackingConfig | None:
+    """The process's tracking configuration when the template tracks anything; a missing
+    key fails the message (its reason says which setting is missing)."""
+    if not options.any:
+        return None
+    try:
+        return tracking_tokens.current()
+    except tracking_tokens.TrackingKeyError as exc:
+        raise RenderError(f"tracking is on for this template but {exc}") from None
+
+
+def render_email(subject: str | None, html: str | None, text: str | None,
+                 variables: dict[str, Any], options: tracking_options.TrackingOptions,
+                 config: tracking_tokens.TrackingConfig | None, log_id: int, *,
+                 pixel: bool = True) -> tuple[RenderedMessage, dict[str, str]]:
+    """One e-mail rendered for delivery log ``log_id``: the template's parts (with
+    ``mirror_url`` / ``unsubscribe_url`` when opted in), the HTML rewritten for tracking,
+    and the extra headers (List-Unsubscribe). The delivery, the mirror page and the
+    tracking server's click check all call this, so they see the same message."""
+    if config is not None:
+        variables = {**variables, **tracking_links.variables(options, config, log_id)}
+    message = render_message(subject, html, text, variables)
+    if message.subject is not None and ("\n" in message.subject or "\r" in message.subject):
+        raise RenderError("the rendered subject contains a line break")
+    if config is None or message.html is None:
+        return message, tracking_links.headers(options, config, log_id)
+    tracked_html = tracking_links.track_html(message.html, options, config, log_id,
+                                             pixel=pixel)
+    return (RenderedMessage(message.subject, tracked_html, message.text),
+            tracking_links.headers(options, config, log_id))
+
+
 def _message_id(eml: str | None) -> str | None:
     if not eml:
         return None
@@ -192,14 +258,17 @@ class EmailSender:
     def send(self, attempt: Attempt, variables: dict[str, Any],
              ready: Callable[[], None] | None = None) -> Outcome:
         row = attempt.row
-        rendered = render_message(row["subject"], row["html_body"], row["text_body"],
-                                  variables)
+        options = tracking_options.from_content(row.get("options"))
+        rendered, extra = render_email(row["subject"], row["html_body"], row["text_body"],
+                                       variables, options, tracking_config(options),
+                                       attempt.log_id)
         sender = row["sender"] or self.settings.from_email
         envelope = envelope_address(sender)
         message_id, data = build_email(
             log_id=attempt.log_id, sender=sender, recipient=attempt.address,
             subject=rendered.subject, html=rendered.html, text=rendered.text,
-            headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}"},
+            headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}",
+                     **extra},
         )
         smtp = self._borrow()
         try:

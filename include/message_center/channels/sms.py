@@ -95,8 +95,8 @@ class SmsChannel(Channel):
                        problem: Callable[[str | None, str], None]) -> None:
         pass
 
-    def render(self, parts: Mapping[str, str | None],
-               variables: dict[str, Any]) -> RenderedParts:
+    def render(self, parts: Mapping[str, str | None], variables: dict[str, Any],
+               options: Mapping[str, Any] | None = None) -> RenderedParts:
         return {"sms": render_part(parts.get("sms"), variables, part="sms")}
 
     def proof_content(self, rendered: RenderedParts, label: str,

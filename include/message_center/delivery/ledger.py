@@ -62,6 +62,7 @@ from message_center.delivery.quarantine import (
     QuarantineRules,
     record_bounces,
 )
+from message_center.delivery.suppression import IGNORE_SQL as SUPPRESSION_IGNORE_SQL
 from message_center.statuses import DeliveryStatus
 
 # What the delivery knows, put into the arming statement (message_center.state.arm).
@@ -78,10 +79,11 @@ def _address() -> str:
 _IGNORE_REASON = f"""CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CAST(:nouns AS jsonb) ->> c.channel)
-                ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
+                ELSE coalesce((SELECT 'address is in quarantine: ' || q.reason
+                      FROM quarantine q
                       WHERE q.channel = c.channel
                         AND q.address IN (c.address, lower(c.address)) AND {ACTIVE_SQL}
-                      LIMIT 1)
+                      LIMIT 1), {SUPPRESSION_IGNORE_SQL})
                 END"""
 
 
@@ -93,7 +95,7 @@ def _send_columns() -> str:
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts{"".join(f", {part}" for part in parts)}
+        t.id AS published_id, t.sender, t.parts, t.options{"".join(f", {part}" for part in parts)}
     """
 
 

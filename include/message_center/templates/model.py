@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from message_center.channel import content_parts, part_fields
+from message_center.tracking import options as tracking_options
 
 REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
 #: The fields every template has; each channel adds its parts (``Channel.template_parts``).
@@ -29,7 +30,7 @@ def text_fields() -> tuple[str, ...]:
 
 
 def allowed_fields() -> tuple[str, ...]:
-    return (*text_fields(), "ctx", "seeds")
+    return (*text_fields(), "ctx", *tracking_options.FIELDS, "seeds")
 
 
 SEED_FIELDS = ("address", "ctx", "event")
@@ -89,6 +90,8 @@ class MessageTemplate:
     lines: Mapping[str, int] = field(default_factory=dict)
     #: The declared ``ctx`` fields (``ctx_schema.parse_declaration``); None: not declared.
     ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
+    #: Tracking, mirror page, unsubscribe category (none by default).
+    tracking: tracking_options.TrackingOptions = tracking_options.NONE
 
     def __getattr__(self, name: str) -> str | None:
         """A template part by name (None when this template has no such part)."""
@@ -106,6 +109,7 @@ class MessageTemplate:
         content.update({part: self.parts.get(part) for part in content_parts(self.channel)})
         if self.ctx_schema is not None:
             content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
+        content.update(self.tracking.as_content())  # only when set: hashes stay the same
         return content
 
     def content_hash(self) -> str:

@@ -45,6 +45,7 @@ from message_center.templates.source import (
     plain,
     template_files,
 )
+from message_center.tracking import options as tracking_options
 
 _INTERNAL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
@@ -137,6 +138,7 @@ class _FileChecker:
         if spec is not None:
             self._check_channel_fields(data, values, spec)
         self._check_syntax(data, values)
+        tracking = self._tracking(data, values, spec)
         schema = self._ctx_declaration(data)
         seeds = self._seeds(data, spec)
         if self.problems or name is None or channel is None:
@@ -155,10 +157,42 @@ class _FileChecker:
             parts={part: values[part] for part in spec.template_parts},
             lines={**data.key_lines, **{f"{key}:body": line
                                         for key, line in data.body_lines.items()}},
-            ctx_schema=schema,
+            ctx_schema=schema, tracking=tracking,
         )
         self._render_seeds(template)
         return None if self.problems else template
+
+    def _tracking(self, data: LineMapping, values: dict[str, str | None],
+                  spec: Channel | None) -> tracking_options.TrackingOptions:
+        """``tracking``, ``mirror_page``, ``unsubscribe``: their values, that the channel
+        tracks, and that ``mirror_url`` / ``unsubscribe_url`` are only used when on."""
+        options, problems = tracking_options.parse(data)
+        for field_name, message in problems:
+            self.add(data.key_lines.get(field_name.split(".")[0], data.line), field_name,
+                     message)
+        if spec is not None and options.any and not spec.tracks:
+            field_name = next(f for f in tracking_options.FIELDS if f in data)
+            self.add(data.key_lines[field_name], field_name,
+                     f"{spec.template_noun} cannot be tracked (only channels that track, "
+                     "such as email)")
+        if spec is None:
+            return options
+        wanted = {tracking_options.MIRROR_VARIABLE: (options.mirror_page, "mirror_page: true"),
+                  tracking_options.UNSUBSCRIBE_VARIABLE: (
+                      bool(options.unsubscribe_category), "unsubscribe: {category: ...}")}
+        for part in spec.template_parts:
+            source = values.get(part)
+            if source is None:
+                continue
+            try:
+                used = template_variables(source, html=part in spec.html_parts)
+            except Exception:  # a syntax error: reported by _check_syntax
+                continue
+            for variable, (enabled, setting) in wanted.items():
+                if variable in used and not enabled:
+                    self.add(data.key_lines[part], part,
+                             f"uses {variable}, which needs {setting} in this template")
+        return options
 
     def _ctx_declaration(self, data: LineMapping) -> ctx_schema.CtxSchema | None:
         """The ``ctx:`` declaration (None when the file has none)."""
@@ -181,7 +215,8 @@ class _FileChecker:
             if source is None:
                 continue
             for variable in sorted(template_variables(source, html=part in spec.html_parts)
-                                   - set(schema) - {"ctx", "event"}):
+                                   - set(schema) - {"ctx", "event"}
+                                   - set(tracking_options.VARIABLES)):
                 self.add(data.key_lines[part], part,
                          f"uses the variable {variable!r}, which ctx does not declare "
                          f"(add it to ctx, e.g. {variable}: string?)")
@@ -379,4 +414,6 @@ def render_seed(template: MessageTemplate, seed: Seed) -> RenderedSeed:
     """Render ``template`` for ``seed`` exactly as the delivery renders an event."""
     variables = event_variables(seed_event(template, seed))
     spec = channels.get(template.channel)
-    return RenderedSeed(template, seed, spec.render(template.parts, variables))
+    options = template.tracking.as_content()
+    return RenderedSeed(template, seed, spec.render(template.parts, variables, options)
+                        if options else spec.render(template.parts, variables))

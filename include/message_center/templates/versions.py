@@ -22,6 +22,7 @@ from message_center.db import engine_for, first_line, with_connect_timeout
 from message_center.publishing import PUBLISH_LOCK_KEY, SyncResult, TemplateContent, sync_instance
 from message_center.templates.model import MessageTemplate, TemplateSet, content_hash
 from message_center.templates.validation import load_templates
+from message_center.tracking import options as tracking_options
 
 
 def published_content(content: Mapping[str, Any], version: int) -> TemplateContent:
@@ -32,6 +33,7 @@ def published_content(content: Mapping[str, Any], version: int) -> TemplateConte
         event_type=content["event_type"], channel=content["channel"], version=version,
         sender=content.get("sender"), language=content.get("language"),
         ctx_schema=content.get("ctx"),
+        options=tracking_options.from_content(content).as_content() or None,
         # Parts in the channel's own columns, else in the generic ``parts``.
         **{column: content.get(part) for part, column in spec.template_columns.items()},
         parts=None if spec.template_columns else {

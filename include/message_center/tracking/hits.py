@@ -1,0 +1,176 @@
+"""Recording tracking hits: in memory first, written in batches (a hit never waits for a
+commit of its own), every hit kept, machine activity flagged.
+
+:class:`HitWriter` collects hits and a background thread writes them every
+``flush_seconds`` (or sooner when ``flush_rows`` are waiting), one transaction per batch:
+the ``tracking_log`` rows (the message's template and sending time joined from the
+delivery log: a hit of a message purged meanwhile is dropped), then the first human open
+of each message and the first human click of each link (``tracking_first``, what a
+webhook hooks on later).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, text
+
+log = logging.getLogger(__name__)
+
+MAX_USER_AGENT_CHARS = 300
+
+# Known machine agents: image proxies that prefetch every image of a message, and the
+# link scanners of mail security gateways. Matched case-insensitively on the User-Agent.
+_AGENTS: Sequence[tuple[re.Pattern[str], str]] = [
+    (re.compile(p, re.I), reason) for p, reason in (
+        (r"GoogleImageProxy|ggpht\.com", "Gmail image proxy"),
+        (r"YahooMailProxy", "Yahoo image proxy"),
+        (r"^Mozilla/5\.0$", "Apple Mail Privacy Protection (prefetch)"),
+        (r"Barracuda|Proofpoint|Mimecast|Symantec|Trend ?Micro|FireEye|Forcepoint"
+         r"|SafeLinks|Microsoft Office Protocol Discovery",
+         "link scanner (mail security gateway)"),
+        (r"bot\b|crawler|spider|slurp|facebookexternalhit|preview", "bot or link preview"),
+        (r"^(curl|wget|python-requests|Go-http-client|Java/|libwww|okhttp)", "HTTP library"),
+    )]
+
+
+def automated_reason(*, method: str, user_agent: str | None, seconds_after_sending: float | None,
+                     scanner_seconds: float) -> str | None:
+    """Why a hit looks like a machine's (None: a person's, as far as one can tell)."""
+    if method == "HEAD":
+        return "HEAD request"
+    if not user_agent:
+        return "no user agent"
+    for pattern, reason in _AGENTS:
+        if pattern.search(user_agent):
+            return reason
+    if seconds_after_sending is not None and 0 <= seconds_after_sending < scanner_seconds:
+        return f"within {scanner_seconds:g} s of delivery"
+    return None
+
+
+@dataclass(frozen=True)
+class Hit:
+    log_id: int
+    kind: str  # open | click | mirror | unsubscribe
+    at: datetime
+    link: int | None = None
+    url: str | None = None
+    automated_reason: str | None = None
+    user_agent: str | None = None
+
+
+_INSERT = """
+    INSERT INTO tracking_log (delivery_log_id, event_kind, event_id, template_name,
+        template_version, sent_at, kind, link, url, at, automated, automated_reason,
+        user_agent)
+    SELECT d.id, d.event_kind, d.event_id, d.template_name, d.template_version, d.sent_at,
+           h.kind, h.link, h.url, h.at, h.reason IS NOT NULL, h.reason, h.agent
+    FROM unnest(CAST(:logs AS bigint[]), CAST(:kinds AS text[]), CAST(:links AS int[]),
+                CAST(:urls AS text[]), CAST(:ats AS timestamptz[]), CAST(:reasons AS text[]),
+                CAST(:agents AS text[])) WITH ORDINALITY
+         AS h(log_id, kind, link, url, at, reason, agent, n)
+    JOIN delivery_log d ON d.id = h.log_id
+    ORDER BY h.n
+    RETURNING id, delivery_log_id, kind, link, at, automated
+"""
+_FIRST = """
+    INSERT INTO tracking_first (delivery_log_id, kind, link, at, tracking_log_id)
+    SELECT DISTINCT ON (log_id, kind, link) log_id, kind, link, at, id
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]), CAST(:kinds AS text[]),
+                CAST(:links AS int[]), CAST(:ats AS timestamptz[]))
+         AS f(id, log_id, kind, link, at)
+    ORDER BY log_id, kind, link, at, id
+    ON CONFLICT DO NOTHING
+"""
+
+
+def write_hits(engine: Engine, hits: Sequence[Hit]) -> int:
+    """One batch in one transaction; returns the rows written."""
+    if not hits:
+        return 0
+    with engine.begin() as conn:
+        rows = conn.execute(text(_INSERT), {
+            "logs": [h.log_id for h in hits], "kinds": [h.kind for h in hits],
+            "links": [h.link for h in hits], "urls": [h.url for h in hits],
+            "ats": [h.at for h in hits], "reasons": [h.automated_reason for h in hits],
+            "agents": [(h.user_agent or "")[:MAX_USER_AGENT_CHARS] or None for h in hits],
+        }).all()
+        firsts = [r for r in rows if not r.automated and r.kind in ("open", "click")]
+        if firsts:
+            conn.execute(text(_FIRST), {
+                "ids": [r.id for r in firsts], "logs": [r.delivery_log_id for r in firsts],
+                "kinds": [r.kind for r in firsts],
+                "links": [-1 if r.link is None else r.link for r in firsts],
+                "ats": [r.at for r in firsts]})
+    return len(rows)
+
+
+class HitWriter:
+    """Hits kept in memory and written in batches by one background thread."""
+
+    def __init__(self, engine: Engine, *, flush_seconds: float = 0.5,
+                 flush_rows: int = 1000) -> None:
+        self.engine, self.flush_seconds, self.flush_rows = engine, flush_seconds, flush_rows
+        self._pending: list[Hit] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.written = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tracking-hits", daemon=True)
+        self._thread.start()
+
+    def add(self, hit: Hit) -> None:
+        with self._lock:
+            self._pending.append(hit)
+            self._idle.clear()
+            if len(self._pending) >= self.flush_rows:
+                self._wake.set()
+
+    def _take(self) -> list[Hit]:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            return batch
+
+    def flush(self) -> int:
+        batch = self._take()
+        try:
+            written = write_hits(self.engine, batch)
+        except Exception:  # the database is down: keep the hits for the next try
+            log.exception("tracking hits not written (%d kept for the next try)", len(batch))
+            with self._lock:
+                self._pending[:0] = batch[-100_000:]
+            return 0
+        self.written += written
+        with self._lock:
+            if not self._pending:
+                self._idle.set()
+        return written
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Until every hit received so far is written (tests, shutdown)."""
+        self._wake.set()
+        return self._idle.wait(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
