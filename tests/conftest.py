@@ -54,6 +54,7 @@ def port_variable(name: str) -> int:
 
 port_variable("MC_API_PORT")
 port_variable("MC_SMTP_PORT")
+port_variable("MC_TRACKING_PORT")
 if "PYTEST_XDIST_WORKER" in os.environ:  # each worker's Airflow stack has log servers
     port_variable("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT")
     port_variable("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")

@@ -48,6 +48,7 @@ from message_center.delivery.channels import Channels
 from message_center.delivery.quarantine import QuarantineRules
 from message_center.delivery.smtp import SmtpSettings
 from message_center.processing.settings import ProcessingSettings
+from message_center.tracking import tokens as tracking_tokens
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,29 @@ def execution_engine() -> Engine:
     return engine_for(database_url(EXECUTION_CONN_ID))
 
 
+TRACKING_CONN_ID = "mc_tracking"
+
+
+def configure_tracking() -> None:
+    """The tracking keys and base URL from the ``mc_tracking`` connection when there is
+    one (password: the keys, comma-separated, newest first; host: the public base URL,
+    e.g. ``https://t.shop.example``); else the environment (``MC_TRACKING_KEYS``,
+    ``MC_TRACKING_BASE_URL``) is read when a tracked message is rendered."""
+    conn = get_connection(TRACKING_CONN_ID)
+    if conn is None or not conn.password:
+        tracking_tokens.configure(None)
+        return
+    base = (conn.host or "").strip().rstrip("/")
+    if base and not base.startswith(("http://", "https://")):
+        base = f"https://{base}"
+    tracking_tokens.configure(tracking_tokens.TrackingConfig(
+        base or tracking_tokens.base_url_from_env(),
+        tracking_tokens.Signer(tracking_tokens.keys_from_text(conn.password))))
+
+
 def open_channels(kind: str) -> Channels:
     """The senders of one shard, configured from the Airflow connections."""
+    configure_tracking()
     return Channels({spec.name: channel_settings(spec.name)
                      for spec in channels.all_channels()}, kind=kind)
 

@@ -375,11 +375,13 @@ def run(deployment: Deployment) -> int:
     cluster = Cluster(deployment, settings)
     env = {**os.environ, **deployment.environment()}
     return launcher.serve(
-        deployment, [*launcher.sink_components(deployment, env), *cluster.components()],
+        deployment, [*launcher.sink_components(deployment, env),
+                     launcher.tracking_component(deployment, env), *cluster.components()],
         pg_was_running=pg_was_running, banner=[
             f"CeleryExecutor: {settings.workers} worker(s) x {settings.concurrency} slots "
             f"({', '.join(cluster.worker_name(i) for i in range(1, settings.workers + 1))})",
             f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}",
+            launcher.tracking_line(deployment),
             *launcher.login_lines(deployment),
             launcher.kept_line(deployment)])
 

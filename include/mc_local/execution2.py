@@ -115,9 +115,11 @@ def components(deployment: SecondExecution,
     """The processes of the second execution instance: its Airflow components
     (LocalExecutor), or with ``settings`` its Celery deployment (broker, components,
     workers). No sink: it delivers to ``make run``'s."""
+    env = {**os.environ, **deployment.environment()}
+    tracking = launcher.tracking_component(deployment, env)
     if settings is not None:
-        return celery_mode.Cluster(deployment, settings).components()
-    return launcher.airflow_components({**os.environ, **deployment.environment()})
+        return [tracking, *celery_mode.Cluster(deployment, settings).components()]
+    return [tracking, *launcher.airflow_components(env)]
 
 
 def run(deployment: SecondExecution) -> int:
@@ -128,7 +130,8 @@ def run(deployment: SecondExecution) -> int:
                     if celery_mode.executor() == "celery" else None)
     except ValueError as exc:
         raise SystemExit(f"[mc] {exc}") from None
-    launcher.refuse_taken_ports({API_PORT_ENV: deployment.api_port})
+    launcher.refuse_taken_ports({API_PORT_ENV: deployment.api_port,
+                                 "MC_EXECUTION2_TRACKING_PORT": deployment.tracking_port})
     pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     if not _listening(deployment.smtp_port):

@@ -119,8 +119,9 @@ def prepare(deployment: Deployment) -> None:
 
 
 #: The ports a local deployment listens on, by the variable that moves each.
-PORT_VARIABLES = ("MC_API_PORT", *(spec.local_sink.port_env for spec in channels.all_channels()
-                                   if spec.local_sink is not None))
+PORT_VARIABLES = ("MC_API_PORT", "MC_TRACKING_PORT",
+                  *(spec.local_sink.port_env for spec in channels.all_channels()
+                    if spec.local_sink is not None))
 #: The Airflow components ``make run`` starts (what ``airflow standalone`` runs), each
 #: supervised on its own.
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
@@ -141,7 +142,7 @@ def local_sinks(deployment: Deployment) -> list[tuple[LocalSink, int, Path]]:
 
 
 def deployment_ports(deployment: Deployment) -> dict[str, int]:
-    return {"MC_API_PORT": deployment.api_port,
+    return {"MC_API_PORT": deployment.api_port, "MC_TRACKING_PORT": deployment.tracking_port,
             **{sink.port_env: port for sink, port, _dir in local_sinks(deployment)}}
 
 
@@ -171,6 +172,19 @@ def sink_components(deployment: Deployment, env: dict[str, str]) -> list[Compone
     return [Component(sink.name, [sys.executable, "-m", sink.module, "--port", str(port),
                                   sink.dir_flag, str(directory)], env)
             for sink, port, directory in local_sinks(deployment)]
+
+
+def tracking_component(deployment: Deployment, env: dict[str, str]) -> Component:
+    """The tracking server (``mc tracking-server``) on ``MC_TRACKING_PORT``."""
+    return Component("tracking-server", [
+        str(Path(sys.executable).parent / "mc"), "tracking-server", "--profile",
+        deployment.profile, "--port", str(deployment.tracking_port)], env)
+
+
+def tracking_line(deployment: Deployment) -> str:
+    return (f"Tracking server (opens, clicks, mirror page, unsubscribe): "
+            f"http://127.0.0.1:{deployment.tracking_port} (links use "
+            f"{deployment.tracking_base_url})")
 
 
 def kept_line(deployment: Deployment) -> str:
@@ -234,8 +248,10 @@ def run(deployment: Deployment) -> int:
     pg_was_running = deployment.uses_embedded and deployment.embedded.owns_port()
     prepare(deployment)
     env = {**os.environ, **deployment.environment()}
-    return serve(deployment, [*sink_components(deployment, env), *airflow_components(env)],
+    return serve(deployment, [*sink_components(deployment, env),
+                              tracking_component(deployment, env), *airflow_components(env)],
                  pg_was_running=pg_was_running, banner=[
                      f"Airflow UI and push API: http://127.0.0.1:{deployment.api_port}",
+                     tracking_line(deployment),
                      *login_lines(deployment),
                      kept_line(deployment)])

@@ -60,6 +60,19 @@ class Deployment:
     profile: str = "run"
     api_port: int = 8080
     smtp_port: int = 8025
+    #: The tracking server (``mc tracking-server``): ``MC_TRACKING_PORT``.
+    tracking_port: int = 8081
+
+    @property
+    def tracking_base_url(self) -> str:
+        """Where recipients reach the tracking server: ``MC_TRACKING_BASE_URL`` (behind a
+        reverse proxy), else the local port."""
+        return (os.environ.get("MC_TRACKING_BASE_URL", "").strip().rstrip("/")
+                or f"http://127.0.0.1:{self.tracking_port}")
+
+    def tracking_keys(self) -> str:
+        """``MC_TRACKING_KEYS`` when set, else a key generated once for this deployment."""
+        return os.environ.get("MC_TRACKING_KEYS", "").strip() or self._secret("tracking-key")
 
     @property
     def db_prefix(self) -> str:
@@ -189,6 +202,9 @@ class Deployment:
                                      os.environ.get("PATH", "")]),
             "MC_DEPLOYMENT_PROFILE": self.profile,
             "MC_MAIL_DIR": str(self.mail_dir),
+            "MC_TRACKING_PORT": str(self.tracking_port),
+            "MC_TRACKING_BASE_URL": self.tracking_base_url,
+            "MC_TRACKING_KEYS": self.tracking_keys(),
         }
         env.update(self.pg_parts())
         return env
@@ -198,6 +214,7 @@ class Deployment:
 #: ``<base>_execution2`` the one beside the deployment ``<base>``.
 SECOND_EXECUTION_SUFFIX = "execution2"
 SECOND_EXECUTION_API_PORT_ENV = "MC_EXECUTION2_API_PORT"
+SECOND_EXECUTION_TRACKING_PORT_ENV = "MC_EXECUTION2_TRACKING_PORT"
 ROLES_ENV = "MC_DEPLOYMENT_ROLES"
 
 
@@ -219,6 +236,11 @@ class SecondExecution(Deployment):
 
     def base(self) -> Deployment:
         return deployment(self.base_profile)
+
+    @property
+    def tracking_base_url(self) -> str:
+        return (os.environ.get("MC_EXECUTION2_TRACKING_BASE_URL", "").strip().rstrip("/")
+                or f"http://127.0.0.1:{self.tracking_port}")
 
     def database(self, role: str) -> str:
         names = {"airflow": "airflow_execution2", "execution": "mc_execution2"}
@@ -259,9 +281,11 @@ def second_execution(profile: str) -> SecondExecution:
             else profile.removesuffix(f"_{SECOND_EXECUTION_SUFFIX}"))
     first = deployment(base)
     default_port = 8090 if base == "run" else first.api_port + 10
+    tracking = int(os.environ.get(SECOND_EXECUTION_TRACKING_PORT_ENV,
+                                  first.tracking_port + 10))
     return SecondExecution(profile, int(os.environ.get(SECOND_EXECUTION_API_PORT_ENV,
                                                        default_port)),
-                           first.smtp_port, base_profile=base)
+                           first.smtp_port, tracking, base_profile=base)
 
 
 def deployment(profile: str | None = None) -> Deployment:
@@ -271,6 +295,8 @@ def deployment(profile: str | None = None) -> Deployment:
         return second_execution(name)
     if name == "run":
         return Deployment("run", int(os.environ.get("MC_API_PORT", 8080)),
-                          int(os.environ.get("MC_SMTP_PORT", 8025)))
+                          int(os.environ.get("MC_SMTP_PORT", 8025)),
+                          int(os.environ.get("MC_TRACKING_PORT", 8081)))
     return Deployment(name, int(os.environ.get("MC_API_PORT", 18080)),
-                      int(os.environ.get("MC_SMTP_PORT", 18025)))
+                      int(os.environ.get("MC_SMTP_PORT", 18025)),
+                      int(os.environ.get("MC_TRACKING_PORT", 18081)))

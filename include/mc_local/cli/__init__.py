@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("local", "templates", "events", "accounts", "quarantine", "webpush")
+COMMAND_MODULES = ("local", "templates", "events", "accounts", "quarantine", "suppressions",
+                   "tracking", "webpush")
 
 
 def build_parser() -> argparse.ArgumentParser:
