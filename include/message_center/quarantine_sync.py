@@ -18,6 +18,10 @@ One synchronisation of one instance (:func:`sync_instance`) has two steps:
 run carries a decision made on instance 1 to instance 2. Watermarks live on the control
 instance (``quarantine_sync``, per cell and direction). Rows are moved in keyset pages of
 ``chunk_rows``; each page is one set-based upsert.
+
+Suppressions (one-click unsubscribes, :mod:`message_center.delivery.suppression`) are
+decisions of the same kind, keyed by (channel, address, category): every run shares them
+the same way (``suppression``, watermarks in ``suppression_sync``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ COLUMNS = ("channel", "address", "reason", "created", "status", "failure_class",
 _TYPES = {"created": "timestamptz", "updated": "timestamptz", "release_at": "timestamptz",
           "released_at": "timestamptz", "bounce_count": "int", "delivery_log_id": "bigint",
           "origin_cell": "smallint"}
+SUPPRESSION_COLUMNS = ("channel", "address", "category", "status", "source",
+                       "delivery_log_id", "decided_by", "origin_cell", "created", "updated")
+
+
+@dataclass(frozen=True)
+class _Decisions:
+    """A table of shared decisions: its columns, its key, its watermark table."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    watermarks: str
+
+
+QUARANTINE = _Decisions("quarantine", COLUMNS, ("channel", "address"), "quarantine_sync")
+SUPPRESSION = _Decisions("suppression", SUPPRESSION_COLUMNS, ("channel", "address", "category"),
+                         "suppression_sync")
 DEFAULT_LOOKBACK = timedelta(minutes=15)
 DEFAULT_CHUNK_ROWS = 5_000
 
@@ -72,38 +93,42 @@ def _engine(source: Engine | str) -> Engine:
     return source if isinstance(source, Engine) else engine_for(source)
 
 
-def _watermark(conn: Connection, cell: int, direction: str) -> datetime | None:
-    return conn.execute(text("SELECT watermark FROM quarantine_sync WHERE cell_id = :c "
+def _watermark(conn: Connection, cell: int, direction: str,
+               spec: _Decisions = QUARANTINE) -> datetime | None:
+    return conn.execute(text(f"SELECT watermark FROM {spec.watermarks} WHERE cell_id = :c "
                              "AND direction = :d"), {"c": cell, "d": direction}).scalar()
 
 
-def _save_watermark(conn: Connection, cell: int, direction: str, value: datetime) -> None:
-    conn.execute(text("""
-        INSERT INTO quarantine_sync (cell_id, direction, watermark, synced_at)
+def _save_watermark(conn: Connection, cell: int, direction: str, value: datetime,
+                    spec: _Decisions = QUARANTINE) -> None:
+    conn.execute(text(f"""
+        INSERT INTO {spec.watermarks} (cell_id, direction, watermark, synced_at)
         VALUES (:c, :d, :w, now())
         ON CONFLICT (cell_id, direction) DO UPDATE SET
-            watermark = greatest(quarantine_sync.watermark, EXCLUDED.watermark),
+            watermark = greatest({spec.watermarks}.watermark, EXCLUDED.watermark),
             synced_at = now()
     """), {"c": cell, "d": direction, "w": value})
 
 
-def _pages(source: Engine, since: datetime | None, chunk_rows: int
-           ) -> Iterable[list[Mapping[str, Any]]]:
+def _pages(source: Engine, since: datetime | None, chunk_rows: int,
+           spec: _Decisions = QUARANTINE) -> Iterable[list[Mapping[str, Any]]]:
     """The rows changed at or after ``since``, in keyset pages ordered by last_modified."""
-    columns = ", ".join(COLUMNS)
-    after: tuple[datetime, str, str] | None = None
+    columns = ", ".join(spec.columns)
+    key = ", ".join(spec.key)
+    after: tuple[Any, ...] | None = None
     while True:
         where, params = "true", {"limit": chunk_rows}
         if since is not None:
             where = "last_modified >= :since"
             params["since"] = since
         if after is not None:
-            where += " AND (last_modified, channel, address) > (:lm, :ch, :ad)"
-            params.update(lm=after[0], ch=after[1], ad=after[2])
+            marks = ", ".join(f":k{i}" for i in range(len(after)))
+            where += f" AND (last_modified, {key}) > ({marks})"
+            params.update({f"k{i}": value for i, value in enumerate(after)})
         with source.connect() as conn:
             rows = conn.execute(text(
-                f"SELECT {columns}, last_modified FROM quarantine WHERE {where} "
-                "ORDER BY last_modified, channel, address LIMIT :limit"), params
+                f"SELECT {columns}, last_modified FROM {spec.table} WHERE {where} "
+                f"ORDER BY last_modified, {key} LIMIT :limit"), params
             ).mappings().all()
         if not rows:
             return
@@ -111,23 +136,25 @@ def _pages(source: Engine, since: datetime | None, chunk_rows: int
         if len(rows) < chunk_rows:
             return
         last = rows[-1]
-        after = (last["last_modified"], last["channel"], last["address"])
+        after = (last["last_modified"], *(last[name] for name in spec.key))
 
 
-def apply_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+def apply_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]],
+                    spec: _Decisions = QUARANTINE) -> int:
     """Upsert decisions where they are newer than what is there (``updated``); returns how
     many rows were inserted or replaced. One statement."""
     if not rows:
         return 0
-    arrays = {name: [row[name] for row in rows] for name in COLUMNS}
-    source = ", ".join(f"CAST(:{name} AS {_TYPES.get(name, 'text')}[])" for name in COLUMNS)
-    columns = ", ".join(COLUMNS)
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS
-                        if name not in ("channel", "address"))
+    arrays = {name: [row[name] for row in rows] for name in spec.columns}
+    source = ", ".join(f"CAST(:{name} AS {_TYPES.get(name, 'text')}[])"
+                       for name in spec.columns)
+    columns = ", ".join(spec.columns)
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in spec.columns
+                        if name not in spec.key)
     return len(conn.execute(text(f"""
-        INSERT INTO quarantine AS q ({columns})
+        INSERT INTO {spec.table} AS q ({columns})
         SELECT {columns} FROM unnest({source}) AS v({columns})
-        ON CONFLICT (channel, address) DO UPDATE SET {updates}
+        ON CONFLICT ({", ".join(spec.key)}) DO UPDATE SET {updates}
         WHERE q.updated < EXCLUDED.updated
         RETURNING 1
     """), arrays).all())
@@ -135,19 +162,21 @@ def apply_decisions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
 
 def _step(source: Engine, target: Engine, control: Engine, cell: int, direction: str,
           lookback: timedelta, chunk_rows: int) -> StepCount:
-    with control.connect() as conn:
-        mark = _watermark(conn, cell, direction)
-    since = mark - lookback if mark is not None else None
+    """One direction for the quarantine, then for the suppressions (counted together)."""
     count = StepCount()
-    newest: datetime | None = None
-    for page in _pages(source, since, chunk_rows):
-        with target.begin() as conn:
-            count.applied += apply_decisions(conn, page)
-        count.read += len(page)
-        newest = page[-1]["last_modified"]
-    if newest is not None:
-        with control.begin() as conn:
-            _save_watermark(conn, cell, direction, newest)
+    for spec in (QUARANTINE, SUPPRESSION):
+        with control.connect() as conn:
+            mark = _watermark(conn, cell, direction, spec)
+        since = mark - lookback if mark is not None else None
+        newest: datetime | None = None
+        for page in _pages(source, since, chunk_rows, spec):
+            with target.begin() as conn:
+                count.applied += apply_decisions(conn, page, spec)
+            count.read += len(page)
+            newest = page[-1]["last_modified"]
+        if newest is not None:
+            with control.begin() as conn:
+                _save_watermark(conn, cell, direction, newest, spec)
     return count
 
 

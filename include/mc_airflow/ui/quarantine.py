@@ -1,5 +1,6 @@
 """The *Quarantine* page: the quarantined addresses of an execution instance, with filters,
-*Release* per address and a form to quarantine one by hand.
+*Release* per address and a form to quarantine one by hand; its *Suppressions* tab lists
+the addresses unsubscribed from a category (one-click unsubscribe), with *Lift* each.
 
 Reading needs what reading events needs; the two actions need the right to edit both
 processing DAGs (:func:`mc_airflow.authorization.check_quarantine_change`), are JSON
@@ -22,6 +23,7 @@ from mc_airflow.ui.dependencies import Reader, User, json_body, same_origin
 from message_center import channel as channels
 from message_center.db import engine_for
 from message_center.delivery import quarantine as store
+from message_center.delivery import suppression as suppressions
 
 Render = Callable[..., HTMLResponse]
 Changer = Annotated[None, Depends(same_origin)]
@@ -64,24 +66,35 @@ def register(app: FastAPI, render: Render) -> None:
             channel: Annotated[str | None, Query(pattern="^(email|sms)?$")] = None,
             status: Annotated[str, Query(pattern="^(active|released|all)$")] = "active",
             address: Annotated[str | None, Query(max_length=320)] = None,
-            offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
-        """Quarantined addresses of one instance, newest decision first."""
+            offset: Annotated[int, Query(ge=0)] = 0,
+            tab: Annotated[str, Query(pattern="^(quarantine|suppressions)$")] = "quarantine",
+            category: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
+        """Quarantined addresses of one instance, newest decision first (or, on the
+        *Suppressions* tab, its suppressions)."""
         chosen, engine = _engine(instance)
         problem = None
         rows: list[dict[str, Any]] = []
         total = 0
+        if tab == "suppressions" and status == "released":
+            status = "removed"
         try:
             with engine.connect() as conn:
-                rows, total = store.list_quarantine(
-                    conn, channel=channel or None, status=status, address=address or None,
-                    limit=PAGE_SIZE, offset=offset)
+                if tab == "suppressions":
+                    rows, total = suppressions.list_suppressions(
+                        conn, channel=channel or None, category=category or None,
+                        status=status if status in ("active", "removed", "all") else "active",
+                        address=address or None, limit=PAGE_SIZE, offset=offset)
+                else:
+                    rows, total = store.list_quarantine(
+                        conn, channel=channel or None, status=status,
+                        address=address or None, limit=PAGE_SIZE, offset=offset)
         except Exception as exc:  # an unreachable instance is shown, not a 500
             problem = f"{chosen['label']}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         can = authorization.capabilities(access.user)
         return render(request, "quarantine.html", access.user, "quarantine", can=can,
-                      instances=_instances(), chosen=chosen, rows=rows, total=total,
+                      instances=_instances(), chosen=chosen, rows=rows, total=total, tab=tab,
                       filters={"channel": channel or "", "status": status,
-                               "address": address or ""},
+                               "address": address or "", "category": category or ""},
                       offset=offset, page_size=PAGE_SIZE, problem=problem)
 
     @app.post("/api/quarantine")
@@ -147,3 +160,26 @@ def register(app: FastAPI, render: Render) -> None:
                                      "quarantine")
         return JSONResponse({"message": f"{record['address']} released: its next event is "
                                         "sent again", "record": store.api_record(record)})
+
+    @app.post("/api/suppressions/remove")
+    async def lift_suppression(request: Request, user: User, _csrf: Changer) -> Response:
+        """Lift a suppression: ``{"instance", "id"}`` (the right to change the quarantine)."""
+        await run_in_threadpool(authorization.check_quarantine_change, user)
+        form = _form(await json_body(request), "instance", "id")
+        try:
+            suppression_id = int(form["id"])
+        except (TypeError, ValueError):
+            return _fail({"id": "the suppression's id is required"})
+
+        def work() -> dict[str, Any] | None:
+            _chosen, engine = _engine(form["instance"])
+            with engine.begin() as conn:
+                return suppressions.remove(conn, suppression_id,
+                                           decided_by=authorization.user_name(user))
+
+        record = await run_in_threadpool(work)
+        if record is None:
+            raise HTTPException(404, f"no suppression {suppression_id}")
+        return JSONResponse({"message": f"{record['address']} receives {record['category']} "
+                                        "messages again",
+                             "record": suppressions.api_record(record)})

@@ -35,6 +35,7 @@ from message_center.api.database import answer_503_while_database_down, executio
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.channel import Channel
 from message_center.delivery import quarantine as quarantine_store
+from message_center.delivery import suppression as suppression_store
 from message_center.events import (
     MAX_BATCH_BODY_BYTES,
     MAX_BATCH_EVENTS,
@@ -206,6 +207,28 @@ class QuarantineRecord(BaseModel):
 class QuarantineList(BaseModel):
     items: list[QuarantineRecord]
     total: int = Field(description="Records matching the filters, all pages.")
+    limit: int
+    offset: int
+
+
+class SuppressionRecord(BaseModel):
+    id: int = Field(description="This instance's id of the suppression (DELETE takes it).")
+    channel: str
+    address: str = Field(description="E-mail addresses in lower case.")
+    category: str = Field(description="The template's `unsubscribe` category.")
+    status: str = Field(description="`suppressed` or `removed`.")
+    active: bool = Field(description="In force: templates of the category are not sent.")
+    source: str = Field(description="unsubscribe | manual | api")
+    decidedBy: str | None
+    originCell: int | None
+    deliveryLogId: int | None = Field(description="The message unsubscribed from.")
+    created: datetime
+    updated: datetime = Field(description="When the last decision was made (last wins).")
+
+
+class SuppressionList(BaseModel):
+    items: list[SuppressionRecord]
+    total: int
     limit: int
     offset: int
 
@@ -594,6 +617,44 @@ def create_app(
 
     for spec in channels.all_channels():
         quarantine_routes(spec)
+
+    # --- suppressions (one-click unsubscribes, per category) -----------------------------
+    @router.get("/suppressions", response_model=SuppressionList,
+                responses={**_COMMON, **_FORBIDDEN},
+                summary="Addresses unsubscribed from a category (filters)")
+    async def list_suppressions(
+        _access: EventReadCheck = Depends(authorization.read),
+        channel: Annotated[str | None, Query(
+            pattern=f"^({'|'.join(channels.names())})$")] = None,
+        category: Annotated[str | None, Query(max_length=64)] = None,
+        status: Annotated[str, Query(pattern="^(active|removed|all)$",
+                                     description="active (in force), removed, all")] = "active",
+        address: Annotated[str | None, Query(max_length=320,
+                                             description="Case-insensitive substring.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:
+        """Newest decision first. Needs the right to read events, like the quarantine."""
+        rows, total = await run_in_threadpool(with_connection, lambda conn: (
+            suppression_store.list_suppressions(
+                conn, channel=channel, category=category, address=address, status=status,
+                limit=limit, offset=offset)))
+        return JSONResponse({"items": [suppression_store.api_record(r) for r in rows],
+                             "total": total, "limit": limit, "offset": offset})
+
+    @router.delete("/suppressions/{suppression_id}", response_model=SuppressionRecord,
+                   responses={**_COMMON, **_FORBIDDEN,
+                              404: {"model": Problem, "description": "No such suppression."}},
+                   summary="Lift a suppression (its category is sent again)")
+    async def remove_suppression(suppression_id: Annotated[int, Path(ge=1)],
+                                 user: Any = Depends(change_quarantine)) -> Any:
+        """The record stays, `removed`, so that the decision reaches the other instances.
+        Needs the right to change the quarantine. Idempotent."""
+        found = await run_in_threadpool(with_connection, lambda conn: (
+            suppression_store.remove(conn, suppression_id, decided_by=_user_name(user))), True)
+        if found is None:
+            raise HTTPException(404, f"no suppression {suppression_id}")
+        return JSONResponse(suppression_store.api_record(found))
 
     def check_health() -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC)

@@ -81,3 +81,37 @@ def test_release_and_quarantine_from_the_page(browser, airflow_stack, execution_
         assert q.get(conn, "email", "complained@example.test")["source"] == "ui"
     host = urlsplit(airflow_stack.base_url).netloc
     assert hosts and set(hosts) <= {host, ""}, set(hosts)
+
+
+def test_the_suppressions_tab_lists_and_lifts(browser, airflow_stack, execution_db):
+    from playwright.sync_api import expect
+
+    from message_center.delivery import suppression
+
+    with execution_db.begin() as conn:
+        kept = suppression.suppress(conn, "email", "news-reader@example.test", "newsletter")
+        suppression.suppress(conn, "email", "orders@example.test", "orders")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    try:
+        login(page, airflow_stack.base_url, "admin", airflow_stack.password)
+        page.get_by_role("link", name="Message Center").click()
+        ui = page.frame_locator(FRAME)
+        ui.locator(".mc-tabs a", has_text="Quarantine").click()
+        ui.locator("#tab-suppressions").click()
+        ui.locator("#tab-suppressions[aria-current='page']").wait_for()
+        rows = ui.locator("#suppressions tbody tr")
+        expect(rows).to_have_count(2)
+        ui.locator("#s-category").fill("newsletter")
+        ui.locator("#suppression-filters button[type=submit]").click()
+        expect(rows).to_have_count(1)
+        row = ui.locator(f"tr[data-id='{kept['id']}']")
+        expect(row).to_contain_text("news-reader@example.test")
+        row.locator("button[data-lift]").click()
+        expect(row.locator(".notice")).to_contain_text("receives newsletter messages again")
+    finally:
+        context.close()
+    with execution_db.connect() as conn:
+        rows, _ = suppression.list_suppressions(conn, status="removed")
+    assert [(r["address"], r["decided_by"]) for r in rows] == [
+        ("news-reader@example.test", "admin")]

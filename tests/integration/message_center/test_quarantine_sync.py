@@ -132,3 +132,25 @@ def test_an_unreachable_instance_is_reported_and_the_others_synchronised(instanc
         control_db)
     assert report.errors[7].startswith("up: OperationalError")
     assert get(instances[1], "y@example.test")["active"]
+
+
+def test_an_unsubscribe_on_instance_1_is_suppressed_on_instance_2_and_lifted_everywhere(
+        instances, control_db):
+    from message_center.delivery import suppression
+
+    one, two = instances[0], instances[1]
+    with one.begin() as conn:
+        suppression.suppress(conn, "email", "ada@example.test", "news")
+    quarantine_sync.sync_all(instances, control_db)
+    with two.connect() as conn:
+        rows, _ = suppression.list_suppressions(conn)
+    assert [(r["address"], r["category"], r["origin_cell"]) for r in rows] == [
+        ("ada@example.test", "news", 0)]
+    with two.begin() as conn:  # lifted on instance 2 (its own id)
+        suppression.remove(conn, rows[0]["id"])
+    report = quarantine_sync.sync_all(instances, control_db)
+    assert not report.errors
+    for engine in (one, two, control_db):
+        with engine.connect() as conn:
+            status = conn.execute(text("SELECT status FROM suppression")).scalar_one()
+        assert status == "removed"

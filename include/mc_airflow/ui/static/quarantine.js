@@ -25,6 +25,25 @@
     });
   });
 
+  var chosen = document.getElementById("s-instance");
+  document.querySelectorAll("button[data-lift]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var result = button.parentNode.querySelector(".notice");
+      button.disabled = true;
+      MC.post(MC.base + "/api/suppressions/remove", {
+        instance: chosen ? chosen.value : null, id: button.getAttribute("data-lift"),
+      }).then(function (answer) {
+        if (answer.ok) {
+          MC.notice(result, "ok", answer.data.message);
+          button.remove();
+        } else {
+          button.disabled = false;
+          MC.notice(result, "error", answer.data.detail || "Refused");
+        }
+      });
+    });
+  });
+
   var form = document.getElementById("new-quarantine");
   if (!form) return;
   var result = document.getElementById("new-quarantine-result");
