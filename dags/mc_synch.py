@@ -3,16 +3,16 @@
 
 Control instance. One DAG `mcSynch_<account>` per **enabled execution account** of the
 registry `dags/execution_accounts.yaml` (managed with `mc accounts add|list|test|remove`).
-Every hour it copies that execution instance's **real-time events, batch events and
-delivery logs** changed during the hour into the control archive (`archived_event`,
-`archived_delivery_log` on `mc_control`), keyed by (cell id, id), keeping the newest
+Every hour it copies that execution instance's **real-time events, batch events,
+delivery logs and tracking logs** changed during the hour into the control archive
+(`archived_event`, `archived_delivery_log`, `archived_tracking_log` on `mc_control`), keyed by (cell id, id), keeping the newest
 version of each row: a status that moved from Pending to Sent after it was archived is
 updated too.
 
 1. **check_instance** — connects to the account's database (its Airflow connection) and
    checks its cell id; an unreachable instance fails this account's run with a clear
    error and retries, other accounts are unaffected; a wrong cell id fails at once.
-2. **archive_events** / **archive_delivery_logs** — stream the rows in chunks (keyset
+2. **archive_events** / **archive_delivery_logs** / **archive_tracking_logs** — stream the rows in chunks (keyset
    pages of the source, `COPY` into a staging table, one `INSERT ... ON CONFLICT` per
    chunk); the log says how many rows of each kind were read, new, updated or already
    up to date.
@@ -20,7 +20,8 @@ updated too.
    the Message Center reports read: every hour the archived changes belong to, and every
    hour of the run's window (a backfill rebuilds its hours; a re-run writes the same
    figures), except hours older than `statistics_horizon_days` (default 365, env
-   `MC_STATISTICS_HORIZON_DAYS`), whose archive may already be purged.
+   `MC_STATISTICS_HORIZON_DAYS`), whose archive may already be purged; then the hourly
+   tracking statistics (opens, clicks, per hour of sending) of the hours marked.
 
 Windows: a run covers its data interval `[start, end)` of `last_modified`, started
 `lookback_minutes` earlier (default 15) so a transaction that committed late is picked up,
@@ -170,6 +171,12 @@ def archiving_dag(account: ExecutionAccount) -> Any:
             """Delivery logs changed in the window -> archived_delivery_log."""
             return _archive(account, ("delivery_log",))
 
+        @task(task_display_name="Archive tracking logs")
+        def archive_tracking_logs() -> dict[str, Any]:
+            """Tracking hits (opens, clicks, mirror views, unsubscribes) changed in the
+            window -> archived_tracking_log."""
+            return _archive(account, ("tracking_log",))
+
         @task(task_display_name="Update the event statistics")
         def update_statistics() -> dict[str, Any]:
             """Recompute the hourly statistics of the hours this account's archiving
@@ -177,17 +184,20 @@ def archiving_dag(account: ExecutionAccount) -> Any:
             from mc_airflow.connections import database_url
             from message_center.db import engine_for
             from message_center.reporting.statistics import refresh_statistics
+            from message_center.reporting.tracking import refresh_tracking_statistics
 
             context = get_current_context()
             start, end, _ = _window(context)
             horizon = timedelta(days=int(context["params"]["statistics_horizon_days"]))
-            report = refresh_statistics(engine_for(database_url(CONTROL_CONN_ID)),
-                                        account.cell_id, window=(start, end),
+            control = engine_for(database_url(CONTROL_CONN_ID))
+            report = refresh_statistics(control, account.cell_id, window=(start, end),
                                         not_before=pendulum.now("UTC") - horizon)
             log.info("%s: %s", account.name, report.summary())
-            return report.as_dict()
+            tracking = refresh_tracking_statistics(control, account.cell_id)
+            log.info("%s: %s", account.name, tracking.summary())
+            return {**report.as_dict(), "tracking": tracking.as_dict()}
 
-        archived = [archive_events(), archive_delivery_logs()]
+        archived = [archive_events(), archive_delivery_logs(), archive_tracking_logs()]
         check_instance() >> archived >> update_statistics()
 
     return archiving()

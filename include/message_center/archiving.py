@@ -47,9 +47,9 @@ from message_center.db import engine_for, first_line, with_connect_timeout
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_KINDS = ("rt", "batch", "delivery_log")
+ARCHIVE_KINDS = ("rt", "batch", "delivery_log", "tracking_log")
 KIND_LABELS = {"rt": "real-time events", "batch": "batch events",
-               "delivery_log": "delivery logs"}
+               "delivery_log": "delivery logs", "tracking_log": "tracking logs"}
 DEFAULT_CHUNK_ROWS = 10_000
 
 EVENT_COLUMNS = (
@@ -85,6 +85,19 @@ _MARK_DELIVERY_HOURS = (  # a delivery log feeds the sending time of its finishe
     " WHERE e.processed IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"
 )
 
+TRACKING_LOG_COLUMNS = (
+    "id", "delivery_log_id", "event_kind", "event_id", "template_name", "template_version",
+    "sent_at", "kind", "link", "url", "at", "automated", "automated_reason", "user_agent",
+    "last_modified",
+)
+# Tracking statistics are kept per hour of sending: a tracking log and a sent delivery log
+# mark the hour their message was sent (see message_center.reporting.tracking).
+_MARK_TRACKING_HOURS = (
+    "INSERT INTO tracking_stats_dirty (cell_id, hour)"
+    " SELECT DISTINCT %(cell)s, date_bin('1 hour', upserted.sent_at, TIMESTAMPTZ '2000-01-01Z')"
+    " FROM upserted WHERE upserted.sent_at IS NOT NULL ORDER BY 2 ON CONFLICT DO NOTHING"
+)
+
 
 @dataclass(frozen=True)
 class _KindSpec:
@@ -109,10 +122,15 @@ _SPECS = {
                        "batch", _EVENT_RETURNING, _MARK_EVENT_HOURS),
     "delivery_log": _KindSpec("delivery_log", "archived_delivery_log", "mc_stage_delivery_log",
                               DELIVERY_LOG_COLUMNS, None,
-                              "archived.event_id, archived.event_kind", _MARK_DELIVERY_HOURS,
+                              "archived.event_id, archived.event_kind, archived.sent_at",
+                              _MARK_DELIVERY_HOURS + "), marked_tracking AS ("
+                              + _MARK_TRACKING_HOURS,
                               " OR (archived.last_modified = EXCLUDED.last_modified"
                               " AND archived.failure_class IS NULL"
                               " AND EXCLUDED.failure_class IS NOT NULL)"),
+    "tracking_log": _KindSpec("tracking_log", "archived_tracking_log", "mc_stage_tracking_log",
+                              TRACKING_LOG_COLUMNS, None, "archived.sent_at",
+                              _MARK_TRACKING_HOURS),
 }
 
 

@@ -72,11 +72,13 @@ accounts:
     assert dag.timetable == CronDataIntervalTimetable("0 * * * *", timezone="UTC")
     assert dag.start_date == datetime(2024, 1, 1, tzinfo=UTC)
     assert {t.task_id for t in dag.tasks} == {
-        "check_instance", "archive_events", "archive_delivery_logs", "update_statistics"}
+        "check_instance", "archive_events", "archive_delivery_logs", "archive_tracking_logs",
+        "update_statistics"}
     assert dag.task_dict["archive_events"].upstream_task_ids == {"check_instance"}
     assert dag.task_dict["archive_delivery_logs"].upstream_task_ids == {"check_instance"}
+    assert dag.task_dict["archive_tracking_logs"].upstream_task_ids == {"check_instance"}
     assert dag.task_dict["update_statistics"].upstream_task_ids == {
-        "archive_events", "archive_delivery_logs"}
+        "archive_events", "archive_delivery_logs", "archive_tracking_logs"}
     for task in dag.tasks:
         assert task.owner == "message-center" and task.retries >= 1
     assert dag.params["lookback_minutes"] == 15 and dag.params["catch_up_days"] == 7
