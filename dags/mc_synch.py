@@ -6,16 +6,16 @@ registry `dags/execution_accounts.yaml` (managed with `mc accounts add|list|test
 Every hour it copies that execution instance's **real-time events, batch events,
 delivery logs and tracking logs** changed during the hour into the control archive
 (`archived_event`, `archived_delivery_log`, `archived_tracking_log` on `mc_control`),
-keyed by (cell id, id), keeping the newest version of each row: a status that moved from Pending to Sent after it was archived is
-updated too.
+keyed by (cell id, id), keeping the newest version of each row: a status that moved from
+Pending to Sent after it was archived is updated too.
 
 1. **check_instance** — connects to the account's database (its Airflow connection) and
    checks its cell id; an unreachable instance fails this account's run with a clear
    error and retries, other accounts are unaffected; a wrong cell id fails at once.
 2. **archive_events** / **archive_delivery_logs** / **archive_tracking_logs** — stream
    the rows in chunks (keyset pages of the source, `COPY` into a staging table, one
-   `INSERT ... ON CONFLICT` per chunk); the log says how many rows of each kind were read, new, updated or already
-   up to date.
+   `INSERT ... ON CONFLICT` per chunk); the log says how many rows of each kind were read,
+   new, updated or already up to date.
 3. **update_statistics** — recomputes, from the archive, the hourly event statistics
    the Message Center reports read: every hour the archived changes belong to, and every
    hour of the run's window (a backfill rebuilds its hours; a re-run writes the same
