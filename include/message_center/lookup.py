@@ -35,6 +35,7 @@ from message_center.rendering import (
     template_event,
 )
 from message_center.statuses import EVENT_KINDS, EventStatus
+from message_center.tracking.summary import event_tracking
 
 LOOKUP_FIELDS = {
     "id": "Event id",
@@ -325,6 +326,7 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         return None
 
     logs = _delivery_logs(kind, stored, cell, source, control, problems)
+    tracking = _tracking(kind, stored, cell, source, control, problems) if logs else None
     template = _template(event, source, control, problems)
     message = _rendered(event, stored, kind, logs, template, default_sender)
     status = EventStatus(event["status"])
@@ -341,6 +343,7 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         "deliveryLogs": [_log_dict(log) for log in logs],
         "template": template.to_dict() if template else None,
         "message": message,
+        "tracking": tracking,
         "problems": problems,
     }
     if event.get("address") is not None:  # a channel's own address (not one of ACC's)
@@ -350,6 +353,25 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         except channels.UnknownChannelError:
             detail["address"] = event["address"]
     return detail
+
+
+def _tracking(kind: str, stored: int, cell: int, source: LiveSource | None,
+              control: Engine | None, problems: list[str]) -> dict[str, Any] | None:
+    """The event's opens and clicks: live (the execution instance) first, else archived."""
+    if source is not None:
+        try:
+            with source.engine.connect() as conn:
+                return event_tracking(conn, kind, stored)
+        except SQLAlchemyError as exc:
+            problems.append(f"{source.label}: tracking not read ({_first_line(exc)})")
+    if control is None:
+        return None
+    try:
+        with control.connect() as conn:
+            return event_tracking(conn, kind, stored, cell_id=cell)
+    except SQLAlchemyError as exc:
+        problems.append(f"control archive: tracking not read ({_first_line(exc)})")
+        return None
 
 
 def _delivery_logs(kind: str, stored: int, cell: int, source: LiveSource | None,

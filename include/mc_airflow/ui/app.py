@@ -47,6 +47,7 @@ PAGES = (
     ("service-level", "Service level"),
     ("processing-time", "Processing time"),
     ("history", "Event history"),
+    ("tracking", "Tracking"),
     ("lookup", "Event lookup"),
     ("quarantine", "Quarantine"),
     ("accounts", "Execution accounts"),

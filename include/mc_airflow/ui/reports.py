@@ -39,6 +39,8 @@ from message_center.reporting import (
     parse_filter,
     processing_time,
     service_level,
+    tracking_csv,
+    tracking_report,
 )
 
 Render = Callable[..., HTMLResponse]
@@ -182,6 +184,28 @@ def register(app: FastAPI, render: Render) -> None:
         return Response(csv, media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition":
                 f'attachment; filename="message-center-history-{start}-{end}.csv"'})
+
+    @app.get("/tracking", response_class=HTMLResponse)
+    def tracking_page(request: Request, access: Reader) -> HTMLResponse:
+        """ACC's tracking indicators: open and click rates per template, period and link."""
+        return report_page(request, access, "tracking", "tracking.html",
+                           lambda conn, f, _t: tracking_report(conn, f).to_dict())
+
+    @app.get("/tracking.csv")
+    def tracking_download(request: Request, access: Reader) -> Response:
+        values = _form(request.query_params)
+        try:
+            report_filter = _filter(values, access)
+            csv = _read(lambda conn: tracking_csv(tracking_report(conn, report_filter)))
+        except ReportFilterError as exc:
+            return Response(f"{exc.field}: {exc}\n", status_code=422, media_type="text/plain")
+        except ControlMissing as exc:
+            return Response(f"{exc}\n", status_code=503, media_type="text/plain")
+        start = report_filter.start.strftime("%Y%m%dT%H")
+        end = report_filter.end.strftime("%Y%m%dT%H")
+        return Response(csv, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition":
+                f'attachment; filename="message-center-tracking-{start}-{end}.csv"'})
 
     @app.get("/errors", response_class=HTMLResponse)
     def errors_page(request: Request, access: Reader,

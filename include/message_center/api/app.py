@@ -43,12 +43,14 @@ from message_center.events import (
     EventIn,
     EventValidationError,
 )
+from message_center.ids import to_stored
 from message_center.reporting.live import instance_live
 from message_center.reporting.thresholds import (
     DEFAULT_HEALTH_AGE_ALERT,
     DEFAULT_HEALTH_AGE_WARNING,
     health_age_limits,
 )
+from message_center.tracking.summary import event_tracking
 
 DEFAULT_WARNING = 100
 DEFAULT_ALERT = 400
@@ -156,6 +158,27 @@ class DeliveryOutcome(BaseModel):
         None, description="Why, e.g. user_unknown, mailbox_full, refused, throttled.")
 
 
+class TrackedLink(BaseModel):
+    link: int = Field(description="The link's number in the message (0: the first).")
+    url: str | None
+    clicks: int
+    automatedClicks: int
+    firstClick: datetime | None
+
+
+class TrackingOut(BaseModel):
+    opens: int = Field(description="Opens by people (every one; automated ones apart).")
+    clicks: int
+    automatedOpens: int = Field(description="Image proxies that prefetch, scanners, HEAD.")
+    automatedClicks: int
+    firstOpen: datetime | None
+    firstClick: datetime | None
+    mirrorViews: int
+    unsubscribed: bool
+    lastHit: datetime | None
+    links: list[TrackedLink]
+
+
 class EventOut(BaseModel):
     id: int
     kind: str = Field(description="`rt` (real-time queue) or `batch`.")
@@ -182,6 +205,8 @@ class EventOut(BaseModel):
     template: TemplateLink | None
     delivery: DeliveryOutcome | None
     errorReason: str | None
+    tracking: TrackingOut | None = Field(
+        None, description="Opens and clicks of the message (null: not sent yet).")
 
 
 class QuarantineRecord(BaseModel):
@@ -480,7 +505,11 @@ def create_app(
 
     def fetch(event_id: int) -> dict[str, Any] | None:
         with engine().connect() as conn:
-            return events.get_event(conn, event_id)
+            found = events.get_event(conn, event_id)
+            if found is not None:
+                found["tracking"] = (None if found["delivery"] is None else event_tracking(
+                    conn, found["kind"], to_stored(event_id)))
+            return found
 
     @router.get("/events/{event_id}", response_model=EventOut,
                 responses={**_COMMON, **_FORBIDDEN,

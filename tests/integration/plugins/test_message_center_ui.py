@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.server
 
 UI = "/message-center/ui"
-PAGES = ("overview", "service-level", "processing-time", "history", "lookup", "accounts",
+PAGES = ("overview", "service-level", "processing-time", "history", "tracking", "lookup",
+         "accounts",
          "errors?cause=failed")
 CHANGES = (("/api/accounts", {"name": "mcExecX", "label": "X", "cellId": 9}),
            ("/api/accounts/test", {"name": "mcExecX", "label": "X", "cellId": 9}),

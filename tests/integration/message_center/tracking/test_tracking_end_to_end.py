@@ -219,3 +219,48 @@ def test_rate_limit_per_client(execution_db, smtp_sink, channels, server):
     with httpx.Client(headers={"User-Agent": BROWSER}) as client:
         codes = [client.get(pixel).status_code for _ in range(5)]
     assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+
+
+def test_the_event_api_and_the_lookup_show_the_tracking(execution_db, smtp_sink, channels,
+                                                        server, test_deployment):
+    from message_center.events import get_event
+    from message_center.ids import to_public
+    from message_center.lookup import LiveSource, event_detail
+
+    publish_templates(execution_db, TRACKED)
+    event_id, message = send_one(execution_db, smtp_sink, channels)
+    html = parts(message)[0]
+    with httpx.Client(headers={"User-Agent": BROWSER}) as client:
+        client.get(re.search(r'<img src="([^"]+)"', html).group(1))
+        client.get(hrefs(html)[0])
+        client.head(hrefs(html)[0])
+    assert server.writer.wait_idle()
+    from fastapi.testclient import TestClient
+    from test_quarantine_api import (  # the API app with a test auth
+        TOKEN,
+        _change,
+        _no_check,
+        _no_push,
+        _read,
+        token_auth,
+    )
+
+    from message_center.api import Authorization, HealthThresholds, create_app
+
+    url = test_deployment.database_url("execution")
+    app = create_app(token_auth, lambda: url, thresholds=HealthThresholds(100, 400),
+                     authorization=Authorization(push=_no_push, read=_read,
+                                                 check_push=_no_check,
+                                                 change_quarantine=_change))
+    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    public = to_public(event_id)
+    answer = client.get(f"/v1/events/{public}")
+    assert answer.status_code == 200
+    tracking = answer.json()["tracking"]
+    assert (tracking["opens"], tracking["clicks"], tracking["automatedClicks"]) == (1, 1, 1)
+    assert tracking["firstOpen"] and tracking["firstClick"]
+    assert tracking["links"][0]["url"] == "https://shop.example/orders/A-1?a=1&b=2"
+    with execution_db.connect() as conn:
+        assert get_event(conn, public)["delivery"]["status"] == "sent"
+    detail = event_detail(public, [LiveSource("execution", "execution", execution_db, 0)], None)
+    assert detail["tracking"]["opens"] == 1 and detail["tracking"]["clicks"] == 1
