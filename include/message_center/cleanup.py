@@ -392,6 +392,12 @@ def _delete_sql(table: str, kind: str) -> str:
                        ELSE EXISTS (SELECT 1 FROM lg WHERE lg.id = ev.log_id) END),
         gone_logs AS (
             DELETE FROM delivery_log d USING ok WHERE d.id = ok.log_id RETURNING d.id),
+        gone_hits AS (  -- tracking logs go with their event (archived with it)
+            DELETE FROM tracking_log t USING ok
+            WHERE t.event_kind = '{kind}' AND t.event_id = ok.id RETURNING 1),
+        gone_firsts AS (
+            DELETE FROM tracking_first f USING ok WHERE f.delivery_log_id = ok.log_id
+            RETURNING 1),
         gone AS (
             DELETE FROM {table} e USING ok WHERE e.id = ok.id RETURNING e.id)
         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_logs)"""
@@ -579,6 +585,10 @@ _PURGE_ARCHIVE = text("""
     gone_logs AS (
         DELETE FROM archived_delivery_log l USING victims v
         WHERE l.cell_id = v.cell_id AND l.event_id = v.id AND l.event_kind = v.event_kind
+        RETURNING 1),
+    gone_hits AS (
+        DELETE FROM archived_tracking_log t USING victims v
+        WHERE t.cell_id = v.cell_id AND t.event_id = v.id AND t.event_kind = v.event_kind
         RETURNING 1),
     gone AS (
         DELETE FROM archived_event e USING victims v

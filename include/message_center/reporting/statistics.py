@@ -515,5 +515,7 @@ def purge_statistics(conn: Connection, before: datetime) -> Purged:
     before = floor_hour(before)
     event_rows = conn.execute(text("DELETE FROM event_stats_hourly WHERE hour < :before"),
                               {"before": before}).rowcount
+    conn.execute(text("DELETE FROM tracking_stats_hourly WHERE hour < :before"),
+                 {"before": before})
     flow_rows, carried = conn.execute(_PURGE_FLOW, {"before": before}).one()
     return Purged(int(event_rows), int(flow_rows) - int(carried), int(carried))

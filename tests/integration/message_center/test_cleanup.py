@@ -468,3 +468,33 @@ def test_statistics_go_after_their_delay_and_queue_sizes_stay_right(control_db):
     assert rows() == (hours[-2:], hours[-2:])
     assert {h: queue_after(h) for h in hours[-2:]} == queues
     assert again.lines()[0].startswith("hourly statistics before")
+
+
+def test_tracking_logs_go_with_their_events(execution2_db, control_db):
+    old = add_event(execution2_db, "rt", "sent", OLD, log="sent")
+    recent = add_event(execution2_db, "rt", "sent", RECENT, log="sent")
+    with execution2_db.begin() as conn:
+        for event_id in (old, recent):
+            log_id = conn.execute(text("SELECT id FROM delivery_log WHERE event_id = :e"),
+                                  {"e": event_id}).scalar_one()
+            hit = conn.execute(text(
+                "INSERT INTO tracking_log (delivery_log_id, event_kind, event_id, kind, at, "
+                "last_modified) VALUES (:log, 'rt', :e, 'open', :at, :at) RETURNING id"),
+                {"log": log_id, "e": event_id, "at": OLD if event_id == old else RECENT}
+            ).scalar_one()
+            conn.execute(text("INSERT INTO tracking_first (delivery_log_id, kind, at, "
+                              "tracking_log_id) VALUES (:log, 'open', now(), :hit)"),
+                         {"log": log_id, "hit": hit})
+    archive(execution2_db, control_db)
+    purge(execution2_db, control_db)
+    with execution2_db.connect() as conn:
+        assert list(conn.execute(text("SELECT event_id FROM tracking_log")).scalars()) == [
+            recent]
+        assert conn.execute(text("SELECT count(*) FROM tracking_first")).scalar_one() == 1
+    with control_db.connect() as conn:  # archived, kept by the archive until its own delay
+        assert conn.execute(text("SELECT count(*) FROM archived_tracking_log")).scalar_one() == 2
+    purge_archive(control_db, CleanupSettings(event_days=10, archived_event_days=30), now=NOW,
+                  vacuum_after=False)
+    with control_db.connect() as conn:
+        assert list(conn.execute(text(
+            "SELECT event_id FROM archived_tracking_log")).scalars()) == [recent]
