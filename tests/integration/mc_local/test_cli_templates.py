@@ -11,8 +11,9 @@ from template_factory import SMS_TEMPLATE, active_rows, write
 from mc_airflow.defaults import TEMPLATES_DIR
 from mc_local.cli import main as mc
 from mc_local.launcher import publish_to_deployment
+from message_center import channel as channels
 from message_center import templates as tpl
-from message_center.rendering import event_variables, render_message
+from message_center.rendering import RenderedMessage, event_variables
 
 
 @pytest.mark.fast
@@ -44,9 +45,14 @@ def test_preview_writes_html_text_and_eml_rendered_like_the_delivery(tmp_path, c
 
     template = tpl.load_templates(TEMPLATES_DIR).find("orderConfirmed")
     seed = template.seeds[0]
-    expected = render_message(template.subject, template.html, template.text, event_variables(
-        {"type": "ORDER_CONFIRMED", "email": seed.address, "ctx": seed.ctx}))
+    # the demo template tracks: the preview shows its tracked links, pixel and mirror URL
+    # (sample URLs the tracking server does not accept)
+    rendered = channels.get("email").render(
+        template.parts, event_variables({"type": "ORDER_CONFIRMED", "email": seed.address,
+                                         "ctx": seed.ctx}), template.tracking.as_content())
+    expected = RenderedMessage(rendered["subject"], rendered["html"], rendered["text"])
     assert html.read_text() == expected.html
+    assert "/c/" in expected.html and "/o/" in expected.html and "/m/" in expected.text
     assert "<h1" in expected.html and "Thank you, Alice!" in expected.html
     assert "Subject: Your order A-1001 is confirmed" in txt.read_text()
     assert txt.read_text().endswith(expected.text)
