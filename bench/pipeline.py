@@ -20,11 +20,12 @@ from bench.bare_pool import CpuMeter, bare_pool, commit_counter
 from bench.core import Context, Result, log, planned_rows, stopwatch
 from bench.data import ITEMS, count_by_status, insert_events, insert_final_delivery_logs
 from message_center import archiving
+from message_center import channel as channels
 from message_center.claims import ShardClaim
 from message_center.delivery.channels import Channels
 from message_center.delivery.smtp import SmtpSettings, build_email
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
-from message_center.rendering import event_variables, render_message
+from message_center.rendering import event_variables
 from message_center.status_sync import sync_event_statuses
 
 FROM = "Message Center <no-reply@message-center.local>"
@@ -93,17 +94,29 @@ def _sample_message(template: Any) -> bytes:
     variables = event_variables({"type": "ORDER_CONFIRMED", "email": "c@example.com",
                                  "ctx": {"firstName": "Jane", "orderId": "A-1", "total": 59.9,
                                          "currency": "EUR", "items": ITEMS}})
-    rendered = render_message(template.subject, template.html_body, template.text_body,
-                              variables)
+    rendered = channels.get("email").render(
+        {"subject": template.subject, "html": template.html_body, "text": template.text_body},
+        variables, template.options)  # tracked links and pixel as the delivery adds them
     _, message = build_email(log_id=1, sender=template.sender or FROM,
-                             recipient="customer1@example.com", subject=rendered.subject,
-                             html=rendered.html, text=rendered.text)
+                             recipient="customer1@example.com", subject=rendered["subject"],
+                             html=rendered["html"], text=rendered["text"])
     return message
+
+
+def configure_tracking(ctx: Context) -> None:
+    """The deployment's tracking key and base URL in this process (the deliver stages
+    render the demo template, which tracks)."""
+    from message_center.tracking import tokens
+
+    env = ctx.deployment.environment()
+    tokens.configure(tokens.TrackingConfig(
+        env["MC_TRACKING_BASE_URL"], tokens.Signer(tokens.keys_from_text(env["MC_TRACKING_KEYS"]))))
 
 
 def _deliver(ctx: Context, count: int, port: int) -> tuple[float, dict[str, int], str]:
     """One shard of ``count`` messages over ``deliver_sessions`` sessions: (msg/s,
     outcomes, CPU per message of this process and PostgreSQL during the sending)."""
+    configure_tracking(ctx)
     claim, settings = _prepare_linked(ctx, count)
     settings = replace(settings, smtp_sessions=ctx.sizes.deliver_sessions)
     engine = ctx.engine()
@@ -124,7 +137,7 @@ def deliver(ctx: Context) -> list[Result]:
     ctx.ensure_sinks()
     with ctx.engine().connect() as conn:
         template = conn.execute(text(
-            "SELECT sender, subject, html_body, text_body FROM published_template "
+            "SELECT sender, subject, html_body, text_body, options FROM published_template "
             "WHERE internal_name = 'orderConfirmed' AND active ORDER BY version DESC LIMIT 1"
         )).one()
     message = _sample_message(template)
