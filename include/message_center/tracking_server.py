@@ -34,13 +34,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from message_center import channel as channels
@@ -154,14 +155,12 @@ class RateLimiter:
         return allowed
 
 
-def client_ip(request: Request, trusted: Sequence[Any]) -> str:
+def client_ip(peer: str, forwarded_for: str | None, trusted: Sequence[Any]) -> str:
     """The peer's address; behind trusted proxies, the nearest untrusted address of
     ``X-Forwarded-For`` (read right to left)."""
-    peer = request.client.host if request.client else "unknown"
     if not trusted or not _trusted(peer, trusted):
         return peer
-    chain = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",")
-             if part.strip()]
+    chain = [part.strip() for part in (forwarded_for or "").split(",") if part.strip()]
     for address in reversed(chain):
         if not _trusted(address, trusted):
             return address
@@ -274,34 +273,68 @@ class TrackingApp:
         return message._mirror
 
     # --- hits ---------------------------------------------------------------------------
-    def record(self, request: Request, message: SentMessage, kind: str,
+    def record(self, method: str, user_agent: str | None, message: SentMessage, kind: str,
                link: int | None = None, url: str | None = None) -> None:
         now = datetime.now(UTC)
-        agent = request.headers.get("user-agent")
         after = None if message.sent_at is None else (now - message.sent_at).total_seconds()
-        reason = automated_reason(method=request.method, user_agent=agent,
+        reason = automated_reason(method=method, user_agent=user_agent,
                                   seconds_after_sending=after if kind in ("open", "click")
                                   else None, scanner_seconds=self.settings.scanner_seconds)
         self.writer.add(Hit(log_id=message.log_id, kind=kind, at=now, link=link, url=url,
-                            automated_reason=reason, user_agent=agent))
+                            automated_reason=reason, user_agent=user_agent))
 
-    async def claim(self, request: Request, kind: str
-                    ) -> tuple[Claim, SentMessage] | Response:
-        """The valid token's claim and message, or the response to give (404, 429)."""
-        if not self.limiter.allow(client_ip(request, self.settings.trusted_proxies)):
-            return PlainTextResponse("Too many requests\n", status_code=429,
-                                     headers={"Retry-After": "1", **_NO_STORE})
-        claim = self.settings.config.signer.verify(request.path_params["token"], kind)
+    def cached(self, log_id: int) -> tuple[bool, SentMessage | None]:
+        """(found in the cache, the message) without waiting for the database."""
+        with self._lock:
+            if log_id in self._cache and time.monotonic() - self._cache_times[log_id] < \
+                    self.settings.cache_seconds:
+                return True, self._cache[log_id]
+        return False, None
+
+    async def claim(self, peer: str, forwarded_for: str | None, token: str, kind: str
+                    ) -> tuple[Claim, SentMessage] | int:
+        """The valid token's claim and message, or the status to answer (404, 429, 503)."""
+        if not self.limiter.allow(client_ip(peer, forwarded_for, self.settings.trusted_proxies)):
+            return 429
+        claim = self.settings.config.signer.verify(token, kind)
         if claim is None:
-            return not_found()
-        try:
-            message = await self.message(claim.log_id)
-        except OperationalError:
-            return PlainTextResponse("Temporarily unavailable\n", status_code=503,
-                                     headers={"Retry-After": "5", **_NO_STORE})
+            return 404
+        hit, message = self.cached(claim.log_id)
+        if not hit:
+            try:
+                message = await self.message(claim.log_id)
+            except OperationalError:
+                return 503
         if message is None:
-            return not_found()
+            return 404
         return claim, message
+
+    def click_target(self, claim: Claim, message: SentMessage) -> str | None:
+        """The URL a click token may go to (None: none)."""
+        links = self.links(message)
+        if not 0 <= claim.link < len(links) or not claim.matches_url(links[claim.link]):
+            return None
+        return links[claim.link]
+
+
+_STATUS_TEXT = {404: b"Not found\n", 429: b"Too many requests\n",
+                503: b"Temporarily unavailable\n"}
+_RAW_NO_STORE = [(b"cache-control", b"no-store, private"), (b"referrer-policy", b"no-referrer"),
+                 (b"x-content-type-options", b"nosniff")]
+_RAW_PIXEL = [(b"content-type", b"image/gif"), (b"content-length", str(len(PIXEL)).encode()),
+              *_RAW_NO_STORE]
+
+
+def status_response(status: int) -> Response:
+    extra = {"Retry-After": "1" if status == 429 else "5"} if status in (429, 503) else {}
+    return PlainTextResponse(_STATUS_TEXT[status].decode(), status_code=status,
+                             headers={**_NO_STORE, **extra})
+
+
+async def _send_raw(send: Any, status: int, headers: list[tuple[bytes, bytes]],
+                    body: bytes, head: bool) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def not_found() -> Response:
@@ -321,31 +354,17 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 def create_app(settings: ServerSettings) -> Starlette:
     state = TrackingApp(settings)
 
-    async def open_pixel(request: Request) -> Response:
-        found = await state.claim(request, OPEN)
-        if isinstance(found, Response):
-            return found
-        _claim, message = found
-        state.record(request, message, "open")
-        return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
+    async def found_for(request: Request, kind: str) -> tuple[Claim, SentMessage] | Response:
+        found = await state.claim(request.client.host if request.client else "unknown",
+                                  request.headers.get("x-forwarded-for"),
+                                  request.path_params["token"], kind)
+        return status_response(found) if isinstance(found, int) else found
 
-    async def click(request: Request) -> Response:
-        found = await state.claim(request, CLICK)
-        if isinstance(found, Response):
-            return found
-        claim, message = found
-        try:
-            links = await run_in_threadpool(state.links, message)
-        except (RenderError, ValueError):
-            return not_found()
-        if not 0 <= claim.link < len(links) or not claim.matches_url(links[claim.link]):
-            return not_found()
-        url = links[claim.link]
-        state.record(request, message, "click", link=claim.link, url=url)
-        return RedirectResponse(url, status_code=302, headers=_NO_STORE)
+    def agent(request: Request) -> str | None:
+        return request.headers.get("user-agent")
 
     async def mirror(request: Request) -> Response:
-        found = await state.claim(request, MIRROR)
+        found = await found_for(request, MIRROR)
         if isinstance(found, Response):
             return found
         _claim, message = found
@@ -355,7 +374,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             rendered = await run_in_threadpool(state.mirror, message)
         except (RenderError, ValueError):
             return not_found()
-        state.record(request, message, "mirror")
+        state.record(request.method, agent(request), message, "mirror")
         html = rendered.get("html")
         if html is None:
             text_part = htmllib.escape(rendered.get("text") or "")
@@ -367,7 +386,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         return HTMLResponse(html, headers=_PAGE_HEADERS)
 
     async def unsubscribe(request: Request) -> Response:
-        found = await state.claim(request, UNSUBSCRIBE)
+        found = await found_for(request, UNSUBSCRIBE)
         if isinstance(found, Response):
             return found
         _claim, message = found
@@ -392,7 +411,7 @@ def create_app(settings: ServerSettings) -> Starlette:
         except OperationalError:
             return PlainTextResponse("Temporarily unavailable\n", status_code=503,
                                      headers={"Retry-After": "5", **_NO_STORE})
-        state.record(request, message, "unsubscribe")
+        state.record(request.method, agent(request), message, "unsubscribe")
         return _page("Unsubscribed", "<h1>You are unsubscribed</h1><p>You will no longer "
                      f"receive messages of the kind <strong>{htmllib.escape(category)}"
                      "</strong>.</p>")
@@ -405,17 +424,68 @@ def create_app(settings: ServerSettings) -> Starlette:
         finally:
             await asyncio.to_thread(state.writer.stop)
 
-    app = Starlette(routes=[
-        Route("/o/{token}", open_pixel, methods=["GET", "HEAD"]),
-        Route("/c/{token}", click, methods=["GET", "HEAD"]),
+    pages = Starlette(routes=[
         Route("/m/{token}", mirror, methods=["GET"]),
         Route("/u/{token}", unsubscribe, methods=["GET", "POST"]),
     ], lifespan=lifespan)
-    app.state.tracking = state
+    pages.state.tracking = state
 
     async def plain_404(_request: Request, _exc: Exception) -> Response:
         return not_found()
 
-    app.add_exception_handler(404, plain_404)
-    app.add_exception_handler(405, plain_404)
-    return app
+    pages.add_exception_handler(404, plain_404)
+    pages.add_exception_handler(405, plain_404)
+
+    async def hot(scope: Any, send: Any) -> None:
+        """The open pixel and the click redirect, answered without a framework: they are
+        most of the traffic (a GIF or a 302, precomputed headers)."""
+        path, method = scope["path"], scope["method"]
+        kind = OPEN if path[1] == "o" else CLICK
+        headers = {name: value for name, value in scope["headers"]
+                   if name in (b"user-agent", b"x-forwarded-for")}
+        forwarded = headers.get(b"x-forwarded-for")
+        user_agent = headers.get(b"user-agent")
+        client = scope.get("client")
+        found = await state.claim(client[0] if client else "unknown",
+                                  forwarded.decode("latin-1") if forwarded else None,
+                                  path[3:], kind)
+        head = method == "HEAD"
+        if isinstance(found, int):
+            extra = [(b"retry-after", b"1" if found == 429 else b"5")] if found != 404 else []
+            body = _STATUS_TEXT[found]
+            await _send_raw(send, found, [(b"content-type", b"text/plain; charset=utf-8"),
+                                          (b"content-length", str(len(body)).encode()),
+                                          *_RAW_NO_STORE, *extra], body, head)
+            return
+        claim, message = found
+        agent_text = user_agent.decode("latin-1") if user_agent else None
+        if kind == OPEN:
+            state.record(method, agent_text, message, "open")
+            await _send_raw(send, 200, _RAW_PIXEL, PIXEL, head)
+            return
+        try:
+            url = (state.click_target(claim, message) if message._links is not None
+                   else await run_in_threadpool(state.click_target, claim, message))
+        except (RenderError, ValueError):
+            url = None
+        if url is None:
+            body = _STATUS_TEXT[404]
+            await _send_raw(send, 404, [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        *_RAW_NO_STORE], body, head)
+            return
+        state.record(method, agent_text, message, "click", link=claim.link, url=url)
+        location = quote(url, safe=":/%#?=@[]!$&'()*+,;~")  # as Starlette's redirect does
+        await _send_raw(send, 302, [(b"location", location.encode("latin-1")),
+                                    (b"content-length", b"0"), *_RAW_NO_STORE], b"", head)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (path[:3] in ("/o/", "/c/") and len(path) > 3 and "/" not in path[3:]
+                and scope["method"] in ("GET", "HEAD")):
+            await hot(scope, send)
+            return
+        await pages(scope, receive, send)
+
+    app.state = pages.state  # type: ignore[attr-defined]
+    return app  # type: ignore[return-value]

@@ -74,7 +74,7 @@ def test_the_tracking_page_and_the_mirror_page(browser, airflow_stack, execution
                                                control_db, smtp_sink, test_deployment,
                                                tracking_server):
     from playwright.sync_api import expect
-    from test_tracking_end_to_end import TRACKED, hrefs, parts
+    from tracking_factory import TRACKED, hrefs, parts
 
     template = replace(TRACKED, event_type="TRACKED_UI", internal_name="trackedUi")
     publish_templates(execution_db, template)

@@ -10,15 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from processing_factory import insert_events, publish_templates
 from sqlalchemy import text
-from test_tracking_end_to_end import (  # noqa: F401 - fixtures
-    BROWSER,
-    TRACKED,
-    channels,
-    drain,
-    hrefs,
-    parts,
-    server,
-)
+from test_tracking_end_to_end import channels, drain, server  # noqa: F401 - fixtures
+from tracking_factory import BROWSER, TRACKED, hrefs, parts
 
 from message_center.archiving import archive_window
 from message_center.reporting.reports import ReportFilter

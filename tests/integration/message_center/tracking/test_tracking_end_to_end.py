@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
 import uvicorn
 from conftest import free_port
-from processing_factory import ORDER_TEMPLATE, events, insert_events, publish_templates
+from processing_factory import events, insert_events, publish_templates
 from sqlalchemy import text
+from tracking_factory import BROWSER, TRACKED, hrefs, parts
 
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
@@ -27,21 +27,6 @@ from message_center.tracking_server import ServerSettings, create_app
 KEY = "test-tracking-key-0123456789"
 SETTINGS = ProcessingSettings(shards=1, delivery_chunk=10, retry_backoff_seconds=0,
                               retry_backoff_max_seconds=0, max_tries=3)
-BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120"
-TRACKED = replace(
-    ORDER_TEMPLATE, internal_name="trackedOrder",
-    html_body=('<html><head><title>Order</title></head><body>'
-               '<p>Hello {{ firstName }}, order <b>{{ orderId }}</b> is confirmed.</p>'
-               '<p><a href="https://shop.example/orders/{{ orderId }}?a=1&amp;b=2">Your order</a>'
-               ' <a href="mailto:help@shop.example">Help</a>'
-               ' <a data-mc-notrack href="https://shop.example/private">Private</a>'
-               ' <a href="{{ mirror_url }}">View in your browser</a>'
-               ' <a href="{{ unsubscribe_url }}">Unsubscribe</a></p></body></html>'),
-    text_body="Hello {{ firstName }}, order {{ orderId }}. Online: {{ mirror_url }}",
-    options={"tracking": {"opens": True, "clicks": True}, "mirror_page": True,
-             "unsubscribe": {"category": "orders"}})
-
-
 @pytest.fixture
 def server(execution_db):
     """The tracking server on a free loopback port; the delivery signs with its key."""
@@ -77,16 +62,6 @@ def drain(engine, channels):
         deliver_shard(engine, claim, SETTINGS, channels, copy_status=False)
     recover(engine, SETTINGS, kinds=("batch",))
     sync_event_statuses(engine)
-
-
-def hrefs(html: str) -> list[str]:
-    return [h.replace("&amp;", "&") for h in re.findall(r'href="([^"]*)"', html)]
-
-
-def parts(message):
-    html = message.get_body(("html",)).get_content()
-    plain = message.get_body(("plain",)).get_content()
-    return html, plain
 
 
 def send_one(execution_db, smtp_sink, channels, address="ada@example.test"):
@@ -236,23 +211,20 @@ def test_the_event_api_and_the_lookup_show_the_tracking(execution_db, smtp_sink,
         client.head(hrefs(html)[0])
     assert server.writer.wait_idle()
     from fastapi.testclient import TestClient
-    from test_quarantine_api import (  # the API app with a test auth
-        TOKEN,
-        _change,
-        _no_check,
-        _no_push,
-        _read,
-        token_auth,
-    )
 
     from message_center.api import Authorization, HealthThresholds, create_app
 
+    class Reader:  # the API app with a test auth that lets everything through
+        def check(self, kind: str) -> None:
+            return None
+
     url = test_deployment.database_url("execution")
-    app = create_app(token_auth, lambda: url, thresholds=HealthThresholds(100, 400),
-                     authorization=Authorization(push=_no_push, read=_read,
-                                                 check_push=_no_check,
-                                                 change_quarantine=_change))
-    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    app = create_app(lambda: "tester", lambda: url, thresholds=HealthThresholds(100, 400),
+                     authorization=Authorization(push=lambda kind: (lambda: None),
+                                                 read=lambda: Reader(),
+                                                 check_push=lambda user, kind: None,
+                                                 change_quarantine=lambda: "tester"))
+    client = TestClient(app)
     public = to_public(event_id)
     answer = client.get(f"/v1/events/{public}")
     assert answer.status_code == 200
