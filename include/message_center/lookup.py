@@ -35,6 +35,8 @@ from message_center.rendering import (
     template_event,
 )
 from message_center.statuses import EVENT_KINDS, EventStatus
+from message_center.tracking import options as tracking_options
+from message_center.tracking import tokens as tracking_tokens
 from message_center.tracking.summary import event_tracking
 
 LOOKUP_FIELDS = {
@@ -247,6 +249,8 @@ class Template:
     source: str
     active: bool | None = None
     published_at: datetime | None = None
+    #: Tracking options (``tracking``, ``mirror_page``, ``unsubscribe``); None: none.
+    options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         try:
@@ -419,7 +423,7 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
                     channel=row["channel"], version=row["version"], sender=row["sender"],
                     parts=_parts(row["channel"], row=row),
                     language=row["language"], active=row["active"],
-                    published_at=row["published_at"],
+                    published_at=row["published_at"], options=row.get("options"),
                     source=f"published on {source.label}")
         except SQLAlchemyError as exc:
             problems.append(f"{source.label}: template not read ({_first_line(exc)})")
@@ -443,6 +447,7 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
         internal_name=name, label=content.get("label", name), channel=content["channel"],
         version=version, sender=content.get("sender"),
         parts=_parts(content["channel"], content=content), language=content.get("language"),
+        options=tracking_options.from_content(content).as_content() or None,
         published_at=row["created"], source="version stored on the control instance")
 
 
@@ -460,7 +465,7 @@ def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str
         return {"available": False, "reason": str(exc)}
     variables = event_variables(template_event(event, stored))
     try:
-        rendered = spec.render(template.parts, variables)
+        rendered = _render_as_sent(spec, template, variables, log)
         message = spec.lookup_message(
             rendered, to=(log or {}).get("address") or spec.event_address(event),
             sender=template.sender, default_sender=default_sender,
@@ -472,6 +477,26 @@ def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str
                                                f"event: {exc}"}
     except ValueError as exc:
         return {"available": False, "reason": f"the message is invalid: {exc}"}
+
+
+def _render_as_sent(spec: channels.Channel, template: Template, variables: dict[str, Any],
+                    log: dict[str, Any] | None) -> dict[str, str | None]:
+    """The parts as the delivery rendered them: a tracked template with its tracked links,
+    pixel and mirror URL of that delivery log (sample URLs when this process has no
+    tracking key, or the event was never delivered)."""
+    if not template.options:
+        return spec.render(template.parts, variables)
+    try:
+        config = tracking_tokens.current()
+    except tracking_tokens.TrackingKeyError:
+        config = None
+    if log is None or config is None:
+        return spec.render(template.parts, variables, template.options)
+    row: dict[str, Any] = {column: template.parts.get(part)
+                           for part, column in spec.template_columns.items()}
+    row.update(parts=template.parts, options=template.options)
+    rendered, _headers = spec.render_sent(row, variables, log_id=int(log["id"]), config=config)
+    return rendered
 
 
 def _log_dict(log: dict[str, Any]) -> dict[str, Any]:

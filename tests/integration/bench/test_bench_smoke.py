@@ -39,6 +39,10 @@ FIGURES = (
     "real time, push to Sent",
     "real time, push to Sent",
     "Airflow metadata database after",
+    "tracking server, open pixel",
+    "tracking server, open pixel",
+    "tracking server, click redirect",
+    "render + deliver with tracking on",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports")
 

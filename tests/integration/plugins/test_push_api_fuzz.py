@@ -91,6 +91,8 @@ def test_every_operation_is_fuzzed():
     assert operations == {("POST", "/v1/rtEvents"), ("POST", "/v1/batchEvents"),
                           ("GET", "/v1/events/{event_id}"), ("GET", "/v1/health"),
                           ("GET", "/v1/quarantine"),
+                          ("GET", "/v1/suppressions"),
+                          ("DELETE", "/v1/suppressions/{suppression_id}"),
                           *{(method, f"/v1/quarantine/{channel}/{{address}}")
                             for method in ("GET", "PUT", "DELETE")
                             for channel in ("email", "sms")}}

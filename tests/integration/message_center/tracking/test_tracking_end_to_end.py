@@ -236,3 +236,6 @@ def test_the_event_api_and_the_lookup_show_the_tracking(execution_db, smtp_sink,
         assert get_event(conn, public)["delivery"]["status"] == "sent"
     detail = event_detail(public, [LiveSource("execution", "execution", execution_db, 0)], None)
     assert detail["tracking"]["opens"] == 1 and detail["tracking"]["clicks"] == 1
+    # the lookup's message is the one sent: the same tracked links
+    assert detail["message"]["available"], detail["message"]
+    assert hrefs(detail["message"]["html"])[0] == hrefs(html)[0]
