@@ -117,6 +117,33 @@ class Deployment:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def vapid_keys(self) -> tuple[str, str]:
+        """The Web Push channel's VAPID key pair (private, public), made once per
+        deployment and kept in ``.mc/secrets/<profile>-webpush-vapid`` (owner only): a
+        new pair would orphan every subscription made with the old public key."""
+        from message_center.delivery.webpush import (
+            b64url,
+            generate_vapid_keys,
+            load_vapid_private_key,
+            private_key_text,
+            public_key_bytes,
+        )
+
+        path = STATE_DIR / "secrets" / f"{self.profile}-webpush-vapid"
+        try:
+            key = load_vapid_private_key(path.read_text())
+        except (OSError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(generate_vapid_keys().private_key)
+            path.chmod(0o600)
+            key = load_vapid_private_key(path.read_text())
+        return private_key_text(key), b64url(public_key_bytes(key))
+
+    @property
+    def webpush_port(self) -> int:
+        """The local push service's port (``MC_WEBPUSH_PORT``, default 8027)."""
+        return int(os.environ.get("MC_WEBPUSH_PORT") or 8027)
+
     def users_spec(self) -> str:
         """The simple auth manager's users: ``$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS``
         when set, else one admin."""
@@ -190,6 +217,15 @@ class Deployment:
             "MC_DEPLOYMENT_PROFILE": self.profile,
             "MC_MAIL_DIR": str(self.mail_dir),
         }
+        # The Web Push channel: its keys (the webpush_default connection reads them), and
+        # the local push service, plain http on loopback, allowed as an endpoint host.
+        private, public = self.vapid_keys()
+        env["MC_WEBPUSH_VAPID_PRIVATE_KEY"] = os.environ.get("MC_WEBPUSH_VAPID_PRIVATE_KEY",
+                                                             private)
+        if env["MC_WEBPUSH_VAPID_PRIVATE_KEY"] == private:
+            env["MC_WEBPUSH_VAPID_PUBLIC_KEY"] = public
+        env["MC_WEBPUSH_INSECURE_HOSTS"] = os.environ.get(
+            "MC_WEBPUSH_INSECURE_HOSTS", f"127.0.0.1:{self.webpush_port}")
         env.update(self.pg_parts())
         return env
 

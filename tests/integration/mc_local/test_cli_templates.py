@@ -18,7 +18,7 @@ from message_center.rendering import event_variables, render_message
 @pytest.mark.fast
 def test_validate_command_accepts_the_repository(capsys):
     assert mc(["templates", "validate"]) == 0
-    assert "2 templates valid" in capsys.readouterr().out
+    assert "3 templates valid" in capsys.readouterr().out
 
 
 @pytest.mark.fast
