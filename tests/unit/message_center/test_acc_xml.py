@@ -120,7 +120,8 @@ def test_wished_channel_numbers_and_labels(value, channel):
 
 
 @pytest.mark.parametrize(("xml", "location", "words"), [
-    ('<rtEvent type="T" wishedChannel="7"/>', "rtEvent/@wishedChannel", "41, 'mobileApp' or 'webpush'"),
+    ('<rtEvent type="T" wishedChannel="7"/>', "rtEvent/@wishedChannel",
+     "41, 'mobileApp' or 'webpush'"),
     ('<rtEvent type="T"><pushSubscription endpoint="https://p.example/1"/>'
      '<pushSubscription endpoint="https://p.example/2"/></rtEvent>',
      "rtEvent/pushSubscription", "more than one"),

@@ -163,7 +163,8 @@ def test_push_link_deliver_sent_decrypted_by_the_push_service(
         assert detail is not None and detail["status"] == "sent"
         assert detail["channel"] == "webpush"
         assert detail["pushSubscription"]["endpoint"] == subscription["endpoint"]
-        assert detail["template"]["title"] == "{{ firstName }}, your order {{ orderId }} has shipped"
+        assert detail["template"]["title"] == (
+            "{{ firstName }}, your order {{ orderId }} has shipped")
         shown = detail["message"]
         assert (shown["available"], shown["channel"], shown["to"]) == (
             True, "webpush", subscription["endpoint"])
