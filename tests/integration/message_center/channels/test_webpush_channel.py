@@ -30,7 +30,7 @@ from message_center.api.soap import create_soap_app
 from message_center.archiving import archive_window
 from message_center.delivery.channels import Channels
 from message_center.delivery.webpush import settings_from_connection
-from message_center.lookup import LiveSource, event_detail
+from message_center.lookup import LiveSource, event_detail, parse_query, search
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
 from message_center.templates import load_templates
 from message_center.templates.versions import published_content, store_version
@@ -170,6 +170,30 @@ def test_push_link_deliver_sent_decrypted_by_the_push_service(
             True, "webpush", subscription["endpoint"])
         assert shown["title"] == "Ada, your order A-7 has shipped"
         assert json.loads(shown["payload"]) == message["notification"]
+
+        # The lookup finds it by id (live and archived), and the event page shows the
+        # subscription and the notification with the pages' own templates.
+        (found,) = search(parse_query("auto", str(event_id)), sources, control_db).items
+        assert (found["id"], found["channel"], found["status"]) == (event_id, "webpush",
+                                                                    "sent")
+        assert subscription["endpoint"] in found["address"]
+        page = render_event_page(detail)
+        assert subscription["endpoint"] in page and "Ada, your order A-7 has shipped" in page
+        assert 'id="event-address"' in page
+
+
+def render_event_page(detail: dict[str, Any]) -> str:
+    from jinja2 import Environment, FileSystemLoader
+
+    from mc_airflow.ui import app
+
+    env = Environment(loader=FileSystemLoader(str(app.TEMPLATE_DIR)), autoescape=True)
+    env.filters.update(dt=app.format_datetime, age=app.format_age, num=app.format_number)
+    env.globals.update(percent=app.format_percent, ms=app.format_ms, count=app.format_number,
+                       channel_choices=app.channel_choices)
+    return env.get_template("event.html").render(
+        base="/message-center/ui", pages=app.PAGES, page="lookup", user_name="admin",
+        event=detail, missing=None, event_id=detail["id"], can=None)
 
 
 def test_a_gone_subscription_is_quarantined_and_the_next_event_ignored(
