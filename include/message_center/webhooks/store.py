@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
+from message_center.db import engine_for, first_line
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
 from message_center.statuses import WebhookStatus
 from message_center.webhook_outbox import TEST, forget
@@ -282,3 +283,30 @@ def last_attempts(conn: Connection, subscription_id: str,
              "at": _iso(r["attempted_at"]), "statusCode": r["status_code"],
              "error": r["error"], "durationMs": r["duration_ms"],
              "messageStatus": r["status"]} for r in rows]
+
+
+def sync_all(instances: Mapping[int, Engine | str], control: Engine | str) -> dict[str, Any]:
+    """Share the subscriptions between the control instance and every execution instance:
+    each instance's copy up (an endpoint its dispatcher disabled, with the reason), then
+    the control's rows down to each. The newest decision wins everywhere, so a change made
+    on the control instance after the disable (enabled again) is kept. An unreachable
+    instance is reported in ``errors`` and skipped."""
+    hub = control if isinstance(control, Engine) else engine_for(control)
+    engines = {cell: e if isinstance(e, Engine) else engine_for(e)
+               for cell, e in instances.items()}
+    report: dict[str, Any] = {"up": {}, "down": {}, "errors": {}}
+    for cell, engine in engines.items():
+        try:
+            with engine.connect() as source, hub.begin() as target:
+                report["up"][str(cell)] = copy_subscriptions(source, target)
+        except Exception as exc:  # one unreachable instance must not stop the others
+            report["errors"][str(cell)] = f"up: {type(exc).__name__}: {first_line(exc)}"
+    for cell, engine in engines.items():
+        if str(cell) in report["errors"]:
+            continue
+        try:
+            with hub.connect() as source, engine.begin() as target:
+                report["down"][str(cell)] = copy_subscriptions(source, target)
+        except Exception as exc:
+            report["errors"][str(cell)] = f"down: {type(exc).__name__}: {first_line(exc)}"
+    return report

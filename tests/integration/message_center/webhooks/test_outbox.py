@@ -139,3 +139,38 @@ def test_enqueue_hook_for_the_tracking(execution_db, smtp_sink, channels):
     assert row["data"]["automated"] is True
     with pytest.raises(ValueError), execution_db.begin() as conn:
         webhook_outbox.enqueue(conn, "rt", event_id, "drop table")
+
+
+def test_subscriptions_are_shared_between_the_instances(control_db, execution_db,
+                                                        execution2_db, test_deployment):
+    from mc_airflow.webhooks import FernetBox
+    from message_center.net_guard import HostList
+    from message_center.webhooks import store
+    from message_center.webhooks.model import parse_subscription
+
+    change = parse_subscription({"url": "https://hooks.example.org/x",
+                                 "events": ["event.sent"]}, hosts=HostList("X"),
+                                creating=True, resolve_names=False)
+    with control_db.begin() as conn:
+        row, _secret = store.create(conn, change, box=FernetBox(), created_by="t")
+    instances = {0: execution_db, 1: execution2_db}
+    assert store.sync_all(instances, control_db)["errors"] == {}
+    for engine in (execution_db, execution2_db):
+        with engine.connect() as conn:
+            assert [r["id"] for r in store.list_subscriptions(conn)] == [row["id"]]
+    with execution2_db.begin() as conn:  # its dispatcher disables the endpoint
+        conn.execute(text("UPDATE webhook_subscription SET enabled = false, "
+                          "disabled_reason = 'the endpoint answered 410 Gone', "
+                          "updated = clock_timestamp()"))
+    store.sync_all(instances, control_db)
+    for engine in (control_db, execution_db):
+        with engine.connect() as conn:
+            (copy,) = store.list_subscriptions(conn)
+        assert copy["enabled"] is False and "410" in copy["disabled_reason"]
+    with control_db.begin() as conn:  # enabled again by hand, later: that wins
+        store.update(conn, row["id"], parse_subscription(
+            {"enabled": True}, hosts=HostList("X"), creating=False))
+        store.delete(conn, row["id"])
+    store.sync_all(instances, control_db)
+    with execution2_db.connect() as conn:
+        assert store.list_subscriptions(conn) == []
