@@ -74,7 +74,7 @@ def test_the_webhooks_page(browser, airflow_stack, control_db, execution_db):
     finally:
         context.close()
     base = urlsplit(airflow_stack.base_url).netloc
-    assert set(hosts) <= {base}, hosts
+    assert {h for h in hosts if h} <= {base}, hosts  # data: and about: URLs have no host
     with execution_db.connect() as conn:
         names = list(conn.execute(text("SELECT name FROM webhook_outbox ORDER BY id")).scalars())
     assert "webhook.test" in names
