@@ -237,7 +237,8 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             (f"status change -> webhook received at a local receiver, "
              f"{sizes.webhook_changes:,} changes",
              ">= 5,000 webhooks/s and >= 50% of bare"),
-            ("render + deliver with webhooks on (vs off)", ">= 90% of off"),
+            ("webhooks' cost on the delivery: render + deliver with webhooks on (vs off)",
+             ">= 90% of off"),
         ],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
                     "peak RSS of any task", "<= 300 MB")],

@@ -150,11 +150,13 @@ CLAIM = text(f"""
         SELECT o.id FROM webhook_outbox o
         WHERE o.subscription_id = :sub AND o.status = '{WebhookStatus.PENDING}'
           AND o.next_attempt <= now() AND o.claimed_at IS NULL
-          AND NOT EXISTS (
+          -- the first message of an event waits for nothing; a later one (a subplan on
+          -- the event index, never an anti-join over the whole outbox) for the earlier
+          AND (o.seq = 1 OR NOT EXISTS (
               SELECT 1 FROM webhook_outbox p
               WHERE p.event_id = o.event_id AND p.event_kind = o.event_kind
                 AND p.subscription_id = o.subscription_id AND p.seq < o.seq
-                AND p.status = '{WebhookStatus.PENDING}')
+                AND p.status = '{WebhookStatus.PENDING}'))
         ORDER BY o.next_attempt, o.id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
