@@ -52,6 +52,7 @@ def _stages() -> dict[str, Stage]:
         slow_relay,
         soap_stage,
         tracking_stage,
+        webhooks_stage,
     )
 
     return {
@@ -68,17 +69,18 @@ def _stages() -> dict[str, Stage]:
         "slow_relay": slow_relay.slow_relay,
         "cleanup": cleanup_stage.cleanup,
         "tracking": tracking_stage.tracking,
+        "webhooks": webhooks_stage.webhooks,
     }
 
 
 STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-               "reports", "realtime", "memory", "slow_relay", "cleanup", "tracking")
+               "reports", "realtime", "memory", "slow_relay", "cleanup", "tracking", "webhooks")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it; slow_relay reuses that standalone). The table keeps the order
 # (STAGE_NAMES).
 RUN_ORDER = ("ingest", "soap_ingest", "push", "split_link", "deliver", "tracking", "status",
-             "archive", "reports", "memory", "realtime", "slow_relay", "cleanup")
+             "archive", "webhooks", "reports", "memory", "realtime", "slow_relay", "cleanup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -43,6 +43,8 @@ FIGURES = (
     "tracking server, open pixel",
     "tracking server, click redirect",
     "render + deliver with tracking on",
+    "status change -> webhook received",
+    "webhooks' cost on the delivery",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports", "tracking")
 

@@ -12,13 +12,13 @@ suppressions shared between execution instances.
   ``suppression_sync`` watermarks per cell and direction.
 
 Revision ID: c0008
-Revises: c0007
+Revises: c0009 (after the webhooks, c0009, which landed first)
 """
 
 from alembic import op
 
 revision = "c0008"
-down_revision = "c0007"
+down_revision = "c0009"
 branch_labels = None
 depends_on = None
 

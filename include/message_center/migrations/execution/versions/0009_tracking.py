@@ -14,13 +14,13 @@
   newest decision wins wherever it is copied), shared through the control instance.
 
 Revision ID: e0009
-Revises: e0008
+Revises: e0010 (after the webhooks, e0010, which landed first)
 """
 
 from alembic import op
 
 revision = "e0009"
-down_revision = "e0008"
+down_revision = "e0010"
 branch_labels = None
 depends_on = None
 
