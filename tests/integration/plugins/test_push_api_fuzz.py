@@ -97,6 +97,8 @@ def test_every_operation_is_fuzzed():
                           ("GET", "/v1/quarantine"),
                           ("GET", "/v1/suppressions"),
                           ("DELETE", "/v1/suppressions/{suppression_id}"),
+                          *{(method, "/v1/quarantine/webpush")
+                            for method in ("GET", "PUT", "DELETE")},
                           *{(method, f"/v1/quarantine/{channel}/{{address}}")
                             for method in ("GET", "PUT", "DELETE")
                             for channel in ("email", "sms")}}
