@@ -78,7 +78,7 @@ def _address() -> str:
 _IGNORE_REASON = f"""CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CAST(:nouns AS jsonb) ->> c.channel)
-                ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
+                ELSE (SELECT '{state.QUARANTINED_PREFIX}' || q.reason FROM quarantine q
                       WHERE q.channel = c.channel
                         AND q.address IN (c.address, lower(c.address)) AND {ACTIVE_SQL}
                       LIMIT 1)

@@ -29,7 +29,7 @@ def text_fields() -> tuple[str, ...]:
 
 
 def allowed_fields() -> tuple[str, ...]:
-    return (*text_fields(), "ctx", "seeds")
+    return (*text_fields(), "ctx", "seeds", "on_failure")
 
 
 SEED_FIELDS = ("address", "ctx", "event")
@@ -89,6 +89,9 @@ class MessageTemplate:
     lines: Mapping[str, int] = field(default_factory=dict)
     #: The declared ``ctx`` fields (``ctx_schema.parse_declaration``); None: not declared.
     ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
+    #: The fallback after a failed delivery (``{"channel", "template", "after"}``); None:
+    #: failures are not recycled.
+    on_failure: Mapping[str, Any] | None = None
 
     def __getattr__(self, name: str) -> str | None:
         """A template part by name (None when this template has no such part)."""
@@ -106,6 +109,8 @@ class MessageTemplate:
         content.update({part: self.parts.get(part) for part in content_parts(self.channel)})
         if self.ctx_schema is not None:
             content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
+        if self.on_failure is not None:  # same rule: hashes of older versions stay
+            content["on_failure"] = dict(self.on_failure)
         return content
 
     def content_hash(self) -> str:
