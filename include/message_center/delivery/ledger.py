@@ -93,7 +93,7 @@ def _send_columns() -> str:
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts{"".join(f", {part}" for part in parts)}
+        t.id AS published_id, t.sender, t.parts, t.extras{"".join(f", {part}" for part in parts)}
     """
 
 

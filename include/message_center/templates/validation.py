@@ -36,6 +36,7 @@ from message_center.templates.model import (
     TemplateSet,
     allowed_fields,
     display_path,
+    extra_fields,
     part_fields,
     text_fields,
 )
@@ -140,6 +141,7 @@ class _FileChecker:
         self._check_syntax(data, values)
         schema = self._ctx_declaration(data)
         on_failure = self._on_failure(data, channel)
+        extras = self._extras(data, spec)
         seeds = self._seeds(data, spec)
         if self.problems or name is None or channel is None:
             return None
@@ -157,7 +159,7 @@ class _FileChecker:
             parts={part: values[part] for part in spec.template_parts},
             lines={**data.key_lines, **{f"{key}:body": line
                                         for key, line in data.body_lines.items()}},
-            ctx_schema=schema, on_failure=on_failure,
+            ctx_schema=schema, on_failure=on_failure, extras=extras,
         )
         self._render_seeds(template)
         return None if self.problems else template
@@ -173,6 +175,26 @@ class _FileChecker:
                     and field_name is not None else None) or data.key_lines["ctx"]
             self.add(line, f"ctx.{field_name}" if field_name else "ctx", message)
         return schema
+
+    def _extras(self, data: LineMapping, spec: Channel | None) -> dict[str, Any]:
+        """The channel's structured fields (e-mail ``attachments``), parsed by the
+        channel (static files are read from the template's folder)."""
+        extras: dict[str, Any] = {}
+        for name in extra_fields():
+            if name not in data:
+                continue
+            line = data.key_lines[name]
+            if spec is None:
+                continue
+            if name not in spec.extra_fields:
+                self.add(line, name, f"not used by {spec.template_noun}")
+                continue
+            value, problems = spec.parse_extra_field(name, plain(data[name]), self.path.parent)
+            for field_name, message in problems:
+                self.add(line, field_name, message)
+            if value is not None:
+                extras[name] = value
+        return extras
 
     def _on_failure(self, data: LineMapping, channel: str | None) -> dict[str, Any] | None:
         """The ``on_failure:`` fallback: ``{channel, template, after: [...]}`` (None when
@@ -320,6 +342,10 @@ class _FileChecker:
         for index, seed in enumerate(template.seeds):
             try:
                 render_seed(template, seed)
+                spec = channels.get(template.channel)
+                variables = event_variables(seed_event(template, seed))
+                for name, value in template.extras.items():
+                    spec.check_extra_field(name, value, variables, seed.address)
             except RenderError as exc:
                 self.add(seed.line, f"seeds[{index}] ({seed.address})",
                          f"does not render: {exc}")

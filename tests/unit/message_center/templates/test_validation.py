@@ -221,3 +221,45 @@ on_failure: {channel: email, template: nowhere, after: [hard]}
     assert problems_of(template_dir) == [
         f"{template_dir / 'sms.yaml'}:9: on_failure.template: no template 'nowhere' in "
         "this folder"]
+
+
+def test_attachments_are_read_checked_and_rendered_for_every_seed(template_dir):
+    (template_dir / "terms.pdf").write_bytes(b"%PDF-1.4\nterms\n")
+    (template_dir / "tool.exe").write_bytes(b"MZ\x90\x00")
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - file: terms.pdf
+  - name: "parcel-{{ parcel }}.pdf"
+    pdf: "<h1>Parcel {{ parcel }}</h1>"
+  - name: delivery.ics
+    ical: {summary: "Parcel {{ parcel }}", start: "2026-05-01T10:00:00Z"}
+""")
+    template_set = tpl.load_templates(template_dir)
+    assert template_set.problems == []
+    mail = template_set.find("deliveryUpdateMail")
+    files = mail.content()["attachments"]["files"]
+    assert [f["kind"] for f in files] == ["file", "pdf", "ical"]
+    assert files[0]["size"] == 15 and len(files[0]["sha256"]) == 64
+
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - file: tool.exe
+  - name: "{{ nothing }}.pdf"
+    pdf: "<p/>"
+""")
+    write(template_dir, "sms.yaml", SMS_TEMPLATE + "attachments: [{file: terms.pdf}]\n")
+    problems = "\n".join(problems_of(template_dir))
+    mail_path, sms_path = template_dir / "mail.yaml", template_dir / "sms.yaml"
+    assert f"{mail_path}:10: attachments[0].file: 'tool.exe': files named *.exe are " \
+           "refused (executables and scripts)" in problems
+    assert f"{sms_path}:9: attachments: not used by an SMS template" in problems
+
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - name: "{{ nothing }}.pdf"
+    pdf: "<p/>"
+""")
+    (template_dir / "sms.yaml").unlink()
+    problems = problems_of(template_dir)
+    assert "seeds[0] (ann@example.com): does not render: missing variable" in problems[0], \
+        problems

@@ -3,6 +3,9 @@ event on another (``on_failure`` of the template; :mod:`message_center.state`).
 
 * ``published_template.on_failure`` (jsonb): ``{"channel", "template", "after": [...]}``
   or NULL (no fallback).
+* ``published_template.extras`` (jsonb): a channel's structured template fields, the
+  e-mail ``attachments`` (static files as base64 with their hash, generated ones as
+  templates; :mod:`message_center.channels.email_attachments`), published with the version.
 * ``rt_event`` / ``batch_event`` gain ``recycled_from`` (bigint): the event this one was
   recycled from (NULL for pushed events). A recycled event is never recycled again.
 * ``event_recycling``: one row per event whose failure was considered for recycling, keyed
@@ -24,6 +27,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("ALTER TABLE published_template ADD COLUMN on_failure jsonb")
+    op.execute("ALTER TABLE published_template ADD COLUMN extras jsonb")
     for table in ("rt_event", "batch_event"):
         op.execute(f"ALTER TABLE {table} ADD COLUMN recycled_from bigint")
     op.execute("""
@@ -44,4 +48,5 @@ def downgrade() -> None:
     op.execute("DROP TABLE IF EXISTS event_recycling")
     for table in ("rt_event", "batch_event"):
         op.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS recycled_from")
+    op.execute("ALTER TABLE published_template DROP COLUMN IF EXISTS extras")
     op.execute("ALTER TABLE published_template DROP COLUMN IF EXISTS on_failure")
