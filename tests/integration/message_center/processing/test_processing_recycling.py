@@ -255,3 +255,26 @@ def test_archive_lookup_and_reports_keep_the_link(execution_db, control_db, smtp
         )).to_dict()
     assert report["recycled"] == {"finished": 1, "sent": 1,
                                   "byChannel": {"email": {"finished": 1, "sent": 1}}}
+
+
+def test_a_hard_bounce_after_sent_is_recycled_once(execution_db, smtp_sink, sms_sink,
+                                                   channels):
+    mail = TemplateContent(**{**OTP_MAIL.__dict__, "event_type": "OTP", "on_failure": {
+        "channel": "sms", "template": "otpText", "after": ["hard"]}})
+    text_sms = TemplateContent(**{**OTP_SMS.__dict__, "internal_name": "otpText",
+                                  "event_type": "OTP_TEXT", "on_failure": None})
+    publish_templates(execution_db, mail, text_sms)
+    [first] = insert_events(execution_db, "batch", 1, type="OTP", email="late@example.test",
+                            mobile_phone="+33600000410", ctx={"code": "777"})
+    drain(execution_db, channels)
+    assert events(execution_db, "batch", [first])[0]["status"] == "sent"
+    [log] = delivery_logs(execution_db)
+    for _ in range(2):  # the bounce mailbox read twice
+        with execution_db.begin() as conn:
+            state.fail_after_bounce(conn, log_ids=[log["id"]], errors=["550 user unknown"],
+                                    classes=["hard"], reasons=["user_unknown"])
+    assert events(execution_db, "batch", [first])[0]["status"] == "failed"
+    [fallback] = recycled_from(execution_db, first)
+    assert (fallback["wished_channel"], fallback["type"]) == ("sms", "OTP_TEXT")
+    drain(execution_db, channels)
+    assert [m["to"] for m in sms_sink.messages()] == ["+33600000410"]
