@@ -247,6 +247,8 @@ class Template:
     source: str
     active: bool | None = None
     published_at: datetime | None = None
+    #: The version's files (e-mail attachments): name, kind, type, size and hash.
+    files: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         try:
@@ -257,7 +259,7 @@ class Template:
                 "version": self.version, "language": self.language, "sender": self.sender,
                 **{part: self.parts.get(part) for part in shown},
                 "source": self.source, "active": self.active,
-                "publishedAt": _iso(self.published_at)}
+                "publishedAt": _iso(self.published_at), "attachments": list(self.files)}
 
 
 def _parts(channel: str, row: Mapping[str, Any] | None = None,
@@ -411,6 +413,13 @@ def _delivery_logs(kind: str, stored: int, cell: int, source: LiveSource | None,
         return []
 
 
+def _files(channel: str, extras: Mapping[str, Any] | None) -> tuple[dict[str, Any], ...]:
+    try:
+        return tuple(channels.get(channel).files_summary(extras))
+    except channels.UnknownChannelError:
+        return ()
+
+
 def _template(event: dict[str, Any], source: LiveSource | None, control: Engine | None,
               problems: list[str]) -> Template | None:
     name, version = event["template_name"], event["template_version"]
@@ -430,7 +439,8 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
                     parts=_parts(row["channel"], row=row),
                     language=row["language"], active=row["active"],
                     published_at=row["published_at"],
-                    source=f"published on {source.label}")
+                    source=f"published on {source.label}",
+                    files=_files(row["channel"], row.get("extras")))
         except SQLAlchemyError as exc:
             problems.append(f"{source.label}: template not read ({_first_line(exc)})")
     if control is None:
@@ -453,7 +463,8 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
         internal_name=name, label=content.get("label", name), channel=content["channel"],
         version=version, sender=content.get("sender"),
         parts=_parts(content["channel"], content=content), language=content.get("language"),
-        published_at=row["created"], source="version stored on the control instance")
+        published_at=row["created"], source="version stored on the control instance",
+        files=_files(content["channel"], content))
 
 
 def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str, Any]],

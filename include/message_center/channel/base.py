@@ -209,6 +209,11 @@ class Channel(ABC):
         :class:`~message_center.rendering.RenderError`)."""
         self.message_files({name: value}, variables, address)
 
+    def files_summary(self, extras: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """What the lookup lists of a template version's files (name template, kind,
+        type; size and hash of stored files), no content."""
+        return []
+
     def message_files(self, extras: Mapping[str, Any], variables: dict[str, Any],
                       address: str, uid: str = "seed"
                       ) -> list[tuple[str, str, bytes, bool]]:

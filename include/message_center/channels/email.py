@@ -122,6 +122,9 @@ class EmailChannel(Channel):
                           ) -> tuple[Any, list[tuple[str, str]]]:
         return email_attachments.parse_declaration(raw, base_dir)
 
+    def files_summary(self, extras: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        return list(email_attachments.summary((extras or {}).get("attachments")))
+
     def message_files(self, extras: Mapping[str, Any], variables: dict[str, Any],
                       address: str, uid: str = "seed"
                       ) -> list[tuple[str, str, bytes, bool]]:

@@ -6,6 +6,7 @@ by the real processing to the real SMTP sink, where the message is taken apart a
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 
 from icalendar import Calendar
 from processing_factory import events, insert_events
@@ -13,8 +14,11 @@ from pypdf import PdfReader
 from sqlalchemy import text
 from template_factory import publish, write
 
+from message_center.archiving import archive_window
 from message_center.delivery.channels import Channels
 from message_center.delivery.smtp import SmtpSettings
+from message_center.ids import to_public
+from message_center.lookup import LiveSource, event_detail
 from message_center.processing import ProcessingSettings, deliver_shard, split_queue
 from message_center.status_sync import sync_event_statuses
 
@@ -89,3 +93,18 @@ def test_static_generated_pdf_and_invitation_reach_the_recipient(
     # also an alternative body part: mail clients show "Add to calendar"
     alternative = next(message.iter_parts())
     assert "text/calendar" in [p.get_content_type() for p in alternative.iter_parts()]
+
+    # the lookup lists the version's attachments (names, types; size and hash of the file)
+    detail = event_detail(to_public(event_id), [LiveSource(
+        "mcExec", "Execution instance", execution_db, cell_id=0)], control_db)
+    listed = detail["template"]["attachments"]
+    assert [(f["name"], f["contentType"]) for f in listed] == [
+        ("terms.pdf", "application/pdf"), ("invoice-{{ bookingId }}.pdf", "application/pdf"),
+        ("booking-{{ bookingId }}.ics", "text/calendar")]
+    assert listed[0]["size"] == len(TERMS) and len(listed[0]["sha256"]) == 64
+    now = datetime.now(UTC)
+    archive_window(execution_db, control_db, 0, now - timedelta(hours=1),
+                   now + timedelta(minutes=1), statistics=False)
+    archived = event_detail(to_public(event_id), [], control_db)  # from the stored version
+    assert archived["source"] == "archive"
+    assert archived["template"]["attachments"] == listed
