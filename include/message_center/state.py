@@ -49,6 +49,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
 
 from message_center import channel as registry
+from message_center import webhook_outbox
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
 from message_center.statuses import (
@@ -86,11 +87,35 @@ def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
     return text(template.format(**parts))
 
 
+_NO_WEBHOOKS = {"returning": "", "webhooks": "", "failure": ""}
+
+
+def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
+              bounced: bool = False) -> dict[str, str]:
+    """The statement parts that write the webhook outbox (:mod:`message_center.
+    webhook_outbox`) for the events the CTEs ``sources`` changed, or empty parts when no
+    enabled subscription exists: ``returning`` (the columns the sources return),
+    ``failure`` (``failure`` or NULLs: their failure class and reason) and ``webhooks``
+    (the outbox CTEs, after the statement's own)."""
+    if not webhook_outbox.active(conn):
+        return _NO_WEBHOOKS
+    if len(sources) > 1:
+        union = " UNION ALL ".join(f"SELECT * FROM {name}" for name in sources)
+        ctes = f", wh_sources AS ({union})" + webhook_outbox.outbox_ctes(
+            kind, "wh_sources", bounced=bounced)
+    else:
+        ctes = webhook_outbox.outbox_ctes(kind, sources[0], bounced=bounced)
+    return {"returning": webhook_outbox.RETURNING,
+            "failure": failure or webhook_outbox.NO_FAILURE, "webhooks": ctes}
+
+
 # -- fragments every statement that needs them shares -------------------------------------
 _OPEN_EVENT = sql_in(OPEN_EVENT)
 _ARMABLE = sql_in(ARMABLE_DELIVERY)
 _FINAL_DELIVERY = sql_in(FINAL_DELIVERY)
 _DELIVERY_STARTED = sql_in(DELIVERY_STARTED)
+#: The failure class and reason of ledger row ``d``, for the webhook outbox.
+_LOG_FAILURE = ", d.failure_class AS wh_class, d.failure_reason AS wh_reason"
 
 #: Event ``e`` back to the queue: unclaimed and due at once.
 _REQUEUE = "status = 'pending', claim_token = NULL, claim_shard = NULL, next_attempt = now()"
@@ -278,8 +303,8 @@ CLAIM_AND_LINK = """
                                e.wished_channel, e.type)
                     ELSE e.error_reason END
             FROM numbered m WHERE e.id = m.id
-            RETURNING e.status, e.claim_shard
-        )
+            RETURNING e.status, e.claim_shard{returning}{failure}
+        ){webhooks}
         SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
 """
 
@@ -294,7 +319,7 @@ def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seco
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
-    rows = conn.execute(_sql(CLAIM_AND_LINK, kind), {
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind, **_webhooks(conn, kind, "claimed")), {
         "limit": limit, "token": token, "base": shard_base, "offset": offset,
         "shards": shards, "lease": float(lease_seconds),
         "expired_reason": EXPIRED_REASON}).all()
@@ -472,9 +497,10 @@ RESCHEDULE = f"""
                         CAST(:errors AS text[]), CAST(:counted AS boolean[]))
                  AS r(event_id, id, delay, give_up, retry_error, counted)
             WHERE e.id = r.event_id AND e.status = 'pending_delivery'
-            RETURNING e.id, e.status
-        ), rc_fin AS (
-            SELECT id, CASE WHEN status = 'expired' THEN '{_OUTCOME_EXHAUSTED}' END AS outcome
+            RETURNING e.id, e.status AS rc_status{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT id, CASE WHEN rc_status = 'expired' THEN '{_OUTCOME_EXHAUSTED}' END
+                       AS outcome
             FROM rescheduled
         ){{recycle}}
         SELECT count(*) FROM rescheduled
@@ -502,7 +528,8 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     exhausted). Where not ``counted`` (the provider was down) no try is used: due again
     at once, in its place."""
     if event_ids:
-        conn.execute(_sql(RESCHEDULE, kind, recycle=_recycle(kind, "rc_fin")), {
+        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled"),
+                          recycle=_recycle(kind, "rc_fin")), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
 
@@ -538,19 +565,25 @@ RECORD_GROUP = f"""
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error, v.counted, d.failure_class
+                      v.delay, v.give_up, v.retry_error, v.counted,
+                      d.failure_class AS rc_class{{rec_failure}}
         ), rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
-            RETURNING e.id, e.status, NULL AS failure_class, NULL AS error
+            RETURNING e.id, e.status AS rc_status, NULL::text AS rc_class,
+                      NULL::text AS rc_error{{returning}}{{failure}}
         ), copied AS (
             UPDATE {{table}} e SET{_COPY}
             FROM rec d WHERE :copy AND d.delay IS NULL
               AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
-            RETURNING e.id, e.status, d.failure_class, d.error
-        ), rc_fin AS (
+            RETURNING e.id, e.status AS rc_status, d.rc_class,
+                      d.error AS rc_error{{returning}}{{copied_failure}}
+        ){{webhooks}}, rc_fin AS (
             SELECT id, {_OUTCOME_SQL} AS outcome
-            FROM (SELECT * FROM rescheduled UNION ALL SELECT * FROM copied) AS f
+            FROM (SELECT id, rc_status AS status, rc_class AS failure_class,
+                         rc_error AS error FROM rescheduled
+                  UNION ALL
+                  SELECT id, rc_status, rc_class, rc_error FROM copied) AS f
         ){{recycle}}
         SELECT r.id, r.mark FROM rec r
 """
@@ -568,8 +601,13 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
     written. Returns ``(log id, marked)`` of the rows written."""
-    return conn.execute(_sql(RECORD_GROUP, claim.kind,
-                             recycle=_recycle(claim.kind, "rc_fin")), {
+    parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
+    on = bool(parts["webhooks"])
+    statement = _sql(RECORD_GROUP, claim.kind, **parts,
+                     recycle=_recycle(claim.kind, "rc_fin"),
+                     rec_failure=_LOG_FAILURE if on else "",
+                     copied_failure=", d.wh_class, d.wh_reason" if on else "")
+    return conn.execute(statement, {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
@@ -584,16 +622,20 @@ COPY_STATUSES = f"""
             WHERE {{where}} AND d.event_kind = :kind
               AND d.status IN {_FINAL_DELIVERY}
               AND e.id = d.event_id AND e.status = 'pending_delivery'
-            RETURNING e.id, e.status, d.failure_class, d.error
-        ), rc_fin AS (
-            SELECT id, {_OUTCOME_SQL} AS outcome FROM copied
+            RETURNING e.status, e.id AS rc_id, d.failure_class AS rc_class,
+                      d.error AS rc_error{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT rc_id AS id, {_OUTCOME_SQL} AS outcome
+            FROM (SELECT rc_id, status, rc_class AS failure_class, rc_error AS error
+                  FROM copied) AS f
         ){{recycle}}
         SELECT status, count(*) FROM copied GROUP BY status
 """
 
 
 def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
-    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where,
+    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where, **_webhooks(
+                            conn, kind, "copied", failure=_LOG_FAILURE),
                              recycle=_recycle(kind, "rc_fin")),
                         {**params, "kind": kind}).all()
     return {status: int(count) for status, count in rows}
@@ -739,23 +781,26 @@ FAIL_SENT_LOGS = """
                         CAST(:classes AS text[]), CAST(:reasons AS text[]))
                  AS v(id, error, class, reason)
             WHERE d.id = v.id AND d.status = 'sent'
-            RETURNING d.id, d.event_kind, d.event_id, d.error, d.failure_class
+            RETURNING d.id, d.event_kind, d.event_id, d.error, d.failure_class,
+                      d.failure_reason
 """
-FAIL_SENT_EVENTS = f"""
-        WITH failed AS (
-                    UPDATE {{table}} e SET status = 'failed',
-                           error_reason = v.error, processed = now()
-                    FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
-                                CAST(:errors AS text[]), CAST(:classes AS text[]))
-                         AS v(event_id, log_id, error, class)
-                    WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
-                      AND e.status = 'sent'
-                    RETURNING e.id, v.class
-        ), rc_fin AS (
-            SELECT id, CASE WHEN class = '{_OUTCOME_HARD}' THEN class END AS outcome
-            FROM failed
-        ){{recycle}}
-        SELECT count(*) FROM failed
+FAIL_SENT_EVENTS = """
+        WITH bounced AS (
+            UPDATE {table} e SET status = 'failed',
+                   error_reason = v.error, processed = now()
+            FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
+                        CAST(:errors AS text[]), CAST(:classes AS text[]),
+                        CAST(:reasons AS text[]))
+                 AS v(event_id, log_id, error, class, reason)
+            WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
+              AND e.status = 'sent'
+            RETURNING e.id, v.class AS rc_class{returning}{failure}
+        ){webhooks}, rc_fin AS (
+            SELECT id, CASE WHEN rc_class = '""" + _OUTCOME_HARD + """' THEN rc_class END
+                       AS outcome
+            FROM bounced
+        ){recycle}
+        SELECT count(*) FROM bounced
 """
 
 
@@ -770,8 +815,12 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
     for kind in EVENT_KINDS:
         rows = [r for r in changed if r["event_kind"] == kind]
         if rows:
-            conn.execute(_sql(FAIL_SENT_EVENTS, kind, recycle=_recycle(kind, "rc_fin")), {
+            parts = _webhooks(conn, kind, "bounced", bounced=True,
+                              failure=", v.class AS wh_class, v.reason AS wh_reason")
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind, **parts,
+                              recycle=_recycle(kind, "rc_fin")), {
                 "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
                 "errors": [r["error"] for r in rows],
-                "classes": [r["failure_class"] for r in rows]})
+                "classes": [r["failure_class"] for r in rows],
+                "reasons": [r["failure_reason"] for r in rows]})
     return {int(r["id"]) for r in changed}

@@ -7,13 +7,13 @@
   e-mail"), counted on the fallback channel's row.
 
 Revision ID: c0010
-Revises: c0007
+Revises: c0009
 """
 
 from alembic import op
 
 revision = "c0010"
-down_revision = "c0007"
+down_revision = "c0009"
 branch_labels = None
 depends_on = None
 

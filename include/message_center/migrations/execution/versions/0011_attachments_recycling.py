@@ -14,13 +14,13 @@ event on another (``on_failure`` of the template; :mod:`message_center.state`).
   ``reason`` saying why not (no address for the fallback channel, no fallback template).
 
 Revision ID: e0011
-Revises: e0008
+Revises: e0010
 """
 
 from alembic import op
 
 revision = "e0011"
-down_revision = "e0008"
+down_revision = "e0010"
 branch_labels = None
 depends_on = None
 
