@@ -28,7 +28,8 @@ def test_the_event_page_links_recycled_events(airflow_stack, execution_db):
                    ('batch', :lonely, NULL, 'email', 'hard',
                     'not recycled: no email address on the event')"""),
             {"first": first, "fallback": fallback, "lonely": lonely})
-    with httpx.Client(base_url=airflow_stack.base_url, timeout=60) as client:
+    # the first page the server renders after start-up is slow on a loaded machine
+    with httpx.Client(base_url=airflow_stack.base_url, timeout=180) as client:
         client.cookies.set("_token", airflow_stack.token(airflow_stack.viewer_user))
         page = client.get(f"{UI}/events/{to_public(first)}")
         assert page.status_code == 200
