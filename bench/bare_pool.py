@@ -2,8 +2,9 @@
 
 * :func:`bare_pool` - the same number of SMTP sessions as the pipeline under test (spread
   over the same number of processes as its shard tasks) sending one pre-rendered message
-  to the same sink, with no database at all: the physical limit of the sink + smtplib on
-  this machine, measured in the same run as the figure it is printed next to.
+  to the same sink with the same SMTP client (``SmtpSender``: smtplib, pipelined when the
+  sink offers it), with no database at all: the physical limit of the sink + the client
+  on this machine, measured in the same run as the figure it is printed next to.
 * :class:`CpuMeter` - user and system CPU seconds of a set of processes (the bench
   process or the Airflow task processes, and every PostgreSQL process of the bench
   server), from ``/proc``, with their context switches, so every delivery stage can print
@@ -19,7 +20,6 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import smtplib
 import threading
 import time
 from collections.abc import Callable
@@ -175,16 +175,22 @@ class CpuMeter:
 
 # --- the bare pool ----------------------------------------------------------------------
 def _session(port: int, message: bytes, count: int, start: threading.Barrier) -> None:
-    smtp = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    # The project's SMTP client (smtplib underneath, MAIL/RCPT/DATA pipelined when the
+    # sink offers PIPELINING, as the pipeline's sessions do), without its database.
+    from message_center.delivery.smtp import SmtpSender, SmtpSettings
+
+    sender = SmtpSender(SmtpSettings(host="127.0.0.1", port=port, timeout=60))
     try:
-        smtp.ehlo()
+        sender.send_bytes(message, None, "no-reply@message-center.local",
+                          "customer@example.com")  # connected before the start
         start.wait()
         for i in range(count):
-            smtp.sendmail("no-reply@message-center.local", [f"customer{i}@example.com"],
-                          message)
+            outcome = sender.send_bytes(message, None, "no-reply@message-center.local",
+                                        f"customer{i}@example.com")
+            if outcome.status != "sent":
+                raise RuntimeError(f"bare pool: the sink refused a message: {outcome}")
     finally:
-        with contextlib.suppress(OSError, smtplib.SMTPException):
-            smtp.quit()
+        sender.close()
 
 
 def _process(port: int, message: bytes, sessions: int, count: int,
@@ -204,8 +210,8 @@ def _process(port: int, message: bytes, sessions: int, count: int,
 
 def bare_pool(port: int, message: bytes, *, sessions: int, processes: int = 1,
               count: int) -> float:
-    """Messages/s of ``processes`` processes x ``sessions`` smtplib sessions each sending
-    ``count`` copies of ``message`` in all (no database, no rendering)."""
+    """Messages/s of ``processes`` processes x ``sessions`` SMTP sessions (``SmtpSender``)
+    each, sending ``count`` copies of ``message`` in all (no database, no rendering)."""
     spawn = multiprocessing.get_context("spawn")
     go, ready = spawn.Event(), spawn.Queue()
     per = [count // processes + (1 if i < count % processes else 0)

@@ -181,7 +181,7 @@ def deliver_shard(engine: Engine, claim: ShardClaim, settings: ProcessingSetting
             recorder = OutcomeRecorder(
                 engine, claim, settings.retry_policy, copy_status=copy_status,
                 sending_timeout_seconds=settings.sending_timeout_seconds,
-                rules=settings.quarantine)
+                sessions=settings.smtp_sessions, rules=settings.quarantine)
             try:
                 if unrecorded:  # known outcomes the last recorder could not write
                     _write_late(engine, claim, settings, unrecorded, copy_status, stats)
