@@ -456,8 +456,9 @@ def memory(ctx: Context) -> list[Result]:
     # message to the same sink with no database (the drain's physical limit here).
     from bench.slow_relay import BATCH_SESSIONS, BATCH_SHARDS, _message
 
+    bare_cpu: list[str] = []
     bare = bare_pool(ctx.null_smtp_port, _message(ctx), sessions=BATCH_SESSIONS,
-                     processes=BATCH_SHARDS, count=min(count, 200_000))
+                     processes=BATCH_SHARDS, count=min(count, 200_000), cpu=bare_cpu)
     names = task_names(ctx)
     top, lightest = watch.top(names), watch.lightest(names)
     done = count - left
@@ -479,7 +480,8 @@ def memory(ctx: Context) -> list[Result]:
                   f"standalone with its tasks, and PostgreSQL): "
                   f"{meter.per_message(sent)}; sink: bench.sinks null sink (Python); bare "
                   f"pool: {BATCH_SHARDS} processes x {BATCH_SESSIONS} sessions of the "
-                  "project's SMTP client sending the rendered message, no database")
+                  "project's SMTP client sending the rendered message, no database "
+                  f"({bare_cpu[0]})")
     return [Result(figure, target, top[0] if top else None, "MB",
                    None if top is None else top[0] <= 300,
                    lightest[0] if lightest else None, "lightest task",
