@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
@@ -98,7 +98,9 @@ def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...]
     name = f"mc_{kind}_{digest}"
     declared = ", ".join(sql_type for _, sql_type in types)
     arguments = ", ".join(f"CAST(%({param})s AS {sql_type})" for param, sql_type in types)
-    return name, f"PREPARE {name} ({declared}) AS {body}", f"EXECUTE {name}({arguments})"
+    # Through the driver, whose parameter syntax takes "%": a literal one is doubled.
+    prepare = f"PREPARE {name} ({declared}) AS {body}".replace("%", "%%")
+    return name, prepare, f"EXECUTE {name}({arguments})"
 
 
 def _execute_prepared(conn: Connection, template: str, kind: str,
@@ -112,19 +114,27 @@ def _execute_prepared(conn: Connection, template: str, kind: str,
     (issue 24). Prepared once per database connection (``PREPARE``), then each run is
     one ``EXECUTE`` through the driver; errors still come through SQLAlchemy (a lost
     connection is an ``OperationalError``, as the callers expect)."""
+    info = conn.connection.info
+    if info.get("mc_no_prepare"):
+        return conn.execute(_sql(template, kind), dict(params)).all()
     name, prepare, execute = _prepare_sql(template, kind, types)
-    prepared: set[str] = conn.connection.info.setdefault("mc_prepared", set())
-    for attempt in range(2):
+    prepared: set[str] = info.setdefault("mc_prepared", set())
+    for _ in range(2):
         if name not in prepared:
             conn.exec_driver_sql(prepare)
             prepared.add(name)
         try:
             return conn.exec_driver_sql(execute, dict(params)).all()
-        except ProgrammingError as exc:  # the connection lost it (a reset): prepare again
-            if attempt or getattr(exc.orig, "pgcode", None) != _NO_SUCH_PREPARED:
+        except DBAPIError as exc:  # the connection lost it (a reset): prepare again
+            # (psycopg2 reports it as an OperationalError, which would otherwise read as
+            # "database unreachable")
+            if getattr(exc.orig, "pgcode", None) != _NO_SUCH_PREPARED:
                 raise
             prepared.discard(name)
-    raise AssertionError("unreachable")
+    # Lost twice in a row: a pooler between us and PostgreSQL (PgBouncer in transaction
+    # mode) hands each statement to another server connection. Plain statements then.
+    info["mc_no_prepare"] = True
+    return conn.execute(_sql(template, kind), dict(params)).all()
 
 
 # -- fragments every statement that needs them shares -------------------------------------
