@@ -200,7 +200,7 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
                  ("single real-time push through the API, p99", "<= 50 ms")],
         "split_link": [("split + link to templates",
                         ">= 50,000 events/s and >= 50% of bare")],
-        "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare smtplib loop")],
+        "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare pool")],
         "status": [("updateEventStatus", ">= 100,000 events/s")],
         "archive": [("archiving, per account", ">= 50,000 rows/s")],
         "reports": [
