@@ -29,7 +29,8 @@ from mc_local.supervisor import session_members
 from message_center.db import engine_for
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency",
-                    "mc_watermark", "quarantine")
+                    "mc_watermark", "quarantine", "webhook_subscription", "webhook_outbox",
+                    "webhook_attempt")
 ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
                   "flow_stats_hourly", "event_stats_dirty")
 
@@ -165,6 +166,7 @@ class Sizes:
     cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
     meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
     meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
+    webhook_changes: int = 100_000  # status changes sent as webhooks
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -176,7 +178,8 @@ class Sizes:
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
                        memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90,
                        slow_events=10_000, slow_rt_seconds=20.0,
-                       cleanup_events=100_000, meta_days=30, meta_scale=0.25)
+                       cleanup_events=100_000, meta_days=30, meta_scale=0.25,
+                       webhook_changes=10_000)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
                        split_events=2_000, deliver_messages=100, status_events=2_000,
@@ -184,7 +187,8 @@ class Sizes:
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
-                       cleanup_events=2_000, meta_days=16, meta_scale=0.01)
+                       cleanup_events=2_000, meta_days=16, meta_scale=0.01,
+                       webhook_changes=500)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -228,6 +232,13 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             (f"Airflow metadata database after {sizes.meta_days} simulated days of the "
              "Message Center's runs, with the daily clean-up (14 days kept)",
              "< without the clean-up"),
+        ],
+        "webhooks": [
+            (f"status change -> webhook received at a local receiver, "
+             f"{sizes.webhook_changes:,} changes",
+             ">= 5,000 webhooks/s and >= 50% of bare"),
+            ("webhooks' cost on the delivery: render + deliver with webhooks on (vs off)",
+             ">= 90% of off"),
         ],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
                     "peak RSS of any task", "<= 300 MB"),

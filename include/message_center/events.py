@@ -150,7 +150,9 @@ class EventIn(BaseModel):
                 {"required": [*(() if channel is channels.default() else ("wishedChannel",)),
                               channel.address_field],
                  "properties": {"wishedChannel": {"const": channel.name},
-                                channel.address_field: {"type": "string"}}}
+                                channel.address_field: {
+                                    "type": channel.address_json_schema.get("type",
+                                                                            "string")}}}
                 for channel in channels.all_channels()
             ],
         },

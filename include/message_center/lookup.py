@@ -347,6 +347,7 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         try:
             spec = channels.get(event["wished_channel"])
             detail.setdefault(spec.address_field, spec.address_on_wire(event["address"]))
+            detail["addressField"] = spec.address_field  # the page shows it by this name
         except channels.UnknownChannelError:
             detail["address"] = event["address"]
     return detail

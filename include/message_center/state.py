@@ -48,6 +48,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
+from message_center import webhook_outbox
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
 from message_center.statuses import (
@@ -81,17 +82,40 @@ def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
     return text(template.format(**parts))
 
 
+_NO_WEBHOOKS = {"returning": "", "webhooks": "", "failure": ""}
+
+
+def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
+              bounced: bool = False) -> dict[str, str]:
+    """The statement parts that write the webhook outbox (:mod:`message_center.
+    webhook_outbox`) for the events the CTEs ``sources`` changed, or empty parts when no
+    enabled subscription exists: ``returning`` (the columns the sources return),
+    ``failure`` (``failure`` or NULLs: their failure class and reason) and ``webhooks``
+    (the outbox CTEs, after the statement's own)."""
+    if not webhook_outbox.active(conn):
+        return _NO_WEBHOOKS
+    if len(sources) > 1:
+        union = " UNION ALL ".join(f"SELECT * FROM {name}" for name in sources)
+        ctes = f", wh_sources AS ({union})" + webhook_outbox.outbox_ctes(
+            kind, "wh_sources", bounced=bounced)
+    else:
+        ctes = webhook_outbox.outbox_ctes(kind, sources[0], bounced=bounced)
+    return {"returning": webhook_outbox.RETURNING,
+            "failure": failure or webhook_outbox.NO_FAILURE, "webhooks": ctes}
+
+
 #: SQLSTATE 26000: the prepared statement is not (or no longer) on this connection.
 _NO_SUCH_PREPARED = "26000"
 
 
 @functools.lru_cache(maxsize=64)
-def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...]
-                 ) -> tuple[str, str, str]:
-    """(name, PREPARE, EXECUTE) of ``template`` on ``kind``'s table: ``:name`` binds
-    become ``$n`` of the declared ``types``; the name carries a hash of the text, so a
-    pooled connection never runs an older statement of the same name."""
-    body = template.format(table=event_table(kind))
+def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...],
+                 parts: tuple[tuple[str, str], ...] = ()) -> tuple[str, str, str]:
+    """(name, PREPARE, EXECUTE) of ``template`` on ``kind``'s table, ``parts`` filled in:
+    ``:name`` binds become ``$n`` of the declared ``types``; the name carries a hash of
+    the text, so a connection never runs another variant (or an older statement) of
+    the same name."""
+    body = template.format(table=event_table(kind), **dict(parts))
     for number, (param, _) in enumerate(types, 1):
         body = re.sub(rf"(?<!:):{param}\b", f"${number}", body)
     digest = hashlib.sha1(body.encode()).hexdigest()[:10]
@@ -104,8 +128,8 @@ def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...]
 
 
 def _execute_prepared(conn: Connection, template: str, kind: str,
-                      types: tuple[tuple[str, str], ...],
-                      params: Mapping[str, Any]) -> Sequence[Row[Any]]:
+                      types: tuple[tuple[str, str], ...], params: Mapping[str, Any],
+                      parts: Mapping[str, str] | None = None) -> Sequence[Row[Any]]:
     """Run a hot statement as a server-side prepared statement of this connection.
 
     The recorder's group statement runs hundreds of times a second per shard: parsing
@@ -114,10 +138,11 @@ def _execute_prepared(conn: Connection, template: str, kind: str,
     (issue 24). Prepared once per database connection (``PREPARE``), then each run is
     one ``EXECUTE`` through the driver; errors still come through SQLAlchemy (a lost
     connection is an ``OperationalError``, as the callers expect)."""
+    parts = dict(parts or {})
     info = conn.connection.info
     if info.get("mc_no_prepare"):
-        return conn.execute(_sql(template, kind), dict(params)).all()
-    name, prepare, execute = _prepare_sql(template, kind, types)
+        return conn.execute(_sql(template, kind, **parts), dict(params)).all()
+    name, prepare, execute = _prepare_sql(template, kind, types, tuple(sorted(parts.items())))
     prepared: set[str] = info.setdefault("mc_prepared", set())
     for _ in range(2):
         if name not in prepared:
@@ -134,7 +159,7 @@ def _execute_prepared(conn: Connection, template: str, kind: str,
     # Lost twice in a row: a pooler between us and PostgreSQL (PgBouncer in transaction
     # mode) hands each statement to another server connection. Plain statements then.
     info["mc_no_prepare"] = True
-    return conn.execute(_sql(template, kind), dict(params)).all()
+    return conn.execute(_sql(template, kind, **parts), dict(params)).all()
 
 
 # -- fragments every statement that needs them shares -------------------------------------
@@ -142,6 +167,8 @@ _OPEN_EVENT = sql_in(OPEN_EVENT)
 _ARMABLE = sql_in(ARMABLE_DELIVERY)
 _FINAL_DELIVERY = sql_in(FINAL_DELIVERY)
 _DELIVERY_STARTED = sql_in(DELIVERY_STARTED)
+#: The failure class and reason of ledger row ``d``, for the webhook outbox.
+_LOG_FAILURE = ", d.failure_class AS wh_class, d.failure_reason AS wh_reason"
 
 #: Event ``e`` back to the queue: unclaimed and due at once.
 _REQUEUE = "status = 'pending', claim_token = NULL, claim_shard = NULL, next_attempt = now()"
@@ -253,8 +280,8 @@ CLAIM_AND_LINK = """
                                e.wished_channel, e.type)
                     ELSE e.error_reason END
             FROM numbered m WHERE e.id = m.id
-            RETURNING e.status, e.claim_shard
-        )
+            RETURNING e.status, e.claim_shard{returning}{failure}
+        ){webhooks}
         SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
 """
 
@@ -269,7 +296,7 @@ def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seco
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
-    rows = conn.execute(_sql(CLAIM_AND_LINK, kind), {
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind, **_webhooks(conn, kind, "claimed")), {
         "limit": limit, "token": token, "base": shard_base, "offset": offset,
         "shards": shards, "lease": float(lease_seconds),
         "expired_reason": EXPIRED_REASON}).all()
@@ -440,12 +467,16 @@ WRITE_OUTCOMES = """
         WHERE d.id = v.id AND (d.status = 'sending') IS TRUE
 """
 RESCHEDULE = f"""
+        WITH rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
                         CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
                         CAST(:errors AS text[]), CAST(:counted AS boolean[]))
                  AS r(event_id, id, delay, give_up, retry_error, counted)
             WHERE e.id = r.event_id AND e.status = 'pending_delivery'
+            RETURNING e.id{{returning}}{{failure}}
+        ){{webhooks}}
+        SELECT count(*) FROM rescheduled
 """
 
 
@@ -470,7 +501,7 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     exhausted). Where not ``counted`` (the provider was down) no try is used: due again
     at once, in its place."""
     if event_ids:
-        conn.execute(_sql(RESCHEDULE, kind), {
+        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled")), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
 
@@ -506,17 +537,17 @@ RECORD_GROUP = f"""
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error, v.counted
+                      v.delay, v.give_up, v.retry_error, v.counted{{rec_failure}}
         ), rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
-            RETURNING e.id
+            RETURNING e.id{{returning}}{{failure}}
         ), copied AS (
             UPDATE {{table}} e SET{_COPY}
             FROM rec d WHERE :copy AND d.delay IS NULL
               AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
-            RETURNING e.id
-        )
+            RETURNING e.id{{returning}}{{copied_failure}}
+        ){{webhooks}}
         SELECT r.id, r.mark FROM rec r
 """
 
@@ -533,12 +564,17 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
     written. Returns ``(log id, marked)`` of the rows written."""
+    parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
+    on = bool(parts["webhooks"])
+    parts = {**parts, "rec_failure": _LOG_FAILURE if on else "",
+             "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
     return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
         "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
-        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy})
+        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy},
+        parts)
 
 
 _RECORD_GROUP_TYPES = (
@@ -556,14 +592,15 @@ COPY_STATUSES = f"""
             WHERE {{where}} AND d.event_kind = :kind
               AND d.status IN {_FINAL_DELIVERY}
               AND e.id = d.event_id AND e.status = 'pending_delivery'
-            RETURNING e.status
-        )
+            RETURNING e.status{{returning}}{{failure}}
+        ){{webhooks}}
         SELECT status, count(*) FROM copied GROUP BY status
 """
 
 
 def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
-    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where),
+    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where, **_webhooks(
+                            conn, kind, "copied", failure=_LOG_FAILURE)),
                         {**params, "kind": kind}).all()
     return {status: int(count) for status, count in rows}
 
@@ -717,15 +754,22 @@ FAIL_SENT_LOGS = """
                         CAST(:classes AS text[]), CAST(:reasons AS text[]))
                  AS v(id, error, class, reason)
             WHERE d.id = v.id AND d.status = 'sent'
-            RETURNING d.id, d.event_kind, d.event_id, d.error
+            RETURNING d.id, d.event_kind, d.event_id, d.error, d.failure_class,
+                      d.failure_reason
 """
 FAIL_SENT_EVENTS = """
-                    UPDATE {table} e SET status = 'failed',
-                           error_reason = v.error, processed = now()
-                    FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
-                                CAST(:errors AS text[])) AS v(event_id, log_id, error)
-                    WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
-                      AND e.status = 'sent'
+        WITH bounced AS (
+            UPDATE {table} e SET status = 'failed',
+                   error_reason = v.error, processed = now()
+            FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
+                        CAST(:errors AS text[]), CAST(:classes AS text[]),
+                        CAST(:reasons AS text[]))
+                 AS v(event_id, log_id, error, class, reason)
+            WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
+              AND e.status = 'sent'
+            RETURNING e.id{returning}{failure}
+        ){webhooks}
+        SELECT count(*) FROM bounced
 """
 
 
@@ -740,7 +784,11 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
     for kind in EVENT_KINDS:
         rows = [r for r in changed if r["event_kind"] == kind]
         if rows:
-            conn.execute(_sql(FAIL_SENT_EVENTS, kind), {
+            parts = _webhooks(conn, kind, "bounced", bounced=True,
+                              failure=", v.class AS wh_class, v.reason AS wh_reason")
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind, **parts), {
                 "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
-                "errors": [r["error"] for r in rows]})
+                "errors": [r["error"] for r in rows],
+                "classes": [r["failure_class"] for r in rows],
+                "reasons": [r["failure_reason"] for r in rows]})
     return {int(r["id"]) for r in changed}

@@ -50,6 +50,7 @@ __all__ = [
     "expected",
     "get",
     "names",
+    "quarantine_key_sql",
     "reconciling",
     "register",
     "unregister",
@@ -158,6 +159,14 @@ def event_address_sql(alias: str = "e") -> str:
                      for c in all_channels() if c.address_column != "address")
     return (f"CASE {alias}.wished_channel {cases} ELSE {alias}.address END" if cases
             else f"{alias}.address")
+
+
+def quarantine_key_sql(channel: str = "c.channel", address: str = "c.address") -> str:
+    """SQL for the quarantine key of a stored address: the address itself, or what its
+    channel keys it by (:attr:`Channel.quarantine_key_sql`)."""
+    cases = " ".join(f"WHEN '{c.name}' THEN {c.quarantine_key_sql.format(address=address)}"
+                     for c in all_channels() if c.quarantine_key_sql)
+    return f"CASE {channel} {cases} ELSE {address} END" if cases else address
 
 
 def address_of(event: Mapping[str, Any]) -> Any:

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Protocol
 
 # The delivery's types, named here without importing them (this module sits below the
 # delivery): ``Attempt`` (message_center.delivery.ledger), ``Outcome``
-# (message_center.delivery.outcome), ``RelayGate`` (message_center.delivery.pool).
+# (message_center.delivery.outcome), ``RelayGate`` or ``RelayGates`` (one gate per relay
+# of a channel that sends to many: message_center.delivery.pool).
 Attempt = Any
 Outcome = Any
 RelayGate = Any
@@ -61,7 +62,9 @@ class ChannelSender(Protocol):
     """A channel's open connection(s) inside one shard (shared by its session threads)."""
 
     def relay_gate(self, shards: int) -> RelayGate | None:
-        """The provider's limits, this shard's share of them (None: no limit)."""
+        """The provider's limits, this shard's share of them (None: no limit); a
+        ``RelayGates`` when the channel's messages go to many relays, each capped on its
+        own (Web Push: per push service)."""
 
     def send(self, attempt: Attempt, variables: dict[str, Any],
              ready: Callable[[], None] | None) -> Outcome:
@@ -118,6 +121,13 @@ class Channel(ABC):
     #: ``address_query``).
     address_path: ClassVar[AddressPath | None] = None
     address_query: ClassVar[str] = "address"
+    #: SQL of the quarantine key of a stored address ``{address}`` when it is not the
+    #: address itself (a structured address quarantined by one of its parts: a Web Push
+    #: subscription by its endpoint URL); :meth:`quarantine_key` says the same in Python.
+    quarantine_key_sql: ClassVar[str | None] = None
+    #: The event's address as an XML element of ACC's ``<rtEvent>`` (its attributes are
+    #: read by :meth:`address_from_xml`), when it is not an attribute.
+    xml_element: ClassVar[str | None] = None
     #: ACC's ``wishedChannel`` codes and labels (``nms:messageType``) for this channel.
     acc_codes: ClassVar[tuple[str, ...]] = ()
     #: "an email template"; "(use <parts_hint>)" when a file sets another channel's part.
@@ -172,6 +182,19 @@ class Channel(ABC):
         """The address on a stored event row."""
         value = event.get(self.address_column)
         return value if isinstance(value, str) else None
+
+    def quarantine_key(self, address: str) -> str:
+        """The quarantine key of a stored address (the address itself by default)."""
+        return address
+
+    def address_from_xml(self, attributes: Mapping[str, str]) -> Any:
+        """The wire address from the attributes of the :attr:`xml_element` element."""
+        return dict(attributes)
+
+    def xml_location(self, field: str) -> str:
+        """Where the error of ``field`` (``<address_field>.<part>``) is, under the event
+        element (``<xml_element>/@<attribute>``)."""
+        return self.xml_element or self.address_field
 
     def address_on_wire(self, stored: str) -> Any:
         """The stored ``address`` column as the wire shows it (``GET /events``)."""

@@ -40,6 +40,8 @@ FIGURES = (
     "real time, push to Sent",
     "real time, push to Sent",
     "Airflow metadata database after",
+    "status change -> webhook received",
+    "webhooks' cost on the delivery",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports")
 

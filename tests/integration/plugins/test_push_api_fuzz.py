@@ -49,7 +49,11 @@ def _admin_token() -> str:
                                                                  role="admin"))
 
 
-schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", _plugin_app())
+# The webhook routes are left out: a schema-valid URL is still refused when it points at a
+# private address (what JSON Schema cannot state); they have tests of their own
+# (tests/integration/message_center/api/test_webhooks_api.py, test_webhooks_server.py).
+schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", _plugin_app()
+                                        ).exclude(path_regex="^/v1/webhooks")
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
 
