@@ -133,13 +133,24 @@ def _check_address(channel: Channel, value: Any, field: str | None = None) -> No
                                   {"field": field} if field else None)
 
 
+def _event_schema(schema: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The event's JSON Schema as the API checks it: every channel's own address field
+    (an extra of the model) is a property, and no other field is accepted."""
+    schema.update(extra)
+    properties = schema.setdefault("properties", {})
+    for channel in channels.all_channels():
+        properties.setdefault(channel.address_field, {
+            **channel.address_json_schema, "description": channel.address_doc})
+    schema["additionalProperties"] = False
+
+
 class EventIn(BaseModel):
     """One pushed event, as ACC's ``PushEvent`` takes it (camelCase on the wire)."""
 
     model_config = ConfigDict(
         extra="allow", strict=True, alias_generator=to_camel, populate_by_name=False,
         frozen=True,
-        json_schema_extra={
+        json_schema_extra=lambda schema: _event_schema(schema, {
             "examples": [{
                 "type": "ORDER_CONFIRMED", "email": "jane@example.com", "language": "en",
                 "externalId": "A-1001",
@@ -150,12 +161,11 @@ class EventIn(BaseModel):
                 {"required": [*(() if channel is channels.default() else ("wishedChannel",)),
                               channel.address_field],
                  "properties": {"wishedChannel": {"const": channel.name},
-                                channel.address_field: {
-                                    "type": channel.address_json_schema.get("type",
-                                                                            "string")}}}
+                                channel.address_field: dict(
+                                    channel.address_json_schema)}}
                 for channel in channels.all_channels()
             ],
-        },
+        }),
     )
 
     type: str = Field(min_length=1, max_length=MAX_TYPE_LENGTH, pattern=_TYPE_PATTERN,

@@ -41,12 +41,15 @@ ledger decides, which is what makes a message go out at most once.
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
+from sqlalchemy.exc import DBAPIError
 
 from message_center import channel as registry
 from message_center import webhook_outbox
@@ -107,6 +110,64 @@ def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
         ctes = webhook_outbox.outbox_ctes(kind, sources[0], bounced=bounced)
     return {"returning": webhook_outbox.RETURNING,
             "failure": failure or webhook_outbox.NO_FAILURE, "webhooks": ctes}
+
+
+#: SQLSTATE 26000: the prepared statement is not (or no longer) on this connection.
+_NO_SUCH_PREPARED = "26000"
+
+
+@functools.lru_cache(maxsize=64)
+def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...],
+                 parts: tuple[tuple[str, str], ...] = ()) -> tuple[str, str, str]:
+    """(name, PREPARE, EXECUTE) of ``template`` on ``kind``'s table, ``parts`` filled in:
+    ``:name`` binds become ``$n`` of the declared ``types``; the name carries a hash of
+    the text, so a connection never runs another variant (or an older statement) of
+    the same name."""
+    body = template.format(table=event_table(kind), **dict(parts))
+    for number, (param, _) in enumerate(types, 1):
+        body = re.sub(rf"(?<!:):{param}\b", f"${number}", body)
+    digest = hashlib.sha1(body.encode()).hexdigest()[:10]
+    name = f"mc_{kind}_{digest}"
+    declared = ", ".join(sql_type for _, sql_type in types)
+    arguments = ", ".join(f"CAST(%({param})s AS {sql_type})" for param, sql_type in types)
+    # Through the driver, whose parameter syntax takes "%": a literal one is doubled.
+    prepare = f"PREPARE {name} ({declared}) AS {body}".replace("%", "%%")
+    return name, prepare, f"EXECUTE {name}({arguments})"
+
+
+def _execute_prepared(conn: Connection, template: str, kind: str,
+                      types: tuple[tuple[str, str], ...], params: Mapping[str, Any],
+                      parts: Mapping[str, str] | None = None) -> Sequence[Row[Any]]:
+    """Run a hot statement as a server-side prepared statement of this connection.
+
+    The recorder's group statement runs hundreds of times a second per shard: parsing
+    and planning it each time cost PostgreSQL about as much as executing it, and
+    SQLAlchemy's compilation of a text() clause costs the sender threads the GIL
+    (issue 24). Prepared once per database connection (``PREPARE``), then each run is
+    one ``EXECUTE`` through the driver; errors still come through SQLAlchemy (a lost
+    connection is an ``OperationalError``, as the callers expect)."""
+    parts = dict(parts or {})
+    info = conn.connection.info
+    if info.get("mc_no_prepare"):
+        return conn.execute(_sql(template, kind, **parts), dict(params)).all()
+    name, prepare, execute = _prepare_sql(template, kind, types, tuple(sorted(parts.items())))
+    prepared: set[str] = info.setdefault("mc_prepared", set())
+    for _ in range(2):
+        if name not in prepared:
+            conn.exec_driver_sql(prepare)
+            prepared.add(name)
+        try:
+            return conn.exec_driver_sql(execute, dict(params)).all()
+        except DBAPIError as exc:  # the connection lost it (a reset): prepare again
+            # (psycopg2 reports it as an OperationalError, which would otherwise read as
+            # "database unreachable")
+            if getattr(exc.orig, "pgcode", None) != _NO_SUCH_PREPARED:
+                raise
+            prepared.discard(name)
+    # Lost twice in a row: a pooler between us and PostgreSQL (PgBouncer in transaction
+    # mode) hands each statement to another server connection. Plain statements then.
+    info["mc_no_prepare"] = True
+    return conn.execute(_sql(template, kind, **parts), dict(params)).all()
 
 
 # -- fragments every statement that needs them shares -------------------------------------
@@ -603,16 +664,24 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     written. Returns ``(log id, marked)`` of the rows written."""
     parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
     on = bool(parts["webhooks"])
-    statement = _sql(RECORD_GROUP, claim.kind, **parts,
-                     recycle=_recycle(claim.kind, "rc_fin"),
-                     rec_failure=_LOG_FAILURE if on else "",
-                     copied_failure=", d.wh_class, d.wh_reason" if on else "")
-    return conn.execute(statement, {
+    parts = {**parts, "recycle": _recycle(claim.kind, "rc_fin"),
+             "rec_failure": _LOG_FAILURE if on else "",
+             "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
+    return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
         "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
-        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy}).all()
+        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy},
+        parts)
+
+
+_RECORD_GROUP_TYPES = (
+    ("ids", "bigint[]"), ("marks", "boolean[]"), ("statuses", "text[]"),
+    ("errors", "text[]"), ("providers", "text[]"), ("delays", "float8[]"),
+    ("give_up", "boolean[]"), ("retry_errors", "text[]"), ("classes", "text[]"),
+    ("reasons", "text[]"), ("counted", "boolean[]"), ("kind", "text"),
+    ("token", "bigint"), ("shard", "smallint"), ("copy", "boolean"))
 
 
 COPY_STATUSES = f"""
@@ -673,11 +742,17 @@ RELEASE_UNSENT = f"""
         WHERE d.id = ANY(:ids) AND {_UNHANDED}
         RETURNING d.event_id
 """
+#: The rows armed and never handed are found first (delivery_log_sending_idx: a few
+#: chunks per live shard at most), then each one's event by primary key: a scalar
+#: sub-select, which the planner evaluates per ledger row and cannot turn into a join.
+#: Written as a join, it started from the claim's events - 250,000 at the start of a
+#: 1,000,000-event drain, estimated at one row because the statistics predate the claim
+#: - and scanned the ledger once per event: seconds to minutes per shard (issue 24).
 RELEASE_UNHANDED = f"""
         UPDATE delivery_log d SET {_UNARM}
-        FROM {{table}} e
         WHERE {_UNHANDED} AND d.event_kind = :kind
-          AND e.id = d.event_id AND e.status = 'pending_delivery' AND {{owner}}
+          AND (SELECT true FROM {{table}} e
+               WHERE e.id = d.event_id AND e.status = 'pending_delivery' AND {{owner}}) IS TRUE
         RETURNING d.event_id
 """
 
@@ -720,14 +795,17 @@ def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = Non
 
 # == ledger row: settle what a dead worker handed ==========================================
 def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
-    """WHERE clause (on delivery_log) of handed rows whose worker is gone."""
+    """WHERE clause (on delivery_log) of handed rows whose worker is gone. The claim's
+    events are probed by primary key from the few handed rows (a scalar sub-select, see
+    :data:`RELEASE_UNHANDED`), not listed (``IN``: every event of the claim, 250,000 in a
+    1,000,000-event drain)."""
     params: dict[str, Any] = {}
     where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
     if claim is not None:
         where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
-                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
-                 "WHERE claim_token = :token AND claim_shard = :shard "
-                 "AND status = 'pending_delivery'))")
+                 f"AND (SELECT true FROM {event_table(claim.kind)} e "
+                 "WHERE e.id = delivery_log.event_id AND e.claim_token = :token "
+                 "AND e.claim_shard = :shard AND e.status = 'pending_delivery') IS TRUE)")
         params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
     return f"status = 'sending' AND ({where})", params
 

@@ -34,6 +34,7 @@ FIGURES = (
     "real time, push to Sent",
     "real time, push to Sent",
     "memory while draining",
+    "batch backlog of",
     "batch DAG through a relay taking",
     "real time, push to Sent, ",
     "peak RSS of any task during the slow-relay runs",
