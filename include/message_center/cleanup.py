@@ -409,6 +409,9 @@ def _delete_sql(table: str, kind: str) -> str:
         gone_firsts AS (
             DELETE FROM tracking_first f USING ok WHERE f.delivery_log_id = ok.log_id
             RETURNING 1),
+        gone_links AS (  -- its recycling row (the recycled event is an event of its own)
+            DELETE FROM event_recycling r USING ok
+            WHERE r.event_kind = '{kind}' AND r.event_id = ok.id),
         gone AS (
             DELETE FROM {table} e USING ok WHERE e.id = ok.id RETURNING e.id)
         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_logs)"""

@@ -45,6 +45,11 @@ class TemplateContent:
     #: What the template opts into (``tracking``, ``mirror_page``, ``unsubscribe``:
     #: :mod:`message_center.tracking.options`); None: nothing.
     options: Mapping[str, Any] | None = None
+    #: Recycling after a failed delivery (``{"channel", "template", "after"}``), read by
+    #: :mod:`message_center.state` when the delivery ends. None: not recycled.
+    on_failure: Mapping[str, Any] | None = None
+    #: The channel's structured fields (e-mail ``attachments``), handed to its sender.
+    extras: Mapping[str, Any] | None = None
 
 
 def publish(conn: Connection, template: TemplateContent) -> None:
@@ -55,6 +60,10 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     values["parts"] = None if template.parts is None else json.dumps(dict(template.parts))
     values["options"] = (None if not template.options
                          else json.dumps(dict(template.options), sort_keys=True))
+    values["on_failure"] = (None if template.on_failure is None
+                            else json.dumps(dict(template.on_failure), sort_keys=True))
+    values["extras"] = (None if template.extras is None
+                        else json.dumps(dict(template.extras), sort_keys=True))
     conn.execute(
         text("UPDATE published_template SET active = false "
              "WHERE internal_name = :internal_name AND version <> :version AND active"),
@@ -63,17 +72,19 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     conn.execute(text("""
         INSERT INTO published_template (internal_name, label, event_type, channel, version,
             language, sender, subject, html_body, text_body, sms_body, parts, ctx_schema,
-            options, active)
+            options, on_failure, extras, active)
         VALUES (:internal_name, :label, :event_type, :channel, :version, :language, :sender,
             :subject, :html_body, :text_body, :sms_body, CAST(:parts AS jsonb),
-            CAST(:ctx_schema AS jsonb), CAST(:options AS jsonb), true)
+            CAST(:ctx_schema AS jsonb), CAST(:options AS jsonb), CAST(:on_failure AS jsonb),
+            CAST(:extras AS jsonb), true)
         ON CONFLICT (internal_name, version) DO UPDATE SET
             label = EXCLUDED.label, event_type = EXCLUDED.event_type,
             channel = EXCLUDED.channel, language = EXCLUDED.language, sender = EXCLUDED.sender,
             subject = EXCLUDED.subject, html_body = EXCLUDED.html_body,
             text_body = EXCLUDED.text_body, sms_body = EXCLUDED.sms_body,
             parts = EXCLUDED.parts, ctx_schema = EXCLUDED.ctx_schema,
-            options = EXCLUDED.options, active = true
+            options = EXCLUDED.options, on_failure = EXCLUDED.on_failure,
+            extras = EXCLUDED.extras, active = true
     """), values)
 
 
@@ -113,7 +124,8 @@ def active_templates(conn: Connection) -> dict[str, TemplateContent]:
     """The active published templates of an execution database, by internal name."""
     rows = conn.execute(text("""
         SELECT internal_name, label, event_type, channel, version, sender, subject,
-               html_body, text_body, sms_body, parts, language, ctx_schema, options
+               html_body, text_body, sms_body, parts, language, ctx_schema, options,
+               on_failure, extras
         FROM published_template WHERE active ORDER BY internal_name, version
     """)).mappings().all()
     return {row["internal_name"]: TemplateContent(**dict(row)) for row in rows}

@@ -209,6 +209,15 @@ class EventOut(BaseModel):
     errorReason: str | None
     tracking: TrackingOut | None = Field(
         None, description="Opens and clicks of the message (null: not sent yet).")
+    recycledFrom: int | None = Field(
+        None, description="Event recycling: the event whose failed delivery this one "
+                          "stands in for (the template's `on_failure`).")
+    recycledTo: int | None = Field(
+        None, description="Event recycling: the event created on the fallback channel "
+                          "after this one's delivery failed.")
+    recycling: str | None = Field(
+        None, description="Why a failure that the template recycles was not recycled "
+                          "(e.g. no e-mail address on the event).")
 
 
 class QuarantineRecord(BaseModel):
@@ -627,10 +636,14 @@ def create_app(
                                                                       "read as JSON."}},
                     name=f"put_quarantine_{channel}",
                     summary=f"Quarantine {label} by hand")
-        async def put_quarantine(address: str = address_path(),
+        async def put_quarantine(request: Request, address: str = address_path(),
                                  body: QuarantineIn | None = None,
                                  user: Any = Depends(change_quarantine)) -> Any:
             """Idempotent: an address already in quarantine gets the new reason."""
+            if body is None and (await request.body()).strip():  # JSON null: not an object
+                raise EventValidationError([{
+                    "loc": ["body"], "field": "body", "type": "object_type",
+                    "msg": "body must be a JSON object (reason, releaseAfterDays) or absent"}])
             data = body or QuarantineIn()
             found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.add(
                 conn, channel, address, data.reason, source="api",

@@ -81,7 +81,7 @@ def _ignore_reason() -> str:
     return f"""CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CAST(:nouns AS jsonb) ->> c.channel)
-                ELSE coalesce((SELECT 'address is in quarantine: ' || q.reason
+                ELSE coalesce((SELECT '{state.QUARANTINED_PREFIX}' || q.reason
                       FROM quarantine q
                       WHERE q.channel = c.channel
                         AND q.address IN ({key}, lower({key})) AND {ACTIVE_SQL}
@@ -94,10 +94,11 @@ def _send_columns() -> str:
     channel's columns, and the generic ``parts``)."""
     parts = sorted({f"t.{column}" for channel in registry.all_channels()
                     for column in channel.template_columns.values()})
+    channel_parts = "".join(f", {part}" for part in parts)
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts, t.options{"".join(f", {part}" for part in parts)}
+        t.id AS published_id, t.sender, t.parts, t.options, t.extras{channel_parts}
     """
 
 

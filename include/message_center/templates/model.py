@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from message_center.channel import content_parts, part_fields
+from message_center.channel import all_channels, content_parts, part_fields
 from message_center.tracking import options as tracking_options
 
 REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
@@ -30,7 +30,13 @@ def text_fields() -> tuple[str, ...]:
 
 
 def allowed_fields() -> tuple[str, ...]:
-    return (*text_fields(), "ctx", *tracking_options.FIELDS, "seeds")
+    return (*text_fields(), "ctx", *tracking_options.FIELDS, "seeds", "on_failure",
+            *extra_fields())
+
+
+def extra_fields() -> tuple[str, ...]:
+    """Structured fields some channel accepts (e-mail: ``attachments``)."""
+    return tuple(sorted({name for channel in all_channels() for name in channel.extra_fields}))
 
 
 SEED_FIELDS = ("address", "ctx", "event")
@@ -92,6 +98,12 @@ class MessageTemplate:
     ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
     #: Tracking, mirror page, unsubscribe category (none by default).
     tracking: tracking_options.TrackingOptions = tracking_options.NONE
+    #: The fallback after a failed delivery (``{"channel", "template", "after"}``); None:
+    #: failures are not recycled.
+    on_failure: Mapping[str, Any] | None = None
+    #: The channel's structured fields as stored (e-mail ``attachments``: static files as
+    #: base64 with their hash, generated ones as templates).
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> str | None:
         """A template part by name (None when this template has no such part)."""
@@ -110,6 +122,9 @@ class MessageTemplate:
         if self.ctx_schema is not None:
             content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
         content.update(self.tracking.as_content())  # only when set: hashes stay the same
+        if self.on_failure is not None:  # same rule: hashes of older versions stay
+            content["on_failure"] = dict(self.on_failure)
+        content.update(self.extras)  # same rule
         return content
 
     def content_hash(self) -> str:
