@@ -86,8 +86,10 @@ class Walk:
         script = self.blocks[name]
         for old, new in self.replacements.items():
             script = script.replace(old, new)
+        started = time.monotonic()
         result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=self.cwd,
                                 env=self.env, capture_output=True, text=True, timeout=600)
+        print(f"README block {name!r}: {time.monotonic() - started:.1f} s")  # for -s runs
         assert result.returncode == 0, (
             f"README block {name!r} failed ({result.returncode}):\n{script}\n--- stdout\n"
             f"{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")

@@ -305,7 +305,7 @@ def wait_for(what: str, check, timeout: float = 240, state=lambda: ""):
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {state()}")
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.mark.server

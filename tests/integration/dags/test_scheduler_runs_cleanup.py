@@ -23,7 +23,7 @@ def wait_for(what: str, check, timeout: float = 300):
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.mark.server
