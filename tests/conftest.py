@@ -438,14 +438,15 @@ def webpush_sink(_webpush_sink_session):
     return _webpush_sink_session
 
 
-# --- browser tests: one Chromium per worker; a loud line when they could not run ----------
+# --- browser tests: Chromium per module; a loud line when they could not run -------------
 BROWSER_SKIP = "no Chromium for the browser tests"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Headless Chromium driven by Playwright (tests/browser_support.py), shared by the
-    browser tests of this worker (each opens contexts of its own)."""
+    """Headless Chromium driven by Playwright (tests/browser_support.py) for the module's
+    tests (each opens contexts of its own); closed with the module, so that Playwright's
+    event loop never outlives the browser tests."""
     from browser_support import launch
     from playwright.sync_api import sync_playwright
 
