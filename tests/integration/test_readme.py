@@ -96,9 +96,16 @@ class Walk:
         return result
 
 
+def _polled(check):
+    try:
+        return check()
+    except httpx.TimeoutException:  # a loaded API server: ask again, until the deadline
+        return None
+
+
 def wait_for(what: str, check, timeout: float = 120, log: Path | None = None):
     deadline = time.monotonic() + timeout
-    while not (result := check()):
+    while not (result := _polled(check)):
         if time.monotonic() > deadline:
             tail = log.read_text()[-3000:] if log else ""
             raise AssertionError(f"timed out waiting for {what}\n{tail}")
