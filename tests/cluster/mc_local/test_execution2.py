@@ -59,9 +59,10 @@ def test_profile_names_its_databases_ports_and_roles(monkeypatch):
 
 
 def _client(base_url: str, password: str) -> httpx.Client:
-    token = httpx.post(f"{base_url}/auth/token", timeout=30, json={
+    token = httpx.post(f"{base_url}/auth/token", timeout=120, json={
         "username": "admin", "password": password}).json()["access_token"]
-    return httpx.Client(base_url=base_url, timeout=30,
+    # 120 s: two API servers on a loaded machine have answered a push after more than 30 s.
+    return httpx.Client(base_url=base_url, timeout=120,
                         headers={"Authorization": f"Bearer {token}"})
 
 
