@@ -2,8 +2,9 @@
 
 * :func:`bare_pool` - the same number of SMTP sessions as the pipeline under test (spread
   over the same number of processes as its shard tasks) sending one pre-rendered message
-  to the same sink, with no database at all: the physical limit of the sink + smtplib on
-  this machine, measured in the same run as the figure it is printed next to.
+  to the same sink with the same SMTP client (``SmtpSender``: smtplib, pipelined when the
+  sink offers it), with no database at all: the physical limit of the sink + the client
+  on this machine, measured in the same run as the figure it is printed next to.
 * :class:`CpuMeter` - user and system CPU seconds of a set of processes (the bench
   process or the Airflow task processes, and every PostgreSQL process of the bench
   server), from ``/proc``, with their context switches, so every delivery stage can print
@@ -19,7 +20,6 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import smtplib
 import threading
 import time
 from collections.abc import Callable
@@ -175,20 +175,27 @@ class CpuMeter:
 
 # --- the bare pool ----------------------------------------------------------------------
 def _session(port: int, message: bytes, count: int, start: threading.Barrier) -> None:
-    smtp = smtplib.SMTP("127.0.0.1", port, timeout=60)
+    # The project's SMTP client (smtplib underneath, MAIL/RCPT/DATA pipelined when the
+    # sink offers PIPELINING, as the pipeline's sessions do), without its database.
+    from message_center.delivery.smtp import SmtpSender, SmtpSettings
+
+    sender = SmtpSender(SmtpSettings(host="127.0.0.1", port=port, timeout=60))
     try:
-        smtp.ehlo()
+        sender.send_bytes(message, None, "no-reply@message-center.local",
+                          "customer@example.com")  # connected before the start
         start.wait()
         for i in range(count):
-            smtp.sendmail("no-reply@message-center.local", [f"customer{i}@example.com"],
-                          message)
+            outcome = sender.send_bytes(message, None, "no-reply@message-center.local",
+                                        f"customer{i}@example.com")
+            if outcome.status != "sent":
+                raise RuntimeError(f"bare pool: the sink refused a message: {outcome}")
     finally:
-        with contextlib.suppress(OSError, smtplib.SMTPException):
-            smtp.quit()
+        sender.close()
 
 
 def _process(port: int, message: bytes, sessions: int, count: int,
-             go: multiprocessing.synchronize.Event, ready: multiprocessing.Queue) -> None:
+             go: multiprocessing.synchronize.Event, ready: multiprocessing.Queue,
+             done: multiprocessing.Queue) -> None:
     share = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
     start = threading.Barrier(sessions + 1)
     threads = [threading.Thread(target=_session, args=(port, message, n, start))
@@ -197,20 +204,26 @@ def _process(port: int, message: bytes, sessions: int, count: int,
         thread.start()
     ready.put(os.getpid())
     go.wait()
+    before = os.times()
     start.wait()
     for thread in threads:
         thread.join()
+    after = os.times()
+    done.put((after.user - before.user, after.system - before.system))
 
 
 def bare_pool(port: int, message: bytes, *, sessions: int, processes: int = 1,
-              count: int) -> float:
-    """Messages/s of ``processes`` processes x ``sessions`` smtplib sessions each sending
-    ``count`` copies of ``message`` in all (no database, no rendering)."""
+              count: int, cpu: list[str] | None = None) -> float:
+    """Messages/s of ``processes`` processes x ``sessions`` SMTP sessions (``SmtpSender``)
+    each, sending ``count`` copies of ``message`` in all (no database, no rendering).
+    ``cpu``: gets the clients' CPU per message appended (the bare cost of the SMTP
+    client itself, to set against the pipeline's)."""
     spawn = multiprocessing.get_context("spawn")
-    go, ready = spawn.Event(), spawn.Queue()
+    go, ready, done = spawn.Event(), spawn.Queue(), spawn.Queue()
     per = [count // processes + (1 if i < count % processes else 0)
            for i in range(processes)]
-    workers = [spawn.Process(target=_process, args=(port, message, sessions, n, go, ready))
+    workers = [spawn.Process(target=_process, args=(port, message, sessions, n, go, ready,
+                                                         done))
                for n in per]
     for worker in workers:
         worker.start()
@@ -223,6 +236,12 @@ def bare_pool(port: int, message: bytes, *, sessions: int, processes: int = 1,
     elapsed = time.perf_counter() - started
     if any(w.exitcode for w in workers):
         raise RuntimeError("a bare-pool process failed")
+    if cpu is not None:
+        times = [done.get(timeout=10) for _ in workers]
+        user, system = sum(t[0] for t in times), sum(t[1] for t in times)
+        share = system / (user + system) if user + system else 0.0
+        cpu.append(f"client CPU/msg {(user + system) / count * 1000:.2f} ms "
+                   f"(system {share:.0%})")
     return count / elapsed
 
 

@@ -29,7 +29,8 @@ from mc_local.supervisor import session_members
 from message_center.db import engine_for
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency",
-                    "mc_watermark", "quarantine")
+                    "mc_watermark", "quarantine", "webhook_subscription", "webhook_outbox",
+                    "webhook_attempt")
 ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
                   "flow_stats_hourly", "event_stats_dirty")
 
@@ -148,6 +149,8 @@ class Sizes:
     split_events: int = 200_000
     deliver_messages: int = 10_000
     deliver_sessions: int = 1  # SMTP sessions of the deliver stage's one shard
+    attach_pdf_messages: int = 500  # messages with a generated PDF each (and without)
+    attach_messages: int = 5_000  # messages with a 100 KB attachment (and without)
     status_events: int = 200_000
     archive_events: int = 100_000
     rt_rate: float = 100.0
@@ -165,6 +168,7 @@ class Sizes:
     cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
     meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
     meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
+    webhook_changes: int = 100_000  # status changes sent as webhooks
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -172,19 +176,23 @@ class Sizes:
             return cls()
         if name == "quick":
             return cls(ingest_events=10_000, push_requests=300, split_events=20_000,
-                       deliver_messages=1_000, status_events=20_000, archive_events=10_000,
+                       deliver_messages=1_000, attach_pdf_messages=100,
+                       attach_messages=1_000, status_events=20_000, archive_events=10_000,
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
                        memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90,
                        slow_events=10_000, slow_rt_seconds=20.0,
-                       cleanup_events=100_000, meta_days=30, meta_scale=0.25)
+                       cleanup_events=100_000, meta_days=30, meta_scale=0.25,
+                       webhook_changes=10_000)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
-                       split_events=2_000, deliver_messages=100, status_events=2_000,
+                       split_events=2_000, deliver_messages=100, attach_pdf_messages=5,
+                       attach_messages=20, status_events=2_000,
                        archive_events=1_000, rt_rate=20.0, rt_seconds=3.0,
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
-                       cleanup_events=2_000, meta_days=16, meta_scale=0.01)
+                       cleanup_events=2_000, meta_days=16, meta_scale=0.01,
+                       webhook_changes=500)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -200,7 +208,12 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
                  ("single real-time push through the API, p99", "<= 50 ms")],
         "split_link": [("split + link to templates",
                         ">= 50,000 events/s and >= 50% of bare")],
-        "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare smtplib loop")],
+        "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare pool")],
+        "attachments": [
+            ("render + deliver with a generated one-page PDF per message (WeasyPrint)",
+             "cost stated (no target)"),
+            ("render + deliver with a 100 KB attachment per message",
+             "cost stated (no target)")],
         "status": [("updateEventStatus", ">= 100,000 events/s")],
         "archive": [("archiving, per account", ">= 50,000 rows/s")],
         "reports": [
@@ -215,7 +228,7 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
         "realtime": [(f"{rt}, p50", "<= 500 ms"), (f"{rt}, p99", "<= 2,000 ms")],
         "slow_relay": [
             (f"batch DAG through a relay taking {sizes.slow_latency * 1000:g} ms per message "
-             f"({sizes.slow_events:,} events)", ">= 1,000 msg/s and >= 50% of a 0 ms relay"),
+             f"({sizes.slow_events:,} events)", ">= 1,000 msg/s and >= 85% of a 0 ms relay"),
             (f"real time, push to Sent, {sizes.slow_rt_rate:g} events/s through the "
              f"{sizes.slow_latency * 1000:g} ms relay, p99", "<= 2,000 ms"),
             ("peak RSS of any task during the slow-relay runs", "<= 300 MB"),
@@ -229,8 +242,17 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
              "Message Center's runs, with the daily clean-up (14 days kept)",
              "< without the clean-up"),
         ],
+        "webhooks": [
+            (f"status change -> webhook received at a local receiver, "
+             f"{sizes.webhook_changes:,} changes",
+             ">= 5,000 webhooks/s and >= 50% of bare"),
+            ("webhooks' cost on the delivery: render + deliver with webhooks on (vs off)",
+             ">= 90% of off"),
+        ],
         "memory": [(f"memory while draining a {sizes.memory_events:,}-event batch backlog, "
-                    "peak RSS of any task", "<= 300 MB")],
+                    "peak RSS of any task", "<= 300 MB"),
+                   (f"batch backlog of {sizes.memory_events:,} events drained by one "
+                    "batchEventsProcessing run", ">= 2,800 events/s and >= 70% of bare pool")],
     }
 
 

@@ -117,7 +117,7 @@ def _deliver(ctx: Context, count: int, port: int) -> tuple[float, dict[str, int]
 
 
 def deliver(ctx: Context) -> list[Result]:
-    """Render + deliver one shard vs the bare pool (the same number of smtplib sessions
+    """Render + deliver one shard vs the bare pool (the same number of SMTP sessions
     sending the rendered message, no database), against the project's sink and against
     the null sink (where the Message Center's own cost shows)."""
     count, sessions = ctx.sizes.deliver_messages, ctx.sizes.deliver_sessions
@@ -132,7 +132,8 @@ def deliver(ctx: Context) -> list[Result]:
     load = os.getloadavg()[0]
     rate, stats, cpu = _deliver(ctx, count, ctx.smtp_port)
     ctx.clear_mail()
-    bare = bare_pool(ctx.smtp_port, message, sessions=sessions, count=count)
+    bare_cpu: list[str] = []
+    bare = bare_pool(ctx.smtp_port, message, sessions=sessions, count=count, cpu=bare_cpu)
     ctx.clear_mail()
     null_port, null_sink = ctx.null_smtp_port, "bench.sinks null sink (Python)"
     if ctx.smtp_sink_port is not None:
@@ -140,21 +141,22 @@ def deliver(ctx: Context) -> list[Result]:
     log(f"deliver: {count:,} messages to the {null_sink} (own cost per message)")
     null_load = os.getloadavg()[0]
     null_rate, null_stats, null_cpu = _deliver(ctx, count, null_port)
-    null_bare = bare_pool(null_port, message, sessions=sessions, count=count)
+    null_bare = bare_pool(null_port, message, sessions=sessions, count=count, cpu=bare_cpu)
     ctx.reset_execution()
     problems = {k: v for k, v in stats.items() if k in ("failed", "retried", "unknown") and v}
     note = (f"{stats['sent']:,} of {count:,} sent, one shard, {sessions} SMTP session(s), "
             f"{len(message):,}-byte messages, load average {load:.1f}; {cpu}; bare pool = "
-            f"{sessions} smtplib session(s) sending the same rendered message, no database. "
+            f"{sessions} SMTP session(s) sending the same rendered message, no database "
+            f"({bare_cpu[0]}). "
             f"Against the {null_sink} the same shard sends {null_rate:,.0f}/s vs "
             f"{null_bare:,.0f}/s bare pool ({null_rate / null_bare:.0%}), load average "
-            f"{null_load:.1f}; {null_cpu}: that is the Message Center's own cost per "
-            "message, without the sink's")
+            f"{null_load:.1f}; {null_cpu}; bare pool {bare_cpu[1]}: that is the Message "
+            "Center's own cost per message, without the sink's")
     if problems or null_stats["sent"] != count:
         note += f"; problems: {problems or null_stats}"
     ((figure, target),) = planned_rows(ctx.sizes)["deliver"]
     return [Result(figure, target, rate, "msg/s", rate >= 0.8 * bare and not problems, bare,
-                   f"bare pool, {sessions} smtplib session(s), aiosmtpd sink", note=note)]
+                   f"bare pool, {sessions} SMTP session(s), aiosmtpd sink", note=note)]
 
 
 BARE_STATUS = """

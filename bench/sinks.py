@@ -80,7 +80,7 @@ class NullSmtp(asyncio.Protocol):
                 return
             self.transport.write(b"250 latency set\r\n")
         elif verb == b"EHLO":
-            self.transport.write(b"250-bench\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+            self.transport.write(b"250-bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
         elif verb == b"DATA":
             self.in_data = True
             self.transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")

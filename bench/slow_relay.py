@@ -150,7 +150,7 @@ def slow_relay(ctx: Context) -> list[Result]:
     (batch_figure, batch_target), (rt_figure, rt_target), (mem_figure, mem_target) = rows
     batch = Result(
         batch_figure, batch_target, slow, "msg/s",
-        slow >= 1000 and slow >= fast / 2 and slow_outcomes.get("sent") == sizes.slow_events,
+        slow >= 1000 and slow >= 0.85 * fast and slow_outcomes.get("sent") == sizes.slow_events,
         fast, "same DAG, 0 ms relay",
         note=(f"{sizes.slow_events:,} events, one {BATCH_DAG} run with its default params "
               f"({BATCH_SHARDS} shards x {BATCH_SESSIONS} SMTP sessions); msg/s = messages "
@@ -159,7 +159,7 @@ def slow_relay(ctx: Context) -> list[Result]:
               f"{slow_wall:.0f}s ({latency_ms:g} ms relay) vs {fast_wall:.0f}s (0 ms); "
               f"outcomes {slow_outcomes} vs {fast_outcomes}; {latency_ms:g} ms relay: "
               f"{slow_cpu}; 0 ms relay: {fast_cpu}; sink: bench.sinks null sink (Python); "
-              f"bare pool ({BATCH_SHARDS} processes x {BATCH_SESSIONS} smtplib sessions, "
+              f"bare pool ({BATCH_SHARDS} processes x {BATCH_SESSIONS} SMTP sessions, "
               f"the rendered message, no database): {bare_slow:,.0f} msg/s through the "
               f"{latency_ms:g} ms relay ({slow / bare_slow:.0%}), {bare_fast:,.0f} msg/s "
               f"through the 0 ms one ({fast / bare_fast:.0%})"))

@@ -20,7 +20,9 @@ of this deployment (`MC_DEPLOYMENT_ROLES`, default `execution,control`):
    delivery events are never deleted. A plain `VACUUM (ANALYZE)` afterwards makes the
    space reusable at once.
 2. `execution_instance.purge_idempotency_keys` - push API `Idempotency-Key`s older than
-   their replay window `idempotency_key_hours` (default 24).
+   their replay window `idempotency_key_hours` (default 24); webhook messages delivered
+   or failed (replayable until then), their attempts and deleted subscriptions older than
+   `webhook_days` (default 7; pending messages are never deleted).
 
 **Control instance** (`mc_control`)
 

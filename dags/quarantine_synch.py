@@ -11,6 +11,10 @@ and **every enabled execution account** of the registry `dags/execution_accounts
    each instance (those of the other instances, and those made on the control instance
    with `mc quarantine ... --instance control`) are copied to it.
 
+The same run copies the **delivery-status webhook subscriptions** (managed on the control
+instance) to every instance, and an endpoint an instance's dispatcher disabled (410, or
+failing for 5 days) back up, with the reason.
+
 Every copy keeps the time the decision was made: **the newest decision wins** on every
 database, so a release made on the control instance after a bounce reaches every instance,
 and re-running a run changes nothing. An address that bounced on instance 1 is ignored by
@@ -72,7 +76,31 @@ def quarantine_synch() -> None:
             raise RuntimeError("quarantine not synchronised for: " + "; ".join(problems))
         return report.as_dict()
 
+    @task(task_display_name="Synchronise the webhook subscriptions")
+    def synchronise_webhooks() -> dict[str, Any]:
+        """Delivery-status webhook subscriptions: each instance's endpoints disabled by its
+        dispatcher up, then the control instance's subscriptions down to every instance
+        (the newest decision wins; a delete is a tombstone that travels too)."""
+        from mc_airflow.connections import database_url
+        from message_center.webhooks.store import sync_all
+
+        instances: dict[int, Any] = {}
+        problems: list[str] = []
+        for name, conn_id, cell in ACCOUNTS:
+            try:
+                instances[cell] = database_url(conn_id)
+            except Exception as exc:
+                problems.append(f"account {name} (connection {conn_id}): {exc}")
+        report = sync_all(instances, database_url(CONTROL_CONN_ID))
+        log.info("webhook subscriptions: %s", report)
+        problems += [f"cell {cell} {error}" for cell, error in report["errors"].items()]
+        if problems:
+            raise RuntimeError("webhook subscriptions not synchronised for: "
+                               + "; ".join(problems))
+        return report
+
     synchronise()
+    synchronise_webhooks()
 
 
 quarantine_synch()

@@ -35,12 +35,19 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import HTTPException
 
-from mc_airflow.authorization import PUSH_API_AUTHORIZATION, AirflowSessions, authenticated_user
+from mc_airflow.authorization import (
+    PUSH_API_AUTHORIZATION,
+    AirflowSessions,
+    authenticated_user,
+    require_read,
+    require_webhooks_manage,
+)
 from mc_airflow.connections import ConnectionCache
-from mc_airflow.defaults import EXECUTION_CONN_ID
+from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
 from message_center.api.soap import create_soap_app
+from message_center.api.webhooks import WebhookBackend
 
 UI_PATH = "/ui"
 CONNECTION_TTL_SECONDS = 60.0
@@ -81,11 +88,35 @@ class FreezeGcOnFirstRequest:
         await self.app(scope, receive, send)
 
 
+def _webhook_box() -> Any:
+    from mc_airflow.webhooks import FernetBox
+
+    try:
+        return FernetBox()
+    except RuntimeError as exc:
+        raise HTTPException(503, str(exc)) from None
+
+
+def _webhook_hosts() -> Any:
+    from message_center.webhooks.model import allowed_hosts
+
+    return allowed_hosts()
+
+
+# Delivery-status webhooks: subscriptions on the control database, messages on this
+# deployment's execution database; secrets encrypted with Airflow's Fernet key.
+WEBHOOKS = WebhookBackend(
+    control_url=lambda: _CONNECTIONS.url(CONTROL_CONN_ID),
+    execution_url=lambda: _CONNECTIONS.url(EXECUTION_CONN_ID),
+    box=_webhook_box, hosts=_webhook_hosts,
+    manage=require_webhooks_manage(), read=require_read())
+
 app = create_app(
     airflow_user,
     execution_database_url,
     authorization=PUSH_API_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
+    webhooks=WEBHOOKS,
 )
 app.add_middleware(FreezeGcOnFirstRequest)
 

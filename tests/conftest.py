@@ -77,9 +77,11 @@ from message_center import dag_ids  # noqa: E402
 from message_center.db import engine_for  # noqa: E402
 
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
-                    "quarantine", "api_idempotency", "mc_watermark", "relay_breaker")
+                    "quarantine", "api_idempotency", "mc_watermark", "relay_breaker",
+                    "webhook_subscription", "webhook_outbox", "webhook_attempt",
+                    "event_recycling")
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
-                  "quarantine", "quarantine_sync",
+                  "quarantine", "quarantine_sync", "webhook_subscription",
                   "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty")
 
 
@@ -173,9 +175,11 @@ def _truncate(engine: Engine, tables: tuple[str, ...]) -> None:
 def _fresh_ctx_schemas() -> None:
     """The push path caches published ctx declarations for a few seconds: each test starts
     from what its own database holds."""
+    from message_center import webhook_outbox
     from message_center.publishing import schema_cache
 
     schema_cache.clear()
+    webhook_outbox.forget()  # whether webhooks are on: asked again
 
 
 @pytest.fixture

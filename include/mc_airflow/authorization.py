@@ -12,6 +12,8 @@ Keycloak, AWS, ...). No separate user store, no Message Center role.
 | publish / unpublish templates | create DAG runs of mcPublishTemplates |
 | read the quarantine | read DAG runs of a queue's DAG (like reading events) |
 | quarantine / release an address | edit the DAGs rtEventsProcessing and batchEventsProcessing |
+| read webhook subscriptions | read DAG runs of a queue's DAG (like reading events) |
+| manage webhooks (create, change, test, replay) | edit both processing DAGs (as above) |
 | health | a valid token (or nothing with `MC_HEALTH_PUBLIC=true`) |
 
 Simple auth manager: `viewer` reads, `user` also pushes, enables/disables archiving,
@@ -272,6 +274,7 @@ class Capabilities:
     change_accounts: bool
     publish_templates: bool
     change_quarantine: bool = False
+    manage_webhooks: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {key: sorted(value) if isinstance(value, frozenset) else value
@@ -287,6 +290,7 @@ def capabilities(user: Any) -> Capabilities:
         change_accounts=is_allowed(user, change_account_permission()),
         publish_templates=is_allowed(user, publish_permission()),
         change_quarantine=not missing(user, quarantine_change_permissions()),
+        manage_webhooks=not missing(user, quarantine_change_permissions()),
     )
 
 
@@ -398,6 +402,17 @@ def require_templates_publish(*, user_dependency: Callable[..., Any] = authentic
         -> Callable[..., Any]:
     """Publishing or unpublishing message templates: triggering ``mcPublishTemplates``."""
     return require("publishing message templates", publish_permission(),
+                   user_dependency=user_dependency)
+
+
+MANAGING_WEBHOOKS = "managing delivery-status webhooks"
+
+
+def require_webhooks_manage(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Creating, changing, deleting, testing or replaying webhooks: like the quarantine, it
+    changes what the delivery does for every later event (editing both processing DAGs)."""
+    return require(MANAGING_WEBHOOKS, *quarantine_change_permissions(),
                    user_dependency=user_dependency)
 
 

@@ -33,6 +33,9 @@ _DESCRIPTIONS = {
     "idempotency_key_hours": ("Idempotency-Key replay window (hours)",
                               "Execution instance: push API idempotency keys older than this "
                               "are deleted; the same key is then a new request."),
+    "webhook_days": ("Webhook messages kept (days)",
+                     "Execution instance: webhook messages delivered or failed (replayable "
+                     "until then) and their attempts older than this are deleted."),
     "archived_event_days": ("Archive delay (days)",
                             "Control instance: archived events and delivery logs older than "
                             "this are deleted (NmsCleanup_EventHistoPurgeDelay)."),
@@ -118,6 +121,8 @@ def purge_execution_idempotency_keys(params: Mapping[str, Any], now: datetime) -
              "DRY RUN, nothing deleted: " if settings.dry_run else "",
              report.cutoff.isoformat(), settings.idempotency_key_hours, report.keys,
              "would go" if settings.dry_run else "deleted")
+    log.info("webhook messages, attempts and deleted subscriptions done before %s days "
+             "ago: %s", settings.webhook_days, report.webhooks)
     return report.as_dict()
 
 

@@ -18,6 +18,17 @@ def apply_settings(settings: SettingsFile) -> dict[str, int]:
     def count(created: bool, changed: bool) -> None:
         counts["created" if created else "updated" if changed else "unchanged"] += 1
 
+    def _unreadable(conn: Connection, attr: str) -> bool:
+        """Encrypted with another Fernet key (the key changed): written again from the
+        settings file, which holds the value."""
+        from cryptography.fernet import InvalidToken
+
+        try:
+            getattr(conn, attr)
+        except InvalidToken:
+            return True
+        return False
+
     with create_session() as session:
         for entry in settings.connections:
             query = session.query(Connection).filter(Connection.conn_id == entry.conn_id)
@@ -35,10 +46,10 @@ def apply_settings(settings: SettingsFile) -> dict[str, int]:
                 if getattr(conn, attr) != value:
                     setattr(conn, attr, value)
                     changed = True
-            if conn.password != entry.password:
+            if _unreadable(conn, "password") or conn.password != entry.password:
                 conn.set_password(entry.password)
                 changed = True
-            if conn.extra != entry.extra:
+            if _unreadable(conn, "extra") or conn.extra != entry.extra:
                 conn.set_extra(entry.extra)
                 changed = True
             count(created, changed)

@@ -7,6 +7,7 @@ one embedded PostgreSQL, one Airflow home and one set of connections.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -117,6 +118,56 @@ class Deployment:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def vapid_keys(self) -> tuple[str, str]:
+        """The Web Push channel's VAPID key pair (private, public), made once per
+        deployment and kept in ``.mc/secrets/<profile>-webpush-vapid`` (owner only): a
+        new pair would orphan every subscription made with the old public key."""
+        from message_center.delivery.webpush import (
+            b64url,
+            generate_vapid_keys,
+            load_vapid_private_key,
+            private_key_text,
+            public_key_bytes,
+        )
+
+        path = STATE_DIR / "secrets" / f"{self.profile}-webpush-vapid"
+        try:
+            key = load_vapid_private_key(path.read_text())
+        except (OSError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(generate_vapid_keys().private_key)
+            path.chmod(0o600)
+            key = load_vapid_private_key(path.read_text())
+        return private_key_text(key), b64url(public_key_bytes(key))
+
+    @property
+    def webpush_port(self) -> int:
+        """The local push service's port (``MC_WEBPUSH_PORT``, default 8027)."""
+        return int(os.environ.get("MC_WEBPUSH_PORT") or 8027)
+
+    def fernet_key(self) -> str:
+        """Airflow's Fernet key (it encrypts connection passwords and the webhook
+        secrets): ``$AIRFLOW__CORE__FERNET_KEY`` when set, else the one kept in
+        ``.mc/secrets/fernet-key``, shared by every deployment of the checkout (a secret
+        encrypted on the control instance is read by every execution instance). Made once:
+        the key Airflow already wrote into this profile's ``airflow.cfg`` (so what it
+        encrypted stays readable), or a new one."""
+        given = os.environ.get("AIRFLOW__CORE__FERNET_KEY", "").strip()
+        if given:
+            return given
+        path = STATE_DIR / "secrets" / "fernet-key"
+        if not path.exists() or len(path.read_text().strip()) != 44:
+            key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            config = self.airflow_home / "airflow.cfg"
+            if config.exists():
+                found = re.search(r"^fernet_key\s*=\s*(\S{44})\s*$", config.read_text(),
+                                  re.MULTILINE)
+                key = found.group(1) if found else key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(key)
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def users_spec(self) -> str:
         """The simple auth manager's users: ``$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS``
         when set, else one admin."""
@@ -181,6 +232,7 @@ class Deployment:
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
             "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt", JWT_SECRET_BYTES),
             "AIRFLOW__API__SECRET_KEY": self._secret("api"),
+            "AIRFLOW__CORE__FERNET_KEY": self.fernet_key(),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
@@ -190,6 +242,15 @@ class Deployment:
             "MC_DEPLOYMENT_PROFILE": self.profile,
             "MC_MAIL_DIR": str(self.mail_dir),
         }
+        # The Web Push channel: its keys (the webpush_default connection reads them), and
+        # the local push service, plain http on loopback, allowed as an endpoint host.
+        private, public = self.vapid_keys()
+        env["MC_WEBPUSH_VAPID_PRIVATE_KEY"] = os.environ.get("MC_WEBPUSH_VAPID_PRIVATE_KEY",
+                                                             private)
+        if env["MC_WEBPUSH_VAPID_PRIVATE_KEY"] == private:
+            env["MC_WEBPUSH_VAPID_PUBLIC_KEY"] = public
+        env["MC_WEBPUSH_INSECURE_HOSTS"] = os.environ.get(
+            "MC_WEBPUSH_INSECURE_HOSTS", f"127.0.0.1:{self.webpush_port}")
         env.update(self.pg_parts())
         return env
 

@@ -225,8 +225,7 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
             channel = wished_channels().get(value.strip().lower())
             if channel is None and value.strip():
                 errors.append(_error(where, f"wishedChannel '{value}' is not supported: use "
-                                            f"{_accepted_channels()}; push channels are not "
-                                            "supported yet", "wished_channel"))
+                                            f"{_accepted_channels()}", "wished_channel"))
             elif channel is not None:
                 data[name] = channel
         elif value != "":  # ACC clients send empty attributes for "not set"
@@ -236,10 +235,19 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
         if not isinstance(child.tag, str):
             continue
         name = local_name(child.tag)
-        if name != "ctx":
+        owner = _address_elements().get(name)
+        if owner is not None:  # a channel's address given as an element (not ACC's)
+            if owner.address_field in data:
+                errors.append(_error(f"{path}/{name}", f"more than one <{name}> element",
+                                     "address_repeated"))
+            else:
+                data[owner.address_field] = owner.address_from_xml(
+                    {key: value for key, value in child.items() if key[0] != "{"})
+        elif name != "ctx":
+            accepted = ", ".join(f"<{n}>" for n in ("ctx", *_address_elements()))
             errors.append(_error(f"{path}/{name}", f"unknown element <{name}> in "
-                                 f"<{local_name(element.tag)}>: only <ctx> is accepted",
-                                 "extra_forbidden"))
+                                 f"<{local_name(element.tag)}>: only {accepted} "
+                                 "accepted", "extra_forbidden"))
         elif ctx is not None:
             errors.append(_error(f"{path}/ctx", "more than one <ctx> element", "ctx_repeated"))
         else:
@@ -253,6 +261,11 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
     return XmlEvent(kind, path, data)
 
 
+def _address_elements() -> dict[str, channels.Channel]:
+    """The channels whose address is an element of the event (``<pushSubscription>``)."""
+    return {c.xml_element: c for c in channels.all_channels() if c.xml_element}
+
+
 _FIELD = re.compile(r"^(?:events\[\d+\]\.?)?(?P<field>[A-Za-z]+)?")
 
 
@@ -264,4 +277,7 @@ def xml_location(event: XmlEvent, field: str) -> str:
         return f"{event.path}/@{name}"
     if name == "ctx":
         return f"{event.path}/ctx"
+    owner = channels.by_address_field(name) if name else None
+    if owner is not None and owner.xml_element:
+        return f"{event.path}/{owner.xml_location(field)}"
     return event.path

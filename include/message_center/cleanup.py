@@ -55,12 +55,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from message_center.db import first_line
 from message_center.registry import Registry
-from message_center.statuses import EVENT_KINDS, FINAL_DELIVERY, FINAL_EVENT, event_table, sql_in
+from message_center.statuses import (
+    EVENT_KINDS,
+    FINAL_DELIVERY,
+    FINAL_EVENT,
+    WEBHOOK_DONE,
+    event_table,
+    sql_in,
+)
 
 log = logging.getLogger(__name__)
 
 EVENT_TABLES = ("rt_event", "batch_event", "delivery_log")
-KEY_TABLES = ("api_idempotency",)
+KEY_TABLES = ("api_idempotency", "webhook_outbox", "webhook_attempt")
 
 _FINAL_EVENTS = sql_in(FINAL_EVENT)
 _FINAL_LOGS = sql_in(FINAL_DELIVERY)
@@ -69,6 +76,7 @@ _FINAL_LOGS = sql_in(FINAL_DELIVERY)
 BOUNDS: dict[str, tuple[int, int, int]] = {
     "event_days": (1, 3650, 30),
     "idempotency_key_hours": (1, 8760, 24),
+    "webhook_days": (1, 3650, 7),
     "archived_event_days": (1, 36500, 365),
     "statistics_days": (1, 36500, 1095),
     "airflow_metadata_days": (1, 3650, 14),
@@ -87,6 +95,8 @@ class CleanupSettings:
     * ``event_days`` - final events and their delivery logs on an execution instance,
       counted from the row's last change (ACC's ``NmsCleanup_EventPurgeDelay``).
     * ``idempotency_key_hours`` - the push API's replay window for ``Idempotency-Key``.
+    * ``webhook_days`` - webhook messages done with (delivered, or failed: replayable
+      until then), their attempts, and deleted subscriptions' tombstones.
     * ``archived_event_days`` - archived events and delivery logs on the control instance
       (``NmsCleanup_EventHistoPurgeDelay``, ``NmsCleanup_BroadLogPurgeDelay``).
     * ``statistics_days`` - hourly event statistics (``NmsCleanup_EventStatPurgeDelay``);
@@ -99,6 +109,7 @@ class CleanupSettings:
 
     event_days: int = BOUNDS["event_days"][2]
     idempotency_key_hours: int = BOUNDS["idempotency_key_hours"][2]
+    webhook_days: int = BOUNDS["webhook_days"][2]
     archived_event_days: int = BOUNDS["archived_event_days"][2]
     statistics_days: int = BOUNDS["statistics_days"][2]
     airflow_metadata_days: int = BOUNDS["airflow_metadata_days"][2]
@@ -392,6 +403,9 @@ def _delete_sql(table: str, kind: str) -> str:
                        ELSE EXISTS (SELECT 1 FROM lg WHERE lg.id = ev.log_id) END),
         gone_logs AS (
             DELETE FROM delivery_log d USING ok WHERE d.id = ok.log_id RETURNING d.id),
+        gone_links AS (  -- its recycling row (the recycled event is an event of its own)
+            DELETE FROM event_recycling r USING ok
+            WHERE r.event_kind = '{kind}' AND r.event_id = ok.id),
         gone AS (
             DELETE FROM {table} e USING ok WHERE e.id = ok.id RETURNING e.id)
         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_logs)"""
@@ -492,6 +506,43 @@ def purge_idempotency_keys(execution: Engine, *, cutoff: datetime, batch_rows: i
     return total
 
 
+#: What the webhook purge deletes: messages done with, attempts, subscription tombstones.
+_WEBHOOK_PURGES = {
+    "messages": ("webhook_outbox", "id", f"status IN {sql_in(WEBHOOK_DONE)} "
+                                         "AND done_at < :cutoff"),
+    "attempts": ("webhook_attempt", "id", "attempted_at < :cutoff"),
+    "deleted_subscriptions": ("webhook_subscription", "id", "deleted AND updated < :cutoff"),
+}
+
+
+def purge_webhooks(execution: Engine, *, cutoff: datetime, batch_rows: int = 10_000,
+                   dry_run: bool = False) -> dict[str, int]:
+    """Webhook messages delivered or failed before ``cutoff`` (a failed one can be
+    replayed until then), attempts made before it, and subscriptions deleted before it
+    (their tombstones have reached every instance). Pending messages are never deleted.
+    Returns how many (would) go per kind."""
+    counts: dict[str, int] = {}
+    for name, (table, key, where) in _WEBHOOK_PURGES.items():
+        if dry_run:
+            with execution.connect() as conn:
+                counts[name] = int(conn.execute(text(
+                    f"SELECT count(*) FROM {table} WHERE {where}"), {"cutoff": cutoff}
+                ).scalar_one())
+            continue
+        statement = text(f"""
+            DELETE FROM {table} WHERE {key} IN (
+                SELECT {key} FROM {table} WHERE {where}
+                LIMIT :n FOR UPDATE SKIP LOCKED)""")
+        counts[name] = 0
+        while True:
+            with execution.begin() as conn:
+                deleted = conn.execute(statement, {"cutoff": cutoff, "n": batch_rows}).rowcount
+            counts[name] += deleted
+            if deleted < batch_rows:
+                break
+    return counts
+
+
 def purge_execution(execution: Engine, control: Engine | None, registry: Registry | None,
                     settings: CleanupSettings, *, now: datetime, name: str = "execution",
                     control_problem: str | None = None, vacuum_after: bool = True,
@@ -537,12 +588,13 @@ class KeyPurgeReport:
     dry_run: bool
     cutoff: datetime
     keys: int = 0
+    webhooks: dict[str, int] = field(default_factory=dict)
     sizes_before: dict[str, TableSize] = field(default_factory=dict)
     sizes_after: dict[str, TableSize] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "cutoff": self.cutoff.isoformat(),
-                "idempotency_keys": self.keys,
+                "idempotency_keys": self.keys, "webhooks": self.webhooks,
                 "bytes_before": {t: s.total_bytes for t, s in self.sizes_before.items()},
                 "bytes_after": {t: s.total_bytes for t, s in self.sizes_after.items()}}
 
@@ -557,6 +609,8 @@ def purge_idempotency(execution: Engine, settings: CleanupSettings, *, now: date
     report.keys = purge_idempotency_keys(execution, cutoff=report.cutoff,
                                          batch_rows=settings.batch_rows,
                                          dry_run=settings.dry_run)
+    report.webhooks = purge_webhooks(execution, cutoff=now - timedelta(
+        days=settings.webhook_days), batch_rows=settings.batch_rows, dry_run=settings.dry_run)
     if vacuum_after and report.keys and not settings.dry_run:
         vacuum(execution, KEY_TABLES)
     report.sizes_after = table_sizes(execution, KEY_TABLES)

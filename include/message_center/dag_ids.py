@@ -16,9 +16,11 @@ BATCH_EVENTS_PROCESSING = "batchEventsProcessing"
 UPDATE_EVENT_STATUS = "updateEventStatus"
 #: The processing DAG of each queue (event kind ``rt`` / ``batch``).
 PROCESSING: dict[str, str] = {"rt": RT_EVENTS_PROCESSING, "batch": BATCH_EVENTS_PROCESSING}
+#: The delivery-status webhooks' dispatcher (continuous).
+WEBHOOKS = "mcWebhooks"
 #: The DAGs that work on an execution instance.
 EXECUTION: tuple[str, ...] = (RT_EVENTS_PROCESSING, BATCH_EVENTS_PROCESSING,
-                              UPDATE_EVENT_STATUS)
+                              UPDATE_EVENT_STATUS, WEBHOOKS)
 
 #: Control instance: template publishing, the quarantine exchange between instances.
 PUBLISH_TEMPLATES = "mcPublishTemplates"

@@ -19,6 +19,9 @@ Event::
                      --reschedule / record_group (transient failure)---> pending | expired
                      --copy_statuses* / record_group (copy)------------> sent | ignored | failed
     sent --fail_after_bounce--> failed
+    (final: failed hard | expired after tries | ignored in quarantine)
+        --recycling (same statement)--> a new pending event on the template's fallback
+                                         channel (``on_failure``), linked both ways
 
 Delivery-log row::
 
@@ -38,13 +41,18 @@ ledger decides, which is what makes a message go out at most once.
 from __future__ import annotations
 
 import functools
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
+from sqlalchemy.exc import DBAPIError
 
+from message_center import channel as registry
+from message_center import webhook_outbox
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
 from message_center.statuses import (
@@ -53,6 +61,7 @@ from message_center.statuses import (
     EVENT_KINDS,
     FINAL_DELIVERY,
     OPEN_EVENT,
+    RECYCLE_AFTER,
     EventStatus,
     event_table,
     sql_in,
@@ -65,6 +74,9 @@ UNKNOWN_OUTCOME = (
     "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
 )
 RELEASED = "not attempted: the worker stopped before sending it"
+#: How the ledger's reason for an ignored message starts when the address is in quarantine
+#: (recycling tells the *quarantined* outcome by it).
+QUARANTINED_PREFIX = "address is in quarantine: "
 
 
 
@@ -78,11 +90,93 @@ def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
     return text(template.format(**parts))
 
 
+_NO_WEBHOOKS = {"returning": "", "webhooks": "", "failure": ""}
+
+
+def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
+              bounced: bool = False) -> dict[str, str]:
+    """The statement parts that write the webhook outbox (:mod:`message_center.
+    webhook_outbox`) for the events the CTEs ``sources`` changed, or empty parts when no
+    enabled subscription exists: ``returning`` (the columns the sources return),
+    ``failure`` (``failure`` or NULLs: their failure class and reason) and ``webhooks``
+    (the outbox CTEs, after the statement's own)."""
+    if not webhook_outbox.active(conn):
+        return _NO_WEBHOOKS
+    if len(sources) > 1:
+        union = " UNION ALL ".join(f"SELECT * FROM {name}" for name in sources)
+        ctes = f", wh_sources AS ({union})" + webhook_outbox.outbox_ctes(
+            kind, "wh_sources", bounced=bounced)
+    else:
+        ctes = webhook_outbox.outbox_ctes(kind, sources[0], bounced=bounced)
+    return {"returning": webhook_outbox.RETURNING,
+            "failure": failure or webhook_outbox.NO_FAILURE, "webhooks": ctes}
+
+
+#: SQLSTATE 26000: the prepared statement is not (or no longer) on this connection.
+_NO_SUCH_PREPARED = "26000"
+
+
+@functools.lru_cache(maxsize=64)
+def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...],
+                 parts: tuple[tuple[str, str], ...] = ()) -> tuple[str, str, str]:
+    """(name, PREPARE, EXECUTE) of ``template`` on ``kind``'s table, ``parts`` filled in:
+    ``:name`` binds become ``$n`` of the declared ``types``; the name carries a hash of
+    the text, so a connection never runs another variant (or an older statement) of
+    the same name."""
+    body = template.format(table=event_table(kind), **dict(parts))
+    for number, (param, _) in enumerate(types, 1):
+        body = re.sub(rf"(?<!:):{param}\b", f"${number}", body)
+    digest = hashlib.sha1(body.encode()).hexdigest()[:10]
+    name = f"mc_{kind}_{digest}"
+    declared = ", ".join(sql_type for _, sql_type in types)
+    arguments = ", ".join(f"CAST(%({param})s AS {sql_type})" for param, sql_type in types)
+    # Through the driver, whose parameter syntax takes "%": a literal one is doubled.
+    prepare = f"PREPARE {name} ({declared}) AS {body}".replace("%", "%%")
+    return name, prepare, f"EXECUTE {name}({arguments})"
+
+
+def _execute_prepared(conn: Connection, template: str, kind: str,
+                      types: tuple[tuple[str, str], ...], params: Mapping[str, Any],
+                      parts: Mapping[str, str] | None = None) -> Sequence[Row[Any]]:
+    """Run a hot statement as a server-side prepared statement of this connection.
+
+    The recorder's group statement runs hundreds of times a second per shard: parsing
+    and planning it each time cost PostgreSQL about as much as executing it, and
+    SQLAlchemy's compilation of a text() clause costs the sender threads the GIL
+    (issue 24). Prepared once per database connection (``PREPARE``), then each run is
+    one ``EXECUTE`` through the driver; errors still come through SQLAlchemy (a lost
+    connection is an ``OperationalError``, as the callers expect)."""
+    parts = dict(parts or {})
+    info = conn.connection.info
+    if info.get("mc_no_prepare"):
+        return conn.execute(_sql(template, kind, **parts), dict(params)).all()
+    name, prepare, execute = _prepare_sql(template, kind, types, tuple(sorted(parts.items())))
+    prepared: set[str] = info.setdefault("mc_prepared", set())
+    for _ in range(2):
+        if name not in prepared:
+            conn.exec_driver_sql(prepare)
+            prepared.add(name)
+        try:
+            return conn.exec_driver_sql(execute, dict(params)).all()
+        except DBAPIError as exc:  # the connection lost it (a reset): prepare again
+            # (psycopg2 reports it as an OperationalError, which would otherwise read as
+            # "database unreachable")
+            if getattr(exc.orig, "pgcode", None) != _NO_SUCH_PREPARED:
+                raise
+            prepared.discard(name)
+    # Lost twice in a row: a pooler between us and PostgreSQL (PgBouncer in transaction
+    # mode) hands each statement to another server connection. Plain statements then.
+    info["mc_no_prepare"] = True
+    return conn.execute(_sql(template, kind, **parts), dict(params)).all()
+
+
 # -- fragments every statement that needs them shares -------------------------------------
 _OPEN_EVENT = sql_in(OPEN_EVENT)
 _ARMABLE = sql_in(ARMABLE_DELIVERY)
 _FINAL_DELIVERY = sql_in(FINAL_DELIVERY)
 _DELIVERY_STARTED = sql_in(DELIVERY_STARTED)
+#: The failure class and reason of ledger row ``d``, for the webhook outbox.
+_LOG_FAILURE = ", d.failure_class AS wh_class, d.failure_reason AS wh_reason"
 
 #: Event ``e`` back to the queue: unclaimed and due at once.
 _REQUEUE = "status = 'pending', claim_token = NULL, claim_shard = NULL, next_attempt = now()"
@@ -112,6 +206,82 @@ _RESCHEDULE = """
 _COPY = """
                 status = d.status, processed = d.last_modified, delivery_log_id = d.id,
                 error_reason = CASE WHEN d.status = 'sent' THEN NULL ELSE d.error END"""
+
+
+# == event: recycling after a failed delivery ===============================================
+# A final failure (hard, retries exhausted, quarantined; never "unknown": the message may
+# have arrived) of an event whose template has ``on_failure`` creates a new event on the
+# fallback channel, from the same ctx, in the very statement that writes the final status
+# (no window in which a crash could lose it or a retry make two). The primary key of
+# ``event_recycling`` (one row per event) makes it exactly once whoever writes the status
+# again (a backfill, a retried task); a recycled event (``recycled_from`` set) is never
+# recycled itself. An event without the fallback channel's address (or whose fallback
+# template is not published) gets a link row with the reason and no new event.
+_OUTCOME_HARD = "hard"
+_OUTCOME_EXHAUSTED = "retries_exhausted"
+_OUTCOME_QUARANTINED = "quarantined"
+assert (_OUTCOME_HARD, _OUTCOME_EXHAUSTED, _OUTCOME_QUARANTINED) == RECYCLE_AFTER
+#: A final event row's recycling outcome from its status, its ledger row's failure class
+#: (``c``) and error (``r``): SQL over columns ``status``, ``failure_class``, ``error``.
+_OUTCOME_SQL = f"""CASE WHEN status = 'failed' AND failure_class = '{_OUTCOME_HARD}'
+                     THEN '{_OUTCOME_HARD}'
+                     WHEN status = 'expired' THEN '{_OUTCOME_EXHAUSTED}'
+                     WHEN status = 'ignored' AND starts_with(error, '{QUARANTINED_PREFIX}')
+                     THEN '{_OUTCOME_QUARANTINED}' END"""
+
+
+@functools.cache
+def _recycle(kind: str, source: str) -> str:
+    """CTEs (to append to a ``WITH``) recycling the events of CTE ``source`` (columns
+    ``id``, ``outcome``: NULL where nothing is to be done) on event kind ``kind``."""
+    table = event_table(kind)
+    channel = "t.on_failure ->> 'channel'"
+    address = registry.event_address_sql("e", channel)
+    nouns = " ".join(f"WHEN '{c.name}' THEN '{c.address_noun}'"
+                     for c in registry.all_channels())
+    return f"""
+        , rc_src AS MATERIALIZED (
+            SELECT e.id, f.outcome, e.email, e.mobile_phone, e.address, e.external_id,
+                   e.language, e.country, e.origin, e.ctx, e.expiration,
+                   {channel} AS channel, t.on_failure ->> 'template' AS fallback,
+                   (SELECT p.event_type FROM published_template p
+                    WHERE p.internal_name = t.on_failure ->> 'template' AND p.active
+                      AND p.channel = {channel}
+                    ORDER BY p.version DESC LIMIT 1) AS fallback_type,
+                   nullif(btrim({address}), '') AS fallback_address
+            FROM {source} f
+            JOIN {table} e ON e.id = f.id
+            JOIN published_template t
+              ON t.internal_name = e.template_name AND t.version = e.template_version
+            WHERE f.outcome IS NOT NULL AND e.recycled_from IS NULL
+              AND t.on_failure -> 'after' @> jsonb_build_array(f.outcome)
+        ), rc_link AS (
+            INSERT INTO event_recycling (event_kind, event_id, recycled_id, channel,
+                                         outcome, reason)
+            SELECT '{kind}', s.id,
+                   CASE WHEN s.fallback_type IS NULL OR s.fallback_address IS NULL
+                        THEN NULL ELSE {NEXT_ID_SQL} END,
+                   s.channel, s.outcome,
+                   CASE WHEN s.fallback_type IS NULL
+                        THEN 'not recycled: the fallback template ' || s.fallback
+                             || ' is not published for ' || s.channel
+                        WHEN s.fallback_address IS NULL
+                        THEN 'not recycled: no ' || (CASE s.channel {nouns} ELSE s.channel
+                             END) || ' address on the event' END
+            FROM rc_src s
+            ON CONFLICT (event_kind, event_id) DO NOTHING
+            RETURNING event_id, recycled_id
+        ), rc_new AS (
+            INSERT INTO {table} (id, type, email, mobile_phone, address, wished_channel,
+                                 external_id, language, country, origin, ctx, expiration,
+                                 recycled_from)
+            SELECT l.recycled_id, s.fallback_type, s.email, s.mobile_phone, s.address,
+                   s.channel, s.external_id, s.language, s.country, s.origin, s.ctx,
+                   s.expiration, s.id
+            FROM rc_link l JOIN rc_src s ON s.id = l.event_id
+            WHERE l.recycled_id IS NOT NULL
+            RETURNING id
+        )"""
 
 
 # == event: claim and link =================================================================
@@ -194,8 +364,8 @@ CLAIM_AND_LINK = """
                                e.wished_channel, e.type)
                     ELSE e.error_reason END
             FROM numbered m WHERE e.id = m.id
-            RETURNING e.status, e.claim_shard
-        )
+            RETURNING e.status, e.claim_shard{returning}{failure}
+        ){webhooks}
         SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
 """
 
@@ -210,7 +380,7 @@ def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seco
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
-    rows = conn.execute(_sql(CLAIM_AND_LINK, kind), {
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind, **_webhooks(conn, kind, "claimed")), {
         "limit": limit, "token": token, "base": shard_base, "offset": offset,
         "shards": shards, "lease": float(lease_seconds),
         "expired_reason": EXPIRED_REASON}).all()
@@ -381,12 +551,20 @@ WRITE_OUTCOMES = """
         WHERE d.id = v.id AND (d.status = 'sending') IS TRUE
 """
 RESCHEDULE = f"""
+        WITH rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
                         CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
                         CAST(:errors AS text[]), CAST(:counted AS boolean[]))
                  AS r(event_id, id, delay, give_up, retry_error, counted)
             WHERE e.id = r.event_id AND e.status = 'pending_delivery'
+            RETURNING e.id, e.status AS rc_status{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT id, CASE WHEN rc_status = 'expired' THEN '{_OUTCOME_EXHAUSTED}' END
+                       AS outcome
+            FROM rescheduled
+        ){{recycle}}
+        SELECT count(*) FROM rescheduled
 """
 
 
@@ -411,7 +589,8 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     exhausted). Where not ``counted`` (the provider was down) no try is used: due again
     at once, in its place."""
     if event_ids:
-        conn.execute(_sql(RESCHEDULE, kind), {
+        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled"),
+                          recycle=_recycle(kind, "rc_fin")), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
 
@@ -447,17 +626,26 @@ RECORD_GROUP = f"""
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error, v.counted
+                      v.delay, v.give_up, v.retry_error, v.counted,
+                      d.failure_class AS rc_class{{rec_failure}}
         ), rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
-            RETURNING e.id
+            RETURNING e.id, e.status AS rc_status, NULL::text AS rc_class,
+                      NULL::text AS rc_error{{returning}}{{failure}}
         ), copied AS (
             UPDATE {{table}} e SET{_COPY}
             FROM rec d WHERE :copy AND d.delay IS NULL
               AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
-            RETURNING e.id
-        )
+            RETURNING e.id, e.status AS rc_status, d.rc_class,
+                      d.error AS rc_error{{returning}}{{copied_failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT id, {_OUTCOME_SQL} AS outcome
+            FROM (SELECT id, rc_status AS status, rc_class AS failure_class,
+                         rc_error AS error FROM rescheduled
+                  UNION ALL
+                  SELECT id, rc_status, rc_class, rc_error FROM copied) AS f
+        ){{recycle}}
         SELECT r.id, r.mark FROM rec r
 """
 
@@ -474,12 +662,26 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
     written. Returns ``(log id, marked)`` of the rows written."""
-    return conn.execute(_sql(RECORD_GROUP, claim.kind), {
+    parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
+    on = bool(parts["webhooks"])
+    parts = {**parts, "recycle": _recycle(claim.kind, "rc_fin"),
+             "rec_failure": _LOG_FAILURE if on else "",
+             "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
+    return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
         "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
-        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy}).all()
+        "kind": claim.kind, "token": claim.token, "shard": claim.shard, "copy": copy},
+        parts)
+
+
+_RECORD_GROUP_TYPES = (
+    ("ids", "bigint[]"), ("marks", "boolean[]"), ("statuses", "text[]"),
+    ("errors", "text[]"), ("providers", "text[]"), ("delays", "float8[]"),
+    ("give_up", "boolean[]"), ("retry_errors", "text[]"), ("classes", "text[]"),
+    ("reasons", "text[]"), ("counted", "boolean[]"), ("kind", "text"),
+    ("token", "bigint"), ("shard", "smallint"), ("copy", "boolean"))
 
 
 COPY_STATUSES = f"""
@@ -489,14 +691,21 @@ COPY_STATUSES = f"""
             WHERE {{where}} AND d.event_kind = :kind
               AND d.status IN {_FINAL_DELIVERY}
               AND e.id = d.event_id AND e.status = 'pending_delivery'
-            RETURNING e.status
-        )
+            RETURNING e.status, e.id AS rc_id, d.failure_class AS rc_class,
+                      d.error AS rc_error{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT rc_id AS id, {_OUTCOME_SQL} AS outcome
+            FROM (SELECT rc_id, status, rc_class AS failure_class, rc_error AS error
+                  FROM copied) AS f
+        ){{recycle}}
         SELECT status, count(*) FROM copied GROUP BY status
 """
 
 
 def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
-    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where),
+    rows = conn.execute(_sql(COPY_STATUSES, kind, where=where, **_webhooks(
+                            conn, kind, "copied", failure=_LOG_FAILURE),
+                             recycle=_recycle(kind, "rc_fin")),
                         {**params, "kind": kind}).all()
     return {status: int(count) for status, count in rows}
 
@@ -533,11 +742,17 @@ RELEASE_UNSENT = f"""
         WHERE d.id = ANY(:ids) AND {_UNHANDED}
         RETURNING d.event_id
 """
+#: The rows armed and never handed are found first (delivery_log_sending_idx: a few
+#: chunks per live shard at most), then each one's event by primary key: a scalar
+#: sub-select, which the planner evaluates per ledger row and cannot turn into a join.
+#: Written as a join, it started from the claim's events - 250,000 at the start of a
+#: 1,000,000-event drain, estimated at one row because the statistics predate the claim
+#: - and scanned the ledger once per event: seconds to minutes per shard (issue 24).
 RELEASE_UNHANDED = f"""
         UPDATE delivery_log d SET {_UNARM}
-        FROM {{table}} e
         WHERE {_UNHANDED} AND d.event_kind = :kind
-          AND e.id = d.event_id AND e.status = 'pending_delivery' AND {{owner}}
+          AND (SELECT true FROM {{table}} e
+               WHERE e.id = d.event_id AND e.status = 'pending_delivery' AND {{owner}}) IS TRUE
         RETURNING d.event_id
 """
 
@@ -580,14 +795,17 @@ def release_unhanded(conn: Connection, kind: str, claim: ShardClaim | None = Non
 
 # == ledger row: settle what a dead worker handed ==========================================
 def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
-    """WHERE clause (on delivery_log) of handed rows whose worker is gone."""
+    """WHERE clause (on delivery_log) of handed rows whose worker is gone. The claim's
+    events are probed by primary key from the few handed rows (a scalar sub-select, see
+    :data:`RELEASE_UNHANDED`), not listed (``IN``: every event of the claim, 250,000 in a
+    1,000,000-event drain)."""
     params: dict[str, Any] = {}
     where = "sending_started < clock_timestamp() - make_interval(secs => :age)"
     if claim is not None:
         where = (f"({where}) OR (event_kind = :kind AND sending_started IS NOT NULL "
-                 f"AND event_id IN (SELECT id FROM {event_table(claim.kind)} "
-                 "WHERE claim_token = :token AND claim_shard = :shard "
-                 "AND status = 'pending_delivery'))")
+                 f"AND (SELECT true FROM {event_table(claim.kind)} e "
+                 "WHERE e.id = delivery_log.event_id AND e.claim_token = :token "
+                 "AND e.claim_shard = :shard AND e.status = 'pending_delivery') IS TRUE)")
         params.update(kind=claim.kind, token=claim.token, shard=claim.shard)
     return f"status = 'sending' AND ({where})", params
 
@@ -641,15 +859,26 @@ FAIL_SENT_LOGS = """
                         CAST(:classes AS text[]), CAST(:reasons AS text[]))
                  AS v(id, error, class, reason)
             WHERE d.id = v.id AND d.status = 'sent'
-            RETURNING d.id, d.event_kind, d.event_id, d.error
+            RETURNING d.id, d.event_kind, d.event_id, d.error, d.failure_class,
+                      d.failure_reason
 """
 FAIL_SENT_EVENTS = """
-                    UPDATE {table} e SET status = 'failed',
-                           error_reason = v.error, processed = now()
-                    FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
-                                CAST(:errors AS text[])) AS v(event_id, log_id, error)
-                    WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
-                      AND e.status = 'sent'
+        WITH bounced AS (
+            UPDATE {table} e SET status = 'failed',
+                   error_reason = v.error, processed = now()
+            FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
+                        CAST(:errors AS text[]), CAST(:classes AS text[]),
+                        CAST(:reasons AS text[]))
+                 AS v(event_id, log_id, error, class, reason)
+            WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
+              AND e.status = 'sent'
+            RETURNING e.id, v.class AS rc_class{returning}{failure}
+        ){webhooks}, rc_fin AS (
+            SELECT id, CASE WHEN rc_class = '""" + _OUTCOME_HARD + """' THEN rc_class END
+                       AS outcome
+            FROM bounced
+        ){recycle}
+        SELECT count(*) FROM bounced
 """
 
 
@@ -664,7 +893,12 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
     for kind in EVENT_KINDS:
         rows = [r for r in changed if r["event_kind"] == kind]
         if rows:
-            conn.execute(_sql(FAIL_SENT_EVENTS, kind), {
+            parts = _webhooks(conn, kind, "bounced", bounced=True,
+                              failure=", v.class AS wh_class, v.reason AS wh_reason")
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind, **parts,
+                              recycle=_recycle(kind, "rc_fin")), {
                 "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
-                "errors": [r["error"] for r in rows]})
+                "errors": [r["error"] for r in rows],
+                "classes": [r["failure_class"] for r in rows],
+                "reasons": [r["failure_reason"] for r in rows]})
     return {int(r["id"]) for r in changed}

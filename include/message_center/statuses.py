@@ -84,6 +84,11 @@ FAILURE_CLASS_LABELS: dict[str, str] = {
     AnswerClass.ERROR: "Message or sender refused",
     AnswerClass.UNKNOWN: "Outcome unknown (may have been delivered)",
 }
+#: The delivery outcomes a template's ``on_failure`` may recycle an event after (a new event
+#: on the fallback channel, :mod:`message_center.state`): a hard failure (class *hard*),
+#: the retries used up (the event *expired* after delivery attempts), the address in
+#: quarantine (*ignored*). Never *unknown*: the first message may have arrived.
+RECYCLE_AFTER: tuple[str, ...] = ("hard", "retries_exhausted", "quarantined")
 #: The label of failed events whose delivery log has no class (failed before any answer).
 UNCLASSIFIED_LABEL = "No failure class"
 
@@ -126,11 +131,32 @@ def sql_in(statuses: Iterable[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+#: The statuses a delivery-status webhook reports (``event.<status>``): every final one. A
+#: bounce that turns *sent* into *failed* later is reported as ``event.bounced``.
+REPORTED_EVENT: tuple[EventStatus, ...] = FINAL_EVENT
+
+
+class WebhookStatus(StrEnum):
+    """A webhook message (one outbox row, for one subscription): waiting to be sent (or
+    for its next retry), delivered (a 2xx answer), or failed (retries exhausted, the
+    subscription disabled or deleted); a failed or delivered message can be replayed."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+#: Outbox rows that are done with (what the clean-up purges after its delay).
+WEBHOOK_DONE: tuple[WebhookStatus, ...] = (WebhookStatus.DELIVERED, WebhookStatus.FAILED)
+
 EVENT_KINDS = ("rt", "batch")
 # Channels are not listed here: ask the registry (message_center.channel).
 #: ``NOTIFY`` / ``LISTEN`` channel per event kind: the push API notifies after it commits
 #: new events, real-time shards listen.
 NOTIFY_CHANNELS = {"rt": "mc_rt_events", "batch": "mc_batch_events"}
+#: ``NOTIFY`` channel of the webhook outbox: a commit that wrote webhook messages wakes the
+#: dispatcher (``mcWebhooks``).
+WEBHOOK_NOTIFY_CHANNEL = "mc_webhooks"
 
 
 def event_table(kind: str) -> str:

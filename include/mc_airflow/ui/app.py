@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from mc_airflow import authorization
-from mc_airflow.ui import pages, quarantine, reports
+from mc_airflow.ui import pages, quarantine, reports, webhooks
 from mc_airflow.ui.dependencies import NotAuthenticated
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ PAGES = (
     ("history", "Event history"),
     ("lookup", "Event lookup"),
     ("quarantine", "Quarantine"),
+    ("webhooks", "Webhooks"),
     ("accounts", "Execution accounts"),
 )
 
@@ -103,6 +104,7 @@ def create_ui_app() -> FastAPI:
     pages.register(app, render)
     reports.register(app, render)
     quarantine.register(app, render)
+    webhooks.register(app, render)
     return app
 
 

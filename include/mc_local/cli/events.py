@@ -21,6 +21,7 @@ from mc_local.client import PushClient, PushError, chunks
 from mc_local.localenv import ADMIN_USER, deployment
 from message_center import channel as channels
 from message_center import events
+from message_center.net_guard import WEBPUSH_INSECURE_HOSTS
 
 EVENT_FLAGS = (  # (flag, wire field)
     ("--type", "type"), ("--email", "email"), ("--mobile-phone", "mobilePhone"),
@@ -237,5 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _run(args: argparse.Namespace) -> int:
     if args.url is None:
-        args.url = f"http://127.0.0.1:{deployment(args.profile).api_port}"
+        local = deployment(args.profile)
+        args.url = f"http://127.0.0.1:{local.api_port}"
+        # The local deployment allows its own push service: check events as it will.
+        os.environ.setdefault(WEBPUSH_INSECURE_HOSTS, f"127.0.0.1:{local.webpush_port}")
     return _push(args)

@@ -33,6 +33,7 @@ from message_center import channel as channels
 from message_center import events
 from message_center.api.database import answer_503_while_database_down, execution_engine
 from message_center.api.pushing import IdempotencyConflict, store_events
+from message_center.api.webhooks import WebhookBackend, webhook_router
 from message_center.channel import Channel
 from message_center.delivery import quarantine as quarantine_store
 from message_center.events import (
@@ -48,6 +49,7 @@ from message_center.reporting.thresholds import (
     DEFAULT_HEALTH_AGE_WARNING,
     health_age_limits,
 )
+from message_center.webhooks.model import WebhookValidationError
 
 DEFAULT_WARNING = 100
 DEFAULT_ALERT = 400
@@ -181,6 +183,15 @@ class EventOut(BaseModel):
     template: TemplateLink | None
     delivery: DeliveryOutcome | None
     errorReason: str | None
+    recycledFrom: int | None = Field(
+        None, description="Event recycling: the event whose failed delivery this one "
+                          "stands in for (the template's `on_failure`).")
+    recycledTo: int | None = Field(
+        None, description="Event recycling: the event created on the fallback channel "
+                          "after this one's delivery failed.")
+    recycling: str | None = Field(
+        None, description="Why a failure that the template recycles was not recycled "
+                          "(e.g. no e-mail address on the event).")
 
 
 class QuarantineRecord(BaseModel):
@@ -366,11 +377,13 @@ def create_app(
     authorization: Authorization,
     thresholds: HealthThresholds | None = None,
     public_health: bool = False,
+    webhooks: WebhookBackend | None = None,
 ) -> FastAPI:
     """The push API. ``auth`` is a FastAPI dependency that raises 401 for a bad caller
     (every endpoint, health too unless ``public_health``); ``authorization`` says who may
     push and read; ``database_url`` returns the execution database's URL (called per
-    request, cache it).
+    request, cache it); ``webhooks``: the delivery-status webhook routes' backend (none:
+    no such routes).
     """
     limits = thresholds or HealthThresholds.from_env()
     # fastapi-offline: the same /docs and /redoc pages, with Swagger UI / ReDoc served
@@ -392,6 +405,10 @@ def create_app(
 
     @app.exception_handler(EventValidationError)
     async def _invalid(_request: Request, exc: EventValidationError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(WebhookValidationError)
+    async def _invalid_webhook(_request: Request, exc: WebhookValidationError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -567,10 +584,14 @@ def create_app(
                                                                       "read as JSON."}},
                     name=f"put_quarantine_{channel}",
                     summary=f"Quarantine {label} by hand")
-        async def put_quarantine(address: str = address_path(),
+        async def put_quarantine(request: Request, address: str = address_path(),
                                  body: QuarantineIn | None = None,
                                  user: Any = Depends(change_quarantine)) -> Any:
             """Idempotent: an address already in quarantine gets the new reason."""
+            if body is None and (await request.body()).strip():  # JSON null: not an object
+                raise EventValidationError([{
+                    "loc": ["body"], "field": "body", "type": "object_type",
+                    "msg": "body must be a JSON object (reason, releaseAfterDays) or absent"}])
             data = body or QuarantineIn()
             found = await run_in_threadpool(with_connection, lambda conn: quarantine_store.add(
                 conn, channel, address, data.reason, source="api",
@@ -632,6 +653,8 @@ def create_app(
         status, body = await run_in_threadpool(check_health)
         return JSONResponse(body, status_code=status)
 
+    if webhooks is not None:
+        router.include_router(webhook_router(webhooks))
     app.include_router(router)
 
     default_openapi = app.openapi

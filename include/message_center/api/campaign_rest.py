@@ -8,7 +8,8 @@
 
 ``<eventID>`` is the event type, with Adobe's ``EVT`` prefix dropped (``EVTcartAbandonment``
 -> type ``cartAbandonment``; an ID without the prefix is the type as it is). The channel is
-e-mail when ``email`` is given, SMS when only ``mobilePhone`` is. ``<ORGANIZATION>`` and
+e-mail when ``email`` is given, SMS when only ``mobilePhone`` is, another channel when
+only its address field is (``pushSubscription``: Web Push). ``<ORGANIZATION>`` and
 ``<transactionalAPI>`` are free (kept in ``href``), so only the host of a client changes.
 Validation, limits, ``Idempotency-Key`` and errors (``422`` naming the field, nothing
 stored) are the JSON push API's, and so are authentication (Airflow's Bearer token) and
@@ -53,6 +54,23 @@ EVENT_ID_PREFIX = "EVT"
 REST_FIELDS = ("email", "mobilePhone", "ctx", "scheduled", "expiration")
 
 
+def rest_fields() -> tuple[str, ...]:
+    """Adobe's fields, and every other channel's address field (``pushSubscription``)."""
+    return tuple(dict.fromkeys([*REST_FIELDS[:2], *(c.address_field
+                                                    for c in channels.all_channels()),
+                                *REST_FIELDS[2:]]))
+
+
+def _own_address(event: Any) -> dict[str, Any]:
+    """The address of a channel that is not one of Adobe's two, by its wire field."""
+    channel = channels.get(event["wishedChannel"] if isinstance(event, dict)
+                           else event.wished_channel)
+    if channel.address_field in REST_FIELDS:
+        return {}
+    value = event.get(channel.address_field) if isinstance(event, dict) else event.address
+    return {channel.address_field: value}
+
+
 def event_type(event_id: str) -> str:
     """``EVTcartAbandonment`` -> ``cartAbandonment``; ``ORDER_CONFIRMED`` stays as it is."""
     if event_id.startswith(EVENT_ID_PREFIX) and len(event_id) > len(EVENT_ID_PREFIX):
@@ -69,10 +87,11 @@ def parse_rest_event(event_id: str, data: Any) -> EventIn:
     """A Campaign REST body as our event; raises ``EventValidationError`` (422)."""
     if not isinstance(data, dict):
         raise _field_error("body", "body must be a JSON object", "object_type")
+    accepted = rest_fields()
     for name in data:
-        if name not in REST_FIELDS:
+        if name not in accepted:
             raise _field_error(name, f"unknown field '{name}' (a transactional event takes "
-                                     f"{', '.join(REST_FIELDS)})", "extra_forbidden")
+                                     f"{', '.join(accepted)})", "extra_forbidden")
     # The channel is the first (by order) whose address the body carries.
     channel = next((c.name for c in channels.all_channels()
                     if data.get(c.address_field) is not None), channels.default().name)
@@ -122,7 +141,7 @@ def create_campaign_rest_app(
             pkey = str(ids[0])
             return {
                 "PKey": pkey, "ctx": dict(event.ctx), "email": _text(event.email),
-                "mobilePhone": _text(event.mobile_phone),
+                "mobilePhone": _text(event.mobile_phone), **_own_address(event),
                 "scheduled": _iso(event.scheduled), "expiration": _iso(event.expiration),
                 "href": f"{path['api']}/{path['event_id']}/{pkey}",
                 "serverUrl": server_url, "status": "pending", "type": path["event_id"],
@@ -174,7 +193,7 @@ def create_campaign_rest_app(
         access.check(found["kind"])
         return JSONResponse({
             "PKey": pkey, "ctx": found["ctx"], "email": _text(found["email"]),
-            "mobilePhone": _text(found["mobilePhone"]),
+            "mobilePhone": _text(found["mobilePhone"]), **_own_address(found),
             "scheduled": _text(found["scheduled"]), "expiration": _text(found["expiration"]),
             "href": f"{transactional_api}/{event_id}/{pkey}",
             "serverUrl": str(request.base_url).rstrip("/"),

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Protocol
 
 # The delivery's types, named here without importing them (this module sits below the
 # delivery): ``Attempt`` (message_center.delivery.ledger), ``Outcome``
-# (message_center.delivery.outcome), ``RelayGate`` (message_center.delivery.pool).
+# (message_center.delivery.outcome), ``RelayGate`` or ``RelayGates`` (one gate per relay
+# of a channel that sends to many: message_center.delivery.pool).
 Attempt = Any
 Outcome = Any
 RelayGate = Any
@@ -61,7 +62,9 @@ class ChannelSender(Protocol):
     """A channel's open connection(s) inside one shard (shared by its session threads)."""
 
     def relay_gate(self, shards: int) -> RelayGate | None:
-        """The provider's limits, this shard's share of them (None: no limit)."""
+        """The provider's limits, this shard's share of them (None: no limit); a
+        ``RelayGates`` when the channel's messages go to many relays, each capped on its
+        own (Web Push: per push service)."""
 
     def send(self, attempt: Attempt, variables: dict[str, Any],
              ready: Callable[[], None] | None) -> Outcome:
@@ -118,6 +121,13 @@ class Channel(ABC):
     #: ``address_query``).
     address_path: ClassVar[AddressPath | None] = None
     address_query: ClassVar[str] = "address"
+    #: SQL of the quarantine key of a stored address ``{address}`` when it is not the
+    #: address itself (a structured address quarantined by one of its parts: a Web Push
+    #: subscription by its endpoint URL); :meth:`quarantine_key` says the same in Python.
+    quarantine_key_sql: ClassVar[str | None] = None
+    #: The event's address as an XML element of ACC's ``<rtEvent>`` (its attributes are
+    #: read by :meth:`address_from_xml`), when it is not an attribute.
+    xml_element: ClassVar[str | None] = None
     #: ACC's ``wishedChannel`` codes and labels (``nms:messageType``) for this channel.
     acc_codes: ClassVar[tuple[str, ...]] = ()
     #: "an email template"; "(use <parts_hint>)" when a file sets another channel's part.
@@ -173,6 +183,19 @@ class Channel(ABC):
         value = event.get(self.address_column)
         return value if isinstance(value, str) else None
 
+    def quarantine_key(self, address: str) -> str:
+        """The quarantine key of a stored address (the address itself by default)."""
+        return address
+
+    def address_from_xml(self, attributes: Mapping[str, str]) -> Any:
+        """The wire address from the attributes of the :attr:`xml_element` element."""
+        return dict(attributes)
+
+    def xml_location(self, field: str) -> str:
+        """Where the error of ``field`` (``<address_field>.<part>``) is, under the event
+        element (``<xml_element>/@<attribute>``)."""
+        return self.xml_element or self.address_field
+
     def address_on_wire(self, stored: str) -> Any:
         """The stored ``address`` column as the wire shows it (``GET /events``)."""
         return stored
@@ -191,6 +214,36 @@ class Channel(ABC):
         """Channel-specific template checks; ``problem(field, message)`` reports one.
         ``values`` are the text fields read, ``flagged`` the fields already reported."""
         return None
+
+    #: Structured template fields this channel accepts besides its text parts (e-mail:
+    #: ``attachments``); stored with the version and published in
+    #: ``published_template.extras`` (``{field: value}``), handed to the sender in the row.
+    extra_fields: ClassVar[tuple[str, ...]] = ()
+
+    def parse_extra_field(self, name: str, raw: Any, base_dir: Path
+                          ) -> tuple[Any, list[tuple[str, str]]]:
+        """One of :attr:`extra_fields` as read from a template file in ``base_dir``: the
+        value to store, and the problems as ``(field, message)``."""
+        return None, [(name, f"not used by {self.template_noun}")]
+
+    def check_extra_field(self, name: str, value: Any, variables: dict[str, Any],
+                          address: str) -> None:
+        """Render an extra field for a seed as the delivery would (raises
+        :class:`~message_center.rendering.RenderError`)."""
+        self.message_files({name: value}, variables, address)
+
+    def files_summary(self, extras: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """What the lookup lists of a template version's files (name template, kind,
+        type; size and hash of stored files), no content."""
+        return []
+
+    def message_files(self, extras: Mapping[str, Any], variables: dict[str, Any],
+                      address: str, uid: str = "seed"
+                      ) -> list[tuple[str, str, bytes, bool]]:
+        """Files sent with a message of this channel (e-mail attachments) as ``(name,
+        content type, bytes, also an alternative body part)``; previews and proofs show
+        them. Raises :class:`~message_center.rendering.RenderError`."""
+        return []
 
     @abstractmethod
     def render(self, parts: Mapping[str, str | None],

@@ -22,7 +22,7 @@ from message_center.channel import Channel, ChannelSender
 from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
-from message_center.delivery.pool import RelayGate, SessionPool
+from message_center.delivery.pool import RelayGate, RelayGates, SessionPool
 from message_center.rendering import RenderError, event_variables, template_event
 
 log = logging.getLogger(__name__)
@@ -101,15 +101,19 @@ class Channels:
             self._pool_key = key
         return self._pool
 
-    def relay_gates(self, shards: int = 1,
-                    breakers: BreakerStore | None = None) -> dict[str, RelayGate]:
-        """One :class:`RelayGate` per configured channel, with this shard's share of the
-        provider's limits and the relay's circuit breaker (in ``breakers``)."""
-        gates: dict[str, RelayGate] = {}
+    def relay_gates(self, shards: int = 1, breakers: BreakerStore | None = None
+                    ) -> dict[str, RelayGate | RelayGates]:
+        """One :class:`RelayGate` per configured channel (or :class:`RelayGates`, one per
+        relay of a channel that sends to many), with this shard's share of the provider's
+        limits and the relay's circuit breaker (in ``breakers``)."""
+        gates: dict[str, RelayGate | RelayGates] = {}
         for name in self.settings:
             sender = self.sender(name)
             gate = sender.relay_gate(shards) if sender is not None else None
-            if gate is not None:
+            if isinstance(gate, RelayGates):
+                gate.breakers = breakers
+                gates[name] = gate
+            elif gate is not None:
                 gate.breaker = RelayBreaker(gate.name, name, breakers)
                 gates[name] = gate
         return gates

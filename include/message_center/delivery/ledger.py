@@ -74,13 +74,15 @@ def _address() -> str:
 
 
 # Why not to send (chunk row ``c``), or NULL: no address (the channel's words for it, in
-# the :nouns bind), or an address in quarantine.
-_IGNORE_REASON = f"""CASE
+# the :nouns bind), or an address in quarantine (by its channel's quarantine key).
+def _ignore_reason() -> str:
+    key = registry.quarantine_key_sql("c.channel", "c.address")
+    return f"""CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CAST(:nouns AS jsonb) ->> c.channel)
-                ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
+                ELSE (SELECT '{state.QUARANTINED_PREFIX}' || q.reason FROM quarantine q
                       WHERE q.channel = c.channel
-                        AND q.address IN (c.address, lower(c.address)) AND {ACTIVE_SQL}
+                        AND q.address IN ({key}, lower({key})) AND {ACTIVE_SQL}
                       LIMIT 1)
                 END"""
 
@@ -93,7 +95,7 @@ def _send_columns() -> str:
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts{"".join(f", {part}" for part in parts)}
+        t.id AS published_id, t.sender, t.parts, t.extras{"".join(f", {part}" for part in parts)}
     """
 
 
@@ -145,7 +147,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -
     final ``ignored`` rows. The caller must commit before sending anything.
     """
     rows = state.arm(conn, claim, after=after, limit=limit, address=_address(),
-                     ignore_reason=_IGNORE_REASON, columns=_send_columns(),
+                     ignore_reason=_ignore_reason(), columns=_send_columns(),
                      params={"nouns": json.dumps(registry.address_nouns())})
     to_send: list[Attempt] = []
     ignored: list[int] = []
@@ -210,7 +212,9 @@ def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) ->
             exhausted = outcome.counted and attempt.attempts >= retry.max_tries
             out.retry_events.append(attempt.event_id)
             out.retry_logs.append(attempt.log_id)
-            out.retry_delays.append(retry.backoff_seconds(attempt.attempts)
+            # The provider's Retry-After, when it said one, if longer than the back-off.
+            out.retry_delays.append(max(retry.backoff_seconds(attempt.attempts),
+                                        outcome.retry_after or 0.0)
                                     if outcome.counted else 0.0)
             out.give_up.append(exhausted)
             out.counted.append(outcome.counted)
@@ -232,7 +236,8 @@ def _outcomes(results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy) ->
         out.reasons.append(outcome.failure_reason)
         if outcome.classification is not None and outcome.classification.is_bounce:
             out.bounces.append(Bounce(
-                channel=attempt.channel, address=attempt.address,
+                channel=attempt.channel,
+                address=registry.get(attempt.channel).quarantine_key(attempt.address),
                 failure_class=outcome.classification.klass.value,
                 failure_reason=outcome.classification.reason, error=outcome.error,
                 delivery_log_id=attempt.log_id, attempt=attempt.attempts))

@@ -23,14 +23,17 @@ chunk's sending budget ends or a stop is asked stays in the :class:`Dispatch` an
 caller gives it back to the queue (not counted as an attempt). When a worker dies, at most
 one message per open session is in the middle of its SMTP transaction.
 
-**Per-relay limits** (:class:`RelayGate`, one per channel): at most ``max_concurrent``
-messages in flight and at most ``per_second`` started per second (paced evenly, no
-burst). A "slow down" answer (SMTP ``421`` or an enhanced status ``4.7.x``; HTTP ``429``
-from an SMS gateway) does not fail the message: the relay's sessions all pause (1 s,
-doubling up to a minute while the relay keeps throttling; the first accepted message
-resets it) and the same message is tried again. Only a relay that keeps throttling for
-the chunk's whole sending budget turns it into an ordinary transient failure (retried
-later with the ledger's back-off, so it still expires after ``max_tries``).
+**Per-relay limits** (:class:`RelayGate`, one per channel, or one per relay of a channel
+whose messages go to many relays, :class:`RelayGates`: Web Push has one per push
+service): at most ``max_concurrent`` messages in flight and at most ``per_second``
+started per second (paced evenly, no burst). A "slow down" answer (SMTP ``421`` or an
+enhanced status ``4.7.x``; HTTP ``429`` from an SMS gateway or a push service) does not
+fail the message: the relay's sessions all pause (1 s, doubling up to a minute while the
+relay keeps throttling; the first accepted message resets it; a ``Retry-After`` the relay
+gave makes it at least that long) and the same message is tried again. Only a relay that
+keeps throttling for the chunk's whole sending budget turns it into an ordinary transient
+failure (retried later with the ledger's back-off, or the relay's ``Retry-After`` if
+longer, so it still expires after ``max_tries``).
 
 **A relay that is down** (connection refused, "service not available" at the greeting,
 an SMS gateway's 503 with ``Retry-After``: :meth:`Outcome.unavailable
@@ -53,9 +56,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 
 from message_center import channel as channels
-from message_center.delivery.breaker import RelayBreaker
+from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 
@@ -196,8 +200,9 @@ class RelayGate:
         """Is the relay's breaker open (as last seen)?"""
         return self.breaker.view().is_open
 
-    def throttled(self, error: str | None = None) -> float:
-        """The relay said "slow down": pause every session; returns the pause left (s)."""
+    def throttled(self, error: str | None = None, at_least: float | None = None) -> float:
+        """The relay said "slow down": pause every session; returns the pause left (s).
+        ``at_least``: the relay's own ``Retry-After`` (the pause is never shorter)."""
         with self._lock:
             now = time.monotonic()
             self.throttles += 1
@@ -208,6 +213,9 @@ class RelayGate:
                 self._paused_until = now + self._pause
                 log.warning("relay %s asks to slow down: pausing its sessions %.1fs",
                             self.name, self._pause)
+            if at_least and now + at_least > self._paused_until:
+                self._paused_until = now + at_least
+                doubled = True  # the longer pause is shared with every worker
             left = self._paused_until - now
         if doubled and error is not None:  # every worker pauses too (not a failure)
             self.breaker.pause(error, left)
@@ -233,6 +241,60 @@ class RelayGate:
     def answered(self) -> None:
         """The relay answered (whatever it said): it is up; closes its breaker."""
         self.breaker.success()
+
+
+class RelayGates:
+    """The gates of a channel whose messages go to many relays (Web Push: each
+    subscription's push service): one :class:`RelayGate` per relay, made by ``make(key)``
+    on first use (each with the same limits: the provider's caps hold per relay), ``key``
+    saying which relay a message goes to. Each gate has its own circuit breaker, in
+    ``breakers`` (set by the shard's :class:`~message_center.delivery.channels.Channels`)."""
+
+    #: Relays remembered at once (keys come from event data: stay bounded).
+    MAX_GATES = 4096
+
+    def __init__(self, channel: str, key: Callable[[Attempt], str],
+                 make: Callable[[str], RelayGate]) -> None:
+        self.channel, self._key, self._make = channel, key, make
+        self.breakers: BreakerStore | None = None
+        self._gates: dict[str, RelayGate] = {}
+        self._lock = threading.Lock()
+        self._throttles = self._unavailable = 0  # of the gates forgotten
+
+    def gate(self, attempt: Attempt) -> RelayGate:
+        """The gate of the relay ``attempt`` goes to."""
+        key = self._key(attempt)
+        found = self._gates.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._gates.get(key)
+            if found is None:
+                if len(self._gates) >= self.MAX_GATES:
+                    self._forget()
+                found = self._make(key)
+                found.breaker = RelayBreaker(found.name, self.channel, self.breakers)
+                self._gates[key] = found
+            return found
+
+    def _forget(self) -> None:
+        """Start afresh (a session holding a forgotten gate still releases it)."""
+        for gate in self._gates.values():
+            self._throttles += gate.throttles
+            self._unavailable += gate.unavailable_count
+        self._gates.clear()
+
+    def __iter__(self) -> Iterable[RelayGate]:
+        return iter(list(self._gates.values()))
+
+    @property
+    def throttles(self) -> int:
+        return self._throttles + sum(gate.throttles for gate in list(self._gates.values()))
+
+    @property
+    def unavailable_count(self) -> int:
+        return self._unavailable + sum(gate.unavailable_count
+                                       for gate in list(self._gates.values()))
 
 
 #: The next chunk armed for sending and the time (``time.monotonic()``) its messages must
@@ -318,12 +380,13 @@ class Dispatch:
 class SessionPool:
     """``sessions`` delivery sessions sharing the chunks of one shard (see module doc).
 
-    ``gates`` maps a channel (``email``, ``sms``) to its relay's :class:`RelayGate`. With
+    ``gates`` maps a channel (``email``, ``sms``) to its relay's :class:`RelayGate` (or
+    its relays' :class:`RelayGates`). With
     one session everything runs in the caller's thread, as a shard did before the pool;
     with more, the threads are kept between runs (a real-time loop reuses them).
     """
 
-    def __init__(self, gates: Mapping[str, RelayGate], sessions: int = 1) -> None:
+    def __init__(self, gates: Mapping[str, RelayGate | RelayGates], sessions: int = 1) -> None:
         if sessions < 1:
             raise ValueError("a session pool needs at least one session")
         self.gates, self.sessions = dict(gates), sessions
@@ -407,9 +470,10 @@ class SessionPool:
         """Send one message, waiting for its relay's turn and trying it again after each
         "slow down" pause; raises :class:`_NotStarted` if it never went out. A relay found
         unavailable ends the message at once, uncounted (see the module doc)."""
-        gate = self.gates.get(attempt.channel)
-        if gate is None:
+        found = self.gates.get(attempt.channel)
+        if found is None:
             return send(attempt)
+        gate = found.gate(attempt) if isinstance(found, RelayGates) else found
         throttle: Outcome | None = None
         while True:
             if not gate.acquire(deadline, should_stop):
@@ -430,7 +494,7 @@ class SessionPool:
                         gate.accepted()
                 return outcome
             throttle = outcome
-            gate.throttled(outcome.error)
+            gate.throttled(outcome.error, outcome.retry_after)
 
 
 class _NotStarted(Exception):
@@ -446,8 +510,8 @@ def _not_sent(throttle: Outcome | None, gate: RelayGate) -> Outcome:
     # Refused with "slow down" until the budget ran out or the worker stops: it is known
     # not to have been sent, and counts as one ordinary transient failure (retried later
     # with the ledger's back-off, so a relay that never relents still expires it).
-    return Outcome.retry(f"the relay kept asking to slow down: {throttle.error}",
-                         throttle.classification)
+    return replace(Outcome.retry(f"the relay kept asking to slow down: {throttle.error}",
+                                 throttle.classification), retry_after=throttle.retry_after)
 
 
 def _raise(future: Future[None]) -> None:

@@ -24,6 +24,7 @@ connection says ``after_dot_timeout: retry`` (a duplicate preferred to a loss).
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import re
@@ -32,12 +33,12 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import encode_rfc2231, format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from typing import Any
 
@@ -180,7 +181,9 @@ def _body_part(content: str, subtype: str) -> str:
 def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
                 html: str | None, text: str | None,
                 headers: dict[str, str] | None = None,
-                message_id_override: str | None = None) -> tuple[str, bytes]:
+                message_id_override: str | None = None,
+                attachments: Sequence[tuple[str, str, bytes, bool]] = ()
+                ) -> tuple[str, bytes]:
     """The message as SMTP DATA bytes (CRLF), and its Message-ID (derived from the
     delivery-log id unless ``message_id_override`` is given: proofs have no log row).
 
@@ -204,6 +207,8 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         "MIME-Version: 1.0",
     ]
     lines += [f"{name}: {_header_value(value)}" for name, value in (headers or {}).items()]
+    if attachments:  # (name, content type, bytes, also an alternative body part)
+        return mid, _with_attachments(lines, log_id, html, text, attachments)
     if html is not None and text is not None:
         boundary = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}"
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
@@ -214,6 +219,41 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         message = CRLF.join(lines) + CRLF + (
             _body_part(html, "html") if html is not None else _body_part(text or "", "plain"))
     return mid, message.encode("utf-8")
+
+
+def _base64_part(headers: list[str], data: bytes) -> str:
+    payload = base64.encodebytes(data).decode("ascii").replace("\n", CRLF)
+    return CRLF.join([*headers, "Content-Transfer-Encoding: base64", "", payload.rstrip()])
+
+
+def _file_param(name: str) -> str:
+    """``filename="a.pdf"``, or RFC 2231 (``filename*=utf-8''...``) when not plain ASCII."""
+    if name.isascii() and not set('"\\\r\n') & set(name):
+        return f'filename="{name}"'
+    return f"filename*={encode_rfc2231(name, 'utf-8')}"
+
+
+def _with_attachments(lines: list[str], log_id: int, html: str | None, text: str | None,
+                      attachments: Sequence[tuple[str, str, bytes, bool]]) -> bytes:
+    """multipart/mixed: the bodies (multipart/alternative with text, html and the
+    calendar invitations, so that mail clients offer "Add to calendar"), then each file
+    in base64 (e-mail attachments, :mod:`message_center.channels.email_attachments`)."""
+    outer = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}_m"
+    inner = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}_a"
+    bodies = [_body_part(text, "plain")] if text is not None else []
+    if html is not None:
+        bodies.append(_body_part(html, "html"))
+    bodies += [_base64_part([f'Content-Type: {kind}; charset="utf-8"; method=REQUEST'], data)
+               for _name, kind, data, alternative in attachments if alternative]
+    parts = [f'Content-Type: multipart/alternative; boundary="{inner}"{CRLF}{CRLF}'
+             + CRLF.join([*(f"--{inner}{CRLF}{body}" for body in bodies), f"--{inner}--", ""])]
+    for name, kind, data, _alternative in attachments:
+        param = _file_param(name)
+        parts.append(_base64_part([f"Content-Type: {kind}; {param.replace('file', '', 1)}",
+                                   f"Content-Disposition: attachment; {param}"], data))
+    lines.append(f'Content-Type: multipart/mixed; boundary="{outer}"')
+    body = CRLF.join(["", *(f"--{outer}{CRLF}{part}" for part in parts), f"--{outer}--", ""])
+    return (CRLF.join(lines) + CRLF + body).encode("utf-8")
 
 
 def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:
@@ -285,6 +325,18 @@ def envelope_address(header_value: str) -> str:
         raise ValueError(f"not an email address: {header_value!r}")
     Address(addr_spec=address)  # raises on malformed addresses
     return address
+
+
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
+@lru_cache(maxsize=1024)
+def _quoted(address: str) -> str:
+    """``<address>`` for an SMTP command: what ``smtplib.quoteaddr`` returns, without its
+    header parser for the usual bare address (it cost more than the command)."""
+    if _BARE_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 class _PhasedSmtp(smtplib.SMTP):
@@ -385,7 +437,8 @@ class SmtpSender:
                 self._smtp = None
 
     def _timeout(self, smtp: smtplib.SMTP, seconds: float) -> None:
-        if smtp.sock is not None:
+        # settimeout() is a system call each time, even for the same value (issue 24).
+        if smtp.sock is not None and smtp.sock.gettimeout() != seconds:
             smtp.sock.settimeout(seconds)
 
     def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
@@ -404,12 +457,17 @@ class SmtpSender:
         the exception propagates: nothing was sent.
         """
         s = self.settings
+        # MAIL FROM, RCPT TO and DATA in one write when the relay offers PIPELINING
+        # (RFC 2920): one round trip instead of three. Each reply is still read, in order,
+        # within its own phase's timeout, and classified as its own phase's.
+        envelope = (f"MAIL FROM:{_quoted(envelope_from)}{CRLF}"
+                    f"RCPT TO:{_quoted(recipient)}{CRLF}").encode("ascii")
         try:
             reused = self._smtp is not None
             smtp = self._connection()
             try:
-                self._timeout(smtp, s.mail_timeout)
-                code, reply = smtp.mail(envelope_from)
+                pipelined = self._open(smtp, envelope)
+                code, reply = self._reply(smtp, s.mail_timeout)
                 if reused and code == 421:  # "closing": often an idle connection timed out
                     raise smtplib.SMTPServerDisconnected(reply.decode("utf-8", "replace"))
             except (OSError, smtplib.SMTPServerDisconnected):
@@ -418,8 +476,8 @@ class SmtpSender:
                 # The relay closed an idle connection (or went away): open a new one.
                 self._drop()
                 smtp = self._connection()
-                self._timeout(smtp, s.mail_timeout)
-                code, reply = smtp.mail(envelope_from)
+                pipelined = self._open(smtp, envelope)
+                code, reply = self._reply(smtp, s.mail_timeout)
         except _Unavailable as exc:
             return Outcome.unavailable(str(exc))
         except smtplib.SMTPResponseException as exc:
@@ -433,16 +491,17 @@ class SmtpSender:
         dot_sent = [False]
         try:
             if code != 250:
-                self._reset(smtp, code)
+                self._reset(smtp, code, 2 if pipelined else 0)
                 return smtp_reply_outcome("MAIL FROM", code, reply)
             phase = "RCPT TO"
-            self._timeout(smtp, s.rcpt_timeout)
-            code, reply = smtp.rcpt(recipient)
+            if not pipelined:
+                self._send_command(smtp, envelope.split(b"\r\n", 1)[1], s.rcpt_timeout)
+            code, reply = self._reply(smtp, s.rcpt_timeout)
             if code not in (250, 251):
-                self._reset(smtp, code)
+                self._reset(smtp, code, 1 if pipelined else 0)
                 return smtp_reply_outcome("RCPT TO", code, reply)
             phase = "DATA"
-            code, reply = self._data(smtp, data, ready, dot_sent)
+            code, reply = self._data(smtp, data, ready, dot_sent, pipelined)
             if code != 250:
                 if code == 421:
                     self._drop()
@@ -459,6 +518,25 @@ class SmtpSender:
             return Outcome.retry(f"SMTP connection lost at {phase}: "
                                  f"{type(exc).__name__}: {exc}")
 
+    def _open(self, smtp: smtplib.SMTP, envelope: bytes) -> bool:
+        """Send MAIL FROM (and, pipelined, RCPT TO and DATA too); True when pipelined."""
+        if smtp.has_extn("pipelining"):
+            self._send_command(smtp, envelope + b"DATA" + CRLF.encode(),
+                               self.settings.mail_timeout)
+            return True
+        self._send_command(smtp, envelope.split(b"\r\n", 1)[0] + CRLF.encode(),
+                           self.settings.mail_timeout)
+        return False
+
+    def _send_command(self, smtp: smtplib.SMTP, line: bytes, timeout: float) -> None:
+        self._timeout(smtp, timeout)
+        smtp.send(line)
+
+    def _reply(self, smtp: smtplib.SMTP, timeout: float) -> tuple[int, bytes]:
+        """The next reply, waited for at most ``timeout`` seconds."""
+        self._timeout(smtp, timeout)
+        return smtp.getreply()
+
     def _after_dot(self, message_id: str | None, exc: BaseException) -> Outcome:
         """No reply to the final ".": the relay may have queued the message."""
         s = self.settings
@@ -473,13 +551,14 @@ class SmtpSender:
             f"again (look for Message-ID {message_id} in the relay's log)")
 
     def _data(self, smtp: smtplib.SMTP, data: bytes, ready: Callable[[], None] | None,
-              dot_sent: list[bool]) -> tuple[int, bytes]:
-        """DATA, the content, ``ready()``, the final "." and its reply, each phase with
-        its own timeout; ``dot_sent[0]`` turns true once the "." may have gone out."""
+              dot_sent: list[bool], pipelined: bool = False) -> tuple[int, bytes]:
+        """DATA (already sent when ``pipelined``), the content, ``ready()``, the final "."
+        and its reply, each phase with its own timeout; ``dot_sent[0]`` turns true once the
+        "." may have gone out."""
         s = self.settings
-        self._timeout(smtp, s.data_init_timeout)
-        smtp.putcmd("data")
-        code, reply = smtp.getreply()
+        if not pipelined:
+            self._send_command(smtp, b"DATA" + CRLF.encode(), s.data_init_timeout)
+        code, reply = self._reply(smtp, s.data_init_timeout)
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
         content = _LEADING_DOT.sub(b"..", data)
@@ -495,14 +574,23 @@ class SmtpSender:
                 raise
         dot_sent[0] = True
         smtp.send(b".\r\n")
-        self._timeout(smtp, s.data_termination_timeout)
-        return smtp.getreply()
+        return self._reply(smtp, s.data_termination_timeout)
 
-    def _reset(self, smtp: smtplib.SMTP, code: int) -> None:
+    def _reset(self, smtp: smtplib.SMTP, code: int, pending: int = 0) -> None:
+        """End a refused transaction with RSET; ``pending``: pipelined replies still to
+        read first (RCPT / DATA after a refused MAIL: the relay refuses them too). A DATA
+        that was accepted anyway gets no content and no "." - the connection is dropped,
+        so the relay discards the transaction."""
         if code == 421:  # "closing transmission channel" (RFC 5321): reconnect next time
             self._drop()
             return
         try:
+            timeouts = (self.settings.rcpt_timeout, self.settings.data_init_timeout)
+            for timeout in timeouts[len(timeouts) - pending:]:
+                late, _ = self._reply(smtp, timeout)
+                if late in (354, 421):
+                    self._drop()
+                    return
             smtp.rset()
         except (OSError, smtplib.SMTPException):
             self._drop()

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from message_center.statuses import NOTIFY_CHANNELS
+from message_center.statuses import NOTIFY_CHANNELS, WEBHOOK_NOTIFY_CHANNEL
 
 
 class Listener:
@@ -26,7 +26,7 @@ class Listener:
     as the database accepts connections."""
 
     def __init__(self, engine: Engine, channel: str) -> None:
-        if channel not in NOTIFY_CHANNELS.values():
+        if channel not in (*NOTIFY_CHANNELS.values(), WEBHOOK_NOTIFY_CHANNEL):
             raise ValueError(f"unknown notification channel {channel!r}")
         self._engine, self._channel = engine, channel
         self._raw: Any = None

@@ -18,6 +18,14 @@ queue (:func:`~message_center.state.release_unhanded`). One commit serves
 every message (and every session) waiting at that moment: one per message for a
 single session against a slow server, far fewer with several sessions.
 
+**Gathering marks.** A mark is needed only at its sender's final ".", so the writer does
+not commit the first mark asked for at once: it gathers marks until a sender is actually
+waiting for one (its barrier was called), every session has asked for one (nobody else
+can join the group: with one session that is at once, as before) or the oldest has
+waited ``gather_seconds``. MAIL, RCPT and DATA (one pipelined round trip) go out
+meanwhile; the commit then carries the marks of several sessions instead of one or two
+(issue 24: the writer's CPU per commit is most of its cost).
+
 Outcomes alone (no sender waiting) are committed at most every ``min_interval``
 seconds or when ``max_batch`` are waiting, whichever comes first.
 
@@ -133,16 +141,21 @@ class OutcomeRecorder:
     def __init__(self, engine: Engine, claim: ShardClaim, retry: RetryPolicy, *,
                  copy_status: bool, sending_timeout_seconds: float = 600.0,
                  max_batch: int = 500, min_interval: float = 0.002,
+                 sessions: int = 1, gather_seconds: float = 0.002,
                  backoff_max_seconds: float = 5.0,
                  on_written: Callable[[Finalized], None] | None = None,
                  rules: QuarantineRules = DEFAULT_RULES) -> None:
-        if max_batch < 1 or min_interval < 0 or sending_timeout_seconds <= 0:
-            raise ValueError("max_batch must be >= 1, min_interval >= 0 and "
-                             "sending_timeout_seconds > 0")
+        if (max_batch < 1 or min_interval < 0 or sending_timeout_seconds <= 0
+                or sessions < 1 or gather_seconds < 0):
+            raise ValueError("max_batch and sessions must be >= 1, min_interval and "
+                             "gather_seconds >= 0, sending_timeout_seconds > 0")
         self.engine, self.claim, self.retry = engine, claim, retry
         self.rules = rules  # quarantine rules: bounces recorded with the outcomes
         self.copy_status = copy_status
         self.max_batch, self.min_interval = max_batch, min_interval
+        # Marks are gathered until a sender needs one (it reached its final "."), every
+        # session asked, or the oldest waited gather_seconds (see module doc).
+        self.sessions, self.gather_seconds = sessions, gather_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self.sending_timeout_seconds = float(sending_timeout_seconds)
         # Give up this long before the crash recovery may settle a row we hold.
@@ -154,6 +167,9 @@ class OutcomeRecorder:
         self._state = threading.Condition(self._lock)  # written progress, outage, error
         self._mark_waiters: dict[int, threading.Event] = {}  # log id -> its barrier's
         self._marks: list[Attempt] = []
+        self._pending_marks: set[int] = set()  # log ids in _marks (not taken yet)
+        self._needed = 0  # barriers waiting on a mark still in _marks
+        self._first_mark = 0.0  # monotonic time the oldest mark in _marks was asked
         self._outcomes: list[tuple[Attempt, Outcome]] = []
         self._handed_at: dict[int, float] = {}  # log id -> monotonic time of handing()
         self._marked: dict[int, bool] = {}  # log id -> mark committed (True) / refused
@@ -183,12 +199,22 @@ class OutcomeRecorder:
             self._raise_if_failed()
             if self._closing:
                 raise RuntimeError("OutcomeRecorder.handing() after close()")
-            self._handed_at[log_id] = time.monotonic()
+            now = time.monotonic()
+            self._handed_at[log_id] = now
+            if not self._marks:
+                self._first_mark = now
             self._marks.append(attempt)
+            self._pending_marks.add(log_id)
             marked = self._mark_waiters.setdefault(log_id, threading.Event())
-            self._cond.notify()
+            if len(self._marks) == 1 or len(self._marks) >= self.sessions:
+                self._cond.notify()
 
         def barrier() -> None:
+            if not marked.is_set():
+                with self._cond:
+                    if log_id in self._pending_marks:  # not taken yet: commit now
+                        self._needed += 1
+                        self._cond.notify()
             marked.wait()  # set when the mark is committed, or when the recorder gives up
             with self._lock:
                 if log_id in self._marked:
@@ -282,12 +308,25 @@ class OutcomeRecorder:
                         return None
                     self._cond.wait()
                     continue
-                wait = self._last_commit + self.min_interval - time.monotonic()
-                if (not self._marks and wait > 0 and len(self._outcomes) < self.max_batch
-                        and not self._urgent and not self._closing):
-                    self._cond.wait(wait)
-                    continue
+                now = time.monotonic()
+                hurry = self._urgent or self._closing
+                if self._marks:
+                    # A mark is due when a sender waits for it, when every session has
+                    # asked for one (nobody else can join the group), or after
+                    # gather_seconds; until then MAIL, RCPT and DATA go out.
+                    wait = self._first_mark + self.gather_seconds - now
+                    if (not hurry and not self._needed and wait > 0
+                            and len(self._marks) < min(self.sessions, self.max_batch)):
+                        self._cond.wait(wait)
+                        continue
+                else:
+                    wait = self._last_commit + self.min_interval - now
+                    if wait > 0 and len(self._outcomes) < self.max_batch and not hurry:
+                        self._cond.wait(wait)
+                        continue
                 marks, self._marks = self._marks, []
+                self._pending_marks.clear()
+                self._needed = 0
                 outcomes = self._outcomes[:self.max_batch]
                 del self._outcomes[:self.max_batch]
                 return marks, outcomes
@@ -391,6 +430,7 @@ class OutcomeRecorder:
         with self._cond:
             lost = outcomes + self._outcomes
             self._outcomes, self._marks = [], []
+            self._pending_marks.clear()
             if isinstance(exc, RecorderFailed):
                 error = exc
             else:

@@ -66,14 +66,16 @@ def test_publish_republish_and_unpublish(dag, databases, template_dir):
     assert dag_run.state == "success", states(dag_run)
     assert states(dag_run)["publish_to_instance[mc_execution2]"] == "success"
     for engine in (execution_db, execution2_db):
-        assert active(engine) == [("orderConfirmed", 1), ("passwordReset", 1)]
+        assert active(engine) == [
+            ("orderConfirmed", 1), ("orderShippedPush", 1), ("passwordReset", 1)]
 
     path = template_dir / "password_reset_sms.yaml"
     path.write_text(path.read_text().replace("reset code is", "code is"))
     dag_run = run(dag, instances=BOTH)
     assert dag_run.state == "success", states(dag_run)
     for engine in (execution_db, execution2_db):
-        assert active(engine) == [("orderConfirmed", 1), ("passwordReset", 2)]
+        assert active(engine) == [
+            ("orderConfirmed", 1), ("orderShippedPush", 1), ("passwordReset", 2)]
         with engine.connect() as conn:  # what the link step reads for the event type
             body = conn.execute(text(
                 "SELECT sms_body FROM published_template WHERE active AND "
@@ -87,7 +89,7 @@ def test_publish_republish_and_unpublish(dag, databases, template_dir):
     dag_run = run(dag, instances=BOTH, unpublish=["orderConfirmed"])
     assert dag_run.state == "success", states(dag_run)
     for engine in (execution_db, execution2_db):
-        assert active(engine) == [("passwordReset", 2)]
+        assert active(engine) == [("orderShippedPush", 1), ("passwordReset", 2)]
     with control_db.connect() as conn:
         assert conn.execute(text("SELECT published FROM template "
                                  "WHERE internal_name = 'orderConfirmed'")).scalar_one() is False
@@ -105,7 +107,8 @@ def test_an_instance_that_is_down_is_reported_and_does_not_block_the_others(
     assert by_task["publish_to_instance[mc_execution2]"] == "success"
     assert by_task["report"] == "failed"
     for engine in (execution_db, execution2_db):
-        assert active(engine) == [("orderConfirmed", 1), ("passwordReset", 1)]
+        assert active(engine) == [
+            ("orderConfirmed", 1), ("orderShippedPush", 1), ("passwordReset", 1)]
 
 
 def test_a_bad_template_file_publishes_nothing(dag, databases, template_dir):
@@ -132,8 +135,8 @@ def test_default_targets_are_the_registered_accounts(dag, databases, template_di
     assert dag_run.state == "success", states(dag_run)
     assert {key for key in states(dag_run) if key.startswith("publish_to_instance")} == {
         "publish_to_instance[mc_execution]", "publish_to_instance[mc_execution2]"}
-    assert active(execution2_db) == active(execution_db) == [("orderConfirmed", 1),
-                                                              ("passwordReset", 1)]
+    assert active(execution2_db) == active(execution_db) == [
+        ("orderConfirmed", 1), ("orderShippedPush", 1), ("passwordReset", 1)]
 
 
 def push(engine, order_id: str) -> int:

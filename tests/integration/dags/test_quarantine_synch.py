@@ -23,7 +23,7 @@ def get(engine, address):
 def test_dag_shape(dag):
     assert dag.dag_display_name == "Quarantine synchronisation"
     assert (dag.catchup, dag.max_active_runs) == (False, 1)
-    assert set(dag.task_ids) == {"synchronise"}
+    assert set(dag.task_ids) == {"synchronise", "synchronise_webhooks"}
     assert "newest decision wins" in dag.doc_md
 
 

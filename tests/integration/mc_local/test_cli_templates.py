@@ -18,7 +18,7 @@ from message_center.rendering import event_variables, render_message
 @pytest.mark.fast
 def test_validate_command_accepts_the_repository(capsys):
     assert mc(["templates", "validate"]) == 0
-    assert "2 templates valid" in capsys.readouterr().out
+    assert "3 templates valid" in capsys.readouterr().out
 
 
 @pytest.mark.fast
@@ -102,5 +102,6 @@ def test_setup_publishes_the_samples_to_the_local_deployment(control_db, executi
     line = publish_to_deployment(test_deployment)
     assert "orderConfirmed v1" in line and "passwordReset v1" in line
     for engine in (execution_db, execution2_db):
-        assert [row[0] for row in active_rows(engine)] == ["orderConfirmed", "passwordReset"]
+        assert [row[0] for row in active_rows(engine)] == [
+            "orderConfirmed", "orderShippedPush", "passwordReset"]
     assert publish_to_deployment(test_deployment) == "message templates: new versions: none"

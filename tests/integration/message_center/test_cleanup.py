@@ -469,3 +469,25 @@ def test_statistics_go_after_their_delay_and_queue_sizes_stay_right(control_db):
     assert rows() == (hours[-2:], hours[-2:])
     assert {h: queue_after(h) for h in hours[-2:]} == queues
     assert again.lines()[0].startswith("hourly statistics before")
+
+
+def test_webhook_messages_done_with_are_purged_after_their_delay(execution2_db):
+    with execution2_db.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO webhook_outbox (id, subscription_id, name, status, done_at)
+            VALUES (1, 'wh_a', 'event.sent', 'delivered', :old),
+                   (2, 'wh_a', 'event.sent', 'failed', :old),
+                   (3, 'wh_a', 'event.sent', 'pending', NULL),
+                   (4, 'wh_a', 'event.sent', 'delivered', :new)
+        """), {"old": NOW - timedelta(days=8), "new": NOW - timedelta(days=1)})
+        conn.execute(text("""
+            INSERT INTO webhook_attempt (outbox_id, subscription_id, attempted_at)
+            VALUES (1, 'wh_a', :old), (4, 'wh_a', :new)
+        """), {"old": NOW - timedelta(days=8), "new": NOW - timedelta(days=1)})
+    dry = purge_idempotency(execution2_db, CleanupSettings(dry_run=True), now=NOW)
+    assert dry.webhooks["messages"] == 2 and dry.webhooks["attempts"] == 1
+    report = purge_idempotency(execution2_db, CleanupSettings(batch_rows=100), now=NOW)
+    assert report.webhooks == {"messages": 2, "attempts": 1, "deleted_subscriptions": 0}
+    with execution2_db.connect() as conn:
+        assert list(conn.execute(text("SELECT id FROM webhook_outbox ORDER BY id")
+                                 ).scalars()) == [3, 4]

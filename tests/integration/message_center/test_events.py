@@ -55,7 +55,7 @@ def test_a_full_event_is_read_with_acc_names_and_defaults():
     ({"type": "T", "wishedChannel": "sms", "mobilePhone": "call me"}, "mobilePhone",
      "not a valid phone"),
     ({"type": "T", "wishedChannel": "fax", "email": "a@example.com"}, "wishedChannel",
-     "'email' or 'sms'"),
+     "'email', 'sms' or 'webpush'"),
     ({**EVENT, "ctx": [1, 2]}, "ctx", "JSON object"),
     ({**EVENT, "ctx": "{}"}, "ctx", "JSON object"),
     ({**EVENT, "ctx": {"blob": "x" * events.MAX_CTX_BYTES}}, "ctx", "larger than 65536"),

@@ -7,6 +7,7 @@ fast and repeatable: the schema says what the API does, and the API does what it
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import sys
@@ -49,7 +50,11 @@ def _admin_token() -> str:
                                                                  role="admin"))
 
 
-schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", _plugin_app())
+# The webhook routes are left out: a schema-valid URL is still refused when it points at a
+# private address (what JSON Schema cannot state); they have tests of their own
+# (tests/integration/message_center/api/test_webhooks_api.py, test_webhooks_server.py).
+schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", _plugin_app()
+                                        ).exclude(path_regex="^/v1/webhooks")
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
 
@@ -70,17 +75,50 @@ def _in_order(event: Any) -> Any:
     return {**event, "scheduled": event["expiration"], "expiration": event["scheduled"]}
 
 
+def _public_subscription() -> dict[str, Any]:
+    """A subscription the server accepts: a P-256 public point and 16 random bytes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    encode = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()  # noqa: E731
+    return {"endpoint": "https://push.example.com/wpush/v2/fuzz",
+            "keys": {"p256dh": encode(point), "auth": encode(os.urandom(16))}}
+
+
+PUBLIC_SUBSCRIPTION = _public_subscription()
+
+
+def _with_a_public_subscription(event: Any) -> Any:
+    """A drawn subscription that keeps to its schema is made one of a public push service:
+    the rules JSON Schema cannot state (a host that is neither private nor malformed, a
+    key that is a point of the curve) have tests of their own
+    (tests/integration/message_center/channels/test_webpush_channel.py)."""
+    if not isinstance(event, dict) or not isinstance(event.get("pushSubscription"), dict):
+        return event
+    drawn = event["pushSubscription"]
+    if not isinstance(drawn.get("endpoint"), str) or not isinstance(drawn.get("keys"), dict):
+        return event  # a negative example, left as drawn
+    return {**event, "pushSubscription": PUBLIC_SUBSCRIPTION}
+
+
+def _valid_rules(event: Any) -> Any:
+    return _with_a_public_subscription(_in_order(event))
+
+
 @schema.hook
 def map_body(context: Any, body: Any) -> Any:
     if isinstance(body, dict) and isinstance(body.get("events"), list):
-        return {**body, "events": [_in_order(event) for event in body["events"]]}
-    return _in_order(body)
+        return {**body, "events": [_valid_rules(event) for event in body["events"]]}
+    return _valid_rules(body)
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
           suppress_health_check=list(HealthCheck))
 def test_the_push_api_keeps_to_its_schema(case, execution_db):
+    case.body = map_body(None, case.body)  # the coverage phase draws without the hook
     case.call_and_validate(headers={"Authorization": f"Bearer {_admin_token()}"},
                            checks=ALL_CHECKS)
 

@@ -120,7 +120,11 @@ def test_wished_channel_numbers_and_labels(value, channel):
 
 
 @pytest.mark.parametrize(("xml", "location", "words"), [
-    ('<rtEvent type="T" wishedChannel="41"/>', "rtEvent/@wishedChannel", "push channels"),
+    ('<rtEvent type="T" wishedChannel="7"/>', "rtEvent/@wishedChannel",
+     "41, 'mobileApp' or 'webpush'"),
+    ('<rtEvent type="T"><pushSubscription endpoint="https://p.example/1"/>'
+     '<pushSubscription endpoint="https://p.example/2"/></rtEvent>',
+     "rtEvent/pushSubscription", "more than one"),
     ('<rtEvent type="T" wishedChannel="2"/>', "rtEvent/@wishedChannel", "not supported"),
     ('<rtEvent type="T" registrationToken="x"/>', "rtEvent/@registrationToken",
      "unknown attribute"),
@@ -144,3 +148,18 @@ def test_validation_errors_map_back_to_xml_locations():
     assert xml_location(parsed, "events[2].mobilePhone") == "Events/rtEvent[3]/@mobilePhone"
     assert xml_location(parsed, "events[2].ctx") == "Events/rtEvent[3]/ctx"
     assert xml_location(parsed, "body") == "Events/rtEvent[3]"
+
+
+def test_a_push_subscription_element_is_the_web_push_address():
+    """wishedChannel 41 (ACC's mobile app channel) or mobileApp is Web Push; the
+    subscription is the <pushSubscription endpoint= p256dh= auth=/> element."""
+    parsed = event('<rtEvent type="orderShipped" wishedChannel="41">'
+                   '<pushSubscription endpoint="https://push.example/s/1" p256dh="BP" '
+                   'auth="au"/><ctx><orderId>A-1</orderId></ctx></rtEvent>')
+    assert parsed.data == {"type": "orderShipped", "wishedChannel": "webpush",
+                           "pushSubscription": {"endpoint": "https://push.example/s/1",
+                                                "keys": {"p256dh": "BP", "auth": "au"}},
+                           "ctx": {"orderId": "A-1"}}
+    assert event('<rtEvent type="T" wishedChannel="mobileApp"/>').data["wishedChannel"] == (
+        "webpush")
+    assert xml_location(parsed, "pushSubscription") == "rtEvent/pushSubscription"

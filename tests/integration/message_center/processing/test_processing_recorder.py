@@ -77,3 +77,33 @@ def test_a_row_released_meanwhile_is_not_handed(execution_db):
             ready()
     (log,) = delivery_logs(execution_db)
     assert log["status"] == "retry" and log["sending_started"] is None
+
+
+def test_the_group_statement_is_prepared_once_and_survives_a_reset(execution_db):
+    """The recorder's statement runs as a server-side prepared statement; a connection
+    that lost it (DISCARD ALL, a pooler's reset) prepares it again, and one that loses it
+    every time (PgBouncer in transaction mode) falls back to plain statements."""
+    from sqlalchemy import text
+
+    from message_center.delivery.ledger import record
+
+    claim, attempts = _armed(execution_db, 3)
+    with execution_db.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        marked, _ = record(conn, claim, [attempts[0].log_id], [], SETTINGS.retry_policy)
+        assert marked == {attempts[0].log_id}
+        prepared = conn.execute(text(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'mc_batch_%'"
+        )).scalar_one()
+        assert prepared == 1
+        conn.exec_driver_sql("DEALLOCATE ALL")  # the connection forgets it
+        _, done = record(conn, claim, [], [(attempts[0], Outcome.sent("<a@x>"))],
+                         SETTINGS.retry_policy)
+        assert done.sent == 1
+        conn.connection.info["mc_no_prepare"] = True  # as after losing it twice
+        _, done = record(conn, claim, [attempts[1].log_id],
+                         [(attempts[1], Outcome.sent("<b@x>"))], SETTINGS.retry_policy)
+        assert done.sent == 1
+        conn.connection.info.pop("mc_no_prepare")
+    statuses = {log["id"]: log["status"] for log in delivery_logs(execution_db)}
+    assert [statuses[a.log_id] for a in attempts] == ["sent", "sent", "sending"]

@@ -14,8 +14,10 @@ def test_publish_to_two_execution_databases(control_db, execution_db, execution2
                                             template_dir):
     report = publish(urls, template_dir)
     assert report.errors == {}
-    assert report.plan.stored == [("orderConfirmed", 1), ("passwordReset", 1)]
+    assert report.plan.stored == [("orderConfirmed", 1), ("orderShippedPush", 1),
+                                  ("passwordReset", 1)]
     expected = [("orderConfirmed", 1, "ORDER_CONFIRMED", "email"),
+                ("orderShippedPush", 1, "orderShipped", "webpush"),
                 ("passwordReset", 1, "PASSWORD_RESET", "sms")]
     assert active_rows(execution_db) == expected
     assert active_rows(execution2_db) == expected
@@ -34,7 +36,8 @@ def test_publish_to_two_execution_databases(control_db, execution_db, execution2
     again = publish(urls, template_dir)  # nothing changed: no version, no write
     assert again.plan.stored == [] and not again.plan.changed
     assert all(not result.changed for result in again.results.values())
-    assert control_versions(control_db) == [("orderConfirmed", 1), ("passwordReset", 1)]
+    assert control_versions(control_db) == [("orderConfirmed", 1), ("orderShippedPush", 1),
+                                            ("passwordReset", 1)]
 
 
 def test_republish_after_a_change_creates_a_version_the_link_step_uses(
@@ -46,7 +49,7 @@ def test_republish_after_a_change_creates_a_version_the_link_step_uses(
     report = publish(urls, template_dir)
     assert report.plan.stored == [("orderConfirmed", 2)]
     assert control_versions(control_db) == [("orderConfirmed", 1), ("orderConfirmed", 2),
-                                            ("passwordReset", 1)]
+                                            ("orderShippedPush", 1), ("passwordReset", 1)]
     for engine in (execution_db, execution2_db):
         assert report.results  # both instances switched in their own transaction
         linked = linked_template(engine, "ORDER_CONFIRMED", "email")
@@ -74,15 +77,16 @@ def test_unpublish_removes_from_every_instance_and_stays_removed(
     assert report.plan.unpublished == ["passwordReset"]
     assert report.plan.stored == [] and report.plan.published == []
     for engine in (execution_db, execution2_db):
-        assert [row[0] for row in active_rows(engine)] == ["orderConfirmed"]
+        assert [row[0] for row in active_rows(engine)] == ["orderConfirmed",
+                                                           "orderShippedPush"]
         assert linked_template(engine, "PASSWORD_RESET", "sms") is None
     # A scheduled run (content unchanged) keeps it unpublished ...
     publish(urls, template_dir)
-    assert [row[0] for row in active_rows(execution_db)] == ["orderConfirmed"]
+    assert [row[0] for row in active_rows(execution_db)] == ["orderConfirmed", "orderShippedPush"]
     # ... publishing it by name brings it back, with the same version.
     report = publish(urls, template_dir, only_changed=False, names=["passwordReset"])
     assert report.plan.published == ["passwordReset"]
-    assert active_rows(execution2_db)[1][:2] == ("passwordReset", 1)
+    assert active_rows(execution2_db)[-1][:2] == ("passwordReset", 1)
 
 
 def test_bad_publication_requests_change_nothing(control_db, execution_db, execution2_db, urls,
@@ -108,7 +112,8 @@ def test_a_renamed_template_replaces_the_old_one_for_its_event_type(
     report = publish(urls, template_dir)
     assert report.plan.replaced == ["passwordReset"]
     for engine in (execution_db, execution2_db):
-        assert [row[0] for row in active_rows(engine)] == ["orderConfirmed", "passwordResetV2"]
+        assert [row[0] for row in active_rows(engine)] == [
+            "orderConfirmed", "orderShippedPush", "passwordResetV2"]
         assert linked_template(engine, "PASSWORD_RESET", "sms").internal_name == \
             "passwordResetV2"
 
@@ -120,7 +125,8 @@ def test_an_unreachable_instance_does_not_block_the_others(control_db, execution
     report = tpl.publish_repository(urls["control"], executions, directory=template_dir)
     assert set(report.results) == {"execution"}
     assert "down" in report.errors and "OperationalError" in report.errors["down"]
-    assert [row[0] for row in active_rows(execution_db)] == ["orderConfirmed", "passwordReset"]
+    assert [row[0] for row in active_rows(execution_db)] == [
+            "orderConfirmed", "orderShippedPush", "passwordReset"]
 
 
 def test_an_instance_that_drifted_is_brought_back_in_line(control_db, execution_db, urls,
@@ -155,6 +161,8 @@ def test_the_ctx_declaration_is_published_with_the_version_and_changes_it(
                 "'orderConfirmed' AND active")).scalar_one() == declared
             assert in_sync(conn, [tpl.published_content(
                 {**tpl.load_templates(template_dir).find("orderConfirmed").content()}, 1),
+                tpl.published_content(
+                    tpl.load_templates(template_dir).find("orderShippedPush").content(), 1),
                 tpl.published_content(
                     tpl.load_templates(template_dir).find("passwordReset").content(), 1)])
     path = template_dir / "order_confirmed_email.yaml"

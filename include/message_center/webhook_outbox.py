@@ -1,0 +1,158 @@
+"""The webhook outbox, as :mod:`message_center.state` writes it: one message per status
+change it reports and per matching subscription, in the very statement that changes the
+status (a transactional outbox: a message exists if and only if its change committed).
+
+:mod:`message_center.state` adds :func:`outbox_ctes` to a transition statement whose
+CTE ``source`` returns :data:`RETURNING` (the changed events, columns ``wh_*``); the
+fragment is two more CTEs: the changes to report (with their per-event sequence number)
+and the ``INSERT INTO webhook_outbox`` (fan-out to every enabled subscription whose
+``events`` and ``event_types`` filters match). Subscriptions are read in the same
+statement, so a filter change applies from the next change on.
+
+A deployment without webhooks must not pay for them: :func:`active` tells whether any
+enabled subscription exists (one indexed query, remembered :data:`CHECK_SECONDS` per
+database and process), and the state module uses the statement without the fragment
+when none does. So a change made within those seconds of the *first* subscription's
+creation may not be reported (``MC_WEBHOOK_CHECK_SECONDS``, default 5; 0 asks every time).
+
+:func:`enqueue` is the entry point for anything else that reports on an event (the
+tracking of opens and clicks: ``event.opened`` / ``event.clicked``): it writes messages
+in the caller's transaction with the same fan-out and sequence numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from message_center.ids import NEXT_ID_SQL
+from message_center.statuses import REPORTED_EVENT, event_table, sql_in
+
+#: Seconds the answer of :func:`active` is kept per database (``MC_WEBHOOK_CHECK_SECONDS``).
+CHECK_SECONDS = 5.0
+BOUNCED = "event.bounced"
+OPENED = "event.opened"
+CLICKED = "event.clicked"
+#: A message sent by "Send a test" (only to the subscription tested, whatever its filter).
+TEST = "webhook.test"
+
+#: The columns the source CTE of :func:`outbox_ctes` returns (over event ``e``; a
+#: statement with a delivery-log row adds ``wh_class`` / ``wh_reason`` itself, see
+#: :data:`NO_FAILURE`).
+RETURNING = """, e.id AS wh_id, e.status AS wh_status, e.external_id AS wh_external_id,
+              e.type AS wh_type, e.wished_channel AS wh_channel,
+              e.template_name AS wh_template, e.template_version AS wh_version,
+              e.error_reason AS wh_error, e.processed AS wh_at"""
+#: ... for a statement that knows no failure class.
+NO_FAILURE = ", NULL::text AS wh_class, NULL::text AS wh_reason"
+
+_REPORTED = sql_in(REPORTED_EVENT)
+#: The subscriptions a message named ``c.wh_name`` about event type ``c.wh_type`` goes to.
+_MATCHING = """webhook_subscription s
+              ON s.enabled AND NOT s.deleted AND c.wh_name = ANY(s.events)
+             AND (cardinality(s.event_types) = 0 OR c.wh_type = ANY(s.event_types))"""
+_NEXT_SEQ = """coalesce((SELECT max(o.seq) FROM webhook_outbox o
+                          WHERE o.event_id = c.wh_id AND o.event_kind = '{kind}'), 0) + 1"""
+
+
+def outbox_ctes(kind: str, source: str, *, bounced: bool = False) -> str:
+    """The CTEs that write the outbox messages of the events ``source`` changed (kind
+    ``kind``; ``bounced``: a *sent* event failed by a late bounce, ``event.bounced``).
+    Starts with a comma: it follows the statement's own CTEs."""
+    event_table(kind)  # refuses anything but a known kind (it is put into SQL)
+    name = f"'{BOUNCED}'" if bounced else "'event.' || c.wh_status"
+    return f""", wh_changes AS (
+            SELECT c.*, {name} AS wh_name, {_NEXT_SEQ.format(kind=kind)} AS wh_seq
+            FROM {source} c WHERE c.wh_status IN {_REPORTED}
+        ), wh_out AS (
+            INSERT INTO webhook_outbox (id, subscription_id, event_kind, event_id, seq, name,
+                                        data, occurred_at)
+            SELECT {NEXT_ID_SQL}, s.id, '{kind}', c.wh_id, c.wh_seq, c.wh_name,
+                   jsonb_build_object(
+                       'externalId', c.wh_external_id, 'type', c.wh_type,
+                       'channel', c.wh_channel, 'status', c.wh_status,
+                       'failureClass', c.wh_class, 'failureReason', c.wh_reason,
+                       'reason', c.wh_error, 'template', c.wh_template,
+                       'templateVersion', c.wh_version),
+                   coalesce(c.wh_at, now())
+            FROM wh_changes c JOIN {_MATCHING}
+        )"""
+
+
+_known: weakref.WeakKeyDictionary[Engine, tuple[float, bool]] = weakref.WeakKeyDictionary()
+_ACTIVE = text("SELECT EXISTS (SELECT 1 FROM webhook_subscription "
+               "WHERE enabled AND NOT deleted)")
+
+
+def check_seconds() -> float:
+    raw = os.environ.get("MC_WEBHOOK_CHECK_SECONDS", "").strip()
+    try:
+        return max(float(raw), 0.0) if raw else CHECK_SECONDS
+    except ValueError:
+        raise ValueError(f"MC_WEBHOOK_CHECK_SECONDS must be a number of seconds; got "
+                         f"{raw!r}") from None
+
+
+def active(conn: Connection) -> bool:
+    """Does any enabled subscription exist on this database (asked at most every
+    :func:`check_seconds` per engine)?"""
+    now = time.monotonic()
+    engine = conn.engine
+    known = _known.get(engine)
+    if known is not None and known[0] > now:
+        return known[1]
+    on = bool(conn.execute(_ACTIVE).scalar())
+    _known[engine] = (now + check_seconds(), on)
+    return on
+
+
+def forget() -> None:
+    """Ask again at the next change (after a subscription was created or enabled here)."""
+    _known.clear()
+
+
+_ENQUEUE = f"""
+    WITH c AS (
+        SELECT e.id AS wh_id, e.status AS wh_status, e.type AS wh_type, :name AS wh_name,
+               e.external_id, e.wished_channel, e.template_name, e.template_version
+        FROM {{table}} e WHERE e.id = :event_id
+    ), seq AS (
+        SELECT {_NEXT_SEQ} AS wh_seq FROM c
+    )
+    INSERT INTO webhook_outbox (id, subscription_id, event_kind, event_id, seq, name, data,
+                                occurred_at)
+    SELECT {NEXT_ID_SQL}, s.id, :kind, c.wh_id, (SELECT wh_seq FROM seq), c.wh_name,
+           jsonb_build_object('externalId', c.external_id, 'type', c.wh_type,
+                              'channel', c.wished_channel, 'status', c.wh_status,
+                              'template', c.template_name,
+                              'templateVersion', c.template_version)
+           || CAST(:extra AS jsonb),
+           coalesce(CAST(:at AS timestamptz), now())
+    FROM c JOIN {_MATCHING}
+    RETURNING id
+"""
+
+
+def enqueue(conn: Connection, kind: str, event_id: int, name: str, *,
+            extra: Mapping[str, Any] | None = None, at: Any = None) -> list[int]:
+    """Write the ``name`` message (``event.opened``, ``event.clicked``, ...) about event
+    ``event_id`` of ``kind`` for every enabled subscription that wants it, in the
+    caller's transaction (commit it with the change it reports). ``extra``: fields added
+    to the message's ``data`` (``{"automated": true, "url": ...}``); ``at``: when it
+    happened (default now). Returns the message ids (none when nobody subscribed).
+
+    Hook for the tracking (issue #26): call it where a first open / a first click of a
+    link is recorded, e.g. ``enqueue(conn, "rt", event_id, OPENED, extra={"automated":
+    is_bot})``."""
+    if not name.startswith("event.") or not name[6:].replace("_", "").isalnum():
+        raise ValueError(f"not a webhook event name: {name!r}")
+    statement = _ENQUEUE.format(table=event_table(kind), kind=kind)
+    return [int(i) for i in conn.execute(text(statement), {
+        "kind": kind, "event_id": event_id, "name": name, "at": at,
+        "extra": json.dumps(dict(extra or {}))}).scalars()]

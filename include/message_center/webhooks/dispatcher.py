@@ -1,0 +1,536 @@
+"""The dispatcher: sends the webhook outbox of one execution instance (``mcWebhooks``).
+
+One asyncio loop, one worker per enabled subscription (endpoint), so a slow or failing
+receiver only ever holds up its own messages: each worker has its own caps (at most
+``max_in_flight`` requests at once, at most ``rate_per_second`` started per second) and
+claims its own due messages. A worker:
+
+1. **claims** up to a batch of its due messages in one statement (``FOR UPDATE SKIP
+   LOCKED``; the attempt is counted and the row leased, ``claimed_at``) - only messages
+   whose earlier messages about the same event (lower ``seq``) are no longer pending:
+   **per event, a later status is never sent before an earlier one succeeded or was
+   given up**;
+2. **sends** them: Standard Webhooks headers signed with ``standardwebhooks`` (the
+   current secret, and the previous one during a rotation's overlap), ``webhook-id`` =
+   ``msg_<outbox id>`` (the same on every retry and replay), no redirect followed, the
+   answer's first KiB kept; the URL is checked against SSRF before every request and
+   every address a name resolves to is checked at connect time
+   (:class:`GuardedResolver`: no DNS rebinding);
+3. **records** every outcome in one statement (the outbox row and an attempt row):
+   2xx delivered; 410 failed and the subscription disabled; anything else (4xx, 5xx,
+   timeout, refused connection, refused address) retried after the next delay of the
+   schedule (default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, with +-10 % jitter), or
+   after ``Retry-After`` when the receiver asks for longer; after the last one the
+   message is failed (replayable). An endpoint whose every attempt failed for
+   ``disable_after`` (5 days) is disabled with the reason.
+
+Crash safety: a message is only ever re-sent with the same id. A dispatcher killed
+mid-batch leaves its claimed rows leased; the next start gives them back at once
+(:func:`recover`: one dispatcher per instance, ``max_active_runs=1``), so they are sent
+again - a duplicate the receiver recognises by its ``webhook-id``, never a loss.
+
+Wake-ups: a statement that writes outbox rows NOTIFYs ``mc_webhooks`` at commit; the
+workers also poll every ``poll_seconds`` for retries that became due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from sqlalchemy import Connection, Engine, text
+
+from message_center.delivery.webpush import parse_retry_after
+from message_center.net_guard import HostList, UrlRefused, address_problem, normalize_host
+from message_center.processing.notify import Listener
+from message_center.statuses import WEBHOOK_NOTIFY_CHANNEL, WebhookStatus
+from message_center.webhooks.model import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RATE,
+    SecretBox,
+    check_webhook_url,
+    message_body,
+    message_id,
+    signed_headers,
+)
+from message_center.webhooks.store import secrets_of
+
+log = logging.getLogger(__name__)
+
+#: Seconds before retries 1-7 (about a day in all).
+DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+RESPONSE_BYTES = 1024
+DAY = 86_400.0
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number; got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """How the dispatcher sends (the environment of the task: ``MC_WEBHOOK_*``)."""
+
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    jitter: float = 0.1
+    timeout: float = 10.0
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    rate_per_second: float = DEFAULT_RATE
+    batch: int = 500
+    poll_seconds: float = 1.0
+    refresh_seconds: float = 5.0
+    disable_after: float = 5 * DAY
+    max_retry_after: float = DAY
+
+    def __post_init__(self) -> None:
+        if any(delay < 0 for delay in self.schedule):
+            raise ValueError(f"retry schedule delays must be >= 0; got {self.schedule}")
+        if self.timeout <= 0 or self.max_in_flight < 1 or self.rate_per_second <= 0:
+            raise ValueError("timeout, max_in_flight and rate_per_second must be > 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any
+                 ) -> DispatchSettings:
+        """``MC_WEBHOOK_SCHEDULE`` (comma-separated seconds), ``MC_WEBHOOK_TIMEOUT``,
+        ``MC_WEBHOOK_MAX_IN_FLIGHT``, ``MC_WEBHOOK_RATE``,
+        ``MC_WEBHOOK_DISABLE_AFTER_SECONDS``."""
+        env = os.environ if environ is None else environ
+        raw = env.get("MC_WEBHOOK_SCHEDULE", "").strip()
+        try:
+            schedule = tuple(float(p) for p in raw.split(",") if p.strip()) if raw \
+                else DEFAULT_SCHEDULE
+        except ValueError:
+            raise ValueError("MC_WEBHOOK_SCHEDULE must be comma-separated seconds; got "
+                             f"{raw!r}") from None
+        settings = cls(
+            schedule=schedule, timeout=_env_float(env, "MC_WEBHOOK_TIMEOUT", 10.0),
+            max_in_flight=int(_env_float(env, "MC_WEBHOOK_MAX_IN_FLIGHT",
+                                         DEFAULT_MAX_IN_FLIGHT)),
+            rate_per_second=_env_float(env, "MC_WEBHOOK_RATE", DEFAULT_RATE),
+            disable_after=_env_float(env, "MC_WEBHOOK_DISABLE_AFTER_SECONDS", 5 * DAY))
+        return replace(settings, **overrides)
+
+    def delay(self, attempts: int, retry_after: float | None) -> float | None:
+        """Seconds before the next try after ``attempts`` failed tries (None: give up)."""
+        if attempts > len(self.schedule):
+            return None
+        base = self.schedule[attempts - 1]
+        delay = base * (1 + random.uniform(-self.jitter, self.jitter))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after))
+        return delay
+
+
+# -- SQL ---------------------------------------------------------------------------------
+RECOVER = text(f"""
+    UPDATE webhook_outbox SET next_attempt = now(), claimed_at = NULL
+    WHERE status = '{WebhookStatus.PENDING}' AND claimed_at IS NOT NULL
+""")
+CLAIM = text(f"""
+    WITH due AS (
+        SELECT o.id FROM webhook_outbox o
+        WHERE o.subscription_id = :sub AND o.status = '{WebhookStatus.PENDING}'
+          AND o.next_attempt <= now() AND o.claimed_at IS NULL
+          -- the first message of an event waits for nothing; a later one (a subplan on
+          -- the event index, never an anti-join over the whole outbox) for the earlier
+          AND (o.seq = 1 OR NOT EXISTS (
+              SELECT 1 FROM webhook_outbox p
+              WHERE p.event_id = o.event_id AND p.event_kind = o.event_kind
+                AND p.subscription_id = o.subscription_id AND p.seq < o.seq
+                AND p.status = '{WebhookStatus.PENDING}'))
+        ORDER BY o.next_attempt, o.id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE webhook_outbox o SET attempts = o.attempts + 1, claimed_at = clock_timestamp()
+    FROM due WHERE o.id = due.id
+    RETURNING o.id, o.event_kind, o.event_id, o.seq, o.name, o.data, o.occurred_at,
+              o.attempts
+""")
+RECORD = text(f"""
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
+                             CAST(:delays AS float8[]), CAST(:codes AS integer[]),
+                             CAST(:errors AS text[]), CAST(:bodies AS text[]),
+                             CAST(:ms AS integer[]), CAST(:at AS timestamptz[]))
+             AS v(id, status, delay, code, error, body, ms, at)
+    ), done AS (
+        UPDATE webhook_outbox o SET status = v.status, claimed_at = NULL,
+               next_attempt = CASE WHEN v.delay IS NULL THEN o.next_attempt
+                                   ELSE now() + make_interval(secs => v.delay) END,
+               last_attempt = v.at, last_code = v.code, last_error = v.error,
+               done_at = CASE WHEN v.status = '{WebhookStatus.PENDING}' THEN NULL
+                              ELSE now() END
+        FROM v WHERE o.id = v.id
+        RETURNING o.id
+    )
+    INSERT INTO webhook_attempt (outbox_id, subscription_id, attempted_at, status_code,
+                                 error, response_body, duration_ms)
+    SELECT v.id, :sub, v.at, v.code, v.error, v.body, v.ms FROM v
+""")
+SUBSCRIPTIONS = text("SELECT * FROM webhook_subscription WHERE enabled AND NOT deleted")
+FAIL_ORPHANS = text(f"""
+    UPDATE webhook_outbox o SET status = '{WebhookStatus.FAILED}', done_at = now(),
+           claimed_at = NULL, last_error = 'the subscription was deleted'
+    WHERE o.status = '{WebhookStatus.PENDING}'
+      AND NOT EXISTS (SELECT 1 FROM webhook_subscription s
+                      WHERE s.id = o.subscription_id AND NOT s.deleted)
+""")
+ENDPOINT_HEALTH = text("""
+    UPDATE webhook_subscription SET
+        failing_since = CASE WHEN :ok THEN NULL
+                             ELSE coalesce(failing_since, CAST(:first_failure AS timestamptz))
+                             END
+    WHERE id = :sub
+    RETURNING failing_since
+""")
+DISABLE = text("""
+    UPDATE webhook_subscription SET enabled = false, disabled_reason = :reason,
+           disabled_at = clock_timestamp(), updated = clock_timestamp()
+    WHERE id = :sub AND enabled
+""")
+
+
+def recover(conn: Connection) -> int:
+    """Give back what a dead dispatcher had claimed (due at once, same ids)."""
+    return conn.execute(RECOVER).rowcount
+
+
+@dataclass
+class Result:
+    """The outcome of one request."""
+
+    outbox_id: int
+    attempts: int
+    code: int | None
+    error: str | None
+    body: str | None
+    ms: int
+    at: datetime
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
+
+
+@dataclass
+class DispatchStats:
+    sent: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    disabled: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sent": self.sent, "delivered": self.delivered, "retried": self.retried,
+                "failed": self.failed, "disabled": list(self.disabled)}
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names and refuses every address an unlisted host must not have, so the
+    address checked is the address connected to (a name cannot resolve to a public
+    address at the check and to a private one at the connect)."""
+
+    def __init__(self, hosts: HostList) -> None:
+        self._hosts, self._inner = hosts, ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        name = normalize_host(host)
+        if self._hosts.lists(name, port):
+            return results
+        for result in results:
+            problem = address_problem(str(result["host"]).split("%", 1)[0])
+            if problem:
+                raise UrlRefused(f"{host}:{port}", f"{host} resolves to {result['host']}, a "
+                                 f"{problem} address, and it is not listed in "
+                                 f"{self._hosts.variable}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class _RateLimit:
+    """At most ``rate`` starts per second (evenly spaced)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self._interval, self._next = rate, 1.0 / rate, 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+@dataclass
+class Endpoint:
+    """A subscription as the dispatcher uses it (secrets decrypted)."""
+
+    id: str
+    url: str
+    secrets: list[str]
+    max_in_flight: int
+    rate: float
+    row: dict[str, Any]
+
+
+class Dispatcher:
+    """Sends the outbox of ``engine``'s database until ``loop_seconds`` pass or
+    ``should_stop()``; see the module doc."""
+
+    def __init__(self, engine: Engine, settings: DispatchSettings, box: SecretBox,
+                 hosts: HostList, *, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.engine, self.settings, self.box, self.hosts = engine, settings, box, hosts
+        self.should_stop = should_stop
+        self.stats = DispatchStats()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- database work, in threads ------------------------------------------------------
+    async def _db(self, work: Callable[[Connection], Any]) -> Any:
+        def run() -> Any:
+            with self.engine.begin() as conn:
+                return work(conn)
+        return await asyncio.to_thread(run)
+
+    def _load(self, conn: Connection) -> list[dict[str, Any]]:
+        conn.execute(FAIL_ORPHANS)
+        return [dict(r) for r in conn.execute(SUBSCRIPTIONS).mappings()]
+
+    async def _refresh(self) -> None:
+        rows = await self._db(self._load)
+        seen = set()
+        for row in rows:
+            seen.add(row["id"])
+            try:
+                endpoint = Endpoint(
+                    row["id"], row["url"], secrets_of(row, self.box),
+                    int(row["max_in_flight"] or self.settings.max_in_flight),
+                    float(row["rate_per_second"] or self.settings.rate_per_second), row)
+            except Exception as exc:  # a secret that does not decrypt (Fernet key changed)
+                log.error("webhook %s skipped: its secret cannot be read (%s)", row["id"],
+                          type(exc).__name__)
+                continue
+            self._endpoints[row["id"]] = endpoint
+            if row["id"] not in self._workers or self._workers[row["id"]].done():
+                self._wake[row["id"]] = asyncio.Event()
+                self._workers[row["id"]] = asyncio.create_task(self._worker(row["id"]))
+        for gone in set(self._workers) - seen:
+            self._endpoints.pop(gone, None)
+            self._wake[gone].set()
+
+    def wake_all(self) -> None:
+        for event in self._wake.values():
+            event.set()
+
+    # -- one endpoint -------------------------------------------------------------------
+    async def _worker(self, sub_id: str) -> None:
+        limiter: _RateLimit | None = None
+        while not self._stopping and sub_id in self._endpoints:
+            endpoint = self._endpoints[sub_id]
+            if limiter is None or limiter.rate != endpoint.rate:
+                limiter = _RateLimit(endpoint.rate)
+            batch = max(1, min(self.settings.batch, endpoint.max_in_flight * 16,
+                               int(endpoint.rate * 2) + endpoint.max_in_flight))
+            try:
+                rows = await self._db(lambda conn, limit=batch: conn.execute(
+                    CLAIM, {"sub": sub_id, "limit": limit}).mappings().all())
+            except Exception as exc:  # the database is away: wait, try again
+                log.warning("webhook %s: claim failed: %s", sub_id, exc)
+                await self._sleep(sub_id, self.settings.poll_seconds)
+                continue
+            if not rows:
+                await self._sleep(sub_id, self.settings.poll_seconds)
+                continue
+            semaphore = asyncio.Semaphore(endpoint.max_in_flight)
+
+            async def one(row: Mapping[str, Any], endpoint: Endpoint = endpoint,
+                          limiter: _RateLimit = limiter,
+                          semaphore: asyncio.Semaphore = semaphore) -> Result:
+                async with semaphore:
+                    await limiter.wait()
+                    return await self.send(endpoint, row)
+
+            results = await asyncio.gather(*(one(row) for row in rows))
+            await self._record(endpoint, results)
+
+    async def _sleep(self, sub_id: str, seconds: float) -> None:
+        event = self._wake.get(sub_id)
+        if event is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        event.clear()
+
+    async def send(self, endpoint: Endpoint, row: Mapping[str, Any]) -> Result:
+        """One signed POST of one outbox row; never raises."""
+        assert self._session is not None
+        started, at = time.monotonic(), datetime.now(UTC)
+
+        def result(code: int | None, error: str | None, body: str | None = None,
+                   retry_after: float | None = None) -> Result:
+            return Result(int(row["id"]), int(row["attempts"]), code, error, body,
+                          int((time.monotonic() - started) * 1000), at, retry_after)
+
+        try:
+            check_webhook_url(endpoint.url, self.hosts, resolve_names=False)
+        except UrlRefused as exc:
+            return result(None, f"URL refused: {exc}")
+        body = message_body(row)
+        headers = signed_headers(message_id(int(row["id"])), body, endpoint.secrets)
+        try:
+            async with self._session.post(endpoint.url, data=body, headers=headers,
+                                          allow_redirects=False) as response:
+                text_ = (await response.content.read(RESPONSE_BYTES)).decode(
+                    "utf-8", "replace")
+                code = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except UrlRefused as exc:
+            return result(None, f"address refused: {exc.reason}")
+        except TimeoutError:
+            return result(None, f"no answer within {self.settings.timeout:g} s")
+        except aiohttp.ClientError as exc:
+            return result(None, f"{type(exc).__name__}: {exc}"[:500])
+        except OSError as exc:
+            return result(None, f"{type(exc).__name__}: {exc}"[:500])
+        error = None if 200 <= code < 300 else f"HTTP {code}"
+        if 300 <= code < 400:
+            error = f"HTTP {code} (redirects are not followed)"
+        return result(code, error, text_, retry_after)
+
+    async def _record(self, endpoint: Endpoint, results: Sequence[Result]) -> None:
+        statuses, delays = [], []
+        gone = None
+        for res in results:
+            if res.ok:
+                statuses.append(WebhookStatus.DELIVERED.value)
+                delays.append(None)
+                self.stats.delivered += 1
+                continue
+            if res.code == 410:
+                gone = "the endpoint answered 410 Gone"
+                statuses.append(WebhookStatus.FAILED.value)
+                delays.append(None)
+                self.stats.failed += 1
+                continue
+            delay = self.settings.delay(res.attempts, res.retry_after)
+            if delay is None:
+                statuses.append(WebhookStatus.FAILED.value)
+                self.stats.failed += 1
+            else:
+                statuses.append(WebhookStatus.PENDING.value)
+                self.stats.retried += 1
+            delays.append(delay)
+        self.stats.sent += len(results)
+        any_ok = any(r.ok for r in results)
+        first_failure = min((r.at for r in results if not r.ok), default=None)
+        last = results[-1]
+
+        def write(conn: Connection) -> str | None:
+            conn.execute(RECORD, {
+                "sub": endpoint.id, "ids": [r.outbox_id for r in results],
+                "statuses": statuses, "delays": delays, "codes": [r.code for r in results],
+                "errors": [r.error for r in results], "bodies": [r.body for r in results],
+                "ms": [r.ms for r in results], "at": [r.at for r in results]})
+            since = conn.execute(ENDPOINT_HEALTH, {
+                "sub": endpoint.id, "ok": any_ok,
+                "first_failure": first_failure}).scalar()
+            reason = gone
+            if reason is None and not any_ok and since is not None and \
+                    (datetime.now(UTC) - since).total_seconds() >= self.settings.disable_after:
+                reason = (f"every attempt failed since {since:%Y-%m-%d %H:%M} UTC "
+                          f"({self.settings.disable_after / DAY:g} days); last: "
+                          f"{last.error}")
+            if reason is not None:
+                conn.execute(DISABLE, {"sub": endpoint.id, "reason": reason})
+            return reason
+
+        for attempt in range(30):  # the database may be restarting: keep the outcomes
+            try:
+                disabled = await self._db(write)
+                break
+            except Exception as exc:
+                log.warning("webhook %s: recording failed (%s), retrying", endpoint.id, exc)
+                await asyncio.sleep(min(2.0, 0.1 * (attempt + 1)))
+        else:  # left claimed: the next start gives them back (sent again, same ids)
+            return
+        if disabled:
+            log.warning("webhook %s disabled: %s", endpoint.id, disabled)
+            self.stats.disabled.append(endpoint.id)
+            self._endpoints.pop(endpoint.id, None)
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self, loop_seconds: float) -> DispatchStats:
+        await self._db(recover)
+        loop = asyncio.get_running_loop()
+        stop_listening = threading.Event()
+
+        def listen() -> None:
+            try:
+                with Listener(self.engine, WEBHOOK_NOTIFY_CHANNEL) as listener:
+                    while not stop_listening.is_set():
+                        if listener.wait(self.settings.poll_seconds):
+                            loop.call_soon_threadsafe(self.wake_all)
+            except Exception as exc:  # the workers poll anyway
+                log.warning("webhook listener stopped: %s", exc)
+
+        thread = threading.Thread(target=listen, name="mc-webhooks-listen", daemon=True)
+        thread.start()
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.hosts), limit=0,
+                                         ttl_dns_cache=10)
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        deadline = time.monotonic() + loop_seconds
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                             trust_env=False, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar()) as session:
+                self._session = session
+                while time.monotonic() < deadline and not self.should_stop():
+                    try:
+                        await self._refresh()
+                    except Exception as exc:
+                        log.warning("webhook subscriptions not read: %s", exc)
+                    end = time.monotonic() + self.settings.refresh_seconds
+                    while time.monotonic() < min(end, deadline) and not self.should_stop():
+                        await asyncio.sleep(0.2)
+                self._stopping = True
+                self.wake_all()
+                await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        finally:
+            stop_listening.set()
+        return self.stats
+
+
+def run_dispatcher(engine: Engine, settings: DispatchSettings, box: SecretBox,
+                   hosts: HostList, *, loop_seconds: float,
+                   should_stop: Callable[[], bool] = lambda: False) -> DispatchStats:
+    """Run the dispatcher (blocking) for ``loop_seconds`` or until ``should_stop()``."""
+    dispatcher = Dispatcher(engine, settings, box, hosts, should_stop=should_stop)
+    return asyncio.run(dispatcher.run(loop_seconds))

@@ -1,0 +1,176 @@
+"""The transactional outbox: every reported status change writes its webhook messages in
+the statement that makes it (real PostgreSQL, real SMTP on loopback, the real processing
+code), and only then."""
+
+from __future__ import annotations
+
+import pytest
+from processing_factory import ORDER_TEMPLATE, events, insert_events, publish_templates
+from sqlalchemy import text
+from webhook_support import add_subscription, outbox
+
+from message_center import state, webhook_outbox
+from message_center.delivery.channels import Channels
+from message_center.delivery.smtp import SmtpSettings
+from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
+from message_center.status_sync import sync_event_statuses
+from message_center.webhooks.model import EVENT_NAMES
+
+FAST = ProcessingSettings(shards=1, delivery_chunk=5, retry_backoff_seconds=0,
+                          retry_backoff_max_seconds=0, max_tries=2)
+EVERYTHING = list(EVENT_NAMES)
+
+
+@pytest.fixture
+def channels(test_deployment):
+    with Channels(SmtpSettings(port=test_deployment.smtp_port), kind="batch") as chans:
+        yield chans
+
+
+def drain(engine, channels, kind: str) -> None:
+    recover(engine, FAST, kinds=(kind,))
+    for claim in split_queue(engine, kind, FAST):
+        deliver_shard(engine, claim, FAST, channels, copy_status=(kind == "rt"))
+    sync_event_statuses(engine)
+
+
+def test_no_subscription_writes_nothing(execution_db, smtp_sink, channels):
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    insert_events(execution_db, "rt", 2)
+    drain(execution_db, channels, "rt")
+    assert {e["status"] for e in events(execution_db, "rt")} == {"sent"}
+    assert outbox(execution_db) == []
+
+
+@pytest.mark.parametrize("kind", ["rt", "batch"])
+def test_every_final_status_is_written_once_with_its_details(execution_db, smtp_sink,
+                                                             channels, kind):
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    sent = insert_events(execution_db, kind, 2)
+    (untaken,) = insert_events(execution_db, kind, 1, type="NO_TEMPLATE")
+    (expired,) = insert_events(execution_db, kind, 1, expiration="2000-01-01T00:00:00Z")
+    drain(execution_db, channels, kind)
+    drain(execution_db, channels, kind)  # a re-run changes nothing and writes nothing
+    rows = outbox(execution_db)
+    by_event = {r["event_id"]: r for r in rows}
+    assert len(rows) == 4 == len(by_event)
+    assert {by_event[i]["name"] for i in sent} == {"event.sent"}
+    assert by_event[untaken]["name"] == "event.not_taken_into_account"
+    assert by_event[expired]["name"] == "event.expired"
+    assert all(r["seq"] == 1 and r["status"] == "pending" and r["event_kind"] == kind
+               for r in rows)
+    data = by_event[sent[0]]["data"]
+    assert data["status"] == "sent" and data["type"] == "ORDER" and data["channel"] == "email"
+    assert data["template"] == ORDER_TEMPLATE.internal_name and data["templateVersion"] == 1
+    assert "no published email template" in by_event[untaken]["data"]["reason"]
+
+
+def test_filters_by_event_name_and_type(execution_db, smtp_sink, channels):
+    add_subscription(execution_db, "https://hooks.example.org/a", ["event.sent"],
+                     event_types=["OTHER"], sub_id="wh_other")
+    add_subscription(execution_db, "https://hooks.example.org/b", ["event.sent"],
+                     event_types=["ORDER"], sub_id="wh_order")
+    add_subscription(execution_db, "https://hooks.example.org/c", ["event.failed"],
+                     sub_id="wh_failed")
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    insert_events(execution_db, "rt", 3)
+    drain(execution_db, channels, "rt")
+    assert {r["subscription_id"] for r in outbox(execution_db)} == {"wh_order"}
+    assert len(outbox(execution_db)) == 3
+
+
+def test_disabled_subscription_gets_nothing(execution_db, smtp_sink, channels):
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    with execution_db.begin() as conn:
+        conn.execute(text("UPDATE webhook_subscription SET enabled = false"))
+    webhook_outbox.forget()
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    insert_events(execution_db, "rt", 1)
+    drain(execution_db, channels, "rt")
+    assert outbox(execution_db) == []
+
+
+def test_a_rolled_back_change_writes_no_message(execution_db):
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    insert_events(execution_db, "rt", 3, type="NO_TEMPLATE")
+    with execution_db.connect() as conn, conn.begin() as tx:
+        result = state.claim_due(conn, "rt", token=1, limit=10, lease_seconds=60)
+        assert result.not_taken == 3
+        assert conn.execute(text("SELECT count(*) FROM webhook_outbox")).scalar() == 3
+        tx.rollback()
+    assert outbox(execution_db) == []
+    assert {e["status"] for e in events(execution_db, "rt")} == {"pending"}
+
+
+def test_a_late_bounce_is_event_bounced_with_the_next_sequence_number(execution_db, smtp_sink,
+                                                                       channels):
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    (event_id,) = insert_events(execution_db, "rt", 1)
+    drain(execution_db, channels, "rt")
+    (log_id,) = [e["delivery_log_id"] for e in events(execution_db, "rt")]
+    with execution_db.begin() as conn:
+        failed = state.fail_after_bounce(conn, log_ids=[log_id], errors=["550 no such user"],
+                                         classes=["hard"], reasons=["user_unknown"])
+    assert failed == {log_id}
+    with execution_db.begin() as conn:  # read again: nothing new
+        state.fail_after_bounce(conn, log_ids=[log_id], errors=["550"], classes=["hard"],
+                                reasons=["user_unknown"])
+    rows = outbox(execution_db)
+    assert [(r["name"], r["seq"]) for r in rows] == [("event.sent", 1), ("event.bounced", 2)]
+    assert rows[1]["event_id"] == event_id
+    assert rows[1]["data"]["status"] == "failed"
+    assert rows[1]["data"]["failureClass"] == "hard"
+    assert rows[1]["data"]["failureReason"] == "user_unknown"
+
+
+def test_enqueue_hook_for_the_tracking(execution_db, smtp_sink, channels):
+    add_subscription(execution_db, "https://hooks.example.org/a", ["event.opened"])
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    (event_id,) = insert_events(execution_db, "rt", 1)
+    drain(execution_db, channels, "rt")
+    with execution_db.begin() as conn:
+        ids = webhook_outbox.enqueue(conn, "rt", event_id, webhook_outbox.OPENED,
+                                     extra={"automated": True})
+    assert len(ids) == 1
+    (row,) = outbox(execution_db)
+    assert row["name"] == "event.opened" and row["seq"] == 1
+    assert row["data"]["automated"] is True
+    with pytest.raises(ValueError), execution_db.begin() as conn:
+        webhook_outbox.enqueue(conn, "rt", event_id, "drop table")
+
+
+def test_subscriptions_are_shared_between_the_instances(control_db, execution_db,
+                                                        execution2_db, test_deployment):
+    from mc_airflow.webhooks import FernetBox
+    from message_center.net_guard import HostList
+    from message_center.webhooks import store
+    from message_center.webhooks.model import parse_subscription
+
+    change = parse_subscription({"url": "https://hooks.example.org/x",
+                                 "events": ["event.sent"]}, hosts=HostList("X"),
+                                creating=True, resolve_names=False)
+    with control_db.begin() as conn:
+        row, _secret = store.create(conn, change, box=FernetBox(), created_by="t")
+    instances = {0: execution_db, 1: execution2_db}
+    assert store.sync_all(instances, control_db)["errors"] == {}
+    for engine in (execution_db, execution2_db):
+        with engine.connect() as conn:
+            assert [r["id"] for r in store.list_subscriptions(conn)] == [row["id"]]
+    with execution2_db.begin() as conn:  # its dispatcher disables the endpoint
+        conn.execute(text("UPDATE webhook_subscription SET enabled = false, "
+                          "disabled_reason = 'the endpoint answered 410 Gone', "
+                          "updated = clock_timestamp()"))
+    store.sync_all(instances, control_db)
+    for engine in (control_db, execution_db):
+        with engine.connect() as conn:
+            (copy,) = store.list_subscriptions(conn)
+        assert copy["enabled"] is False and "410" in copy["disabled_reason"]
+    with control_db.begin() as conn:  # enabled again by hand, later: that wins
+        store.update(conn, row["id"], parse_subscription(
+            {"enabled": True}, hosts=HostList("X"), creating=False))
+        store.delete(conn, row["id"])
+    store.sync_all(instances, control_db)
+    with execution2_db.connect() as conn:
+        assert store.list_subscriptions(conn) == []
