@@ -149,6 +149,8 @@ class Sizes:
     split_events: int = 200_000
     deliver_messages: int = 10_000
     deliver_sessions: int = 1  # SMTP sessions of the deliver stage's one shard
+    attach_pdf_messages: int = 500  # messages with a generated PDF each (and without)
+    attach_messages: int = 5_000  # messages with a 100 KB attachment (and without)
     status_events: int = 200_000
     archive_events: int = 100_000
     rt_rate: float = 100.0
@@ -174,7 +176,8 @@ class Sizes:
             return cls()
         if name == "quick":
             return cls(ingest_events=10_000, push_requests=300, split_events=20_000,
-                       deliver_messages=1_000, status_events=20_000, archive_events=10_000,
+                       deliver_messages=1_000, attach_pdf_messages=100,
+                       attach_messages=1_000, status_events=20_000, archive_events=10_000,
                        rt_seconds=15.0, rt_bare_seconds=5.0, memory_events=50_000,
                        memory_drain_seconds=60.0, stats_events=25_000_000, stats_days=90,
                        slow_events=10_000, slow_rt_seconds=20.0,
@@ -182,7 +185,8 @@ class Sizes:
                        webhook_changes=10_000)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
-                       split_events=2_000, deliver_messages=100, status_events=2_000,
+                       split_events=2_000, deliver_messages=100, attach_pdf_messages=5,
+                       attach_messages=20, status_events=2_000,
                        archive_events=1_000, rt_rate=20.0, rt_seconds=3.0,
                        rt_bare_seconds=2.0, memory_events=2_000, memory_drain_seconds=30.0,
                        stats_events=100_000, stats_days=3, report_days=2,
@@ -205,6 +209,11 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
         "split_link": [("split + link to templates",
                         ">= 50,000 events/s and >= 50% of bare")],
         "deliver": [("render + deliver by SMTP to a local sink", ">= 80% of bare pool")],
+        "attachments": [
+            ("render + deliver with a generated one-page PDF per message (WeasyPrint)",
+             "cost stated (no target)"),
+            ("render + deliver with a 100 KB attachment per message",
+             "cost stated (no target)")],
         "status": [("updateEventStatus", ">= 100,000 events/s")],
         "archive": [("archiving, per account", ">= 50,000 rows/s")],
         "reports": [

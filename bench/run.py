@@ -44,6 +44,7 @@ Stage = Callable[[Context], list[Result]]
 
 def _stages() -> dict[str, Stage]:
     from bench import (
+        attachments_stage,
         cleanup_stage,
         http_stages,
         pipeline,
@@ -60,6 +61,7 @@ def _stages() -> dict[str, Stage]:
         "push": http_stages.push,
         "split_link": pipeline.split_link,
         "deliver": pipeline.deliver,
+        "attachments": attachments_stage.attachments,
         "status": pipeline.update_status,
         "archive": pipeline.archive,
         "reports": reports.reports,
@@ -71,14 +73,16 @@ def _stages() -> dict[str, Stage]:
     }
 
 
-STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-               "reports", "realtime", "memory", "slow_relay", "cleanup", "webhooks")
+STAGE_NAMES = ("ingest", "soap_ingest", "push", "split_link", "deliver", "attachments",
+               "status", "archive", "reports", "realtime", "memory", "slow_relay", "cleanup",
+               "webhooks")
 # Run order: the API-server stages, the in-process ones, then the Airflow standalone ones
 # (memory first: it starts standalone; realtime measures its bare loops without Airflow,
 # then restarts it; slow_relay reuses that standalone). The table keeps the order
 # (STAGE_NAMES).
-RUN_ORDER = ("ingest", "soap_ingest", "push", "split_link", "deliver", "status", "archive",
-             "webhooks", "reports", "memory", "realtime", "slow_relay", "cleanup")
+RUN_ORDER = ("ingest", "soap_ingest", "push", "split_link", "deliver", "attachments",
+             "status", "archive", "webhooks", "reports", "memory", "realtime", "slow_relay",
+             "cleanup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -58,6 +58,7 @@ EVENT_COLUMNS = (
     "last_modified", "processing", "processed", "error_count", "next_attempt",
     "template_name", "template_version", "delivery_log_id", "error_reason",
     "address",  # a channel's own address (not ACC's email / mobile_phone): the channel seam
+    "recycled_from",  # event recycling: the event this one stands in for (e0011 / c0010)
 )
 DELIVERY_LOG_COLUMNS = (
     "id", "event_kind", "event_id", "template_name", "template_version", "channel",

@@ -403,6 +403,9 @@ def _delete_sql(table: str, kind: str) -> str:
                        ELSE EXISTS (SELECT 1 FROM lg WHERE lg.id = ev.log_id) END),
         gone_logs AS (
             DELETE FROM delivery_log d USING ok WHERE d.id = ok.log_id RETURNING d.id),
+        gone_links AS (  -- its recycling row (the recycled event is an event of its own)
+            DELETE FROM event_recycling r USING ok
+            WHERE r.event_kind = '{kind}' AND r.event_id = ok.id),
         gone AS (
             DELETE FROM {table} e USING ok WHERE e.id = ok.id RETURNING e.id)
         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_logs)"""

@@ -510,7 +510,8 @@ _EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "address", "
                  "language",
                  "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
                  "last_modified", "processing", "processed", "error_count", "next_attempt",
-                 "template_name", "template_version", "delivery_log_id", "error_reason")
+                 "template_name", "template_version", "delivery_log_id", "error_reason",
+                 "recycled_from")
 
 _GET_EVENT = text(f"""
     WITH ev AS (
@@ -522,13 +523,19 @@ _GET_EVENT = text(f"""
            dl.channel AS dl_channel, dl.attempts AS dl_attempts, dl.error AS dl_error,
            dl.provider_id AS dl_provider_id, dl.created AS dl_created,
            dl.last_modified AS dl_last_modified, dl.sent_at AS dl_sent_at,
-           dl.failure_class AS dl_failure_class, dl.failure_reason AS dl_failure_reason
+           dl.failure_class AS dl_failure_class, dl.failure_reason AS dl_failure_reason,
+           rc.recycled_id, rc.reason AS recycling_reason
     FROM ev
     LEFT JOIN delivery_log dl ON dl.event_kind = ev.kind AND dl.event_id = :id
+    LEFT JOIN event_recycling rc ON rc.event_kind = ev.kind AND rc.event_id = :id
     LEFT JOIN published_template pt
         ON pt.internal_name = ev.template_name AND pt.version = ev.template_version
     LIMIT 1
 """)
+
+
+def _public(stored: int | None) -> int | None:
+    return None if stored is None else to_public(stored)
 
 
 def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
@@ -566,6 +573,10 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         "processing": _iso(row["processing"]), "processed": _iso(row["processed"]),
         "errorCount": row["error_count"], "nextAttempt": _iso(row["next_attempt"]),
         "template": template, "delivery": delivery, "errorReason": row["error_reason"],
+        # event recycling (the template's on_failure): the event this one was made from,
+        # the one made from it, or why it was not recycled
+        "recycledFrom": _public(row["recycled_from"]),
+        "recycledTo": _public(row["recycled_id"]), "recycling": row["recycling_reason"],
     }
     if row["address"] is not None:  # a channel's own address field (not one of ACC's)
         try:

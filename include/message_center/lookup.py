@@ -227,7 +227,8 @@ _EVENT_COLUMNS = ("id, type, email, mobile_phone, wished_channel, address, exter
                   "language, "
                   "country, origin, ctx, scheduled, expiration, status, created, "
                   "last_modified, processing, processed, error_count, next_attempt, "
-                  "template_name, template_version, delivery_log_id, error_reason")
+                  "template_name, template_version, delivery_log_id, error_reason, "
+                  "recycled_from")
 _LOG_COLUMNS = ("id, event_kind, event_id, template_name, template_version, channel, "
                 "address, status, attempts, error, provider_id, created, last_modified, "
                 "sending_started, sent_at")
@@ -246,6 +247,8 @@ class Template:
     source: str
     active: bool | None = None
     published_at: datetime | None = None
+    #: The version's files (e-mail attachments): name, kind, type, size and hash.
+    files: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         try:
@@ -256,7 +259,7 @@ class Template:
                 "version": self.version, "language": self.language, "sender": self.sender,
                 **{part: self.parts.get(part) for part in shown},
                 "source": self.source, "active": self.active,
-                "publishedAt": _iso(self.published_at)}
+                "publishedAt": _iso(self.published_at), "attachments": list(self.files)}
 
 
 def _parts(channel: str, row: Mapping[str, Any] | None = None,
@@ -325,6 +328,7 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         return None
 
     logs = _delivery_logs(kind, stored, cell, source, control, problems)
+    recycled_to, recycling = _recycling(kind, stored, cell, source, control, problems)
     template = _template(event, source, control, problems)
     message = _rendered(event, stored, kind, logs, template, default_sender)
     status = EventStatus(event["status"])
@@ -337,6 +341,10 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         "errorCount": event["error_count"], "errorReason": event["error_reason"],
         "templateName": event["template_name"], "templateVersion": event["template_version"],
         "archivedAt": _iso(event.get("archived_at")),
+        "recycledFrom": (None if event.get("recycled_from") is None
+                         else to_public(event["recycled_from"])),
+        "recycledTo": None if recycled_to is None else to_public(recycled_to),
+        "recycling": recycling,
         "timeline": _timeline(event, logs),
         "deliveryLogs": [_log_dict(log) for log in logs],
         "template": template.to_dict() if template else None,
@@ -351,6 +359,32 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
         except channels.UnknownChannelError:
             detail["address"] = event["address"]
     return detail
+
+
+def _recycling(kind: str, stored: int, cell: int, source: LiveSource | None,
+               control: Engine | None, problems: list[str]) -> tuple[int | None, str | None]:
+    """The event made from this one by recycling (stored id), or why it was not made:
+    live from the execution instance's ``event_recycling``, else from the archive (the
+    recycled event's ``recycled_from``; the reason is not archived)."""
+    try:
+        if source is not None:
+            with source.engine.connect() as conn:
+                row = conn.execute(text(
+                    "SELECT recycled_id, reason FROM event_recycling "
+                    "WHERE event_kind = :kind AND event_id = :id"),
+                    {"kind": kind, "id": stored}).first()
+            if row is not None:
+                return row.recycled_id, row.reason
+        if control is not None:
+            with control.connect() as conn:
+                found = conn.execute(text(
+                    "SELECT id FROM archived_event WHERE cell_id = :cell "
+                    "AND recycled_from = :id AND event_kind = :kind LIMIT 1"),
+                    {"cell": cell, "id": stored, "kind": kind}).scalar()
+            return found, None
+    except SQLAlchemyError as exc:
+        problems.append(f"recycling link: unreachable ({_first_line(exc)})")
+    return None, None
 
 
 def _delivery_logs(kind: str, stored: int, cell: int, source: LiveSource | None,
@@ -380,6 +414,13 @@ def _delivery_logs(kind: str, stored: int, cell: int, source: LiveSource | None,
         return []
 
 
+def _files(channel: str, extras: Mapping[str, Any] | None) -> tuple[dict[str, Any], ...]:
+    try:
+        return tuple(channels.get(channel).files_summary(extras))
+    except channels.UnknownChannelError:
+        return ()
+
+
 def _template(event: dict[str, Any], source: LiveSource | None, control: Engine | None,
               problems: list[str]) -> Template | None:
     name, version = event["template_name"], event["template_version"]
@@ -399,7 +440,8 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
                     parts=_parts(row["channel"], row=row),
                     language=row["language"], active=row["active"],
                     published_at=row["published_at"],
-                    source=f"published on {source.label}")
+                    source=f"published on {source.label}",
+                    files=_files(row["channel"], row.get("extras")))
         except SQLAlchemyError as exc:
             problems.append(f"{source.label}: template not read ({_first_line(exc)})")
     if control is None:
@@ -422,7 +464,8 @@ def _template(event: dict[str, Any], source: LiveSource | None, control: Engine 
         internal_name=name, label=content.get("label", name), channel=content["channel"],
         version=version, sender=content.get("sender"),
         parts=_parts(content["channel"], content=content), language=content.get("language"),
-        published_at=row["created"], source="version stored on the control instance")
+        published_at=row["created"], source="version stored on the control instance",
+        files=_files(content["channel"], content))
 
 
 def _rendered(event: dict[str, Any], stored: int, kind: str, logs: list[dict[str, Any]],

@@ -42,6 +42,11 @@ class TemplateContent:
     #: The ctx fields the template declares (``{name: {"type", "required"}}``); the push
     #: API refuses events whose ctx does not fit. None: not declared, not checked.
     ctx_schema: Mapping[str, Any] | None = None
+    #: Recycling after a failed delivery (``{"channel", "template", "after"}``), read by
+    #: :mod:`message_center.state` when the delivery ends. None: not recycled.
+    on_failure: Mapping[str, Any] | None = None
+    #: The channel's structured fields (e-mail ``attachments``), handed to its sender.
+    extras: Mapping[str, Any] | None = None
 
 
 def publish(conn: Connection, template: TemplateContent) -> None:
@@ -50,6 +55,10 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     values["ctx_schema"] = (None if template.ctx_schema is None
                             else json.dumps(template.ctx_schema, sort_keys=True))
     values["parts"] = None if template.parts is None else json.dumps(dict(template.parts))
+    values["on_failure"] = (None if template.on_failure is None
+                            else json.dumps(dict(template.on_failure), sort_keys=True))
+    values["extras"] = (None if template.extras is None
+                        else json.dumps(dict(template.extras), sort_keys=True))
     conn.execute(
         text("UPDATE published_template SET active = false "
              "WHERE internal_name = :internal_name AND version <> :version AND active"),
@@ -58,16 +67,18 @@ def publish(conn: Connection, template: TemplateContent) -> None:
     conn.execute(text("""
         INSERT INTO published_template (internal_name, label, event_type, channel, version,
             language, sender, subject, html_body, text_body, sms_body, parts, ctx_schema,
-            active)
+            on_failure, extras, active)
         VALUES (:internal_name, :label, :event_type, :channel, :version, :language, :sender,
             :subject, :html_body, :text_body, :sms_body, CAST(:parts AS jsonb),
-            CAST(:ctx_schema AS jsonb), true)
+            CAST(:ctx_schema AS jsonb), CAST(:on_failure AS jsonb),
+            CAST(:extras AS jsonb), true)
         ON CONFLICT (internal_name, version) DO UPDATE SET
             label = EXCLUDED.label, event_type = EXCLUDED.event_type,
             channel = EXCLUDED.channel, language = EXCLUDED.language, sender = EXCLUDED.sender,
             subject = EXCLUDED.subject, html_body = EXCLUDED.html_body,
             text_body = EXCLUDED.text_body, sms_body = EXCLUDED.sms_body,
-            parts = EXCLUDED.parts, ctx_schema = EXCLUDED.ctx_schema, active = true
+            parts = EXCLUDED.parts, ctx_schema = EXCLUDED.ctx_schema,
+            on_failure = EXCLUDED.on_failure, extras = EXCLUDED.extras, active = true
     """), values)
 
 
@@ -107,7 +118,8 @@ def active_templates(conn: Connection) -> dict[str, TemplateContent]:
     """The active published templates of an execution database, by internal name."""
     rows = conn.execute(text("""
         SELECT internal_name, label, event_type, channel, version, sender, subject,
-               html_body, text_body, sms_body, parts, language, ctx_schema
+               html_body, text_body, sms_body, parts, language, ctx_schema, on_failure,
+               extras
         FROM published_template WHERE active ORDER BY internal_name, version
     """)).mappings().all()
     return {row["internal_name"]: TemplateContent(**dict(row)) for row in rows}

@@ -19,6 +19,9 @@ Event::
                      --reschedule / record_group (transient failure)---> pending | expired
                      --copy_statuses* / record_group (copy)------------> sent | ignored | failed
     sent --fail_after_bounce--> failed
+    (final: failed hard | expired after tries | ignored in quarantine)
+        --recycling (same statement)--> a new pending event on the template's fallback
+                                         channel (``on_failure``), linked both ways
 
 Delivery-log row::
 
@@ -48,6 +51,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, RowMapping, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
+from message_center import channel as registry
 from message_center import webhook_outbox
 from message_center.claims import ShardClaim
 from message_center.ids import NEXT_ID_SQL
@@ -57,6 +61,7 @@ from message_center.statuses import (
     EVENT_KINDS,
     FINAL_DELIVERY,
     OPEN_EVENT,
+    RECYCLE_AFTER,
     EventStatus,
     event_table,
     sql_in,
@@ -69,6 +74,9 @@ UNKNOWN_OUTCOME = (
     "e-mail Message-ID <mc.DELIVERY_LOG_ID@sender domain>, SMS reference mc-DELIVERY_LOG_ID)"
 )
 RELEASED = "not attempted: the worker stopped before sending it"
+#: How the ledger's reason for an ignored message starts when the address is in quarantine
+#: (recycling tells the *quarantined* outcome by it).
+QUARANTINED_PREFIX = "address is in quarantine: "
 
 
 
@@ -198,6 +206,82 @@ _RESCHEDULE = """
 _COPY = """
                 status = d.status, processed = d.last_modified, delivery_log_id = d.id,
                 error_reason = CASE WHEN d.status = 'sent' THEN NULL ELSE d.error END"""
+
+
+# == event: recycling after a failed delivery ===============================================
+# A final failure (hard, retries exhausted, quarantined; never "unknown": the message may
+# have arrived) of an event whose template has ``on_failure`` creates a new event on the
+# fallback channel, from the same ctx, in the very statement that writes the final status
+# (no window in which a crash could lose it or a retry make two). The primary key of
+# ``event_recycling`` (one row per event) makes it exactly once whoever writes the status
+# again (a backfill, a retried task); a recycled event (``recycled_from`` set) is never
+# recycled itself. An event without the fallback channel's address (or whose fallback
+# template is not published) gets a link row with the reason and no new event.
+_OUTCOME_HARD = "hard"
+_OUTCOME_EXHAUSTED = "retries_exhausted"
+_OUTCOME_QUARANTINED = "quarantined"
+assert (_OUTCOME_HARD, _OUTCOME_EXHAUSTED, _OUTCOME_QUARANTINED) == RECYCLE_AFTER
+#: A final event row's recycling outcome from its status, its ledger row's failure class
+#: (``c``) and error (``r``): SQL over columns ``status``, ``failure_class``, ``error``.
+_OUTCOME_SQL = f"""CASE WHEN status = 'failed' AND failure_class = '{_OUTCOME_HARD}'
+                     THEN '{_OUTCOME_HARD}'
+                     WHEN status = 'expired' THEN '{_OUTCOME_EXHAUSTED}'
+                     WHEN status = 'ignored' AND starts_with(error, '{QUARANTINED_PREFIX}')
+                     THEN '{_OUTCOME_QUARANTINED}' END"""
+
+
+@functools.cache
+def _recycle(kind: str, source: str) -> str:
+    """CTEs (to append to a ``WITH``) recycling the events of CTE ``source`` (columns
+    ``id``, ``outcome``: NULL where nothing is to be done) on event kind ``kind``."""
+    table = event_table(kind)
+    channel = "t.on_failure ->> 'channel'"
+    address = registry.event_address_sql("e", channel)
+    nouns = " ".join(f"WHEN '{c.name}' THEN '{c.address_noun}'"
+                     for c in registry.all_channels())
+    return f"""
+        , rc_src AS MATERIALIZED (
+            SELECT e.id, f.outcome, e.email, e.mobile_phone, e.address, e.external_id,
+                   e.language, e.country, e.origin, e.ctx, e.expiration,
+                   {channel} AS channel, t.on_failure ->> 'template' AS fallback,
+                   (SELECT p.event_type FROM published_template p
+                    WHERE p.internal_name = t.on_failure ->> 'template' AND p.active
+                      AND p.channel = {channel}
+                    ORDER BY p.version DESC LIMIT 1) AS fallback_type,
+                   nullif(btrim({address}), '') AS fallback_address
+            FROM {source} f
+            JOIN {table} e ON e.id = f.id
+            JOIN published_template t
+              ON t.internal_name = e.template_name AND t.version = e.template_version
+            WHERE f.outcome IS NOT NULL AND e.recycled_from IS NULL
+              AND t.on_failure -> 'after' @> jsonb_build_array(f.outcome)
+        ), rc_link AS (
+            INSERT INTO event_recycling (event_kind, event_id, recycled_id, channel,
+                                         outcome, reason)
+            SELECT '{kind}', s.id,
+                   CASE WHEN s.fallback_type IS NULL OR s.fallback_address IS NULL
+                        THEN NULL ELSE {NEXT_ID_SQL} END,
+                   s.channel, s.outcome,
+                   CASE WHEN s.fallback_type IS NULL
+                        THEN 'not recycled: the fallback template ' || s.fallback
+                             || ' is not published for ' || s.channel
+                        WHEN s.fallback_address IS NULL
+                        THEN 'not recycled: no ' || (CASE s.channel {nouns} ELSE s.channel
+                             END) || ' address on the event' END
+            FROM rc_src s
+            ON CONFLICT (event_kind, event_id) DO NOTHING
+            RETURNING event_id, recycled_id
+        ), rc_new AS (
+            INSERT INTO {table} (id, type, email, mobile_phone, address, wished_channel,
+                                 external_id, language, country, origin, ctx, expiration,
+                                 recycled_from)
+            SELECT l.recycled_id, s.fallback_type, s.email, s.mobile_phone, s.address,
+                   s.channel, s.external_id, s.language, s.country, s.origin, s.ctx,
+                   s.expiration, s.id
+            FROM rc_link l JOIN rc_src s ON s.id = l.event_id
+            WHERE l.recycled_id IS NOT NULL
+            RETURNING id
+        )"""
 
 
 # == event: claim and link =================================================================
@@ -474,8 +558,12 @@ RESCHEDULE = f"""
                         CAST(:errors AS text[]), CAST(:counted AS boolean[]))
                  AS r(event_id, id, delay, give_up, retry_error, counted)
             WHERE e.id = r.event_id AND e.status = 'pending_delivery'
-            RETURNING e.id{{returning}}{{failure}}
-        ){{webhooks}}
+            RETURNING e.id, e.status AS rc_status{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT id, CASE WHEN rc_status = 'expired' THEN '{_OUTCOME_EXHAUSTED}' END
+                       AS outcome
+            FROM rescheduled
+        ){{recycle}}
         SELECT count(*) FROM rescheduled
 """
 
@@ -501,7 +589,8 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     exhausted). Where not ``counted`` (the provider was down) no try is used: due again
     at once, in its place."""
     if event_ids:
-        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled")), {
+        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled"),
+                          recycle=_recycle(kind, "rc_fin")), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
 
@@ -537,17 +626,26 @@ RECORD_GROUP = f"""
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
-                      v.delay, v.give_up, v.retry_error, v.counted{{rec_failure}}
+                      v.delay, v.give_up, v.retry_error, v.counted,
+                      d.failure_class AS rc_class{{rec_failure}}
         ), rescheduled AS (
             UPDATE {{table}} e SET{_RESCHEDULE}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
-            RETURNING e.id{{returning}}{{failure}}
+            RETURNING e.id, e.status AS rc_status, NULL::text AS rc_class,
+                      NULL::text AS rc_error{{returning}}{{failure}}
         ), copied AS (
             UPDATE {{table}} e SET{_COPY}
             FROM rec d WHERE :copy AND d.delay IS NULL
               AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
-            RETURNING e.id{{returning}}{{copied_failure}}
-        ){{webhooks}}
+            RETURNING e.id, e.status AS rc_status, d.rc_class,
+                      d.error AS rc_error{{returning}}{{copied_failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT id, {_OUTCOME_SQL} AS outcome
+            FROM (SELECT id, rc_status AS status, rc_class AS failure_class,
+                         rc_error AS error FROM rescheduled
+                  UNION ALL
+                  SELECT id, rc_status, rc_class, rc_error FROM copied) AS f
+        ){{recycle}}
         SELECT r.id, r.mark FROM rec r
 """
 
@@ -566,7 +664,8 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     written. Returns ``(log id, marked)`` of the rows written."""
     parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
     on = bool(parts["webhooks"])
-    parts = {**parts, "rec_failure": _LOG_FAILURE if on else "",
+    parts = {**parts, "recycle": _recycle(claim.kind, "rc_fin"),
+             "rec_failure": _LOG_FAILURE if on else "",
              "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
     return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
         "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
@@ -592,15 +691,21 @@ COPY_STATUSES = f"""
             WHERE {{where}} AND d.event_kind = :kind
               AND d.status IN {_FINAL_DELIVERY}
               AND e.id = d.event_id AND e.status = 'pending_delivery'
-            RETURNING e.status{{returning}}{{failure}}
-        ){{webhooks}}
+            RETURNING e.status, e.id AS rc_id, d.failure_class AS rc_class,
+                      d.error AS rc_error{{returning}}{{failure}}
+        ){{webhooks}}, rc_fin AS (
+            SELECT rc_id AS id, {_OUTCOME_SQL} AS outcome
+            FROM (SELECT rc_id, status, rc_class AS failure_class, rc_error AS error
+                  FROM copied) AS f
+        ){{recycle}}
         SELECT status, count(*) FROM copied GROUP BY status
 """
 
 
 def _copy(conn: Connection, kind: str, where: str, params: dict[str, Any]) -> dict[str, int]:
     rows = conn.execute(_sql(COPY_STATUSES, kind, where=where, **_webhooks(
-                            conn, kind, "copied", failure=_LOG_FAILURE)),
+                            conn, kind, "copied", failure=_LOG_FAILURE),
+                             recycle=_recycle(kind, "rc_fin")),
                         {**params, "kind": kind}).all()
     return {status: int(count) for status, count in rows}
 
@@ -767,8 +872,12 @@ FAIL_SENT_EVENTS = """
                  AS v(event_id, log_id, error, class, reason)
             WHERE e.id = v.event_id AND e.delivery_log_id = v.log_id
               AND e.status = 'sent'
-            RETURNING e.id{returning}{failure}
-        ){webhooks}
+            RETURNING e.id, v.class AS rc_class{returning}{failure}
+        ){webhooks}, rc_fin AS (
+            SELECT id, CASE WHEN rc_class = '""" + _OUTCOME_HARD + """' THEN rc_class END
+                       AS outcome
+            FROM bounced
+        ){recycle}
         SELECT count(*) FROM bounced
 """
 
@@ -786,7 +895,8 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
         if rows:
             parts = _webhooks(conn, kind, "bounced", bounced=True,
                               failure=", v.class AS wh_class, v.reason AS wh_reason")
-            conn.execute(_sql(FAIL_SENT_EVENTS, kind, **parts), {
+            conn.execute(_sql(FAIL_SENT_EVENTS, kind, **parts,
+                              recycle=_recycle(kind, "rc_fin")), {
                 "events": [r["event_id"] for r in rows], "logs": [r["id"] for r in rows],
                 "errors": [r["error"] for r in rows],
                 "classes": [r["failure_class"] for r in rows],

@@ -84,6 +84,11 @@ FAILURE_CLASS_LABELS: dict[str, str] = {
     AnswerClass.ERROR: "Message or sender refused",
     AnswerClass.UNKNOWN: "Outcome unknown (may have been delivered)",
 }
+#: The delivery outcomes a template's ``on_failure`` may recycle an event after (a new event
+#: on the fallback channel, :mod:`message_center.state`): a hard failure (class *hard*),
+#: the retries used up (the event *expired* after delivery attempts), the address in
+#: quarantine (*ignored*). Never *unknown*: the first message may have arrived.
+RECYCLE_AFTER: tuple[str, ...] = ("hard", "retries_exhausted", "quarantined")
 #: The label of failed events whose delivery log has no class (failed before any answer).
 UNCLASSIFIED_LABEL = "No failure class"
 

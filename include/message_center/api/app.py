@@ -183,6 +183,15 @@ class EventOut(BaseModel):
     template: TemplateLink | None
     delivery: DeliveryOutcome | None
     errorReason: str | None
+    recycledFrom: int | None = Field(
+        None, description="Event recycling: the event whose failed delivery this one "
+                          "stands in for (the template's `on_failure`).")
+    recycledTo: int | None = Field(
+        None, description="Event recycling: the event created on the fallback channel "
+                          "after this one's delivery failed.")
+    recycling: str | None = Field(
+        None, description="Why a failure that the template recycles was not recycled "
+                          "(e.g. no e-mail address on the event).")
 
 
 class QuarantineRecord(BaseModel):

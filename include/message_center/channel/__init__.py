@@ -152,12 +152,14 @@ def expected() -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-def event_address_sql(alias: str = "e") -> str:
+def event_address_sql(alias: str = "e", channel_sql: str | None = None) -> str:
     """SQL for the address an event's channel needs: ACC's channels keep theirs in their
-    own column (``email``, ``mobile_phone``), the others in ``address``."""
+    own column (``email``, ``mobile_phone``), the others in ``address``. ``channel_sql``:
+    the address for that channel instead of the event's own (recycling's fallback)."""
     cases = " ".join(f"WHEN '{c.name}' THEN {alias}.{c.address_column}"
                      for c in all_channels() if c.address_column != "address")
-    return (f"CASE {alias}.wished_channel {cases} ELSE {alias}.address END" if cases
+    channel = channel_sql or f"{alias}.wished_channel"
+    return (f"CASE {channel} {cases} ELSE {alias}.address END" if cases
             else f"{alias}.address")
 
 

@@ -218,6 +218,36 @@ class Channel(ABC):
         ``values`` are the text fields read, ``flagged`` the fields already reported."""
         return None
 
+    #: Structured template fields this channel accepts besides its text parts (e-mail:
+    #: ``attachments``); stored with the version and published in
+    #: ``published_template.extras`` (``{field: value}``), handed to the sender in the row.
+    extra_fields: ClassVar[tuple[str, ...]] = ()
+
+    def parse_extra_field(self, name: str, raw: Any, base_dir: Path
+                          ) -> tuple[Any, list[tuple[str, str]]]:
+        """One of :attr:`extra_fields` as read from a template file in ``base_dir``: the
+        value to store, and the problems as ``(field, message)``."""
+        return None, [(name, f"not used by {self.template_noun}")]
+
+    def check_extra_field(self, name: str, value: Any, variables: dict[str, Any],
+                          address: str) -> None:
+        """Render an extra field for a seed as the delivery would (raises
+        :class:`~message_center.rendering.RenderError`)."""
+        self.message_files({name: value}, variables, address)
+
+    def files_summary(self, extras: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """What the lookup lists of a template version's files (name template, kind,
+        type; size and hash of stored files), no content."""
+        return []
+
+    def message_files(self, extras: Mapping[str, Any], variables: dict[str, Any],
+                      address: str, uid: str = "seed"
+                      ) -> list[tuple[str, str, bytes, bool]]:
+        """Files sent with a message of this channel (e-mail attachments) as ``(name,
+        content type, bytes, also an alternative body part)``; previews and proofs show
+        them. Raises :class:`~message_center.rendering.RenderError`."""
+        return []
+
     @abstractmethod
     def render(self, parts: Mapping[str, str | None],
                variables: dict[str, Any]) -> RenderedParts:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
+from message_center.channels import email_attachments
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
@@ -115,6 +116,22 @@ class EmailChannel(Channel):
                 problem("sender", f"{sender!r} is not an address such as "
                                   "'Shop <shop@example.com>'")
 
+    extra_fields = ("attachments",)
+
+    def parse_extra_field(self, name: str, raw: Any, base_dir: Path
+                          ) -> tuple[Any, list[tuple[str, str]]]:
+        return email_attachments.parse_declaration(raw, base_dir)
+
+    def files_summary(self, extras: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        return list(email_attachments.summary((extras or {}).get("attachments")))
+
+    def message_files(self, extras: Mapping[str, Any], variables: dict[str, Any],
+                      address: str, uid: str = "seed"
+                      ) -> list[tuple[str, str, bytes, bool]]:
+        return [(a.name, a.content_type, a.data, a.alternative)
+                for a in email_attachments.render_attachments(
+                    extras.get("attachments"), variables, uid=uid, recipient=address)]
+
     def render(self, parts: Mapping[str, str | None],
                variables: dict[str, Any]) -> RenderedParts:
         message = render_message(parts.get("subject"), parts.get("html"), parts.get("text"),
@@ -196,10 +213,16 @@ class EmailSender:
                                   variables)
         sender = row["sender"] or self.settings.from_email
         envelope = envelope_address(sender)
+        event_ref = f"{self.kind}:{to_public(attempt.event_id)}"
+        attachments = email_attachments.render_attachments(
+            (row.get("extras") or {}).get("attachments"), variables,
+            uid=f"mc-{event_ref.replace(':', '-')}@message-center", recipient=attempt.address)
         message_id, data = build_email(
             log_id=attempt.log_id, sender=sender, recipient=attempt.address,
             subject=rendered.subject, html=rendered.html, text=rendered.text,
-            headers={"X-Message-Center-Event": f"{self.kind}:{to_public(attempt.event_id)}"},
+            headers={"X-Message-Center-Event": event_ref},
+            attachments=[(a.name, a.content_type, a.data, a.alternative)
+                         for a in attachments],
         )
         smtp = self._borrow()
         try:

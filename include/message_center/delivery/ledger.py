@@ -80,7 +80,7 @@ def _ignore_reason() -> str:
     return f"""CASE
                 WHEN c.address IS NULL THEN format('no %s address on the event',
                     CAST(:nouns AS jsonb) ->> c.channel)
-                ELSE (SELECT 'address is in quarantine: ' || q.reason FROM quarantine q
+                ELSE (SELECT '{state.QUARANTINED_PREFIX}' || q.reason FROM quarantine q
                       WHERE q.channel = c.channel
                         AND q.address IN ({key}, lower({key})) AND {ACTIVE_SQL}
                       LIMIT 1)
@@ -95,7 +95,7 @@ def _send_columns() -> str:
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts{"".join(f", {part}" for part in parts)}
+        t.id AS published_id, t.sender, t.parts, t.extras{"".join(f", {part}" for part in parts)}
     """
 
 

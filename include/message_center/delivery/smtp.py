@@ -24,6 +24,7 @@ connection says ``after_dot_timeout: retry`` (a duplicate preferred to a loss).
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import re
@@ -32,12 +33,12 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import encode_rfc2231, format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from typing import Any
 
@@ -180,7 +181,9 @@ def _body_part(content: str, subtype: str) -> str:
 def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
                 html: str | None, text: str | None,
                 headers: dict[str, str] | None = None,
-                message_id_override: str | None = None) -> tuple[str, bytes]:
+                message_id_override: str | None = None,
+                attachments: Sequence[tuple[str, str, bytes, bool]] = ()
+                ) -> tuple[str, bytes]:
     """The message as SMTP DATA bytes (CRLF), and its Message-ID (derived from the
     delivery-log id unless ``message_id_override`` is given: proofs have no log row).
 
@@ -204,6 +207,8 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         "MIME-Version: 1.0",
     ]
     lines += [f"{name}: {_header_value(value)}" for name, value in (headers or {}).items()]
+    if attachments:  # (name, content type, bytes, also an alternative body part)
+        return mid, _with_attachments(lines, log_id, html, text, attachments)
     if html is not None and text is not None:
         boundary = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}"
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
@@ -214,6 +219,41 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         message = CRLF.join(lines) + CRLF + (
             _body_part(html, "html") if html is not None else _body_part(text or "", "plain"))
     return mid, message.encode("utf-8")
+
+
+def _base64_part(headers: list[str], data: bytes) -> str:
+    payload = base64.encodebytes(data).decode("ascii").replace("\n", CRLF)
+    return CRLF.join([*headers, "Content-Transfer-Encoding: base64", "", payload.rstrip()])
+
+
+def _file_param(name: str) -> str:
+    """``filename="a.pdf"``, or RFC 2231 (``filename*=utf-8''...``) when not plain ASCII."""
+    if name.isascii() and not set('"\\\r\n') & set(name):
+        return f'filename="{name}"'
+    return f"filename*={encode_rfc2231(name, 'utf-8')}"
+
+
+def _with_attachments(lines: list[str], log_id: int, html: str | None, text: str | None,
+                      attachments: Sequence[tuple[str, str, bytes, bool]]) -> bytes:
+    """multipart/mixed: the bodies (multipart/alternative with text, html and the
+    calendar invitations, so that mail clients offer "Add to calendar"), then each file
+    in base64 (e-mail attachments, :mod:`message_center.channels.email_attachments`)."""
+    outer = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}_m"
+    inner = f"=_mc_{to_public(log_id)}_{_BOUNDARY_SALT}_a"
+    bodies = [_body_part(text, "plain")] if text is not None else []
+    if html is not None:
+        bodies.append(_body_part(html, "html"))
+    bodies += [_base64_part([f'Content-Type: {kind}; charset="utf-8"; method=REQUEST'], data)
+               for _name, kind, data, alternative in attachments if alternative]
+    parts = [f'Content-Type: multipart/alternative; boundary="{inner}"{CRLF}{CRLF}'
+             + CRLF.join([*(f"--{inner}{CRLF}{body}" for body in bodies), f"--{inner}--", ""])]
+    for name, kind, data, _alternative in attachments:
+        param = _file_param(name)
+        parts.append(_base64_part([f"Content-Type: {kind}; {param.replace('file', '', 1)}",
+                                   f"Content-Disposition: attachment; {param}"], data))
+    lines.append(f'Content-Type: multipart/mixed; boundary="{outer}"')
+    body = CRLF.join(["", *(f"--{outer}{CRLF}{part}" for part in parts), f"--{outer}--", ""])
+    return (CRLF.join(lines) + CRLF + body).encode("utf-8")
 
 
 def smtp_settings_from_connection(conn: Mapping[str, Any]) -> SmtpSettings:

@@ -337,6 +337,9 @@ class ServiceLevelReport:
     indicators: dict[str, Indicator]
     #: The period's failed events by their delivery log's failure class.
     failed_classes: dict[str, int] = field(default_factory=dict)
+    #: Finished events that were recycled from another channel (the template's
+    #: ``on_failure``), per (fallback) channel: ``{"email": {"finished": 3, "sent": 2}}``.
+    recycled: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def failure_classes(self) -> list[dict[str, Any]]:
         """*Delivery failed* split by failure class (every class, in order), then the
@@ -367,6 +370,9 @@ class ServiceLevelReport:
             "totals": totals,
             "errorCauses": causes,
             "indicators": {name: ind.to_dict() for name, ind in self.indicators.items()},
+            "recycled": {"finished": sum(r["finished"] for r in self.recycled.values()),
+                         "sent": sum(r["sent"] for r in self.recycled.values()),
+                         "byChannel": self.recycled},
         }
 
 
@@ -407,8 +413,14 @@ def service_level(conn: Connection, f: ReportFilter,
         FROM flow_stats_hourly, jsonb_each_text(failed_classes) AS c
         WHERE {where} AND failed > 0 GROUP BY 1
     """), params).all()
+    recycled = conn.execute(text(f"""
+        SELECT channel, sum(recycled), sum(recycled_sent)
+        FROM flow_stats_hourly WHERE {where} AND recycled > 0 GROUP BY 1 ORDER BY 1
+    """), params).all()
     return ServiceLevelReport(f, buckets, totals, indicators,
-                              {key: int(n) for key, n in classes})
+                              {key: int(n) for key, n in classes},
+                              {channel: {"finished": int(n), "sent": int(sent)}
+                               for channel, n, sent in recycled})
 
 
 # --- processing time -----------------------------------------------------------------

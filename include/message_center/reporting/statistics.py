@@ -24,6 +24,8 @@ Two tables (migration ``c0003``):
 * ``flow_stats_hourly`` (hour, cell, kind, channel): the same counts by final status,
   the failed ones also by their delivery log's failure class (``failed_classes``, jsonb,
   migration ``c0007``: the error breakdown tells ``unknown`` from hard / soft / policy),
+  the finished events that were recycled from another channel (``recycled``, and
+  ``recycled_sent`` of them sent; migration ``c0010``),
   and over the **sent** events (ACC averages "successfully processed events") the time
   sums and a **log-scale histogram** per time (``integer[]``, bucket ``b`` counts times in
   ``[2^((b-1)/4), 2^(b/4))`` ms, bucket 0 under 1 ms, the last one everything from
@@ -176,7 +178,7 @@ def hour_ranges(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
 # --- the recomputation ---------------------------------------------------------------
 _EVENT_COLUMNS = ("e.event_kind, e.type, e.wished_channel AS channel, e.status, "
                   "e.created, greatest(e.created, e.scheduled) AS due, e.processing, "
-                  "e.processed, e.delivery_log_id")
+                  "e.processed, e.delivery_log_id, e.recycled_from")
 
 
 def utc_hour_sql(ts: str) -> str:
@@ -236,7 +238,8 @@ _RECOMPUTE_SQL = text(f"""
                    CASE WHEN ev.status = 'sent' AND d.sent_at IS NOT NULL
                              AND d.sending_started IS NOT NULL
                         THEN {_us("d.sent_at", "d.sending_started")} END AS sending_us,
-                   CASE WHEN ev.status = 'failed' THEN d.failure_class END AS failure_class
+                   CASE WHEN ev.status = 'failed' THEN d.failure_class END AS failure_class,
+                   ev.recycled_from IS NOT NULL AS recycled
             FROM ev
             -- the sending time of a sent event, the failure class of a failed one
             LEFT JOIN archived_delivery_log d
@@ -248,7 +251,7 @@ _RECOMPUTE_SQL = text(f"""
         GROUP BY 1, 2, 3, 4, 5
     ), finished AS MATERIALIZED (
         SELECT finished_hour AS hour, event_kind, type, channel, status, queue_us, total_us,
-               sending_us, failure_class
+               sending_us, failure_class, recycled
         FROM timed WHERE final AND finished_hour = ANY(:hours)
     ), finished_agg AS (
         SELECT hour, event_kind, type, channel, status, count(*) AS n,
@@ -304,7 +307,9 @@ _RECOMPUTE_SQL = text(f"""
                coalesce(sum(queue_us) FILTER (WHERE status = 'sent'), 0) AS sent_queue_us,
                coalesce(sum(total_us) FILTER (WHERE status = 'sent'), 0) AS sent_total_us,
                count(sending_us) FILTER (WHERE status = 'sent') AS sending_n,
-               coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us
+               coalesce(sum(sending_us) FILTER (WHERE status = 'sent'), 0) AS sending_us,
+               count(*) FILTER (WHERE recycled) AS recycled,
+               count(*) FILTER (WHERE recycled AND status = 'sent') AS recycled_sent
         FROM finished GROUP BY 1, 2, 3
     ), flow_classes AS (
         SELECT hour, event_kind, channel, jsonb_object_agg(failure_class, n) AS classes
@@ -345,7 +350,7 @@ _RECOMPUTE_SQL = text(f"""
             finished, sent, not_taken, expired, failed, failed_classes, ignored,
             sent_queue_us,
             sent_total_us, sending_n, sending_us, queue_hist, sending_hist, total_hist,
-            arrivals, departures, queue_minutes)
+            arrivals, departures, queue_minutes, recycled, recycled_sent)
         SELECT k.hour, :cell, k.event_kind, k.channel, coalesce(r.received, 0),
                coalesce(f.finished, 0), coalesce(f.sent, 0), coalesce(f.not_taken, 0),
                coalesce(f.expired, 0), coalesce(f.failed, 0),
@@ -354,7 +359,8 @@ _RECOMPUTE_SQL = text(f"""
                coalesce(f.sending_n, 0), coalesce(f.sending_us, 0),
                coalesce(h.queue_hist, '{{}}'), coalesce(h.sending_hist, '{{}}'),
                coalesce(h.total_hist, '{{}}'), coalesce(q.arrivals, 0),
-               coalesce(q.departures, 0), coalesce(q.minutes, '{{}}')
+               coalesce(q.departures, 0), coalesce(q.minutes, '{{}}'),
+               coalesce(f.recycled, 0), coalesce(f.recycled_sent, 0)
         FROM flow_keys k
         LEFT JOIN flow_received r USING (hour, event_kind, channel)
         LEFT JOIN flow_finished f USING (hour, event_kind, channel)

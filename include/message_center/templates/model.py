@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from message_center.channel import content_parts, part_fields
+from message_center.channel import all_channels, content_parts, part_fields
 
 REQUIRED_FIELDS = ("internal_name", "label", "event_type", "channel", "seeds")
 #: The fields every template has; each channel adds its parts (``Channel.template_parts``).
@@ -29,7 +29,12 @@ def text_fields() -> tuple[str, ...]:
 
 
 def allowed_fields() -> tuple[str, ...]:
-    return (*text_fields(), "ctx", "seeds")
+    return (*text_fields(), "ctx", "seeds", "on_failure", *extra_fields())
+
+
+def extra_fields() -> tuple[str, ...]:
+    """Structured fields some channel accepts (e-mail: ``attachments``)."""
+    return tuple(sorted({name for channel in all_channels() for name in channel.extra_fields}))
 
 
 SEED_FIELDS = ("address", "ctx", "event")
@@ -89,6 +94,12 @@ class MessageTemplate:
     lines: Mapping[str, int] = field(default_factory=dict)
     #: The declared ``ctx`` fields (``ctx_schema.parse_declaration``); None: not declared.
     ctx_schema: Mapping[str, Mapping[str, Any]] | None = None
+    #: The fallback after a failed delivery (``{"channel", "template", "after"}``); None:
+    #: failures are not recycled.
+    on_failure: Mapping[str, Any] | None = None
+    #: The channel's structured fields as stored (e-mail ``attachments``: static files as
+    #: base64 with their hash, generated ones as templates).
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> str | None:
         """A template part by name (None when this template has no such part)."""
@@ -106,6 +117,9 @@ class MessageTemplate:
         content.update({part: self.parts.get(part) for part in content_parts(self.channel)})
         if self.ctx_schema is not None:
             content["ctx"] = {name: dict(spec) for name, spec in self.ctx_schema.items()}
+        if self.on_failure is not None:  # same rule: hashes of older versions stay
+            content["on_failure"] = dict(self.on_failure)
+        content.update(self.extras)  # same rule
         return content
 
     def content_hash(self) -> str:

@@ -21,8 +21,9 @@ from message_center.delivery.smtp import (
     build_email,
     envelope_address,
 )
+from message_center.rendering import event_variables
 from message_center.templates.model import MessageTemplate, Seed
-from message_center.templates.validation import RenderedSeed, render_seed
+from message_center.templates.validation import RenderedSeed, render_seed, seed_event
 
 
 def pick_seed(template: MessageTemplate, which: str | int | None) -> Seed:
@@ -68,11 +69,24 @@ def write_preview(template: MessageTemplate, seed: Seed, out_dir: Path) -> list[
         f"Subject: {subject}\n\n" + (text if text is not None else "(no text body)\n"),
         encoding="utf-8")
     written.append(path)
+    for name, _kind, content, _alternative in _files(rendered):  # attachments, as sent
+        path = out_dir / f"{stem}.{_safe(name)}"
+        path.write_bytes(content)
+        written.append(path)
     path = out_dir / f"{stem}.eml"
     _, data = proof_message(rendered, seed.address, PREVIEW_SENDER, "")
     path.write_bytes(data.replace(b"\r\n", b"\n"))  # a file for people: local line ends
     written.append(path)
     return written
+
+
+def _files(rendered: RenderedSeed) -> list[tuple[str, str, bytes, bool]]:
+    """The files the message carries (e-mail attachments), rendered for the seed."""
+    template, seed = rendered.template, rendered.seed
+    if not template.extras:
+        return []
+    return channels.get(template.channel).message_files(
+        template.extras, event_variables(seed_event(template, seed)), seed.address)
 
 
 def _safe(value: str) -> str:
@@ -102,7 +116,8 @@ def proof_message(rendered: RenderedSeed, to: str, default_sender: str,
     subject = f"{prefix}{subject or ''}"
     return build_email(log_id=0, sender=sender, recipient=to, subject=subject, html=html,
                        text=text, headers=headers,
-                       message_id_override=make_msgid(domain="message-center.local"))
+                       message_id_override=make_msgid(domain="message-center.local"),
+                       attachments=_files(rendered))
 
 
 def send_proofs(template: MessageTemplate, settings: SmtpSettings,

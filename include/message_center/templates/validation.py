@@ -24,6 +24,7 @@ from message_center.rendering import (
     template_event,
     template_variables,
 )
+from message_center.statuses import RECYCLE_AFTER
 from message_center.templates import ctx_schema
 from message_center.templates.model import (
     REQUIRED_FIELDS,
@@ -35,6 +36,7 @@ from message_center.templates.model import (
     TemplateSet,
     allowed_fields,
     display_path,
+    extra_fields,
     part_fields,
     text_fields,
 )
@@ -138,6 +140,8 @@ class _FileChecker:
             self._check_channel_fields(data, values, spec)
         self._check_syntax(data, values)
         schema = self._ctx_declaration(data)
+        on_failure = self._on_failure(data, channel)
+        extras = self._extras(data, spec)
         seeds = self._seeds(data, spec)
         if self.problems or name is None or channel is None:
             return None
@@ -155,7 +159,7 @@ class _FileChecker:
             parts={part: values[part] for part in spec.template_parts},
             lines={**data.key_lines, **{f"{key}:body": line
                                         for key, line in data.body_lines.items()}},
-            ctx_schema=schema,
+            ctx_schema=schema, on_failure=on_failure, extras=extras,
         )
         self._render_seeds(template)
         return None if self.problems else template
@@ -171,6 +175,65 @@ class _FileChecker:
                     and field_name is not None else None) or data.key_lines["ctx"]
             self.add(line, f"ctx.{field_name}" if field_name else "ctx", message)
         return schema
+
+    def _extras(self, data: LineMapping, spec: Channel | None) -> dict[str, Any]:
+        """The channel's structured fields (e-mail ``attachments``), parsed by the
+        channel (static files are read from the template's folder)."""
+        extras: dict[str, Any] = {}
+        for name in extra_fields():
+            if name not in data:
+                continue
+            line = data.key_lines[name]
+            if spec is None:
+                continue
+            if name not in spec.extra_fields:
+                self.add(line, name, f"not used by {spec.template_noun}")
+                continue
+            value, problems = spec.parse_extra_field(name, plain(data[name]), self.path.parent)
+            for field_name, message in problems:
+                self.add(line, field_name, message)
+            if value is not None:
+                extras[name] = value
+        return extras
+
+    def _on_failure(self, data: LineMapping, channel: str | None) -> dict[str, Any] | None:
+        """The ``on_failure:`` fallback: ``{channel, template, after: [...]}`` (None when
+        the file has none). That the named template exists with that channel is checked
+        across files (:func:`load_templates`)."""
+        if "on_failure" not in data:
+            return None
+        raw, line = data["on_failure"], data.key_lines["on_failure"]
+        if not isinstance(raw, LineMapping):
+            self.add(line, "on_failure", "must be a mapping with channel, template and after "
+                     f"(after: any of {', '.join(RECYCLE_AFTER)})")
+            return None
+        for key in raw:
+            if key not in ("channel", "template", "after"):
+                self.add(raw.key_lines.get(key, line), f"on_failure.{key}",
+                         "unknown field (allowed: channel, template, after)")
+        fallback, template, after = raw.get("channel"), raw.get("template"), raw.get("after")
+        if not isinstance(fallback, str) or fallback not in channels.names():
+            self.add(raw.key_lines.get("channel", line), "on_failure.channel",
+                     f"{fallback!r} is not a channel (expected one of "
+                     f"{', '.join(channels.names())})")
+        elif fallback == channel:
+            self.add(raw.key_lines.get("channel", line), "on_failure.channel",
+                     "must be another channel than the template's own")
+        if not isinstance(template, str) or not _INTERNAL_NAME.match(template):
+            self.add(raw.key_lines.get("template", line), "on_failure.template",
+                     f"{template!r} must be the internal name of a template of the fallback "
+                     "channel")
+        if (not isinstance(after, list) or not after
+                or any(item not in RECYCLE_AFTER for item in after)):
+            self.add(raw.key_lines.get("after", line), "on_failure.after",
+                     f"must be a list of outcomes among {', '.join(RECYCLE_AFTER)} "
+                     f"(got {plain(after)!r}; 'unknown' outcomes are never recycled: the "
+                     "first message may have arrived)")
+            return None
+        if any(p.field and p.field.startswith("on_failure") for p in self.problems):
+            return None
+        return {"channel": fallback, "template": template,
+                "after": sorted(set(after), key=RECYCLE_AFTER.index)}
 
     def _check_declared_variables(self, data: LineMapping, values: dict[str, str | None],
                                   schema: ctx_schema.CtxSchema, spec: Channel) -> None:
@@ -279,6 +342,10 @@ class _FileChecker:
         for index, seed in enumerate(template.seeds):
             try:
                 render_seed(template, seed)
+                spec = channels.get(template.channel)
+                variables = event_variables(seed_event(template, seed))
+                for name, value in template.extras.items():
+                    spec.check_extra_field(name, value, variables, seed.address)
             except RenderError as exc:
                 self.add(seed.line, f"seeds[{index}] ({seed.address})",
                          f"does not render: {exc}")
@@ -339,7 +406,29 @@ def load_templates(directory: Path | str) -> TemplateSet:
         names[template.internal_name] = template
         links[(template.event_type, template.channel)] = template
         result.templates.append(template)
+    for template in list(result.templates):
+        problem = _fallback_problem(template, names)
+        if problem is not None:
+            result.problems.append(TemplateProblem(
+                template.path, template.line_of("on_failure"), "on_failure.template", problem))
     return result
+
+
+def _fallback_problem(template: MessageTemplate,
+                      names: dict[str, MessageTemplate]) -> str | None:
+    """Why ``template``'s fallback cannot be used (None: it can, or there is none)."""
+    if template.on_failure is None:
+        return None
+    name, channel = template.on_failure["template"], template.on_failure["channel"]
+    fallback = names.get(name)
+    if fallback is None:
+        return f"no template {name!r} in this folder"
+    if fallback.channel != channel:
+        return f"{name!r} is a {fallback.channel} template, not {channel}"
+    if fallback.on_failure is not None:
+        return (f"{name!r} has an on_failure of its own: a recycled event is never "
+                "recycled again, remove one of them")
+    return None
 
 
 def seed_event(template: MessageTemplate, seed: Seed) -> dict[str, Any]:

@@ -31,7 +31,9 @@ def published_content(content: Mapping[str, Any], version: int) -> TemplateConte
         internal_name=content["internal_name"], label=content["label"],
         event_type=content["event_type"], channel=content["channel"], version=version,
         sender=content.get("sender"), language=content.get("language"),
-        ctx_schema=content.get("ctx"),
+        ctx_schema=content.get("ctx"), on_failure=content.get("on_failure"),
+        extras={name: content[name] for name in spec.extra_fields
+                if content.get(name) is not None} or None,
         # Parts in the channel's own columns, else in the generic ``parts``.
         **{column: content.get(part) for part, column in spec.template_columns.items()},
         parts=None if spec.template_columns else {

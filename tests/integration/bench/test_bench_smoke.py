@@ -23,6 +23,8 @@ FIGURES = (
     "single real-time push through the API, p99",
     "split + link to templates",
     "render + deliver by SMTP to a local sink",
+    "render + deliver with a generated one-page PDF",
+    "render + deliver with a 100 KB attachment",
     "updateEventStatus",
     "archiving, per account",
     "service level report",
@@ -43,7 +45,7 @@ FIGURES = (
     "status change -> webhook received",
     "webhooks' cost on the delivery",
 )
-RUN = ("ingest", "soap_ingest", "split_link", "deliver", "archive", "reports")
+RUN = ("ingest", "soap_ingest", "split_link", "deliver", "attachments", "archive", "reports")
 
 
 @pytest.mark.server

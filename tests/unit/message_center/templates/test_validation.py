@@ -164,3 +164,102 @@ seeds:
           (template_dir / "shipping_sms.yaml").read_text().replace("id: 42", "id: x"))
     [problem] = problems_of(template_dir)
     assert ":9: seeds[0].event.id: must be a positive whole number" in problem
+
+
+FALLBACK_MAIL = """\
+internal_name: deliveryUpdateMail
+label: Delivery update by e-mail
+event_type: DELIVERY_UPDATE_MAIL
+channel: email
+subject: Your parcel
+html: "<p>Parcel {{ parcel }} arrives today.</p>"
+seeds:
+  - address: ann@example.com
+    ctx: {parcel: P-1}
+"""
+
+
+def test_on_failure_names_a_fallback_template_of_another_channel(template_dir):
+    write(template_dir, "sms.yaml", SMS_TEMPLATE + """\
+on_failure:
+  channel: email
+  template: deliveryUpdateMail
+  after: [hard, quarantined]
+""")
+    write(template_dir, "mail.yaml", FALLBACK_MAIL)
+    template_set = tpl.load_templates(template_dir)
+    assert template_set.problems == []
+    sms = template_set.find("deliveryUpdate")
+    assert sms.on_failure == {"channel": "email", "template": "deliveryUpdateMail",
+                              "after": ["hard", "quarantined"]}
+    assert sms.content()["on_failure"] == sms.on_failure  # versioned and published
+    assert "on_failure" not in template_set.find("deliveryUpdateMail").content()
+
+
+def test_on_failure_problems_point_at_their_line(template_dir):
+    write(template_dir, "sms.yaml", SMS_TEMPLATE + """\
+on_failure:
+  channel: sms
+  template: 9bad
+  after: [hard, unknown]
+  when: always
+""")
+    problems = "\n".join(problems_of(template_dir))
+    path = template_dir / "sms.yaml"
+    assert f"{path}:10: on_failure.channel: must be another channel" in problems
+    assert f"{path}:11: on_failure.template: '9bad' must be the internal name" in problems
+    assert f"{path}:12: on_failure.after: must be a list of outcomes among hard, " \
+           "retries_exhausted, quarantined (got ['hard', 'unknown']; 'unknown' outcomes " \
+           "are never recycled" in problems
+    assert f"{path}:13: on_failure.when: unknown field" in problems
+
+
+def test_on_failure_template_must_exist_with_that_channel(template_dir):
+    write(template_dir, "sms.yaml", SMS_TEMPLATE + """\
+on_failure: {channel: email, template: nowhere, after: [hard]}
+""")
+    assert problems_of(template_dir) == [
+        f"{template_dir / 'sms.yaml'}:9: on_failure.template: no template 'nowhere' in "
+        "this folder"]
+
+
+def test_attachments_are_read_checked_and_rendered_for_every_seed(template_dir):
+    (template_dir / "terms.pdf").write_bytes(b"%PDF-1.4\nterms\n")
+    (template_dir / "tool.exe").write_bytes(b"MZ\x90\x00")
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - file: terms.pdf
+  - name: "parcel-{{ parcel }}.pdf"
+    pdf: "<h1>Parcel {{ parcel }}</h1>"
+  - name: delivery.ics
+    ical: {summary: "Parcel {{ parcel }}", start: "2026-05-01T10:00:00Z"}
+""")
+    template_set = tpl.load_templates(template_dir)
+    assert template_set.problems == []
+    mail = template_set.find("deliveryUpdateMail")
+    files = mail.content()["attachments"]["files"]
+    assert [f["kind"] for f in files] == ["file", "pdf", "ical"]
+    assert files[0]["size"] == 15 and len(files[0]["sha256"]) == 64
+
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - file: tool.exe
+  - name: "{{ nothing }}.pdf"
+    pdf: "<p/>"
+""")
+    write(template_dir, "sms.yaml", SMS_TEMPLATE + "attachments: [{file: terms.pdf}]\n")
+    problems = "\n".join(problems_of(template_dir))
+    mail_path, sms_path = template_dir / "mail.yaml", template_dir / "sms.yaml"
+    assert f"{mail_path}:10: attachments[0].file: 'tool.exe': files named *.exe are " \
+           "refused (executables and scripts)" in problems
+    assert f"{sms_path}:9: attachments: not used by an SMS template" in problems
+
+    write(template_dir, "mail.yaml", FALLBACK_MAIL + """\
+attachments:
+  - name: "{{ nothing }}.pdf"
+    pdf: "<p/>"
+""")
+    (template_dir / "sms.yaml").unlink()
+    problems = problems_of(template_dir)
+    assert "seeds[0] (ann@example.com): does not render: missing variable" in problems[0], \
+        problems
