@@ -34,11 +34,29 @@ def chromium_path() -> str | None:
     return None
 
 
+#: How long a page may take to load, or an element to appear, before a browser test fails.
+#: Generous: Airflow's UI loads slowly on a loaded machine (two cores running the suite's
+#: Airflow stacks), and a wait returns as soon as the page is there.
+PAGE_TIMEOUT_MS = 120_000
+EXPECT_TIMEOUT_MS = 60_000
+
+
 def launch(playwright: Any) -> Any:
+    from playwright.sync_api import expect
+
     path = chromium_path()
     if path is None:
         raise RuntimeError(CHROMIUM_HELP)
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     return playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+
+
+def new_context(browser: Any, **options: Any) -> Any:
+    """A browser context whose pages wait :data:`PAGE_TIMEOUT_MS` for loads and elements."""
+    context = browser.new_context(**options)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
+    return context
 
 
 def screenshot_dir() -> Path | None:
@@ -57,4 +75,4 @@ def login(page: Any, base_url: str, username: str, password: str) -> None:
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.keyboard.press("Enter")
-    page.wait_for_url(f"{base_url}/", timeout=60_000)
+    page.wait_for_url(f"{base_url}/", timeout=PAGE_TIMEOUT_MS)

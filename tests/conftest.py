@@ -9,6 +9,7 @@ variables, as Airflow resolves them in plain pytest and in ``dag.test()`` alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -91,17 +92,20 @@ CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version",
 #: test marked ``fast`` (``make test-fast``, run without ``mc setup``) must not use them.
 NOT_FAST_FIXTURES = frozenset({"test_deployment", "execution_db", "execution2_db", "control_db",
                                "urls", "smtp_sink", "sms_sink", "dagbag", "airflow_stack",
-                               "bounce_mailbox", "webpush_sink"})
+                               "bounce_mailbox", "webpush_sink", "browser"})
 
 
 #: The scopes of the modules that start or use the session's Airflow stack. Each scope runs
 #: on one worker, in file order, so that worker starts its stack once: the integration tier's
-#: modules in one (the archiving DAG's `dag.test()` runs first, before its stack exists), the
-#: browser and cluster tiers' in another, on a second worker with a stack (and databases) of
-#: its own.
+#: DAG and walk-through modules in one (the archiving DAG's `dag.test()` runs first, before
+#: its stack exists), the cluster, browser and plugin (API server) modules in another, on a
+#: second worker with a stack (and databases) of its own. The two take about as long; the
+#: other workers share the rest of the suite meanwhile.
 AIRFLOW_SCOPES = ("airflow-stack", "airflow-stack-2")
+_SECOND_SCOPE_FOLDERS = ("tests/cluster/", "tests/browser/", "tests/integration/plugins/")
 
 
+@functools.cache
 def _airflow_scope(module: str, root: Path) -> str | None:
     """The stack scope of a test module (a path relative to the root), None when it does not
     ask for the stack: read from its source, since xdist's controller schedules by node id
@@ -111,7 +115,7 @@ def _airflow_scope(module: str, root: Path) -> str | None:
             return None
     except OSError:
         return None
-    return AIRFLOW_SCOPES[0] if module.startswith("tests/integration/") else AIRFLOW_SCOPES[1]
+    return AIRFLOW_SCOPES[1] if module.startswith(_SECOND_SCOPE_FOLDERS) else AIRFLOW_SCOPES[0]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
@@ -281,9 +285,46 @@ class AirflowStack:
                               timeout=timeout)
 
 
+#: The running `airflow standalone` of this process, if any: stopped by its fixture's
+#: teardown, or earlier by :func:`pytest_runtest_teardown` once no test left needs it.
+_STACK_PROCESS: list[subprocess.Popen[bytes]] = []
+
+
+def _stop_airflow_stack() -> None:
+    while _STACK_PROCESS:
+        _stop_session(_STACK_PROCESS.pop())
+
+
+def _uses_stack(item: pytest.Item | None) -> bool:
+    return item is not None and "airflow_stack" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the Airflow stack as soon as this process will run no other test that uses it:
+    idle, its scheduler, DAG processor, triggerer and API server would take CPU from the
+    other workers for the rest of the run. Under xdist a worker's stack tests come as one
+    scope (:func:`pytest_xdist_make_scheduler`), so the test after the scope's last never
+    needs the stack; in one process, after the session's last test that uses it."""
+    if not _STACK_PROCESS:
+        return
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = item.config.rootpath
+        scope = _airflow_scope(item.nodeid.split("::", 1)[0], root)
+        if scope is None or (nextitem is not None and _airflow_scope(
+                nextitem.nodeid.split("::", 1)[0], root) == scope):
+            return
+    else:
+        items = item.session.items
+        if any(_uses_stack(later) for later in items[items.index(item) + 1:]):
+            return
+    _stop_airflow_stack()
+
+
 @pytest.fixture(scope="session")
 def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
-    """Real Airflow processes for the test deployment, started once per session."""
+    """Real Airflow processes for the test deployment, started once per session (and
+    stopped after the last test of this process that needs them)."""
     import httpx
 
     from mc_airflow.defaults import ACCOUNT_REGISTRY
@@ -303,8 +344,9 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
             [str(Path(sys.executable).parent / "airflow"), "standalone"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    _STACK_PROCESS.append(process)
     base_url = f"http://127.0.0.1:{DEPLOYMENT.api_port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a loaded machine: polled, so no longer than needed
     try:
         while True:
             if process.poll() is not None:
@@ -321,7 +363,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
             time.sleep(1)
         yield AirflowStack(base_url, DEPLOYMENT.admin_password(), log_path, registry=registry)
     finally:
-        _stop_session(process)
+        _stop_airflow_stack()
 
 
 QUEUE_CONSUMERS = (*dag_ids.PROCESSING.values(), dag_ids.PUBLISH_TEMPLATES)
@@ -403,8 +445,22 @@ def webpush_sink(_webpush_sink_session):
     return _webpush_sink_session
 
 
-# --- browser tests: a loud line when they could not run ---------------------------------
+# --- browser tests: Chromium per module; a loud line when they could not run -------------
 BROWSER_SKIP = "no Chromium for the browser tests"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium driven by Playwright (tests/browser_support.py) for the module's
+    tests (each opens contexts of its own); closed with the module, so that Playwright's
+    event loop never outlives the browser tests."""
+    from browser_support import launch
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -39,7 +39,7 @@ from mc_local.supervisor import Component
 from message_center import migrations
 
 __all__ = ["API_PORT_ENV", "CELL_ID", "PROFILE_SUFFIX", "ROLES_ENV", "SecondExecution",
-           "components", "is_profile", "prepare", "run", "second_execution", "standalone"]
+           "components", "is_profile", "prepare", "run", "second_execution"]
 
 CELL_ID = 1
 
@@ -98,16 +98,6 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def standalone(deployment: SecondExecution, **popen: object) -> subprocess.Popen[bytes]:
-    """``airflow standalone`` of the second execution deployment (its own session): the
-    whole instance as one process, for a test that stops it as one session. ``make
-    run-execution2`` runs :func:`components` instead, each supervised."""
-    env = {**os.environ, **deployment.environment()}
-    env.update(popen.pop("env", {}))  # type: ignore[arg-type]
-    return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
-                            env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
 
 
 def components(deployment: SecondExecution,

@@ -115,7 +115,9 @@ def register_account(path: Path, account: ExecutionAccount, connections: Connect
     if conn_uri is not None and not conn_uri.startswith(POSTGRES_SCHEMES):
         raise AccountRefused(BAD_URI, "the connection URI must start with postgres:// or "
                                       "postgresql://")
-    existing = connections.get_uri(account.conn_id)
+    # Given a URI, the put below says whether the connection existed ("created" or not):
+    # no lookup first (from the command line, each is a process that imports Airflow).
+    existing = None if conn_uri is not None else connections.get_uri(account.conn_id)
     url = conn_uri or existing
     tested: InstanceInfo | None = None
     if test:
@@ -153,4 +155,5 @@ def register_account(path: Path, account: ExecutionAccount, connections: Connect
         raise
     return Registration(account=account, path=path, tested=tested,
                         tested_url=url if tested else None, connection=outcome,
-                        connection_existed=existing is not None)
+                        connection_existed=(outcome != "created" if conn_uri is not None
+                                            else existing is not None))

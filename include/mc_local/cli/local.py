@@ -39,9 +39,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def test_workers(pytest_args: list[str]) -> int:
-    """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else 3 on two cores or
-    more (most of the suite waits on servers: one worker per Airflow stack scope, one for
-    the rest); 1 when the caller chose ``-n`` or selected
+    """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else 4 on two cores or
+    more (most of the suite waits on servers, not on the CPU: one worker per Airflow stack
+    scope, two for the rest, so the rest is done by the time the longer stack scope ends);
+    1 when the caller chose ``-n`` or selected
     tests (a path, a node id or ``-k``'s expression), so a narrow run sets up one deployment."""
     if any(arg == "-n" or arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
         return 1
@@ -50,9 +51,30 @@ def test_workers(pytest_args: list[str]) -> int:
         if not value.isdigit() or int(value) < 1:
             raise SystemExit(f"[mc] MC_TEST_WORKERS={value!r}: expected a whole number >= 1")
         return int(value)
-    if any(not arg.startswith("-") for arg in pytest_args):
+    if _selects_tests(pytest_args):
         return 1
-    return 3 if (os.cpu_count() or 1) >= 2 else 1
+    return 4 if (os.cpu_count() or 1) >= 2 else 1
+
+
+#: pytest options whose value is the next argument and selects no test (``-p no:warnings``,
+#: ``--tb short``): that value is not a path. (``-k`` and ``-m`` expressions select.)
+_VALUE_OPTIONS = frozenset({"-p", "-o", "-c", "-W", "-r", "--tb", "--durations", "--maxfail",
+                            "--rootdir", "--basetemp", "--confcutdir", "--log-level",
+                            "--deselect", "--ignore", "--ignore-glob", "--override-ini",
+                            "--pythonwarnings", "--junit-xml", "--junitxml"})
+
+
+def _selects_tests(pytest_args: list[str]) -> bool:
+    """Whether the arguments name tests: a path, a node id, or an option's expression."""
+    skip = False
+    for arg in pytest_args:
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return True
+    return False
 
 
 def worker_profile(base: str, index: int) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -395,6 +395,7 @@ def address_param(channel: Channel) -> Any:
     spec = channel.address_path
     if spec is None:
         return Query(alias=channel.address_query, min_length=1, max_length=2048,
+                     pattern=channel.address_query_pattern,
                      description=channel.address_description)
     return Path(min_length=spec.min_length, max_length=spec.max_length, pattern=spec.pattern,
                 description=spec.description)
@@ -637,7 +638,9 @@ def create_app(
                     name=f"put_quarantine_{channel}",
                     summary=f"Quarantine {label} by hand")
         async def put_quarantine(request: Request, address: str = address_path(),
-                                 body: QuarantineIn | None = None,
+                                 # None when absent. Not `QuarantineIn | None`: the schema
+                                 # would then state that a JSON null body is taken (a 422).
+                                 body: Annotated[QuarantineIn, Body()] = None,
                                  user: Any = Depends(change_quarantine)) -> Any:
             """Idempotent: an address already in quarantine gets the new reason."""
             if body is None and (await request.body()).strip():  # JSON null: not an object

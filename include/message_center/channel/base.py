@@ -121,6 +121,9 @@ class Channel(ABC):
     #: ``address_query``).
     address_path: ClassVar[AddressPath | None] = None
     address_query: ClassVar[str] = "address"
+    #: The pattern the query parameter's value must match (what ``normalize_address``
+    #: accepts; None: any text), stated in the API schema and checked there (422).
+    address_query_pattern: ClassVar[str | None] = None
     #: SQL of the quarantine key of a stored address ``{address}`` when it is not the
     #: address itself (a structured address quarantined by one of its parts: a Web Push
     #: subscription by its endpoint URL); :meth:`quarantine_key` says the same in Python.

@@ -92,6 +92,10 @@ class WebPushChannel(Channel):
     address_description = "a push subscription endpoint URL"
     address_path = None  # a URL is no path segment: ?endpoint=
     address_query = "endpoint"
+    # An http(s) URL with a plain host[:port] and no blanks: every such text is one
+    # subscription_endpoint accepts (no bracket or non-ASCII host urlsplit refuses).
+    address_query_pattern = (r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=:-]+"
+                             r"(?:[/?#]\S*)?$")
     quarantine_key_sql = ("CASE WHEN left(btrim({address}), 1) = '{{' THEN "
                           "btrim(CAST({address} AS jsonb) ->> 'endpoint') "
                           "ELSE btrim({address}) END")

@@ -5,12 +5,10 @@ other browser tests (see tests/browser_support.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from browser_support import CHROMIUM_ENV, chromium_path, launch, login
+from browser_support import CHROMIUM_ENV, chromium_path, login, new_context
 from conftest import BROWSER_SKIP
 
 from message_center.delivery import quarantine as q
@@ -22,16 +20,6 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(
 FRAME = "iframe[title='Message Center']"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
-
-
 def test_release_and_quarantine_from_the_page(browser, airflow_stack, execution_db):
     from playwright.sync_api import expect
 
@@ -40,7 +28,7 @@ def test_release_and_quarantine_from_the_page(browser, airflow_stack, execution_
                                          "user_unknown", "550 5.1.1 user unknown", 1, 1)])
         q.add(conn, "sms", "+33600000077", "asked by the customer")
     hosts: list[str] = []
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = new_context(browser, viewport={"width": 1400, "height": 900})
     context.on("request", lambda request: hosts.append(urlsplit(request.url).netloc))
     page = context.new_page()
     try:

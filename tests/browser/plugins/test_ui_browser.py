@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from browser_support import CHROMIUM_ENV, chromium_path, launch, login, screenshot_dir
+from browser_support import CHROMIUM_ENV, chromium_path, login, new_context, screenshot_dir
 from conftest import BROWSER_SKIP, CONTROL_TABLES, EXECUTION_TABLES, _truncate
 from processing_factory import ORDER_TEMPLATE, publish_templates, quarantine
 
@@ -37,16 +37,6 @@ FRAME = "iframe[title='Message Center']"
 NEW_ACCOUNT = "mcExecUi"
 SENT_RT = ("ui-alice", "ui-bob", "ui-chloe", "ui-david")
 ORDER = {"type": "ORDER", "ctx": {"firstName": "Alice", "orderId": "A-1", "total": 59.9}}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 def _drain(engine: Any, smtp_port: int) -> None:
@@ -122,7 +112,7 @@ def requested_hosts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def admin(browser, airflow_stack, dataset, requested_hosts) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900},
+    context = new_context(browser, viewport={"width": 1400, "height": 900},
                                   color_scheme="light", accept_downloads=True)
     context.on("request", lambda request: requested_hosts.append(urlsplit(request.url).netloc))
     page = context.new_page()
@@ -364,7 +354,7 @@ def test_a_read_only_user_sees_the_reports_but_no_change_buttons(browser, airflo
                                                                  dataset):
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = new_context(browser, viewport={"width": 1400, "height": 900})
     try:
         page = context.new_page()
         login(page, airflow_stack.base_url, airflow_stack.viewer_user,
@@ -391,7 +381,7 @@ def test_a_read_only_user_sees_the_reports_but_no_change_buttons(browser, airflo
 def test_the_api_docs_load_from_this_server_only(browser, airflow_stack, requested_hosts):
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    context = new_context(browser)
     hosts: list[str] = []
     context.on("request", lambda request: hosts.append(urlsplit(request.url).netloc))
     try:
@@ -432,7 +422,7 @@ def test_screenshots_for_the_readme(browser, airflow_stack, test_deployment, dat
              ("event", f"events/{alice}", "light", "#timeline"),
              ("accounts", "accounts", "light", "#accounts")]
     for name, path, scheme, ready in views:
-        context = browser.new_context(viewport={"width": 1440, "height": 1000},
+        context = new_context(browser, viewport={"width": 1440, "height": 1000},
                                       color_scheme=scheme)
         try:
             page = context.new_page()

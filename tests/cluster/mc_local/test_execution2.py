@@ -3,15 +3,17 @@ archived by the control instance.
 
 The server test runs the real topology on the test databases: the session's Airflow
 (``airflow_stack``: control instance + execution instance cell 0) and a second Airflow
-started by :mod:`mc_local.execution2` (execution DAGs only, its own metadata database,
-push API and execution database ``<profile>_mc_execution2``, cell 1) on the same
-PostgreSQL. Events are pushed to both push APIs; the second instance delivers its own;
+started as ``make run-execution2`` starts it (:mod:`mc_local.execution2` under its
+supervisor: execution DAGs only, its own metadata database, push API and execution
+database ``<profile>_mc_execution2``, cell 1) on the same PostgreSQL, once for the
+module's server tests. Events are pushed to both push APIs; the second instance delivers its own;
 the control instance's ``mcSynch_mcExec1`` / ``mcSynch_mcExec2`` runs archive both; the
 history report of the UI shows both cells.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import subprocess
@@ -57,15 +59,23 @@ def test_profile_names_its_databases_ports_and_roles(monkeypatch):
 
 
 def _client(base_url: str, password: str) -> httpx.Client:
-    token = httpx.post(f"{base_url}/auth/token", timeout=30, json={
+    token = httpx.post(f"{base_url}/auth/token", timeout=120, json={
         "username": "admin", "password": password}).json()["access_token"]
-    return httpx.Client(base_url=base_url, timeout=30,
+    # 120 s: two API servers on a loaded machine have answered a push after more than 30 s.
+    return httpx.Client(base_url=base_url, timeout=120,
                         headers={"Authorization": f"Bearer {token}"})
+
+
+def _polled(check):
+    try:
+        return check()
+    except httpx.TimeoutException:  # a loaded API server: ask again, until the deadline
+        return None
 
 
 def wait_for(what: str, check, timeout: float, log: Path | None = None):
     deadline = time.monotonic() + timeout
-    while not (result := check()):
+    while not (result := _polled(check)):
         if time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise AssertionError(f"timed out waiting for {what}\n{tail}")
@@ -73,43 +83,90 @@ def wait_for(what: str, check, timeout: float, log: Path | None = None):
     return result
 
 
-@pytest.fixture
-def second_instance(airflow_stack, tmp_path, monkeypatch):
-    """The second execution deployment of the test profile, running (standalone)."""
+class SecondInstance:
+    """``make run-execution2`` of the test profile (``mc run --profile
+    <profile>_execution2``, a real process under its supervisor), shared by the module's
+    server tests: its Airflow starts once. The last test stops it with Ctrl-C."""
+
+    def __init__(self, deployment, run: subprocess.Popen, log: Path) -> None:
+        self.deployment, self.run, self.log = deployment, run, log
+        self._api: httpx.Client | None = None
+
+    @property
+    def profile(self) -> str:
+        return self.deployment.profile
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.deployment.api_port}"
+
+    def listed(self) -> dict[str, tuple[int, bool]]:
+        """``mc ps``'s rows: component -> (pid, running)."""
+        from mc_local.cli import main as mc
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert mc(["ps", "--profile", self.profile]) == 0
+        rows = [line.split() for line in out.getvalue().splitlines()[1:]]
+        return {row[0]: (int(row[1]), row[2] == "running") for row in rows if len(row) == 3}
+
+    def api(self) -> httpx.Client:
+        if self._api is None:
+            self._api = _client(self.base_url, self.deployment.password("admin"))
+        return self._api
+
+
+COMPONENTS = {"scheduler", "dag-processor", "triggerer", "api-server"}
+
+
+@pytest.fixture(scope="module")
+def second_instance(tmp_path_factory):
+    """The second execution deployment of the test profile, running as `make
+    run-execution2` runs it: every component started, the push API answering."""
+    import os
+    import sys
+
     from conftest import PROFILE, free_port
 
-    from mc_local.celery_mode import kill_session, terminate_session
+    from mc_local.supervisor import stop_recorded_session
 
-    monkeypatch.setenv("MC_EXECUTION2_API_PORT", str(free_port()))
-    second = deployment(f"{PROFILE}_execution2")
-    execution2.prepare(second)
-    log = tmp_path / "execution2.log"
-    with log.open("wb") as out:
-        process = execution2.standalone(second, stdout=out, stderr=out)
-    base_url = f"http://127.0.0.1:{second.api_port}"
-    try:
-        clients: list[httpx.Client] = []
-
-        def ready() -> bool:
-            try:
-                health = httpx.get(f"{base_url}/api/v2/monitor/health", timeout=3).json()
-                if health.get("scheduler", {}).get("status") != "healthy":
-                    return False
-                if not clients:
-                    clients.append(_client(base_url, second.password("admin")))
-                return clients[0].get("/api/v2/dags/rtEventsProcessing").status_code == 200
-            except (httpx.HTTPError, ValueError, KeyError):
-                return False
-
-        wait_for("the second execution instance", ready, 240, log)
-        yield second, clients[0], log
-    finally:
-        terminate_session(process.pid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MC_EXECUTION2_API_PORT", str(free_port()))
+        second = deployment(f"{PROFILE}_execution2")
+        log = tmp_path_factory.mktemp("execution2") / "run-execution2.log"
+        with log.open("wb") as out:
+            run = subprocess.Popen([str(Path(sys.executable).parent / "mc"), "run",
+                                    "--profile", second.profile], env=dict(os.environ),
+                                   stdout=out, stderr=subprocess.STDOUT)
+        instance = SecondInstance(second, run, log)
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_session(process.pid)
-        kill_session(process.pid)  # task processes left behind
+            def ready() -> bool:
+                if run.poll() is not None:
+                    raise AssertionError(f"mc run exited ({run.returncode}):\n"
+                                         f"{log.read_text(errors='replace')[-3000:]}")
+                if not {name for name, (_, running) in instance.listed().items()
+                                      if running} >= COMPONENTS:
+                    return False
+                try:
+                    health = httpx.get(f"{instance.base_url}/api/v2/monitor/health",
+                                       timeout=3).json()
+                    if health.get("scheduler", {}).get("status") != "healthy":
+                        return False
+                    return instance.api().get("/api/v2/dags/rtEventsProcessing").status_code \
+                        == 200
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+
+            wait_for("the second execution instance", ready, 300, log)
+            yield instance
+        finally:
+            if run.poll() is None:
+                run.terminate()
+                try:
+                    run.wait(180)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+            stop_recorded_session(second.session_file)  # what a killed run left behind
 
 
 @pytest.mark.server
@@ -118,7 +175,7 @@ def test_two_execution_instances_archived_by_the_control_instance(
         airflow_stack, second_instance, execution_db, execution2_db, control_db, smtp_sink):
     from mc_local.launcher import publish_to_deployment
 
-    _second, second_api, log = second_instance
+    second_api, log = second_instance.api(), second_instance.log
     print(publish_to_deployment(deployment()))  # templates again, after the truncations
     first_api = _client(airflow_stack.base_url, airflow_stack.password_of("admin"))
     # The second instance runs only the execution DAGs.
@@ -192,40 +249,19 @@ def test_two_execution_instances_archived_by_the_control_instance(
 
 @pytest.mark.server
 def test_make_run_execution2_starts_a_killed_component_again_and_ctrl_c_stops_all(
-        tmp_path, monkeypatch, capsys):
+        second_instance):
     """`make run-execution2` (`mc run --profile <profile>_execution2`, a real process):
     the triggerer killed with SIGKILL is started again and heartbeats again; Ctrl-C then
     stops every component. `mc ps` lists them."""
-    import os
     import signal
-    import sys
 
-    from conftest import PROFILE, free_port
-
-    from mc_local.cli import main as mc
-    from mc_local.supervisor import kill_session, stop_recorded_session
+    from mc_local.supervisor import kill_session
     from message_center.db import engine_for
 
-    monkeypatch.setenv("MC_EXECUTION2_API_PORT", str(free_port()))
-    profile = f"{PROFILE}_execution2"
-    second = deployment(profile)
-    log = tmp_path / "run-execution2.log"
-
-    def listed() -> dict[str, tuple[int, bool]]:
-        capsys.readouterr()
-        assert mc(["ps", "--profile", profile]) == 0
-        rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-        return {row[0]: (int(row[1]), row[2] == "running") for row in rows if len(row) == 3}
-
-    with log.open("wb") as out:
-        run = subprocess.Popen([str(Path(sys.executable).parent / "mc"), "run", "--profile",
-                                profile], env=dict(os.environ), stdout=out,
-                               stderr=subprocess.STDOUT)
-    airflow_db = engine_for(second.database_url("airflow"))
+    run, log, listed = second_instance.run, second_instance.log, second_instance.listed
+    airflow_db = engine_for(second_instance.deployment.database_url("airflow"))
     try:
-        components = {"scheduler", "dag-processor", "triggerer", "api-server"}
-        wait_for("the components to start", lambda: components <= {
-            name for name, (_, running) in listed().items() if running}, 300, log)
+        assert {name for name, (_, running) in listed().items() if running} >= COMPONENTS
         killed, _ = listed()["triggerer"]
         with airflow_db.connect() as conn:
             killed_at = conn.execute(text("SELECT now()")).scalar_one()
@@ -253,10 +289,6 @@ def test_make_run_execution2_starts_a_killed_component_again_and_ctrl_c_stops_al
         assert listed() == {}  # nothing recorded any more
     finally:
         airflow_db.dispose()
-        if run.poll() is None:
-            run.terminate()
-            run.wait(180)
-        stop_recorded_session(second.session_file)
 
 
 def _runs(pid: int) -> bool:

@@ -116,9 +116,14 @@ def test_a_run_killed_mid_shard_then_rerun_sends_nothing_twice_and_loses_nothing
     assert delivered_before < 400, "the run finished before it could be killed"
     assert statuses(execution_db, "batch")["pending_delivery"] > 0  # really mid-shard
 
-    # Time passes: the dead run's claim leases (2 s) run out.
+    # Time passes: the dead run's claim leases (2 s) run out, and the messages it had in
+    # hand were handed longer than the rerun's sending timeout ago. (That timeout is also
+    # the rerun's own budget: a chunk still sending after half of it gives its rest back to
+    # the queue for a later run, so it must leave time for 5 messages on a loaded machine.)
     wait_until(lambda: not lease_running(execution_db), timeout=30)
-    dagrun = run(dag, shards=2, delivery_chunk=5, sending_timeout_seconds=1)
+    wait_until(lambda: handed_within(execution_db, RERUN_SENDING_TIMEOUT) == 0, timeout=60)
+    dagrun = run(dag, shards=2, delivery_chunk=5, smtp_sessions=5,
+                 sending_timeout_seconds=RERUN_SENDING_TIMEOUT)
     assert dagrun.state == "success"
 
     rows = events(execution_db, "batch")
@@ -131,6 +136,20 @@ def test_a_run_killed_mid_shard_then_rerun_sends_nothing_twice_and_loses_nothing
     assert len(unknown) <= 2 * 5  # at most one chunk per killed shard
     assert all(got[row["email"]] == 1 for row in rows if row["status"] == "sent")
     assert len(got) >= by_status["sent"]  # unknown ones may or may not have gone out
+
+
+RERUN_SENDING_TIMEOUT = 8  # seconds
+
+
+def handed_within(engine, seconds: float) -> int:
+    """Messages still ``sending`` that were handed to the relay less than ``seconds`` ago."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM delivery_log WHERE status = 'sending' AND sending_started"
+            " >= clock_timestamp() - make_interval(secs => :age)"), {"age": seconds})
+            .scalar_one())
 
 
 def lease_running(engine) -> bool:

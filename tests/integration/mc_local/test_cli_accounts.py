@@ -3,6 +3,7 @@ real Airflow metadata database (connections) and PostgreSQL databases (cell ids)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -25,10 +26,34 @@ def registry(tmp_path, monkeypatch):
 @pytest.fixture
 def new_conn_id():
     """A connection id no other test uses; deleted from Airflow afterwards."""
+    from mc_airflow import connection_admin
+
     conn_id = f"mc_test_{uuid.uuid4().hex[:8]}"
     yield conn_id
-    subprocess.run([sys.executable, "-m", "mc_airflow.connection_admin", "delete", conn_id],
-                   capture_output=True, check=False)
+    connection_admin.delete(conn_id)
+
+
+@pytest.fixture
+def airflow_side_in_process(monkeypatch):
+    """``mc accounts`` runs Airflow's side (``python -m mc_airflow.connection_admin``) in a
+    subprocess, which imports Airflow each time: here the same ``main()`` runs in the test
+    process, with the same arguments, stdin, output and exit code.
+    ``test_add_creates_the_connection_and_the_entry`` keeps the real subprocess."""
+    from mc_airflow import connection_admin
+    from mc_local.cli import accounts
+
+    def run(profile, *args, stdin=None):
+        out, err, saved = io.StringIO(), io.StringIO(), sys.stdin
+        sys.stdin = io.StringIO(stdin or "")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = connection_admin.main(list(args))
+        finally:
+            sys.stdin = saved
+        return subprocess.CompletedProcess(["connection_admin", *args], code, out.getvalue(),
+                                           err.getvalue())
+
+    monkeypatch.setattr(accounts, "_connection_admin", run)
 
 
 def execution2_uri(test_deployment) -> str:
@@ -55,7 +80,7 @@ def test_list_reports_bad_entries(registry, capsys):
     assert f"error: {registry}: entry #1 (a): unknown field(s) ['x']" in captured.err
 
 
-def test_test_checks_the_connection_and_the_cell_id(registry, capsys):
+def test_test_checks_the_connection_and_the_cell_id(registry, capsys, airflow_side_in_process):
     registry.write_text("""accounts:
   - {name: mcExec2, label: Two, conn_id: mc_execution2, cell_id: 1}
   - {name: mcWrong, label: Wrong cell, conn_id: mc_execution, cell_id: 7}
@@ -97,7 +122,9 @@ def test_add_creates_the_connection_and_the_entry(registry, new_conn_id, test_de
 
 
 def test_add_refuses_and_changes_nothing(registry, new_conn_id, test_deployment, capsys,
-                                         monkeypatch):
+                                         monkeypatch, airflow_side_in_process):
+    from mc_airflow import connection_admin
+
     registry.write_text("accounts:\n  - {name: mcExec2, label: Two, conn_id: mc_execution2, "
                         "cell_id: 1}\n")
     before = registry.read_text()
@@ -118,12 +145,11 @@ def test_add_refuses_and_changes_nothing(registry, new_conn_id, test_deployment,
                  "--conn-uri", "mysql://x/y"]) == 1
     assert "--conn-uri must be a postgres://" in capsys.readouterr().err
     assert registry.read_text() == before
-    result = subprocess.run([sys.executable, "-m", "mc_airflow.connection_admin", "get",
-                             new_conn_id], capture_output=True, text=True, check=False)
-    assert result.returncode == 2  # never created
+    assert connection_admin.main(["get", new_conn_id]) == 2  # never created
 
 
-def test_add_with_an_existing_connection_then_disable(registry, capsys):
+def test_add_with_an_existing_connection_then_disable(registry, capsys,
+                                                      airflow_side_in_process):
     assert main(["accounts", "add", "mcExecTwo", "--label", "Two again", "--cell-id", "1",
                  "--conn-id", "mc_execution2", "--schedule", "*/30 * * * *"]) == 0
     assert "cell id 1 matches" in capsys.readouterr().out

@@ -118,7 +118,12 @@ def map_body(context: Any, body: Any) -> Any:
 @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
           suppress_health_check=list(HealthCheck))
 def test_the_push_api_keeps_to_its_schema(case, execution_db):
-    case.body = map_body(None, case.body)  # the coverage phase draws without the hook
+    mapped = map_body(None, case.body)  # the coverage phase draws without the hook
+    if mapped is not case.body:
+        # Only when changed: assigning case.body makes schemathesis (4.32) judge the body
+        # again, and it judges an absent body invalid even where the schema makes it
+        # optional, so a PUT without a body would be taken for a negative case.
+        case.body = mapped
     case.call_and_validate(headers={"Authorization": f"Bearer {_admin_token()}"},
                            checks=ALL_CHECKS)
 
