@@ -55,6 +55,8 @@ from message_center.tracking.summary import event_tracking
 from message_center.webhooks.model import WebhookValidationError
 
 DEFAULT_WARNING = 100
+#: Lists page at most this far (PostgreSQL's OFFSET is a bigint; a 422 beats a 500).
+MAX_LIST_OFFSET = 1_000_000_000
 DEFAULT_ALERT = 400
 
 
@@ -593,7 +595,7 @@ def create_app(
             max_length=64, description="Decided at or after (ISO 8601; no offset = UTC).",
             json_schema_extra={"format": "date-time"})] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET)] = 0,
     ) -> Any:
         """Newest decision first. Needs the right to read events (runs of a processing DAG)."""
         try:
@@ -685,7 +687,7 @@ def create_app(
         address: Annotated[str | None, Query(max_length=320,
                                              description="Case-insensitive substring.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_LIST_OFFSET)] = 0,
     ) -> Any:
         """Newest decision first. Needs the right to read events, like the quarantine."""
         rows, total = await run_in_threadpool(with_connection, lambda conn: (

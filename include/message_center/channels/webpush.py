@@ -94,8 +94,9 @@ class WebPushChannel(Channel):
     address_query = "endpoint"
     # An http(s) URL with a plain host[:port] and no blanks: every such text is one
     # subscription_endpoint accepts (no bracket or non-ASCII host urlsplit refuses).
+    # No control character either (PostgreSQL refuses a NUL in text).
     address_query_pattern = (r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=:-]+"
-                             r"(?:[/?#]\S*)?$")
+                             r"(?:[/?#][^\s\x00-\x1f\x7f]*)?$")
     quarantine_key_sql = ("CASE WHEN left(btrim({address}), 1) = '{{' THEN "
                           "btrim(CAST({address} AS jsonb) ->> 'endpoint') "
                           "ELSE btrim({address}) END")
