@@ -160,7 +160,8 @@ def walk(airflow_stack, test_deployment, execution_db, control_db, smtp_sink, sm
             with execution_db.connect() as conn:
                 return bool(conn.execute(text(
                     "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = "
-                    "current_database() AND query ILIKE 'LISTEN%'")).scalar_one())
+                    "current_database() AND query IN ('LISTEN mc_rt_events', "
+                    "'LISTEN mc_batch_events')")).scalar_one())
 
         wait_for("the shard loops to stop", loops_stopped, 120)
 

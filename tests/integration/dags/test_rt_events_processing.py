@@ -145,7 +145,8 @@ def test_under_the_scheduler_pushed_events_are_sent_within_seconds(
             with execution_db.connect() as conn:
                 return bool(conn.execute(sqlalchemy.text(
                     "SELECT count(*) = 0 FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"),
+                    "WHERE datname = current_database() AND query IN "
+                    "('LISTEN mc_rt_events', 'LISTEN mc_batch_events')"),
                 ).scalar_one())
 
         wait_for("the shard loops to stop", loops_stopped, timeout=120)
