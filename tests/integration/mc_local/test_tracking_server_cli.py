@@ -41,7 +41,10 @@ def test_the_tracking_server_runs_as_its_own_process(test_deployment):
         process.wait(30)
 
 
-def test_make_run_supervises_it_on_its_own_port(test_deployment):
+def test_make_run_supervises_it_on_its_own_port(test_deployment, monkeypatch):
+    # By default the links point at the deployment's own port (an earlier test of the
+    # worker may have exported another deployment's MC_TRACKING_BASE_URL).
+    monkeypatch.delenv("MC_TRACKING_BASE_URL", raising=False)
     env = {**os.environ, **test_deployment.environment()}
     component = launcher.tracking_component(test_deployment, env)
     assert component.name == "tracking-server"
