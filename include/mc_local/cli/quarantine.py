@@ -119,6 +119,22 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
+def database_command(commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+                     name: str, handler: Callable[[argparse.Namespace], int],
+                     help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that works on one database of a deployment (``--instance``,
+    ``--database-url``, ``--profile``), its errors said in one line: shared by the
+    quarantine and suppression commands."""
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--instance", choices=INSTANCES, default="execution",
+                        help="which database of the local deployment (default execution)")
+    parser.add_argument("--database-url", default=None,
+                        help="a postgresql:// URL instead of the local deployment's")
+    parser.add_argument("--profile", default=None, help="local deployment profile")
+    parser.set_defaults(handler=_guarded(handler))
+    return parser
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     top = subparsers.add_parser(
         "quarantine", help="Quarantined addresses: list, add, release.",
@@ -127,14 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     def add(name: str, handler: Callable[[argparse.Namespace], int],
             help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--instance", choices=INSTANCES, default="execution",
-                            help="which database of the local deployment (default execution)")
-        parser.add_argument("--database-url", default=None,
-                            help="a postgresql:// URL instead of the local deployment's")
-        parser.add_argument("--profile", default=None, help="local deployment profile")
-        parser.set_defaults(handler=_guarded(handler))
-        return parser
+        return database_command(commands, name, handler, help_text)
 
     parser = add("list", _list, "List quarantined addresses, newest decision first.")
     parser.add_argument("--channel", choices=channels.names())

@@ -14,15 +14,12 @@ import json
 import sys
 from collections.abc import Callable
 
-from sqlalchemy.exc import OperationalError
-
+from mc_local.cli.quarantine import database_command
 from mc_local.localenv import deployment
 from message_center import channel as channels
 from message_center.channel import guess as guess_channel
 from message_center.db import engine_for
 from message_center.delivery import suppression as s
-
-INSTANCES = ("execution", "execution2", "control")
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -79,21 +76,6 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            print(f"error: the {args.instance} database is unavailable: {reason}",
-                  file=sys.stderr)
-            return 1
-    return run
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     top = subparsers.add_parser(
         "suppressions", help="Unsubscribed addresses per category: list, add, remove.",
@@ -102,14 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     def add(name: str, handler: Callable[[argparse.Namespace], int],
             help_text: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--instance", choices=INSTANCES, default="execution",
-                            help="which database of the local deployment (default execution)")
-        parser.add_argument("--database-url", default=None,
-                            help="a postgresql:// URL instead of the local deployment's")
-        parser.add_argument("--profile", default=None, help="local deployment profile")
-        parser.set_defaults(handler=_guarded(handler))
-        return parser
+        return database_command(commands, name, handler, help_text)
 
     parser = add("list", _list, "List suppressions, newest decision first.")
     parser.add_argument("--channel", choices=channels.names())
