@@ -51,6 +51,22 @@ def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
 
 
+FRAME = "iframe[title='Message Center']"
+"""Airflow shows the Message Center pages in this frame."""
+
+
+def open_tab(page: Any, label: str) -> Any:
+    """Open a Message Center tab and wait until its scripts have run.
+
+    The tab's HTML is there before its script is: a click on a button before then is lost
+    (``mc.js`` marks ``<html data-mc-ready>`` on the window's load event).
+    """
+    ui = page.frame_locator(FRAME)
+    ui.locator(".mc-tabs a", has_text=label).click()
+    ui.locator("html[data-mc-ready] .mc-tabs a[aria-current='page']", has_text=label).wait_for()
+    return ui
+
+
 def new_context(browser: Any, **options: Any) -> Any:
     """A browser context whose pages wait :data:`PAGE_TIMEOUT_MS` for loads and elements."""
     context = browser.new_context(**options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
-from browser_support import CHROMIUM_ENV, chromium_path, login, new_context
+from browser_support import CHROMIUM_ENV, chromium_path, login, new_context, open_tab
 from conftest import BROWSER_SKIP
 
 from message_center.delivery import quarantine as q
@@ -17,7 +17,6 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(
     chromium_path() is None,
     reason=f"{BROWSER_SKIP} (apt-get install -y chromium, or {CHROMIUM_ENV}=...)")]
 
-FRAME = "iframe[title='Message Center']"
 
 
 def test_release_and_quarantine_from_the_page(browser, airflow_stack, execution_db):
@@ -34,9 +33,7 @@ def test_release_and_quarantine_from_the_page(browser, airflow_stack, execution_
     try:
         login(page, airflow_stack.base_url, "admin", airflow_stack.password)
         page.get_by_role("link", name="Message Center").click()
-        ui = page.frame_locator(FRAME)
-        ui.locator(".mc-tabs a", has_text="Quarantine").click()
-        ui.locator(".mc-tabs a[aria-current='page']", has_text="Quarantine").wait_for()
+        ui = open_tab(page, "Quarantine")
         rows = ui.locator("#quarantine tbody tr")
         expect(rows).to_have_count(2)
         gone = ui.locator("tr[data-address='ui-gone@example.test']")
@@ -84,8 +81,7 @@ def test_the_suppressions_tab_lists_and_lifts(browser, airflow_stack, execution_
     try:
         login(page, airflow_stack.base_url, "admin", airflow_stack.password)
         page.get_by_role("link", name="Message Center").click()
-        ui = page.frame_locator(FRAME)
-        ui.locator(".mc-tabs a", has_text="Quarantine").click()
+        ui = open_tab(page, "Quarantine")
         ui.locator("#tab-suppressions").click()
         ui.locator("#tab-suppressions[aria-current='page']").wait_for()
         rows = ui.locator("#suppressions tbody tr")

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
-from browser_support import CHROMIUM_ENV, chromium_path, launch, login
+from browser_support import CHROMIUM_ENV, chromium_path, launch, login, open_tab
 from conftest import BROWSER_SKIP, free_port
 from processing_factory import insert_events, publish_templates
 
@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(
     chromium_path() is None,
     reason=f"{BROWSER_SKIP} (apt-get install -y chromium, or {CHROMIUM_ENV}=...)")]
 
-FRAME = "iframe[title='Message Center']"
 KEY = "browser-test-tracking-key-0123"
 BROWSER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120"
 
@@ -107,9 +106,7 @@ def test_the_tracking_page_and_the_mirror_page(browser, airflow_stack, execution
     try:
         login(page, airflow_stack.base_url, "admin", airflow_stack.password)
         page.get_by_role("link", name="Message Center").click()
-        ui = page.frame_locator(FRAME)
-        ui.locator(".mc-tabs a", has_text="Tracking").click()
-        ui.locator(".mc-tabs a[aria-current='page']", has_text="Tracking").wait_for()
+        ui = open_tab(page, "Tracking")
         row = ui.locator("#tracking-templates tr[data-template='trackedUi']")
         expect(row.locator("[data-field=sent]")).to_have_text("4")
         expect(row.locator("[data-field=opened]")).to_have_text("2")

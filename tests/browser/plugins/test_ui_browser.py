@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from browser_support import CHROMIUM_ENV, chromium_path, login, new_context, screenshot_dir
+from browser_support import (
+    CHROMIUM_ENV,
+    FRAME,
+    chromium_path,
+    login,
+    new_context,
+    open_tab,
+    screenshot_dir,
+)
 from conftest import BROWSER_SKIP, CONTROL_TABLES, EXECUTION_TABLES, _truncate
 from processing_factory import ORDER_TEMPLATE, publish_templates, quarantine
 
@@ -33,7 +41,6 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(
     chromium_path() is None,
     reason=f"{BROWSER_SKIP} (apt-get install -y chromium, or {CHROMIUM_ENV}=...)")]
 
-FRAME = "iframe[title='Message Center']"
 NEW_ACCOUNT = "mcExecUi"
 SENT_RT = ("ui-alice", "ui-bob", "ui-chloe", "ui-david")
 ORDER = {"type": "ORDER", "ctx": {"firstName": "Alice", "orderId": "A-1", "total": 59.9}}
@@ -123,13 +130,6 @@ def admin(browser, airflow_stack, dataset, requested_hosts) -> Iterator[Any]:
 
 def frame(page: Any) -> Any:
     return page.frame_locator(FRAME)
-
-
-def open_tab(page: Any, label: str) -> Any:
-    ui = frame(page)
-    ui.locator(".mc-tabs a", has_text=label).click()
-    ui.locator(".mc-tabs a[aria-current='page']", has_text=label).wait_for()
-    return ui
 
 
 def number(locator: Any) -> int:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from browser_support import CHROMIUM_ENV, chromium_path, launch, login
+from browser_support import CHROMIUM_ENV, chromium_path, launch, login, open_tab
 from conftest import BROWSER_SKIP
 from sqlalchemy import text
 
@@ -19,7 +19,6 @@ pytestmark = [pytest.mark.server, pytest.mark.skipif(
     chromium_path() is None,
     reason=f"{BROWSER_SKIP} (apt-get install -y chromium, or {CHROMIUM_ENV}=...)")]
 
-FRAME = "iframe[title='Message Center']"
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +55,7 @@ def test_the_webhooks_page(browser, airflow_stack, control_db, execution_db):
     try:
         login(page, airflow_stack.base_url, "admin", airflow_stack.password)
         page.get_by_role("link", name="Message Center").click()
-        ui = page.frame_locator(FRAME)
-        ui.locator(".mc-tabs a", has_text="Webhooks").click()
+        ui = open_tab(page, "Webhooks")
         row = ui.locator(f"tr[data-webhook='{wid}']")
         expect(row).to_contain_text("https://93.184.215.14/hook")
         expect(row).to_contain_text("web shop")

@@ -88,4 +88,9 @@
     element.textContent = text;
     element.hidden = false;
   };
+
+  /* Every script of the page has run: tests (and people's scripts) wait for this. */
+  window.addEventListener("load", function () {
+    document.documentElement.setAttribute("data-mc-ready", "");
+  });
 })();
