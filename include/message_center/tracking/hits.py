@@ -4,9 +4,16 @@ commit of its own), every hit kept, machine activity flagged.
 :class:`HitWriter` collects hits and a background thread writes them every
 ``flush_seconds`` (or sooner when ``flush_rows`` are waiting), one transaction per batch:
 the ``tracking_log`` rows (the message's template and sending time joined from the
-delivery log: a hit of a message purged meanwhile is dropped), then the first human open
-of each message and the first human click of each link (``tracking_first``, what a
-webhook hooks on later).
+delivery log: a hit of a message purged meanwhile is dropped), then the first open of
+each message and the first click of each link (``tracking_first``), and for each first
+the ``event.opened`` / ``event.clicked`` webhook messages (a transactional outbox: a
+message exists if and only if the hit that caused it was recorded).
+
+People and machines are counted apart, so there are two firsts of each: the first
+*human* open (``tracking_first.kind`` ``open``; ``click`` for a link) and the first
+*automated* one (``open:automated``, ``click:automated``: an image proxy's prefetch, a link
+scanner), whose webhook says ``"automated": true``. A subscriber that ignores automated
+messages still gets the person's first open when it comes after a proxy's prefetch.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, text
+
+from message_center import webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +87,8 @@ _INSERT = """
          AS h(log_id, kind, link, url, at, reason, agent, n)
     JOIN delivery_log d ON d.id = h.log_id
     ORDER BY h.n
-    RETURNING id, delivery_log_id, kind, link, at, automated
+    RETURNING id, delivery_log_id, event_kind, event_id, kind, link, url, at, automated,
+              automated_reason
 """
 _FIRST = """
     INSERT INTO tracking_first (delivery_log_id, kind, link, at, tracking_log_id)
@@ -87,11 +98,16 @@ _FIRST = """
          AS f(id, log_id, kind, link, at)
     ORDER BY log_id, kind, link, at, id
     ON CONFLICT DO NOTHING
+    RETURNING tracking_log_id
 """
+#: The suffix of ``tracking_first.kind`` for the first automated hit of a kind.
+AUTOMATED_FIRST = ":automated"
+_WEBHOOK = {"open": webhook_outbox.OPENED, "click": webhook_outbox.CLICKED}
 
 
 def write_hits(engine: Engine, hits: Sequence[Hit]) -> int:
-    """One batch in one transaction; returns the rows written."""
+    """One batch in one transaction (the hits, their firsts, the firsts' webhook
+    messages); returns the rows written."""
     if not hits:
         return 0
     with engine.begin() as conn:
@@ -101,14 +117,28 @@ def write_hits(engine: Engine, hits: Sequence[Hit]) -> int:
             "ats": [h.at for h in hits], "reasons": [h.automated_reason for h in hits],
             "agents": [(h.user_agent or "")[:MAX_USER_AGENT_CHARS] or None for h in hits],
         }).all()
-        firsts = [r for r in rows if not r.automated and r.kind in ("open", "click")]
-        if firsts:
-            conn.execute(text(_FIRST), {
-                "ids": [r.id for r in firsts], "logs": [r.delivery_log_id for r in firsts],
-                "kinds": [r.kind for r in firsts],
-                "links": [-1 if r.link is None else r.link for r in firsts],
-                "ats": [r.at for r in firsts]})
+        candidates = [r for r in rows if r.kind in _WEBHOOK]
+        if not candidates:
+            return len(rows)
+        new = set(conn.execute(text(_FIRST), {
+            "ids": [r.id for r in candidates],
+            "logs": [r.delivery_log_id for r in candidates],
+            "kinds": [r.kind + (AUTOMATED_FIRST if r.automated else "") for r in candidates],
+            "links": [-1 if r.link is None else r.link for r in candidates],
+            "ats": [r.at for r in candidates]}).scalars())
+        if new and webhook_outbox.active(conn):
+            webhook_outbox.enqueue_many(conn, [_report(r) for r in candidates if r.id in new])
     return len(rows)
+
+
+def _report(row: Any) -> webhook_outbox.Report:
+    """The ``event.opened`` / ``event.clicked`` message of a first hit."""
+    extra: dict[str, Any] = {"automated": bool(row.automated),
+                             "automatedReason": row.automated_reason}
+    if row.kind == "click":
+        extra.update(link=row.link, url=row.url)
+    return webhook_outbox.Report(row.event_kind, int(row.event_id), _WEBHOOK[row.kind],
+                                 extra, row.at)
 
 
 class HitWriter:
