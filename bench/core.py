@@ -33,7 +33,8 @@ EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency"
                     "suppression", "webhook_subscription", "webhook_outbox",
                     "webhook_attempt")
 ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
-                  "flow_stats_hourly", "event_stats_dirty")
+                  "flow_stats_hourly", "event_stats_dirty", "archived_tracking_log",
+                  "tracking_stats_hourly", "tracking_stats_dirty")
 
 
 def log(message: str) -> None:
@@ -250,8 +251,11 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             ("tracking server, open pixel, 64 concurrent clients", ">= 2,000 hits/s"),
             ("tracking server, open pixel, 64 concurrent clients, p99", "<= 50 ms"),
             ("tracking server, click redirect, 64 concurrent clients", ">= 2,000 hits/s"),
+            ("tracking server, click redirect, 64 concurrent clients, p99", "<= 50 ms"),
             ("render + deliver with tracking on (opens, clicks, mirror page)",
              ">= 85% of tracking off"),
+            ("archiving with tracking logs (an open and a click per sent message)",
+             ">= 50% of the rows/s without"),
         ],
         "webhooks": [
             (f"status change -> webhook received at a local receiver, "
