@@ -37,11 +37,34 @@ class RenderedMessage:
     text: str | None
 
 
+#: The filter an author puts on a link of a text part to have it tracked
+#: (``{{ url | tracked }}`` or ``{% filter tracked %}https://...{% endfilter %}``).
+TRACKED_FILTER = "tracked"
+#: The marks the filter puts around the link (Unicode private-use characters: no template
+#: text has them); :mod:`message_center.tracking.links` rewrites or removes them, every
+#: other part loses them.
+LINK_START, LINK_END = "\ue000", "\ue001"
+
+
+def mark_link(value: Any) -> str:
+    """The ``tracked`` filter: the value (a URL) between the marks."""
+    url = str(value).replace(LINK_START, "").replace(LINK_END, "").strip()
+    return f"{LINK_START}{url}{LINK_END}"
+
+
+def strip_marks(text: str) -> str:
+    """``text`` without link marks (a part or a channel that does not track)."""
+    if LINK_START not in text and LINK_END not in text:
+        return text
+    return text.replace(LINK_START, "").replace(LINK_END, "")
+
+
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         autoescape=autoescape, undefined=StrictUndefined, keep_trailing_newline=True,
         cache_size=0,
     )
+    env.filters[TRACKED_FILTER] = mark_link
     return env
 
 
@@ -68,6 +91,12 @@ def template_variables(source: str, html: bool = False) -> set[str]:
     """The top-level variables ``source`` reads (loop and ``set`` variables excluded)."""
     env = _HTML_ENV if html else _TEXT_ENV
     return set(meta.find_undeclared_variables(env.parse(source))) - set(env.globals)
+
+
+def template_filters(source: str, html: bool = False) -> set[str]:
+    """The filters ``source`` uses (``{{ x | f }}`` and ``{% filter f %}``)."""
+    env = _HTML_ENV if html else _TEXT_ENV
+    return {node.name for node in env.parse(source).find_all(nodes.Filter)}
 
 
 def _shown(value: Any) -> str:
@@ -158,9 +187,10 @@ def _where(source: str, html: bool, part: str | None, exc: BaseException) -> str
 
 
 def render_part(source: str | None, variables: dict[str, Any], html: bool = False,
-                part: str | None = None) -> str | None:
+                part: str | None = None, *, link_marks: bool = False) -> str | None:
     """Render one part (subject, HTML body, text body or SMS text); ``part`` names it in
-    errors."""
+    errors. ``link_marks``: keep the marks of ``tracked`` links (the e-mail text part,
+    which tracking rewrites); otherwise they are removed."""
     if source is None:
         return None
     try:
@@ -180,7 +210,7 @@ def render_part(source: str | None, variables: dict[str, Any], html: bool = Fals
                           f"{_where(source, html, part, exc)}") from None
     if len(result) > MAX_RENDERED_CHARS:
         raise RenderError(f"rendered message is larger than {MAX_RENDERED_CHARS} characters")
-    return result
+    return result if link_marks else strip_marks(result)
 
 
 def template_event(row: dict[str, Any], event_id: int) -> dict[str, Any]:
@@ -217,9 +247,11 @@ def event_variables(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_message(subject: str | None, html_body: str | None, text_body: str | None,
-                   variables: dict[str, Any]) -> RenderedMessage:
+                   variables: dict[str, Any], *, text_link_marks: bool = False
+                   ) -> RenderedMessage:
+    """``text_link_marks``: the text part keeps the marks of its ``tracked`` links."""
     return RenderedMessage(
         subject=render_part(subject, variables, part="subject"),
         html=render_part(html_body, variables, html=True, part="html"),
-        text=render_part(text_body, variables, part="text"),
+        text=render_part(text_body, variables, part="text", link_marks=text_link_marks),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -213,6 +214,8 @@ def test_first_open_and_first_click_of_each_link_are_webhooks(execution_db, smtp
             receiver.wait_for(lambda: len(receiver.received) >= 4)
         assert len(outbox(execution_db)) == 4
     assert all(r.verified for r in receiver.received)
+    # one batch's messages about one event take consecutive sequence numbers
+    assert sorted(r.body["data"]["sequence"] for r in receiver.received) == [1, 2, 3, 4]
     got = sorted((r.body["type"], r.body["data"]["automated"], r.body["data"].get("url"))
                  for r in receiver.received)
     url = "https://shop.example/orders/A-1?a=1&b=2"
@@ -285,3 +288,29 @@ def test_the_event_api_and_the_lookup_show_the_tracking(execution_db, smtp_sink,
     # the lookup's message is the one sent: the same tracked links
     assert detail["message"]["available"], detail["message"]
     assert hrefs(detail["message"]["html"])[0] == hrefs(html)[0]
+
+
+def test_text_part_links_are_tracked_only_where_the_author_marks_them(execution_db, smtp_sink,
+                                                                      channels, server):
+    publish_templates(execution_db, replace(TRACKED, text_body=(
+        "Hello {{ firstName }}.\n"
+        "Your order: {{ ('https://shop.example/orders/' ~ orderId) | tracked }}\n"
+        "Help: https://shop.example/help\n")))
+    _, message = send_one(execution_db, smtp_sink, channels)
+    html, plain = parts(message)
+    base = server.settings.config.base_url
+    order_line, help_line = plain.splitlines()[1:3]
+    assert help_line == "Help: https://shop.example/help"  # not marked: as written
+    text_link = order_line.removeprefix("Your order: ")
+    assert text_link.startswith(f"{base}/c/")
+    assert text_link not in hrefs(html)  # its own number, after the HTML part's link
+    with httpx.Client(headers={"User-Agent": BROWSER}) as client:
+        click = client.get(text_link)
+        assert click.status_code == 302
+        assert click.headers["location"] == "https://shop.example/orders/A-1"
+        assert client.get(hrefs(html)[0]).headers["location"] == \
+            "https://shop.example/orders/A-1?a=1&b=2"
+    assert server.writer.wait_idle()
+    assert [(h["kind"], h["link"], h["url"]) for h in hits(execution_db)] == [
+        ("click", 1, "https://shop.example/orders/A-1"),
+        ("click", 0, "https://shop.example/orders/A-1?a=1&b=2")]
