@@ -41,6 +41,7 @@ from bench.core import (
 )
 from bench.data import insert_events, insert_final_delivery_logs
 from bench.pipeline import _deliver, configure_tracking
+from mc_local.supervisor import session_members
 from message_center import archiving
 from message_center import channel as channels
 from message_center.tracking import tokens
@@ -120,12 +121,16 @@ def _client_process(port: int, paths: list[str], clients: int, offset: int, seco
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children so far (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a server started in its own session: the
+    process and every member of its session (uvicorn's worker processes)."""
+    total = 0.0
+    for member in {pid, *session_members(pid)}:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -268,13 +273,15 @@ def tracking(ctx: Context) -> list[Result]:
     env = {**ctx.airflow_env(), "MC_TRACKING_RATE": str(LIMIT), "MC_TRACKING_BURST": str(LIMIT)}
     mc = str(Path(sys.executable).parent / "mc")
     server = ctx.start("tracking_server", [mc, "tracking-server", "--profile",
-                                           ctx.deployment.profile, "--port", str(port)], env)
+                                           ctx.deployment.profile, "--port", str(port),
+                                           "--workers", "1"], env)
     wait_for_port(port, server.process, what="tracking server")
     bare_port = free_port()
     bare = ctx.start("bare_asgi", [sys.executable, "-c", BARE_APP, str(bare_port)])
     wait_for_port(bare_port, bare.process, what="bare ASGI app")
     try:
         _load(port, opens, min(seconds, 2.0), 200, server.pid)  # warm-up: imports, caches
+        _load(port, clicks, min(seconds, 2.0), 302, server.pid)
         _load(bare_port, ["/"], min(seconds, 2.0), 200, bare.pid)
         log(f"tracking: bare ASGI app, {CLIENTS} clients, {seconds:g}s")
         bare_load = _load(bare_port, ["/"], seconds, 200, bare.pid)
@@ -285,6 +292,20 @@ def tracking(ctx: Context) -> list[Result]:
     finally:
         ctx.stop("bare_asgi")
         ctx.stop("tracking_server")  # flushes its last batch
+    port = free_port()  # the same with 2 worker processes (--workers 2)
+    server = ctx.start("tracking_server_2", [mc, "tracking-server", "--profile",
+                                             ctx.deployment.profile, "--port", str(port),
+                                             "--workers", "2"], env)
+    try:
+        wait_for_port(port, server.process, what="tracking server (2 workers)")
+        _load(port, opens, min(seconds, 2.0), 200, server.pid)
+        _load(port, clicks, min(seconds, 2.0), 302, server.pid)
+        log(f"tracking: open pixel, 2 workers, {CLIENTS} clients, {seconds:g}s")
+        open_two = _load(port, opens, seconds, 200, server.pid)
+        log(f"tracking: click redirect, 2 workers, {CLIENTS} clients, {seconds:g}s")
+        click_two = _load(port, clicks, seconds, 302, server.pid)
+    finally:
+        ctx.stop("tracking_server_2")
     with engine.connect() as conn:
         written = conn.execute(text("SELECT count(*) FROM tracking_log")).scalar_one()
     load_average = os.getloadavg()
@@ -304,7 +325,8 @@ def tracking(ctx: Context) -> list[Result]:
             f"{DEFAULT_RATE:g}/s, bursts of {DEFAULT_BURST}: every client is 127.0.0.1); "
             f"{written:,} hits written in batches; open pixel: {figures(open_load)}; click: "
             f"{figures(click_load)}; bare = a uvicorn ASGI app returning the same GIF bytes: "
-            f"{figures(bare_load)}; load average during the run "
+            f"{figures(bare_load)}; with --workers 2 (MC_TRACKING_WORKERS): open pixel "
+            f"{figures(open_two)}, click {figures(click_two)}; load average during the run "
             f"{load_average[0]:.1f} on {os.cpu_count()} cores (shared machine)")
     bad = open_load.failures + click_load.failures
     if bad:

@@ -19,6 +19,7 @@ from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, me
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from message_center.ids import to_public
+from message_center.link_marks import TRACKED_FILTER, mark_link, strip_marks
 
 MAX_RENDERED_CHARS = 1_000_000
 _MAX_VALUE_CHARS = 80
@@ -35,28 +36,6 @@ class RenderedMessage:
     subject: str | None
     html: str | None
     text: str | None
-
-
-#: The filter an author puts on a link of a text part to have it tracked
-#: (``{{ url | tracked }}`` or ``{% filter tracked %}https://...{% endfilter %}``).
-TRACKED_FILTER = "tracked"
-#: The marks the filter puts around the link (Unicode private-use characters: no template
-#: text has them); :mod:`message_center.tracking.links` rewrites or removes them, every
-#: other part loses them.
-LINK_START, LINK_END = "\ue000", "\ue001"
-
-
-def mark_link(value: Any) -> str:
-    """The ``tracked`` filter: the value (a URL) between the marks."""
-    url = str(value).replace(LINK_START, "").replace(LINK_END, "").strip()
-    return f"{LINK_START}{url}{LINK_END}"
-
-
-def strip_marks(text: str) -> str:
-    """``text`` without link marks (a part or a channel that does not track)."""
-    if LINK_START not in text and LINK_END not in text:
-        return text
-    return text.replace(LINK_START, "").replace(LINK_END, "")
 
 
 def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:

@@ -30,7 +30,8 @@ from message_center.delivery.smtp import (
     smtp_settings_from_connection,
 )
 from message_center.ids import to_public
-from message_center.rendering import LINK_START, RenderedMessage, RenderError, render_message
+from message_center.link_marks import LINK_START
+from message_center.rendering import RenderedMessage, RenderError, render_message
 from message_center.tracking import links as tracking_links
 from message_center.tracking import options as tracking_options
 from message_center.tracking import tokens as tracking_tokens

@@ -17,8 +17,8 @@ import yaml
 
 from message_center import channel as channels
 from message_center.channel import Channel, RenderedParts
+from message_center.link_marks import TRACKED_FILTER
 from message_center.rendering import (
-    TRACKED_FILTER,
     RenderError,
     check_syntax,
     event_variables,

@@ -15,7 +15,7 @@ import html as htmllib
 import re
 from dataclasses import dataclass
 
-from message_center.rendering import LINK_END, LINK_START, strip_marks
+from message_center.link_marks import MARKED, strip_marks
 from message_center.tracking.options import (
     MIRROR_VARIABLE,
     UNSUBSCRIBE_VARIABLE,
@@ -34,7 +34,6 @@ _HREF = re.compile(r"""(?P<lead>\bhref\s*=\s*)"""
                    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'>]+))""", re.I)
 _NOTRACK = re.compile(r"(?:^|\s)data-mc-notrack(?=[\s=/]|$)", re.I)
 _BODY_END = re.compile(r"</body\s*>", re.I)
-_TEXT_LINK = re.compile(f"{LINK_START}([^{LINK_START}{LINK_END}]*){LINK_END}")
 PREVIEW_LOG_ID = 0
 #: The pixel: a 1x1 transparent GIF, hidden.
 PIXEL_TAG = ('<img src="{url}" width="1" height="1" alt="" '
@@ -61,7 +60,7 @@ def tracked_links(html: str, base_url: str) -> list[TrackedLink]:
 def text_links(text: str, base_url: str) -> list[str]:
     """The URLs of the links the author marked ``tracked`` in a text part (rendered with
     its marks), in order; they are numbered after the HTML part's tracked links."""
-    return [url for url in (_url(m.group(1), base_url) for m in _TEXT_LINK.finditer(text))
+    return [url for url in (_url(m.group(1), base_url) for m in MARKED.finditer(text))
             if url is not None]
 
 
@@ -153,7 +152,7 @@ def track_text(text: str, options: TrackingOptions, config: TrackingConfig | Non
         counter[0] += 1
         return tracked
 
-    return strip_marks(_TEXT_LINK.sub(rewrite, text))
+    return strip_marks(MARKED.sub(rewrite, text))
 
 
 def headers(options: TrackingOptions, config: TrackingConfig | None,
