@@ -169,6 +169,7 @@ class Sizes:
     slow_rt_seconds: float = 60.0
     cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
     tracking_seconds: float = 15.0  # each tracking server load (pixel, click, bare app)
+    tracking_two_workers: bool = True  # also measure mc tracking-server --workers 2
     meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
     meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
     webhook_changes: int = 100_000  # status changes sent as webhooks
@@ -196,7 +197,7 @@ class Sizes:
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
                        cleanup_events=2_000, meta_days=16, meta_scale=0.01,
-                       tracking_seconds=1.0,
+                       tracking_seconds=1.0, tracking_two_workers=False,
                        webhook_changes=500)
         raise ValueError(f"unknown size preset {name!r}")
 

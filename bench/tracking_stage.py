@@ -236,6 +236,27 @@ def _archiving(ctx: Context) -> tuple[float, float, str]:
     return with_rows / with_seconds, without_rows / without_seconds, note
 
 
+def _two_workers(ctx: Context, mc: str, env: dict[str, str], opens: list[str],
+                 clicks: list[str]) -> tuple[Load, Load]:
+    """The open pixel and the click with ``mc tracking-server --workers 2``."""
+    seconds = ctx.sizes.tracking_seconds
+    port = free_port()
+    server = ctx.start("tracking_server_2", [mc, "tracking-server", "--profile",
+                                             ctx.deployment.profile, "--port", str(port),
+                                             "--workers", "2"], env)
+    try:
+        wait_for_port(port, server.process, what="tracking server (2 workers)")
+        _load(port, opens, min(seconds, 2.0), 200, server.pid)
+        _load(port, clicks, min(seconds, 2.0), 302, server.pid)
+        log(f"tracking: open pixel, 2 workers, {CLIENTS} clients, {seconds:g}s")
+        open_two = _load(port, opens, seconds, 200, server.pid)
+        log(f"tracking: click redirect, 2 workers, {CLIENTS} clients, {seconds:g}s")
+        click_two = _load(port, clicks, seconds, 302, server.pid)
+    finally:
+        ctx.stop("tracking_server_2")
+    return open_two, click_two
+
+
 def tracking(ctx: Context) -> list[Result]:
     count = ctx.sizes.deliver_messages
     seconds = ctx.sizes.tracking_seconds
@@ -292,20 +313,8 @@ def tracking(ctx: Context) -> list[Result]:
     finally:
         ctx.stop("bare_asgi")
         ctx.stop("tracking_server")  # flushes its last batch
-    port = free_port()  # the same with 2 worker processes (--workers 2)
-    server = ctx.start("tracking_server_2", [mc, "tracking-server", "--profile",
-                                             ctx.deployment.profile, "--port", str(port),
-                                             "--workers", "2"], env)
-    try:
-        wait_for_port(port, server.process, what="tracking server (2 workers)")
-        _load(port, opens, min(seconds, 2.0), 200, server.pid)
-        _load(port, clicks, min(seconds, 2.0), 302, server.pid)
-        log(f"tracking: open pixel, 2 workers, {CLIENTS} clients, {seconds:g}s")
-        open_two = _load(port, opens, seconds, 200, server.pid)
-        log(f"tracking: click redirect, 2 workers, {CLIENTS} clients, {seconds:g}s")
-        click_two = _load(port, clicks, seconds, 302, server.pid)
-    finally:
-        ctx.stop("tracking_server_2")
+    two = _two_workers(ctx, mc, env, opens, clicks) if ctx.sizes.tracking_two_workers \
+        else None
     with engine.connect() as conn:
         written = conn.execute(text("SELECT count(*) FROM tracking_log")).scalar_one()
     load_average = os.getloadavg()
@@ -325,8 +334,10 @@ def tracking(ctx: Context) -> list[Result]:
             f"{DEFAULT_RATE:g}/s, bursts of {DEFAULT_BURST}: every client is 127.0.0.1); "
             f"{written:,} hits written in batches; open pixel: {figures(open_load)}; click: "
             f"{figures(click_load)}; bare = a uvicorn ASGI app returning the same GIF bytes: "
-            f"{figures(bare_load)}; with --workers 2 (MC_TRACKING_WORKERS): open pixel "
-            f"{figures(open_two)}, click {figures(click_two)}; load average during the run "
+            f"{figures(bare_load)}; "
+            + (f"with --workers 2 (MC_TRACKING_WORKERS): open pixel {figures(two[0])}, "
+               f"click {figures(two[1])}; " if two else "")
+            + "load average during the run "
             f"{load_average[0]:.1f} on {os.cpu_count()} cores (shared machine)")
     bad = open_load.failures + click_load.failures
     if bad:
