@@ -48,6 +48,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -84,6 +85,8 @@ log = logging.getLogger(__name__)
 #: Seconds before retries 1-7 (about a day in all).
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 RESPONSE_BYTES = 1024
+#: The GIL switch interval while the dispatcher runs (seconds; Python's default 0.005).
+SWITCH_INTERVAL = 0.0005
 DAY = 86_400.0
 
 
@@ -311,6 +314,9 @@ class Endpoint:
     max_in_flight: int
     rate: float
     row: dict[str, Any]
+    #: Why the URL may not be called (SSRF rules), checked whenever the subscriptions are
+    #: read; the addresses a name resolves to are checked at every connect.
+    refused: str | None = None
 
 
 @dataclass
@@ -367,6 +373,9 @@ class Dispatcher:
                     row["id"], row["url"], secrets_of(row, self.box),
                     int(row["max_in_flight"] or self.settings.max_in_flight),
                     float(row["rate_per_second"] or self.settings.rate_per_second), row)
+                check_webhook_url(endpoint.url, self.hosts, resolve_names=False)
+            except UrlRefused as exc:
+                endpoint.refused = f"URL refused: {exc}"
             except Exception as exc:  # a secret that does not decrypt (Fernet key changed)
                 log.error("webhook %s skipped: its secret cannot be read (%s)", row["id"],
                           type(exc).__name__)
@@ -415,6 +424,9 @@ class Dispatcher:
                         and time.monotonic() >= lane.idle_until:
                     lane.claiming = asyncio.create_task(
                         self._claim(lane, size - len(lane.queue)))
+                if lane.sending or lane.claiming is not None:  # either ends with a wake
+                    await lane.changed.wait()
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lane.changed.wait(), self.settings.poll_seconds)
         finally:
@@ -500,10 +512,8 @@ class Dispatcher:
             return Result(int(row["id"]), int(row["attempts"]), code, error, body,
                           int((time.monotonic() - started) * 1000), at, retry_after)
 
-        try:
-            check_webhook_url(endpoint.url, self.hosts, resolve_names=False)
-        except UrlRefused as exc:
-            return result(None, f"URL refused: {exc}")
+        if endpoint.refused is not None:
+            return result(None, endpoint.refused)
         body = message_body(row)
         headers = signed_headers(message_id(int(row["id"])), body, endpoint.secrets)
         try:
@@ -609,9 +619,15 @@ class Dispatcher:
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self, loop_seconds: float) -> DispatchStats:
+        # The database threads hold the GIL while they turn rows into Python objects; the
+        # loop, back from each socket call, would wait up to the switch interval (5 ms)
+        # for it - per request. A shorter interval hands it back sooner.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
         try:
             return await self._run(loop_seconds)
         finally:
+            sys.setswitchinterval(switch)
             self._pool.shutdown(wait=False)
 
     async def _run(self, loop_seconds: float) -> DispatchStats:
