@@ -160,9 +160,10 @@ def _throughput(ctx: Context, port: int, count: int) -> tuple[float, str]:
     with engine.connect() as conn:
         waiting = conn.execute(text("SELECT count(*) FROM webhook_outbox "
                                     "WHERE status <> 'delivered'")).scalar()
+    sending = got / max(seconds - copy_seconds, 1e-9)
     note = (f"{got:,} of {count:,} received ({stats.total:,} statuses copied in "
-            f"{copy_seconds:.2f}s with their outbox rows), {waiting} not delivered; "
-            f"one endpoint, {CAPS}")
+            f"{copy_seconds:.2f}s with their outbox rows; the sending after the copy "
+            f"{sending:,.0f}/s), {waiting} not delivered; one endpoint, {CAPS}")
     return got / seconds, note
 
 

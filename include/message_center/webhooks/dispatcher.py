@@ -17,8 +17,9 @@ never wait for each other's batches:
    Webhooks headers signed with ``standardwebhooks`` (the current secret, and the
    previous one during a rotation's overlap), ``webhook-id`` = ``msg_<outbox id>`` (the
    same on every retry and replay), no redirect followed, the answer's first KiB kept;
-   the URL is checked against SSRF before every request and every address a name
-   resolves to is checked at connect time (:class:`GuardedResolver`: no DNS rebinding);
+   the URL's rules (SSRF) are checked whenever the subscriptions are read (every
+   ``refresh_seconds``) and every address a name resolves to at every connect
+   (:class:`GuardedResolver`: no DNS rebinding);
 3. **records** the outcomes that arrived while the previous write ran, all in one
    statement (the outbox rows and their attempt rows; a group commit): 2xx delivered;
    410 failed and the subscription disabled; anything else (4xx, 5xx, timeout, refused
