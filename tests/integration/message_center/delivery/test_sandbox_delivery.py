@@ -6,6 +6,7 @@ provider; the rules answer the failure paths."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,11 +27,13 @@ from webhook_support import add_subscription, outbox
 from mc_airflow.sandbox import user_sandboxer
 from message_center import events as event_store
 from message_center.api import Authorization, HealthThresholds, create_app
+from message_center.archiving import archive_window
 from message_center.delivery.channels import Channels
 from message_center.delivery.sandbox import SandboxSettings
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
 from message_center.ids import to_public
+from message_center.lookup import event_detail
 from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
 from message_center.publishing import TemplateContent
 from message_center.status_sync import sync_event_statuses
@@ -146,7 +149,7 @@ def api(execution_db, test_deployment) -> TestClient:
 
 
 def test_a_sandbox_users_events_are_sandboxed_on_a_production_instance(
-        api, execution_db, smtp_sink, sms_sink, test_deployment):
+        api, execution_db, control_db, smtp_sink, sms_sink, test_deployment):
     publish_templates(execution_db, ORDER_TEMPLATE)
 
     def push(user: str, email: str, kind: str = "rt") -> list[int]:
@@ -172,6 +175,17 @@ def test_a_sandbox_users_events_are_sandboxed_on_a_production_instance(
         assert found["delivery"]["sandbox"] is True
     found = api.get(f"/message-center/v1/events/{shop}").json()
     assert found["status"] == "sent" and "sandbox" not in found
+
+    # archived with its flag; the event lookup (from the archive alone) says so
+    now = datetime.now(UTC)
+    archive_window(execution_db, control_db, 0, now - timedelta(hours=1),
+                   now + timedelta(minutes=1), statistics=False)
+    detail = event_detail(staging, [], control_db)
+    assert detail is not None and detail["deliveryLogs"][0]["sandbox"] is True
+    assert "Accepted by the sandbox (sandbox mode: nothing was sent)" in {
+        step["label"] for step in detail["timeline"]}
+    detail = event_detail(shop, [], control_db)
+    assert detail is not None and detail["deliveryLogs"][0]["sandbox"] is False
 
 
 def test_the_rules_answer_hard_soft_and_timeout(execution_db, smtp_sink, sms_sink,
