@@ -27,6 +27,8 @@ from webhook_support import add_subscription, outbox
 from mc_airflow.sandbox import user_sandboxer
 from message_center import events as event_store
 from message_center.api import Authorization, HealthThresholds, create_app
+from message_center.api.campaign_rest import create_campaign_rest_app
+from message_center.api.soap import create_soap_app
 from message_center.archiving import archive_window
 from message_center.delivery.channels import Channels
 from message_center.delivery.sandbox import SandboxSettings
@@ -186,6 +188,49 @@ def test_a_sandbox_users_events_are_sandboxed_on_a_production_instance(
         step["label"] for step in detail["timeline"]}
     detail = event_detail(shop, [], control_db)
     assert detail is not None and detail["deliveryLogs"][0]["sandbox"] is False
+
+
+class _Sessions:
+    """ACC SOAP logins: every session token is the user ``qa-bot``."""
+
+    async def logon(self, request: Any, login: str, password: str) -> str:
+        return "tok"
+
+    async def user(self, request: Any, token: str) -> Any:
+        return "qa-bot"
+
+    async def logoff(self, request: Any, token: str) -> None:
+        return None
+
+
+def test_soap_and_campaign_rest_pushes_of_a_sandbox_user_are_sandbox_events(
+        execution_db, test_deployment):
+    url = test_deployment.database_url("execution")
+    authorization = Authorization(
+        push=lambda kind: _push_as, read=lambda: _Everything(),
+        check_push=lambda user, kind: None,
+        sandboxed=user_sandboxer({"MC_SANDBOX_USERS": "qa-bot"}))
+    root = FastAPI()
+    root.mount("/nl", create_soap_app(_Sessions(), lambda: url, authorization=authorization))
+    root.mount("/rest", create_campaign_rest_app(lambda: "tester", lambda: url,
+                                                 authorization=authorization))
+    client = TestClient(root, base_url="http://testserver")
+    body = ('<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:urn="urn:nms:rtEvent"><soapenv:Body><urn:PushEvent>'
+            "<urn:sessiontoken>tok</urn:sessiontoken><urn:domEvent>"
+            '<rtEvent type="ORDER" email="qa@example.test" externalId="SOAP-1">'
+            "<ctx><firstName>Ada</firstName></ctx>"
+            "</rtEvent></urn:domEvent></urn:PushEvent></soapenv:Body></soapenv:Envelope>")
+    answer = client.post("/nl/jsp/soaprouter.jsp", content=body, headers={
+        "Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"nms:rtEvent#PushEvent"'})
+    assert answer.status_code == 200, answer.text
+    for user in ("qa-bot", "shop-app"):
+        answer = client.post("/rest/shop/campaign/mcShop/EVTORDER", headers={
+            "X-Test-User": user}, json={"email": f"{user}@example.test", "ctx": {}})
+        assert answer.status_code == 201, answer.text
+    flags = {row["email"]: row["sandbox"] for row in events(execution_db, "rt")}
+    assert flags == {"qa@example.test": True, "qa-bot@example.test": True,
+                     "shop-app@example.test": False}
 
 
 def test_the_rules_answer_hard_soft_and_timeout(execution_db, smtp_sink, sms_sink,
