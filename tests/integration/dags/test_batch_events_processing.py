@@ -173,21 +173,3 @@ def test_two_runs_at_once_deliver_every_event_exactly_once(execution_db, smtp_si
     got = recipients(smtp_sink)
     assert len(got) == 300 and set(got.values()) == {1}
 
-
-def test_in_sandbox_mode_a_real_run_sends_nothing(dag, execution_db, smtp_sink, monkeypatch):
-    """MC_SANDBOX=1 on the workers (the adapter reads it into the domain's settings):
-    the run processes and logs every event as in production, the relay gets nothing,
-    and the rules answer the failure paths."""
-    monkeypatch.setenv("MC_SANDBOX", "1")
-    monkeypatch.setenv("MC_SANDBOX_RULES", '{"hard": ["*@hard.test"]}')
-    publish_templates(execution_db)
-    ids = insert_events(execution_db, "batch", 2)
-    (hard,) = insert_events(execution_db, "batch", 1, email="nobody@hard.test")
-    assert run(dag, shards=1).state == "success"
-    assert smtp_sink.messages() == []
-    rows = events(execution_db, "batch", [*ids, hard])
-    assert [row["status"] for row in rows] == ["sent", "sent", "failed"]
-    assert all(row["sandbox"] for row in rows)
-    logs = delivery_logs(execution_db)
-    assert all(log["sandbox"] for log in logs)
-    assert [log["failure_class"] for log in logs] == [None, None, "hard"]
