@@ -172,4 +172,3 @@ def test_two_runs_at_once_deliver_every_event_exactly_once(execution_db, smtp_si
     assert Counter(row["status"] for row in events(execution_db, "batch")) == {"sent": 300}
     got = recipients(smtp_sink)
     assert len(got) == 300 and set(got.values()) == {1}
-
