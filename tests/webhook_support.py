@@ -138,11 +138,11 @@ def add_subscription(engine: Engine, url: str, events: list[str], *, secret_enc:
 
 
 def subscribe(engine: Engine, url: str, events: Any = EVENT_NAMES, hosts: HostList = LOOPBACK,
-              **fields: Any) -> tuple[str, str]:
+              *, max_in_flight: int | None = None) -> tuple[str, str]:
     """A subscription through the real validation and store (on the execution database,
     as the copy from the control instance leaves it). Returns (id, secret)."""
-    change = parse_subscription({"url": url, "events": list(events), **fields}, hosts=hosts,
-                                creating=True)
+    body = {"url": url, "events": list(events), "maxInFlight": max_in_flight}
+    change = parse_subscription(body, hosts=hosts, creating=True)
     with engine.begin() as conn:
         row, secret = store.create(conn, change, box=FernetBox(), created_by="test")
     webhook_outbox.forget()

@@ -50,9 +50,14 @@ TEST = "webhook.test"
 RETURNING = """, e.id AS wh_id, e.status AS wh_status, e.external_id AS wh_external_id,
               e.type AS wh_type, e.wished_channel AS wh_channel,
               e.template_name AS wh_template, e.template_version AS wh_version,
-              e.error_reason AS wh_error, e.processed AS wh_at"""
+              e.error_reason AS wh_error, e.processed AS wh_at, e.sandbox AS wh_sandbox"""
 #: ... for a statement that knows no failure class.
 NO_FAILURE = ", NULL::text AS wh_class, NULL::text AS wh_reason"
+
+#: A sandbox event's messages say so (``"sandbox": true``); others are as they were.
+_SANDBOX_FIELD = """
+                   || CASE WHEN c.wh_sandbox THEN jsonb_build_object('sandbox', true)
+                           ELSE jsonb_build_object() END"""
 
 _REPORTED = sql_in(REPORTED_EVENT)
 #: The subscriptions a message named ``c.wh_name`` about event type ``c.wh_type`` goes to.
@@ -81,7 +86,7 @@ def outbox_ctes(kind: str, source: str, *, bounced: bool = False) -> str:
                        'channel', c.wh_channel, 'status', c.wh_status,
                        'failureClass', c.wh_class, 'failureReason', c.wh_reason,
                        'reason', c.wh_error, 'template', c.wh_template,
-                       'templateVersion', c.wh_version),
+                       'templateVersion', c.wh_version){_SANDBOX_FIELD},
                    coalesce(c.wh_at, now())
             FROM wh_changes c JOIN {_MATCHING}
         )"""
@@ -127,11 +132,11 @@ _ENQUEUE = f"""
              AS m(event_kind, event_id, wh_name, extra, at, n)
     ), c AS (
         SELECT m.*, e.status AS wh_status, e.type AS wh_type, e.external_id,
-               e.wished_channel, e.template_name, e.template_version
+               e.wished_channel, e.template_name, e.template_version, e.sandbox AS wh_sandbox
         FROM m JOIN rt_event e ON m.event_kind = 'rt' AND e.id = m.event_id
         UNION ALL
         SELECT m.*, e.status, e.type, e.external_id, e.wished_channel, e.template_name,
-               e.template_version
+               e.template_version, e.sandbox
         FROM m JOIN batch_event e ON m.event_kind = 'batch' AND e.id = m.event_id
     ), numbered AS (
         SELECT c.*, coalesce((SELECT max(o.seq) FROM webhook_outbox o
@@ -147,7 +152,8 @@ _ENQUEUE = f"""
            jsonb_build_object('externalId', c.external_id, 'type', c.wh_type,
                               'channel', c.wished_channel, 'status', c.wh_status,
                               'template', c.template_name,
-                              'templateVersion', c.template_version) || c.extra,
+                              'templateVersion', c.template_version){_SANDBOX_FIELD}
+           || c.extra,
            coalesce(c.at, now())
     FROM numbered c JOIN {_MATCHING}
     ORDER BY c.n

@@ -49,6 +49,7 @@ FIGURES = (
     "render + deliver with tracking on",
     "archiving with tracking logs",
     "status change -> webhook received",
+    "status change -> webhook received",
     "webhooks' cost on the delivery",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "attachments", "archive", "reports",
