@@ -1,0 +1,63 @@
+"""Airflow glue for bulk actions (``mcBulkAction``): params -> the domain's request, the
+execution database from ``mc_execution``, the audit rows copied to ``mc_control`` when
+this deployment has one (the archiving copies them otherwise)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import text
+
+from mc_airflow.connections import database_url, get_connection
+from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
+from message_center import audit
+from message_center.db import engine_for
+from message_center.operations import actions
+
+log = logging.getLogger(__name__)
+
+
+def run_bulk_action(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Validate the DAG params and run (or resume) the action whose id is ``run_id``.
+
+    Bad params and a refused guard raise ``AirflowFailException`` (a retry would not
+    change the answer)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        request = actions.parse_request(dict(params))
+        expected = actions.parse_count(params, "expectedCount", None)
+        tolerance = actions.parse_count(params, "tolerance", 0) or 0
+        batch = actions.parse_count(params, "batch_size", actions.DEFAULT_BATCH) \
+            or actions.DEFAULT_BATCH
+    except actions.OperationInputError as exc:
+        raise AirflowFailException(f"{exc.field}: {exc}") from None
+    engine = engine_for(database_url(EXECUTION_CONN_ID))
+    try:
+        result = actions.run_action(engine, run_id, request, expected_count=expected,
+                                    tolerance=tolerance, batch_size=batch, run_id=run_id)
+    except actions.GuardRefused as exc:
+        copy_audit()
+        raise AirflowFailException(str(exc)) from None
+    except actions.OperationInputError as exc:
+        raise AirflowFailException(str(exc)) from None
+    copy_audit()
+    log.info("%s %s: %d events of %d counted", request.action, run_id, result.done,
+             result.counted)
+    return result.to_dict()
+
+
+def copy_audit() -> int:
+    """This execution instance's audit rows to the control instance, now, when this
+    deployment has one (the minimal architecture); the archiving does it otherwise."""
+    if get_connection(CONTROL_CONN_ID) is None:
+        return 0
+    source = engine_for(database_url(EXECUTION_CONN_ID))
+    control = engine_for(database_url(CONTROL_CONN_ID))
+    if source.url == control.url:
+        return 0
+    with source.connect() as src, control.begin() as dst:
+        cell = int(src.execute(text("SELECT cell_id FROM mc_instance")).scalar_one())
+        return audit.copy_to_control(src, dst, cell)
