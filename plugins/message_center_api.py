@@ -39,13 +39,16 @@ from mc_airflow.authorization import (
     PUSH_API_AUTHORIZATION,
     AirflowSessions,
     authenticated_user,
+    require_bulk_actions,
     require_read,
     require_webhooks_manage,
+    user_name,
 )
 from mc_airflow.connections import ConnectionCache
 from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
+from message_center.api.operations import ActionsBackend
 from message_center.api.soap import create_soap_app
 from message_center.api.webhooks import WebhookBackend
 
@@ -111,12 +114,24 @@ WEBHOOKS = WebhookBackend(
     box=_webhook_box, hosts=_webhook_hosts,
     manage=require_webhooks_manage(), read=require_read())
 
+def _trigger_bulk_action(params: dict[str, Any], user: str) -> str:
+    from mc_airflow.operations import trigger_bulk_action
+
+    return trigger_bulk_action(params, user)
+
+
+# Bulk actions: counted on this deployment's execution database, run by mcBulkAction.
+ACTIONS = ActionsBackend(execution_url=lambda: _CONNECTIONS.url(EXECUTION_CONN_ID),
+                         manage=require_bulk_actions(), user_name=user_name,
+                         trigger=_trigger_bulk_action)
+
 app = create_app(
     airflow_user,
     execution_database_url,
     authorization=PUSH_API_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
     webhooks=WEBHOOKS,
+    actions=ACTIONS,
 )
 app.add_middleware(FreezeGcOnFirstRequest)
 

@@ -49,6 +49,23 @@ def run_bulk_action(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     return result.to_dict()
 
 
+def trigger_bulk_action(params: dict[str, Any], user_name: str) -> str:
+    """Trigger an ``mcBulkAction`` run with these params, for ``user_name`` (in the API
+    server, which holds Airflow's metadata session); returns its run id."""
+    import uuid
+
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.utils.types import DagRunTriggeredByType
+
+    from message_center import dag_ids
+
+    run_id = f"bulk__{params['action']}__{uuid.uuid4().hex[:12]}"
+    trigger_dag(dag_ids.BULK_ACTION, run_id=run_id, conf=params,
+                triggered_by=DagRunTriggeredByType.REST_API,
+                triggering_user_name=user_name, note=f"{params['action']} by {user_name}")
+    return run_id
+
+
 def copy_audit() -> int:
     """This execution instance's audit rows to the control instance, now, when this
     deployment has one (the minimal architecture); the archiving does it otherwise."""
