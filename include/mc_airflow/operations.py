@@ -78,3 +78,14 @@ def copy_audit() -> int:
     with source.connect() as src, control.begin() as dst:
         cell = int(src.execute(text("SELECT cell_id FROM mc_instance")).scalar_one())
         return audit.copy_to_control(src, dst, cell)
+
+
+def audit_on_control(actor: str, action: str, target: str,
+                     details: Mapping[str, Any] | None = None) -> None:
+    """An audit row on the control instance for a change that is not a database change
+    of its own (an execution account registered, enabled or disabled: the registry file
+    and its DAG). A deployment without a control database has no audit trail to write."""
+    if get_connection(CONTROL_CONN_ID) is None:
+        return
+    with engine_for(database_url(CONTROL_CONN_ID)).begin() as conn:
+        audit.record(conn, actor=actor, action=action, target=target, details=details)

@@ -139,7 +139,7 @@ def to_csv(records: Sequence[Mapping[str, Any]]) -> str:
     return out.getvalue()
 
 
-def purge(conn: Connection, keep_days: float) -> int:
-    """Delete the rows older than ``keep_days`` (the clean-up)."""
-    return conn.execute(text("DELETE FROM audit_log WHERE at < now() - make_interval("
-                             "secs => :secs)"), {"secs": float(keep_days) * 86400}).rowcount
+def purge(conn: Connection, cutoff: datetime) -> int:
+    """Delete the rows older than ``cutoff`` (the clean-up, after its delay)."""
+    return conn.execute(text("DELETE FROM audit_log WHERE at < :cutoff"),
+                        {"cutoff": cutoff}).rowcount

@@ -216,3 +216,31 @@ def test_a_filter_round_trips_as_json():
              "failureClass": ["soft"], "externalIdPrefix": "A-", "ids": ["42"]}
     parsed = parse_filter(given)
     assert parsed.to_dict() == given and parse_filter(parsed.to_dict()) == parsed
+
+
+def test_manual_quarantine_changes_are_audited_and_copied_to_control_once(
+        execution_db, control_db):
+    from message_center import audit
+    from message_center.cleanup import CleanupSettings, purge_audit
+    from message_center.delivery import quarantine
+
+    with execution_db.begin() as conn:
+        quarantine.add(conn, "email", "a@example.test", "complained", decided_by="ops.jane")
+        quarantine.release(conn, "email", "a@example.test", decided_by="ops.joe")
+        quarantine.release(conn, "email", "a@example.test", decided_by="ops.joe")  # no-op
+    assert [(r["actor"], r["action"], r["target"]) for r in audit_rows(execution_db)] == [
+        ("ops.jane", "quarantine.add", "email a@example.test"),
+        ("ops.joe", "quarantine.release", "email a@example.test")]
+    for _ in range(2):  # the archiving re-runs: copied once
+        with execution_db.connect() as src, control_db.begin() as dst:
+            audit.copy_to_control(src, dst, 0)
+    with control_db.connect() as conn:
+        rows, total = audit.entries(conn, audit.AuditQuery(action="quarantine."))
+        with pytest.raises(Exception, match="append-only"):
+            conn.execute(text("UPDATE audit_log SET actor = 'someone else'"))
+    assert total == 2 and rows[0]["instance"] == "cell 0"
+    assert audit.to_csv(rows).splitlines()[0] == "at,instance,actor,action,target,details"
+    # The clean-up keeps it 1,095 days by default.
+    later = datetime.now(UTC) + timedelta(days=1000)
+    assert purge_audit(control_db, CleanupSettings(), now=later) == 0
+    assert purge_audit(control_db, CleanupSettings(audit_days=10), now=later) == 2
