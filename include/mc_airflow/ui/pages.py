@@ -78,7 +78,7 @@ def register(app: FastAPI, render: Render) -> None:
                 context["result"] = lookup.search(query, _live_sources(), _control_engine(),
                                                   kinds=access.kinds)
         return render(request, "lookup.html", access.user, "lookup", status_code=status,
-                      **context)
+                      can=authorization.capabilities(access.user), **context)
 
     def _detail(access: authorization.EventReadAccess, event_id: int) -> dict[str, Any] | None:
         """The event, or None when it is nowhere; 403 when its queue may not be read."""

@@ -58,39 +58,23 @@ def actions_router(backend: ActionsBackend) -> APIRouter:
         except ValueError:
             raise invalid("body", "the body is not JSON", where="") from None
         name = backend.user_name(user)
-        parsed = actions.parse_request(body, user=name)
-        dry_run = body.get("dryRun", False)
-        if not isinstance(dry_run, bool):
-            raise invalid("dryRun", "dryRun must be true or false", where="")
-        expected = actions.parse_count(body, "expectedCount", None)
-        tolerance = actions.parse_count(body, "tolerance", 0) or 0
-        if not dry_run and expected is None:
-            raise invalid("expectedCount", "expectedCount is required: run the dry run "
-                                           "first and give its count", where="")
+        if not isinstance(body, dict):
+            raise invalid("body", "the body must be a JSON object", where="")
 
         def work() -> dict[str, Any]:
             url = backend.execution_url()
             if not url:
                 raise HTTPException(503, "this deployment has no execution database "
                                          "(mc_execution)")
-            with engine_for(url).connect() as conn:
-                preview = actions.preview(conn, parsed)
-            answer = preview.to_dict()
-            if dry_run:
-                return answer
             try:
-                actions.check_guard(preview.count, expected, tolerance)
+                return actions.submit(engine_for(url), body, name, backend.trigger)
             except actions.GuardRefused as exc:
                 raise HTTPException(409, {"msg": str(exc), "count": exc.count,
                                           "expectedCount": exc.expected,
                                           "tolerance": exc.tolerance}) from None
-            params = {**parsed.to_params(), "expectedCount": expected,
-                      "tolerance": tolerance}
-            answer["runId"] = backend.trigger(params, name)
-            return answer
 
         answer = await run_in_threadpool(work)
-        return JSONResponse(answer, status_code=200 if dry_run else 202)
+        return JSONResponse(answer, status_code=202 if "runId" in answer else 200)
 
     return router
 

@@ -20,7 +20,7 @@ transaction that marks it done.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -329,3 +329,31 @@ def _only(request: ActionRequest, kind: str) -> ActionRequest:
     from dataclasses import replace
 
     return replace(request, filter=replace(request.filter, kinds=(kind,)))
+
+
+def submit(engine: Engine, body: Any, user: str,
+           trigger: Callable[[dict[str, Any], str], str]) -> dict[str, Any]:
+    """What ``POST /v1/actions`` and the *Bulk actions* page do with a request body
+    ``{"action", "filter", "dryRun", "expectedCount", "tolerance", "confirmUnknown",
+    "expiration"}``: the dry run's ``{"count", "sample", "excluded"}``; or, for the action
+    (``expectedCount`` required), the guard checked on a fresh count and
+    ``trigger(params, user)`` (an ``mcBulkAction`` run) whose id comes back as
+    ``runId``. Raises :class:`OperationInputError` (a field named) or
+    :class:`GuardRefused`."""
+    parsed = parse_request(body, user=user)
+    dry_run = body.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise invalid("dryRun", "dryRun must be true or false", where="")
+    expected = parse_count(body, "expectedCount", None)
+    tolerance = parse_count(body, "tolerance", 0) or 0
+    if not dry_run and expected is None:
+        raise invalid("expectedCount", "expectedCount is required: run the dry run first "
+                                       "and give its count", where="")
+    with engine.connect() as conn:
+        answer = preview(conn, parsed).to_dict()
+    if dry_run:
+        return answer
+    check_guard(answer["count"], expected, tolerance)
+    params = {**parsed.to_params(), "expectedCount": expected, "tolerance": tolerance}
+    answer["runId"] = trigger(params, user)
+    return answer
