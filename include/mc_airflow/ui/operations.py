@@ -11,6 +11,7 @@ action itself is an ``mcBulkAction`` run. The form is prefilled from the address
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from mc_airflow import authorization
 from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
 from mc_airflow.instances import connection_url
-from mc_airflow.operations import trigger_bulk_action
+from mc_airflow.operations import copy_audit, trigger_bulk_action
 from mc_airflow.ui.dependencies import current_user, json_body, same_origin
 from message_center import audit
 from message_center import channel as channels
@@ -30,6 +31,8 @@ from message_center.db import engine_for
 from message_center.operations import actions
 from message_center.operations.filters import FIELDS, OperationInputError
 from message_center.statuses import EVENT_KINDS, FAILURE_CLASSES, EventStatus
+
+log = logging.getLogger(__name__)
 
 Render = Callable[..., HTMLResponse]
 Changer = Annotated[None, Depends(same_origin)]
@@ -57,6 +60,10 @@ def _audit_rows(query: audit.AuditQuery) -> tuple[list[dict[str, Any]], int, str
     if url is None:
         return [], 0, (f"Airflow connection {CONTROL_CONN_ID} is not defined: the audit "
                        "trail is kept on the control instance")
+    try:  # this deployment's own execution rows first, without waiting for the archiving
+        copy_audit()
+    except Exception:  # the control rows are still worth showing
+        log.warning("could not copy this execution instance's audit rows", exc_info=True)
     with engine_for(url).connect() as conn:
         rows, total = audit.entries(conn, query)
     return rows, total, None
