@@ -88,3 +88,19 @@ def test_the_action_is_refused_when_the_count_moved_else_runs_as_a_dag_run(
     with execution_db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batch_event WHERE status = 'pending'")
                             ).scalar() == 4
+
+
+def test_mc_events_cancel_dry_run_then_the_action(airflow_stack, tokens, execution_db,
+                                                  capsys):
+    from mc_local.cli import main
+
+    pending_events(execution_db, 2)
+    common = ["--filter", '{"externalIdPrefix": "bulk-api-"}', "--url", airflow_stack.base_url,
+              "--token", tokens["op"]]
+    assert main(["events", "cancel", "--dry-run", *common]) == 0
+    assert "cancel: 2 event(s) match" in capsys.readouterr().out
+    assert main(["events", "cancel", "--expected-count", "5", *common]) == 1
+    assert "HTTP 409" in capsys.readouterr().err
+    assert main(["events", "cancel", *common]) == 0
+    assert "started: mcBulkAction run bulk__cancel__" in capsys.readouterr().out
+    assert main(["events", "retry", "--filter", "[]", *common[2:]]) == 2
