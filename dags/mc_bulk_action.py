@@ -74,7 +74,9 @@ def mc_bulk_action_dag() -> None:
         from mc_airflow.operations import run_bulk_action as run
 
         context = get_current_context()
-        return run(context["params"], context["dag_run"].run_id)
+        run_ = context["dag_run"]
+        return run(context["params"], run_.run_id,
+                   getattr(run_, "triggering_user_name", None))
 
     run_bulk_action()
 

@@ -17,17 +17,24 @@ from message_center.db import engine_for
 from message_center.operations import actions
 
 log = logging.getLogger(__name__)
+#: The DAG's ``user`` param when nobody gave one.
+DEFAULT_USER = "airflow"
 
 
-def run_bulk_action(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+def run_bulk_action(params: Mapping[str, Any], run_id: str,
+                    triggered_by: str | None = None) -> dict[str, Any]:
     """Validate the DAG params and run (or resume) the action whose id is ``run_id``.
+    A run triggered by hand in Airflow without a ``user`` param is the triggering user's.
 
     Bad params and a refused guard raise ``AirflowFailException`` (a retry would not
     change the answer)."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    values = dict(params)
+    if values.get("user") in (None, "", DEFAULT_USER) and triggered_by:
+        values["user"] = triggered_by
     try:
-        request = actions.parse_request(dict(params))
+        request = actions.parse_request(values)
         expected = actions.parse_count(params, "expectedCount", None)
         tolerance = actions.parse_count(params, "tolerance", 0) or 0
         batch = actions.parse_count(params, "batch_size", actions.DEFAULT_BATCH) \
