@@ -213,6 +213,9 @@ class EventOut(BaseModel):
     errorReason: str | None
     tracking: TrackingOut | None = Field(
         None, description="Opens and clicks of the message (null: not sent yet).")
+    replayedFrom: int | None = Field(
+        None, description="A bulk replay: the event this one sends again "
+                          "(`POST /message-center/v1/actions`).")
     recycledFrom: int | None = Field(
         None, description="Event recycling: the event whose failed delivery this one "
                           "stands in for (the template's `on_failure`).")

@@ -190,6 +190,11 @@ def test_replay_creates_a_linked_new_event_once(execution_db, smtp_sink, channel
     assert copy["replayed_from"] == original and copy["status"] == "sent"
     assert copy["ctx"] == rows[0]["ctx"]
     assert recipients(smtp_sink) == Counter({"user1@example.test": 2})
+    from message_center.events import get_event
+    from message_center.ids import to_public
+
+    with execution_db.connect() as conn:
+        assert get_event(conn, to_public(copy["id"]))["replayedFrom"] == to_public(original)
 
 
 @pytest.mark.parametrize(("body", "field"), [
