@@ -158,6 +158,18 @@ def test_retry_past_expiration_needs_a_new_expiration(execution_db, smtp_sink, c
     assert recipients(smtp_sink) == Counter({"user1@example.test": 1})
 
 
+def test_a_cancelled_event_is_reported_to_the_webhooks_like_any_expiry(execution_db):
+    from webhook_support import add_subscription, outbox
+
+    add_subscription(execution_db, "https://hooks.example.org/a", ["event.expired"])
+    insert_pending(execution_db, 3, "wh-", later=True)
+    req = request("cancel", {"externalIdPrefix": "wh-"})
+    actions.run_action(execution_db, "manual__wh", req, expected_count=3)
+    actions.run_action(execution_db, "manual__wh", req, expected_count=3)
+    rows = outbox(execution_db)
+    assert len(rows) == 3 and {r["name"] for r in rows} == {"event.expired"}
+
+
 def test_the_guard_refuses_when_the_count_moved_and_changes_nothing(execution_db):
     publish_templates(execution_db)
     insert_pending(execution_db, 5, "x-", later=True)
