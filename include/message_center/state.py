@@ -64,6 +64,7 @@ from message_center.statuses import (
     NOTIFY_CHANNELS,
     OPEN_EVENT,
     RECYCLE_AFTER,
+    DeliveryStatus,
     EventStatus,
     event_table,
     sql_in,
@@ -916,6 +917,10 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
 CANCELLABLE = "e.status = 'pending' AND e.claim_token IS NULL"
 #: The final statuses a retry starts again from.
 RETRYABLE_STATUSES = (EventStatus.FAILED, EventStatus.EXPIRED)
+#: A ledger row whose message may be out: in flight, or accepted by the provider.
+MAY_BE_OUT_DELIVERY = (DeliveryStatus.SENDING, DeliveryStatus.SENT)
+#: The ledger rows a bulk retry puts back to ``retry``: failed, or never final.
+RETRY_AGAIN_DELIVERY = (DeliveryStatus.FAILED, *ARMABLE_DELIVERY)
 #: Failed or expired and known not sent: no ledger row in flight or sent, outcome known
 #: (class ``unknown`` only when ``:confirm_unknown``), not past its expiration (unless a
 #: new one is given, ``:expiration``), and not recycled into another event already.
@@ -923,7 +928,7 @@ RETRYABLE = f"""e.status IN {sql_in(RETRYABLE_STATUSES)}
           AND NOT EXISTS (
               SELECT 1 FROM delivery_log d
               WHERE d.event_kind = :kind AND d.event_id = e.id
-                AND (d.status IN ('sending', 'sent')
+                AND (d.status IN {sql_in(MAY_BE_OUT_DELIVERY)}
                      OR (d.status = 'failed' AND d.failure_class = 'unknown'
                          AND NOT :confirm_unknown)))
           AND (e.expiration IS NULL OR e.expiration > now()
@@ -971,7 +976,7 @@ RETRY_FINISHED = "WITH" + _PICK + """, ledger AS (
                    failure_class = NULL, failure_reason = NULL, sending_started = NULL
             FROM marked m
             WHERE d.event_kind = :kind AND d.event_id = m.event_id
-              AND d.status IN ('failed', 'retry', 'queued')
+              AND d.status IN """ + sql_in(RETRY_AGAIN_DELIVERY) + """
             RETURNING d.id
         ), retried AS (
             UPDATE {table} e SET status = 'pending', claim_token = NULL, claim_shard = NULL,
