@@ -8,13 +8,13 @@ Append-only: an UPDATE is refused (the clean-up deletes rows past their delay, 1
 days by default).
 
 Revision ID: c0012
-Revises: c0010 (c0011 is the attachments helper's; re-pointed after it when merged)
+Revises: c0013 (the sandbox, c0013, landed first; c0011 is the attachments helper's)
 """
 
 from alembic import op
 
 revision = "c0012"
-down_revision = "c0010"
+down_revision = "c0013"
 branch_labels = None
 depends_on = None
 

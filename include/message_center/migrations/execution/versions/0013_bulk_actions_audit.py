@@ -12,13 +12,13 @@
   instance's ``audit_log`` by the archiving and purged by the clean-up after its delay.
 
 Revision ID: e0013
-Revises: e0011 (e0012 is the attachments helper's; re-pointed after it when merged)
+Revises: e0014 (the sandbox, e0014, landed first; e0012 is the attachments helper's)
 """
 
 from alembic import op
 
 revision = "e0013"
-down_revision = "e0011"
+down_revision = "e0014"
 branch_labels = None
 depends_on = None
 
