@@ -60,7 +60,7 @@ def content_problem(name: str, content_type: str, data: bytes) -> str | None:
     guessed = filetype.guess_mime(data[:8192])
     if data.startswith(_SCRIPT_MAGIC) or (guessed is not None and guessed not in ALLOWED_TYPES
                                           and content_type not in _TEXT_TYPES):
-        return f"{name!r}: the content is an executable, a script or an archive; refused"
+        return f"{name!r}: the content is an executable or a script (or an archive); refused"
     if content_type in _BINARY_TYPES and guessed != content_type:
         return f"{name!r}: the content is not {content_type} (declared type checked)"
     if content_type in _TEXT_TYPES:
