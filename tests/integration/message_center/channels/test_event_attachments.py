@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -267,3 +268,19 @@ def test_url_files_refused_at_sending_time_fail_the_event_naming_the_file(
     status, error = outcome("broken.pdf")  # retried like a soft error, naming the file
     assert status == "retry" and "attachments[0] (broken.pdf)" in error and "500" in error
     assert not [m for m in smtp_sink.messages() if "pdf@" in str(m["To"])]
+
+
+def test_a_body_past_the_event_limit_is_read_only_when_it_carries_attachments(
+        client, execution_db, urls, template_dir):
+    write(template_dir, "boarding.yaml", TEMPLATE)
+    assert publish(urls, template_dir).errors == {}
+    big = _b64(b"%PDF-1.4\n" + bytes(300 * 1024))  # past the 256 KiB of an event body
+
+    without = client.post("/rtEvents", content=json.dumps(
+        {"type": "BOARDING", "email": "a@example.com", "ctx": {"pad": big}}))
+    with_files = client.post("/rtEvents", json=_event([{"name": "a.pdf", "content": big}]))
+
+    assert without.status_code == 413 and "when it carries attachments" in without.text
+    assert with_files.status_code == 422  # read and validated: the template's limit
+    assert with_files.json()["detail"][0]["field"] == "attachments[0].content"
+    assert _stored(execution_db) == (0, 0)
