@@ -31,7 +31,8 @@ def test_the_event_page_lists_and_serves_the_events_files(airflow_stack, executi
                      {"id": event_id, "c": PDF})
     public = to_public(event_id)
     with httpx.Client(base_url=airflow_stack.base_url, timeout=180) as client:
-        assert client.get(f"{UI}/events/{public}/attachments/0").status_code in (401, 403)
+        anonymous = client.get(f"{UI}/events/{public}/attachments/0")
+        assert anonymous.status_code in (303, 401, 403) and PDF not in anonymous.content
         client.cookies.set("_token", airflow_stack.token(airflow_stack.viewer_user))
         page = client.get(f"{UI}/events/{public}").text
         assert 'id="event-attachments"' in page, page
