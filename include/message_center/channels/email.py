@@ -19,6 +19,7 @@ from typing import Any
 
 from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
 from message_center.channels import email_attachments
+from message_center.delivery.classification import attachment_unavailable
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
@@ -301,7 +302,7 @@ class EmailSender:
                 attachments += email_attachments.event_attachments(
                     row, sum(len(a.data) for a in attachments), fetch=self._fetcher())
             except email_attachments.EventFileError as exc:
-                return (Outcome.retry(str(exc)) if exc.temporary
+                return (Outcome.retry(str(exc), attachment_unavailable()) if exc.temporary
                         else Outcome.failed(str(exc)))
         message_id, data = build_email(
             log_id=attempt.log_id, sender=sender, recipient=attempt.address,

@@ -267,6 +267,8 @@ def test_url_files_refused_at_sending_time_fail_the_event_naming_the_file(
     assert status == "failed" and f"more than the {LIMIT} bytes allowed" in error
     status, error = outcome("broken.pdf")  # retried like a soft error, naming the file
     assert status == "retry" and "attachments[0] (broken.pdf)" in error and "500" in error
+    found = client.get(f"/events/{ids['broken.pdf']}").json()
+    assert found["delivery"]["failureReason"] == "attachment_unavailable"
     assert not [m for m in smtp_sink.messages() if "pdf@" in str(m["To"])]
 
 
