@@ -41,8 +41,9 @@ REFUSED_EXTENSIONS = frozenset((
     ".exe", ".com", ".bat", ".cmd", ".scr", ".pif", ".msi", ".dll", ".cpl", ".jar", ".js",
     ".jse", ".vbs", ".vbe", ".wsf", ".wsh", ".ps1", ".sh", ".bash", ".py", ".pl", ".php",
     ".rb", ".hta", ".lnk", ".reg", ".app", ".apk", ".deb", ".rpm", ".html", ".htm", ".svg"))
-#: Scripts have no magic number ``filetype`` knows: a shebang line says what they are.
-_SCRIPT_MAGIC = (b"#!",)
+#: First bytes ``filetype`` does not know: Mach-O binaries, Java classes / universal
+#: binaries, and scripts (a shebang line says what they are).
+_SCRIPT_MAGIC = (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe", b"#!")
 _BINARY_TYPES = ("application/pdf", "image/png", "image/jpeg", "image/gif")
 _TEXT_TYPES = ("text/plain", "text/csv", "text/calendar")
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
