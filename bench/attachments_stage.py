@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from bench.bare_pool import CpuMeter, commit_counter
 from bench.core import Context, Result, log, planned_rows, stopwatch
-from bench.pipeline import FROM, _prepare_linked
+from bench.pipeline import FROM, _prepare_linked, configure_tracking
 from message_center.attachment_rules import parse_from_event
 from message_center.channels.email_attachments import render_pdf
 from message_center.delivery.channels import Channels
@@ -84,6 +84,7 @@ def _run(ctx: Context, count: int, extras: dict[str, Any] | None,
 
 def attachments(ctx: Context) -> list[Result]:
     ctx.ensure_sinks()
+    configure_tracking(ctx)  # the demo template tracks: the stage also runs alone
     engine = ctx.engine()
     with engine.connect() as conn:
         original = active_templates(conn)["orderConfirmed"]
