@@ -210,6 +210,29 @@ def control_db() -> Engine:
     return engine
 
 
+@pytest.fixture
+def restartable_db(tmp_path: Path, test_deployment):
+    """``(server, engine)``: a migrated execution database on a PostgreSQL server of the
+    test's own, which the test may stop and start (``pg_ctl stop -m fast`` cuts every
+    connection) without disturbing the deployment's server other tests use."""
+    from mc_local.embedded_pg import EmbeddedPostgres, ensure_database
+    from mc_local.launcher import set_cell_id
+    from message_center import migrations
+
+    if not test_deployment.uses_embedded:
+        pytest.skip("needs the embedded PostgreSQL binaries (MC_DATABASE_URL is set)")
+    server = EmbeddedPostgres(tmp_path / "postgres", free_port())
+    server.start()
+    try:
+        ensure_database(server.url(), "outage_execution")
+        url = server.url("outage_execution")
+        migrations.upgrade("execution", url)
+        set_cell_id(url, 0)
+        yield server, engine_for(url)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def _smtp_sink_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     with SmtpSink(tmp_path_factory.mktemp("mail"), port=DEPLOYMENT.smtp_port) as sink:

@@ -47,6 +47,7 @@ FIGURES = (
     "tracking server, click redirect",
     "render + deliver with tracking on",
     "status change -> webhook received",
+    "status change -> webhook received",
     "webhooks' cost on the delivery",
 )
 RUN = ("ingest", "soap_ingest", "split_link", "deliver", "attachments", "archive", "reports",

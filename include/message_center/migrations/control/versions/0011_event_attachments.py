@@ -5,13 +5,13 @@
   what was sent and a hash to prove it, never the bytes.
 
 Revision ID: c0011
-Revises: c0010
+Revises: c0013 (after the sandbox mode, c0013, which landed first)
 """
 
 from alembic import op
 
 revision = "c0011"
-down_revision = "c0010"
+down_revision = "c0013"
 branch_labels = None
 depends_on = None
 

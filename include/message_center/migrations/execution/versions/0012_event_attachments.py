@@ -9,13 +9,13 @@
   in ``attachments``; deleted by the clean-up with the event.
 
 Revision ID: e0012
-Revises: e0011
+Revises: e0014 (after the sandbox mode, e0014, which landed first)
 """
 
 from alembic import op
 
 revision = "e0012"
-down_revision = "e0011"
+down_revision = "e0014"
 branch_labels = None
 depends_on = None
 
