@@ -33,7 +33,8 @@ EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency"
                     "suppression", "webhook_subscription", "webhook_outbox",
                     "webhook_attempt")
 ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
-                  "flow_stats_hourly", "event_stats_dirty")
+                  "flow_stats_hourly", "event_stats_dirty", "archived_tracking_log",
+                  "tracking_stats_hourly", "tracking_stats_dirty")
 
 
 def log(message: str) -> None:
@@ -168,6 +169,7 @@ class Sizes:
     slow_rt_seconds: float = 60.0
     cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
     tracking_seconds: float = 15.0  # each tracking server load (pixel, click, bare app)
+    tracking_two_workers: bool = True  # also measure mc tracking-server --workers 2
     meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
     meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
     webhook_changes: int = 100_000  # status changes sent as webhooks
@@ -196,7 +198,7 @@ class Sizes:
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
                        cleanup_events=2_000, meta_days=16, meta_scale=0.01,
-                       tracking_seconds=1.0,
+                       tracking_seconds=1.0, tracking_two_workers=False,
                        webhook_changes=500, webhook_latency_changes=100)
         raise ValueError(f"unknown size preset {name!r}")
 
@@ -253,8 +255,11 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             ("tracking server, open pixel, 64 concurrent clients", ">= 2,000 hits/s"),
             ("tracking server, open pixel, 64 concurrent clients, p99", "<= 50 ms"),
             ("tracking server, click redirect, 64 concurrent clients", ">= 2,000 hits/s"),
+            ("tracking server, click redirect, 64 concurrent clients, p99", "<= 50 ms"),
             ("render + deliver with tracking on (opens, clicks, mirror page)",
              ">= 85% of tracking off"),
+            ("archiving with tracking logs (an open and a click per sent message)",
+             ">= 50% of the rows/s without"),
         ],
         "webhooks": [
             (f"status change -> webhook received at a local receiver, "

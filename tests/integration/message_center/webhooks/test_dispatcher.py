@@ -9,17 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 from processing_factory import ORDER_TEMPLATE, insert_events, publish_templates
 from sqlalchemy import text
-from webhook_support import Receiver, outbox
+from webhook_support import QUICK, Receiver, dispatching, outbox, subscribe
 
-from mc_airflow.webhooks import FernetBox
 from message_center import state, webhook_outbox
 from message_center.delivery.channels import Channels
 from message_center.delivery.smtp import SmtpSettings
@@ -27,9 +24,7 @@ from message_center.net_guard import WEBHOOK_ALLOWED_HOSTS, HostList
 from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
 from message_center.status_sync import sync_event_statuses
 from message_center.webhooks import store
-from message_center.webhooks.dispatcher import Dispatcher, DispatchSettings
 from message_center.webhooks.model import (
-    EVENT_NAMES,
     WebhookValidationError,
     message_id,
     parse_subscription,
@@ -37,9 +32,6 @@ from message_center.webhooks.model import (
 
 FAST = ProcessingSettings(shards=1, delivery_chunk=5, retry_backoff_seconds=0,
                           retry_backoff_max_seconds=0, max_tries=2)
-LOOPBACK = HostList.parse("127.0.0.1", WEBHOOK_ALLOWED_HOSTS)
-QUICK = DispatchSettings(schedule=(0.05, 0.05, 0.05, 0.05), jitter=0.0, timeout=10,
-                         poll_seconds=0.1, refresh_seconds=0.2)
 
 
 @pytest.fixture
@@ -59,33 +51,6 @@ def drain(engine, channels, kind: str) -> None:
     for claim in split_queue(engine, kind, FAST):
         deliver_shard(engine, claim, FAST, channels, copy_status=(kind == "rt"))
     sync_event_statuses(engine)
-
-
-def subscribe(engine, url: str, events=EVENT_NAMES, hosts=LOOPBACK, *,
-              max_in_flight: int | None = None) -> tuple[str, str]:
-    """A subscription through the real validation and store (on the execution database,
-    as the copy from the control instance leaves it). Returns (id, secret)."""
-    body = {"url": url, "events": list(events), "maxInFlight": max_in_flight}
-    change = parse_subscription(body, hosts=hosts, creating=True)
-    with engine.begin() as conn:
-        row, secret = store.create(conn, change, box=FernetBox(), created_by="test")
-    webhook_outbox.forget()
-    return row["id"], secret
-
-
-@contextmanager
-def dispatching(engine, settings=QUICK, hosts=LOOPBACK):
-    stop = threading.Event()
-    dispatcher = Dispatcher(engine, settings, FernetBox(), hosts, should_stop=stop.is_set)
-    import asyncio
-
-    thread = threading.Thread(target=lambda: asyncio.run(dispatcher.run(600)), daemon=True)
-    thread.start()
-    try:
-        yield dispatcher
-    finally:
-        stop.set()
-        thread.join(60)
 
 
 def test_every_status_arrives_once_signed_rt_and_batch(execution_db, smtp_sink, channels,
