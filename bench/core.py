@@ -219,7 +219,9 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
         "attachments": [
             ("render + deliver with a generated one-page PDF per message (WeasyPrint)",
              "cost stated (no target)"),
-            ("render + deliver with a 100 KB attachment per message",
+            ("render + deliver with a 100 KB attachment per message (template file)",
+             "cost stated (no target)"),
+            ("render + deliver with a 100 KB attachment given by each event",
              "cost stated (no target)")],
         "status": [("updateEventStatus", ">= 100,000 events/s")],
         "archive": [("archiving, per account", ">= 50,000 rows/s")],

@@ -81,7 +81,7 @@ EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_templa
                     "quarantine", "api_idempotency", "mc_watermark", "relay_breaker",
                     "webhook_subscription", "webhook_outbox", "webhook_attempt",
                     "tracking_log", "tracking_first", "suppression", "event_recycling",
-                    "bulk_action", "bulk_action_event", "audit_log")
+                    "bulk_action", "bulk_action_event", "audit_log", "event_attachment")
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
                   "quarantine", "quarantine_sync", "webhook_subscription",
                   "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty",

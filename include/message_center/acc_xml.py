@@ -243,8 +243,15 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
             else:
                 data[owner.address_field] = owner.address_from_xml(
                     {key: value for key, value in child.items() if key[0] != "{"})
+        elif name == "attachments":
+            if "attachments" in data:
+                errors.append(_error(f"{path}/attachments", "more than one <attachments> "
+                                     "element", "attachments_repeated"))
+            else:
+                data["attachments"] = _attachments(child, f"{path}/attachments", errors)
         elif name != "ctx":
-            accepted = ", ".join(f"<{n}>" for n in ("ctx", *_address_elements()))
+            accepted = ", ".join(f"<{n}>" for n in ("ctx", "attachments",
+                                                    *_address_elements()))
             errors.append(_error(f"{path}/{name}", f"unknown element <{name}> in "
                                  f"<{local_name(element.tag)}>: only {accepted} "
                                  "accepted", "extra_forbidden"))
@@ -259,6 +266,38 @@ def event_from_element(element: Any, path: str) -> XmlEvent:
         raise EventValidationError(errors)
     data["ctx"] = ctx if ctx is not None else {}
     return XmlEvent(kind, path, data)
+
+
+ATTACHMENT_ATTRIBUTES = ("name", "contentType", "url")
+
+
+def _attachments(element: Any, path: str, errors: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """``<attachments><attachment name=".." contentType="..">base64</attachment>
+    <attachment name=".." url=".."/></attachments>`` as the JSON ``attachments`` (the
+    content's line breaks are allowed: base64 as MIME writes it)."""
+    files: list[dict[str, Any]] = []
+    for index, child in enumerate(child_elements(element)):
+        where = f"{path}/attachment[{index + 1}]"
+        if local_name(child.tag) != "attachment":
+            errors.append(_error(where, "only <attachment> elements are accepted in "
+                                        "<attachments>", "extra_forbidden"))
+            continue
+        item: dict[str, Any] = {}
+        for name, value in child.items():
+            if name[0] == "{":
+                continue
+            if name not in ATTACHMENT_ATTRIBUTES:
+                errors.append(_error(f"{where}/@{name}", f"unknown attribute '{name}' "
+                                     f"(accepted: {', '.join(ATTACHMENT_ATTRIBUTES)})",
+                                     "extra_forbidden"))
+            elif value != "":
+                item[name] = value
+        content = (child.text or "").strip()
+        if content:
+            item["content"] = content
+        files.append(item)
+    return files
 
 
 def _address_elements() -> dict[str, channels.Channel]:
@@ -277,6 +316,10 @@ def xml_location(event: XmlEvent, field: str) -> str:
         return f"{event.path}/@{name}"
     if name == "ctx":
         return f"{event.path}/ctx"
+    if name == "attachments":
+        found = re.search(r"attachments\[(\d+)\]", field)
+        return (f"{event.path}/attachments/attachment[{int(found.group(1)) + 1}]" if found
+                else f"{event.path}/attachments")
     owner = channels.by_address_field(name) if name else None
     if owner is not None and owner.xml_element:
         return f"{event.path}/{owner.xml_location(field)}"

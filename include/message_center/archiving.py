@@ -60,6 +60,7 @@ EVENT_COLUMNS = (
     "address",  # a channel's own address (not ACC's email / mobile_phone): the channel seam
     "recycled_from",  # event recycling: the event this one stands in for (e0011 / c0010)
     "sandbox",  # sandbox mode: delivered by nobody, counted apart (e0014 / c0013)
+    "attachments",  # files the event brought: names, types, sizes, hashes (e0012 / c0011)
 )
 DELIVERY_LOG_COLUMNS = (
     "id", "event_kind", "event_id", "template_name", "template_version", "channel",

@@ -424,6 +424,9 @@ def _delete_sql(table: str, kind: str) -> str:
         gone_firsts AS (
             DELETE FROM tracking_first f USING ok WHERE f.delivery_log_id = ok.log_id
             RETURNING 1),
+        gone_files AS (  -- the bytes of the files it brought (stored once per event)
+            DELETE FROM event_attachment a USING ok
+            WHERE a.event_kind = '{kind}' AND a.event_id = ok.id),
         gone_links AS (  -- its recycling row (the recycled event is an event of its own)
             DELETE FROM event_recycling r USING ok
             WHERE r.event_kind = '{kind}' AND r.event_id = ok.id),

@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -33,6 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Connection, text
 
+from message_center import attachment_rules
 from message_center import channel as channels
 from message_center.channel import Channel
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
@@ -47,6 +49,14 @@ MAX_EVENT_BODY_BYTES = 256 * 1024
 """Largest request body of ``POST /v1/rtEvents`` (refused with 413 before parsing)."""
 MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 """Largest request body of ``POST /v1/batchEvents`` (refused with 413 before parsing)."""
+MAX_EVENT_WITH_FILES_BODY_BYTES = 16 * 1024 * 1024
+"""Largest ``POST /v1/rtEvents`` body when the event brings ``attachments``: 10 MB of files
+(the largest message) as base64 (x 4/3) plus the event. A body past
+:data:`MAX_EVENT_BODY_BYTES` without ``"attachments"`` in it is still refused with 413."""
+MAX_BATCH_WITH_FILES_BODY_BYTES = 64 * 1024 * 1024
+"""Largest ``POST /v1/batchEvents`` body when its events bring ``attachments``."""
+FILES_MARKER = b'"attachments"'
+"""What a JSON body past the small limit must hold to get the larger one."""
 MAX_ERRORS_REPORTED = 100
 """A 422 lists at most this many problems (a bad 1,000-event batch stays readable)."""
 
@@ -144,6 +154,90 @@ def _event_schema(schema: dict[str, Any], extra: dict[str, Any]) -> None:
     schema["additionalProperties"] = False
 
 
+def _attachment_hosts() -> Any:
+    from message_center.net_guard import ATTACHMENT_ALLOWED_HOSTS, HostList
+
+    return HostList.from_env(ATTACHMENT_ALLOWED_HOSTS)
+
+
+class EventFileIn(BaseModel):
+    """One file an event brings (``attachments`` of an e-mail event): its bytes in base64
+    (``content``) or a ``url`` fetched at sending time from a host listed in
+    ``MC_ATTACHMENT_ALLOWED_HOSTS``. The template must take files from the event
+    (``attachments.from_event``), checked when the event is stored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, alias_generator=to_camel,
+                              populate_by_name=False, frozen=True)
+
+    name: str = Field(min_length=1, max_length=attachment_rules.MAX_NAME_CHARS,
+                      description="The file name the recipient sees (no path).")
+    content_type: str | None = Field(
+        None, max_length=255, description="e.g. `application/pdf` (default: from the name); "
+        "checked against the content.")
+    content: str | None = Field(None, description="The file, base64.")
+    url: str | None = Field(None, max_length=attachment_rules.MAX_URL_CHARS,
+                            description="Where to fetch the file at sending time "
+                                        "(a host of `MC_ATTACHMENT_ALLOWED_HOSTS`).")
+    _data: bytes | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _file(self) -> EventFileIn:
+        def bad(field: str, kind: str, message: str) -> PydanticCustomError:
+            return PydanticCustomError(kind, message, {"field": field})
+
+        problem = attachment_rules.file_name_problem(self.name)
+        if problem is not None:
+            raise bad("name", "attachment_name", f"name: {problem}")
+        if (self.content is None) == (self.url is None):
+            raise bad("content", "attachment_source", "content: give either content "
+                                                      "(base64) or url")
+        content_type = self.content_type or attachment_rules.guess_type(self.name)
+        if content_type is None:
+            raise bad("contentType", "attachment_type",
+                      f"contentType: cannot tell the type of {self.name!r}; give contentType")
+        if self.url is not None:
+            from message_center.net_guard import UrlRefused, check_url
+
+            try:
+                check_url(self.url, _attachment_hosts(), public=False, allow_http=True,
+                          resolve_names=False)
+            except UrlRefused as exc:
+                raise bad("url", "attachment_url", f"url: {exc}") from None
+            suffix_problem = attachment_rules.content_problem(self.name, content_type, b"")
+            if suffix_problem is not None and "content is not" not in suffix_problem:
+                raise bad("url", "attachment_refused", f"url: {suffix_problem}")
+        else:
+            assert self.content is not None
+            if len(self.content) > attachment_rules.DEFAULT_MAX_FILE_BYTES * 4 // 3 + 4096:
+                raise bad("content", "attachment_size", "content: more than "
+                          f"{attachment_rules.DEFAULT_MAX_FILE_BYTES} bytes")
+            data = attachment_rules.decode_content(self.content)
+            if data is None:
+                raise bad("content", "attachment_base64", "content: not base64")
+            if len(data) > attachment_rules.DEFAULT_MAX_FILE_BYTES:
+                raise bad("content", "attachment_size", f"content: {len(data)} bytes, more "
+                          f"than {attachment_rules.DEFAULT_MAX_FILE_BYTES}")
+            problem = attachment_rules.content_problem(self.name, content_type, data)
+            if problem is not None:
+                raise bad("content", "attachment_refused", f"content: {problem}")
+            self.__pydantic_private__["_data"] = data  # type: ignore[index]
+        object.__setattr__(self, "content_type", content_type)
+        return self
+
+    @property
+    def data(self) -> bytes | None:
+        """The decoded bytes (None: a URL file)."""
+        return (self.__pydantic_private__ or {}).get("_data")
+
+    def metadata(self) -> dict[str, Any]:
+        """What the event row keeps (and the archive): never the bytes."""
+        if self.url is not None:
+            return {"name": self.name, "contentType": self.content_type, "url": self.url}
+        data = self.data or b""
+        return {"name": self.name, "contentType": self.content_type, "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+
 class EventIn(BaseModel):
     """One pushed event, as ACC's ``PushEvent`` takes it (camelCase on the wire)."""
 
@@ -194,6 +288,11 @@ class EventIn(BaseModel):
     expiration: datetime | None = Field(
         None, description="ISO 8601, not before `scheduled`; the event expires if not "
                           "processed by then.")
+    attachments: list[EventFileIn] | None = Field(
+        None, max_length=attachment_rules.MAX_FILES,
+        description="Files sent with the e-mail, when its template takes files from the "
+                    "event (`attachments.from_event`): `{name, contentType, content}` "
+                    "(base64) or `{name, url}`.")
 
     # Few Python validators on purpose: a 1,000-event batch runs each of them 1,000 times.
     @field_validator("email")
@@ -258,6 +357,10 @@ class EventIn(BaseModel):
             raise PydanticCustomError(
                 "address_missing", "{field} is required when wishedChannel is '{channel}'",
                 {"field": channel.address_field, "channel": self.wished_channel})
+        if self.attachments and self.wished_channel != "email":
+            raise PydanticCustomError(
+                "attachments_channel", "attachments: only e-mail events take attachments",
+                {"field": "attachments"})
         if self.scheduled and self.expiration and self.expiration < self.scheduled:
             raise PydanticCustomError(
                 "expiration_before_scheduled",
@@ -296,9 +399,13 @@ class EventIn(BaseModel):
         }
 
     def to_json(self) -> str:
-        """``to_row`` as JSON, reusing the ctx encoding made during validation."""
+        """``to_row`` as JSON, reusing the ctx encoding made during validation (the
+        attachments as metadata only: their bytes go to ``event_attachment``)."""
         ctx = self.ctx.json if isinstance(self.ctx, EncodedCtx) else compact_json(self.ctx)
-        return f'{compact_json(self._scalars())[:-1]},"ctx":{ctx}}}'
+        files = ""
+        if self.attachments:
+            files = f',"attachments":{compact_json([f.metadata() for f in self.attachments])}'
+        return f'{compact_json(self._scalars())[:-1]},"ctx":{ctx}{files}}}'
 
 
 _EVENT_LIST = TypeAdapter(list[EventIn])
@@ -436,9 +543,9 @@ def _insert_sql(kind: str) -> str:
             SELECT {NEXT_ID_SQL} AS id, e.ord, e.doc
             FROM jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(doc, ord)
         ), ins AS (
-            INSERT INTO {table} (id, {columns}, ctx, scheduled, expiration, next_attempt,
-                                 sandbox)
-            SELECT e.id, {values}, e.doc->'ctx',
+            INSERT INTO {table} (id, {columns}, ctx, attachments, scheduled, expiration,
+                                 next_attempt, sandbox)
+            SELECT e.id, {values}, e.doc->'ctx', e.doc->'attachments',
                    CAST(e.doc->>'scheduled' AS timestamptz),
                    CAST(e.doc->>'expiration' AS timestamptz),
                    coalesce(CAST(e.doc->>'scheduled' AS timestamptz), now()),
@@ -464,7 +571,17 @@ def insert_events(conn: Connection, kind: str, events: Sequence[EventIn], *,
         return []
     payload = f"[{','.join(event.to_json() for event in events)}]"
     rows = conn.execute(_INSERT_SQL[kind], {"events": payload, "sandbox": sandbox}).all()
+    files = [{"kind": kind, "id": row[0], "position": position, "content": item.data}
+             for row, event in zip(rows, events, strict=True)
+             for position, item in enumerate(event.attachments or ())
+             if item.data is not None]
+    if files:  # the bytes, once per event (retries and the archive never copy them)
+        conn.execute(_INSERT_FILE, files)
     return [to_public(row[0]) for row in rows]
+
+
+_INSERT_FILE = text("INSERT INTO event_attachment (event_kind, event_id, position, content) "
+                    "VALUES (:kind, :id, :position, :content)")
 
 
 # --- idempotency -------------------------------------------------------------------
@@ -516,7 +633,7 @@ _EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "address", "
                  "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
                  "last_modified", "processing", "processed", "error_count", "next_attempt",
                  "template_name", "template_version", "delivery_log_id", "error_reason",
-                 "recycled_from", "replayed_from", "sandbox")
+                 "recycled_from", "replayed_from", "sandbox", "attachments")
 
 _GET_EVENT = text(f"""
     WITH ev AS (
@@ -586,6 +703,7 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         "recycledTo": _public(row["recycled_id"]), "recycling": row["recycling_reason"],
         # a bulk replay: the event this one was sent again from
         "replayedFrom": _public(row["replayed_from"]),
+        "attachments": files_out(public_id, row["attachments"]),
     }
     if row["sandbox"] or row["dl_sandbox"]:
         event["sandbox"] = True
@@ -597,6 +715,44 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         if channel is not None and channel.address_field not in event:
             event[channel.address_field] = channel.address_on_wire(row["address"])
     return event
+
+
+def files_out(public_id: int, files: Sequence[dict[str, Any]] | None
+              ) -> list[dict[str, Any]] | None:
+    """The files an event brought as ``GET /events/{id}`` lists them: metadata and the
+    path of the bytes (under ``/message-center/v1``) when they are stored."""
+    if not files:
+        return None
+    return [{**item, "download": None if item.get("url") is not None
+             else f"/events/{public_id}/attachments/{position}"}
+            for position, item in enumerate(files)]
+
+
+_EVENT_FILE = text("""
+    WITH ev AS (
+        SELECT 'rt' AS kind, attachments FROM rt_event WHERE id = :id
+        UNION ALL
+        SELECT 'batch', attachments FROM batch_event WHERE id = :id
+    )
+    SELECT ev.kind, ev.attachments -> CAST(:position AS int) AS meta, a.content
+    FROM ev LEFT JOIN event_attachment a
+        ON a.event_kind = ev.kind AND a.event_id = :id AND a.position = :position
+    LIMIT 1
+""")
+
+
+def event_file(conn: Connection, public_id: int, position: int
+               ) -> tuple[str, dict[str, Any], bytes | None] | None:
+    """``attachments[position]`` of an event: its kind, metadata and bytes (None: a URL
+    file, fetched at sending time); None when there is no such event or file."""
+    try:
+        stored = to_stored(public_id)
+    except ValueError:
+        return None
+    row = conn.execute(_EVENT_FILE, {"id": stored, "position": position}).first()
+    if row is None or row.meta is None:
+        return None
+    return row.kind, row.meta, None if row.content is None else bytes(row.content)
 
 
 @dataclass(frozen=True)

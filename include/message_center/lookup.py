@@ -28,6 +28,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from message_center import channel as channels
+from message_center import events
 from message_center.ids import cell_of, to_public, to_stored
 from message_center.rendering import (
     RenderError,
@@ -231,7 +232,7 @@ _EVENT_COLUMNS = ("id, type, email, mobile_phone, wished_channel, address, exter
                   "country, origin, ctx, scheduled, expiration, status, created, "
                   "last_modified, processing, processed, error_count, next_attempt, "
                   "template_name, template_version, delivery_log_id, error_reason, "
-                  "recycled_from")
+                  "recycled_from, attachments")
 _LOG_COLUMNS = ("id, event_kind, event_id, template_name, template_version, channel, "
                 "address, status, attempts, error, provider_id, created, last_modified, "
                 "sending_started, sent_at, sandbox")
@@ -351,6 +352,8 @@ def event_detail(public_id: int, live: Sequence[LiveSource], control: Engine | N
                          else to_public(event["recycled_from"])),
         "recycledTo": None if recycled_to is None else to_public(recycled_to),
         "recycling": recycling,
+        # files the event brought: metadata (live or archived); the bytes only live
+        "attachments": events.files_out(public_id, event.get("attachments")),
         "timeline": _timeline(event, logs),
         "deliveryLogs": [_log_dict(log) for log in logs],
         "template": template.to_dict() if template else None,
@@ -585,3 +588,21 @@ def _timeline(event: dict[str, Any], logs: list[dict[str, Any]]) -> list[dict[st
         steps.append((event["next_attempt"], "next", label))
     steps.sort(key=lambda step: step[0])
     return [{"at": _iso(at), "step": step, "label": label} for at, step, label in steps]
+
+
+def event_file(public_id: int, position: int, live: Sequence[LiveSource]
+               ) -> tuple[str, dict[str, Any], bytes | None] | None:
+    """``attachments[position]`` of an event on its live execution instance (kind,
+    metadata, bytes; None: no such event or file there). Once the event is purged the
+    bytes are gone (the archive keeps the metadata and hash only)."""
+    cell = cell_of(public_id)
+    for candidate in live:
+        if candidate.cell_id not in (None, cell):
+            continue
+        with candidate.engine.connect() as conn:
+            if candidate.cell_id is None and _instance_cell(conn) != cell:
+                continue
+            found = events.event_file(conn, public_id, position)
+        if found is not None:
+            return found
+    return None

@@ -162,6 +162,10 @@ class PublishedSchema:
 
     template: str  # "orderConfirmed v2"
     schema: Mapping[str, Any] | None
+    #: ``attachments.from_event`` (None: the template takes no files from the event).
+    from_event: Mapping[str, Any] | None = None
+    #: The message's attachment budget left once the template's static files are in.
+    file_bytes_left: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,13 +194,20 @@ def published_schemas(conn: Connection) -> PublishedSchemas:
     """The active templates' ctx declarations, picked like the link step picks templates
     (``processing.queue``: highest ``id`` wins, a language match first)."""
     rows = conn.execute(text("""
-        SELECT internal_name, version, event_type, channel, language, ctx_schema
+        SELECT internal_name, version, event_type, channel, language, ctx_schema,
+               extras->'attachments'->'from_event' AS from_event,
+               CAST(extras->'attachments'->>'max_message_bytes' AS bigint)
+               - (SELECT coalesce(sum(CAST(f->>'size' AS bigint)), 0)
+                  FROM jsonb_array_elements(CASE jsonb_typeof(extras->'attachments'->'files')
+                      WHEN 'array' THEN extras->'attachments'->'files' ELSE '[]' END) AS f
+                 ) AS file_bytes_left
         FROM published_template WHERE active ORDER BY id
     """)).all()
     by_language: dict[tuple[str, str, str], PublishedSchema] = {}
     latest: dict[tuple[str, str], PublishedSchema] = {}
     for row in rows:  # ascending id: the last one written wins
-        item = PublishedSchema(f"{row.internal_name} v{row.version}", row.ctx_schema)
+        item = PublishedSchema(f"{row.internal_name} v{row.version}", row.ctx_schema,
+                               row.from_event, int(row.file_bytes_left or 0))
         latest[(row.event_type, row.channel)] = item
         if row.language is not None:
             by_language[(row.event_type, row.channel, row.language)] = item

@@ -1007,14 +1007,20 @@ RETRY_FINISHED = "WITH" + _PICK + """, ledger AS (
 REPLAY_FINISHED = "WITH" + _PICK + """, replayed AS (
             INSERT INTO {table} (id, type, email, mobile_phone, address, wished_channel,
                                  external_id, language, country, origin, ctx, expiration,
-                                 next_attempt, replayed_from, sandbox)
+                                 next_attempt, replayed_from, sandbox, attachments)
             SELECT m.new_id, e.type, e.email, e.mobile_phone, e.address, e.wished_channel,
                    e.external_id, e.language, e.country, e.origin, e.ctx,
                    coalesce(CAST(:expiration AS timestamptz),
                             CASE WHEN e.expiration > now() THEN e.expiration END),
-                   now(), e.id, e.sandbox
+                   now(), e.id, e.sandbox, e.attachments
             FROM marked m JOIN {table} e ON e.id = m.event_id
-            RETURNING id
+            RETURNING id, replayed_from
+        ), replayed_files AS (
+            -- the files the event brought go with its replay (their bytes copied once)
+            INSERT INTO event_attachment (event_kind, event_id, position, content)
+            SELECT a.event_kind, r.id, a.position, a.content
+            FROM replayed r
+            JOIN event_attachment a ON a.event_kind = :kind AND a.event_id = r.replayed_from
         )
         SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM replayed)
 """

@@ -21,6 +21,7 @@ from mc_airflow.ui import accounts as account_actions
 from mc_airflow.ui import live
 from mc_airflow.ui.dependencies import Reader, User, current_user, json_body, same_origin
 from message_center import lookup
+from message_center.attachment_rules import content_disposition
 from message_center.audit import ACCOUNT_CHANGE
 from message_center.db import engine_for
 
@@ -114,6 +115,23 @@ def register(app: FastAPI, render: Render) -> None:
             raise HTTPException(404, message.get("reason") or "no e-mail for this event")
         return Response(message["eml"], media_type="message/rfc822", headers={
             "Content-Disposition": f'attachment; filename="event-{event_id}.eml"'})
+
+    @app.get("/events/{event_id}/attachments/{position}")
+    def event_attachment(access: Reader, event_id: EventId,
+                         position: Annotated[int, Path(ge=0, le=100)]) -> Response:
+        """A file the event brought, as it was pushed (read rights on its queue)."""
+        found = lookup.event_file(event_id, position, _live_sources())
+        if found is None:
+            raise HTTPException(404, f"event {event_id} has no attachments[{position}] on "
+                                     "its execution instance (purged, or never given)")
+        kind, meta, data = found
+        access.check(kind)
+        if data is None:
+            raise HTTPException(404, f"attachments[{position}] is fetched from its URL at "
+                                     "sending time, not stored")
+        return Response(data, media_type=meta["contentType"], headers={
+            "Content-Disposition": content_disposition(meta["name"]),
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
     @app.get("/accounts", response_class=HTMLResponse)
     def accounts(request: Request, access: Reader) -> HTMLResponse:

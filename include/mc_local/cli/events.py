@@ -7,13 +7,15 @@ a bad line in a file stops the command with its line number and nothing is pushe
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -58,11 +60,26 @@ def event_from_args(args: argparse.Namespace) -> dict[str, Any]:
             event["ctx"] = json.loads(args.ctx)
         except ValueError as exc:
             raise InputError(f"--ctx is not valid JSON: {exc}") from None
+    for item in getattr(args, "attach", None) or ():
+        event.setdefault("attachments", []).append(_attachment(item))
     try:
         events.parse_event(event)
     except events.EventValidationError as exc:
         raise _fail_validation("event", exc) from None
     return event
+
+
+def _attachment(item: str) -> dict[str, Any]:
+    """``--attach``: an http(s) URL (fetched by the server at sending time) or a local file
+    (sent as base64); the type is the one its name suggests."""
+    if item.startswith(("http://", "https://")):
+        return {"name": PurePosixPath(urlsplit(item).path).name or "attachment", "url": item}
+    path = Path(item)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"--attach {item}: {exc.strerror or exc}") from None
+    return {"name": path.name, "content": base64.b64encode(data).decode("ascii")}
 
 
 def read_jsonl(stream: TextIO, name: str) -> list[dict[str, Any]]:
@@ -211,6 +228,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         extra = {"choices": channels.names()} if flag == "--channel" else {}
         event.add_argument(flag, help=f"the event's {field}", **extra)  # type: ignore[arg-type]
     event.add_argument("--ctx", help="the event's context, a JSON object")
+    event.add_argument("--attach", action="append", metavar="FILE_OR_URL",
+                       help="a file sent with the e-mail, when its template takes files "
+                            "from the event (attachments.from_event): a local file, or an "
+                            "http(s) URL the server fetches at sending time; repeatable")
     event.add_argument("--json", help="the whole event as a JSON object (flags override it)")
     event.add_argument("--batch", action="store_true",
                        help="push it to the batch queue instead of the real-time one")

@@ -35,6 +35,7 @@ from message_center.api.database import answer_503_while_database_down, executio
 from message_center.api.operations import ActionsBackend, actions_router
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.api.webhooks import WebhookBackend, webhook_router
+from message_center.attachment_rules import content_disposition
 from message_center.channel import Channel
 from message_center.delivery import quarantine as quarantine_store
 from message_center.delivery import suppression as suppression_store
@@ -232,6 +233,10 @@ class EventOut(BaseModel):
     recycling: str | None = Field(
         None, description="Why a failure that the template recycles was not recycled "
                           "(e.g. no e-mail address on the event).")
+    attachments: list[dict[str, Any]] | None = Field(
+        None, description="Files the event brought: `name`, `contentType`, `size` and "
+                          "`sha256` (or the `url` fetched at sending time), `download`: "
+                          "the path of its bytes (`GET /events/{id}/attachments/{n}`).")
 
 
 class QuarantineRecord(BaseModel):
@@ -415,22 +420,36 @@ def address_param(channel: Channel) -> Any:
                 description=spec.description)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
-    too_large = HTTPException(413, f"request body is larger than {limit} bytes")
+async def read_body(request: Request, limit: int,
+                    with_files: tuple[int, bytes] | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``.
+
+    ``with_files``: ``(larger limit, marker)``: a body that carries attachments (the
+    marker, e.g. ``"attachments"``, is in what was read by the time the body passes
+    ``limit``) may go up to the larger limit; any other body still stops at ``limit``."""
+    top = with_files[0] if with_files else limit
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise HTTPException(400, "invalid Content-Length header")
-        if int(declared) > limit:
-            raise too_large
-    chunks, size = [], 0
+        if int(declared) > top:
+            raise _too_large(limit, with_files)
+    chunks, size, checked = [], 0, with_files is None
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise too_large
         chunks.append(chunk)
+        if size > limit and not checked:
+            checked = True
+            if with_files is not None and with_files[1] in b"".join(chunks):
+                limit = top
+        if size > limit:
+            raise _too_large(limit, with_files if limit < top else None)
     return b"".join(chunks)
+
+
+def _too_large(limit: int, with_files: tuple[int, bytes] | None) -> HTTPException:
+    larger = (f" ({with_files[0]} bytes when it carries attachments)" if with_files else "")
+    return HTTPException(413, f"request body is larger than {limit} bytes{larger}")
 
 
 def create_app(
@@ -463,7 +482,9 @@ def create_app(
             f"`POST /auth/token`. Limits: {MAX_BATCH_EVENTS} events per batch, "
             f"{events.MAX_CTX_BYTES} bytes of `ctx` per event, bodies up to "
             f"{MAX_EVENT_BODY_BYTES} bytes (rtEvents) / {MAX_BATCH_BODY_BYTES} bytes "
-            "(batchEvents)."
+            f"(batchEvents); bodies with `attachments` up to "
+            f"{events.MAX_EVENT_WITH_FILES_BODY_BYTES} / "
+            f"{events.MAX_BATCH_WITH_FILES_BODY_BYTES} bytes."
         ),
     )
 
@@ -526,7 +547,8 @@ def create_app(
     async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None,  # type: ignore[assignment]
                             user: Any = push_rt) -> Any:
         """Queue one event in the real-time queue; it is processed within seconds."""
-        body = await read_body(request, MAX_EVENT_BODY_BYTES)
+        body = await read_body(request, MAX_EVENT_BODY_BYTES,
+                               (events.MAX_EVENT_WITH_FILES_BODY_BYTES, events.FILES_MARKER))
         outcome = await run_in_threadpool(push, "rt", body, idempotency_key, user)
         location = str(request.url_for("get_event", event_id=outcome[1]["id"]))
         return respond(outcome, {"Location": location})
@@ -539,7 +561,8 @@ def create_app(
                                 user: Any = push_batch) -> Any:
         """Queue events in the batch queue, all or nothing: one bad event stores none and
         the error names its index."""
-        body = await read_body(request, MAX_BATCH_BODY_BYTES)
+        body = await read_body(request, MAX_BATCH_BODY_BYTES,
+                               (events.MAX_BATCH_WITH_FILES_BODY_BYTES, events.FILES_MARKER))
         return respond(await run_in_threadpool(push, "batch", body, idempotency_key, user),
                        {})
 
@@ -565,6 +588,37 @@ def create_app(
             raise HTTPException(404, f"event {event_id} not found")
         access.check(found["kind"])
         return JSONResponse(found)
+
+    def fetch_file(event_id: int, position: int) -> tuple[str, dict[str, Any],
+                                                          bytes | None] | None:
+        with engine().connect() as conn:
+            return events.event_file(conn, event_id, position)
+
+    @router.get("/events/{event_id}/attachments/{position}",
+                responses={**_COMMON, **_FORBIDDEN,
+                           200: {"content": {"application/octet-stream": {}},
+                                 "description": "The file's bytes, as the event brought "
+                                                "them."},
+                           404: {"model": Problem, "description": "No such file."}},
+                response_class=Response,
+                summary="Download a file an event brought (its attachments[n])")
+    async def get_event_file(
+        event_id: Annotated[int, Path(ge=0, le=2**64 - 1)],
+        position: Annotated[int, Path(ge=0, le=100)],
+        access: EventReadCheck = Depends(authorization.read),
+    ) -> Any:
+        found = await run_in_threadpool(fetch_file, event_id, position)
+        if found is None:
+            raise HTTPException(404, f"event {event_id} has no attachments[{position}]")
+        kind, meta, data = found
+        access.check(kind)
+        if data is None:
+            raise HTTPException(404, f"attachments[{position}] of event {event_id} is "
+                                     "fetched from its URL at sending time, not stored: "
+                                     f"{meta.get('url')}")
+        return Response(data, media_type=meta["contentType"], headers={
+            "Content-Disposition": content_disposition(meta["name"]),
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
 
     # --- quarantine ----------------------------------------------------------------------
     def _user_name(user: Any) -> str | None:

@@ -1,7 +1,8 @@
 """Adobe Campaign Standard / v8 transactional events over REST, at Adobe's path shape:
 
 - ``POST /<ORGANIZATION>/campaign/<transactionalAPI>/<eventID>`` with
-  ``{"email", "mobilePhone", "ctx", "scheduled", "expiration"}`` queues a real-time event
+  ``{"email", "mobilePhone", "ctx", "scheduled", "expiration"}`` (and our ``attachments``)
+  queues a real-time event
   and answers ``201`` with Adobe's fields (``PKey``, ``status``, ``href``, ...);
 - ``GET /<ORGANIZATION>/campaign/<transactionalAPI>/<eventID>/<PKey>`` answers the event
   with its status in Adobe's names (``ADOBE_STATUS``).
@@ -51,7 +52,9 @@ ADOBE_STATUS: dict[EventStatus, str] = {
 """Our event status -> Adobe Campaign Standard's transactional event status."""
 
 EVENT_ID_PREFIX = "EVT"
-REST_FIELDS = ("email", "mobilePhone", "ctx", "scheduled", "expiration")
+REST_FIELDS = ("email", "mobilePhone", "ctx", "scheduled", "expiration", "attachments")
+"""Adobe's fields, and ``attachments`` (ours: files for a template with
+``attachments.from_event``, as on the JSON push API)."""
 
 
 def rest_fields() -> tuple[str, ...]:
@@ -168,7 +171,8 @@ def create_campaign_rest_app(
         key = request.headers.get("idempotency-key")
         if key is not None:
             events.check_idempotency_key(key)
-        body = await read_body(request, MAX_EVENT_BODY_BYTES)
+        body = await read_body(request, MAX_EVENT_BODY_BYTES,
+                               (events.MAX_EVENT_WITH_FILES_BODY_BYTES, events.FILES_MARKER))
         server_url = str(request.base_url).rstrip("/")
         status, answer, replayed = await run_in_threadpool(
             push, body, key, {"api": transactional_api, "event_id": event_id}, server_url,

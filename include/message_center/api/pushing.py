@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from message_center import events
+from message_center import attachment_rules, events
 from message_center.events import EncodedCtx, EventIn, EventValidationError, compact_json
 from message_center.publishing import PublishedSchemas, schema_cache
 from message_center.templates.ctx_schema import compile_check
@@ -65,7 +65,9 @@ def store_events(
                 if (stored.endpoint, stored.request_hash) != (endpoint, hash_):
                     raise IdempotencyConflict()
                 return stored.status_code, stored.body, True
-        items = fit_ctx(schema_cache.get(str(engine.url), conn), items, indexed=indexed)
+        schemas = schema_cache.get(str(engine.url), conn)
+        items = fit_ctx(schemas, items, indexed=indexed)
+        fit_files(schemas, items, indexed=indexed)
         body = answer(_insert(conn, items, sandbox))
         if key is not None:
             events.store_idempotent_response(conn, key, 201, body)
@@ -121,3 +123,47 @@ def fit_ctx(schemas: PublishedSchemas, items: Sequence[tuple[str, EventIn]], *,
     if errors:
         raise EventValidationError(errors)
     return fitted
+
+
+def fit_files(schemas: PublishedSchemas, items: Sequence[tuple[str, EventIn]], *,
+              indexed: bool = False) -> None:
+    """Events that bring attachments must be for a template that takes them
+    (``attachments.from_event``) and within its limits (count, types, sizes, URLs);
+    raises ``EventValidationError`` naming the field (``attachments[1].content``)."""
+    errors: list[dict[str, Any]] = []
+    for index, (_kind, event) in enumerate(items):
+        if not event.attachments:
+            continue
+        published = schemas.for_event(event.type, event.wished_channel, event.language)
+        found: list[tuple[str, str]] = []
+        if published is None or not published.from_event:
+            found.append(("attachments", "the template published for this event "
+                          f"({published.template if published else 'none yet'}) does not "
+                          "take attachments from the event (attachments.from_event)"))
+        else:
+            total = 0
+            for position, item in enumerate(event.attachments):
+                metadata = item.metadata()
+                total += metadata.get("size") or 0
+                problem = attachment_rules.event_file_problem(
+                    position, metadata, published.from_event, published.file_bytes_left)
+                if problem is None and total > published.file_bytes_left:
+                    problem = (f"attachments[{position}].content",
+                               f"the files take {total} bytes, more than the "
+                               f"{published.file_bytes_left} bytes the template "
+                               f"({published.template}) leaves for them per message")
+                if problem is not None:
+                    found.append(problem)
+                    break
+        for field, message in found:
+            path = [int(part) if part.isdigit() else part
+                    for part in field.replace("[", ".").replace("]", "").split(".")]
+            if indexed:
+                errors.append({"loc": ["body", "events", index, *path],
+                               "field": f"events[{index}].{field}", "msg": message,
+                               "type": "attachments_template", "index": index})
+            else:
+                errors.append({"loc": ["body", *path], "field": field, "msg": message,
+                               "type": "attachments_template"})
+    if errors:
+        raise EventValidationError(errors)

@@ -66,6 +66,10 @@ MAX_SOAP_EVENT_BODY_BYTES = 1024 * 1024
 """Largest body of ``PushEvent``, ``Logon``, ``Logoff`` (413 before parsing)."""
 MAX_SOAP_BATCH_BODY_BYTES = 32 * 1024 * 1024
 """Largest body of ``PushEvents`` (picked from the ``SOAPAction`` header)."""
+MAX_SOAP_EVENT_WITH_FILES_BODY_BYTES = 16 * 1024 * 1024
+"""Largest ``PushEvent`` body whose event carries ``<attachments>`` (base64 files)."""
+MAX_SOAP_BATCH_WITH_FILES_BODY_BYTES = 64 * 1024 * 1024
+"""Largest ``PushEvents`` body whose events carry ``<attachments>``."""
 
 METHODS = {
     ("nms:rtEvent", "PushEvent"), ("nms:rtEvent", "PushEvents"),
@@ -363,10 +367,12 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
         headers: dict[str, str] = {}
         try:
             action = soap_action(request)
-            limit = (MAX_SOAP_BATCH_BODY_BYTES if action and action[1] == "PushEvents"
-                     else MAX_SOAP_EVENT_BODY_BYTES)
+            batch = bool(action and action[1] == "PushEvents")
+            limit = MAX_SOAP_BATCH_BODY_BYTES if batch else MAX_SOAP_EVENT_BODY_BYTES
+            larger = (MAX_SOAP_BATCH_WITH_FILES_BODY_BYTES if batch
+                      else MAX_SOAP_EVENT_WITH_FILES_BODY_BYTES)
             try:
-                body = await read_body(request, limit)
+                body = await read_body(request, limit, (larger, b"attachments>"))
             except HTTPException as exc:
                 raise SoapFault(str(exc.detail), status=exc.status_code) from None
             call = await run_in_threadpool(parse_call, body, action)

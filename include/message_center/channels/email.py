@@ -19,6 +19,7 @@ from typing import Any
 
 from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
 from message_center.channels import email_attachments
+from message_center.delivery.classification import attachment_unavailable
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
@@ -274,6 +275,17 @@ class EmailSender:
         self._lock = threading.Lock()
         self._idle: list[SmtpSender] = []  # open connections nobody is using
         self._all: list[SmtpSender] = []
+        self._fetchers: dict[int, email_attachments.UrlFetcher] = {}
+
+    def _fetcher(self) -> email_attachments.UrlFetcher:
+        """The URL fetcher of the calling session thread (a ``requests`` session is not
+        shared between threads)."""
+        key = threading.get_ident()
+        with self._lock:
+            fetcher = self._fetchers.get(key)
+            if fetcher is None:
+                fetcher = self._fetchers[key] = email_attachments.UrlFetcher()
+            return fetcher
 
     def relay_gate(self, shards: int) -> RelayGate:
         smtp = self.settings
@@ -296,6 +308,13 @@ class EmailSender:
         attachments = email_attachments.render_attachments(
             (row.get("extras") or {}).get("attachments"), variables,
             uid=f"mc-{event_ref.replace(':', '-')}@message-center", recipient=attempt.address)
+        if row.get("event_files"):  # files the event brought (stored, or fetched by URL)
+            try:
+                attachments += email_attachments.event_attachments(
+                    row, sum(len(a.data) for a in attachments), fetch=self._fetcher())
+            except email_attachments.EventFileError as exc:
+                return (Outcome.retry(str(exc), attachment_unavailable()) if exc.temporary
+                        else Outcome.failed(str(exc)))
         message_id, data = build_email(
             log_id=attempt.log_id, sender=sender, recipient=attempt.address,
             subject=rendered.subject, html=rendered.html, text=rendered.text,
@@ -326,8 +345,11 @@ class EmailSender:
     def close(self) -> None:
         with self._lock:
             senders, self._all, self._idle = self._all, [], []
+            fetchers, self._fetchers = list(self._fetchers.values()), {}
         for sender in senders:
             sender.close()
+        for fetcher in fetchers:
+            fetcher.close()
 
 
 def share(limit: int | None, shards: int) -> int | None:

@@ -20,37 +20,36 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import mimetypes
-import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from message_center.attachment_rules import (  # one set of rules (re-exported)
+    ALLOWED_TYPES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_FILES,
+    MAX_NAME_CHARS,
+    REFUSED_EXTENSIONS,
+    content_problem,
+    file_name_problem,
+    parse_from_event,
+)
+from message_center.attachment_rules import guess_type as _guess_type
+from message_center.delivery.webpush import PeerRefused, guarded_session
+from message_center.net_guard import ATTACHMENT_ALLOWED_HOSTS, HostList, UrlRefused, check_url
 from message_center.rendering import RenderError, check_syntax, render_part
 
-DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
-MAX_FILES = 10
-MAX_NAME_CHARS = 200
-#: Content types an attachment may have. Anything else (executables, scripts, HTML,
-#: archives of unknown content) is refused.
-ALLOWED_TYPES = ("application/pdf", "text/calendar", "text/plain", "text/csv",
-                 "image/png", "image/jpeg", "image/gif")
-#: File-name extensions refused whatever the declared type (executables and scripts).
-REFUSED_EXTENSIONS = frozenset((
-    ".exe", ".com", ".bat", ".cmd", ".scr", ".pif", ".msi", ".dll", ".cpl", ".jar", ".js",
-    ".jse", ".vbs", ".vbe", ".wsf", ".wsh", ".ps1", ".sh", ".bash", ".py", ".pl", ".php",
-    ".rb", ".hta", ".lnk", ".reg", ".app", ".apk", ".deb", ".rpm", ".html", ".htm", ".svg"))
-#: First bytes of executables and scripts (PE, ELF, Mach-O, Java class, shebang).
-_EXECUTABLE_MAGIC = (b"MZ", b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe",
-                     b"\xca\xfe\xba\xbe", b"#!")
-#: What the content of a binary type starts with.
-_MAGIC = {"application/pdf": (b"%PDF-",), "image/png": (b"\x89PNG\r\n\x1a\n",),
-          "image/jpeg": (b"\xff\xd8\xff",), "image/gif": (b"GIF87a", b"GIF89a")}
-_TEXT_TYPES = ("text/plain", "text/csv", "text/calendar")
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+__all__ = ["ALLOWED_TYPES", "DEFAULT_MAX_FILE_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_FILES",
+           "MAX_NAME_CHARS",
+           "REFUSED_EXTENSIONS", "Attachment", "content_problem", "parse_declaration",
+           "render_attachments", "summary"]
+
 #: The iCalendar event fields a template may set (each a template over ctx).
 ICAL_FIELDS = ("summary", "start", "end", "location", "description", "organizer")
 KINDS = ("file", "pdf", "ical")
@@ -71,33 +70,6 @@ class Attachment:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def content_problem(name: str, content_type: str, data: bytes) -> str | None:
-    """Why a file may not be attached (None: it may): type not allowed, executable name or
-    content, or content that is not what the declared type says."""
-    suffix = Path(name).suffix.lower()
-    if suffix in REFUSED_EXTENSIONS:
-        return f"{name!r}: files named *{suffix} are refused (executables and scripts)"
-    if content_type not in ALLOWED_TYPES:
-        return (f"{name!r}: content type {content_type!r} is not allowed "
-                f"(allowed: {', '.join(ALLOWED_TYPES)})")
-    if data.startswith(_EXECUTABLE_MAGIC):
-        return f"{name!r}: the content is an executable or a script; refused"
-    starts = _MAGIC.get(content_type)
-    if starts is not None and not data.startswith(starts):
-        return f"{name!r}: the content is not {content_type} (declared type checked)"
-    if content_type in _TEXT_TYPES:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return f"{name!r}: the content is not UTF-8 text ({content_type})"
-    return None
-
-
-def _guess_type(name: str) -> str | None:
-    return {".ics": "text/calendar", ".csv": "text/csv"}.get(
-        Path(name).suffix.lower()) or mimetypes.guess_type(name)[0]
-
-
 # --- the template's declaration ---------------------------------------------------------
 Problems = list[tuple[str, str]]
 
@@ -105,15 +77,20 @@ Problems = list[tuple[str, str]]
 def parse_declaration(raw: Any, base_dir: Path) -> tuple[dict[str, Any] | None, Problems]:
     """The template's ``attachments:`` as stored with the version (static files read from
     ``base_dir`` and kept as base64 with their hash), and the problems found as
-    ``(field, message)``. ``raw``: a list of items, or ``{max_message_bytes, files}``."""
+    ``(field, message)``. ``raw``: a list of items, or ``{max_message_bytes, files,
+    from_event}`` (``from_event``: events may bring files, within these limits)."""
     problems: Problems = []
     limit = DEFAULT_MAX_MESSAGE_BYTES
     items = raw
+    from_event = None
     if isinstance(raw, Mapping):
-        unknown = set(raw) - {"files", "max_message_bytes"}
+        unknown = set(raw) - {"files", "max_message_bytes", "from_event"}
         for key in sorted(unknown, key=str):
-            problems.append((f"attachments.{key}",
-                             "unknown field (allowed: files, max_message_bytes)"))
+            problems.append((f"attachments.{key}", "unknown field (allowed: files, "
+                             "max_message_bytes, from_event)"))
+        if "from_event" in raw:
+            from_event, found = parse_from_event(raw["from_event"])
+            problems.extend(found)
         limit = raw.get("max_message_bytes", limit)
         if not isinstance(limit, int) or isinstance(limit, bool) or not (
                 0 < limit <= DEFAULT_MAX_MESSAGE_BYTES * 5):
@@ -121,11 +98,11 @@ def parse_declaration(raw: Any, base_dir: Path) -> tuple[dict[str, Any] | None, 
                              f"must be a number of bytes from 1 to "
                              f"{DEFAULT_MAX_MESSAGE_BYTES * 5}"))
             limit = DEFAULT_MAX_MESSAGE_BYTES
-        items = raw.get("files")
-    if not isinstance(items, list) or not items:
+        items = raw.get("files", [] if "from_event" in raw else None)
+    if not isinstance(items, list) or not (items or from_event or problems):
         problems.append(("attachments", "must be a list of attachments, each with one of "
-                         f"{', '.join(KINDS)} (or a mapping with files and "
-                         "max_message_bytes)"))
+                         f"{', '.join(KINDS)} (or a mapping with files, "
+                         "max_message_bytes and from_event)"))
         return None, problems
     if len(items) > MAX_FILES:
         problems.append(("attachments", f"at most {MAX_FILES} attachments"))
@@ -142,7 +119,10 @@ def parse_declaration(raw: Any, base_dir: Path) -> tuple[dict[str, Any] | None, 
                          f"the {limit} bytes allowed per message"))
     if problems:
         return None, problems
-    return {"files": files, "max_message_bytes": limit}, []
+    declared: dict[str, Any] = {"files": files, "max_message_bytes": limit}
+    if from_event is not None:
+        declared["from_event"] = from_event
+    return declared, []
 
 
 def _parse_item(item: Any, where: str, base_dir: Path,
@@ -281,9 +261,9 @@ def render_attachments(declaration: Mapping[str, Any] | None, variables: dict[st
 
 def _file_name(name: str, where: str) -> str:
     name = name.strip()
-    if not name or _BAD_NAME.search(name) or name in (".", "..") or len(name) > MAX_NAME_CHARS:
-        raise RenderError(f"{where}.name: {name!r} is not a file name (no path, no control "
-                          f"characters, at most {MAX_NAME_CHARS} characters)")
+    problem = file_name_problem(name)
+    if problem is not None:
+        raise RenderError(f"{where}.name: {problem}")
     return name
 
 
@@ -358,3 +338,115 @@ def summary(declaration: Mapping[str, Any] | None) -> Sequence[dict[str, Any]]:
              **({"size": item["size"], "sha256": item["sha256"]} if item["kind"] == "file"
                 else {})}
             for item in (declaration or {}).get("files") or ()]
+
+
+# --- attachments given by the event ------------------------------------------------------
+FETCH_SECONDS = 10.0
+"""Longest time fetching one URL attachment may take (connect, headers and body)."""
+
+
+class EventFileError(Exception):
+    """An event's attachment cannot go out now. ``temporary``: the URL could not be
+    fetched this time (retried like a soft delivery error); otherwise never."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+def event_attachments(row: Mapping[str, Any], already: int, *,
+                      fetch: Any) -> list[Attachment]:
+    """The files the event brought (``row``: ``event_files``, their metadata as pushed,
+    ``event_file_contents``, the stored bytes by position) within the template's limits;
+    ``already``: bytes the template's own attachments take in this message. URL files are
+    fetched with ``fetch(url, max_bytes)``. Raises :class:`EventFileError` naming the
+    attachment."""
+    files = row.get("event_files") or ()
+    if not files:
+        return []
+    declaration = (row.get("extras") or {}).get("attachments") or {}
+    allowed = declaration.get("from_event")
+    if not allowed:
+        raise EventFileError("the event brings attachments and the template version it "
+                             "was linked to does not take attachments from the event "
+                             "(attachments.from_event)", temporary=False)
+    limit = int(declaration.get("max_message_bytes") or DEFAULT_MAX_MESSAGE_BYTES)
+    contents = row.get("event_file_contents") or {}
+    out: list[Attachment] = []
+    total = already
+    for index, meta in enumerate(files):
+        where = f"the event's attachments[{index}] ({meta['name']})"
+        per_file = min(int(allowed["max_file_bytes"]), max(limit - total, 0))
+        if meta.get("url") is not None:
+            data = fetch(meta["url"], per_file, where)
+        else:
+            data = base64.b64decode(contents.get(str(index)) or "")
+        problem = content_problem(meta["name"], meta["contentType"], data)
+        if problem is None and meta["contentType"] not in allowed["types"]:
+            problem = f"{meta['contentType']} is not a type the template takes"
+        if problem is None and len(data) > per_file:
+            problem = (f"{len(data)} bytes, more than the {per_file} bytes left for it "
+                       f"(per file {allowed['max_file_bytes']}, per message {limit})")
+        if problem is not None:
+            raise EventFileError(f"{where}: {problem}", temporary=False)
+        total += len(data)
+        out.append(Attachment(meta["name"], meta["contentType"], data))
+    return out
+
+
+class UrlFetcher:
+    """Fetches URL attachments: only hosts listed in ``MC_ATTACHMENT_ALLOWED_HOSTS``
+    (:func:`message_center.net_guard.check_url` with ``public=False``), every connection's
+    address checked again after DNS (:func:`message_center.delivery.webpush.guarded_session`,
+    the one guarded HTTP client), no redirect followed, the body streamed with a size and a
+    time limit."""
+
+    def __init__(self, hosts: HostList | None = None, seconds: float = FETCH_SECONDS) -> None:
+        self.hosts = hosts if hosts is not None else HostList.from_env(
+            ATTACHMENT_ALLOWED_HOSTS)
+        self.seconds = seconds
+        self._session: Any = None
+
+    def __call__(self, url: str, max_bytes: int, where: str) -> bytes:
+        try:
+            check_url(url, self.hosts, public=False, allow_http=True)
+        except UrlRefused as exc:
+            raise EventFileError(f"{where}: {exc}", temporary=exc.temporary) from None
+        if self._session is None:
+            self._session = guarded_session(self.hosts)
+        deadline = time.monotonic() + self.seconds
+        try:
+            with self._session.get(url, stream=True,
+                                   timeout=(min(5.0, self.seconds), self.seconds)) as response:
+                status = response.status_code
+                if 300 <= status < 400:
+                    raise EventFileError(f"{where}: {url} answered HTTP {status} (a redirect "
+                                         f"to {response.headers.get('Location')!r}); "
+                                         "redirects are not followed", temporary=False)
+                if status >= 400:
+                    raise EventFileError(f"{where}: {url} answered HTTP {status}",
+                                         temporary=True)
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise EventFileError(f"{where}: {url} has {declared} bytes, more than "
+                                         f"the {max_bytes} allowed", temporary=False)
+                body = bytearray()
+                for chunk in response.iter_content(65536):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise EventFileError(f"{where}: {url} sent more than the "
+                                             f"{max_bytes} bytes allowed", temporary=False)
+                    if time.monotonic() > deadline:
+                        raise EventFileError(f"{where}: {url} took longer than "
+                                             f"{self.seconds:g} s", temporary=True)
+                return bytes(body)
+        except PeerRefused as exc:
+            raise EventFileError(f"{where}: {exc}", temporary=False) from None
+        except requests.RequestException as exc:
+            raise EventFileError(f"{where}: {url} cannot be fetched: "
+                                 f"{type(exc).__name__}", temporary=True) from None
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -63,6 +63,7 @@ REASONS = {
     "outcome_unknown": "no answer after the message was handed over: it may have been "
                        "delivered",
     "undefined": "the answer does not say",
+    "attachment_unavailable": "a file of the event could not be fetched from its URL (for now)",
 }
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -306,6 +307,12 @@ def outcome_unknown() -> Classification:
     """The message was handed over and no answer came (connection lost or timed out after
     the final "." of SMTP DATA, or the worker died): failed, never retried."""
     return Classification(AnswerClass.UNKNOWN, "outcome_unknown", temporary=False)
+
+
+def attachment_unavailable() -> Classification:
+    """A URL attachment of the event could not be fetched this time (connection, HTTP
+    error, time limit): retried like a soft error, not the address's fault."""
+    return Classification(AnswerClass.TRANSIENT, "attachment_unavailable", temporary=True)
 
 
 def message_error() -> Classification:

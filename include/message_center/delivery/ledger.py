@@ -98,7 +98,12 @@ def _send_columns() -> str:
     return f"""
         e.type, e.email, e.mobile_phone, e.wished_channel, e.external_id,
         e.language, e.country, e.origin, e.ctx, e.scheduled, e.expiration, e.created,
-        t.id AS published_id, t.sender, t.parts, t.options, t.extras{channel_parts}
+        t.id AS published_id, t.sender, t.parts, t.options, t.extras{channel_parts},
+        e.attachments AS event_files,
+        CASE WHEN e.attachments IS NOT NULL THEN (
+            SELECT jsonb_object_agg(a.position, encode(a.content, 'base64'))
+            FROM event_attachment a WHERE a.event_kind = :kind AND a.event_id = e.id)
+        END AS event_file_contents
     """
 
 

@@ -21,6 +21,8 @@ NOWHERE = ["--url", "http://127.0.0.1:9", "--token", "t"]
     (["--json", '["not", "an", "event"]'], "--json must be a JSON object"),
     ([], "give --type"),
     (["--file", "/nonexistent/events.jsonl"], "no such file"),
+    (["--type", "ORDER", "--email", "a@example.com", "--attach", "/nonexistent/a.pdf"],
+     "--attach /nonexistent/a.pdf: No such file"),
 ])
 def test_bad_input_exits_2_with_the_reason(capsys, args, message):
     assert main(["push", *NOWHERE, *args]) == 2
@@ -68,3 +70,12 @@ def test_the_help_examples_fit_the_demo_templates():
         template = templates[(event["type"], event.get("wishedChannel", "email"))]
         assert check_ctx(template.ctx_schema, event["ctx"], template.internal_name)[1] == [], \
             example
+
+
+@pytest.mark.fast
+def test_attach_checks_the_file_like_the_server(tmp_path, capsys):
+    tool = tmp_path / "tool.exe"
+    tool.write_bytes(b"MZ\x90\x00")
+    assert main(["push", *NOWHERE, "--type", "ORDER", "--email", "a@example.com",
+                 "--attach", str(tool)]) == 2
+    assert "'tool.exe': files named *.exe are refused" in capsys.readouterr().err

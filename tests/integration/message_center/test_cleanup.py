@@ -9,6 +9,7 @@ first instance's pending events."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -519,3 +520,32 @@ def test_webhook_messages_done_with_are_purged_after_their_delay(execution2_db):
     with execution2_db.connect() as conn:
         assert list(conn.execute(text("SELECT id FROM webhook_outbox ORDER BY id")
                                  ).scalars()) == [3, 4]
+
+
+def test_the_files_an_event_brought_go_with_it_and_the_archive_keeps_only_their_hash(
+        execution2_db, control_db):
+    """The bytes of an event's attachments are stored once (``event_attachment``) and
+    deleted with the event; the archive keeps name, type, size and hash, not the bytes."""
+    meta = [{"name": "ticket.pdf", "contentType": "application/pdf", "size": 9,
+             "sha256": "0" * 64}]
+    gone = add_event(execution2_db, "rt", "sent", OLD, log="sent")
+    stays = add_event(execution2_db, "rt", "sent", RECENT, log="sent")
+    with execution2_db.begin() as conn:
+        for event_id, modified in ((gone, OLD), (stays, RECENT)):
+            conn.execute(text("UPDATE rt_event SET attachments = CAST(:m AS jsonb) "
+                              "WHERE id = :id"), {"m": json.dumps(meta), "id": event_id})
+            set_modified(conn, "rt_event", event_id, modified)
+            conn.execute(text("INSERT INTO event_attachment VALUES ('rt', :id, 0, :c)"),
+                         {"id": event_id, "c": b"%PDF-1.4\n"})
+    archive(execution2_db, control_db)
+
+    assert purge(execution2_db, control_db).events == 1
+
+    with execution2_db.connect() as conn:
+        assert list(conn.execute(text("SELECT event_id FROM event_attachment")).scalars()) \
+            == [stays]
+    with control_db.connect() as conn:
+        archived = conn.execute(text("SELECT attachments FROM archived_event "
+                                     "WHERE cell_id = :c AND id = :id"),
+                                {"c": CELL, "id": gone}).scalar_one()
+    assert archived == meta  # names, types, sizes, hashes: never the bytes

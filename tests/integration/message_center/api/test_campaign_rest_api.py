@@ -105,6 +105,11 @@ def test_mobile_phone_only_is_an_sms_event(rest, execution_db):
     ({"email": "a@example.com", "type": "X"}, "type"),
     ({"email": "a@example.com", "wishedChannel": "sms"}, "wishedChannel"),
     ({"mobilePhone": "12ab"}, "mobilePhone"),
+    # files given by the event map to the JSON API's attachments (checked the same way)
+    ({"email": "a@example.com", "attachments": [{"name": "x.exe", "content": "TVo="}]},
+     "attachments[0].content"),
+    ({"email": "a@example.com", "attachments": [{"name": "a.pdf", "content": "JVBERi0="}]},
+     "attachments"),  # no published template takes files from the event
 ])
 def test_bad_input_is_a_json_error_naming_the_field(rest, execution_db, body, field):
     response = rest.post(SAMPLE_PATH, json=body, headers={"Idempotency-Key": "k1"})

@@ -6,6 +6,8 @@ here (Airflow's run in tests/integration/plugins/test_acc_compat_server.py).
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import zeep
 from acc_fixtures import ADOBE_SESSION_TOKEN, LOGINS, RIGHTS, FakeSessions
@@ -13,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from lxml import etree
 from sqlalchemy import text
+from template_factory import publish, write
 
 from message_center.api.soap import MAX_SOAP_EVENT_BODY_BYTES, create_soap_app
 from message_center.ids import cell_of, to_stored
@@ -503,3 +506,41 @@ def test_database_down_is_a_server_fault(sessions):
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     code, message, _ = fault(response)
     assert code == "SOAP-ENV:Server" and "unavailable" in message
+
+
+FILES_TEMPLATE = """\
+internal_name: soapTicket
+label: Ticket
+event_type: TICKET
+channel: email
+subject: "Your ticket"
+text: "Attached."
+attachments:
+  from_event: {types: [application/pdf]}
+seeds:
+  - address: seed@example.com
+    ctx: {}
+"""
+
+
+def test_an_event_brings_attachments_in_an_attachments_element(soap, execution_db, urls,
+                                                                template_dir):
+    write(template_dir, "ticket.yaml", FILES_TEMPLATE)
+    assert publish(urls, template_dir).errors == {}
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 8
+    encoded = base64.encodebytes(pdf).decode("ascii")  # MIME style: line breaks inside
+    event = (f'<rtEvent type="TICKET" email="a@example.com"><attachments>'
+             f'<attachment name="ticket.pdf" contentType="application/pdf">{encoded}'
+             f'</attachment></attachments></rtEvent>')
+    (pl_id,) = pl_ids(post(soap, push_event(event)))
+    with execution_db.connect() as conn:
+        stored = conn.execute(text("SELECT e.attachments, a.content FROM rt_event e "
+                                   "JOIN event_attachment a ON a.event_id = e.id "
+                                   "WHERE e.id = :id"), {"id": to_stored(pl_id)}).one()
+    assert stored.attachments[0]["name"] == "ticket.pdf" and bytes(stored.content) == pdf
+
+    exe = base64.b64encode(b"MZ\x90\x00" + bytes(64)).decode("ascii")
+    bad = event.replace(encoded, exe).replace('type="TICKET"', 'type="TICKET" externalId="2"')
+    code, message, _detail = fault(post(soap, push_event(bad)))
+    assert code == "SOAP-ENV:Client"
+    assert "rtEvent/attachments/attachment[1]: " in message and "executable" in message

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from message_center.archiving import archive_window
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
 from message_center.delivery.smtp import SmtpSettings
+from message_center.delivery.suppression import suppress
 from message_center.events import get_event
 from message_center.ids import to_public
 from message_center.lookup import LiveSource, event_detail
@@ -278,3 +280,19 @@ def test_a_hard_bounce_after_sent_is_recycled_once(execution_db, smtp_sink, sms_
     assert (fallback["wished_channel"], fallback["type"]) == ("sms", "OTP_TEXT")
     drain(execution_db, channels)
     assert [m["to"] for m in sms_sink.messages()] == ["+33600000410"]
+
+
+def test_an_address_that_unsubscribed_is_not_recycled(execution_db, smtp_sink, sms_sink,
+                                                      channels):
+    """Ignored because the number unsubscribed from the template's category: the recipient
+    asked not to get these messages, so no e-mail goes out in its place."""
+    codes = replace(OTP_SMS, options={"unsubscribe": {"category": "codes"}})
+    publish_templates(execution_db, codes, OTP_MAIL)
+    with execution_db.begin() as conn:
+        suppress(conn, "sms", "+33600000407", "codes")
+    first = sms_event(execution_db, "+33600000407", "unsub@example.test")
+    drain(execution_db, channels)
+    assert events(execution_db, "batch", [first])[0]["status"] == "ignored"
+    assert recycled_from(execution_db, first) == []
+    assert [link for link in links(execution_db) if link["recycled_id"] is not None] == []
+    assert mails_to(smtp_sink, "unsub@example.test") == []

@@ -142,3 +142,56 @@ def test_the_message_carries_bodies_calendar_and_files(tmp_path):
                               recipient="ann@example.com", subject="s", html="<p>x</p>",
                               text="x")
     assert b"multipart/alternative" in plain and b"multipart/mixed" not in plain
+
+
+def test_from_event_is_declared_with_its_limits_and_checked(tmp_path):
+    declared, problems = att.parse_declaration({"from_event": True}, tmp_path)
+    assert problems == [] and declared["files"] == []
+    assert declared["from_event"] == {"max_files": 10, "max_file_bytes": 10 * 1024 * 1024,
+                                      "types": list(att.ALLOWED_TYPES), "urls": True}
+    declared, problems = att.parse_declaration(
+        {"from_event": {"max_files": 2, "types": ["application/pdf"], "urls": False}},
+        tmp_path)
+    assert declared["from_event"]["max_files"] == 2 and problems == []
+
+    _, problems = att.parse_declaration({"from_event": {
+        "max_files": 11, "max_file_bytes": 0, "types": ["application/x-msdownload"],
+        "urls": "yes", "colour": 1}}, tmp_path)
+    assert dict(problems) == {
+        "attachments.from_event.colour": "unknown field (allowed: max_files, "
+                                         "max_file_bytes, types, urls)",
+        "attachments.from_event.max_files": "must be a number from 1 to 10",
+        "attachments.from_event.max_file_bytes": "must be a number from 1 to 10485760",
+        "attachments.from_event.types": "must be a list of content types from "
+                                        + ", ".join(att.ALLOWED_TYPES),
+        "attachments.from_event.urls": "must be true or false"}
+
+
+@pytest.mark.parametrize(("name", "kind", "data", "words"), [
+    ("a.pdf", "application/pdf", b"PK\x03\x04" + bytes(40), "executable or a script"),
+    ("a.pdf", "application/pdf", b"\x7fELF" + bytes(60), "executable or a script"),
+    ("a.png", "image/png", b"GIF89a" + bytes(10), "not image/png"),
+    ("a.txt", "text/plain", b"MZ\x90\x00" + bytes(60), "not text/plain"),
+    ("a.txt", "text/plain", b"#!/bin/sh\nrm -rf /\n", "executable or a script"),
+])
+def test_the_declared_type_is_checked_against_the_content(name, kind, data, words):
+    assert words in (att.content_problem(name, kind, data) or "")
+
+
+def test_an_event_file_must_fit_the_templates_from_event():
+    allowed = {"max_files": 1, "max_file_bytes": 100, "types": ["application/pdf"],
+               "urls": False}
+    pdf = {"name": "a.pdf", "contentType": "application/pdf", "size": 50}
+    assert att.event_attachments({"event_files": None}, 0, fetch=None) == []
+    from message_center.attachment_rules import event_file_problem
+    assert event_file_problem(0, pdf, allowed, 10_000) is None
+    assert event_file_problem(1, pdf, allowed, 10_000)[0] == "attachments[1]"
+    assert event_file_problem(0, {**pdf, "size": 101}, allowed, 10_000)[0] \
+        == "attachments[0].content"
+    assert event_file_problem(0, {**pdf, "size": 60}, allowed, 50)[0] \
+        == "attachments[0].content"  # the message's budget left by the template's files
+    assert event_file_problem(0, {**pdf, "contentType": "text/plain"}, allowed, 10_000)[0] \
+        == "attachments[0].contentType"
+    assert event_file_problem(0, {"name": "a.pdf", "contentType": "application/pdf",
+                                  "url": "https://x.example/a.pdf"}, allowed, 10_000)[0] \
+        == "attachments[0].url"
