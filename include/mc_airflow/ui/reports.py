@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Engine, text
 
+from mc_airflow import authorization
 from mc_airflow.authorization import QUEUE_DAGS, EventReadAccess
 from mc_airflow.instances import CONTROL_CONN_ID, connection_url, execution_instances
 from mc_airflow.ui.dependencies import Reader
@@ -42,6 +44,8 @@ from message_center.reporting import (
     tracking_csv,
     tracking_report,
 )
+from message_center.state import RETRYABLE_STATUSES
+from message_center.statuses import FAILURE_CLASS_LABELS
 
 Render = Callable[..., HTMLResponse]
 PRESETS = (("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"),
@@ -129,6 +133,33 @@ def _query(values: dict[str, str], **extra: Any) -> str:
     return urlencode(merged)
 
 
+def bulk_actions(report_filter: ReportFilter, cause: str, ids: list[str],
+                 failure_class: str | None = None) -> dict[str, Any]:
+    """The drill-down's Bulk actions links: the actions that can change its events (a
+    retry takes failed or expired ones, a replay any final one; cancel takes pending
+    ones only, so none here) and two prefills of the form: the drill-down's filter
+    (its period becomes the creation period, the one the form selects on) and the
+    ids listed on this page."""
+    prefill: dict[str, Any] = {"status": cause, "from": _iso(report_filter.start),
+                               "to": _iso(report_filter.end)}
+    if report_filter.kind is not None:
+        prefill["queue"] = report_filter.kind
+    if report_filter.channel is not None:
+        prefill["channel"] = report_filter.channel
+    if report_filter.cells is not None and len(report_filter.cells) == 1:
+        prefill["instance"] = report_filter.cells[0]
+    if failure_class is not None:  # "unknown": the form still asks for confirmUnknown
+        prefill["failureClass"] = failure_class
+    retryable = cause in {str(s) for s in RETRYABLE_STATUSES}
+    return {"actions": [a for a in ("retry", "replay") if a == "replay" or retryable],
+            "filter": urlencode(prefill), "ids": urlencode({"ids": ",".join(ids)}),
+            "count": len(ids)}
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def register(app: FastAPI, render: Render) -> None:
     def report_page(request: Request, access: EventReadAccess, page: str, template: str,
                     build: Callable[[Any, ReportFilter, Thresholds], Any] | None,
@@ -211,7 +242,10 @@ def register(app: FastAPI, render: Render) -> None:
     def errors_page(request: Request, access: Reader,
                     cause: Annotated[str, Query(max_length=64)] = "failed",
                     cursor: Annotated[str | None, Query(max_length=200)] = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> HTMLResponse:
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    failure_class: Annotated[str | None, Query(alias="failureClass",
+                                                               max_length=32)] = None,
+                    ) -> HTMLResponse:
         """The events behind one error cause of the service level report."""
         if cause not in ERROR_CAUSES:
             cause_error = {"field": "cause", "message": f"expected one of "
@@ -222,16 +256,20 @@ def register(app: FastAPI, render: Render) -> None:
                           causes=ERROR_CAUSE_LABELS, query="", next_query=None,
                           threshold_error=None, cause_labels=ERROR_CAUSE_LABELS)
         values = _form(request.query_params)
-        next_query = None
+        next_query = bulk = None
         error = page = None
         status = 200
         try:
             report_filter = _filter(values, access)
-            page = _read(lambda conn: error_events(conn, report_filter, cause, limit=limit,
-                                                   cursor=cursor).to_dict())
+            page = _read(lambda conn: error_events(
+                conn, report_filter, cause, limit=limit, cursor=cursor,
+                failure_class=failure_class or None).to_dict())
+            if page["items"]:
+                bulk = bulk_actions(report_filter, cause, [str(i["id"]) for i in page["items"]],
+                                    failure_class or None)
             if page["nextCursor"]:
-                next_query = _query(values, cause=cause, cursor=page["nextCursor"],
-                                    limit=limit)
+                next_query = _query(values, cause=cause, failureClass=failure_class or None,
+                                    cursor=page["nextCursor"], limit=limit)
         except ReportFilterError as exc:
             error, status = {"field": exc.field, "message": str(exc)}, 422
         except ControlMissing as exc:
@@ -240,4 +278,7 @@ def register(app: FastAPI, render: Render) -> None:
                       values=values, error=error, report=page, presets=PRESETS,
                       instances=_instances(), cause=cause, causes=ERROR_CAUSE_LABELS,
                       query=_query(values), next_query=next_query, threshold_error=None,
-                      cause_labels=ERROR_CAUSE_LABELS)
+                      cause_labels=ERROR_CAUSE_LABELS, bulk=bulk,
+                      failure_class=failure_class or None,
+                      failure_class_labels=FAILURE_CLASS_LABELS,
+                      can=authorization.capabilities(access.user))

@@ -685,13 +685,19 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int, int]:
 
 
 def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 50,
-                 cursor: str | None = None) -> EventPage:
+                 cursor: str | None = None, failure_class: str | None = None) -> EventPage:
     """The archived events whose final status is ``cause`` (one of :data:`ERROR_CAUSES`),
     reached in ``[f.start, f.end)``, newest first; ``cursor``: the previous page's
-    ``next_cursor``."""
+    ``next_cursor``; ``failure_class``: only the *failed* ones whose delivery log has
+    this class (the service level's "of which" rows drill into them)."""
     if cause not in ERROR_CAUSES:
         raise ReportFilterError("cause", f"expected one of {', '.join(ERROR_CAUSES)}; "
                                 f"got {cause!r}")
+    if failure_class is not None and (cause != "failed"
+                                      or failure_class not in FAILURE_CLASSES):
+        raise ReportFilterError("failureClass", f"expected one of "
+                                f"{', '.join(FAILURE_CLASSES)} with the cause failed; "
+                                f"got {failure_class!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise ReportFilterError("limit", f"between 1 and {MAX_PAGE}; got {limit!r}")
     clauses = ["status = :cause", "processed >= :start", "processed < :end",
@@ -707,6 +713,10 @@ def error_events(conn: Connection, f: ReportFilter, cause: str, *, limit: int = 
     if f.kind is not None:
         clauses.append("event_kind = :kind")
         params["kind"] = f.kind
+    if failure_class is not None:
+        clauses.append("EXISTS (SELECT 1 FROM archived_delivery_log fd WHERE fd.cell_id = "
+                       "e.cell_id AND fd.id = e.delivery_log_id AND fd.failure_class = :fc)")
+        params["fc"] = failure_class
     if cursor:
         at, cell_id, stored_id = _decode_cursor(cursor)
         clauses.append("(processed, cell_id, id) < (:at, :cell, :id)")

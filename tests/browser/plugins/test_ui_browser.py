@@ -218,6 +218,14 @@ def test_reports_show_the_pushed_events_and_open_an_error_breakdown(admin, datas
     expect(rows.first).to_contain_text("550")
     rows.first.locator("a").click()
     expect(ui.locator("h1")).to_contain_text("Delivery failed")
+    # Its bulk action link opens the Bulk actions form with the drill-down's filter.
+    ui = open_tab(admin, "Service level")
+    ui.locator("a[data-open-errors='failed']").click()
+    ui.locator("#errors-bulk a[data-bulk='retry'][data-bulk-scope='filter']").click()
+    ui.locator("html[data-mc-ready] #bulk-form").wait_for()
+    expect(ui.locator("#b-action")).to_have_value("retry")
+    expect(ui.locator("#b-status")).to_have_value("failed")
+    expect(ui.locator("#b-unknown")).not_to_be_checked()
 
     ui = open_tab(admin, "Processing time")
     expect(ui.locator("#total-sent .value")).to_have_text("4")  # the real-time queue
