@@ -28,6 +28,7 @@ lets ``GET /message-center/v1/health`` answer without a token (for load balancer
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 from typing import Any
@@ -44,6 +45,7 @@ from mc_airflow.authorization import (
 )
 from mc_airflow.connections import ConnectionCache
 from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
+from mc_airflow.sandbox import user_sandboxer
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
 from message_center.api.soap import create_soap_app
@@ -111,10 +113,13 @@ WEBHOOKS = WebhookBackend(
     box=_webhook_box, hosts=_webhook_hosts,
     manage=require_webhooks_manage(), read=require_read())
 
+# Events pushed by the users named in MC_SANDBOX_USERS are sandbox events (every protocol).
+PUSH_AUTHORIZATION = dataclasses.replace(PUSH_API_AUTHORIZATION, sandboxed=user_sandboxer())
+
 app = create_app(
     airflow_user,
     execution_database_url,
-    authorization=PUSH_API_AUTHORIZATION,
+    authorization=PUSH_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
     webhooks=WEBHOOKS,
 )
@@ -124,10 +129,10 @@ app.add_middleware(FreezeGcOnFirstRequest)
 # Standard/v8 REST transactional events at /<ORGANIZATION>/campaign/<api>/<eventID>.
 # Same rights as the push API (PUSH_API_AUTHORIZATION); SOAP logins are Airflow users.
 soap_app = create_soap_app(AirflowSessions(), execution_database_url,
-                           authorization=PUSH_API_AUTHORIZATION)
+                           authorization=PUSH_AUTHORIZATION)
 soap_app.add_middleware(FreezeGcOnFirstRequest)
 campaign_rest_app = create_campaign_rest_app(airflow_user, execution_database_url,
-                                             authorization=PUSH_API_AUTHORIZATION)
+                                             authorization=PUSH_AUTHORIZATION)
 CAMPAIGN_ORGANIZATIONS = [org.strip() for org in os.environ.get(
     "MC_CAMPAIGN_ORGANIZATIONS", "").split(",") if org.strip()]
 

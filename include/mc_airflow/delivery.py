@@ -41,6 +41,7 @@ from mc_airflow.defaults import (
     EXECUTION_CONN_ID,
     SMTP_CONN_ID,
 )
+from mc_airflow.sandbox import settings as sandbox_settings
 from message_center import channel as channels
 from message_center.db import engine_for
 from message_center.delivery.bounce_mail import ImapSettings, imap_settings_from_connection
@@ -129,10 +130,17 @@ def configure_tracking() -> None:
 
 
 def open_channels(kind: str) -> Channels:
-    """The senders of one shard, configured from the Airflow connections."""
+    """The senders of one shard, configured from the Airflow connections, and sandbox
+    mode (``MC_SANDBOX`` / Variable ``mc_sandbox``, :mod:`mc_airflow.sandbox`): on an
+    instance in sandbox mode no provider connection is read or needed."""
     configure_tracking()
+    sandbox = sandbox_settings()
+    if sandbox.instance:
+        log.info("sandbox mode: nothing is delivered, every message goes to the sandbox "
+                 "transport")
+        return Channels({}, kind=kind, sandbox=sandbox)
     return Channels({spec.name: channel_settings(spec.name)
-                     for spec in channels.all_channels()}, kind=kind)
+                     for spec in channels.all_channels()}, kind=kind, sandbox=sandbox)
 
 
 def reconcile_channels(kind: str) -> Channels:

@@ -59,11 +59,12 @@ EVENT_COLUMNS = (
     "template_name", "template_version", "delivery_log_id", "error_reason",
     "address",  # a channel's own address (not ACC's email / mobile_phone): the channel seam
     "recycled_from",  # event recycling: the event this one stands in for (e0011 / c0010)
+    "sandbox",  # sandbox mode: delivered by nobody, counted apart (e0014 / c0013)
 )
 DELIVERY_LOG_COLUMNS = (
     "id", "event_kind", "event_id", "template_name", "template_version", "channel",
     "address", "status", "attempts", "error", "provider_id", "created", "last_modified",
-    "sending_started", "sent_at", "failure_class",
+    "sending_started", "sent_at", "failure_class", "sandbox",
 )
 
 

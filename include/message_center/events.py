@@ -436,11 +436,13 @@ def _insert_sql(kind: str) -> str:
             SELECT {NEXT_ID_SQL} AS id, e.ord, e.doc
             FROM jsonb_array_elements(CAST(:events AS jsonb)) WITH ORDINALITY AS e(doc, ord)
         ), ins AS (
-            INSERT INTO {table} (id, {columns}, ctx, scheduled, expiration, next_attempt)
+            INSERT INTO {table} (id, {columns}, ctx, scheduled, expiration, next_attempt,
+                                 sandbox)
             SELECT e.id, {values}, e.doc->'ctx',
                    CAST(e.doc->>'scheduled' AS timestamptz),
                    CAST(e.doc->>'expiration' AS timestamptz),
-                   coalesce(CAST(e.doc->>'scheduled' AS timestamptz), now())
+                   coalesce(CAST(e.doc->>'scheduled' AS timestamptz), now()),
+                   CAST(:sandbox AS boolean)
             FROM src AS e
         )
         SELECT id FROM src ORDER BY ord
@@ -450,15 +452,18 @@ def _insert_sql(kind: str) -> str:
 _INSERT_SQL = {kind: text(_insert_sql(kind)) for kind in EVENT_KINDS}
 
 
-def insert_events(conn: Connection, kind: str, events: Sequence[EventIn]) -> list[int]:
+def insert_events(conn: Connection, kind: str, events: Sequence[EventIn], *,
+                  sandbox: bool = False) -> list[int]:
     """Queue ``events`` in one statement; returns their public ids in the given order.
 
     Runs in the caller's transaction, which also carries the ``NOTIFY`` for the kind.
+    ``sandbox``: they are sandbox events (pushed by a sandbox user): delivered by the
+    sandbox transport, never by a provider (:mod:`message_center.delivery.sandbox`).
     """
     if not events:
         return []
     payload = f"[{','.join(event.to_json() for event in events)}]"
-    rows = conn.execute(_INSERT_SQL[kind], {"events": payload}).all()
+    rows = conn.execute(_INSERT_SQL[kind], {"events": payload, "sandbox": sandbox}).all()
     return [to_public(row[0]) for row in rows]
 
 
@@ -511,7 +516,7 @@ _EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "address", "
                  "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
                  "last_modified", "processing", "processed", "error_count", "next_attempt",
                  "template_name", "template_version", "delivery_log_id", "error_reason",
-                 "recycled_from")
+                 "recycled_from", "sandbox")
 
 _GET_EVENT = text(f"""
     WITH ev AS (
@@ -524,7 +529,7 @@ _GET_EVENT = text(f"""
            dl.provider_id AS dl_provider_id, dl.created AS dl_created,
            dl.last_modified AS dl_last_modified, dl.sent_at AS dl_sent_at,
            dl.failure_class AS dl_failure_class, dl.failure_reason AS dl_failure_reason,
-           rc.recycled_id, rc.reason AS recycling_reason
+           dl.sandbox AS dl_sandbox, rc.recycled_id, rc.reason AS recycling_reason
     FROM ev
     LEFT JOIN delivery_log dl ON dl.event_kind = ev.kind AND dl.event_id = :id
     LEFT JOIN event_recycling rc ON rc.event_kind = ev.kind AND rc.event_id = :id
@@ -562,6 +567,8 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
                     "sentAt": _iso(row["dl_sent_at"]),
                     "failureClass": row["dl_failure_class"],
                     "failureReason": row["dl_failure_reason"]}
+        if row["dl_sandbox"]:  # nothing left the machine (sandbox mode)
+            delivery["sandbox"] = True
     event = {
         "id": public_id, "kind": row["kind"], "type": row["type"], "email": row["email"],
         "mobilePhone": row["mobile_phone"], "wishedChannel": row["wished_channel"],
@@ -578,6 +585,8 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         "recycledFrom": _public(row["recycled_from"]),
         "recycledTo": _public(row["recycled_id"]), "recycling": row["recycling_reason"],
     }
+    if row["sandbox"] or row["dl_sandbox"]:
+        event["sandbox"] = True
     if row["address"] is not None:  # a channel's own address field (not one of ACC's)
         try:
             channel = channels.get(row["wished_channel"])

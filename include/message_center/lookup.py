@@ -234,7 +234,7 @@ _EVENT_COLUMNS = ("id, type, email, mobile_phone, wished_channel, address, exter
                   "recycled_from")
 _LOG_COLUMNS = ("id, event_kind, event_id, template_name, template_version, channel, "
                 "address, status, attempts, error, provider_id, created, last_modified, "
-                "sending_started, sent_at")
+                "sending_started, sent_at, sandbox")
 
 
 @dataclass(frozen=True)
@@ -549,7 +549,8 @@ def _log_dict(log: dict[str, Any]) -> dict[str, Any]:
             "providerId": log["provider_id"], "template": log["template_name"],
             "templateVersion": log["template_version"], "created": _iso(log["created"]),
             "lastModified": _iso(log["last_modified"]),
-            "sendingStarted": _iso(log["sending_started"]), "sentAt": _iso(log["sent_at"])}
+            "sendingStarted": _iso(log["sending_started"]), "sentAt": _iso(log["sent_at"]),
+            "sandbox": bool(log.get("sandbox"))}
 
 
 def _timeline(event: dict[str, Any], logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -567,7 +568,10 @@ def _timeline(event: dict[str, Any], logs: list[dict[str, Any]]) -> list[dict[st
         if log["sending_started"]:
             steps.append((log["sending_started"], "sending",
                           f"Sending, attempt {log['attempts'] or 1}"))
-        if log["sent_at"]:
+        if log["sent_at"] and log.get("sandbox"):
+            steps.append((log["sent_at"], "sent",
+                          "Accepted by the sandbox (sandbox mode: nothing was sent)"))
+        elif log["sent_at"]:
             provider = f" (id {log['provider_id']})" if log["provider_id"] else ""
             steps.append((log["sent_at"], "sent", f"Accepted by the provider{provider}"))
     status = EventStatus(event["status"])

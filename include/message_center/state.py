@@ -262,7 +262,7 @@ def _recycle(kind: str, source: str) -> str:
     return f"""
         , rc_src AS MATERIALIZED (
             SELECT e.id, f.outcome, e.email, e.mobile_phone, e.address, e.external_id,
-                   e.language, e.country, e.origin, e.ctx, e.expiration,
+                   e.language, e.country, e.origin, e.ctx, e.expiration, e.sandbox,
                    {channel} AS channel, t.on_failure ->> 'template' AS fallback,
                    (SELECT p.event_type FROM published_template p
                     WHERE p.internal_name = t.on_failure ->> 'template' AND p.active
@@ -294,10 +294,10 @@ def _recycle(kind: str, source: str) -> str:
         ), rc_new AS (
             INSERT INTO {table} (id, type, email, mobile_phone, address, wished_channel,
                                  external_id, language, country, origin, ctx, expiration,
-                                 recycled_from)
+                                 recycled_from, sandbox)
             SELECT l.recycled_id, s.fallback_type, s.email, s.mobile_phone, s.address,
                    s.channel, s.external_id, s.language, s.country, s.origin, s.ctx,
-                   s.expiration, s.id
+                   s.expiration, s.id, s.sandbox
             FROM rc_link l JOIN rc_src s ON s.id = l.event_id
             WHERE l.recycled_id IS NOT NULL
             RETURNING id
@@ -469,7 +469,7 @@ def _release_events(conn: Connection, kind: str, event_ids: Sequence[int]) -> No
 ARM = f"""
         WITH chunk AS MATERIALIZED (
             SELECT e.id, e.wished_channel AS channel, e.template_name, e.template_version,
-                   {{address}} AS address
+                   {{address}} AS address, (e.sandbox OR :sandbox) AS sandbox
             FROM {{table}} e
             WHERE e.claim_token = :token AND e.claim_shard = :shard
               AND e.status = 'pending_delivery' AND e.id > :after
@@ -479,25 +479,27 @@ ARM = f"""
             FROM chunk c
         ), marked AS (
             INSERT INTO delivery_log AS d (id, event_kind, event_id, template_name,
-                template_version, channel, address, status, attempts, error, sending_started)
+                template_version, channel, address, status, attempts, error, sending_started,
+                sandbox)
             SELECT {NEXT_ID_SQL}, :kind, id, template_name, template_version, channel, address,
                    CASE WHEN ignore_reason IS NULL THEN 'sending' ELSE 'ignored' END,
                    CASE WHEN ignore_reason IS NULL THEN 1 ELSE 0 END,
-                   ignore_reason, NULL
+                   ignore_reason, NULL, sandbox
             FROM decided
             ON CONFLICT (event_kind, event_id) DO UPDATE SET
                 status = EXCLUDED.status, attempts = d.attempts + EXCLUDED.attempts,
                 error = EXCLUDED.error, address = EXCLUDED.address,
                 template_name = EXCLUDED.template_name,
                 template_version = EXCLUDED.template_version,
-                sending_started = EXCLUDED.sending_started
+                sending_started = EXCLUDED.sending_started,
+                sandbox = d.sandbox OR EXCLUDED.sandbox
             WHERE d.status IN {_ARMABLE}
             RETURNING d.id, d.event_id, d.status, d.attempts, d.channel, d.address,
-                      d.template_name, d.template_version
-        )
+                      d.template_name, d.template_version, d.sandbox
+        ){{sandbox_events}}
         SELECT c.id AS chunk_event_id, m.id AS log_id, m.event_id, m.status AS log_status,
                m.attempts, m.channel, m.address, m.template_name, m.template_version,
-               {{columns}}
+               m.sandbox, {{columns}}
         FROM chunk c
         LEFT JOIN marked m ON m.event_id = c.id
         LEFT JOIN {{table}} e ON e.id = m.event_id
@@ -507,9 +509,17 @@ ARM = f"""
 """
 
 
+# On an instance in sandbox mode the events armed become sandbox events too (webhooks and
+# the API report it from the event); a production instance's statement has no such write.
+_SANDBOX_EVENTS = """, sandboxed AS (
+            UPDATE {table} e SET sandbox = true
+            FROM marked m WHERE m.sandbox AND e.id = m.event_id AND NOT e.sandbox
+        )"""
+
+
 def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address: str,
-        ignore_reason: str, columns: str,
-        params: Mapping[str, Any] | None = None) -> Sequence[RowMapping]:
+        ignore_reason: str, columns: str, params: Mapping[str, Any] | None = None,
+        sandbox: bool = False) -> Sequence[RowMapping]:
     """Ledger row (none) | ``queued`` | ``retry`` -> ``sending`` (armed, not handed) or
     ``ignored`` (final): the shard's next ``limit`` linked events after id ``after`` (keyset
     paging on the claim index), one row per chunk event, in id order.
@@ -519,13 +529,18 @@ def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address:
     knows is given as SQL expressions by :func:`message_center.delivery.ledger.start_sending`:
     ``address`` (over event ``e``), ``ignore_reason`` (over the chunk row ``c``: why not to
     send, or NULL) and ``columns`` (event ``e`` and template ``t`` columns to send with);
-    ``params``: the bind parameters those expressions use, if any.
+    ``params``: the bind parameters those expressions use, if any. ``sandbox``: this
+    instance is in sandbox mode, every row armed is a sandbox delivery (and its event a
+    sandbox event); otherwise only the events pushed as sandbox ones are. Once a
+    sandbox row, always one (a retry never goes out for real).
     """
     statement = _sql(ARM, claim.kind, address=address, ignore_reason=ignore_reason,
-                     columns=columns)
+                     columns=columns,
+                     sandbox_events=_SANDBOX_EVENTS.format(table=event_table(claim.kind))
+                     if sandbox else "")
     return conn.execute(statement, {
         **(params or {}), "after": after, "limit": limit, "token": claim.token,
-        "shard": claim.shard, "kind": claim.kind}).mappings().all()
+        "shard": claim.shard, "kind": claim.kind, "sandbox": sandbox}).mappings().all()
 
 
 # In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that
@@ -833,7 +848,7 @@ def _dead_rows(claim: ShardClaim | None) -> tuple[str, dict[str, Any]]:
 UNKNOWN_ROWS = """
         SELECT id, event_kind, event_id, attempts, channel, address, template_name,
                template_version
-        FROM delivery_log WHERE {where} AND channel = ANY(:channels)
+        FROM delivery_log WHERE {where} AND channel = ANY(:channels) AND NOT sandbox
         ORDER BY id LIMIT :limit
 """
 RECOVER_UNKNOWN = """

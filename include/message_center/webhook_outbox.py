@@ -48,9 +48,14 @@ TEST = "webhook.test"
 RETURNING = """, e.id AS wh_id, e.status AS wh_status, e.external_id AS wh_external_id,
               e.type AS wh_type, e.wished_channel AS wh_channel,
               e.template_name AS wh_template, e.template_version AS wh_version,
-              e.error_reason AS wh_error, e.processed AS wh_at"""
+              e.error_reason AS wh_error, e.processed AS wh_at, e.sandbox AS wh_sandbox"""
 #: ... for a statement that knows no failure class.
 NO_FAILURE = ", NULL::text AS wh_class, NULL::text AS wh_reason"
+
+#: A sandbox event's messages say so (``"sandbox": true``); others are as they were.
+_SANDBOX_FIELD = """
+                   || CASE WHEN c.wh_sandbox THEN jsonb_build_object('sandbox', true)
+                           ELSE jsonb_build_object() END"""
 
 _REPORTED = sql_in(REPORTED_EVENT)
 #: The subscriptions a message named ``c.wh_name`` about event type ``c.wh_type`` goes to.
@@ -79,7 +84,7 @@ def outbox_ctes(kind: str, source: str, *, bounced: bool = False) -> str:
                        'channel', c.wh_channel, 'status', c.wh_status,
                        'failureClass', c.wh_class, 'failureReason', c.wh_reason,
                        'reason', c.wh_error, 'template', c.wh_template,
-                       'templateVersion', c.wh_version),
+                       'templateVersion', c.wh_version){_SANDBOX_FIELD},
                    coalesce(c.wh_at, now())
             FROM wh_changes c JOIN {_MATCHING}
         )"""
@@ -120,7 +125,8 @@ def forget() -> None:
 _ENQUEUE = f"""
     WITH c AS (
         SELECT e.id AS wh_id, e.status AS wh_status, e.type AS wh_type, :name AS wh_name,
-               e.external_id, e.wished_channel, e.template_name, e.template_version
+               e.external_id, e.wished_channel, e.template_name, e.template_version,
+               e.sandbox AS wh_sandbox
         FROM {{table}} e WHERE e.id = :event_id
     ), seq AS (
         SELECT {_NEXT_SEQ} AS wh_seq FROM c
@@ -131,7 +137,7 @@ _ENQUEUE = f"""
            jsonb_build_object('externalId', c.external_id, 'type', c.wh_type,
                               'channel', c.wished_channel, 'status', c.wh_status,
                               'template', c.template_name,
-                              'templateVersion', c.template_version)
+                              'templateVersion', c.template_version){_SANDBOX_FIELD}
            || CAST(:extra AS jsonb),
            coalesce(CAST(:at AS timestamptz), now())
     FROM c JOIN {_MATCHING}

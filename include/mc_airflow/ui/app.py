@@ -23,6 +23,7 @@ the session cookie cannot be used to forge a change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from mc_airflow import authorization
+from mc_airflow import authorization, sandbox
 from mc_airflow.ui import pages, quarantine, reports, webhooks
 from mc_airflow.ui.dependencies import NotAuthenticated
 
@@ -59,13 +60,16 @@ def _wants_html(request: Request) -> bool:
     return "/api/" not in request.url.path and request.method == "GET"
 
 
-def create_ui_app() -> FastAPI:
-    """The pages app; mount it under ``/message-center/ui``."""
+def create_ui_app(sandbox_mode: Callable[[], bool] | None = None) -> FastAPI:
+    """The pages app; mount it under ``/message-center/ui``. ``sandbox_mode``: is this
+    instance in sandbox mode (every page then says so in a banner); by default
+    ``MC_SANDBOX`` or the Variable ``mc_sandbox`` (:mod:`mc_airflow.sandbox`)."""
     app = FastAPI(title="Message Center UI", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     templates.env.filters.update(dt=format_datetime, age=format_age, num=format_number)
     templates.env.globals.update(percent=format_percent, ms=format_ms, count=format_number,
-                                 channel_choices=channel_choices)
+                                 channel_choices=channel_choices,
+                                 sandbox_mode=sandbox_mode or sandbox.instance_sandboxed)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(SecurityHeaders)
 

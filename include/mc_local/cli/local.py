@@ -42,10 +42,12 @@ def test_workers(pytest_args: list[str]) -> int:
     """How many pytest workers ``mc test`` runs: ``MC_TEST_WORKERS``, else 4 on two cores or
     more (most of the suite waits on servers, not on the CPU: one worker per Airflow stack
     scope, two for the rest, so the rest is done by the time the longer stack scope ends);
-    1 when the caller chose ``-n`` or selected
-    tests (a path, a node id or ``-k``'s expression), so a narrow run sets up one deployment."""
-    if any(arg == "-n" or arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
-        return 1
+    the caller's own ``-n N`` (one deployment per worker it starts); 1 when the caller
+    selected tests (a path, a node id or ``-k``'s expression), so a narrow run sets up one
+    deployment."""
+    chosen = _explicit_workers(pytest_args)
+    if chosen is not None:
+        return chosen
     value = os.environ.get("MC_TEST_WORKERS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
@@ -54,6 +56,26 @@ def test_workers(pytest_args: list[str]) -> int:
     if _selects_tests(pytest_args):
         return 1
     return 4 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def _explicit_workers(pytest_args: list[str]) -> int | None:
+    """The worker count of a ``-n`` / ``--numprocesses`` the caller gave, if any (``auto``:
+    one per core; ``0``: no xdist, one deployment)."""
+    for index, arg in enumerate(pytest_args):
+        if arg in ("-n", "--numprocesses"):
+            value = pytest_args[index + 1] if index + 1 < len(pytest_args) else ""
+        elif arg.startswith("--numprocesses="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and not arg.startswith("--"):
+            value = arg[2:].lstrip("=")
+        else:
+            continue
+        if value in ("auto", "logical"):
+            return os.cpu_count() or 1
+        if not value.isdigit():
+            raise SystemExit(f"[mc] -n {value!r}: expected a number of workers or auto")
+        return max(int(value), 1)
+    return None
 
 
 #: pytest options whose value is the next argument and selects no test (``-p no:warnings``,
@@ -115,7 +137,7 @@ def _test(args: argparse.Namespace) -> int:
     workers = test_workers(pytest_args)
     _prepare_side_by_side(target, [worker_profile(target.profile, index)
                                    for index in range(1, workers)])
-    if workers > 1:
+    if workers > 1 and _explicit_workers(pytest_args) is None:
         # One unit of work per module, and one for every module that uses the Airflow stack
         # (tests/conftest.py's scheduler): a module's tests share a worker and its order.
         pytest_args = ["-n", str(workers), "--dist", "loadscope", "--no-loadscope-reorder",

@@ -88,6 +88,13 @@ class Authorization:
     #: Quarantining or releasing an address (a dependency raising 403 otherwise, returning
     #: the user). ``None``: nobody may (the endpoints answer 403).
     change_quarantine: Callable[..., Any] | None = None
+    #: Are the events this user pushes sandbox events (``MC_SANDBOX_USERS``)? ``None``:
+    #: nobody's are.
+    sandboxed: Callable[[Any], bool] | None = None
+
+    def sandboxes(self, user: Any) -> bool:
+        """The sandbox flag stored on the events ``user`` pushes (decided once, here)."""
+        return self.sandboxed is not None and bool(self.sandboxed(user))
 
 
 @dataclass(frozen=True)
@@ -478,7 +485,8 @@ def create_app(
     answer_503_while_database_down(app)
     engine = execution_engine(database_url)
 
-    def push(kind: str, body: bytes, key: str | None) -> tuple[int, Any, bool]:
+    def push(kind: str, body: bytes, key: str | None,
+             user: Any = None) -> tuple[int, Any, bool]:
         """Validate and store; returns (status, body, replayed). Runs in a worker thread."""
         if key is not None:
             events.check_idempotency_key(key)
@@ -489,7 +497,7 @@ def create_app(
                 engine(), [(kind, event) for event in parsed], key=key, request=data,
                 endpoint="rtEvents" if kind == "rt" else "batchEvents", indexed=kind == "batch",
                 answer=(lambda ids: {"id": ids[0], "status": "pending"}) if kind == "rt"
-                else (lambda ids: {"ids": ids}))
+                else (lambda ids: {"ids": ids}), sandbox=authorization.sandboxes(user))
         except IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
 
@@ -500,28 +508,30 @@ def create_app(
         return JSONResponse(body, status_code=status, headers=headers)
 
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    push_rt, push_batch = Depends(authorization.push("rt")), Depends(authorization.push("batch"))
 
     @router.post("/rtEvents", status_code=201, response_model=EventAccepted,
-                 dependencies=[Depends(authorization.push("rt"))], responses=_PUSH_ERRORS,
-                 openapi_extra=_json_body(_EVENT_SCHEMA),
+                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_EVENT_SCHEMA),
                  summary="Push one real-time event (PushEvent)")
-    async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None) -> Any:  # type: ignore[assignment]
+    async def push_rt_event(request: Request, idempotency_key: IdempotencyKey = None,  # type: ignore[assignment]
+                            user: Any = push_rt) -> Any:
         """Queue one event in the real-time queue; it is processed within seconds."""
         body = await read_body(request, MAX_EVENT_BODY_BYTES)
-        outcome = await run_in_threadpool(push, "rt", body, idempotency_key)
+        outcome = await run_in_threadpool(push, "rt", body, idempotency_key, user)
         location = str(request.url_for("get_event", event_id=outcome[1]["id"]))
         return respond(outcome, {"Location": location})
 
     @router.post("/batchEvents", status_code=201, response_model=BatchAccepted,
-                 dependencies=[Depends(authorization.push("batch"))], responses=_PUSH_ERRORS,
-                 openapi_extra=_json_body(_BATCH_SCHEMA),
+                 responses=_PUSH_ERRORS, openapi_extra=_json_body(_BATCH_SCHEMA),
                  summary=f"Push up to {MAX_BATCH_EVENTS} batch events (PushEvents)")
     async def push_batch_events(request: Request,
-                                idempotency_key: IdempotencyKey = None) -> Any:  # type: ignore[assignment]
+                                idempotency_key: IdempotencyKey = None,  # type: ignore[assignment]
+                                user: Any = push_batch) -> Any:
         """Queue events in the batch queue, all or nothing: one bad event stores none and
         the error names its index."""
         body = await read_body(request, MAX_BATCH_BODY_BYTES)
-        return respond(await run_in_threadpool(push, "batch", body, idempotency_key), {})
+        return respond(await run_in_threadpool(push, "batch", body, idempotency_key, user),
+                       {})
 
     def fetch(event_id: int) -> dict[str, Any] | None:
         with engine().connect() as conn:

@@ -133,7 +133,7 @@ def create_campaign_rest_app(
     engine = execution_engine(database_url)
 
     def push(body: bytes, key: str | None, path: dict[str, str],
-             server_url: str) -> tuple[int, Any, bool]:
+             server_url: str, user: Any = None) -> tuple[int, Any, bool]:
         data = events.loads(body)
         event = parse_rest_event(path["event_id"], data)
 
@@ -149,18 +149,21 @@ def create_campaign_rest_app(
 
         try:
             return store_events(engine(), [("rt", event)], answer=answer, key=key,
-                                endpoint=f"campaign:{path['event_id']}", request=data)
+                                endpoint=f"campaign:{path['event_id']}", request=data,
+                                sandbox=authorization.sandboxes(user))
         except IdempotencyConflict as exc:
             raise HTTPException(409, str(exc)) from None
 
-    push_rights = [Depends(auth), Depends(authorization.push("rt"))]
+    push_rights = [Depends(auth)]
+    may_push = Depends(authorization.push("rt"))
 
     @app.post("/{organization}/campaign/{transactional_api}/{event_id}", status_code=201,
               dependencies=push_rights)
     @app.post("/{organization}/campaign/{transactional_api}/{event_id}/", status_code=201,
               dependencies=push_rights, include_in_schema=False)
     async def send_event(request: Request, organization: str, transactional_api: str,
-                         event_id: str) -> Any:
+                         event_id: str,
+                         user: Any = may_push) -> Any:
         """Queue one transactional event (real-time queue)."""
         key = request.headers.get("idempotency-key")
         if key is not None:
@@ -168,7 +171,8 @@ def create_campaign_rest_app(
         body = await read_body(request, MAX_EVENT_BODY_BYTES)
         server_url = str(request.base_url).rstrip("/")
         status, answer, replayed = await run_in_threadpool(
-            push, body, key, {"api": transactional_api, "event_id": event_id}, server_url)
+            push, body, key, {"api": transactional_api, "event_id": event_id}, server_url,
+            user)
         headers = {"Location": f"/{organization}/campaign/{answer['href']}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"

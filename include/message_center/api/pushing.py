@@ -43,6 +43,7 @@ def store_events(
     endpoint: str = "",
     request: Any = None,
     indexed: bool = False,
+    sandbox: bool = False,
 ) -> tuple[int, Any, bool]:
     """Queue ``(kind, event)`` pairs all or nothing, in one transaction.
 
@@ -53,6 +54,8 @@ def store_events(
     fit its published template raises ``EventValidationError`` (errors carry the event's
     ``index`` and an ``events[i].`` field when ``indexed``, as a batch reports them).
     A replayed key answers as the first time, whatever was published since.
+    ``sandbox``: the events are sandbox events (a sandbox user pushed them), decided here
+    once (:mod:`message_center.delivery.sandbox`).
     """
     with engine.begin() as conn:
         if key is not None:
@@ -63,22 +66,23 @@ def store_events(
                     raise IdempotencyConflict()
                 return stored.status_code, stored.body, True
         items = fit_ctx(schema_cache.get(str(engine.url), conn), items, indexed=indexed)
-        body = answer(_insert(conn, items))
+        body = answer(_insert(conn, items, sandbox))
         if key is not None:
             events.store_idempotent_response(conn, key, 201, body)
     return 201, body, False
 
 
-def _insert(conn: Any, items: Sequence[tuple[str, EventIn]]) -> list[int]:
+def _insert(conn: Any, items: Sequence[tuple[str, EventIn]], sandbox: bool) -> list[int]:
     kinds = {kind for kind, _ in items}
     if len(kinds) == 1:
         (kind,) = kinds
-        return events.insert_events(conn, kind, [event for _, event in items])
+        return events.insert_events(conn, kind, [event for _, event in items],
+                                    sandbox=sandbox)
     ids: list[int] = [0] * len(items)
     for kind in sorted(kinds):
         positions = [i for i, (k, _) in enumerate(items) if k == kind]
         for position, new_id in zip(positions, events.insert_events(
-                conn, kind, [items[i][1] for i in positions]), strict=True):
+                conn, kind, [items[i][1] for i in positions], sandbox=sandbox), strict=True):
             ids[position] = new_id
     return ids
 

@@ -298,15 +298,15 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
             raw = await sessions.logon(request, login, password)
         return await sessions.user(request, raw)
 
-    def store(call: SoapCall, nodes: list[tuple[Any, str]],
-              key: str | None) -> tuple[list[int], bool]:
+    def store(call: SoapCall, nodes: list[tuple[Any, str]], key: str | None,
+              user: Any = None) -> tuple[list[int], bool]:
         validated = validate_events(call, nodes)
         try:
             _, body, replayed = store_events(
                 engine(), [(xml_event.kind, event) for xml_event, event in validated],
                 answer=lambda ids: {"ids": ids}, key=key, endpoint=f"soap:{call.name}",
                 request=[[xml_event.kind, xml_event.data] for xml_event, _ in validated],
-                indexed=True)
+                indexed=True, sandbox=authorization.sandboxes(user))
         except IdempotencyConflict as exc:
             raise SoapFault(str(exc), "send a new Idempotency-Key for a new request") \
                 from None
@@ -337,7 +337,7 @@ def create_soap_app(sessions: Sessions, database_url: Callable[[], str], *,
                 raise SoapFault(str(exc.detail), "Rights are Airflow's: the same permission "
                                                  "as pushing through the JSON push API.") \
                     from None
-        ids, replayed = await run_in_threadpool(store, call, nodes, key)
+        ids, replayed = await run_in_threadpool(store, call, nodes, key, user)
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
         return push_response_xml(call.service, call.method, ids), headers
 

@@ -8,6 +8,10 @@ called from several session threads at once (:mod:`message_center.delivery.pool`
 Rendering happens in the sender, per message, with the shared sandboxed renderer, so a
 template error or a missing variable fails only that message (with a readable reason in
 its delivery log) and never stops the shard.
+
+Sandbox mode (:mod:`message_center.delivery.sandbox`): a ledger row armed as ``sandbox``
+(or any row, on an instance in sandbox mode) goes to the one sandbox transport instead of
+its channel's sender, whatever the channel: nothing is opened, nothing leaves.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate, RelayGates, SessionPool
+from message_center.delivery.sandbox import OFF, SandboxSettings, SandboxTransport
 from message_center.rendering import RenderError, event_variables, template_event
 
 log = logging.getLogger(__name__)
@@ -35,9 +40,13 @@ class Channels:
     settings}``, or ``Channels(smtp_settings, sms_settings, "rt")``: each settings
     object goes to the channel whose ``settings_type`` it is. A channel without settings
     (``None``, absent) is "not configured": its messages are retried later (an operator
-    can add the connection) and then expire."""
+    can add the connection) and then expire.
 
-    def __init__(self, *settings: Any, kind: str = "rt") -> None:
+    ``sandbox``: the instance's sandbox mode and rules; on an instance in sandbox mode no
+    channel's sender is ever opened (:attr:`sandboxed`)."""
+
+    def __init__(self, *settings: Any, kind: str = "rt",
+                 sandbox: SandboxSettings = OFF) -> None:
         self.settings: dict[str, Any] = {}
         for value in settings:
             if isinstance(value, Mapping):
@@ -48,6 +57,8 @@ class Channels:
             elif value is not None:
                 self.settings[_channel_of(value).name] = value
         self.kind = kind
+        self.sandbox = sandbox
+        self._sandbox = SandboxTransport(sandbox)
         self._lock = threading.Lock()
         self._senders: dict[str, ChannelSender] = {}
         self._pool: SessionPool | None = None
@@ -67,6 +78,11 @@ class Channels:
             senders, self._senders = list(self._senders.values()), {}
         for sender in senders:
             sender.close()
+
+    @property
+    def sandboxed(self) -> bool:
+        """Is this instance in sandbox mode (every message armed here is sandboxed)?"""
+        return self.sandbox.instance
 
     def sender(self, channel: str) -> ChannelSender | None:
         """The shard's sender of ``channel`` (opened on first use); None when the channel
@@ -107,6 +123,8 @@ class Channels:
         relay of a channel that sends to many), with this shard's share of the provider's
         limits and the relay's circuit breaker (in ``breakers``)."""
         gates: dict[str, RelayGate | RelayGates] = {}
+        if self.sandboxed:  # no relay is contacted: no limit, no breaker
+            return gates
         for name in self.settings:
             sender = self.sender(name)
             gate = sender.relay_gate(shards) if sender is not None else None
@@ -122,7 +140,7 @@ class Channels:
         """Ask the provider what became of a message whose worker died while sending it
         (e.g. the SMS gateway's lookup by reference); None when it cannot tell (e-mail:
         SMTP has no such question) or the channel is not configured."""
-        if not registry.get(attempt.channel).reconciles:
+        if not registry.get(attempt.channel).reconciles or self.sandboxed:
             return None
         sender = self.sender(attempt.channel)
         return None if sender is None else sender.reconcile(attempt)
@@ -140,7 +158,11 @@ class Channels:
                                   f"{attempt.template_version} is not published here")
         variables = event_variables(template_event(row, attempt.event_id))
         name = f"{attempt.template_name} v{attempt.template_version}"
-        sender = self._senders.get(attempt.channel) or self.sender(attempt.channel)
+        sender: ChannelSender | SandboxTransport | None
+        if self.sandboxed or row.get("sandbox"):
+            sender = self._sandbox
+        else:
+            sender = self._senders.get(attempt.channel) or self.sender(attempt.channel)
         if sender is None:
             channel = registry.get(attempt.channel)
             return Outcome.retry(f"no {channel.connection_label} connection is configured "

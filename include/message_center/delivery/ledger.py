@@ -141,17 +141,23 @@ class Started:
     last_id: int | None
 
 
-def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int) -> Started:
+def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int, *,
+                  sandbox: bool = False) -> Started:
     """Step 1 for the next chunk: the shard's next ``limit`` linked events after id
     ``after`` (keyset paging on the claim index); their ledger rows are created or
     re-armed (see module doc), ``sending`` but not handed (``sending_started`` NULL).
 
     Quarantined and missing addresses are decided here, set-based, and written as
     final ``ignored`` rows. The caller must commit before sending anything.
+
+    Sandbox (:mod:`message_center.delivery.sandbox`) is decided here too, once: a row is
+    a sandbox delivery when its event was pushed as one or ``sandbox`` (the instance is in
+    sandbox mode); each :class:`Attempt` row says it (``row["sandbox"]``).
     """
     rows = state.arm(conn, claim, after=after, limit=limit, address=_address(),
                      ignore_reason=_ignore_reason(), columns=_send_columns(),
-                     params={"nouns": json.dumps(registry.address_nouns())})
+                     params={"nouns": json.dumps(registry.address_nouns())},
+                     sandbox=sandbox)
     to_send: list[Attempt] = []
     ignored: list[int] = []
     skipped: list[int] = []

@@ -272,7 +272,8 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
             if time.monotonic() - lease_renewed > settings.claim_lease_seconds / 3:
                 state.renew_lease(conn, claim, settings.claim_lease_seconds)
                 lease_renewed = time.monotonic()
-            started = start_sending(conn, claim, after, settings.delivery_chunk)
+            started = start_sending(conn, claim, after, settings.delivery_chunk,
+                                    sandbox=channels.sandboxed)
             if started.last_id is None:
                 return None
             after = started.last_id

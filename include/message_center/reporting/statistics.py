@@ -210,17 +210,18 @@ _RECOMPUTE_SQL = text(f"""
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.created >= r.lo AND e.created < r.hi
         WHERE e.cell_id = :cell AND e.created >= :first AND e.created < :last
+          AND NOT e.sandbox
         UNION ALL
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.processed >= r.lo AND e.processed < r.hi
         WHERE e.cell_id = :cell AND e.processed >= :first AND e.processed < :last
-          AND NOT {_in_hours("e.created")}
+          AND NOT {_in_hours("e.created")} AND NOT e.sandbox
         UNION ALL
         SELECT {_EVENT_COLUMNS} FROM ranges r
         JOIN archived_event e ON e.scheduled >= r.lo AND e.scheduled < r.hi
         WHERE e.cell_id = :cell AND e.scheduled >= :first AND e.scheduled < :last
           AND e.scheduled > e.created AND NOT {_in_hours("e.created")}
-          AND (e.processed IS NULL OR NOT {_in_hours("e.processed")})
+          AND (e.processed IS NULL OR NOT {_in_hours("e.processed")}) AND NOT e.sandbox
     ), timed AS MATERIALIZED (
         SELECT t.*, {utc_hour_sql("t.departed")} AS departed_hour
         FROM (
@@ -374,6 +375,42 @@ _RECOMPUTE_SQL = text(f"""
 """)
 
 
+# Sandbox traffic (issue 29): never in the tables above (the service level), counted here
+# per (hour, cell, kind, channel, status): received on the reception hour, finished on the
+# hour of the final status.
+_SANDBOX_SQL = text(f"""
+    WITH ranges AS (
+        SELECT lo, hi FROM unnest(CAST(:los AS timestamptz[]), CAST(:his AS timestamptz[]))
+            AS r(lo, hi)
+    ), received AS (
+        SELECT {utc_hour_sql("e.created")} AS hour, e.event_kind, e.wished_channel AS channel,
+               e.status, count(*) AS n
+        FROM ranges r
+        JOIN archived_event e ON e.created >= r.lo AND e.created < r.hi
+        WHERE e.cell_id = :cell AND e.sandbox AND e.created >= :first AND e.created < :last
+        GROUP BY 1, 2, 3, 4
+    ), finished AS (
+        SELECT {utc_hour_sql("e.processed")} AS hour, e.event_kind,
+               e.wished_channel AS channel, e.status, count(*) AS n
+        FROM ranges r
+        JOIN archived_event e ON e.processed >= r.lo AND e.processed < r.hi
+        WHERE e.cell_id = :cell AND e.sandbox AND e.processed >= :first
+          AND e.processed < :last AND e.status IN {_FINAL_SQL}
+        GROUP BY 1, 2, 3, 4
+    )
+    INSERT INTO sandbox_stats_hourly (hour, cell_id, event_kind, channel, status, received,
+                                      finished)
+    SELECT coalesce(r.hour, f.hour), :cell, coalesce(r.event_kind, f.event_kind),
+           coalesce(r.channel, f.channel), coalesce(r.status, f.status), coalesce(r.n, 0),
+           coalesce(f.n, 0)
+    FROM received r
+    FULL JOIN finished f ON (f.hour, f.event_kind, f.channel, f.status)
+                          = (r.hour, r.event_kind, r.channel, r.status)
+    ORDER BY 1, 3, 4, 5
+""")
+_RECOMPUTED_TABLES = ("event_stats_hourly", "flow_stats_hourly", "sandbox_stats_hourly")
+
+
 @dataclass(frozen=True)
 class Recomputed:
     hours: int
@@ -389,13 +426,14 @@ def recompute_hours(conn: Connection, cell_id: int, hours: Iterable[datetime]) -
         return Recomputed(0, 0, 0)
     params = {"cell": cell_id, "hours": wanted}
     conn.execute(text("SET LOCAL work_mem = '64MB'"))  # hash aggregates stay in memory
-    for table in ("event_stats_hourly", "flow_stats_hourly"):
+    for table in _RECOMPUTED_TABLES:
         conn.execute(text(f"DELETE FROM {table} WHERE cell_id = :cell AND hour = ANY(:hours)"),
                      params)
     ranges = hour_ranges(wanted)
-    event_rows, flow_rows = conn.execute(_RECOMPUTE_SQL, {
-        **params, "los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges],
-        "first": ranges[0][0], "last": ranges[-1][1]}).one()
+    bounds = {"los": [lo for lo, _ in ranges], "his": [hi for _, hi in ranges],
+              "first": ranges[0][0], "last": ranges[-1][1]}
+    event_rows, flow_rows = conn.execute(_RECOMPUTE_SQL, {**params, **bounds}).one()
+    conn.execute(_SANDBOX_SQL, {"cell": cell_id, **bounds})
     return Recomputed(len(wanted), int(event_rows), int(flow_rows))
 
 
@@ -521,7 +559,7 @@ def purge_statistics(conn: Connection, before: datetime) -> Purged:
     before = floor_hour(before)
     event_rows = conn.execute(text("DELETE FROM event_stats_hourly WHERE hour < :before"),
                               {"before": before}).rowcount
-    conn.execute(text("DELETE FROM tracking_stats_hourly WHERE hour < :before"),
-                 {"before": before})
+    for table in ("tracking_stats_hourly", "sandbox_stats_hourly"):
+        conn.execute(text(f"DELETE FROM {table} WHERE hour < :before"), {"before": before})
     flow_rows, carried = conn.execute(_PURGE_FLOW, {"before": before}).one()
     return Purged(int(event_rows), int(flow_rows) - int(carried), int(carried))

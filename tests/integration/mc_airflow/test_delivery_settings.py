@@ -120,3 +120,36 @@ def test_the_sending_timeout_follows_from_the_relays_timeouts(monkeypatch):
             "data_block_timeout": 10, "data_termination_timeout": 10}}))
     assert processing_settings({}).sending_timeout_seconds == 600
     assert processing_settings({}).claim_lease_seconds == 1_800
+
+
+def test_in_sandbox_mode_the_shards_senders_deliver_nothing(monkeypatch, execution_db,
+                                                             smtp_sink):
+    """MC_SANDBOX=1 on a worker: the senders a processing task opens (``open_channels``,
+    what both processing DAGs call) are the sandbox's, with the rules of MC_SANDBOX_RULES;
+    the events are processed and logged as in production and the relay gets nothing."""
+    from processing_factory import delivery_logs, events, insert_events, publish_templates
+
+    from mc_airflow.delivery import open_channels
+    from message_center.processing import ProcessingSettings, deliver_shard, split_queue
+
+    monkeypatch.setenv("MC_SANDBOX", "1")
+    monkeypatch.setenv("MC_SANDBOX_RULES", '{"hard": ["*@hard.test"]}')
+    publish_templates(execution_db)
+    ids = [*insert_events(execution_db, "batch", 2),
+           *insert_events(execution_db, "batch", 1, email="nobody@hard.test")]
+    settings = ProcessingSettings(shards=1)
+    with open_channels("batch") as channels:
+        assert channels.sandboxed and channels.settings == {}  # no provider is even read
+        for claim in split_queue(execution_db, "batch", settings):
+            deliver_shard(execution_db, claim, settings, channels, copy_status=True)
+    assert smtp_sink.messages() == []
+    rows = events(execution_db, "batch", ids)
+    assert [row["status"] for row in rows] == ["sent", "sent", "failed"]
+    assert all(row["sandbox"] for row in rows)
+    logs = delivery_logs(execution_db)
+    assert all(log["sandbox"] for log in logs)
+    assert [log["failure_class"] for log in logs] == [None, None, "hard"]
+
+    monkeypatch.setenv("MC_SANDBOX", "maybe")  # a task fails before sending anything
+    with pytest.raises(ValueError, match=r"MC_SANDBOX must be 1 or 0 .*'maybe'"):
+        open_channels("batch")
