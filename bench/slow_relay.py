@@ -102,7 +102,7 @@ def _message(ctx: Context) -> bytes:
 
     with ctx.engine().connect() as conn:
         template = conn.execute(text(
-            "SELECT sender, subject, html_body, text_body FROM published_template "
+            "SELECT sender, subject, html_body, text_body, options FROM published_template "
             "WHERE internal_name = 'orderConfirmed' AND active ORDER BY version DESC LIMIT 1"
         )).one()
     return _sample_message(template)
