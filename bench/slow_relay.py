@@ -43,7 +43,7 @@ from bench.realtime import (
 from bench.sinks import set_latency
 
 BATCH_SHARDS = 4  # dags/batch_events_processing.py defaults
-BATCH_SESSIONS = 16
+BATCH_SESSIONS = 24
 
 
 def _drain(ctx: Context, count: int, label: str
