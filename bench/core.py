@@ -33,7 +33,8 @@ EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "api_idempotency"
                     "suppression", "webhook_subscription", "webhook_outbox",
                     "webhook_attempt")
 ARCHIVE_TABLES = ("archived_event", "archived_delivery_log", "event_stats_hourly",
-                  "flow_stats_hourly", "event_stats_dirty")
+                  "flow_stats_hourly", "event_stats_dirty", "archived_tracking_log",
+                  "tracking_stats_hourly", "tracking_stats_dirty")
 
 
 def log(message: str) -> None:
@@ -168,9 +169,11 @@ class Sizes:
     slow_rt_seconds: float = 60.0
     cleanup_events: int = 1_000_000  # expired events (with their delivery logs) purged
     tracking_seconds: float = 15.0  # each tracking server load (pixel, click, bare app)
+    tracking_two_workers: bool = True  # also measure mc tracking-server --workers 2
     meta_days: int = 30  # simulated days of DAG runs in the Airflow metadata database
     meta_scale: float = 1.0  # share of the real schedules' runs per simulated day
     webhook_changes: int = 100_000  # status changes sent as webhooks
+    webhook_latency_changes: int = 3_000  # bounces at 100/s for the latency figure
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -185,7 +188,7 @@ class Sizes:
                        slow_events=10_000, slow_rt_seconds=20.0,
                        cleanup_events=100_000, meta_days=30, meta_scale=0.25,
                        tracking_seconds=5.0,
-                       webhook_changes=10_000)
+                       webhook_changes=10_000, webhook_latency_changes=1_000)
         if name == "tiny":
             return cls(ingest_events=2_000, ingest_clients=2, push_requests=40,
                        split_events=2_000, deliver_messages=100, attach_pdf_messages=5,
@@ -195,8 +198,8 @@ class Sizes:
                        stats_events=100_000, stats_days=3, report_days=2,
                        slow_events=200, slow_rt_rate=20.0, slow_rt_seconds=3.0,
                        cleanup_events=2_000, meta_days=16, meta_scale=0.01,
-                       tracking_seconds=1.0,
-                       webhook_changes=500)
+                       tracking_seconds=1.0, tracking_two_workers=False,
+                       webhook_changes=500, webhook_latency_changes=100)
         raise ValueError(f"unknown size preset {name!r}")
 
 
@@ -250,13 +253,17 @@ def planned_rows(sizes: Sizes) -> dict[str, list[tuple[str, str]]]:
             ("tracking server, open pixel, 64 concurrent clients", ">= 2,000 hits/s"),
             ("tracking server, open pixel, 64 concurrent clients, p99", "<= 50 ms"),
             ("tracking server, click redirect, 64 concurrent clients", ">= 2,000 hits/s"),
+            ("tracking server, click redirect, 64 concurrent clients, p99", "<= 50 ms"),
             ("render + deliver with tracking on (opens, clicks, mirror page)",
              ">= 85% of tracking off"),
+            ("archiving with tracking logs (an open and a click per sent message)",
+             ">= 50% of the rows/s without"),
         ],
         "webhooks": [
             (f"status change -> webhook received at a local receiver, "
              f"{sizes.webhook_changes:,} changes",
              ">= 5,000 webhooks/s and >= 50% of bare"),
+            ("status change -> webhook received at 100 changes/s, p99", "<= 1,000 ms"),
             ("webhooks' cost on the delivery: render + deliver with webhooks on (vs off)",
              ">= 90% of off"),
         ],

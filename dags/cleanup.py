@@ -30,7 +30,8 @@ of this deployment (`MC_DEPLOYMENT_ROLES`, default `execution,control`):
    `archived_event_days` ago (default 365), with their archived delivery logs.
 4. `control_instance.purge_statistics` - hourly event statistics older than
    `statistics_days` (default 1095, at least the archive delay); the queue size still open
-   at the cut-off is carried over, so the reports' queue sizes stay right.
+   at the cut-off is carried over, so the reports' queue sizes stay right. The audit
+   trail older than `audit_days` (default 1,095) goes too, on both instances.
 
 **Airflow metadata** (always)
 

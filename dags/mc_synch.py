@@ -106,7 +106,15 @@ def _archive(account: ExecutionAccount, kinds: tuple[str, ...]) -> dict[str, Any
         raise AirflowFailException(str(exc)) from exc  # retrying cannot fix the registry
     for count in report.counts.values():
         log.info("%s (cell %s) %s", account.name, account.cell_id, count.summary())
-    return report.as_dict()
+    result = report.as_dict()
+    if "rt" in kinds:  # the instance's audit trail reaches the control instance (once)
+        from message_center import audit
+        from message_center.db import engine_for
+
+        with engine_for(database_url(account.conn_id)).connect() as source, \
+                engine_for(database_url(CONTROL_CONN_ID)).begin() as control:
+            result["audit_rows"] = audit.copy_to_control(source, control, account.cell_id)
+    return result
 
 
 def archiving_dag(account: ExecutionAccount) -> Any:

@@ -10,9 +10,10 @@ when its change committed.
 
 Task `dispatch` loops for `loop_seconds`:
 
-- one worker per enabled endpoint, each with its own caps (`maxInFlight`, default 4
+- one lane per enabled endpoint, each with its own caps (`maxInFlight`, default 4
   requests at once; `ratePerSecond`, default 50), so a slow receiver only slows its own
-  messages;
+  messages; a lane claims its next messages while requests are in flight, starts a
+  request the moment one ends and records the outcomes in one statement per write;
 - [Standard Webhooks](https://www.standardwebhooks.com/) headers (`webhook-id`,
   `webhook-timestamp`, `webhook-signature`), signed with the `standardwebhooks` library;
   the `webhook-id` is the same on every retry and replay (the receiver's dedupe key);
@@ -22,7 +23,8 @@ Task `dispatch` loops for `loop_seconds`:
   `Retry-After` wins), then failed (replay it from the Webhooks page or
   `POST /message-center/v1/webhooks/{id}/replay`). An endpoint failing for 5 days is
   disabled with the reason;
-- every URL is checked against server-side request forgery before each request
+- every URL is checked against server-side request forgery (its rules whenever the
+  subscriptions are read, every resolved address at every connect)
   (`MC_WEBHOOK_ALLOWED_HOSTS` lists hosts that may be loopback or private), no redirect
   is followed, only the first KiB of an answer is kept.
 

@@ -87,6 +87,18 @@ def publish_templates() -> None:
                 publication = tpl.plan_publication(
                     conn, template_set, names=params.get("templates") or None,
                     unpublish_names=params.get("unpublish") or (), only_changed=scheduled)
+                if not scheduled:  # a person published: the audit trail says who and what
+                    from message_center import audit
+
+                    run = context["dag_run"]
+                    audit.record(conn, actor=getattr(run, "triggering_user_name", None)
+                                 or "airflow", action=audit.PUBLISH,
+                                 target=", ".join(params.get("templates") or [])
+                                 or "every template", details={
+                                     "unpublish": params.get("unpublish") or [],
+                                     "instances": params.get("instances") or [],
+                                     "summary": publication.summary(),
+                                     "runId": run.run_id})
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
         print(f"control database: {publication.summary()}")

@@ -40,14 +40,17 @@ from mc_airflow.authorization import (
     PUSH_API_AUTHORIZATION,
     AirflowSessions,
     authenticated_user,
+    require_bulk_actions,
     require_read,
     require_webhooks_manage,
+    user_name,
 )
 from mc_airflow.connections import ConnectionCache
 from mc_airflow.defaults import CONTROL_CONN_ID, EXECUTION_CONN_ID
 from mc_airflow.sandbox import user_sandboxer
 from message_center.api import create_app
 from message_center.api.campaign_rest import CampaignRestDispatch, create_campaign_rest_app
+from message_center.api.operations import ActionsBackend
 from message_center.api.soap import create_soap_app
 from message_center.api.webhooks import WebhookBackend
 
@@ -113,6 +116,18 @@ WEBHOOKS = WebhookBackend(
     box=_webhook_box, hosts=_webhook_hosts,
     manage=require_webhooks_manage(), read=require_read())
 
+def _trigger_bulk_action(params: dict[str, Any], user: str) -> str:
+    from mc_airflow.operations import trigger_bulk_action
+
+    return trigger_bulk_action(params, user)
+
+
+# Bulk actions: counted on this deployment's execution database, run by mcBulkAction.
+ACTIONS = ActionsBackend(execution_url=lambda: _CONNECTIONS.url(EXECUTION_CONN_ID),
+                         manage=require_bulk_actions(), user_name=user_name,
+                         trigger=_trigger_bulk_action)
+
+
 # Events pushed by the users named in MC_SANDBOX_USERS are sandbox events (every protocol).
 PUSH_AUTHORIZATION = dataclasses.replace(PUSH_API_AUTHORIZATION, sandboxed=user_sandboxer())
 
@@ -122,6 +137,7 @@ app = create_app(
     authorization=PUSH_AUTHORIZATION,
     public_health=os.environ.get("MC_HEALTH_PUBLIC", "").strip().lower() in ("1", "true", "yes"),
     webhooks=WEBHOOKS,
+    actions=ACTIONS,
 )
 app.add_middleware(FreezeGcOnFirstRequest)
 

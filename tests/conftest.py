@@ -80,12 +80,13 @@ from message_center.db import engine_for  # noqa: E402
 EXECUTION_TABLES = ("rt_event", "batch_event", "delivery_log", "published_template", "bounce",
                     "quarantine", "api_idempotency", "mc_watermark", "relay_breaker",
                     "webhook_subscription", "webhook_outbox", "webhook_attempt",
-                    "tracking_log", "tracking_first", "suppression", "event_recycling")
+                    "tracking_log", "tracking_first", "suppression", "event_recycling",
+                    "bulk_action", "bulk_action_event", "audit_log")
 CONTROL_TABLES = ("archived_event", "archived_delivery_log", "template_version", "template",
                   "quarantine", "quarantine_sync", "webhook_subscription",
                   "event_stats_hourly", "flow_stats_hourly", "event_stats_dirty",
                   "archived_tracking_log", "tracking_stats_hourly", "tracking_stats_dirty",
-                  "suppression", "suppression_sync")
+                  "suppression", "suppression_sync", "audit_log")
 
 
 #: Fixtures that need the test deployment's databases, servers or Airflow processes: a
@@ -207,6 +208,29 @@ def control_db() -> Engine:
     engine = engine_for(DEPLOYMENT.database_url("control"))
     _truncate(engine, CONTROL_TABLES)
     return engine
+
+
+@pytest.fixture
+def restartable_db(tmp_path: Path, test_deployment):
+    """``(server, engine)``: a migrated execution database on a PostgreSQL server of the
+    test's own, which the test may stop and start (``pg_ctl stop -m fast`` cuts every
+    connection) without disturbing the deployment's server other tests use."""
+    from mc_local.embedded_pg import EmbeddedPostgres, ensure_database
+    from mc_local.launcher import set_cell_id
+    from message_center import migrations
+
+    if not test_deployment.uses_embedded:
+        pytest.skip("needs the embedded PostgreSQL binaries (MC_DATABASE_URL is set)")
+    server = EmbeddedPostgres(tmp_path / "postgres", free_port())
+    server.start()
+    try:
+        ensure_database(server.url(), "outage_execution")
+        url = server.url("outage_execution")
+        migrations.upgrade("execution", url)
+        set_cell_id(url, 0)
+        yield server, engine_for(url)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,25 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from mc_airflow.webhooks import FernetBox
+from message_center import webhook_outbox
+from message_center.net_guard import WEBHOOK_ALLOWED_HOSTS, HostList
+from message_center.webhooks import store
+from message_center.webhooks.dispatcher import Dispatcher, DispatchSettings
+from message_center.webhooks.model import EVENT_NAMES, parse_subscription
+
+LOOPBACK = HostList.parse("127.0.0.1", WEBHOOK_ALLOWED_HOSTS)
+QUICK = DispatchSettings(schedule=(0.05, 0.05, 0.05, 0.05), jitter=0.0, timeout=10,
+                         poll_seconds=0.1, refresh_seconds=0.2)
 
 
 @dataclass
@@ -121,10 +133,35 @@ def add_subscription(engine: Engine, url: str, events: list[str], *, secret_enc:
             VALUES (:id, :url, :events, :types, :secret, :cap)
         """), {"id": sub_id, "url": url, "events": events, "types": event_types or [],
                "secret": secret_enc, "cap": max_in_flight})
-    from message_center import webhook_outbox
-
     webhook_outbox.forget()
     return sub_id
+
+
+def subscribe(engine: Engine, url: str, events: Any = EVENT_NAMES, hosts: HostList = LOOPBACK,
+              *, max_in_flight: int | None = None) -> tuple[str, str]:
+    """A subscription through the real validation and store (on the execution database,
+    as the copy from the control instance leaves it). Returns (id, secret)."""
+    body = {"url": url, "events": list(events), "maxInFlight": max_in_flight}
+    change = parse_subscription(body, hosts=hosts, creating=True)
+    with engine.begin() as conn:
+        row, secret = store.create(conn, change, box=FernetBox(), created_by="test")
+    webhook_outbox.forget()
+    return row["id"], secret
+
+
+@contextmanager
+def dispatching(engine: Engine, settings: DispatchSettings = QUICK,
+                hosts: HostList = LOOPBACK) -> Iterator[Dispatcher]:
+    """The real dispatcher in a thread while the block runs."""
+    stop = threading.Event()
+    dispatcher = Dispatcher(engine, settings, FernetBox(), hosts, should_stop=stop.is_set)
+    thread = threading.Thread(target=lambda: asyncio.run(dispatcher.run(600)), daemon=True)
+    thread.start()
+    try:
+        yield dispatcher
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 def outbox(engine: Engine) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ Keycloak, AWS, ...). No separate user store, no Message Center role.
 | quarantine / release an address | edit the DAGs rtEventsProcessing and batchEventsProcessing |
 | read webhook subscriptions | read DAG runs of a queue's DAG (like reading events) |
 | manage webhooks (create, change, test, replay) | edit both processing DAGs (as above) |
+| bulk actions (dry run, cancel, retry, replay), the audit trail | edit both processing DAGs |
 | health | a valid token (or nothing with `MC_HEALTH_PUBLIC=true`) |
 
 Simple auth manager: `viewer` reads, `user` also pushes, enables/disables archiving,
@@ -275,6 +276,7 @@ class Capabilities:
     publish_templates: bool
     change_quarantine: bool = False
     manage_webhooks: bool = False
+    bulk_actions: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {key: sorted(value) if isinstance(value, frozenset) else value
@@ -291,6 +293,7 @@ def capabilities(user: Any) -> Capabilities:
         publish_templates=is_allowed(user, publish_permission()),
         change_quarantine=not missing(user, quarantine_change_permissions()),
         manage_webhooks=not missing(user, quarantine_change_permissions()),
+        bulk_actions=not missing(user, quarantine_change_permissions()),
     )
 
 
@@ -414,6 +417,23 @@ def require_webhooks_manage(*, user_dependency: Callable[..., Any] = authenticat
     changes what the delivery does for every later event (editing both processing DAGs)."""
     return require(MANAGING_WEBHOOKS, *quarantine_change_permissions(),
                    user_dependency=user_dependency)
+
+
+BULK_ACTIONS = "running bulk actions on events"
+
+
+def require_bulk_actions(*, user_dependency: Callable[..., Any] = authenticated_user) \
+        -> Callable[..., Any]:
+    """Cancelling, retrying or replaying events by filter (and its dry run, which shows
+    events of both queues), and reading the audit trail: editing both processing DAGs,
+    like the quarantine (it changes what the delivery does). The ``mcBulkAction`` run is
+    triggered by the server for that user."""
+    return require(BULK_ACTIONS, *quarantine_change_permissions(),
+                   user_dependency=user_dependency)
+
+
+def check_bulk_actions(user: Any) -> None:
+    check(user, BULK_ACTIONS, *quarantine_change_permissions())
 
 
 def require_quarantine_change(*, user_dependency: Callable[..., Any] = authenticated_user) \

@@ -42,6 +42,9 @@ _DESCRIPTIONS = {
     "statistics_days": ("Statistics delay (days)",
                         "Control instance: hourly event statistics older than this are "
                         "deleted (NmsCleanup_EventStatPurgeDelay); at least the archive delay."),
+    "audit_days": ("Audit trail kept (days)",
+                   "Both instances: audit rows (bulk actions, quarantine, suppression, "
+                   "account, publish and webhook changes) older than this are deleted."),
     "airflow_metadata_days": ("Airflow metadata kept (days)",
                               "DAG runs, task instances, XComs and audit log rows of the "
                               "Message Center's DAGs older than this are deleted with "
@@ -115,7 +118,12 @@ def purge_execution_idempotency_keys(params: Mapping[str, Any], now: datetime) -
     from message_center.db import engine_for
 
     settings = cleanup_settings(params)
-    report = purge_idempotency(engine_for(database_url(EXECUTION_CONN_ID)), settings, now=now)
+    from message_center.cleanup import purge_audit
+
+    execution = engine_for(database_url(EXECUTION_CONN_ID))
+    report = purge_idempotency(execution, settings, now=now)
+    log.info("audit rows older than %s days: %s", settings.audit_days,
+             purge_audit(execution, settings, now=now))
     _log_sizes(report.sizes_before, report.sizes_after)
     log.info("%sidempotency keys created before %s (replay window %s h): %s %s",
              "DRY RUN, nothing deleted: " if settings.dry_run else "",
@@ -150,15 +158,20 @@ def purge_control_archive(params: Mapping[str, Any], now: datetime) -> dict[str,
 def purge_control_statistics(params: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """Hourly event statistics of ``mc_control`` past the statistics delay."""
     from mc_airflow.connections import database_url
-    from message_center.cleanup import purge_statistics_before
+    from message_center.cleanup import purge_audit, purge_statistics_before
     from message_center.db import engine_for
 
-    report = purge_statistics_before(engine_for(database_url(CONTROL_CONN_ID)),
-                                     cleanup_settings(params), now=now)
+    settings = cleanup_settings(params)
+    control = engine_for(database_url(CONTROL_CONN_ID))
+    report = purge_statistics_before(control, settings, now=now)
     _log_sizes(report.sizes_before, report.sizes_after)
     for line in report.lines():
         log.info("%s", line)
-    return report.as_dict()
+    audited = purge_audit(control, settings, now=now)
+    log.info("%saudit rows older than %s days: %s %s",
+             "DRY RUN, nothing deleted: " if settings.dry_run else "", settings.audit_days,
+             audited, "would go" if settings.dry_run else "deleted")
+    return {**report.as_dict(), "audit_rows": audited}
 
 
 # --- Airflow metadata --------------------------------------------------------------------

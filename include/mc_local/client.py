@@ -116,6 +116,11 @@ class PushClient:
         for chunk in chunks(events, batch_size):
             yield self.push_events(chunk)
 
+    def bulk_action(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/actions``: a dry run (``dryRun``) or an action (``expectedCount``);
+        a 409 (the count moved) is a :class:`PushError`."""
+        return dict(self._request("POST", "/actions", json=body, ok=(200, 202)))
+
     def get_event(self, event_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/events/{event_id}"))
 

@@ -53,6 +53,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from message_center import audit
+from message_center.audit import DEFAULT_KEEP_DAYS as DEFAULT_AUDIT_DAYS
 from message_center.db import first_line
 from message_center.registry import Registry
 from message_center.statuses import (
@@ -79,6 +81,7 @@ BOUNDS: dict[str, tuple[int, int, int]] = {
     "webhook_days": (1, 3650, 7),
     "archived_event_days": (1, 36500, 365),
     "statistics_days": (1, 36500, 1095),
+    "audit_days": (1, 36500, DEFAULT_AUDIT_DAYS),
     "airflow_metadata_days": (1, 3650, 14),
     "batch_rows": (100, 1_000_000, 10_000),
 }
@@ -101,6 +104,7 @@ class CleanupSettings:
       (``NmsCleanup_EventHistoPurgeDelay``, ``NmsCleanup_BroadLogPurgeDelay``).
     * ``statistics_days`` - hourly event statistics (``NmsCleanup_EventStatPurgeDelay``);
       at least ``archived_event_days``: the statistics outlive the archive they sum up.
+    * ``audit_days`` - the audit trail (who did what by hand) on both instances.
     * ``airflow_metadata_days`` - Airflow's DAG runs, task instances, XComs, ... of the
       Message Center's DAGs.
     * ``batch_rows`` - rows deleted per transaction.
@@ -112,6 +116,7 @@ class CleanupSettings:
     webhook_days: int = BOUNDS["webhook_days"][2]
     archived_event_days: int = BOUNDS["archived_event_days"][2]
     statistics_days: int = BOUNDS["statistics_days"][2]
+    audit_days: int = BOUNDS["audit_days"][2]
     airflow_metadata_days: int = BOUNDS["airflow_metadata_days"][2]
     batch_rows: int = BOUNDS["batch_rows"][2]
     dry_run: bool = False
@@ -177,6 +182,16 @@ class CleanupSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def purge_audit(engine: Engine, settings: CleanupSettings, *, now: datetime) -> int:
+    """Audit rows older than ``audit_days`` (either instance); counted in a dry run."""
+    cutoff = now - timedelta(days=settings.audit_days)
+    with engine.begin() as conn:
+        if settings.dry_run:
+            return int(conn.execute(text("SELECT count(*) FROM audit_log WHERE at < :cutoff"),
+                                    {"cutoff": cutoff}).scalar_one())
+        return audit.purge(conn, cutoff)
 
 
 # --- table sizes -------------------------------------------------------------------------

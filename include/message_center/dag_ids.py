@@ -18,9 +18,11 @@ UPDATE_EVENT_STATUS = "updateEventStatus"
 PROCESSING: dict[str, str] = {"rt": RT_EVENTS_PROCESSING, "batch": BATCH_EVENTS_PROCESSING}
 #: The delivery-status webhooks' dispatcher (continuous).
 WEBHOOKS = "mcWebhooks"
+#: Bulk actions by filter (cancel, retry, replay), triggered by hand (API, UI, CLI).
+BULK_ACTION = "mcBulkAction"
 #: The DAGs that work on an execution instance.
 EXECUTION: tuple[str, ...] = (RT_EVENTS_PROCESSING, BATCH_EVENTS_PROCESSING,
-                              UPDATE_EVENT_STATUS, WEBHOOKS)
+                              UPDATE_EVENT_STATUS, WEBHOOKS, BULK_ACTION)
 
 #: Control instance: template publishing, the quarantine exchange between instances.
 PUBLISH_TEMPLATES = "mcPublishTemplates"

@@ -516,7 +516,7 @@ _EVENT_FIELDS = ("type", "email", "mobile_phone", "wished_channel", "address", "
                  "country", "origin", "ctx", "scheduled", "expiration", "status", "created",
                  "last_modified", "processing", "processed", "error_count", "next_attempt",
                  "template_name", "template_version", "delivery_log_id", "error_reason",
-                 "recycled_from", "sandbox")
+                 "recycled_from", "replayed_from", "sandbox")
 
 _GET_EVENT = text(f"""
     WITH ev AS (
@@ -584,6 +584,8 @@ def get_event(conn: Connection, public_id: int) -> dict[str, Any] | None:
         # the one made from it, or why it was not recycled
         "recycledFrom": _public(row["recycled_from"]),
         "recycledTo": _public(row["recycled_id"]), "recycling": row["recycling_reason"],
+        # a bulk replay: the event this one was sent again from
+        "replayedFrom": _public(row["replayed_from"]),
     }
     if row["sandbox"] or row["dl_sandbox"]:
         event["sandbox"] = True

@@ -19,6 +19,7 @@ from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError, me
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from message_center.ids import to_public
+from message_center.link_marks import TRACKED_FILTER, mark_link, strip_marks
 
 MAX_RENDERED_CHARS = 1_000_000
 _MAX_VALUE_CHARS = 80
@@ -42,6 +43,7 @@ def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
         autoescape=autoescape, undefined=StrictUndefined, keep_trailing_newline=True,
         cache_size=0,
     )
+    env.filters[TRACKED_FILTER] = mark_link
     return env
 
 
@@ -68,6 +70,12 @@ def template_variables(source: str, html: bool = False) -> set[str]:
     """The top-level variables ``source`` reads (loop and ``set`` variables excluded)."""
     env = _HTML_ENV if html else _TEXT_ENV
     return set(meta.find_undeclared_variables(env.parse(source))) - set(env.globals)
+
+
+def template_filters(source: str, html: bool = False) -> set[str]:
+    """The filters ``source`` uses (``{{ x | f }}`` and ``{% filter f %}``)."""
+    env = _HTML_ENV if html else _TEXT_ENV
+    return {node.name for node in env.parse(source).find_all(nodes.Filter)}
 
 
 def _shown(value: Any) -> str:
@@ -158,9 +166,10 @@ def _where(source: str, html: bool, part: str | None, exc: BaseException) -> str
 
 
 def render_part(source: str | None, variables: dict[str, Any], html: bool = False,
-                part: str | None = None) -> str | None:
+                part: str | None = None, *, link_marks: bool = False) -> str | None:
     """Render one part (subject, HTML body, text body or SMS text); ``part`` names it in
-    errors."""
+    errors. ``link_marks``: keep the marks of ``tracked`` links (the e-mail text part,
+    which tracking rewrites); otherwise they are removed."""
     if source is None:
         return None
     try:
@@ -180,7 +189,7 @@ def render_part(source: str | None, variables: dict[str, Any], html: bool = Fals
                           f"{_where(source, html, part, exc)}") from None
     if len(result) > MAX_RENDERED_CHARS:
         raise RenderError(f"rendered message is larger than {MAX_RENDERED_CHARS} characters")
-    return result
+    return result if link_marks else strip_marks(result)
 
 
 def template_event(row: dict[str, Any], event_id: int) -> dict[str, Any]:
@@ -217,9 +226,11 @@ def event_variables(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_message(subject: str | None, html_body: str | None, text_body: str | None,
-                   variables: dict[str, Any]) -> RenderedMessage:
+                   variables: dict[str, Any], *, text_link_marks: bool = False
+                   ) -> RenderedMessage:
+    """``text_link_marks``: the text part keeps the marks of its ``tracked`` links."""
     return RenderedMessage(
         subject=render_part(subject, variables, part="subject"),
         html=render_part(html_body, variables, html=True, part="html"),
-        text=render_part(text_body, variables, part="text"),
+        text=render_part(text_body, variables, part="text", link_marks=text_link_marks),
     )

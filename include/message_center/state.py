@@ -60,8 +60,11 @@ from message_center.statuses import (
     DELIVERY_STARTED,
     EVENT_KINDS,
     FINAL_DELIVERY,
+    FINAL_EVENT,
+    NOTIFY_CHANNELS,
     OPEN_EVENT,
     RECYCLE_AFTER,
+    DeliveryStatus,
     EventStatus,
     event_table,
     sql_in,
@@ -937,3 +940,133 @@ def fail_after_bounce(conn: Connection, *, log_ids: Sequence[int], errors: Seque
                 "classes": [r["failure_class"] for r in rows],
                 "reasons": [r["failure_reason"] for r in rows]})
     return {int(r["id"]) for r in changed}
+
+
+# == event: bulk actions (cancel, retry, replay by filter; message_center.operations) =======
+# Each statement takes the next ``limit`` events of ``kind`` that the filter (``where``: an
+# SQL predicate over event ``e``, from message_center.operations.filters) selects, that the
+# action may change and that this action has not touched yet; it records them in
+# ``bulk_action_event`` (its primary key: once per action, whatever re-runs) and moves them,
+# all in one statement. Returns how many it moved.
+#: Pending and no shard has claimed it (a claimed one is the delivery's business).
+CANCELLABLE = "e.status = 'pending' AND e.claim_token IS NULL"
+#: The final statuses a retry starts again from.
+RETRYABLE_STATUSES = (EventStatus.FAILED, EventStatus.EXPIRED)
+#: A ledger row whose message may be out: in flight, or accepted by the provider.
+MAY_BE_OUT_DELIVERY = (DeliveryStatus.SENDING, DeliveryStatus.SENT)
+#: The ledger rows a bulk retry puts back to ``retry``: failed, or never final.
+RETRY_AGAIN_DELIVERY = (DeliveryStatus.FAILED, *ARMABLE_DELIVERY)
+#: Failed or expired and known not sent: no ledger row in flight or sent, outcome known
+#: (class ``unknown`` only when ``:confirm_unknown``), not past its expiration (unless a
+#: new one is given, ``:expiration``), and not recycled into another event already.
+RETRYABLE = f"""e.status IN {sql_in(RETRYABLE_STATUSES)}
+          AND NOT EXISTS (
+              SELECT 1 FROM delivery_log d
+              WHERE d.event_kind = :kind AND d.event_id = e.id
+                AND (d.status IN {sql_in(MAY_BE_OUT_DELIVERY)}
+                     OR (d.status = 'failed' AND d.failure_class = 'unknown'
+                         AND NOT :confirm_unknown)))
+          AND (e.expiration IS NULL OR e.expiration > now()
+               OR CAST(:expiration AS timestamptz) > now())
+          AND NOT EXISTS (
+              SELECT 1 FROM event_recycling r
+              WHERE r.event_kind = :kind AND r.event_id = e.id AND r.recycled_id IS NOT NULL)"""
+#: Any final event may be sent again as a new one.
+REPLAYABLE = f"e.status IN {sql_in(FINAL_EVENT)}"
+#: The failed events whose outcome is unknown (refused without ``confirmUnknown``).
+UNKNOWN_OUTCOME_EVENT = """e.status = 'failed' AND EXISTS (
+              SELECT 1 FROM delivery_log d
+              WHERE d.event_kind = :kind AND d.event_id = e.id
+                AND d.status = 'failed' AND d.failure_class = 'unknown')"""
+#: Failed or expired events past their expiration (retried only with a new expiration).
+PAST_EXPIRATION_EVENT = (f"e.status IN {sql_in(RETRYABLE_STATUSES)} "
+                         "AND e.expiration <= now()")
+
+_PICK = """
+        picked AS MATERIALIZED (
+            SELECT e.id FROM {table} e
+            WHERE ({where}) AND ({eligible})
+              AND NOT EXISTS (SELECT 1 FROM bulk_action_event b
+                              WHERE b.action_id = :action AND b.event_kind = :kind
+                                AND b.event_id = e.id)
+            ORDER BY e.id LIMIT :limit
+            FOR UPDATE OF e SKIP LOCKED
+        ), marked AS (
+            INSERT INTO bulk_action_event (action_id, event_kind, event_id{new_column})
+            SELECT :action, :kind, id{new_value} FROM picked
+            ON CONFLICT DO NOTHING
+            RETURNING event_id{new_column}
+        )"""
+CANCEL_PENDING = "WITH" + _PICK + """, cancelled AS (
+            UPDATE {table} e SET status = 'expired', processed = now(),
+                   error_reason = :reason
+            FROM marked m
+            WHERE e.id = m.event_id AND e.status = 'pending' AND e.claim_token IS NULL
+            RETURNING e.id{returning}{failure}
+        ){webhooks}
+        SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM cancelled)
+"""
+RETRY_FINISHED = "WITH" + _PICK + """, ledger AS (
+            UPDATE delivery_log d SET status = 'retry', attempts = 0, error = :reason,
+                   failure_class = NULL, failure_reason = NULL, sending_started = NULL
+            FROM marked m
+            WHERE d.event_kind = :kind AND d.event_id = m.event_id
+              AND d.status IN """ + sql_in(RETRY_AGAIN_DELIVERY) + """
+            RETURNING d.id
+        ), retried AS (
+            UPDATE {table} e SET status = 'pending', claim_token = NULL, claim_shard = NULL,
+                   next_attempt = now(), processed = NULL, error_count = 0,
+                   error_reason = NULL,
+                   expiration = coalesce(CAST(:expiration AS timestamptz), e.expiration)
+            FROM marked m
+            WHERE e.id = m.event_id AND e.status IN """ + sql_in(RETRYABLE_STATUSES) + """
+            RETURNING e.id
+        )
+        SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM retried)
+"""
+REPLAY_FINISHED = "WITH" + _PICK + """, replayed AS (
+            INSERT INTO {table} (id, type, email, mobile_phone, address, wished_channel,
+                                 external_id, language, country, origin, ctx, expiration,
+                                 next_attempt, replayed_from, sandbox)
+            SELECT m.new_id, e.type, e.email, e.mobile_phone, e.address, e.wished_channel,
+                   e.external_id, e.language, e.country, e.origin, e.ctx,
+                   coalesce(CAST(:expiration AS timestamptz),
+                            CASE WHEN e.expiration > now() THEN e.expiration END),
+                   now(), e.id, e.sandbox
+            FROM marked m JOIN {table} e ON e.id = m.event_id
+            RETURNING id
+        )
+        SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM replayed)
+"""
+#: What each bulk action may change (a predicate over event ``e``).
+BULK_ELIGIBLE = {"cancel": CANCELLABLE, "retry": RETRYABLE, "replay": REPLAYABLE}
+
+
+def bulk_step(conn: Connection, action: str, kind: str, *, action_id: str, where: str,
+              params: Mapping[str, Any], limit: int, reason: str,
+              confirm_unknown: bool = False,
+              expiration: datetime | None = None) -> tuple[int, int]:
+    """One batch of bulk action ``action`` (``cancel``: ``pending`` -> ``expired`` with
+    ``reason``, unclaimed events only; ``retry``: ``failed`` | ``expired`` -> ``pending``,
+    its ledger row back to ``retry`` with its attempts reset; ``replay``: a new pending
+    event from a final one's body, ``replayed_from`` linking it) over up to ``limit``
+    events of ``kind`` selected by ``where``. Returns (events picked, events moved); 0
+    picked: nothing left for this action (locked rows are skipped, the caller counts
+    again). The NOTIFY wakes the real-time shards for retried or replayed events."""
+    template = {"cancel": CANCEL_PENDING, "retry": RETRY_FINISHED,
+                "replay": REPLAY_FINISHED}[action]
+    new_column, new_value = ("", "")
+    parts: dict[str, str] = {"returning": "", "failure": "", "webhooks": ""}
+    if action == "replay":
+        new_column, new_value = ", new_id", f", {NEXT_ID_SQL}"
+    if action == "cancel":
+        parts = _webhooks(conn, kind, "cancelled")
+    statement = _sql(template, kind, where=where, eligible=BULK_ELIGIBLE[action],
+                     new_column=new_column, new_value=new_value, **parts)
+    picked, moved = conn.execute(statement, {
+        **params, "action": action_id, "kind": kind, "limit": limit, "reason": reason,
+        "confirm_unknown": confirm_unknown, "expiration": expiration}).one()
+    if moved and action != "cancel":
+        conn.execute(text("SELECT pg_notify(:channel, '')"),
+                     {"channel": NOTIFY_CHANNELS[kind]})
+    return int(picked), int(moved)

@@ -50,7 +50,7 @@ from message_center.delivery import suppression
 from message_center.rendering import RenderError, event_variables, template_event
 from message_center.tracking import options as tracking_options
 from message_center.tracking.hits import Hit, HitWriter, automated_reason
-from message_center.tracking.links import tracked_links
+from message_center.tracking.links import message_urls
 from message_center.tracking.tokens import (
     CLICK,
     MIRROR,
@@ -258,9 +258,8 @@ class TrackingApp:
             rendered, _ = spec.render_sent(message.template, message.variables,
                                            log_id=message.log_id, config=self.settings.config,
                                            track=False)
-            html = rendered.get("html") or ""
-            message._links = [link.url for link in
-                              tracked_links(html, self.settings.config.base_url)]
+            message._links = message_urls(rendered.get("html"), rendered.get("text"),
+                                          self.settings.config.base_url)
         return message._links
 
     def mirror(self, message: SentMessage) -> dict[str, Any]:

@@ -15,9 +15,10 @@ database and process), and the state module uses the statement without the fragm
 when none does. So a change made within those seconds of the *first* subscription's
 creation may not be reported (``MC_WEBHOOK_CHECK_SECONDS``, default 5; 0 asks every time).
 
-:func:`enqueue` is the entry point for anything else that reports on an event (the
-tracking of opens and clicks: ``event.opened`` / ``event.clicked``): it writes messages
-in the caller's transaction with the same fan-out and sequence numbers.
+:func:`enqueue` (one message) and :func:`enqueue_many` (a batch, one statement) are the
+entry point for anything else that reports on an event (the tracking of opens and clicks:
+``event.opened`` / ``event.clicked``, :mod:`message_center.tracking.hits`): they write
+messages in the caller's transaction with the same fan-out and sequence numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -123,26 +125,52 @@ def forget() -> None:
 
 
 _ENQUEUE = f"""
-    WITH c AS (
-        SELECT e.id AS wh_id, e.status AS wh_status, e.type AS wh_type, :name AS wh_name,
-               e.external_id, e.wished_channel, e.template_name, e.template_version,
-               e.sandbox AS wh_sandbox
-        FROM {{table}} e WHERE e.id = :event_id
-    ), seq AS (
-        SELECT {_NEXT_SEQ} AS wh_seq FROM c
+    WITH m AS (
+        SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:ids AS bigint[]),
+                             CAST(:names AS text[]), CAST(:extras AS jsonb[]),
+                             CAST(:ats AS timestamptz[])) WITH ORDINALITY
+             AS m(event_kind, event_id, wh_name, extra, at, n)
+    ), c AS (
+        SELECT m.*, e.status AS wh_status, e.type AS wh_type, e.external_id,
+               e.wished_channel, e.template_name, e.template_version, e.sandbox AS wh_sandbox
+        FROM m JOIN rt_event e ON m.event_kind = 'rt' AND e.id = m.event_id
+        UNION ALL
+        SELECT m.*, e.status, e.type, e.external_id, e.wished_channel, e.template_name,
+               e.template_version, e.sandbox
+        FROM m JOIN batch_event e ON m.event_kind = 'batch' AND e.id = m.event_id
+    ), numbered AS (
+        SELECT c.*, coalesce((SELECT max(o.seq) FROM webhook_outbox o
+                              WHERE o.event_id = c.event_id
+                                AND o.event_kind = c.event_kind), 0)
+                    + row_number() OVER (PARTITION BY c.event_kind, c.event_id
+                                         ORDER BY c.n) AS wh_seq
+        FROM c
     )
     INSERT INTO webhook_outbox (id, subscription_id, event_kind, event_id, seq, name, data,
                                 occurred_at)
-    SELECT {NEXT_ID_SQL}, s.id, :kind, c.wh_id, (SELECT wh_seq FROM seq), c.wh_name,
+    SELECT {NEXT_ID_SQL}, s.id, c.event_kind, c.event_id, c.wh_seq, c.wh_name,
            jsonb_build_object('externalId', c.external_id, 'type', c.wh_type,
                               'channel', c.wished_channel, 'status', c.wh_status,
                               'template', c.template_name,
                               'templateVersion', c.template_version){_SANDBOX_FIELD}
-           || CAST(:extra AS jsonb),
-           coalesce(CAST(:at AS timestamptz), now())
-    FROM c JOIN {_MATCHING}
+           || c.extra,
+           coalesce(c.at, now())
+    FROM numbered c JOIN {_MATCHING}
+    ORDER BY c.n
     RETURNING id
 """
+
+
+@dataclass(frozen=True)
+class Report:
+    """One message about an event for :func:`enqueue_many`: ``name`` (``event.opened``,
+    ...), ``extra`` fields added to its ``data``, ``at`` when it happened (None: now)."""
+
+    kind: str
+    event_id: int
+    name: str
+    extra: Mapping[str, Any] | None = None
+    at: Any = None
 
 
 def enqueue(conn: Connection, kind: str, event_id: int, name: str, *,
@@ -151,14 +179,23 @@ def enqueue(conn: Connection, kind: str, event_id: int, name: str, *,
     ``event_id`` of ``kind`` for every enabled subscription that wants it, in the
     caller's transaction (commit it with the change it reports). ``extra``: fields added
     to the message's ``data`` (``{"automated": true, "url": ...}``); ``at``: when it
-    happened (default now). Returns the message ids (none when nobody subscribed).
+    happened (default now). Returns the message ids (none when nobody subscribed)."""
+    return enqueue_many(conn, [Report(kind, event_id, name, extra, at)])
 
-    Hook for the tracking (issue #26): call it where a first open / a first click of a
-    link is recorded, e.g. ``enqueue(conn, "rt", event_id, OPENED, extra={"automated":
-    is_bot})``."""
-    if not name.startswith("event.") or not name[6:].replace("_", "").isalnum():
-        raise ValueError(f"not a webhook event name: {name!r}")
-    statement = _ENQUEUE.format(table=event_table(kind), kind=kind)
-    return [int(i) for i in conn.execute(text(statement), {
-        "kind": kind, "event_id": event_id, "name": name, "at": at,
-        "extra": json.dumps(dict(extra or {}))}).scalars()]
+
+def enqueue_many(conn: Connection, reports: Sequence[Report]) -> list[int]:
+    """:func:`enqueue` for a batch, in one statement (the tracking's hit batches: the
+    first opens and first clicks they record). Messages about the same event take
+    consecutive sequence numbers in the order given."""
+    for report in reports:
+        event_table(report.kind)  # refuses an unknown kind
+        if not report.name.startswith("event.") or \
+                not report.name[6:].replace("_", "").isalnum():
+            raise ValueError(f"not a webhook event name: {report.name!r}")
+    if not reports:
+        return []
+    return [int(i) for i in conn.execute(text(_ENQUEUE), {
+        "kinds": [r.kind for r in reports], "ids": [r.event_id for r in reports],
+        "names": [r.name for r in reports],
+        "extras": [json.dumps(dict(r.extra or {})) for r in reports],
+        "ats": [r.at for r in reports]}).scalars()]

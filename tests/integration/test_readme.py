@@ -1,14 +1,19 @@
 """The walk-through of the README and the documentation works as written: its command
-blocks for a running deployment are read from README.md and the pages under docs/, and run,
-in order, by bash against the test deployment (the session's `airflow standalone`, the real
-SMTP and SMS sinks), and their outcomes checked.
+blocks for a running deployment are read from README.md and the pages under docs/, and run
+by bash against the test deployment (the session's `airflow standalone`, the real SMTP and
+SMS sinks), and their outcomes checked.
 
 A block is run when a ``<!-- readme-test: NAME -->`` comment precedes its code fence, in
 whichever of those files it lives (the README keeps the first steps, the docs pages the
 rest); the set of names is fixed here, so a block cannot silently drop out, and a name may
 appear only once across all the files. Only what differs between the demo and the test
-deployment is rewritten: the API port, the profile's password file and the sink folders.
+deployment is rewritten: the API port, the profile's password file and the sink folders;
+and a fixed wait before looking at a result is dropped, since the test polls for it.
 An edit that breaks an example breaks ``make test``.
+
+The blocks that need the running Airflow run here, in a new user's order; the ones that do
+not (templates, accounts: :data:`WITHOUT_AIRFLOW`) run in test_readme_local.py, a module
+any pytest worker may take, so that they are off the Airflow stack's long chain of tests.
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import pytest
 from sqlalchemy import text
 
 from mc_local.localenv import PROJECT_ROOT, STATE_DIR
-from message_center.registry import load_registry
 
 README = PROJECT_ROOT / "README.md"
 DOCS = PROJECT_ROOT / "docs"
 BLOCK = re.compile(r"<!-- readme-test: (?P<name>[\w-]+)[^>]*-->\n```bash\n(?P<body>.*?)\n```",
                    re.S)
-#: The walk-through, in the order it is run (a new user's order).
+#: The walk-through, in a new user's order.
 WALK_THROUGH = ("watch", "mc-push", "curl", "templates", "accounts", "second-terminal",
                 "backfill")
+#: Its blocks that need no running Airflow (test_readme_local.py runs them).
+WITHOUT_AIRFLOW = ("templates", "accounts")
 RT_DAG = "rtEventsProcessing"
 ARCHIVE_DAG = "mcSynch_mcExec1"
 
@@ -118,6 +124,28 @@ def statuses(engine, kind: str = "rt") -> dict[int, str]:
         return dict(conn.execute(text(f"SELECT id, status FROM {kind}_event")).all())
 
 
+def make_walk(test_deployment, smtp_sink, sms_sink, tmp_path: Path, registry: Path) -> Walk:
+    """A scratch project folder where the blocks run as a new user runs them, the
+    execution account registry being ``registry`` (never the repository's)."""
+    project = tmp_path / "project"  # events.jsonl, post.json land here
+    project.mkdir()
+    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    (project / ".mc").symlink_to(STATE_DIR)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MC_API_PASSWORD", "MC_API_TOKEN")}
+    env["MC_ACCOUNT_REGISTRY"] = str(registry)
+    replacements = {
+        "127.0.0.1:8080": f"127.0.0.1:{test_deployment.api_port}",
+        ".mc/secrets/run-": f".mc/secrets/{test_deployment.profile}-",
+        ".mc/mail": str(smtp_sink.mail_dir),
+        ".mc/sms": str(sms_sink.sms_dir),
+        # A reader waits a few seconds before looking; the test polls for the outcome
+        # (events Sent, messages received) right after the blocks instead.
+        "sleep 5; ": "",
+    }
+    return Walk(project, env, replacements)
+
+
 @pytest.fixture
 def walk(airflow_stack, test_deployment, execution_db, control_db, smtp_sink, sms_sink,
          tmp_path):
@@ -135,21 +163,8 @@ def walk(airflow_stack, test_deployment, execution_db, control_db, smtp_sink, sm
         f"/dags/{RT_DAG}/dagRuns/~/taskInstances",
         params={"task_id": "link_render_deliver", "state": "running"},
     ).json().get("total_entries", 0) >= 1, 240, airflow_stack.log_path)
-    project = tmp_path / "project"  # events.jsonl, post.json land here
-    project.mkdir()
-    (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    (project / ".mc").symlink_to(STATE_DIR)
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MC_API_PASSWORD", "MC_API_TOKEN")}
-    env["MC_ACCOUNT_REGISTRY"] = str(airflow_stack.registry)  # never the repository's
-    replacements = {
-        "127.0.0.1:8080": f"127.0.0.1:{test_deployment.api_port}",
-        ".mc/secrets/run-": f".mc/secrets/{test_deployment.profile}-",
-        ".mc/mail": str(smtp_sink.mail_dir),
-        ".mc/sms": str(sms_sink.sms_dir),
-    }
     try:
-        yield Walk(project, env, replacements)
+        yield make_walk(test_deployment, smtp_sink, sms_sink, tmp_path, airflow_stack.registry)
     finally:
         api.patch(f"/dags/{RT_DAG}", json={"is_paused": True})
         for run in api.get(f"/dags/{RT_DAG}/dagRuns",
@@ -167,7 +182,7 @@ def walk(airflow_stack, test_deployment, execution_db, control_db, smtp_sink, sm
 
 
 def test_the_readme_walk_through_works_verbatim(walk, execution_db, control_db, smtp_sink,
-                                                sms_sink, airflow_stack):
+                                                sms_sink):
     blocks = walk.blocks
 
     # Watch events go from Pending to Sent: the order e-mail and the SMS are delivered.
@@ -210,17 +225,7 @@ def test_the_readme_walk_through_works_verbatim(walk, execution_db, control_db, 
     wait_for("the README's SMS", lambda: {"+33612345678"} == {
         m["to"] for m in sms_sink.messages()}, 30)
 
-    # Templates, accounts: each command succeeds (proofs reach the SMTP sink).
-    smtp_sink.clear()
-    walk.run("templates")
-    assert sum("[Proof" in str(m["Subject"]) for m in smtp_sink.messages()) == 3
-    before = [account.name for account in load_registry(airflow_stack.registry).accounts]
-    accounts = walk.run("accounts")
-    assert "cell id 1 matches" in accounts.stdout
-    assert "mcExec3" in accounts.stdout  # added, then removed again:
-    assert [account.name for account in load_registry(airflow_stack.registry).accounts] \
-        == before
-
+    # (templates, accounts: test_readme_local.py.)
     # The second terminal's backfill archives the demo rows of its two hours; the Archiving
     # section's one, run right after it, does not crash and leaves the archive identical.
     walk.run("second-terminal")
@@ -232,13 +237,21 @@ def test_the_readme_walk_through_works_verbatim(walk, execution_db, control_db, 
             {"start": window[0], "end": window[1]}).scalars())
     assert len(demo) >= 40  # the demo day's two hours
 
-    def archive() -> list[tuple]:  # the window's rows (an hourly run may add others)
+    def archive() -> list[list[tuple]]:  # the window's rows (an hourly run may add others)
         with control_db.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(
-                "SELECT * FROM archived_event WHERE cell_id = 0 AND id = ANY(:ids) "
-                "ORDER BY id"), {"ids": sorted(demo)})]
+            return [[tuple(row) for row in conn.execute(text(sql), {
+                "ids": sorted(demo), "start": window[0], "end": window[1]})] for sql in (
+                "SELECT * FROM archived_event WHERE cell_id = 0 AND id = ANY(:ids) ORDER BY id",
+                "SELECT * FROM archived_delivery_log WHERE cell_id = 0 "
+                "AND event_id = ANY(:ids) ORDER BY id",
+                "SELECT * FROM event_stats_hourly WHERE cell_id = 0 AND hour >= :start "
+                "AND hour < :end ORDER BY hour, event_kind, event_type, channel, status")]
 
     archived = archive()
-    assert {row[1] for row in archived} == demo
+    events, logs, statistics = archived
+    assert {row[1] for row in events} == demo
+    assert logs and {row[3] for row in logs} <= demo  # their delivery logs too
+    assert {row[0] for row in statistics} == {window[0], window[0] + timedelta(hours=1)}
     walk.run("backfill")
-    assert archive() == archived  # archived_at included: nothing was written again
+    # Nothing was written again: archived_at included, and each hour's statistics.
+    assert archive() == archived

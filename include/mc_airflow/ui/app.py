@@ -34,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from mc_airflow import authorization, sandbox
-from mc_airflow.ui import pages, quarantine, reports, webhooks
+from mc_airflow.ui import operations, pages, quarantine, reports, webhooks
 from mc_airflow.ui.dependencies import NotAuthenticated
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ PAGES = (
     ("quarantine", "Quarantine"),
     ("webhooks", "Webhooks"),
     ("accounts", "Execution accounts"),
+    ("bulk-actions", "Bulk actions"),
+    ("audit", "Audit"),
 )
 
 
@@ -110,6 +112,7 @@ def create_ui_app(sandbox_mode: Callable[[], bool] | None = None) -> FastAPI:
     reports.register(app, render)
     quarantine.register(app, render)
     webhooks.register(app, render)
+    operations.register(app, render)
     return app
 
 

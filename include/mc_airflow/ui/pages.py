@@ -16,10 +16,12 @@ from mc_airflow.instances import (
     default_sender,
     execution_instances,
 )
+from mc_airflow.operations import audit_on_control
 from mc_airflow.ui import accounts as account_actions
 from mc_airflow.ui import live
 from mc_airflow.ui.dependencies import Reader, User, current_user, json_body, same_origin
 from message_center import lookup
+from message_center.audit import ACCOUNT_CHANGE
 from message_center.db import engine_for
 
 Render = Callable[..., HTMLResponse]
@@ -76,7 +78,7 @@ def register(app: FastAPI, render: Render) -> None:
                 context["result"] = lookup.search(query, _live_sources(), _control_engine(),
                                                   kinds=access.kinds)
         return render(request, "lookup.html", access.user, "lookup", status_code=status,
-                      **context)
+                      can=authorization.capabilities(access.user), **context)
 
     def _detail(access: authorization.EventReadAccess, event_id: int) -> dict[str, Any] | None:
         """The event, or None when it is nowhere; 403 when its queue may not be read."""
@@ -158,6 +160,9 @@ def register(app: FastAPI, render: Render) -> None:
             result = await run_in_threadpool(account_actions.create_account, body)
         except account_actions.FormError as exc:
             return _form_error(exc)
+        await run_in_threadpool(audit_on_control, authorization.user_name(user),
+                                ACCOUNT_CHANGE, str(name), {
+                                    "change": "registered", "connId": conn_id})
         return JSONResponse(result, status_code=201)
 
     def _account(name: str) -> Any:
@@ -187,8 +192,11 @@ def register(app: FastAPI, render: Render) -> None:
             return JSONResponse({"detail": "refused: nothing was changed",
                                  "errors": {"enabled": "must be true or false"}},
                                 status_code=422)
-        return JSONResponse(await run_in_threadpool(account_actions.set_account_enabled,
-                                                    name, enabled))
+        result = await run_in_threadpool(account_actions.set_account_enabled, name, enabled)
+        await run_in_threadpool(audit_on_control, authorization.user_name(user),
+                                ACCOUNT_CHANGE, name,
+                                {"change": "enabled" if enabled else "disabled"})
+        return JSONResponse(result)
 
     @app.get("/api/accounts/{name}/dag")
     def account_dag(name: AccountName, _access: Reader) -> Response:

@@ -106,7 +106,8 @@ def register(app: FastAPI, render: Render) -> None:
             if control is None:
                 raise HTTPException(503, f"Airflow connection {CONTROL_CONN_ID} is not defined")
             with control.begin() as conn:
-                row = store.update(conn, subscription_id, change)
+                row = store.update(conn, subscription_id, change,
+                                   by=authorization.user_name(user))
             _copy_down()
             return row
 

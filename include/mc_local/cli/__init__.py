@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("local", "templates", "events", "accounts", "quarantine", "suppressions",
+COMMAND_MODULES = ("local", "templates", "events", "bulk", "accounts", "quarantine", "suppressions",
                    "tracking", "webpush")
 
 

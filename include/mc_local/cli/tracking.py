@@ -10,9 +10,11 @@ from mc_local.localenv import deployment
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers is not None and not 1 <= args.workers <= tracking.MAX_WORKERS:
+        raise SystemExit(f"[mc] tracking server: --workers must be 1 to {tracking.MAX_WORKERS}")
     try:
         return tracking.serve(deployment(args.profile), host=args.host, port=args.port,
-                              database_url=args.database_url)
+                              database_url=args.database_url, workers=args.workers)
     except ValueError as exc:
         raise SystemExit(f"[mc] tracking server: {exc}") from None
 
@@ -29,4 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="default: MC_TRACKING_PORT of the deployment (8081)")
     parser.add_argument("--database-url", default=None,
                         help="the execution database (default: the deployment's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes sharing the port (default: "
+                             "MC_TRACKING_WORKERS, 1); each keeps its own rate-limit buckets")
     parser.set_defaults(handler=_serve)

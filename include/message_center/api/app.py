@@ -32,6 +32,7 @@ from starlette.routing import Match
 from message_center import channel as channels
 from message_center import events
 from message_center.api.database import answer_503_while_database_down, execution_engine
+from message_center.api.operations import ActionsBackend, actions_router
 from message_center.api.pushing import IdempotencyConflict, store_events
 from message_center.api.webhooks import WebhookBackend, webhook_router
 from message_center.channel import Channel
@@ -45,6 +46,7 @@ from message_center.events import (
     EventValidationError,
 )
 from message_center.ids import to_stored
+from message_center.operations.filters import OperationInputError
 from message_center.reporting.live import instance_live
 from message_center.reporting.thresholds import (
     DEFAULT_HEALTH_AGE_ALERT,
@@ -218,6 +220,9 @@ class EventOut(BaseModel):
     errorReason: str | None
     tracking: TrackingOut | None = Field(
         None, description="Opens and clicks of the message (null: not sent yet).")
+    replayedFrom: int | None = Field(
+        None, description="A bulk replay: the event this one sends again "
+                          "(`POST /message-center/v1/actions`).")
     recycledFrom: int | None = Field(
         None, description="Event recycling: the event whose failed delivery this one "
                           "stands in for (the template's `on_failure`).")
@@ -436,12 +441,13 @@ def create_app(
     thresholds: HealthThresholds | None = None,
     public_health: bool = False,
     webhooks: WebhookBackend | None = None,
+    actions: ActionsBackend | None = None,
 ) -> FastAPI:
     """The push API. ``auth`` is a FastAPI dependency that raises 401 for a bad caller
     (every endpoint, health too unless ``public_health``); ``authorization`` says who may
     push and read; ``database_url`` returns the execution database's URL (called per
     request, cache it); ``webhooks``: the delivery-status webhook routes' backend (none:
-    no such routes).
+    no such routes); ``actions``: the bulk actions route's (none: no such route).
     """
     limits = thresholds or HealthThresholds.from_env()
     # fastapi-offline: the same /docs and /redoc pages, with Swagger UI / ReDoc served
@@ -463,6 +469,10 @@ def create_app(
 
     @app.exception_handler(EventValidationError)
     async def _invalid(_request: Request, exc: EventValidationError) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(OperationInputError)
+    async def _invalid_action(_request: Request, exc: OperationInputError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(WebhookValidationError)
@@ -760,6 +770,8 @@ def create_app(
 
     if webhooks is not None:
         router.include_router(webhook_router(webhooks))
+    if actions is not None:
+        router.include_router(actions_router(actions))
     app.include_router(router)
 
     default_openapi = app.openapi

@@ -205,7 +205,7 @@ def webhook_router(backend: WebhookBackend) -> APIRouter:
     @router.patch("/webhooks/{subscription_id}", response_model=WebhookOut,
                   summary="Change the URL, the filters or enable / disable")
     async def patch_webhook(subscription_id: str, request: Request,
-                            _user: Any = Depends(backend.manage)) -> Any:
+                            user: Any = Depends(backend.manage)) -> Any:
         body = await _json(request)
 
         def work() -> dict[str, Any]:
@@ -216,7 +216,8 @@ def webhook_router(backend: WebhookBackend) -> APIRouter:
             change = parse_subscription(body, hosts=backend.hosts(), creating=False,
                                         known_event_types=known)
             with hub.begin() as conn:
-                row = found(store.update(conn, subscription_id, change), subscription_id)
+                row = found(store.update(conn, subscription_id, change,
+                                         by=_user_name(user)), subscription_id)
             copy_down()
             return store.api_record(row)
 
@@ -225,10 +226,10 @@ def webhook_router(backend: WebhookBackend) -> APIRouter:
     @router.delete("/webhooks/{subscription_id}", status_code=204,
                    summary="Delete a subscription (its waiting messages are dropped)")
     async def delete_webhook(subscription_id: str,
-                             _user: Any = Depends(backend.manage)) -> Response:
+                             user: Any = Depends(backend.manage)) -> Response:
         def work() -> None:
             with control().begin() as conn:
-                if not store.delete(conn, subscription_id):
+                if not store.delete(conn, subscription_id, by=_user_name(user)):
                     raise HTTPException(404, f"webhook {subscription_id} not found")
             copy_down()
 
@@ -238,7 +239,7 @@ def webhook_router(backend: WebhookBackend) -> APIRouter:
     @router.post("/webhooks/{subscription_id}/secret", response_model=WebhookOut,
                  summary="Rotate the signing secret (the old one keeps signing a while)")
     async def rotate_secret(subscription_id: str, request: Request,
-                            _user: Any = Depends(backend.manage)) -> Any:
+                            user: Any = Depends(backend.manage)) -> Any:
         body = await _json(request) or {}
         overlap = body.get("overlapSeconds", DEFAULT_OVERLAP.total_seconds()) \
             if isinstance(body, dict) else None
@@ -252,7 +253,8 @@ def webhook_router(backend: WebhookBackend) -> APIRouter:
         def work() -> tuple[dict[str, Any], str]:
             with control().begin() as conn:
                 rotated = store.rotate_secret(conn, subscription_id, box=backend.box(),
-                                              overlap=timedelta(seconds=float(overlap)))
+                                              overlap=timedelta(seconds=float(overlap)),
+                                              by=_user_name(user))
             if rotated is None:
                 raise HTTPException(404, f"webhook {subscription_id} not found")
             copy_down()

@@ -264,8 +264,9 @@ class Channel(ABC):
         """The message of delivery log ``log_id`` as it was sent (the tracking server's
         mirror page and click check): the parts of a ``published_template`` row rendered
         with the tracking ``config`` (:class:`message_center.tracking.tokens.TrackingConfig`),
-        and the extra headers. ``track=False``: the links as the author wrote them;
-        ``pixel=False``: no open pixel. A channel that does not track renders as usual."""
+        and the extra headers. ``track=False``: the links as the author wrote them (the
+        links marked ``tracked`` in a text part keep their marks: the click check counts
+        them); ``pixel=False``: no open pixel. A channel that does not track renders as usual."""
         return self.render(self.parts_from_row(template_row), variables), {}
 
     def preview_files(self, rendered: RenderedParts, out_dir: Path, stem: str,

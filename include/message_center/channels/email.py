@@ -30,6 +30,7 @@ from message_center.delivery.smtp import (
     smtp_settings_from_connection,
 )
 from message_center.ids import to_public
+from message_center.link_marks import LINK_START
 from message_center.rendering import RenderedMessage, RenderError, render_message
 from message_center.tracking import links as tracking_links
 from message_center.tracking import options as tracking_options
@@ -158,7 +159,7 @@ class EmailChannel(Channel):
         message, headers = render_email(parts.get("subject"), parts.get("html"),
                                         parts.get("text"), variables, options,
                                         config if options.any else None, log_id,
-                                        pixel=pixel)
+                                        pixel=pixel, text_marks=not track)
         return {"subject": message.subject, "html": message.html, "text": message.text}, headers
 
     def proof_content(self, rendered: RenderedParts, label: str,
@@ -224,22 +225,32 @@ def tracking_config(options: tracking_options.TrackingOptions
 def render_email(subject: str | None, html: str | None, text: str | None,
                  variables: dict[str, Any], options: tracking_options.TrackingOptions,
                  config: tracking_tokens.TrackingConfig | None, log_id: int, *,
-                 pixel: bool = True) -> tuple[RenderedMessage, dict[str, str]]:
+                 pixel: bool = True, text_marks: bool = False
+                 ) -> tuple[RenderedMessage, dict[str, str]]:
     """One e-mail rendered for delivery log ``log_id``: the template's parts (with
     ``mirror_url`` / ``unsubscribe_url`` when opted in), the HTML rewritten for tracking,
-    and the extra headers (List-Unsubscribe). The delivery, the mirror page and the
-    tracking server's click check all call this, so they see the same message."""
+    the links the author marked ``tracked`` in the text part rewritten too (numbered after
+    the HTML part's), and the extra headers (List-Unsubscribe). The delivery, the mirror
+    page and the tracking server's click check all call this, so they see the same
+    message. ``text_marks``: leave the text part's marks in (the click check reads the
+    marked links)."""
     if config is not None:
         variables = {**variables, **tracking_links.variables(options, config, log_id)}
-    message = render_message(subject, html, text, variables)
+    message = render_message(subject, html, text, variables, text_link_marks=True)
     if message.subject is not None and ("\n" in message.subject or "\r" in message.subject):
         raise RenderError("the rendered subject contains a line break")
+    plain = message.text
+    if plain is not None and not text_marks:
+        first = (len(tracking_links.tracked_links(message.html, config.base_url))
+                 if config is not None and options.clicks and message.html is not None
+                 and LINK_START in plain else 0)
+        plain = tracking_links.track_text(plain, options, config, log_id, first=first)
+    extra = tracking_links.headers(options, config, log_id)
     if config is None or message.html is None:
-        return message, tracking_links.headers(options, config, log_id)
+        return RenderedMessage(message.subject, message.html, plain), extra
     tracked_html = tracking_links.track_html(message.html, options, config, log_id,
                                              pixel=pixel)
-    return (RenderedMessage(message.subject, tracked_html, message.text),
-            tracking_links.headers(options, config, log_id))
+    return RenderedMessage(message.subject, tracked_html, plain), extra
 
 
 def _message_id(eml: str | None) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from message_center import audit
 from message_center import channel as registry
 from message_center.ids import to_public
 
@@ -341,6 +342,10 @@ def add(conn: Connection, channel: str, address: str, reason: str, *, source: st
     """), {"address": address, "channel": channel, "reason": reason[:MAX_REASON_CHARS],
            "source": source, "by": decided_by, "cell": cell,
            "days": release_after_days}).mappings().one()
+    audit.record(conn, actor=decided_by, action=audit.QUARANTINE_ADD,
+                 target=f"{channel} {address}", details={
+                     "reason": reason[:MAX_REASON_CHARS], "source": source,
+                     "releaseAfterDays": release_after_days})
     return _public(row)
 
 
@@ -363,6 +368,8 @@ def release(conn: Connection, channel: str, address: str, *, source: str = "manu
            "cell": cell}).mappings().one_or_none()
     if row is None:
         return get(conn, channel, address)
+    audit.record(conn, actor=decided_by, action=audit.QUARANTINE_RELEASE,
+                 target=f"{channel} {address}", details={"source": source})
     return _public(row)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from message_center import audit
 from message_center import channel as channels
 from message_center.ids import to_public
 
@@ -91,6 +92,10 @@ def remove(conn: Connection, suppression_id: int, *,
         WHERE id = :id AND status = 'suppressed'
         RETURNING *
     """), {"id": suppression_id, "by": decided_by, "cell": _cell(conn)}).mappings().one_or_none()
+    if row is not None:
+        audit.record(conn, actor=decided_by, action=audit.SUPPRESSION_REMOVE,
+                     target=f"{row['channel']} {row['address']}",
+                     details={"id": suppression_id, "category": row.get("category")})
     if row is None:
         row = conn.execute(text("SELECT * FROM suppression WHERE id = :id"),
                            {"id": suppression_id}).mappings().one_or_none()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import re
 import threading
@@ -57,6 +56,7 @@ from message_center.delivery.classification import (
     Classification,
 )
 from message_center.delivery.outcome import Outcome
+from message_center.http_util import parse_retry_after
 from message_center.net_guard import (
     WEBPUSH_INSECURE_HOSTS,
     HostList,
@@ -290,23 +290,6 @@ def classify_webpush(status: int) -> Classification:
     else:
         klass, reason = AnswerClass.ERROR, "message_error"
     return Classification(klass, reason, temporary=temporary, code=status)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delay-seconds or an HTTP date (RFC 9110
-    §10.2.3); None when absent or unreadable; never negative."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,13 @@ import yaml
 
 from message_center import channel as channels
 from message_center.channel import Channel, RenderedParts
+from message_center.link_marks import TRACKED_FILTER
 from message_center.rendering import (
     RenderError,
     check_syntax,
     event_variables,
     template_event,
+    template_filters,
     template_variables,
 )
 from message_center.statuses import RECYCLE_AFTER
@@ -196,7 +198,27 @@ class _FileChecker:
                 if variable in used and not enabled:
                     self.add(data.key_lines[part], part,
                              f"uses {variable}, which needs {setting} in this template")
+            self._tracked_filter(data, spec, part, source, options)
         return options
+
+    def _tracked_filter(self, data: LineMapping, spec: Channel, part: str, source: str,
+                        options: tracking_options.TrackingOptions) -> None:
+        """``| tracked`` marks a link of an e-mail's text part: only there, and only with
+        ``tracking: {clicks: true}``."""
+        html = part in spec.html_parts
+        try:
+            if TRACKED_FILTER not in template_filters(source, html=html):
+                return
+        except Exception:  # a syntax error: reported by _check_syntax
+            return
+        if not spec.tracks or html or part != "text":
+            self.add(data.key_lines[part], part,
+                     f"the {TRACKED_FILTER} filter marks links of an e-mail's text part only "
+                     "(the links of the HTML part are tracked with tracking: {clicks: true})")
+        elif not options.clicks:
+            self.add(data.key_lines[part], part,
+                     f"uses the {TRACKED_FILTER} filter, which needs tracking: "
+                     "{clicks: true} in this template")
 
     def _ctx_declaration(self, data: LineMapping) -> ctx_schema.CtxSchema | None:
         """The ``ctx:`` declaration (None when the file has none)."""

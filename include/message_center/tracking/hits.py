@@ -4,21 +4,31 @@ commit of its own), every hit kept, machine activity flagged.
 :class:`HitWriter` collects hits and a background thread writes them every
 ``flush_seconds`` (or sooner when ``flush_rows`` are waiting), one transaction per batch:
 the ``tracking_log`` rows (the message's template and sending time joined from the
-delivery log: a hit of a message purged meanwhile is dropped), then the first human open
-of each message and the first human click of each link (``tracking_first``, what a
-webhook hooks on later).
+delivery log: a hit of a message purged meanwhile is dropped), then the first open of
+each message and the first click of each link (``tracking_first``), and for each first
+the ``event.opened`` / ``event.clicked`` webhook messages (a transactional outbox: a
+message exists if and only if the hit that caused it was recorded).
+
+People and machines are counted apart, so there are two firsts of each: the first
+*human* open (``tracking_first.kind`` ``open``; ``click`` for a link) and the first
+*automated* one (``open:automated``, ``click:automated``: an image proxy's prefetch, a link
+scanner), whose webhook says ``"automated": true``. A subscriber that ignores automated
+messages still gets the person's first open when it comes after a proxy's prefetch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, text
+
+from message_center import webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,16 @@ _AGENTS: Sequence[tuple[re.Pattern[str], str]] = [
     )]
 
 
+@functools.lru_cache(maxsize=4096)
+def agent_reason(user_agent: str) -> str | None:
+    """Why a user agent looks like a machine's (remembered: a tracking server sees the
+    same few agents over and over, and the patterns cost more than the rest of a hit)."""
+    for pattern, reason in _AGENTS:
+        if pattern.search(user_agent):
+            return reason
+    return None
+
+
 def automated_reason(*, method: str, user_agent: str | None, seconds_after_sending: float | None,
                      scanner_seconds: float) -> str | None:
     """Why a hit looks like a machine's (None: a person's, as far as one can tell)."""
@@ -46,16 +66,17 @@ def automated_reason(*, method: str, user_agent: str | None, seconds_after_sendi
         return "HEAD request"
     if not user_agent:
         return "no user agent"
-    for pattern, reason in _AGENTS:
-        if pattern.search(user_agent):
-            return reason
+    reason = agent_reason(user_agent[:MAX_USER_AGENT_CHARS])
+    if reason is not None:
+        return reason
     if seconds_after_sending is not None and 0 <= seconds_after_sending < scanner_seconds:
         return f"within {scanner_seconds:g} s of delivery"
     return None
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
+    """One hit as the tracking server saw it (a tuple: made once per request)."""
+
     log_id: int
     kind: str  # open | click | mirror | unsubscribe
     at: datetime
@@ -65,50 +86,74 @@ class Hit:
     user_agent: str | None = None
 
 
-_INSERT = """
-    INSERT INTO tracking_log (delivery_log_id, event_kind, event_id, template_name,
-        template_version, sent_at, kind, link, url, at, automated, automated_reason,
-        user_agent)
-    SELECT d.id, d.event_kind, d.event_id, d.template_name, d.template_version, d.sent_at,
-           h.kind, h.link, h.url, h.at, h.reason IS NOT NULL, h.reason, h.agent
-    FROM unnest(CAST(:logs AS bigint[]), CAST(:kinds AS text[]), CAST(:links AS int[]),
-                CAST(:urls AS text[]), CAST(:ats AS timestamptz[]), CAST(:reasons AS text[]),
-                CAST(:agents AS text[])) WITH ORDINALITY
-         AS h(log_id, kind, link, url, at, reason, agent, n)
-    JOIN delivery_log d ON d.id = h.log_id
-    ORDER BY h.n
-    RETURNING id, delivery_log_id, kind, link, at, automated
+#: The suffix of ``tracking_first.kind`` for the first automated hit of a kind.
+AUTOMATED_FIRST = ":automated"
+#: One statement per batch: the hits (joined to their message: a hit of a message purged
+#: meanwhile is dropped), the firsts among them; returns how many hits were written and
+#: the firsts that are new (usually none: only those go back to Python).
+_WRITE = """
+    WITH h AS (
+        SELECT * FROM unnest(CAST(:logs AS bigint[]), CAST(:kinds AS text[]),
+                             CAST(:links AS int[]), CAST(:urls AS text[]),
+                             CAST(:ats AS timestamptz[]), CAST(:reasons AS text[]),
+                             CAST(:agents AS text[])) WITH ORDINALITY
+             AS h(log_id, kind, link, url, at, reason, agent, n)
+    ), ins AS (
+        INSERT INTO tracking_log (delivery_log_id, event_kind, event_id, template_name,
+            template_version, sent_at, kind, link, url, at, automated, automated_reason,
+            user_agent)
+        SELECT d.id, d.event_kind, d.event_id, d.template_name, d.template_version, d.sent_at,
+               h.kind, h.link, h.url, h.at, h.reason IS NOT NULL, h.reason, h.agent
+        FROM h JOIN delivery_log d ON d.id = h.log_id
+        ORDER BY h.n
+        RETURNING id, delivery_log_id, event_kind, event_id, kind, link, url, at, automated,
+                  automated_reason
+    ), firsts AS (
+        INSERT INTO tracking_first (delivery_log_id, kind, link, at, tracking_log_id)
+        SELECT DISTINCT ON (delivery_log_id, first_kind, first_link)
+               delivery_log_id, first_kind, first_link, at, id
+        FROM (SELECT i.*, i.kind || CASE WHEN i.automated THEN :automated_first ELSE '' END
+                          AS first_kind,
+                     coalesce(i.link, -1) AS first_link
+              FROM ins i WHERE i.kind IN ('open', 'click')) f
+        ORDER BY delivery_log_id, first_kind, first_link, at, id
+        ON CONFLICT DO NOTHING
+        RETURNING tracking_log_id
+    )
+    SELECT w.written, n.* FROM (SELECT count(*) AS written FROM ins) w
+    LEFT JOIN (SELECT i.* FROM ins i JOIN firsts f ON f.tracking_log_id = i.id) n ON true
+    ORDER BY n.id
 """
-_FIRST = """
-    INSERT INTO tracking_first (delivery_log_id, kind, link, at, tracking_log_id)
-    SELECT DISTINCT ON (log_id, kind, link) log_id, kind, link, at, id
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]), CAST(:kinds AS text[]),
-                CAST(:links AS int[]), CAST(:ats AS timestamptz[]))
-         AS f(id, log_id, kind, link, at)
-    ORDER BY log_id, kind, link, at, id
-    ON CONFLICT DO NOTHING
-"""
+_WEBHOOK = {"open": webhook_outbox.OPENED, "click": webhook_outbox.CLICKED}
 
 
 def write_hits(engine: Engine, hits: Sequence[Hit]) -> int:
-    """One batch in one transaction; returns the rows written."""
+    """One batch in one transaction (the hits, their firsts, the firsts' webhook
+    messages); returns the rows written."""
     if not hits:
         return 0
+    logs, kinds, ats, links, urls, reasons, agents = zip(*hits, strict=True)
     with engine.begin() as conn:
-        rows = conn.execute(text(_INSERT), {
-            "logs": [h.log_id for h in hits], "kinds": [h.kind for h in hits],
-            "links": [h.link for h in hits], "urls": [h.url for h in hits],
-            "ats": [h.at for h in hits], "reasons": [h.automated_reason for h in hits],
-            "agents": [(h.user_agent or "")[:MAX_USER_AGENT_CHARS] or None for h in hits],
+        rows = conn.execute(text(_WRITE), {
+            "logs": list(logs), "kinds": list(kinds), "links": list(links),
+            "urls": list(urls), "ats": list(ats), "reasons": list(reasons),
+            "agents": [(a or "")[:MAX_USER_AGENT_CHARS] or None for a in agents],
+            "automated_first": AUTOMATED_FIRST,
         }).all()
-        firsts = [r for r in rows if not r.automated and r.kind in ("open", "click")]
-        if firsts:
-            conn.execute(text(_FIRST), {
-                "ids": [r.id for r in firsts], "logs": [r.delivery_log_id for r in firsts],
-                "kinds": [r.kind for r in firsts],
-                "links": [-1 if r.link is None else r.link for r in firsts],
-                "ats": [r.at for r in firsts]})
-    return len(rows)
+        new = [r for r in rows if r.id is not None]
+        if new and webhook_outbox.active(conn):
+            webhook_outbox.enqueue_many(conn, [_report(r) for r in new])
+    return int(rows[0].written)
+
+
+def _report(row: Any) -> webhook_outbox.Report:
+    """The ``event.opened`` / ``event.clicked`` message of a first hit."""
+    extra: dict[str, Any] = {"automated": bool(row.automated),
+                             "automatedReason": row.automated_reason}
+    if row.kind == "click":
+        extra.update(link=row.link, url=row.url)
+    return webhook_outbox.Report(row.event_kind, int(row.event_id), _WEBHOOK[row.kind],
+                                 extra, row.at)
 
 
 class HitWriter:
@@ -133,7 +178,8 @@ class HitWriter:
     def add(self, hit: Hit) -> None:
         with self._lock:
             self._pending.append(hit)
-            self._idle.clear()
+            if self._idle.is_set():
+                self._idle.clear()
             if len(self._pending) >= self.flush_rows:
                 self._wake.set()
 

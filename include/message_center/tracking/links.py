@@ -15,6 +15,7 @@ import html as htmllib
 import re
 from dataclasses import dataclass
 
+from message_center.link_marks import MARKED, strip_marks
 from message_center.tracking.options import (
     MIRROR_VARIABLE,
     UNSUBSCRIBE_VARIABLE,
@@ -56,6 +57,20 @@ def tracked_links(html: str, base_url: str) -> list[TrackedLink]:
     return found
 
 
+def text_links(text: str, base_url: str) -> list[str]:
+    """The URLs of the links the author marked ``tracked`` in a text part (rendered with
+    its marks), in order; they are numbered after the HTML part's tracked links."""
+    return [url for url in (_url(m.group(1), base_url) for m in MARKED.finditer(text))
+            if url is not None]
+
+
+def message_urls(html: str | None, text: str | None, base_url: str) -> list[str]:
+    """Every tracked link of a message, by number: the HTML part's, then the text part's
+    marked ones (``text`` rendered with its marks)."""
+    return ([link.url for link in tracked_links(html or "", base_url)]
+            + text_links(text or "", base_url))
+
+
 def _trackable(attrs: str, base_url: str) -> str | None:
     if _NOTRACK.search(attrs):
         return None
@@ -64,7 +79,13 @@ def _trackable(attrs: str, base_url: str) -> str | None:
         return None
     raw = next(v for v in (href.group("dq"), href.group("sq"), href.group("bare"), "")
                if v is not None)
-    url = htmllib.unescape(raw).strip()
+    return _url(htmllib.unescape(raw), base_url)
+
+
+def _url(raw: str, base_url: str) -> str | None:
+    """``raw`` when it is a link tracking may rewrite (an absolute http(s) URL that is not
+    the tracking server's own)."""
+    url = raw.strip()
     lowered = url.lower()
     if not lowered.startswith(("http://", "https://")):
         return None  # mailto:, tel:, anchors, relative links
@@ -112,6 +133,26 @@ def track_html(html: str, options: TrackingOptions, config: TrackingConfig, log_
         ends = list(_BODY_END.finditer(html))
         html = (html[:ends[-1].start()] + tag + html[ends[-1].start():]) if ends else html + tag
     return html
+
+
+def track_text(text: str, options: TrackingOptions, config: TrackingConfig | None,
+               log_id: int, *, first: int) -> str:
+    """The text part (rendered with its marks) with each marked link rewritten to a tracked
+    link numbered from ``first`` (``tracking.clicks``); without tracking, the links as
+    written. A marked value that is not an http(s) URL stays as written."""
+    if config is None or not options.clicks:
+        return strip_marks(text)
+    counter = [first]
+
+    def rewrite(match: re.Match[str]) -> str:
+        url = _url(match.group(1), config.base_url)
+        if url is None:
+            return match.group(1)
+        tracked = config.url(CLICK, log_id, counter[0], url)
+        counter[0] += 1
+        return tracked
+
+    return strip_marks(MARKED.sub(rewrite, text))
 
 
 def headers(options: TrackingOptions, config: TrackingConfig | None,

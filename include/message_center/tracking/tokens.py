@@ -77,7 +77,7 @@ class Signer:
         self._keys = [key.encode() for key in keys]
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+        return hmac.digest(key, payload, "sha256")[:_SIGNATURE_BYTES]
 
     def sign(self, kind: str, log_id: int, link: int = -1, url: str | None = None) -> str:
         if kind not in KINDS:

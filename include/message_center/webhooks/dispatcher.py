@@ -1,36 +1,44 @@
 """The dispatcher: sends the webhook outbox of one execution instance (``mcWebhooks``).
 
-One asyncio loop, one worker per enabled subscription (endpoint), so a slow or failing
-receiver only ever holds up its own messages: each worker has its own caps (at most
-``max_in_flight`` requests at once, at most ``rate_per_second`` started per second) and
-claims its own due messages. A worker:
+One asyncio loop, one **lane** per enabled subscription (endpoint), so a slow or failing
+receiver only ever holds up its own messages. A lane is a pipeline of three parts that
+never wait for each other's batches:
 
-1. **claims** up to a batch of its due messages in one statement (``FOR UPDATE SKIP
-   LOCKED``; the attempt is counted and the row leased, ``claimed_at``) - only messages
+1. **claims** (one statement, ``FOR UPDATE SKIP LOCKED``; the attempt is counted and the
+   row leased, ``claimed_at``) as soon as its queue of claimed rows runs below half a
+   claim, while the requests of the previous claim are still in flight - only messages
    whose earlier messages about the same event (lower ``seq``) are no longer pending:
    **per event, a later status is never sent before an earlier one succeeded or was
-   given up**;
-2. **sends** them: Standard Webhooks headers signed with ``standardwebhooks`` (the
-   current secret, and the previous one during a rotation's overlap), ``webhook-id`` =
-   ``msg_<outbox id>`` (the same on every retry and replay), no redirect followed, the
-   answer's first KiB kept; the URL is checked against SSRF before every request and
-   every address a name resolves to is checked at connect time
+   given up** (an earlier message is pending until its outcome is recorded);
+2. **sends** up to the endpoint's ``max_in_flight`` requests at once (default 4), at most
+   ``rate_per_second`` started per second (default 50), both per subscription
+   (``maxInFlight`` / ``ratePerSecond``), over one pooled keep-alive HTTP session: a new
+   request starts the moment one ends, never waiting for a batch's slowest. Standard
+   Webhooks headers signed with ``standardwebhooks`` (the current secret, and the
+   previous one during a rotation's overlap), ``webhook-id`` = ``msg_<outbox id>`` (the
+   same on every retry and replay), no redirect followed, the answer's first KiB kept;
+   the URL's rules (SSRF) are checked whenever the subscriptions are read (every
+   ``refresh_seconds``) and every address a name resolves to at every connect
    (:class:`GuardedResolver`: no DNS rebinding);
-3. **records** every outcome in one statement (the outbox row and an attempt row):
-   2xx delivered; 410 failed and the subscription disabled; anything else (4xx, 5xx,
-   timeout, refused connection, refused address) retried after the next delay of the
-   schedule (default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, with +-10 % jitter), or
-   after ``Retry-After`` when the receiver asks for longer; after the last one the
-   message is failed (replayable). An endpoint whose every attempt failed for
-   ``disable_after`` (5 days) is disabled with the reason.
+3. **records** the outcomes that arrived while the previous write ran, all in one
+   statement (the outbox rows and their attempt rows; a group commit): 2xx delivered;
+   410 failed and the subscription disabled; anything else (4xx, 5xx, timeout, refused
+   connection, refused address) retried after the next delay of the schedule (default
+   5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, with +-10 % jitter), or after
+   ``Retry-After`` when the receiver asks for longer; after the last one the message is
+   failed (replayable). An endpoint whose every attempt failed for ``disable_after``
+   (5 days) is disabled with the reason. A write that fails (the database restarts) is
+   kept and tried again; claims wait for the database meanwhile.
 
 Crash safety: a message is only ever re-sent with the same id. A dispatcher killed
 mid-batch leaves its claimed rows leased; the next start gives them back at once
 (:func:`recover`: one dispatcher per instance, ``max_active_runs=1``), so they are sent
-again - a duplicate the receiver recognises by its ``webhook-id``, never a loss.
+again - a duplicate the receiver recognises by its ``webhook-id``, never a loss. A lane
+that stops (end of the run, endpoint disabled) gives back what it claimed but did not
+send, and records what it sent.
 
 Wake-ups: a statement that writes outbox rows NOTIFYs ``mc_webhooks`` at commit; the
-workers also poll every ``poll_seconds`` for retries that became due.
+lanes also poll every ``poll_seconds`` for retries that became due.
 """
 
 from __future__ import annotations
@@ -41,9 +49,12 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,8 +63,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from message_center.delivery.webpush import parse_retry_after
+from message_center.db import first_line
+from message_center.http_util import parse_retry_after
 from message_center.net_guard import HostList, UrlRefused, address_problem, normalize_host
 from message_center.processing.notify import Listener
 from message_center.statuses import WEBHOOK_NOTIFY_CHANNEL, WebhookStatus
@@ -73,6 +86,8 @@ log = logging.getLogger(__name__)
 #: Seconds before retries 1-7 (about a day in all).
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 RESPONSE_BYTES = 1024
+#: The GIL switch interval while the dispatcher runs (seconds; Python's default 0.005).
+SWITCH_INTERVAL = 0.0005
 DAY = 86_400.0
 
 
@@ -144,6 +159,10 @@ class DispatchSettings:
 RECOVER = text(f"""
     UPDATE webhook_outbox SET next_attempt = now(), claimed_at = NULL
     WHERE status = '{WebhookStatus.PENDING}' AND claimed_at IS NOT NULL
+""")
+RELEASE = text("""
+    UPDATE webhook_outbox SET claimed_at = NULL, attempts = greatest(attempts - 1, 0)
+    WHERE id = ANY(:ids) AND claimed_at IS NOT NULL
 """)
 CLAIM = text(f"""
     WITH due AS (
@@ -296,6 +315,25 @@ class Endpoint:
     max_in_flight: int
     rate: float
     row: dict[str, Any]
+    #: Why the URL may not be called (SSRF rules), checked whenever the subscriptions are
+    #: read; the addresses a name resolves to are checked at every connect.
+    refused: str | None = None
+
+
+@dataclass
+class _Lane:
+    """The pipeline state of one endpoint (see the module doc)."""
+
+    id: str
+    queue: deque[Mapping[str, Any]] = field(default_factory=deque)
+    sending: set[asyncio.Task[None]] = field(default_factory=set)
+    results: list[Result] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    results_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    claiming: asyncio.Task[None] | None = None
+    idle_until: float = 0.0
+    limiter: _RateLimit | None = None
+    closed: bool = False
 
 
 class Dispatcher:
@@ -309,16 +347,18 @@ class Dispatcher:
         self.stats = DispatchStats()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._endpoints: dict[str, Endpoint] = {}
-        self._wake: dict[str, asyncio.Event] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
+        # database work runs in threads: a few per lane at most (a claim and a write)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mc-webhooks-db")
 
     # -- database work, in threads ------------------------------------------------------
     async def _db(self, work: Callable[[Connection], Any]) -> Any:
         def run() -> Any:
             with self.engine.begin() as conn:
                 return work(conn)
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     def _load(self, conn: Connection) -> list[dict[str, Any]]:
         conn.execute(FAIL_ORPHANS)
@@ -334,60 +374,134 @@ class Dispatcher:
                     row["id"], row["url"], secrets_of(row, self.box),
                     int(row["max_in_flight"] or self.settings.max_in_flight),
                     float(row["rate_per_second"] or self.settings.rate_per_second), row)
+                check_webhook_url(endpoint.url, self.hosts, resolve_names=False)
+            except UrlRefused as exc:
+                endpoint.refused = f"URL refused: {exc}"
             except Exception as exc:  # a secret that does not decrypt (Fernet key changed)
                 log.error("webhook %s skipped: its secret cannot be read (%s)", row["id"],
                           type(exc).__name__)
                 continue
             self._endpoints[row["id"]] = endpoint
             if row["id"] not in self._workers or self._workers[row["id"]].done():
-                self._wake[row["id"]] = asyncio.Event()
+                self._lanes[row["id"]] = _Lane(row["id"])
                 self._workers[row["id"]] = asyncio.create_task(self._worker(row["id"]))
         for gone in set(self._workers) - seen:
             self._endpoints.pop(gone, None)
-            self._wake[gone].set()
+            if gone in self._lanes:
+                self._lanes[gone].changed.set()
 
     def wake_all(self) -> None:
-        for event in self._wake.values():
-            event.set()
+        """New messages were committed: every lane claims now (not at its next poll)."""
+        for lane in self._lanes.values():
+            lane.idle_until = 0.0
+            lane.changed.set()
 
     # -- one endpoint -------------------------------------------------------------------
+    def _claim_size(self, endpoint: Endpoint) -> int:
+        """Rows per claim: about two seconds of the endpoint's rate, at most ``batch``."""
+        return max(1, min(self.settings.batch, endpoint.max_in_flight * 16,
+                          int(endpoint.rate * 2) + endpoint.max_in_flight))
+
     async def _worker(self, sub_id: str) -> None:
-        limiter: _RateLimit | None = None
-        while not self._stopping and sub_id in self._endpoints:
-            endpoint = self._endpoints[sub_id]
-            if limiter is None or limiter.rate != endpoint.rate:
-                limiter = _RateLimit(endpoint.rate)
-            batch = max(1, min(self.settings.batch, endpoint.max_in_flight * 16,
-                               int(endpoint.rate * 2) + endpoint.max_in_flight))
-            try:
-                rows = await self._db(lambda conn, limit=batch: conn.execute(
-                    CLAIM, {"sub": sub_id, "limit": limit}).mappings().all())
-            except Exception as exc:  # the database is away: wait, try again
-                log.warning("webhook %s: claim failed: %s", sub_id, exc)
-                await self._sleep(sub_id, self.settings.poll_seconds)
+        lane = self._lanes[sub_id]
+        recorder = asyncio.create_task(self._recorder(lane))
+        try:
+            while not self._stopping and sub_id in self._endpoints:
+                lane.changed.clear()  # before looking: a later change wakes the wait
+                endpoint = self._endpoints[sub_id]
+                if lane.limiter is None or lane.limiter.rate != endpoint.rate:
+                    lane.limiter = _RateLimit(endpoint.rate)
+                # start a request for every free slot (a slot frees when a request ends)
+                while lane.queue and len(lane.sending) < endpoint.max_in_flight \
+                        and not self._stopping and sub_id in self._endpoints:
+                    await lane.limiter.wait()
+                    task = asyncio.create_task(self._send_one(lane, endpoint,
+                                                              lane.queue.popleft()))
+                    lane.sending.add(task)
+                    task.add_done_callback(lambda t, lane=lane: self._sent(lane, t))
+                # claim the next rows while these are in flight
+                size = self._claim_size(endpoint)
+                if lane.claiming is None and len(lane.queue) <= size // 2 \
+                        and time.monotonic() >= lane.idle_until:
+                    lane.claiming = asyncio.create_task(
+                        self._claim(lane, size - len(lane.queue)))
+                if lane.sending or lane.claiming is not None:  # either ends with a wake
+                    await lane.changed.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.changed.wait(), self.settings.poll_seconds)
+        finally:
+            await self._close_lane(lane, recorder)
+
+    def _sent(self, lane: _Lane, task: asyncio.Task[None]) -> None:
+        lane.sending.discard(task)
+        lane.changed.set()
+
+    async def _claim(self, lane: _Lane, limit: int) -> None:
+        try:
+            rows = await self._db(lambda conn: conn.execute(
+                CLAIM, {"sub": lane.id, "limit": limit}).mappings().all())
+        except Exception as exc:  # the database is away: wait, try again
+            log.warning("webhook %s: claim failed: %s", lane.id, first_line(exc))
+            rows = []
+        if lane.closed:  # the lane stopped meanwhile: give them back at once
+            await self._release(lane, rows)
+        elif rows:
+            lane.queue.extend(rows)
+        else:  # nothing due: until a NOTIFY or the next poll
+            lane.idle_until = time.monotonic() + self.settings.poll_seconds
+        lane.claiming = None
+        lane.changed.set()
+
+    async def _send_one(self, lane: _Lane, endpoint: Endpoint, row: Mapping[str, Any]
+                        ) -> None:
+        result = await self.send(endpoint, row)
+        lane.results.append(result)  # the list of now (the recorder swaps it)
+        lane.results_ready.set()
+
+    async def _recorder(self, lane: _Lane) -> None:
+        """Write the outcomes that arrived while the previous write ran, in one
+        statement, until the lane is closed and nothing is left."""
+        while True:
+            if not lane.results:
+                if lane.closed:
+                    return
+                await lane.results_ready.wait()
+                lane.results_ready.clear()
                 continue
-            if not rows:
-                await self._sleep(sub_id, self.settings.poll_seconds)
-                continue
-            semaphore = asyncio.Semaphore(endpoint.max_in_flight)
+            endpoint = self._endpoints.get(lane.id)
+            results, lane.results = lane.results, []
+            if endpoint is None:  # disabled meanwhile: still record what was sent
+                endpoint = Endpoint(lane.id, "", [], 1, 1.0, {})
+            # not recorded (the database stayed away): leased, the next start sends them
+            await self._record(endpoint, results, keep=lambda: not lane.closed)
+            # a later message of an event these were about may be due now
+            lane.idle_until = 0.0
+            lane.changed.set()
 
-            async def one(row: Mapping[str, Any], endpoint: Endpoint = endpoint,
-                          limiter: _RateLimit = limiter,
-                          semaphore: asyncio.Semaphore = semaphore) -> Result:
-                async with semaphore:
-                    await limiter.wait()
-                    return await self.send(endpoint, row)
-
-            results = await asyncio.gather(*(one(row) for row in rows))
-            await self._record(endpoint, results)
-
-    async def _sleep(self, sub_id: str, seconds: float) -> None:
-        event = self._wake.get(sub_id)
-        if event is None:
+    async def _release(self, lane: _Lane, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
-        event.clear()
+        ids = [int(r["id"]) for r in rows]
+        try:
+            await self._db(lambda conn: conn.execute(RELEASE, {"ids": ids}))
+        except Exception as exc:  # left leased: the next start's recover() frees them
+            log.warning("webhook %s: claimed rows not given back (%s)", lane.id,
+                        first_line(exc))
+
+    async def _close_lane(self, lane: _Lane, recorder: asyncio.Task[None]) -> None:
+        """Give back what was claimed and not sent, let the requests in flight end,
+        record them."""
+        lane.closed = True
+        if lane.claiming is not None:
+            with contextlib.suppress(Exception):
+                await lane.claiming
+        unsent, lane.queue = list(lane.queue), deque()
+        await self._release(lane, unsent)
+        if lane.sending:
+            await asyncio.gather(*lane.sending, return_exceptions=True)
+        lane.results_ready.set()
+        await recorder
 
     async def send(self, endpoint: Endpoint, row: Mapping[str, Any]) -> Result:
         """One signed POST of one outbox row; never raises."""
@@ -399,10 +513,8 @@ class Dispatcher:
             return Result(int(row["id"]), int(row["attempts"]), code, error, body,
                           int((time.monotonic() - started) * 1000), at, retry_after)
 
-        try:
-            check_webhook_url(endpoint.url, self.hosts, resolve_names=False)
-        except UrlRefused as exc:
-            return result(None, f"URL refused: {exc}")
+        if endpoint.refused is not None:
+            return result(None, endpoint.refused)
         body = message_body(row)
         headers = signed_headers(message_id(int(row["id"])), body, endpoint.secrets)
         try:
@@ -420,35 +532,35 @@ class Dispatcher:
             return result(None, f"{type(exc).__name__}: {exc}"[:500])
         except OSError as exc:
             return result(None, f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # never lose the outcome of a claimed row
+            return result(None, f"{type(exc).__name__}: {exc}"[:500])
         error = None if 200 <= code < 300 else f"HTTP {code}"
         if 300 <= code < 400:
             error = f"HTTP {code} (redirects are not followed)"
         return result(code, error, text_, retry_after)
 
-    async def _record(self, endpoint: Endpoint, results: Sequence[Result]) -> None:
+    async def _record(self, endpoint: Endpoint, results: Sequence[Result], *,
+                      keep: Callable[[], bool] = lambda: True) -> bool:
+        """Write ``results`` (one statement for the outbox rows and their attempts).
+        A failed write is tried again - for as long as the lane runs (``keep``), else
+        a few times; False when it never succeeded (the rows stay leased: sent again by
+        the next start, with the same ids)."""
         statuses, delays = [], []
         gone = None
         for res in results:
             if res.ok:
                 statuses.append(WebhookStatus.DELIVERED.value)
                 delays.append(None)
-                self.stats.delivered += 1
                 continue
             if res.code == 410:
                 gone = "the endpoint answered 410 Gone"
                 statuses.append(WebhookStatus.FAILED.value)
                 delays.append(None)
-                self.stats.failed += 1
                 continue
             delay = self.settings.delay(res.attempts, res.retry_after)
-            if delay is None:
-                statuses.append(WebhookStatus.FAILED.value)
-                self.stats.failed += 1
-            else:
-                statuses.append(WebhookStatus.PENDING.value)
-                self.stats.retried += 1
+            statuses.append(WebhookStatus.FAILED.value if delay is None
+                            else WebhookStatus.PENDING.value)
             delays.append(delay)
-        self.stats.sent += len(results)
         any_ok = any(r.ok for r in results)
         first_failure = min((r.at for r in results if not r.ok), default=None)
         last = results[-1]
@@ -472,34 +584,68 @@ class Dispatcher:
                 conn.execute(DISABLE, {"sub": endpoint.id, "reason": reason})
             return reason
 
-        for attempt in range(30):  # the database may be restarting: keep the outcomes
+        attempt = 0
+        while True:  # the database may be restarting: keep the outcomes
             try:
                 disabled = await self._db(write)
                 break
             except Exception as exc:
-                log.warning("webhook %s: recording failed (%s), retrying", endpoint.id, exc)
-                await asyncio.sleep(min(2.0, 0.1 * (attempt + 1)))
-        else:  # left claimed: the next start gives them back (sent again, same ids)
-            return
+                attempt += 1
+                # only a lost or refused connection is worth waiting for; anything else
+                # would fail again: the rows stay leased (sent again by the next start)
+                transient = isinstance(exc, OperationalError | InterfaceError)
+                if not transient or (not keep() and attempt >= 5):
+                    log.warning("webhook %s: %d outcomes not recorded (%s); they are sent "
+                                "again by the next start", endpoint.id, len(results),
+                                first_line(exc))
+                    return False
+                log.warning("webhook %s: recording failed (%s), retrying", endpoint.id,
+                            first_line(exc))
+                await asyncio.sleep(min(2.0, 0.1 * attempt))
+        self.stats.sent += len(results)
+        for status in statuses:
+            if status == WebhookStatus.DELIVERED:
+                self.stats.delivered += 1
+            elif status == WebhookStatus.FAILED:
+                self.stats.failed += 1
+            else:
+                self.stats.retried += 1
         if disabled:
             log.warning("webhook %s disabled: %s", endpoint.id, disabled)
             self.stats.disabled.append(endpoint.id)
             self._endpoints.pop(endpoint.id, None)
+            if endpoint.id in self._lanes:
+                self._lanes[endpoint.id].changed.set()
+        return True
 
     # -- the loop -----------------------------------------------------------------------
     async def run(self, loop_seconds: float) -> DispatchStats:
+        # The database threads hold the GIL while they turn rows into Python objects; the
+        # loop, back from each socket call, would wait up to the switch interval (5 ms)
+        # for it - per request. A shorter interval hands it back sooner.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+        try:
+            return await self._run(loop_seconds)
+        finally:
+            sys.setswitchinterval(switch)
+            self._pool.shutdown(wait=False)
+
+    async def _run(self, loop_seconds: float) -> DispatchStats:
         await self._db(recover)
         loop = asyncio.get_running_loop()
         stop_listening = threading.Event()
 
         def listen() -> None:
-            try:
-                with Listener(self.engine, WEBHOOK_NOTIFY_CHANNEL) as listener:
-                    while not stop_listening.is_set():
-                        if listener.wait(self.settings.poll_seconds):
-                            loop.call_soon_threadsafe(self.wake_all)
-            except Exception as exc:  # the workers poll anyway
-                log.warning("webhook listener stopped: %s", exc)
+            while not stop_listening.is_set():  # a lost connection listens again
+                try:
+                    with Listener(self.engine, WEBHOOK_NOTIFY_CHANNEL) as listener:
+                        while not stop_listening.is_set():
+                            if listener.wait(self.settings.poll_seconds):
+                                loop.call_soon_threadsafe(self.wake_all)
+                except Exception as exc:  # the lanes poll meanwhile
+                    log.warning("webhook listener: %s", first_line(exc))
+                    stop_listening.wait(self.settings.poll_seconds)
 
         thread = threading.Thread(target=listen, name="mc-webhooks-listen", daemon=True)
         thread.start()
@@ -516,12 +662,13 @@ class Dispatcher:
                     try:
                         await self._refresh()
                     except Exception as exc:
-                        log.warning("webhook subscriptions not read: %s", exc)
+                        log.warning("webhook subscriptions not read: %s", first_line(exc))
                     end = time.monotonic() + self.settings.refresh_seconds
                     while time.monotonic() < min(end, deadline) and not self.should_stop():
                         await asyncio.sleep(0.2)
                 self._stopping = True
-                self.wake_all()
+                for lane in self._lanes.values():
+                    lane.changed.set()
                 await asyncio.gather(*self._workers.values(), return_exceptions=True)
         finally:
             stop_listening.set()

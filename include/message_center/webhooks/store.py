@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from message_center import audit
 from message_center.db import engine_for, first_line
 from message_center.ids import NEXT_ID_SQL, to_public, to_stored
 from message_center.statuses import WebhookStatus
@@ -88,6 +89,8 @@ def create(conn: Connection, change: SubscriptionChange, *, box: SecretBox,
            "enabled": True if change.enabled is None else change.enabled,
            "secret": box.encrypt(secret), "cap": change.max_in_flight,
            "rate": change.rate_per_second, "by": created_by}).mappings().one()
+    audit.record(conn, actor=created_by, action=audit.WEBHOOK_PREFIX + "create",
+                 target=row["id"], details={"url": row["url"], "events": list(row["events"])})
     return dict(row), secret
 
 
@@ -104,7 +107,7 @@ def list_subscriptions(conn: Connection) -> list[dict[str, Any]]:
 
 
 def update(conn: Connection, subscription_id: str,
-           change: SubscriptionChange) -> dict[str, Any] | None:
+           change: SubscriptionChange, *, by: str | None = None) -> dict[str, Any] | None:
     """Apply a PATCH; enabling again clears the reason it was disabled for."""
     sets = ["updated = clock_timestamp()"]
     params: dict[str, Any] = {"id": subscription_id}
@@ -123,11 +126,17 @@ def update(conn: Connection, subscription_id: str,
     row = conn.execute(text(f"UPDATE webhook_subscription SET {', '.join(sets)} "
                             "WHERE id = :id AND NOT deleted RETURNING *"),
                        params).mappings().first()
+    if row:
+        audit.record(conn, actor=by, action=audit.WEBHOOK_PREFIX + "update",
+                     target=subscription_id, details={
+                         name: params[name] for name in sorted(params)
+                         if name not in ("id", "reason")})
     return dict(row) if row else None
 
 
 def rotate_secret(conn: Connection, subscription_id: str, *, box: SecretBox,
-                  overlap: timedelta = DEFAULT_OVERLAP) -> tuple[dict[str, Any], str] | None:
+                  overlap: timedelta = DEFAULT_OVERLAP,
+                  by: str | None = None) -> tuple[dict[str, Any], str] | None:
     """A new signing secret; the previous one keeps signing (a second signature in
     ``webhook-signature``) for ``overlap``, so receivers can switch without a gap."""
     secret = new_secret()
@@ -138,16 +147,24 @@ def rotate_secret(conn: Connection, subscription_id: str, *, box: SecretBox,
         WHERE id = :id AND NOT deleted RETURNING *
     """), {"id": subscription_id, "secret": box.encrypt(secret),
            "overlap": overlap.total_seconds()}).mappings().first()
+    if row:
+        audit.record(conn, actor=by, action=audit.WEBHOOK_PREFIX + "rotate_secret",
+                     target=subscription_id,
+                     details={"overlapSeconds": overlap.total_seconds()})
     return (dict(row), secret) if row else None
 
 
-def delete(conn: Connection, subscription_id: str) -> bool:
+def delete(conn: Connection, subscription_id: str, *, by: str | None = None) -> bool:
     """A tombstone (copied to every instance; the clean-up removes it later)."""
-    return conn.execute(text("""
+    deleted = conn.execute(text("""
         UPDATE webhook_subscription SET deleted = true, enabled = false,
                updated = clock_timestamp()
         WHERE id = :id AND NOT deleted
     """), {"id": subscription_id}).rowcount > 0
+    if deleted:
+        audit.record(conn, actor=by, action=audit.WEBHOOK_PREFIX + "delete",
+                     target=subscription_id)
+    return deleted
 
 
 def secrets_of(row: Mapping[str, Any], box: SecretBox,

@@ -45,7 +45,10 @@ FIGURES = (
     "tracking server, open pixel",
     "tracking server, open pixel",
     "tracking server, click redirect",
+    "tracking server, click redirect",
     "render + deliver with tracking on",
+    "archiving with tracking logs",
+    "status change -> webhook received",
     "status change -> webhook received",
     "webhooks' cost on the delivery",
 )

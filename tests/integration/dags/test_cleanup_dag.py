@@ -58,10 +58,10 @@ def test_the_dag_in_the_minimal_architecture(dagbag):
     assert dag.timetable == CronTriggerTimetable("0 3 * * *", timezone="UTC")  # nightly
     assert {name: dag.params[name] for name in (
         "event_days", "idempotency_key_hours", "archived_event_days", "statistics_days",
-        "airflow_metadata_days", "batch_rows", "dry_run")} == {
+        "audit_days", "airflow_metadata_days", "batch_rows", "dry_run")} == {
         "event_days": 30, "idempotency_key_hours": 24, "archived_event_days": 365,
-        "statistics_days": 1095, "airflow_metadata_days": 14, "batch_rows": 10_000,
-        "dry_run": False}
+        "statistics_days": 1095, "audit_days": 1095, "airflow_metadata_days": 14,
+        "batch_rows": 10_000, "dry_run": False}
     for task in dag.tasks:
         assert task.owner == "message-center" and task.retries >= 1
         assert task.task_display_name != task.task_id

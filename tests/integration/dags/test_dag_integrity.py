@@ -16,7 +16,7 @@ EXPECTED_DAGS = {"rtEventsProcessing", "batchEventsProcessing", "updateEventStat
 #: clean-up and one archiving DAG per enabled account of the registry. A new DAG file adds
 #: its ids here.
 DAG_IDS = sorted({*EXPECTED_DAGS, "mcPublishTemplates", "cleanup", "mcQuarantineSynch",
-                  "bounceMails", "mcWebhooks",
+                  "bounceMails", "mcWebhooks", "mcBulkAction",
                   *(account.dag_id for account in
                     load_registry(registry_path(ACCOUNT_REGISTRY)).enabled)})
 

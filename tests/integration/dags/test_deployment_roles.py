@@ -7,7 +7,8 @@ import pytest
 
 from mc_local.localenv import PROJECT_ROOT
 
-EXECUTION_DAGS = {"rtEventsProcessing", "batchEventsProcessing", "updateEventStatus"}
+EXECUTION_DAGS = {"rtEventsProcessing", "batchEventsProcessing", "updateEventStatus",
+                  "mcBulkAction"}
 
 
 def _dag_ids(monkeypatch: pytest.MonkeyPatch, roles: str | None) -> tuple[set[str], dict]:

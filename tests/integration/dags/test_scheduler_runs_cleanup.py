@@ -3,9 +3,9 @@ REST API: every task succeeds in a real worker. Airflow 3 runs tasks without met
 access, so this is where the `airflow db clean` subprocess proves it gets the database
 from the `airflow_db` connection.
 
-A module of its own, sorted after test_mc_synch.py: the stack is session-wide, and a
-dag.test() of a DAG the running scheduler also schedules (the archiving DAGs are unpaused
-at creation) races it for the same task instances."""
+A module of its own, apart from test_cleanup_dag.py's dag.test() runs: the stack is
+session-wide, and a dag.test() of a DAG the running scheduler also schedules (the archiving
+DAGs are unpaused at creation) races it for the same task instances."""
 
 from __future__ import annotations
 

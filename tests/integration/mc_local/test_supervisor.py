@@ -7,22 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 from mc_local.embedded_pg import EmbeddedPostgres
 from mc_local.supervisor import Component, Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
-
-
-def _until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.mark.fast
@@ -36,7 +29,8 @@ def test_a_component_that_dies_is_started_again_and_the_terminal_says_so():
         first = component.process.pid
         os.kill(first, signal.SIGKILL)  # like the triggerer dying with the database
         component.process.wait()
-        _until(lambda: supervisor.check() == ["triggerer"])
+        wait_until("the supervisor to restart the triggerer",
+                   lambda: supervisor.check() == ["triggerer"], timeout=60)
         assert component.alive and component.process.pid != first
         assert said == ["triggerer exited (code -9); restarting it",
                         "triggerer started again (restart 1)"]
@@ -54,7 +48,8 @@ def test_a_component_that_keeps_dying_is_restarted_with_growing_pauses():
     supervisor.start()
     try:
         component = supervisor.components["api-server"]
-        _until(lambda: supervisor.check() is not None and component.restarts == 2)
+        wait_until("a second restart", lambda: supervisor.check() is not None
+                   and component.restarts == 2, timeout=60)
         assert said[0] == "api-server exited (code 3); restarting it in 1s"
         assert "api-server exited (code 3); restarting it in 2s" in said
     finally:
@@ -106,7 +101,8 @@ def _runs(pid: int) -> bool:
 def _recorded(session_file: Path, count: int) -> list[tuple[str, int, bool]]:
     from mc_local.supervisor import session_status
 
-    _until(lambda: sum(running for _, _, running in session_status(session_file)) == count)
+    wait_until(f"{count} running processes in the session record", lambda: sum(
+        running for _, _, running in session_status(session_file)) == count, timeout=60)
     return session_status(session_file)
 
 

@@ -6,8 +6,6 @@ here (Airflow's run in tests/integration/plugins/test_acc_compat_server.py).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import zeep
 from acc_fixtures import ADOBE_SESSION_TOKEN, LOGINS, RIGHTS, FakeSessions
@@ -341,11 +339,9 @@ def test_billion_laughs_and_external_entities_are_refused(soap, execution_db):
                 + push_event('<rtEvent type="T" email="a@example.com"><ctx><a>&x;</a></ctx>'
                              "</rtEvent>"))
     for body in (bomb, external):
-        started = time.monotonic()
         response = post(soap, body)
-        assert time.monotonic() - started < 5  # refused, not expanded
         assert response.status_code == 500
-        _, message, detail = fault(response)
+        _, message, detail = fault(response)  # the DTD refused: no entity expanded
         assert message == "The XML SOAP message is invalid." and "DTD" in detail
         assert "root:" not in response.text
     assert nothing_stored(execution_db)

@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from types import SimpleNamespace
 
 import pytest
+from polling import wait_until
 from processing_factory import (
     SMS_TEMPLATE,
     delivery_logs,
@@ -220,10 +221,9 @@ def test_a_shard_killed_mid_delivery_sends_nothing_twice(execution_db, smtp_sink
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(smtp_sink.mail_dir.glob("*.eml"))) < 40 and victim.poll() is None:
-            assert time.monotonic() < deadline, "the shard never got going"
-            time.sleep(0.01)
+        wait_until("the shard to get going", lambda: len(list(
+            smtp_sink.mail_dir.glob("*.eml"))) >= 40 or victim.poll() is not None,
+            interval=0.01)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(victim.pid, signal.SIGKILL)

@@ -9,7 +9,6 @@ import base64
 import json
 import socket
 import threading
-from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -30,7 +29,6 @@ from message_center.delivery.webpush import (
     guarded_session,
     load_vapid_private_key,
     notification_json,
-    parse_retry_after,
     parse_subscription,
     public_key_bytes,
     push_service,
@@ -160,18 +158,6 @@ def test_push_service_answers_are_classified(status, klass, reason, verdict):
     assert (answer.klass.value, answer.reason, answer.verdict) == (klass, reason, verdict)
     assert answer.is_bounce == (klass == "hard")
     assert answer.is_throttle == (status == 429)
-
-
-@fast
-def test_retry_after_in_seconds_or_as_a_date():
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(" 0 ") == 0.0
-    now = 1_800_000_000.0
-    assert parse_retry_after(formatdate(now + 90, usegmt=True), now=now) == 90.0
-    assert parse_retry_after(formatdate(now - 90, usegmt=True), now=now) == 0.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("-5") is None
 
 
 @fast

@@ -376,9 +376,11 @@ def test_a_slow_provider_never_holds_rows_in_sending_past_the_timeout(
 
     with Slow(SmtpSettings(port=test_deployment.smtp_port), None, "batch") as chans:
         stats = deliver_shard(execution_db, claim, settings, chans, copy_status=True)
-    assert (stats.sent, stats.released) == (2, 3)
+    # Two sends take 0.6 s at least, past half the timeout: the chunk stops after one or
+    # two (one on a loaded machine) and gives the rest back, none left 'sending'.
+    assert stats.sent in (1, 2) and stats.sent + stats.released == 5
     assert Counter(row["status"] for row in events(execution_db, "batch")) == {
-        "sent": 2, "pending": 3}
+        "sent": stats.sent, "pending": stats.released}
     drain(execution_db, Channels(SmtpSettings(port=test_deployment.smtp_port), None, "batch"))
     assert len(smtp_sink.messages()) == 5 and set(recipients(smtp_sink).values()) == {1}
 

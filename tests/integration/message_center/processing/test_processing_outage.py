@@ -1,10 +1,10 @@
 """A PostgreSQL restart during real-time delivery: zero unknown outcomes, nothing sent
 twice, nothing lost, delivery resumed.
 
-The server restarted is a real embedded PostgreSQL of its own (same binaries and
-options as the test deployment's, ``pg_ctl stop -m fast`` then start), so the Airflow
-processes other tests of the session may have started on the deployment's server are
-not disturbed. The shard loop is the real one
+The server restarted is a real embedded PostgreSQL of its own (the ``restartable_db``
+fixture: same binaries and options as the test deployment's, ``pg_ctl stop -m fast``
+then start), so the Airflow processes other tests of the session may have started on
+the deployment's server are not disturbed. The shard loop is the real one
 (:func:`message_center.processing.run_realtime_shard`), against a real SMTP server that
 takes 20 ms per message, with two SMTP sessions: messages are in flight when the
 database goes away.
@@ -15,10 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from conftest import free_port
 from processing_factory import (
     delivery_logs,
     events,
@@ -27,10 +25,6 @@ from processing_factory import (
     recipients,
 )
 
-from mc_local.embedded_pg import EmbeddedPostgres, ensure_database
-from mc_local.launcher import set_cell_id
-from message_center import migrations
-from message_center.db import engine_for
 from message_center.delivery.channels import Channels
 from message_center.delivery.ledger import start_sending
 from message_center.delivery.outcome import Outcome
@@ -43,23 +37,6 @@ SETTINGS = ProcessingSettings(shards=1, routing_batch_size=20, delivery_chunk=20
                               smtp_sessions=2, sending_timeout_seconds=60,
                               claim_lease_seconds=60)
 BEFORE, AFTER = 100, 20
-
-
-@pytest.fixture
-def restartable_db(tmp_path: Path, test_deployment):
-    """An execution database on a PostgreSQL server of this test's own."""
-    if not test_deployment.uses_embedded:
-        pytest.skip("needs the embedded PostgreSQL binaries (MC_DATABASE_URL is set)")
-    server = EmbeddedPostgres(tmp_path / "postgres", free_port())
-    server.start()
-    try:
-        ensure_database(server.url(), "outage_execution")
-        url = server.url("outage_execution")
-        migrations.upgrade("execution", url)
-        set_cell_id(url, 0)
-        yield server, engine_for(url)
-    finally:
-        server.stop()
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

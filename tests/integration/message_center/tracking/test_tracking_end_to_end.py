@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from conftest import free_port
 from processing_factory import events, insert_events, publish_templates
 from sqlalchemy import text
 from tracking_factory import BROWSER, TRACKED, hrefs, parts
+from webhook_support import Receiver, dispatching, outbox, subscribe
 
 from message_center.delivery.channels import Channels
 from message_center.delivery.sms import SmsSettings
@@ -182,8 +184,55 @@ def test_automated_hits_are_flagged(execution_db, smtp_sink, channels, server):
     assert [(h["kind"], h["automated"], h["automated_reason"]) for h in recorded] == [
         ("click", True, "HEAD request"), ("open", True, "Gmail image proxy"),
         ("open", True, "Apple Mail Privacy Protection (prefetch)")]
-    with execution_db.connect() as conn:  # no human hit: no first open, no first click
-        assert conn.execute(text("SELECT count(*) FROM tracking_first")).scalar() == 0
+    with execution_db.connect() as conn:  # no human hit: no human first open or click
+        firsts = conn.execute(text("SELECT kind FROM tracking_first ORDER BY kind")).scalars()
+        assert list(firsts) == ["click:automated", "open:automated"]
+
+
+def test_first_open_and_first_click_of_each_link_are_webhooks(execution_db, smtp_sink,
+                                                              channels, server):
+    """event.opened / event.clicked reach a real receiver through the real dispatcher:
+    the first automated and the first human open, the first of each per link, once."""
+    publish_templates(execution_db, TRACKED)
+    with Receiver() as receiver:
+        _sub, receiver.secret = subscribe(execution_db, receiver.url,
+                                          ["event.opened", "event.clicked"])
+        event_id, message = send_one(execution_db, smtp_sink, channels)
+        html = parts(message)[0]
+        link, pixel = hrefs(html)[0], re.search(r'<img src="([^"]+)"', html).group(1)
+        proxy = {"User-Agent": "Mozilla/5.0 (via ggpht.com GoogleImageProxy)"}
+        with httpx.Client(headers={"User-Agent": BROWSER}) as client:
+            client.get(pixel, headers=proxy)  # the image proxy's prefetch comes first
+            client.head(link)  # a link scanner
+            assert server.writer.wait_idle()  # (one batch: the order below is the hits')
+            for _ in range(2):  # again: no second message
+                client.get(pixel)
+                client.get(link)
+                client.get(pixel, headers=proxy)
+        assert server.writer.wait_idle()
+        with dispatching(execution_db):
+            receiver.wait_for(lambda: len(receiver.received) >= 4)
+        assert len(outbox(execution_db)) == 4
+    assert all(r.verified for r in receiver.received)
+    # one batch's messages about one event take consecutive sequence numbers
+    assert sorted(r.body["data"]["sequence"] for r in receiver.received) == [1, 2, 3, 4]
+    got = sorted((r.body["type"], r.body["data"]["automated"], r.body["data"].get("url"))
+                 for r in receiver.received)
+    url = "https://shop.example/orders/A-1?a=1&b=2"
+    assert got == [("event.clicked", False, url), ("event.clicked", True, url),
+                   ("event.opened", False, None), ("event.opened", True, None)]
+    bodies = {(r.body["type"], r.body["data"]["automated"]): r.body["data"]
+              for r in receiver.received}
+    assert bodies[("event.opened", True)]["automatedReason"] == "Gmail image proxy"
+    assert bodies[("event.clicked", True)]["automatedReason"] == "HEAD request"
+    assert bodies[("event.clicked", False)]["link"] == 0
+    assert {d["externalId"] for d in bodies.values()} == {
+        events(execution_db, "batch", [event_id])[0]["external_id"]}
+    with execution_db.connect() as conn:  # the messages' time is the hit's
+        first_human_open = conn.execute(text(
+            "SELECT at FROM tracking_first WHERE kind = 'open'")).scalar_one()
+    assert bodies[("event.opened", False)]["changedAt"].startswith(
+        first_human_open.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 def test_rate_limit_per_client(execution_db, smtp_sink, channels, server):
@@ -239,3 +288,29 @@ def test_the_event_api_and_the_lookup_show_the_tracking(execution_db, smtp_sink,
     # the lookup's message is the one sent: the same tracked links
     assert detail["message"]["available"], detail["message"]
     assert hrefs(detail["message"]["html"])[0] == hrefs(html)[0]
+
+
+def test_text_part_links_are_tracked_only_where_the_author_marks_them(execution_db, smtp_sink,
+                                                                      channels, server):
+    publish_templates(execution_db, replace(TRACKED, text_body=(
+        "Hello {{ firstName }}.\n"
+        "Your order: {{ ('https://shop.example/orders/' ~ orderId) | tracked }}\n"
+        "Help: https://shop.example/help\n")))
+    _, message = send_one(execution_db, smtp_sink, channels)
+    html, plain = parts(message)
+    base = server.settings.config.base_url
+    order_line, help_line = plain.splitlines()[1:3]
+    assert help_line == "Help: https://shop.example/help"  # not marked: as written
+    text_link = order_line.removeprefix("Your order: ")
+    assert text_link.startswith(f"{base}/c/")
+    assert text_link not in hrefs(html)  # its own number, after the HTML part's link
+    with httpx.Client(headers={"User-Agent": BROWSER}) as client:
+        click = client.get(text_link)
+        assert click.status_code == 302
+        assert click.headers["location"] == "https://shop.example/orders/A-1"
+        assert client.get(hrefs(html)[0]).headers["location"] == \
+            "https://shop.example/orders/A-1?a=1&b=2"
+    assert server.writer.wait_idle()
+    assert [(h["kind"], h["link"], h["url"]) for h in hits(execution_db)] == [
+        ("click", 1, "https://shop.example/orders/A-1"),
+        ("click", 0, "https://shop.example/orders/A-1?a=1&b=2")]

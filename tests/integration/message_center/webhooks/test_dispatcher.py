@@ -9,36 +9,29 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 from processing_factory import ORDER_TEMPLATE, insert_events, publish_templates
 from sqlalchemy import text
-from webhook_support import Receiver, outbox
+from webhook_support import QUICK, Receiver, dispatching, outbox, subscribe
 
-from mc_airflow.webhooks import FernetBox
-from message_center import state
+from message_center import state, webhook_outbox
 from message_center.delivery.channels import Channels
 from message_center.delivery.smtp import SmtpSettings
 from message_center.net_guard import WEBHOOK_ALLOWED_HOSTS, HostList
 from message_center.processing import ProcessingSettings, deliver_shard, recover, split_queue
 from message_center.status_sync import sync_event_statuses
 from message_center.webhooks import store
-from message_center.webhooks.dispatcher import Dispatcher, DispatchSettings
 from message_center.webhooks.model import (
-    EVENT_NAMES,
     WebhookValidationError,
+    message_id,
     parse_subscription,
 )
 
 FAST = ProcessingSettings(shards=1, delivery_chunk=5, retry_backoff_seconds=0,
                           retry_backoff_max_seconds=0, max_tries=2)
-LOOPBACK = HostList.parse("127.0.0.1", WEBHOOK_ALLOWED_HOSTS)
-QUICK = DispatchSettings(schedule=(0.05, 0.05, 0.05, 0.05), jitter=0.0, timeout=10,
-                         poll_seconds=0.1, refresh_seconds=0.2)
 
 
 @pytest.fixture
@@ -58,34 +51,6 @@ def drain(engine, channels, kind: str) -> None:
     for claim in split_queue(engine, kind, FAST):
         deliver_shard(engine, claim, FAST, channels, copy_status=(kind == "rt"))
     sync_event_statuses(engine)
-
-
-def subscribe(engine, url: str, events=EVENT_NAMES, hosts=LOOPBACK, **fields) -> tuple[str, str]:
-    """A subscription through the real validation and store (on the execution database,
-    as the copy from the control instance leaves it). Returns (id, secret)."""
-    change = parse_subscription({"url": url, "events": list(events), **fields}, hosts=hosts,
-                                creating=True)
-    with engine.begin() as conn:
-        row, secret = store.create(conn, change, box=FernetBox(), created_by="test")
-    from message_center import webhook_outbox
-
-    webhook_outbox.forget()
-    return row["id"], secret
-
-
-@contextmanager
-def dispatching(engine, settings=QUICK, hosts=LOOPBACK):
-    stop = threading.Event()
-    dispatcher = Dispatcher(engine, settings, FernetBox(), hosts, should_stop=stop.is_set)
-    import asyncio
-
-    thread = threading.Thread(target=lambda: asyncio.run(dispatcher.run(600)), daemon=True)
-    thread.start()
-    try:
-        yield dispatcher
-    finally:
-        stop.set()
-        thread.join(60)
 
 
 def test_every_status_arrives_once_signed_rt_and_batch(execution_db, smtp_sink, channels,
@@ -232,14 +197,22 @@ def test_a_loopback_url_is_refused_without_the_allowlist(execution_db, receiver)
     assert "refused" in outbox(execution_db)[0]["last_error"]
 
 
+# The dispatcher process of the kill -9 test: the secrets are decrypted with the Fernet
+# key Airflow's FernetBox uses, without importing Airflow (seconds per start).
 DISPATCH_SCRIPT = """
-import sys
-from mc_airflow.webhooks import FernetBox
+import os, sys
+from cryptography.fernet import Fernet, MultiFernet
 from message_center.db import engine_for
 from message_center.net_guard import HostList
 from message_center.webhooks.dispatcher import DispatchSettings, run_dispatcher
 settings = DispatchSettings(schedule=(0.05,) * 5, jitter=0, poll_seconds=0.1,
                             refresh_seconds=0.2, max_in_flight=2, rate_per_second=1000)
+class FernetBox:
+    def __init__(self):
+        keys = os.environ["AIRFLOW__CORE__FERNET_KEY"].split(",")
+        self.fernet = MultiFernet([Fernet(key.strip()) for key in keys])
+    def decrypt(self, value):
+        return self.fernet.decrypt(value.encode()).decode()
 print("started", flush=True)
 run_dispatcher(engine_for(sys.argv[1]), settings, FernetBox(),
                HostList.parse("127.0.0.1", "MC_WEBHOOK_ALLOWED_HOSTS"), loop_seconds=600)
@@ -278,3 +251,38 @@ def test_kill_9_of_the_dispatcher_loses_nothing(execution_db, smtp_sink, channel
         bodies[r.webhook_id].add(json.dumps(r.body, sort_keys=True))
     assert len(bodies) == 30  # duplicates only ever with the same webhook-id and body
     assert all(len(b) == 1 for b in bodies.values())
+
+
+def test_a_postgres_restart_with_a_backlog_loses_nothing_and_keeps_the_order(
+        restartable_db):
+    """The database of a dispatcher with a backlog restarts (every connection cut, an
+    outcome write failing): every message still arrives, later messages of an event
+    after earlier ones, a duplicate only ever with its webhook-id."""
+    server, engine = restartable_db
+    with Receiver(answer=lambda n: (200, 0.02, {})) as receiver:
+        _sub, receiver.secret = subscribe(engine, receiver.url, max_in_flight=2)
+        ids = insert_events(engine, "rt", 20, notify=False)
+        with engine.begin() as conn:  # two messages per event: opened (1), clicked (2)
+            for name in ("event.opened", "event.clicked"):
+                for event_id in ids:
+                    webhook_outbox.enqueue(conn, "rt", event_id, name)
+        with dispatching(engine):
+            receiver.wait_for(lambda: len(receiver.received) >= 8)
+            server.stop()  # mid-backlog: requests in flight, outcomes not written yet
+            server.start()
+            receiver.wait_for(lambda: all(r["status"] == "delivered"
+                                          for r in outbox(engine)), timeout=120)
+    rows = outbox(engine)
+    assert len(rows) == 40
+    expected = {message_id(r["id"]) for r in rows}
+    assert set(receiver.ids()) == expected  # nothing lost
+    bodies: dict[str, set[str]] = defaultdict(set)
+    first: dict[int, list[str]] = defaultdict(list)
+    for r in receiver.received:
+        assert r.verified
+        bodies[r.webhook_id].add(json.dumps(r.body, sort_keys=True))
+        if r.body["type"] not in first[r.body["data"]["id"]]:
+            first[r.body["data"]["id"]].append(r.body["type"])
+    assert all(len(b) == 1 for b in bodies.values())  # a duplicate is the same message
+    assert set(first) == set(ids)
+    assert all(names == ["event.opened", "event.clicked"] for names in first.values())

@@ -58,3 +58,47 @@ seeds:
     assert any("tracking.opens: must be true or false" in p for p in problems), problems
     assert any("uses mirror_url, which needs mirror_page: true" in p for p in problems)
     assert any("sms.yaml" in p and "cannot be tracked" in p for p in problems)
+
+
+def test_text_links_are_tracked_where_the_author_marks_them(tmp_path):
+    write(tmp_path, "news", EMAIL.replace(
+        'text: "Online: {{ mirror_url }}"',
+        'text: "Order: {{ (\'https://shop.example/o/\' ~ n) | tracked }}\\n'
+        'Help: {% filter tracked %}https://shop.example/help{% endfilter %}\\n'
+        'Not tracked: https://shop.example/plain\\nMail: {{ \'mailto:a@b.c\' | tracked }}"')
+          .replace("ctx: {}", "ctx: {n: 7}"))
+    templates = load_templates(tmp_path)
+    assert templates.ok, templates.problems
+    (template,) = templates.templates
+    text = render_seed(template, template.seeds[0]).text
+    lines = text.splitlines()
+    # the preview shows tracked links (numbered after the one of the HTML part)
+    assert lines[0].startswith("Order: http") and "/c/" in lines[0]
+    assert lines[1].startswith("Help: http") and "/c/" in lines[1]
+    assert lines[2] == "Not tracked: https://shop.example/plain"
+    assert lines[3] == "Mail: mailto:a@b.c"  # not http(s): left as written
+    assert "\ue000" not in text and "\ue001" not in text
+
+
+def test_the_tracked_filter_is_checked(tmp_path):
+    write(tmp_path, "off", EMAIL.replace("clicks: true", "clicks: false").replace(
+        'text: "Online: {{ mirror_url }}"', 'text: "{{ \'https://shop.example/\' | tracked }}"'))
+    write(tmp_path, "inhtml", EMAIL.replace("internal_name: news", "internal_name: inhtml")
+          .replace("event_type: NEWS", "event_type: INHTML")
+          .replace('<a href="https://shop.example/">',
+                   '<a href="{{ "https://shop.example/" | tracked }}">'))
+    write(tmp_path, "sms", """internal_name: code
+label: Code
+event_type: CODE
+channel: sms
+sms: "Your code: {{ 'https://shop.example/' | tracked }}"
+seeds:
+  - address: "+33612345678"
+    ctx: {}
+""")
+    problems = [str(p) for p in load_templates(tmp_path).problems]
+    assert any("off.yaml" in p and "text" in p and "tracked filter, which needs tracking: "
+               "{clicks: true}" in p for p in problems), problems
+    assert any("inhtml.yaml" in p and "html" in p and "text part only" in p
+               for p in problems), problems
+    assert any("sms.yaml" in p and "text part only" in p for p in problems), problems
