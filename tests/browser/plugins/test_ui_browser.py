@@ -373,6 +373,9 @@ def test_a_read_only_user_sees_the_reports_but_no_change_buttons(browser, airflo
                ).to_have_text("3")
         ui = open_tab(page, "Service level")
         expect(ui.locator("#total-sent .value")).to_have_text("7")
+        ui.locator("a[data-open-errors='failed']").click()  # its events, no bulk links
+        expect(ui.locator("#error-events tbody tr")).to_have_count(1)
+        expect(ui.locator("#errors-bulk")).to_have_count(0)
         ui = open_tab(page, "Execution accounts")
         expect(ui.locator("tr[data-account='mcExec1']")).to_be_visible()
         expect(ui.locator("button")).to_have_count(0)
