@@ -6,7 +6,8 @@ Both need the right to run bulk actions (edit both processing DAGs:
 through the same domain call as ``POST /message-center/v1/actions``
 (:func:`message_center.operations.actions.submit`), behind the pages' CSRF guard; the
 action itself is an ``mcBulkAction`` run. The form is prefilled from the address
-(``?action=retry&ids=1,2&status=failed``): the lookup results link here.
+(``?action=retry&ids=1,2&status=failed``): the lookup results and the report
+drill-downs (:func:`mc_airflow.ui.reports.bulk_actions`) link here.
 """
 
 from __future__ import annotations
