@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from test_report_failure_classes import render
 
-from mc_airflow.authorization import EventReadAccess
+from mc_airflow import authorization
+from mc_airflow.authorization import Capabilities, EventReadAccess
 from mc_airflow.ui import dependencies
 from mc_airflow.ui.app import create_ui_app
 from message_center.ids import make_id
@@ -22,9 +23,12 @@ BANNER = 'class="mc-sandbox-banner"'
 T0 = datetime(2024, 7, 1, 10, tzinfo=UTC)
 
 
-def pages(sandbox: bool) -> TestClient:
-    """The pages app as the plugin mounts it, the reader already authenticated (Airflow's
-    auth manager is exercised by the browser and permission tests)."""
+def pages(sandbox: bool, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    """The pages app as the plugin mounts it, the reader already authenticated and allowed
+    to read only (Airflow's auth manager is exercised by the browser and permission tests)."""
+    monkeypatch.setattr(authorization, "capabilities", lambda user: Capabilities(
+        push=frozenset(), read=frozenset({"rt", "batch"}), test_connections=False,
+        register_accounts=False, change_accounts=False, publish_templates=False))
     app = create_ui_app(sandbox_mode=lambda: sandbox)
     reader = dependencies.Reader.__metadata__[0].dependency
     app.dependency_overrides[reader] = lambda: EventReadAccess("admin",
@@ -33,8 +37,8 @@ def pages(sandbox: bool) -> TestClient:
 
 
 @pytest.mark.parametrize("sandbox", [True, False])
-def test_every_page_of_a_sandbox_instance_shows_the_banner(sandbox):
-    page = pages(sandbox).get("/lookup")
+def test_every_page_of_a_sandbox_instance_shows_the_banner(sandbox, monkeypatch):
+    page = pages(sandbox, monkeypatch).get("/lookup")
     assert page.status_code == 200
     assert (BANNER in page.text) is sandbox
     if sandbox:
