@@ -133,6 +133,8 @@ def test_every_operation_is_fuzzed():
                   for result in schema.get_all_operations()}
     assert operations == {("POST", "/v1/rtEvents"), ("POST", "/v1/batchEvents"),
                           ("GET", "/v1/events/{event_id}"), ("GET", "/v1/health"),
+                          ("GET", "/v1/events/{event_id}/attachments/{position}"),
+                          ("POST", "/v1/actions"),
                           ("GET", "/v1/quarantine"),
                           ("GET", "/v1/suppressions"),
                           ("DELETE", "/v1/suppressions/{suppression_id}"),
