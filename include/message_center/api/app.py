@@ -291,8 +291,8 @@ class SuppressionList(BaseModel):
 class QuarantineIn(BaseModel):
     reason: str = Field("", max_length=500, description="Why (shown on ignored events).")
     releaseAfterDays: float | None = Field(
-        None, gt=0, le=36500, description="Release automatically after this many days "
-                                          "(default: never).")
+        None, gt=0, le=36500, strict=True,  # "4" is not a number of days: a 422
+        description="Release automatically after this many days (default: never).")
 
 
 class RelayState(BaseModel):
@@ -358,7 +358,12 @@ _CTX_VALUE = {"anyOf": [
     {"type": "object", "propertyNames": {"pattern": _NO_NUL},
      "additionalProperties": {"$ref": "#/components/schemas/CtxValue"}},
 ]}
-_EVENT_SCHEMA = EventIn.model_json_schema(by_alias=True)
+_EVENT_SCHEMA = EventIn.model_json_schema(by_alias=True,
+                                          ref_template="#/components/schemas/{model}")
+#: The models the event's schema refers to (``EventFileIn``), served as components: a
+#: ``$defs`` inside a request body's schema is not resolvable from the OpenAPI document
+#: (schemathesis then took a body-less push for a valid one).
+_EVENT_COMPONENTS: dict[str, Any] = _EVENT_SCHEMA.pop("$defs", {})
 _EVENT_SCHEMA["properties"]["ctx"].update(
     propertyNames={"pattern": _NO_NUL},
     additionalProperties={"$ref": "#/components/schemas/CtxValue"})
@@ -832,8 +837,10 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         schema = default_openapi()  # built once and cached by FastAPI
-        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
-            "CtxValue", _CTX_VALUE)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("CtxValue", _CTX_VALUE)
+        for name, component in _EVENT_COMPONENTS.items():
+            components.setdefault(name, component)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -43,8 +43,17 @@ def actions_router(backend: ActionsBackend) -> APIRouter:
     router = APIRouter()
 
     @router.post("/actions", summary="Cancel, retry or replay the events a filter selects",
-                 responses={409: {"description": "The count moved by more than the "
-                                                 "tolerance since the dry run."}})
+                 responses={
+                     202: {"description": "The action is running as an mcBulkAction DAG "
+                                          "run (`runId`)."},
+                     409: {"description": "The count moved by more than the "
+                                          "tolerance since the dry run."},
+                     413: {"description": f"The body is larger than {MAX_BODY} bytes."},
+                     422: {"description": "The body is not a valid action: `field` "
+                                          "names what is wrong."}},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object", "required": [
+                         "action", "filter"]}}}}})
     async def bulk_action(request: Request, user: Any = Depends(backend.manage)) -> Any:
         """Always two steps: `dryRun: true` counts and samples; then the action with
         `expectedCount` set to that count. Filter fields: `instance`, `queue`,
