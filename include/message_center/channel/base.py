@@ -293,8 +293,19 @@ class Channel(ABC):
     # --- delivery --------------------------------------------------------------------
     def settings_from_connection(self, conn: Mapping[str, Any]) -> Any:
         """Sender settings from an Airflow connection (host, port, login, password,
-        schema, extra)."""
-        raise NotImplementedError(f"channel {self.name} has no connection settings")
+        schema, extra). Only asked of a channel with a ``connection_id``, which must
+        override it (checked when the class is defined); others have no settings."""
+        return None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A channel naming a connection says how to read it: refused when the class is
+        defined, not when the first task of a deployment asks for its settings."""
+        super().__init_subclass__(**kwargs)
+        if (getattr(cls, "connection_id", None) is not None
+                and cls.settings_from_connection is Channel.settings_from_connection):
+            raise TypeError(f"channel class {cls.__name__} names the connection "
+                            f"{cls.connection_id!r} but does not implement "
+                            "settings_from_connection()")
 
     def transaction_seconds(self, settings: Any | None) -> float:
         """The longest one message may take at the provider with these settings (None:

@@ -102,6 +102,9 @@ class PagerChannel(Channel):
                variables: dict[str, Any]) -> dict[str, str | None]:
         return {"page": render_part(parts.get("page"), variables, part="page")}
 
+    def settings_from_connection(self, conn: Mapping[str, Any]) -> PagerSettings:
+        return PagerSettings()  # a real channel: the provider's URL and credentials
+
     def open_sender(self, settings: PagerSettings, kind: str) -> PagerSender:
         return PagerSender(settings)
 
