@@ -200,12 +200,13 @@ def register(app: FastAPI, render: Render) -> None:
         return report_page(request, access, "history", "history.html",
                            lambda conn, f, _t: event_history(conn, f).to_dict())
 
-    @app.get("/history.csv")
-    def history_download(request: Request, access: Reader) -> Response:
+    def csv_download(request: Request, access: Any, name: str,
+                     build: Callable[[Any, ReportFilter], str]) -> Response:
+        """A report as CSV for the page's filter (``message-center-<name>-<from>-<to>``)."""
         values = _form(request.query_params)
         try:
             report_filter = _filter(values, access)
-            csv = _read(lambda conn: history_csv(event_history(conn, report_filter)))
+            csv = _read(lambda conn: build(conn, report_filter))
         except ReportFilterError as exc:
             return Response(f"{exc.field}: {exc}\n", status_code=422, media_type="text/plain")
         except ControlMissing as exc:
@@ -214,7 +215,12 @@ def register(app: FastAPI, render: Render) -> None:
         end = report_filter.end.strftime("%Y%m%dT%H")
         return Response(csv, media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition":
-                f'attachment; filename="message-center-history-{start}-{end}.csv"'})
+                f'attachment; filename="message-center-{name}-{start}-{end}.csv"'})
+
+    @app.get("/history.csv")
+    def history_download(request: Request, access: Reader) -> Response:
+        return csv_download(request, access, "history",
+                            lambda conn, f: history_csv(event_history(conn, f)))
 
     @app.get("/tracking", response_class=HTMLResponse)
     def tracking_page(request: Request, access: Reader) -> HTMLResponse:
@@ -224,19 +230,8 @@ def register(app: FastAPI, render: Render) -> None:
 
     @app.get("/tracking.csv")
     def tracking_download(request: Request, access: Reader) -> Response:
-        values = _form(request.query_params)
-        try:
-            report_filter = _filter(values, access)
-            csv = _read(lambda conn: tracking_csv(tracking_report(conn, report_filter)))
-        except ReportFilterError as exc:
-            return Response(f"{exc.field}: {exc}\n", status_code=422, media_type="text/plain")
-        except ControlMissing as exc:
-            return Response(f"{exc}\n", status_code=503, media_type="text/plain")
-        start = report_filter.start.strftime("%Y%m%dT%H")
-        end = report_filter.end.strftime("%Y%m%dT%H")
-        return Response(csv, media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition":
-                f'attachment; filename="message-center-tracking-{start}-{end}.csv"'})
+        return csv_download(request, access, "tracking",
+                            lambda conn, f: tracking_csv(tracking_report(conn, f)))
 
     @app.get("/errors", response_class=HTMLResponse)
     def errors_page(request: Request, access: Reader,
