@@ -83,22 +83,15 @@ def publish_templates() -> None:
             raise AirflowFailException(str(tpl.TemplateValidationError(template_set.problems)))
         control = engine_for(database_url(CONTROL_CONN_ID))
         try:
-            with control.begin() as conn:
+            run = context["dag_run"]
+            with control.begin() as conn:  # a manual run: the audit trail says who published
                 publication = tpl.plan_publication(
                     conn, template_set, names=params.get("templates") or None,
-                    unpublish_names=params.get("unpublish") or (), only_changed=scheduled)
-                if not scheduled:  # a person published: the audit trail says who and what
-                    from message_center import audit
-
-                    run = context["dag_run"]
-                    audit.record(conn, actor=getattr(run, "triggering_user_name", None)
-                                 or "airflow", action=audit.PUBLISH,
-                                 target=", ".join(params.get("templates") or [])
-                                 or "every template", details={
-                                     "unpublish": params.get("unpublish") or [],
-                                     "instances": params.get("instances") or [],
-                                     "summary": publication.summary(),
-                                     "runId": run.run_id})
+                    unpublish_names=params.get("unpublish") or (), only_changed=scheduled,
+                    audited_by=None if scheduled
+                    else getattr(run, "triggering_user_name", None) or "airflow",
+                    audit_details={"instances": params.get("instances") or [],
+                                   "runId": run.run_id})
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
         print(f"control database: {publication.summary()}")

@@ -8,6 +8,7 @@ Airflow running: validation and previews are local, proofs go through the
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import subprocess
@@ -109,7 +110,8 @@ def _publish(args: argparse.Namespace) -> int:
         report = tpl.publish_repository(
             target.database_url("control"), urls,
             directory=_directory(args),
-            only_changed=False, names=args.names, unpublish_names=args.unpublish or ())
+            only_changed=False, names=args.names, unpublish_names=args.unpublish or (),
+            audited_by=f"{getpass.getuser()} (mc templates publish)")
     except tpl.TemplateValidationError as exc:
         print(exc, file=sys.stderr)
         return 1

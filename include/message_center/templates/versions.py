@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from message_center import audit
 from message_center import channel as channels
 from message_center.db import engine_for, first_line, with_connect_timeout
 from message_center.publishing import PUBLISH_LOCK_KEY, SyncResult, TemplateContent, sync_instance
@@ -137,7 +138,8 @@ def mark_unpublished(conn: Connection, names: Iterable[str]) -> list[str]:
 def plan_publication(conn: Connection, templates: TemplateSet,
                      names: Sequence[str] | None = None,
                      unpublish_names: Sequence[str] = (),
-                     only_changed: bool = False) -> PublicationPlan:
+                     only_changed: bool = False, audited_by: str | None = None,
+                     audit_details: Mapping[str, Any] | None = None) -> PublicationPlan:
     """Apply a publishing request to the control database (the caller's transaction).
 
     - ``only_changed`` (scheduled runs, ``mc setup``): store new versions of every file
@@ -145,6 +147,8 @@ def plan_publication(conn: Connection, templates: TemplateSet,
     - otherwise (a manual run): store and publish the templates ``names`` (default: every
       file, unless ``unpublish_names`` is given, then none), changed or not.
     - ``unpublish_names`` stop being published (they need not have a file any more).
+    - ``audited_by``: a person asked for it (a manual DAG run, ``mc templates
+      publish``): the audit trail gets a row naming them, in the same transaction.
     Raises ValueError naming a bad name; TemplateValidationError when files have problems.
     """
     templates.raise_for_problems()
@@ -186,6 +190,11 @@ def plan_publication(conn: Connection, templates: TemplateSet,
     plan.unpublished = mark_unpublished(conn, unpublish_names)
     plan.orphaned = sorted(set(conn.execute(text(
         "SELECT internal_name FROM template WHERE published")).scalars()) - set(by_name))
+    if audited_by is not None:
+        audit.record(conn, actor=audited_by, action=audit.PUBLISH,
+                     target=", ".join(names or unpublish_names) or "every template",
+                     details={"unpublish": unpublish_names, "summary": plan.summary(),
+                              **dict(audit_details or {})})
     return plan
 
 
@@ -213,7 +222,8 @@ class PublishReport:
 def publish_repository(control_url: str, execution_urls: Mapping[str, str],
                        directory: Path | str, only_changed: bool = True,
                        names: Sequence[str] | None = None,
-                       unpublish_names: Sequence[str] = ()) -> PublishReport:
+                       unpublish_names: Sequence[str] = (),
+                       audited_by: str | None = None) -> PublishReport:
     """The whole publication of the templates in ``directory`` by database URLs (``mc
     setup``, ``mc templates publish``): the DAG does the same steps, one task per
     execution instance. An instance that cannot be reached is reported in ``errors`` and
@@ -221,7 +231,8 @@ def publish_repository(control_url: str, execution_urls: Mapping[str, str],
     template_set = load_templates(directory)
     with engine_for(control_url).begin() as conn:
         plan = plan_publication(conn, template_set, names=names,
-                                unpublish_names=unpublish_names, only_changed=only_changed)
+                                unpublish_names=unpublish_names, only_changed=only_changed,
+                                audited_by=audited_by)
     with engine_for(control_url).connect() as conn:
         desired = desired_state(conn)
     report = PublishReport(plan)

@@ -93,6 +93,15 @@ def test_publish_republish_and_unpublish(dag, databases, template_dir):
     with control_db.connect() as conn:
         assert conn.execute(text("SELECT published FROM template "
                                  "WHERE internal_name = 'orderConfirmed'")).scalar_one() is False
+        # each manual run is in the audit trail, in the transaction that published
+        audited = conn.execute(text("SELECT actor, action, target, details FROM audit_log "
+                                    "ORDER BY id")).mappings().all()
+    assert [(row["action"], row["target"]) for row in audited] == [
+        ("templates.publish", "every template"), ("templates.publish", "every template"),
+        ("templates.publish", "orderConfirmed")]
+    assert audited[-1]["details"]["unpublish"] == ["orderConfirmed"]
+    assert audited[-1]["details"]["instances"] == BOTH
+    assert audited[-1]["details"]["runId"] == dag_run.run_id
 
 
 def test_an_instance_that_is_down_is_reported_and_does_not_block_the_others(

@@ -3,9 +3,11 @@ publication ``mc setup`` does on the local deployment."""
 
 from __future__ import annotations
 
+import getpass
 from email import message_from_bytes, policy
 
 import pytest
+from sqlalchemy import text
 from template_factory import SMS_TEMPLATE, active_rows, write
 
 from mc_airflow.defaults import TEMPLATES_DIR
@@ -111,3 +113,21 @@ def test_setup_publishes_the_samples_to_the_local_deployment(control_db, executi
         assert [row[0] for row in active_rows(engine)] == [
             "orderConfirmed", "orderShippedPush", "passwordReset"]
     assert publish_to_deployment(test_deployment) == "message templates: new versions: none"
+
+
+def test_publish_command_is_in_the_audit_trail_and_setup_is_not(
+        control_db, execution_db, execution2_db, test_deployment, capsys):
+    """A person who publishes from the command line is named on the Audit page like one who
+    triggers the DAG; the publication ``mc setup`` does on its own is not a person's."""
+    publish_to_deployment(test_deployment)
+    assert mc(["templates", "publish", "orderConfirmed", "--profile",
+               test_deployment.profile]) == 0
+    assert "control: new versions: none" in capsys.readouterr().out  # republished as is
+    with control_db.connect() as conn:
+        rows = conn.execute(text("SELECT actor, action, target, details FROM audit_log")
+                            ).mappings().all()
+    assert len(rows) == 1, rows
+    (row,) = rows
+    assert row["actor"] == f"{getpass.getuser()} (mc templates publish)"
+    assert (row["action"], row["target"]) == ("templates.publish", "orderConfirmed")
+    assert row["details"] == {"unpublish": [], "summary": "new versions: none"}
