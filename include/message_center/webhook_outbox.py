@@ -64,6 +64,12 @@ _REPORTED = sql_in(REPORTED_EVENT)
 _MATCHING = """webhook_subscription s
               ON s.enabled AND NOT s.deleted AND c.wh_name = ANY(s.events)
              AND (cardinality(s.event_types) = 0 OR c.wh_type = ANY(s.event_types))"""
+#: The next sequence number of event ``c.wh_id`` (a subplan per change). The insert sorts
+#: its rows first, so every one is read before any message is written: with the outbox
+#: planned as empty (just purged or truncated and analysed) the subplan is a sequential
+#: scan, and reading while writing rescanned the pages the statement itself was filling -
+#: quadratic (100,000 changes: 26 s for the statement, 10,000: 0.8 s). The sort costs
+#: ~1 % of the statement (test_a_large_copy_into_an_empty_looking_outbox_stays_linear).
 _NEXT_SEQ = """coalesce((SELECT max(o.seq) FROM webhook_outbox o
                           WHERE o.event_id = c.wh_id AND o.event_kind = '{kind}'), 0) + 1"""
 
@@ -89,6 +95,7 @@ def outbox_ctes(kind: str, source: str, *, bounced: bool = False) -> str:
                        'templateVersion', c.wh_version){_SANDBOX_FIELD},
                    coalesce(c.wh_at, now())
             FROM wh_changes c JOIN {_MATCHING}
+            ORDER BY c.wh_id, s.id  -- every sequence number read before a row is written
         )"""
 
 

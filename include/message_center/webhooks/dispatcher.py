@@ -12,8 +12,9 @@ never wait for each other's batches:
    given up** (an earlier message is pending until its outcome is recorded);
 2. **sends** up to the endpoint's ``max_in_flight`` requests at once (default 4), at most
    ``rate_per_second`` started per second (default 50), both per subscription
-   (``maxInFlight`` / ``ratePerSecond``), over one pooled keep-alive HTTP session: a new
-   request starts the moment one ends, never waiting for a batch's slowest. Standard
+   (``maxInFlight`` / ``ratePerSecond``), over one pooled keep-alive HTTP session: one
+   sender per in-flight slot takes the next row the moment its request ends, never
+   waiting for a batch's slowest (no task and no wake-up of the lane per message). Standard
    Webhooks headers signed with ``standardwebhooks`` (the current secret, and the
    previous one during a rotation's overlap), ``webhook-id`` = ``msg_<outbox id>`` (the
    same on every retry and replay), no redirect followed, the answer's first KiB kept;
@@ -326,10 +327,13 @@ class _Lane:
 
     id: str
     queue: deque[Mapping[str, Any]] = field(default_factory=deque)
-    sending: set[asyncio.Task[None]] = field(default_factory=set)
+    #: One sender per in-flight slot, each sending one row after the other.
+    senders: set[asyncio.Task[None]] = field(default_factory=set)
     results: list[Result] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    rows_ready: asyncio.Event = field(default_factory=asyncio.Event)
     results_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    claim_below: int = 0
     claiming: asyncio.Task[None] | None = None
     idle_until: float = 0.0
     limiter: _RateLimit | None = None
@@ -411,21 +415,19 @@ class Dispatcher:
                 endpoint = self._endpoints[sub_id]
                 if lane.limiter is None or lane.limiter.rate != endpoint.rate:
                     lane.limiter = _RateLimit(endpoint.rate)
-                # start a request for every free slot (a slot frees when a request ends)
-                while lane.queue and len(lane.sending) < endpoint.max_in_flight \
-                        and not self._stopping and sub_id in self._endpoints:
-                    await lane.limiter.wait()
-                    task = asyncio.create_task(self._send_one(lane, endpoint,
-                                                              lane.queue.popleft()))
-                    lane.sending.add(task)
-                    task.add_done_callback(lambda t, lane=lane: self._sent(lane, t))
+                # one sender per slot (a sender above the cap ends after its request)
+                while len(lane.senders) < endpoint.max_in_flight:
+                    task = asyncio.create_task(self._sender(lane))
+                    lane.senders.add(task)
+                    task.add_done_callback(lane.senders.discard)
                 # claim the next rows while these are in flight
                 size = self._claim_size(endpoint)
-                if lane.claiming is None and len(lane.queue) <= size // 2 \
+                lane.claim_below = size // 2
+                if lane.claiming is None and len(lane.queue) <= lane.claim_below \
                         and time.monotonic() >= lane.idle_until:
                     lane.claiming = asyncio.create_task(
                         self._claim(lane, size - len(lane.queue)))
-                if lane.sending or lane.claiming is not None:  # either ends with a wake
+                if lane.queue or lane.claiming is not None:  # a sender or the claim wakes
                     await lane.changed.wait()
                     continue
                 with contextlib.suppress(TimeoutError):
@@ -433,9 +435,28 @@ class Dispatcher:
         finally:
             await self._close_lane(lane, recorder)
 
-    def _sent(self, lane: _Lane, task: asyncio.Task[None]) -> None:
-        lane.sending.discard(task)
-        lane.changed.set()
+    async def _sender(self, lane: _Lane) -> None:
+        """Send the lane's rows one after the other (one in-flight slot): no task, no
+        wake-up of the worker per message; the worker is woken when the queue runs low."""
+        while not self._stopping and not lane.closed:
+            endpoint = self._endpoints.get(lane.id)
+            if endpoint is None or len(lane.senders) > endpoint.max_in_flight:
+                return  # disabled, or the cap was lowered: this slot ends
+            if not lane.queue:
+                lane.rows_ready.clear()
+                lane.changed.set()
+                await lane.rows_ready.wait()
+                continue
+            assert lane.limiter is not None
+            await lane.limiter.wait()
+            if not lane.queue or lane.closed:  # taken or given back meanwhile
+                continue
+            row = lane.queue.popleft()
+            if len(lane.queue) <= lane.claim_below and lane.claiming is None:
+                lane.changed.set()
+            result = await self.send(endpoint, row)
+            lane.results.append(result)  # the list of now (the recorder swaps it)
+            lane.results_ready.set()
 
     async def _claim(self, lane: _Lane, limit: int) -> None:
         try:
@@ -448,16 +469,11 @@ class Dispatcher:
             await self._release(lane, rows)
         elif rows:
             lane.queue.extend(rows)
+            lane.rows_ready.set()
         else:  # nothing due: until a NOTIFY or the next poll
             lane.idle_until = time.monotonic() + self.settings.poll_seconds
         lane.claiming = None
         lane.changed.set()
-
-    async def _send_one(self, lane: _Lane, endpoint: Endpoint, row: Mapping[str, Any]
-                        ) -> None:
-        result = await self.send(endpoint, row)
-        lane.results.append(result)  # the list of now (the recorder swaps it)
-        lane.results_ready.set()
 
     async def _recorder(self, lane: _Lane) -> None:
         """Write the outcomes that arrived while the previous write ran, in one
@@ -497,9 +513,10 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await lane.claiming
         unsent, lane.queue = list(lane.queue), deque()
+        lane.rows_ready.set()  # waiting senders end
         await self._release(lane, unsent)
-        if lane.sending:
-            await asyncio.gather(*lane.sending, return_exceptions=True)
+        if lane.senders:
+            await asyncio.gather(*lane.senders, return_exceptions=True)
         lane.results_ready.set()
         await recorder
 

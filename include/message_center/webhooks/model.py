@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 
 from message_center.ids import to_public
 from message_center.net_guard import WEBHOOK_ALLOWED_HOSTS, HostList, UrlRefused, check_url
-from message_center.statuses import EVENT_STATUS_LABELS, REPORTED_EVENT, EventStatus
+from message_center.statuses import EVENT_STATUS_LABELS, REPORTED_EVENT
 from message_center.webhook_outbox import BOUNCED, CLICKED, OPENED, TEST
 
 #: Every event name a subscription may ask for (DESIGN.md §8). ``event.opened`` and
@@ -205,20 +205,29 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: Status -> label, by the status' text (a dict lookup per message, no enum call).
+_LABELS: dict[str, str] = {str(status): label for status, label in EVENT_STATUS_LABELS.items()}
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def message_body(row: Mapping[str, Any]) -> bytes:
     """The JSON body of an outbox row (always the same bytes for the same row):
-    ``{"type", "timestamp", "data": {"id", "externalId", "type", "status", ...}}``."""
-    data = dict(row.get("data") or {})
-    status = data.get("status")
-    if status in EVENT_STATUS_LABELS:
-        data["statusLabel"] = EventStatus(status).label
+    ``{"type", "timestamp", "data": {"id", "externalId", "type", "status", ...}}``.
+    Called once per request: one pass, one encoder (the dispatcher's hot path)."""
+    stored = row.get("data") or {}
     if row.get("event_id") is not None:
         data = {"id": to_public(int(row["event_id"])), "kind": row.get("event_kind"),
-                **data, "sequence": int(row["seq"])}
-    data["changedAt"] = _iso(row["occurred_at"])
-    body = {"type": row["name"], "timestamp": _iso(row["occurred_at"]), "data": data}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode("utf-8")
+                **stored}
+    else:
+        data = dict(stored)
+    label = _LABELS.get(stored.get("status"))
+    if label is not None:
+        data["statusLabel"] = label
+    if row.get("event_id") is not None:
+        data["sequence"] = int(row["seq"])
+    at = _iso(row["occurred_at"])
+    data["changedAt"] = at
+    return _ENCODER.encode({"type": row["name"], "timestamp": at, "data": data}).encode()
 
 
 def test_payload() -> dict[str, Any]:

@@ -56,7 +56,8 @@ def _admin_token() -> str:
 # So are the bulk actions: a schema-valid filter is refused without a criterion besides the
 # queue, and an action without the dry run's count (tests/integration/plugins/
 # test_actions_server.py, tests/integration/message_center/operations/).
-schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", _plugin_app()
+APP = _plugin_app()
+schema = schemathesis.openapi.from_asgi("/message-center/openapi.json", APP
                                         ).exclude(path_regex="^/v1/(webhooks|actions)")
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
@@ -158,3 +159,17 @@ def test_every_operation_is_fuzzed():
             "response_schema_conformance"} <= {check.__name__ for check in ALL_CHECKS
                                                if hasattr(check, "__name__")}
 
+
+
+def test_the_fuzzing_token_is_accepted(execution_db):
+    """The cases are sent with :func:`_admin_token`; were it refused, every case would
+    answer 401, which every check but the authentication one accepts: the fuzzing would
+    pass without reaching one handler. So: refused without it, accepted with it."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(APP) as client:
+        assert client.get("/message-center/v1/quarantine").status_code == 401
+        answer = client.get("/message-center/v1/quarantine",
+                            headers={"Authorization": f"Bearer {_admin_token()}"})
+    assert answer.status_code == 200, answer.text
+    assert isinstance(answer.json()["items"], list)
