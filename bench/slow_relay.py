@@ -43,7 +43,7 @@ from bench.realtime import (
 from bench.sinks import set_latency
 
 BATCH_SHARDS = 4  # dags/batch_events_processing.py defaults
-BATCH_SESSIONS = 16
+BATCH_SESSIONS = 24
 
 
 def _drain(ctx: Context, count: int, label: str
@@ -102,7 +102,7 @@ def _message(ctx: Context) -> bytes:
 
     with ctx.engine().connect() as conn:
         template = conn.execute(text(
-            "SELECT sender, subject, html_body, text_body FROM published_template "
+            "SELECT sender, subject, html_body, text_body, options FROM published_template "
             "WHERE internal_name = 'orderConfirmed' AND active ORDER BY version DESC LIMIT 1"
         )).one()
     return _sample_message(template)

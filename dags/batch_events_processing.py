@@ -59,7 +59,7 @@ KIND = "batch"
 PARAMS = {
     **processing_params(
         shards=4, routing_batch_size=50_000, routing_batch_max=1_000_000, delivery_chunk=100,
-        smtp_sessions=16,
+        smtp_sessions=24,  # Little's law: see docs/architecture/delivery.md
         retry_backoff_seconds=60, claim_lease_seconds=1_800, sending_timeout_seconds=600,
         shards_description="Parallel delivery tasks the claimed events are split into."),
     "max_events_per_run": processing_param(

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, RowMapping, TextClause, text
+from sqlalchemy import Connection, RowMapping, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
 from message_center import channel as registry
@@ -140,7 +140,7 @@ def _prepare_sql(template: str, kind: str, types: tuple[tuple[str, str], ...],
 
 def _execute_prepared(conn: Connection, template: str, kind: str,
                       types: tuple[tuple[str, str], ...], params: Mapping[str, Any],
-                      parts: Mapping[str, str] | None = None) -> Sequence[Row[Any]]:
+                      parts: Mapping[str, str] | None = None) -> Sequence[Any]:
     """Run a hot statement as a server-side prepared statement of this connection.
 
     The recorder's group statement runs hundreds of times a second per shard: parsing
@@ -160,7 +160,7 @@ def _execute_prepared(conn: Connection, template: str, kind: str,
             conn.exec_driver_sql(prepare)
             prepared.add(name)
         try:
-            return conn.exec_driver_sql(execute, dict(params)).all()
+            return _execute_raw(conn, execute, params)
         except DBAPIError as exc:  # the connection lost it (a reset): prepare again
             # (psycopg2 reports it as an OperationalError, which would otherwise read as
             # "database unreachable")
@@ -171,6 +171,26 @@ def _execute_prepared(conn: Connection, template: str, kind: str,
     # mode) hands each statement to another server connection. Plain statements then.
     info["mc_no_prepare"] = True
     return conn.execute(_sql(template, kind, **parts), dict(params)).all()
+
+
+def _execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]
+                 ) -> Sequence[Any]:
+    """``statement`` on the driver's own cursor, its rows as tuples. SQLAlchemy built a
+    result object (column metadata, row processors) per run of the recorder's group
+    statement, the largest share of the writer thread's CPU under the GIL (issue 24); a
+    driver error is still raised as SQLAlchemy's (``OperationalError`` for a lost
+    connection, as the callers expect)."""
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is None:  # an invalidated connection: let SQLAlchemy reconnect and report
+        return conn.exec_driver_sql(statement, dict(params)).all()
+    try:
+        with dbapi.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(statement, dict(params), exc,
+                                  conn.dialect.loaded_dbapi.Error,
+                                  dialect=conn.dialect) from exc
 
 
 # -- fragments every statement that needs them shares -------------------------------------
@@ -674,7 +694,7 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
                  delays: Sequence[float | None], give_up: Sequence[bool | None],
                  retry_errors: Sequence[str | None], classes: Sequence[str | None],
                  reasons: Sequence[str | None], counted: Sequence[bool | None],
-                 copy: bool) -> Sequence[Row[Any]]:
+                 copy: bool) -> Sequence[Any]:
     """:func:`mark_handed`, :func:`write_outcomes`, :func:`reschedule` and (``copy``)
     :func:`copy_statuses` in ONE statement, the recorder's group commit: one entry per
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an

@@ -29,6 +29,17 @@ meanwhile; the commit then carries the marks of several sessions instead of one 
 Outcomes alone (no sender waiting) are committed at most every ``min_interval``
 seconds or when ``max_batch`` are waiting, whichever comes first.
 
+**Overlapping commits.** A commit waits for its WAL flush; a sender whose mark arrived
+just after a group was taken would wait for that commit and then for its own: up to two
+flushes. So the recorder has ``writers`` connections (two when there are several
+sessions): while one group is being committed, a mark a sender is already waiting for
+starts a second group on the other connection at once (and only then: marks nobody
+waits for yet, and outcomes alone, wait for the commit in flight and join the next
+group, so the number of commits per message barely grows). PostgreSQL flushes the WAL of
+concurrent commits together. A row never sits in two groups in flight at once (a mark
+and the outcome of the same message wait for each other's commit), so the order of the
+writes of one row is the order in which they were asked for (issue 24).
+
 **Database outage.** When a write fails because the database cannot be reached, marks
 and outcomes stay in memory and the write is retried with exponential backoff.
 Meanwhile :meth:`~OutcomeRecorder.add` and :meth:`~OutcomeRecorder.wait_writable`
@@ -144,11 +155,13 @@ class OutcomeRecorder:
                  sessions: int = 1, gather_seconds: float = 0.002,
                  backoff_max_seconds: float = 5.0,
                  on_written: Callable[[Finalized], None] | None = None,
-                 rules: QuarantineRules = DEFAULT_RULES) -> None:
+                 rules: QuarantineRules = DEFAULT_RULES, writers: int | None = None) -> None:
+        if writers is None:  # one session never has two marks waiting
+            writers = 1 if sessions == 1 else 2
         if (max_batch < 1 or min_interval < 0 or sending_timeout_seconds <= 0
-                or sessions < 1 or gather_seconds < 0):
-            raise ValueError("max_batch and sessions must be >= 1, min_interval and "
-                             "gather_seconds >= 0, sending_timeout_seconds > 0")
+                or sessions < 1 or gather_seconds < 0 or writers < 1):
+            raise ValueError("max_batch, sessions and writers must be >= 1, min_interval "
+                             "and gather_seconds >= 0, sending_timeout_seconds > 0")
         self.engine, self.claim, self.retry = engine, claim, retry
         self.rules = rules  # quarantine rules: bounces recorded with the outcomes
         self.copy_status = copy_status
@@ -168,7 +181,9 @@ class OutcomeRecorder:
         self._mark_waiters: dict[int, threading.Event] = {}  # log id -> its barrier's
         self._marks: list[Attempt] = []
         self._pending_marks: set[int] = set()  # log ids in _marks (not taken yet)
-        self._needed = 0  # barriers waiting on a mark still in _marks
+        self._needed: set[int] = set()  # log ids in _marks whose barrier is waiting
+        self._inflight = 0  # groups being written
+        self._inflight_ids: set[int] = set()  # log ids of the groups being written
         self._first_mark = 0.0  # monotonic time the oldest mark in _marks was asked
         self._outcomes: list[tuple[Attempt, Outcome]] = []
         self._handed_at: dict[int, float] = {}  # log id -> monotonic time of handing()
@@ -183,10 +198,14 @@ class OutcomeRecorder:
         self.unrecorded: list[tuple[Attempt, Outcome]] = []
         self._totals = _Totals()
         self.commits = 0
-        self._conn: Connection | None = None  # the writer thread's
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"mc-recorder-{claim.kind}-{claim.shard}")
-        self._thread.start()
+        self._conns: list[Connection | None] = [None] * writers  # one per writer thread
+        self._written_lock = threading.Lock()  # on_written is called by one writer at once
+        self._threads = [threading.Thread(target=self._run, args=(index,), daemon=True,
+                                          name=f"mc-recorder-{claim.kind}-{claim.shard}"
+                                               f"-{index}")
+                         for index in range(writers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- senders' side ----------------------------------------------------------------
     def handing(self, attempt: Attempt) -> Barrier:
@@ -213,7 +232,7 @@ class OutcomeRecorder:
             if not marked.is_set():
                 with self._cond:
                     if log_id in self._pending_marks:  # not taken yet: commit now
-                        self._needed += 1
+                        self._needed.add(log_id)
                         self._cond.notify()
             marked.wait()  # set when the mark is committed, or when the recorder gives up
             with self._lock:
@@ -264,8 +283,9 @@ class OutcomeRecorder:
         """Write everything still waiting and stop the writer thread (idempotent)."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
         with self._cond:
             if self._written < self._added:
                 self._raise_if_failed()
@@ -303,6 +323,8 @@ class OutcomeRecorder:
     def _next_group(self) -> tuple[list[Attempt], list[tuple[Attempt, Outcome]]] | None:
         with self._cond:
             while True:
+                if self._error is not None:  # another writer gave up
+                    return None
                 if not self._marks and not self._outcomes:
                     if self._closing:
                         return None
@@ -310,41 +332,76 @@ class OutcomeRecorder:
                     continue
                 now = time.monotonic()
                 hurry = self._urgent or self._closing
+                busy = self._inflight > 0
+                timeout: float | None = None
                 if self._marks:
                     # A mark is due when a sender waits for it, when every session has
                     # asked for one (nobody else can join the group), or after
-                    # gather_seconds; until then MAIL, RCPT and DATA go out.
+                    # gather_seconds; until then MAIL, RCPT and DATA go out. While a group
+                    # is being written, only a mark a sender waits for starts another.
                     wait = self._first_mark + self.gather_seconds - now
-                    if (not hurry and not self._needed and wait > 0
-                            and len(self._marks) < min(self.sessions, self.max_batch)):
-                        self._cond.wait(wait)
-                        continue
+                    if busy:
+                        due = bool(self._needed)
+                    else:
+                        due = bool(hurry or self._needed or wait <= 0
+                                   or len(self._marks) >= min(self.sessions, self.max_batch))
+                        timeout = wait
                 else:
                     wait = self._last_commit + self.min_interval - now
-                    if wait > 0 and len(self._outcomes) < self.max_batch and not hurry:
-                        self._cond.wait(wait)
-                        continue
-                marks, self._marks = self._marks, []
-                self._pending_marks.clear()
-                self._needed = 0
-                outcomes = self._outcomes[:self.max_batch]
-                del self._outcomes[:self.max_batch]
-                return marks, outcomes
+                    due = not busy and (wait <= 0 or len(self._outcomes) >= self.max_batch
+                                        or bool(hurry))
+                    timeout = None if busy else wait
+                if due and (group := self._take(now)) is not None:
+                    return group
+                self._cond.wait(timeout)
 
-    def _run(self) -> None:
+    def _take(self, now: float) -> tuple[list[Attempt], list[tuple[Attempt, Outcome]]] | None:
+        """Take the next group (the caller holds the lock): every mark and up to
+        ``max_batch`` outcomes, except rows of a group being written (they wait for it);
+        None when nothing is left to take."""
+        blocked = self._inflight_ids
+        if blocked:
+            marks = [a for a in self._marks if a.log_id not in blocked]
+            self._marks = [a for a in self._marks if a.log_id in blocked]
+            ready = [o for o in self._outcomes if o[0].log_id not in blocked]
+            outcomes = ready[:self.max_batch]
+            taken = {id(o) for o in outcomes}
+            self._outcomes = [o for o in self._outcomes if id(o) not in taken]
+        else:
+            marks, self._marks = self._marks, []
+            outcomes = self._outcomes[:self.max_batch]
+            del self._outcomes[:self.max_batch]
+        if self._marks:
+            self._first_mark = now
+        if not marks and not outcomes:
+            return None
+        for attempt in marks:
+            self._pending_marks.discard(attempt.log_id)
+            self._needed.discard(attempt.log_id)
+        self._inflight += 1
+        self._inflight_ids.update(a.log_id for a in marks)
+        self._inflight_ids.update(a.log_id for a, _ in outcomes)
+        return marks, outcomes
+
+    def _run(self, index: int) -> None:
         while True:
             group = self._next_group()
             if group is None:
-                self._release_connection()
+                self._release_connection(index)
                 return
             marks, outcomes = group
             try:
-                marked, done = self._write(marks, outcomes)
+                marked, done = self._write(index, marks, outcomes)
             except BaseException as exc:  # reported to every caller
-                self._give_up(outcomes, exc)
-                self._release_connection()
+                self._give_up(marks, outcomes, exc)
+                self._release_connection(index)
                 return
             with self._lock:
+                self._inflight -= 1
+                self._inflight_ids.difference_update(a.log_id for a in marks)
+                self._inflight_ids.difference_update(a.log_id for a, _ in outcomes)
+                if len(self._threads) > 1:
+                    self._cond.notify_all()  # another writer may wait for this group
                 waiters = []
                 for attempt in marks:
                     self._marked[attempt.log_id] = attempt.log_id in marked
@@ -360,42 +417,45 @@ class OutcomeRecorder:
             for waiter in waiters:  # wakes exactly the senders whose marks were written
                 waiter.set()
             if self.on_written is not None and outcomes:
-                self.on_written(done)
+                with self._written_lock:
+                    self.on_written(done)
 
-    def _connection(self) -> Connection:
+    def _connection(self, index: int) -> Connection:
         # The writer's own connection, in autocommit: each group is one statement
         # (ledger.record), so one round trip and one commit, no BEGIN/COMMIT trips and
         # no pool checkout or pre-ping per group.
-        if self._conn is None:
-            self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self._conn
+        conn = self._conns[index]
+        if conn is None:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conns[index] = conn
+        return conn
 
-    def _release_connection(self) -> None:
-        if self._conn is not None:
+    def _release_connection(self, index: int) -> None:
+        conn, self._conns[index] = self._conns[index], None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+                conn.close()
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
+    def _drop_connection(self, index: int) -> None:
+        conn, self._conns[index] = self._conns[index], None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.invalidate()
-                self._conn.close()
-            self._conn = None
+                conn.invalidate()
+                conn.close()
 
     def _deadline(self, attempts: list[Attempt]) -> float:
         now = time.monotonic()
         oldest = min((self._handed_at.get(a.log_id, now) for a in attempts), default=now)
         return oldest + self.sending_timeout_seconds - self.margin
 
-    def _write(self, marks: list[Attempt], outcomes: list[tuple[Attempt, Outcome]]
+    def _write(self, index: int, marks: list[Attempt], outcomes: list[tuple[Attempt, Outcome]]
                ) -> tuple[set[int], Finalized]:
         with self._cond:
             deadline = self._deadline(marks + [a for a, _ in outcomes])
         delay = 0.05
         while True:
             try:
-                conn = self._connection()
+                conn = self._connection(index)
                 marked, done = record(conn, self.claim, [a.log_id for a in marks],
                                       outcomes, self.retry, copy_status=self.copy_status,
                                       rules=self.rules)
@@ -407,7 +467,7 @@ class OutcomeRecorder:
                         self._state.notify_all()
                 return marked, done
             except Exception as exc:
-                self._drop_connection()
+                self._drop_connection(index)
                 if not is_connection_error(exc):
                     raise
                 remaining = deadline - time.monotonic()
@@ -426,21 +486,29 @@ class OutcomeRecorder:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, self.backoff_max_seconds)
 
-    def _give_up(self, outcomes: list[tuple[Attempt, Outcome]], exc: BaseException) -> None:
+    def _give_up(self, marks: list[Attempt], outcomes: list[tuple[Attempt, Outcome]],
+                 exc: BaseException) -> None:
         with self._cond:
             lost = outcomes + self._outcomes
             self._outcomes, self._marks = [], []
             self._pending_marks.clear()
+            self._needed.clear()
+            self._inflight -= 1
+            self._inflight_ids.difference_update(a.log_id for a in marks)
+            self._inflight_ids.difference_update(a.log_id for a, _ in outcomes)
             if isinstance(exc, RecorderFailed):
                 error = exc
             else:
                 error = RecorderFailed(f"recording outcomes failed: {type(exc).__name__}: "
                                        f"{exc}")
                 error.__cause__ = exc
-            self._error = error
-            self.unrecorded = lost
+            if self._error is None:  # the first writer to give up says why
+                self._error = error
+            error = self._error
+            self.unrecorded += lost  # another writer may have given up already
             self._outage = False
             self._state.notify_all()
+            self._cond.notify_all()  # the other writers stop
             waiters, self._mark_waiters = list(self._mark_waiters.values()), {}
         for waiter in waiters:  # their barriers raise RecorderFailed
             waiter.set()

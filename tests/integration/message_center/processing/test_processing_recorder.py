@@ -54,6 +54,38 @@ def test_outcomes_from_several_threads_are_written_in_groups(execution_db):
         "sent": 180, "pending": 20}
 
 
+def test_two_writers_keep_every_rows_writes_in_order(execution_db):
+    """Several sessions: the recorder commits on two connections at once, yet a message
+    refused before its final "." (outcome handed over while its mark may still be being
+    committed) and one sent after its barrier each end with their own outcome."""
+    claim, attempts = _armed(execution_db, 240)
+    recorder = OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy, copy_status=False,
+                               sessions=6)
+    assert len(recorder._threads) == 2
+
+    def sender(mine) -> None:
+        for n, attempt in enumerate(mine):
+            barrier = recorder.handing(attempt)
+            if n % 3 == 0:  # refused at RCPT: no barrier, the outcome follows the mark
+                recorder.add(attempt, Outcome.failed("550 no such user"))
+                continue
+            barrier()
+            recorder.add(attempt, Outcome.sent(f"<{attempt.log_id}@x>"))
+
+    threads = [threading.Thread(target=sender, args=(attempts[i::6],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorder.close()
+    assert (recorder.totals.sent, recorder.totals.failed) == (156, 84)
+    assert recorder.commits < len(attempts)  # still grouped
+    statuses = {log["id"]: log["status"] for log in delivery_logs(execution_db)}
+    for i in range(6):
+        for n, attempt in enumerate(attempts[i::6]):
+            assert statuses[attempt.log_id] == ("failed" if n % 3 == 0 else "sent")
+
+
 def test_the_barrier_returns_once_the_mark_is_committed(execution_db):
     claim, (attempt, *_) = _armed(execution_db, 2)
     with OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy,
