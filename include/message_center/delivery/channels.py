@@ -3,8 +3,9 @@
 A shard owns one :class:`Channels`: each channel's sender (SMTP connections, the HTTP
 client, ...) is opened on first use and reused for the whole shard. Which channels exist
 and how each sends is the registry's business (:mod:`message_center.channel`): this
-module only routes a message to its channel's sender. :meth:`Channels.deliver` may be
-called from several session threads at once (:mod:`message_center.delivery.pool`).
+module only routes a message to its channel's sender. :meth:`Channels.deliver` is a
+coroutine, awaited by several sessions of the shard's event loop at once
+(:mod:`message_center.delivery.pool`).
 Rendering happens in the sender, per message, with the shared sandboxed renderer, so a
 template error or a missing variable fails only that message (with a readable reason in
 its delivery log) and never stops the shard.

@@ -1,8 +1,10 @@
 """Email over SMTP: one reused connection per shard, multipart text + HTML, stable Message-ID.
 
 A shard sends thousands of messages; opening a connection (and TLS, and AUTH) per
-message would cost more than the messages themselves, so :class:`SmtpSender` keeps one
-connection open and reconnects only after the server dropped it. The conversation is
+message would cost more than the messages themselves, so :class:`SmtpSession` keeps one
+connection open and reconnects only after the server dropped it. It is a coroutine (the
+sessions of a shard share one event loop, issue 24); :class:`SmtpSender` drives it for
+callers without a loop (proofs, tests). The conversation is
 driven command by command (MAIL, RCPT, DATA) rather than through ``sendmail`` so that
 each refusal is classified by its own reply code: 4xx is retried later, 5xx fails.
 

@@ -55,7 +55,9 @@ the shard's claim: a row that was released meanwhile is reported by the barrier 
 :class:`NotHanded` and must not be sent.)
 
 Wake-ups: the writer thread waits on a condition of its own, each barrier on an event
-of its own (set when its mark is committed), and callers of :meth:`~OutcomeRecorder.flush`
+of its own (set when its mark is committed) or, awaited in the shard's event loop, on a
+future the writer completes (one ``call_soon_threadsafe`` per commit for all the
+sessions it releases), and callers of :meth:`~OutcomeRecorder.flush`
 or blocked by an outage on a third condition, all sharing one lock. A mark or an outcome
 therefore wakes the writer only, and a commit wakes exactly the senders whose marks it
 wrote: with one condition for all, every mark, outcome and commit woke every waiting
@@ -298,8 +300,14 @@ class OutcomeRecorder:
                 raise RuntimeError("OutcomeRecorder.add() after close()")
             self._outcomes.append((attempt, outcome))
             self._added += 1
-            self._cond.notify()
-            self._state.wait_for(lambda: not self._outage or self._error is not None)
+            # The writer waits without a timeout only when nothing was waiting (or for the
+            # group in flight, which wakes it): the first outcome or a full batch wakes
+            # it; the others are taken by the wait it timed (min_interval, gather_seconds).
+            # One wake-up per message was a system call and a context switch (issue 24).
+            if len(self._outcomes) == 1 or len(self._outcomes) >= self.max_batch:
+                self._cond.notify()
+            if self._outage:
+                self._state.wait_for(lambda: not self._outage or self._error is not None)
             self._raise_if_failed()
 
     def wait_writable(self, timeout: float | None = None) -> bool:
