@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 
 import pytest
+from polling import wait_until
 from processing_factory import delivery_logs, events, insert_events, publish_templates
 
 from message_center.delivery.ledger import start_sending
@@ -84,6 +85,42 @@ def test_two_writers_keep_every_rows_writes_in_order(execution_db):
     for i in range(6):
         for n, attempt in enumerate(attempts[i::6]):
             assert statuses[attempt.log_id] == ("failed" if n % 3 == 0 else "sent")
+
+
+def test_a_group_stuck_on_one_connection_delays_only_its_own_rows(execution_db):
+    """Two writers, made deterministic with a row lock: while the group carrying X's mark
+    is stuck, a mark a sender waits for (Y) is committed on the other connection, but X's
+    outcome waits for X's mark (never written on the other connection first, nor in a
+    second group stuck behind the same lock); once X's group is through, X's outcome is
+    written after it. So a kill at any moment leaves only marks without outcomes of
+    messages a session had in hand (issue 24, the Celery kill test)."""
+    claim, (x, y, *_) = _armed(execution_db, 3)
+    recorder = OutcomeRecorder(execution_db, claim, SETTINGS.retry_policy, copy_status=False,
+                               sessions=4)
+    assert len(recorder._threads) == 2
+    with execution_db.connect() as locker:
+        lock = locker.begin()
+        locker.exec_driver_sql("SELECT id FROM delivery_log WHERE id = %s FOR UPDATE",
+                               (x.log_id,))
+        recorder.handing(x)  # gathered for gather_seconds, then committed: stuck
+        wait_until("X's group to be stuck on the lock", lambda: recorder._inflight == 1)
+        recorder.add(x, Outcome.failed("550 no such user"))  # refused before the "."
+        marked_y = threading.Thread(target=recorder.handing(y))
+        marked_y.start()
+        marked_y.join(60)  # a hang ends the test; what it proves is the order below
+        assert not marked_y.is_alive(), "Y's mark waited for X's stuck group"
+        assert recorder.pending == 1  # X's outcome still waits for X's mark
+        statuses = {log["id"]: log for log in delivery_logs(execution_db)}
+        assert statuses[y.log_id]["sending_started"] is not None
+        assert statuses[x.log_id]["sending_started"] is None
+        lock.rollback()
+    recorder.add(y, Outcome.sent("<y@x>"))
+    recorder.close()
+    statuses = {log["id"]: log for log in delivery_logs(execution_db)}
+    assert statuses[x.log_id]["status"] == "failed"
+    assert statuses[x.log_id]["sending_started"] is not None  # the mark went first
+    assert statuses[y.log_id]["status"] == "sent"
+    assert (recorder.totals.sent, recorder.totals.failed) == (1, 1)
 
 
 def test_the_barrier_returns_once_the_mark_is_committed(execution_db):
