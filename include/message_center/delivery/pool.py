@@ -159,17 +159,9 @@ class RelayGate:
         return (f"RelayGate({self.name!r}, max_concurrent={self.max_concurrent}, "
                 f"per_second={self.per_second})")
 
-    def acquire(self, deadline: float, should_stop: StopCheck) -> bool:
-        """Wait for a concurrency slot; False (nothing held) at the deadline or on stop."""
-        if self._slots is None:
-            return True
-        while not self._slots.acquire(timeout=WAIT_STEP_SECONDS):
-            if time.monotonic() > deadline or should_stop():
-                return False
-        return True
-
     async def acquire_async(self, deadline: float, should_stop: StopCheck) -> bool:
-        """:meth:`acquire` for a session coroutine (the loop is never blocked)."""
+        """Wait for a concurrency slot without blocking the sessions' loop; False
+        (nothing held) at the deadline or on stop."""
         if self._slots is None:
             return True
         while not self._slots.acquire(blocking=False):
@@ -185,7 +177,8 @@ class RelayGate:
     def wait_turn(self, deadline: float, should_stop: StopCheck) -> bool:
         """Wait until this caller may start a message (breaker closed, or this caller
         takes the probe; rate slot; throttle pause); False when that time is past
-        ``deadline`` or a stop is asked meanwhile."""
+        ``deadline`` or a stop is asked meanwhile. For a caller in a thread (tools,
+        tests); the sessions await :meth:`wait_turn_async`, which shares its steps."""
         while (step := self._breaker_step(deadline, should_stop)) is not True:
             if step is False:
                 return False
