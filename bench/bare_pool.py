@@ -2,9 +2,10 @@
 
 * :func:`bare_pool` - the same number of SMTP sessions as the pipeline under test (spread
   over the same number of processes as its shard tasks) sending one pre-rendered message
-  to the same sink with the same SMTP client (``SmtpSender``: smtplib, pipelined when the
-  sink offers it), with no database at all: the physical limit of the sink + the client
-  on this machine, measured in the same run as the figure it is printed next to.
+  to the same sink with the same SMTP client (``SmtpSession``: the sessions of a process
+  coroutines of one event loop, pipelined when the sink offers it), with no database at
+  all: the physical limit of the sink + the client on this machine, measured in the same
+  run as the figure it is printed next to.
 * :class:`CpuMeter` - user and system CPU seconds of a set of processes (the bench
   process or the Airflow task processes, and every PostgreSQL process of the bench
   server), from ``/proc``, with their context switches, so every delivery stage can print
@@ -16,11 +17,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,47 +175,48 @@ class CpuMeter:
 
 
 # --- the bare pool ----------------------------------------------------------------------
-def _session(port: int, message: bytes, count: int, start: threading.Barrier) -> None:
-    # The project's SMTP client (smtplib underneath, MAIL/RCPT/DATA pipelined when the
-    # sink offers PIPELINING, as the pipeline's sessions do), without its database.
-    from message_center.delivery.smtp import SmtpSender, SmtpSettings
+async def _sessions(port: int, message: bytes, share: list[int],
+                    go: multiprocessing.synchronize.Event, ready: multiprocessing.Queue
+                    ) -> tuple[float, float]:
+    # The project's SMTP client (SmtpSession: MAIL/RCPT/DATA pipelined when the sink
+    # offers PIPELINING), its sessions coroutines of one event loop per process, as a
+    # shard's are, without its database.
+    from message_center.delivery.smtp import SmtpSession, SmtpSettings
 
-    sender = SmtpSender(SmtpSettings(host="127.0.0.1", port=port, timeout=60))
-    try:
-        sender.send_bytes(message, None, "no-reply@message-center.local",
-                          "customer@example.com")  # connected before the start
-        start.wait()
+    settings = SmtpSettings(host="127.0.0.1", port=port, timeout=60)
+    sessions = [SmtpSession(settings) for n in share if n]
+
+    async def send(session: SmtpSession, count: int) -> None:
         for i in range(count):
-            outcome = sender.send_bytes(message, None, "no-reply@message-center.local",
-                                        f"customer{i}@example.com")
+            outcome = await session.send_bytes(message, None,
+                                               "no-reply@message-center.local",
+                                               f"customer{i}@example.com")
             if outcome.status != "sent":
                 raise RuntimeError(f"bare pool: the sink refused a message: {outcome}")
+
+    try:
+        await asyncio.gather(*(send(s, 1) for s in sessions))  # connected before the start
+        ready.put(os.getpid())
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)
+        before = os.times()
+        await asyncio.gather(*(send(s, n) for s, n in zip(sessions, share, strict=False)))
+        after = os.times()
     finally:
-        sender.close()
+        for session in sessions:
+            await session.close()
+    return after.user - before.user, after.system - before.system
 
 
 def _process(port: int, message: bytes, sessions: int, count: int,
              go: multiprocessing.synchronize.Event, ready: multiprocessing.Queue,
              done: multiprocessing.Queue) -> None:
     share = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
-    start = threading.Barrier(sessions + 1)
-    threads = [threading.Thread(target=_session, args=(port, message, n, start))
-               for n in share if n]
-    for thread in threads:
-        thread.start()
-    ready.put(os.getpid())
-    go.wait()
-    before = os.times()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    after = os.times()
-    done.put((after.user - before.user, after.system - before.system))
+    done.put(asyncio.run(_sessions(port, message, [n for n in share if n], go, ready)))
 
 
 def bare_pool(port: int, message: bytes, *, sessions: int, processes: int = 1,
               count: int, cpu: list[str] | None = None) -> float:
-    """Messages/s of ``processes`` processes x ``sessions`` SMTP sessions (``SmtpSender``)
+    """Messages/s of ``processes`` processes x ``sessions`` SMTP sessions (``SmtpSession``)
     each, sending ``count`` copies of ``message`` in all (no database, no rendering).
     ``cpu``: gets the clients' CPU per message appended (the bare cost of the SMTP
     client itself, to set against the pipeline's)."""

@@ -58,8 +58,22 @@ class LocalSink:
         return mail_dir.with_name(mail_dir.name.replace("mail", self.dir_name, 1))
 
 
+class Handing(Protocol):
+    """The barrier before the point of no return (the shard's recorder commits there that
+    the message is handed): call it from a worker thread, or await :meth:`wait` from the
+    shard's event loop. Raises when the message must not be sent."""
+
+    def __call__(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
 class ChannelSender(Protocol):
-    """A channel's open connection(s) inside one shard (shared by its session threads)."""
+    """A channel's open connection(s) inside one shard, used by its delivery sessions.
+
+    ``send`` is called in a worker thread of the shard's session pool, several at once.
+    A sender may instead be asynchronous (:class:`AsyncChannelSender`: SMTP), its sends
+    then being coroutines of the shard's one event loop."""
 
     def relay_gate(self, shards: int) -> RelayGate | None:
         """The provider's limits, this shard's share of them (None: no limit); a
@@ -77,6 +91,25 @@ class ChannelSender(Protocol):
 
     def close(self) -> None:
         """Close connections."""
+
+
+class AsyncChannelSender(Protocol):
+    """A channel sender whose sends are coroutines of the shard's event loop (no thread
+    per session): ``send_async`` instead of ``send``; ``aclose`` closes its connections
+    in that loop, before ``close``."""
+
+    def relay_gate(self, shards: int) -> RelayGate | None: ...
+
+    async def send_async(self, attempt: Attempt, variables: dict[str, Any],
+                         ready: Handing | None) -> Outcome:
+        """Render and send one message; ``await ready.wait()`` just before the point of
+        no return. A render problem raises :class:`~message_center.rendering.RenderError`."""
+
+    def reconcile(self, attempt: Attempt) -> Outcome | None: ...
+
+    async def aclose(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -314,5 +347,5 @@ class Channel(ABC):
         return float(getattr(settings, "timeout", 0.0) or 0.0)
 
     @abstractmethod
-    def open_sender(self, settings: Any, kind: str) -> ChannelSender:
+    def open_sender(self, settings: Any, kind: str) -> ChannelSender | AsyncChannelSender:
         """The shard's sender (opened on first use, closed with the shard)."""

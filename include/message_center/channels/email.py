@@ -9,6 +9,7 @@ mean "slow down". An address is kept in lower case in the quarantine.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -17,14 +18,20 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from message_center.channel.base import AddressPath, Channel, LocalSink, RenderedParts
+from message_center.channel.base import (
+    AddressPath,
+    Channel,
+    Handing,
+    LocalSink,
+    RenderedParts,
+)
 from message_center.channels import email_attachments
 from message_center.delivery.classification import attachment_unavailable
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import RelayGate
 from message_center.delivery.smtp import (
-    SmtpSender,
+    SmtpSession,
     SmtpSettings,
     build_email,
     envelope_address,
@@ -266,19 +273,18 @@ def _message_id(eml: str | None) -> str | None:
 
 
 class EmailSender:
-    """SMTP connections of one shard: each session thread borrows one nobody else is
-    using and gives it back, so a shard holds at most as many connections as messages it
-    ever had in flight at once."""
+    """SMTP connections of one shard, used by its session coroutines (one event loop):
+    each session borrows a connection nobody else is using and gives it back, so a shard
+    holds at most as many connections as messages it ever had in flight at once."""
 
     def __init__(self, settings: SmtpSettings, kind: str) -> None:
         self.settings, self.kind = settings, kind
         self._lock = threading.Lock()
-        self._idle: list[SmtpSender] = []  # open connections nobody is using
-        self._all: list[SmtpSender] = []
+        self._idle: list[SmtpSession] = []  # open connections nobody is using
         self._fetchers: dict[int, email_attachments.UrlFetcher] = {}
 
     def _fetcher(self) -> email_attachments.UrlFetcher:
-        """The URL fetcher of the calling session thread (a ``requests`` session is not
+        """The URL fetcher of the calling worker thread (a ``requests`` session is not
         shared between threads)."""
         key = threading.get_ident()
         with self._lock:
@@ -295,8 +301,31 @@ class EmailSender:
             per_second=smtp.max_messages_per_second / shards
             if smtp.max_messages_per_second else None)
 
-    def send(self, attempt: Attempt, variables: dict[str, Any],
-             ready: Callable[[], None] | None = None) -> Outcome:
+    async def send_async(self, attempt: Attempt, variables: dict[str, Any],
+                         ready: Handing | None = None) -> Outcome:
+        """Render, build and send over a borrowed connection; ``ready`` is awaited
+        before the final "." (the mark's commit). Rendering runs in the loop (it is
+        CPU, as it was under the GIL); a message with the event's own files is built in
+        a worker thread (they may be fetched by URL)."""
+        if attempt.row.get("event_files"):
+            built = await asyncio.get_running_loop().run_in_executor(
+                None, self._build, attempt, variables)
+        else:
+            built = self._build(attempt, variables)
+        if isinstance(built, Outcome):
+            return built
+        message_id, data, envelope = built
+        session = self._borrow()
+        try:
+            return await session.send_bytes(data, message_id, envelope, attempt.address,
+                                            ready.wait if ready is not None else None)
+        finally:
+            self._idle.append(session)
+
+    def _build(self, attempt: Attempt, variables: dict[str, Any]
+               ) -> tuple[str, bytes, str] | Outcome:
+        """(Message-ID, DATA bytes, envelope sender), or the outcome of a message that
+        cannot be built (an event file unavailable)."""
         row = attempt.row
         options = tracking_options.from_content(row.get("options"))
         rendered, extra = render_email(row["subject"], row["html_body"], row["text_body"],
@@ -322,32 +351,27 @@ class EmailSender:
             attachments=[(a.name, a.content_type, a.data, a.alternative)
                          for a in attachments],
         )
-        smtp = self._borrow()
-        try:
-            return smtp.send_bytes(data, message_id, envelope, attempt.address, ready)
-        finally:
-            with self._lock:
-                self._idle.append(smtp)
+        return message_id, data, envelope
 
-    def _borrow(self) -> SmtpSender:
-        """An SMTP sender (connection) no other session is using: the last one given back
-        (still connected), or a new one."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            sender = SmtpSender(self.settings)
-            self._all.append(sender)
-            return sender
+    def _borrow(self) -> SmtpSession:
+        """A connection no other session is using: the last one given back (still
+        connected), or a new one."""
+        return self._idle.pop() if self._idle else SmtpSession(self.settings)
+
+    async def aclose(self) -> None:
+        """QUIT every connection (in the loop the sessions ran on)."""
+        idle, self._idle = self._idle, []
+        for session in idle:
+            await session.close()
 
     def reconcile(self, attempt: Attempt) -> Outcome | None:
         return None  # SMTP has no such question
 
     def close(self) -> None:
+        """Close the URL fetchers (the connections are closed by :meth:`aclose`, in
+        their loop: :meth:`Channels.close <message_center.delivery.channels.Channels.close>`)."""
         with self._lock:
-            senders, self._all, self._idle = self._all, [], []
             fetchers, self._fetchers = list(self._fetchers.values()), {}
-        for sender in senders:
-            sender.close()
         for fetcher in fetchers:
             fetcher.close()
 

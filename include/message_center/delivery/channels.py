@@ -3,8 +3,9 @@
 A shard owns one :class:`Channels`: each channel's sender (SMTP connections, the HTTP
 client, ...) is opened on first use and reused for the whole shard. Which channels exist
 and how each sends is the registry's business (:mod:`message_center.channel`): this
-module only routes a message to its channel's sender. :meth:`Channels.deliver` may be
-called from several session threads at once (:mod:`message_center.delivery.pool`).
+module only routes a message to its channel's sender. :meth:`Channels.deliver` is a
+coroutine, awaited by several sessions of the shard's event loop at once
+(:mod:`message_center.delivery.pool`).
 Rendering happens in the sender, per message, with the shared sandboxed renderer, so a
 template error or a missing variable fails only that message (with a readable reason in
 its delivery log) and never stops the shard.
@@ -16,17 +17,24 @@ its channel's sender, whatever the channel: nothing is opened, nothing leaves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeGuard
 
 from message_center import channel as registry
 from message_center.channel import Channel, ChannelSender
+from message_center.channel.base import AsyncChannelSender, Handing
 from message_center.delivery.breaker import BreakerStore, RelayBreaker
 from message_center.delivery.ledger import Attempt
 from message_center.delivery.outcome import Outcome
-from message_center.delivery.pool import RelayGate, RelayGates, SessionPool
+from message_center.delivery.pool import (
+    IN_FLIGHT_GRACE_SECONDS,
+    RelayGate,
+    RelayGates,
+    SessionPool,
+)
 from message_center.delivery.sandbox import OFF, SandboxSettings, SandboxTransport
 from message_center.rendering import RenderError, event_variables, template_event
 
@@ -60,7 +68,7 @@ class Channels:
         self.sandbox = sandbox
         self._sandbox = SandboxTransport(sandbox)
         self._lock = threading.Lock()
-        self._senders: dict[str, ChannelSender] = {}
+        self._senders: dict[str, ChannelSender | AsyncChannelSender] = {}
         self._pool: SessionPool | None = None
         self._pool_key: tuple[int, int] | None = None
 
@@ -71,20 +79,34 @@ class Channels:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        self._pool = self._pool_key = None
+        """Close the senders (an asynchronous one in its sessions' loop), then the pool."""
+        pool, self._pool, self._pool_key = self._pool, None, None
+        self._close_connections(pool)
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}
         for sender in senders:
             sender.close()
+        if pool is not None:
+            pool.close()
+
+    def _close_connections(self, pool: SessionPool | None) -> None:
+        """Close what the asynchronous senders opened in ``pool``'s event loop (their
+        connections belong to it), before the pool is closed or replaced."""
+        if pool is None:
+            return
+        for sender in list(self._senders.values()):
+            if _is_async(sender):
+                try:
+                    pool.call(sender.aclose(), IN_FLIGHT_GRACE_SECONDS)
+                except Exception as exc:  # QUIT is a courtesy: the relay copes without
+                    log.warning("closing %s connections: %s", type(sender).__name__, exc)
 
     @property
     def sandboxed(self) -> bool:
         """Is this instance in sandbox mode (every message armed here is sandboxed)?"""
         return self.sandbox.instance
 
-    def sender(self, channel: str) -> ChannelSender | None:
+    def sender(self, channel: str) -> ChannelSender | AsyncChannelSender | None:
         """The shard's sender of ``channel`` (opened on first use); None when the channel
         is not configured."""
         found = self._senders.get(channel)
@@ -112,6 +134,7 @@ class Channels:
         key = (sessions, shards)
         if self._pool is None or self._pool_key != key:
             if self._pool is not None:
+                self._close_connections(self._pool)
                 self._pool.close()
             self._pool = SessionPool(self.relay_gates(shards, breakers), sessions)
             self._pool_key = key
@@ -145,10 +168,12 @@ class Channels:
         sender = self.sender(attempt.channel)
         return None if sender is None else sender.reconcile(attempt)
 
-    def deliver(self, attempt: Attempt, ready: Callable[[], None] | None = None) -> Outcome:
-        """Render and send; never raises for a message-level problem.
+    async def deliver(self, attempt: Attempt, ready: Handing | None = None) -> Outcome:
+        """Render and send, in a session coroutine of the shard's event loop; never
+        raises for a message-level problem. An asynchronous sender (SMTP) is awaited in
+        the loop; any other runs in a worker thread of the loop.
 
-        ``ready`` is called just before the point of no return (the final "." of SMTP
+        ``ready`` is the barrier before the point of no return (the final "." of SMTP
         DATA, the gateway request): the shard's recorder commits there that the message
         is handed (:meth:`message_center.processing.recorder.OutcomeRecorder.handing`).
         An exception from it propagates and means "not sent"."""
@@ -158,7 +183,7 @@ class Channels:
                                   f"{attempt.template_version} is not published here")
         variables = event_variables(template_event(row, attempt.event_id))
         name = f"{attempt.template_name} v{attempt.template_version}"
-        sender: ChannelSender | SandboxTransport | None
+        sender: ChannelSender | AsyncChannelSender | SandboxTransport | None
         if self.sandboxed or row.get("sandbox"):
             sender = self._sandbox
         else:
@@ -168,7 +193,10 @@ class Channels:
             return Outcome.retry(f"no {channel.connection_label} connection is configured "
                                  f"({channel.connection_id})")
         try:
-            return sender.send(attempt, variables, ready)
+            if _is_async(sender):
+                return await sender.send_async(attempt, variables, ready)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, sender.send, attempt, variables, ready)
         except RenderError as exc:
             return Outcome.failed(f"template {name} cannot be rendered: {exc}")
         except ValueError as exc:
@@ -181,3 +209,8 @@ def _channel_of(settings: object) -> Channel:
             return channel
     raise TypeError(f"no registered channel takes settings of type "
                     f"{type(settings).__name__}")
+
+
+def _is_async(sender: object) -> TypeGuard[AsyncChannelSender]:
+    """Does ``sender`` send in the event loop (``send_async``) rather than in a thread?"""
+    return callable(getattr(sender, "send_async", None))

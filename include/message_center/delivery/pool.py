@@ -3,18 +3,22 @@
 One SMTP session sends one message per round trip: against a relay that takes 50 ms per
 message, a shard sending over one connection tops out at 20 msg/s. A shard therefore
 hands each chunk the ledger armed to :class:`SessionPool`, which runs ``sessions``
-delivery sessions at once. Each session is a thread that takes the chunk's next message,
-sends it over an SMTP connection of its own (borrowed from
+delivery sessions at once. Each session takes the chunk's next message, sends it over an
+SMTP connection of its own (borrowed from
 :class:`~message_center.delivery.channels.Channels`, kept open between messages) or
 posts it to the SMS gateway, and reports the outcome through one callback.
 
-**Threads and the standard library's ``smtplib``**, not asyncio and ``aiosmtplib``: a
-session spends its time waiting for the relay, and a waiting thread releases the GIL, so
-threads overlap the round trips as well as an event loop would at these counts (tens of
-sessions per task); the work that does use the CPU (rendering, building the message,
-the ledger's SQL) is synchronous either way; and the SMTP conversation keeps the one
-sender the project already has and tests (:class:`~message_center.delivery.smtp.SmtpSender`,
-each refusal classified by its own reply code) instead of a second client.
+**Coroutines of one event loop** (issue 24), not a thread per session: the sessions
+of a shard run on one thread of the pool's own, each SMTP conversation a coroutine of
+:class:`~message_center.delivery.smtp.SmtpSession`, and the recorder's barrier before the
+final "." is awaited (the writer thread completes the waiting sessions' futures with one
+wake-up of the loop per commit). With a thread per session, 16 sessions and the
+recorder's writer handed the GIL to one another for every reply and every mark: 0.4-0.5
+ms of CPU per message and a third of it in the kernel, more than rendering and the SMTP
+exchange together. A channel whose sender is not asynchronous (SMS, Web Push) keeps
+sending from worker threads (its sends are run in the loop's executor, ``sessions``
+threads at most): same pool, same gates. The chunk's arming (the ledger's SQL) also runs
+in a worker thread while the sessions keep sending.
 
 **The ledger's guarantees do not change.** The pool only sends attempts whose ledger row
 the caller committed to ``sending``; every outcome goes through the caller's ``report``
@@ -49,14 +53,18 @@ resumes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from message_center import channel as channels
 from message_center.delivery.breaker import BreakerStore, RelayBreaker
@@ -69,6 +77,9 @@ log = logging.getLogger(__name__)
 #: this shard's to send any more (nothing to record). Message-level problems are outcomes;
 #: an exception stops the pool (the caller's business: the database gone, a bug).
 Send = Callable[[Attempt], Outcome | None]
+#: The same, as a coroutine function (the sessions of a shard are coroutines of one loop).
+AsyncSend = Callable[[Attempt], Awaitable[Outcome | None]]
+T = TypeVar("T")
 Report = Callable[[Attempt, Outcome], None]
 StopCheck = Callable[[], bool]
 
@@ -78,6 +89,9 @@ IN_FLIGHT_GRACE_SECONDS = 15.0
 #: Longest single sleep while waiting for a rate slot, a pause or a concurrency slot, so a
 #: stop request or the end of the sending budget is noticed promptly.
 WAIT_STEP_SECONDS = 0.1
+#: How often a session coroutine looks for a free concurrency slot of a relay whose
+#: ``max_concurrent`` is taken (only while it is).
+SLOT_POLL_SECONDS = 0.002
 
 
 def throttle_pattern(channel: str) -> re.Pattern[str] | None:
@@ -145,13 +159,15 @@ class RelayGate:
         return (f"RelayGate({self.name!r}, max_concurrent={self.max_concurrent}, "
                 f"per_second={self.per_second})")
 
-    def acquire(self, deadline: float, should_stop: StopCheck) -> bool:
-        """Wait for a concurrency slot; False (nothing held) at the deadline or on stop."""
+    async def acquire_async(self, deadline: float, should_stop: StopCheck) -> bool:
+        """Wait for a concurrency slot without blocking the sessions' loop; False
+        (nothing held) at the deadline or on stop."""
         if self._slots is None:
             return True
-        while not self._slots.acquire(timeout=WAIT_STEP_SECONDS):
+        while not self._slots.acquire(blocking=False):
             if time.monotonic() > deadline or should_stop():
                 return False
+            await asyncio.sleep(SLOT_POLL_SECONDS)
         return True
 
     def release(self) -> None:
@@ -161,39 +177,65 @@ class RelayGate:
     def wait_turn(self, deadline: float, should_stop: StopCheck) -> bool:
         """Wait until this caller may start a message (breaker closed, or this caller
         takes the probe; rate slot; throttle pause); False when that time is past
-        ``deadline`` or a stop is asked meanwhile."""
-        if not self._wait_breaker(deadline, should_stop):
-            return False
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_start, self._paused_until)
-            if start > deadline:
+        ``deadline`` or a stop is asked meanwhile. For a caller in a thread (tools,
+        tests); the sessions await :meth:`wait_turn_async`, which shares its steps."""
+        while (step := self._breaker_step(deadline, should_stop)) is not True:
+            if step is False:
                 return False
-            if self._interval:
-                self._next_start = start + self._interval
+            time.sleep(step)
+        start = self._reserve(deadline)
+        if start is None:
+            return False
         while (left := start - time.monotonic()) > 0:
             if should_stop():
                 return False
             time.sleep(min(left, WAIT_STEP_SECONDS))
         return True
 
-    def _wait_breaker(self, deadline: float, should_stop: StopCheck) -> bool:
-        """Hold the caller while the relay's breaker is open (or a pause another worker
-        was asked for lasts); True when it may go (closed, or it took the probe)."""
-        while True:
-            view = self.breaker.view()
-            if view.pause_left > 0:
-                with self._lock:
-                    self._paused_until = max(self._paused_until,
-                                             time.monotonic() + view.pause_left)
-            if not view.is_open:
-                return True
-            if view.probe_in <= 0 and self.breaker.take_probe():
-                return True
-            if time.monotonic() > deadline or should_stop():
+    async def wait_turn_async(self, deadline: float, should_stop: StopCheck) -> bool:
+        """:meth:`wait_turn` for a session coroutine (the loop is never blocked)."""
+        while (step := self._breaker_step(deadline, should_stop)) is not True:
+            if step is False:
                 return False
-            time.sleep(min(max(view.probe_in, WAIT_STEP_SECONDS),
-                           self.breaker.policy.refresh_seconds, 0.5))
+            await asyncio.sleep(step)
+        start = self._reserve(deadline)
+        if start is None:
+            return False
+        while (left := start - time.monotonic()) > 0:
+            if should_stop():
+                return False
+            await asyncio.sleep(min(left, WAIT_STEP_SECONDS))
+        return True
+
+    def _reserve(self, deadline: float) -> float | None:
+        """The time this caller may start (its rate slot taken), None if past
+        ``deadline``."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_start, self._paused_until)
+            if start > deadline:
+                return None
+            if self._interval:
+                self._next_start = start + self._interval
+        return start
+
+    def _breaker_step(self, deadline: float, should_stop: StopCheck) -> bool | float:
+        """One look at the relay's breaker (or a pause another worker was asked for):
+        True when the caller may go (closed, or it took the probe), False when it must
+        give up (deadline, stop), else how long to sleep before looking again."""
+        view = self.breaker.view()
+        if view.pause_left > 0:
+            with self._lock:
+                self._paused_until = max(self._paused_until,
+                                         time.monotonic() + view.pause_left)
+        if not view.is_open:
+            return True
+        if view.probe_in <= 0 and self.breaker.take_probe():
+            return True
+        if time.monotonic() > deadline or should_stop():
+            return False
+        return min(max(view.probe_in, WAIT_STEP_SECONDS),
+                   self.breaker.policy.refresh_seconds, 0.5)
 
     @property
     def is_down(self) -> bool:
@@ -323,11 +365,15 @@ class Dispatch:
         self._halted = False
         self._refill, self._low_water = refill, low_water
         self._refilling = False
+        self._arming: asyncio.Future[None] | None = None  # the chunk being armed
         self.exhausted = refill is None  # True once refill said there is nothing more
 
-    def take(self) -> tuple[Attempt, float] | None:
+    async def take(self) -> tuple[Attempt, float] | None:
         """The next message and its deadline; ``None`` when there is none (halted, or
-        nothing left and nothing more to come). May arm the next chunk (``refill``)."""
+        nothing left and nothing more to come). May arm the next chunk (``refill``, run
+        in a worker thread: it is the ledger's SQL) while the other session coroutines
+        await it or keep sending."""
+        loop = asyncio.get_running_loop()
         while True:
             with self._cond:
                 if self._halted:
@@ -337,26 +383,32 @@ class Dispatch:
                     return self._pending.popleft()
                 if self.exhausted:
                     return None
-                if self._refilling:  # nothing waiting, another session arms the next chunk
-                    self._cond.wait()
-                    continue
-                self._refilling = True
+                arming = self._arming
+                mine = arming is None
+                if arming is None:
+                    self._refilling = True
+                    arming = self._arming = loop.create_future()
+            if not mine:  # nothing waiting, another session arms the next chunk
+                await asyncio.shield(arming)
+                continue
             try:
                 assert self._refill is not None
-                more = self._refill()
+                more = await loop.run_in_executor(None, self._refill)
             except BaseException:
                 with self._cond:
-                    self._refilling, self._halted = False, True
+                    self._refilling, self._halted, self._arming = False, True, None
                     self._cond.notify_all()
+                arming.set_result(None)
                 raise
             with self._cond:
-                self._refilling = False
+                self._refilling, self._arming = False, None
                 if more is None:
                     self.exhausted = True
                 else:
                     attempts, deadline = more
                     self._pending.extend((attempt, deadline) for attempt in attempts)
                 self._cond.notify_all()
+            arming.set_result(None)
 
     def put_back(self, attempt: Attempt, deadline: float) -> None:
         with self._cond:
@@ -381,16 +433,18 @@ class SessionPool:
     """``sessions`` delivery sessions sharing the chunks of one shard (see module doc).
 
     ``gates`` maps a channel (``email``, ``sms``) to its relay's :class:`RelayGate` (or
-    its relays' :class:`RelayGates`). With
-    one session everything runs in the caller's thread, as a shard did before the pool;
-    with more, the threads are kept between runs (a real-time loop reuses them).
+    its relays' :class:`RelayGates`). The sessions are coroutines of one event loop,
+    run by one thread of the pool's own (kept between runs: a real-time loop reuses it
+    and the connections opened on it); a ``send`` that is a plain function runs in a
+    worker thread of the loop (``sessions`` of them at most).
     """
 
     def __init__(self, gates: Mapping[str, RelayGate | RelayGates], sessions: int = 1) -> None:
         if sessions < 1:
             raise ValueError("a session pool needs at least one session")
         self.gates, self.sessions = dict(gates), sessions
-        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> SessionPool:
         return self
@@ -398,10 +452,36 @@ class SessionPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The sessions' event loop (started on first use)."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            loop.set_default_executor(ThreadPoolExecutor(
+                self.sessions + 1, thread_name_prefix="mc-session"))  # + the chunk arming
+            thread = threading.Thread(target=loop.run_forever, name="mc-sessions",
+                                      daemon=True)
+            thread.start()
+            self._loop, self._thread = loop, thread
+        return self._loop
+
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Stop the loop thread (after what the senders opened on it was closed)."""
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(),
+                                             loop).result(IN_FLIGHT_GRACE_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(IN_FLIGHT_GRACE_SECONDS)
+        if not thread.is_alive():
+            loop.close()
+
+    def call(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``work`` on the sessions' loop from another thread and return its result
+        (e.g. closing the connections the sessions opened)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
     @property
     def throttles(self) -> int:
@@ -412,44 +492,78 @@ class SessionPool:
         """Attempts that found their relay down (not counted as tries)."""
         return sum(gate.unavailable_count for gate in self.gates.values())
 
-    def run(self, dispatch: Dispatch, send: Send, report: Report, *,
+    def run(self, dispatch: Dispatch, send: Send | AsyncSend, report: Report, *,
             deadline: float = float("inf"), should_stop: StopCheck = lambda: False) -> None:
         """Deliver the dispatch's messages over the sessions until none is left, a
         message's deadline (its chunk's, or ``deadline``: ``time.monotonic()``) passes or
         ``should_stop()`` turns true; then the dispatch is halted.
 
-        ``send`` is called from several threads at once and must allow it
-        (:meth:`Channels.deliver <message_center.delivery.channels.Channels.deliver>`
-        does: each call borrows an SMTP connection nobody else uses); each outcome goes to
-        ``report`` (the one place outcomes are recorded).
+        ``send`` is a coroutine function awaited by the sessions (one event loop), or a
+        plain function run in worker threads, several at once (it must allow it:
+        :meth:`Channels.deliver <message_center.delivery.channels.Channels.deliver>`
+        does). Each outcome goes to ``report`` (the one place outcomes are recorded),
+        called in the loop: it must not block (the recorder's ``add`` returns at once
+        unless the database is down, and then nothing may be sent anyway).
 
         If the calling thread is interrupted (an exception raised while it waits: task
         timeout, SIGTERM), the sessions take no new message and get
-        :data:`IN_FLIGHT_GRACE_SECONDS` to finish and report the one in hand; then the
-        exception propagates. Unstarted messages stay in ``dispatch``."""
-        if self.sessions == 1:
-            self._session(dispatch, send, report, deadline, should_stop)
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.sessions,
-                                                thread_name_prefix="mc-session")
-        futures = [self._executor.submit(self._session, dispatch, send, report, deadline,
-                                         should_stop) for _ in range(self.sessions)]
+        :data:`IN_FLIGHT_GRACE_SECONDS` to finish and report the one in hand (then the
+        ones still running are cancelled: unknown); then the exception propagates.
+        Unstarted messages stay in ``dispatch``."""
+        if inspect.iscoroutinefunction(send):
+            call = send
+        else:
+            plain = send
+
+            async def call(attempt: Attempt) -> Outcome | None:
+                return await asyncio.get_running_loop().run_in_executor(None, plain, attempt)
+
+        future = asyncio.run_coroutine_threadsafe(
+            self._run(dispatch, call, report, deadline, should_stop), self.loop)
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:
+            future.result()
+        except BaseException as exc:
             dispatch.halt()
-            wait(futures, timeout=IN_FLIGHT_GRACE_SECONDS)
+            with contextlib.suppress(BaseException):
+                future.result(IN_FLIGHT_GRACE_SECONDS)
+            future.cancel()
+            if isinstance(exc, _Interrupted):  # raised by a send: raised here, as it was
+                raise exc.interrupt from None
             raise
-        failed = [f for f in done if f.exception() is not None]
+
+    async def _run(self, dispatch: Dispatch, send: AsyncSend, report: Report,
+                   deadline: float, should_stop: StopCheck) -> None:
+        sessions = [asyncio.create_task(self._session(dispatch, send, report, deadline,
+                                                      should_stop))
+                    for _ in range(self.sessions)]
+        try:
+            done, pending = await asyncio.wait(sessions,
+                                               return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:  # the caller gave up waiting (after the grace)
+            for task in sessions:
+                task.cancel()
+            raise
+        failed = [task for task in done if task.exception() is not None]
         if failed:  # a session died on something other than a message (a bug)
             dispatch.halt()
-            wait(futures, timeout=IN_FLIGHT_GRACE_SECONDS)
-            _raise(failed[0])
+            if pending:
+                await asyncio.wait(pending, timeout=IN_FLIGHT_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            exc = failed[0].exception()
+            assert exc is not None
+            raise exc
 
-    def _session(self, dispatch: Dispatch, send: Send, report: Report, run_deadline: float,
-                 should_stop: StopCheck) -> None:
-        while (item := dispatch.take()) is not None:
+    async def _session(self, dispatch: Dispatch, send: AsyncSend, report: Report,
+                       run_deadline: float, should_stop: StopCheck) -> None:
+        try:
+            await self._messages(dispatch, send, report, run_deadline, should_stop)
+        except (KeyboardInterrupt, SystemExit) as exc:  # would stop the loop itself
+            raise _Interrupted(exc) from None
+
+    async def _messages(self, dispatch: Dispatch, send: AsyncSend, report: Report,
+                        run_deadline: float, should_stop: StopCheck) -> None:
+        while (item := await dispatch.take()) is not None:
             attempt, chunk_deadline = item
             deadline = min(run_deadline, chunk_deadline)
             if time.monotonic() > deadline or should_stop():
@@ -457,7 +571,7 @@ class SessionPool:
                 dispatch.halt()
                 return
             try:
-                outcome = self._send(attempt, send, deadline, should_stop)
+                outcome = await self._send(attempt, send, deadline, should_stop)
             except _NotStarted:  # the budget ran out or a stop was asked: give it back
                 dispatch.put_back(attempt, chunk_deadline)
                 dispatch.halt()
@@ -465,23 +579,23 @@ class SessionPool:
             if outcome is not None:
                 report(attempt, outcome)
 
-    def _send(self, attempt: Attempt, send: Send, deadline: float,
-              should_stop: StopCheck) -> Outcome | None:
+    async def _send(self, attempt: Attempt, send: AsyncSend, deadline: float,
+                    should_stop: StopCheck) -> Outcome | None:
         """Send one message, waiting for its relay's turn and trying it again after each
         "slow down" pause; raises :class:`_NotStarted` if it never went out. A relay found
         unavailable ends the message at once, uncounted (see the module doc)."""
         found = self.gates.get(attempt.channel)
         if found is None or attempt.row.get("sandbox"):  # a sandbox row reaches no relay
-            return send(attempt)
+            return await send(attempt)
         gate = found.gate(attempt) if isinstance(found, RelayGates) else found
         throttle: Outcome | None = None
         while True:
-            if not gate.acquire(deadline, should_stop):
+            if not await gate.acquire_async(deadline, should_stop):
                 return _not_sent(throttle, gate)
             try:
-                if not gate.wait_turn(deadline, should_stop):
+                if not await gate.wait_turn_async(deadline, should_stop):
                     return _not_sent(throttle, gate)
-                outcome = send(attempt)
+                outcome = await send(attempt)
             finally:
                 gate.release()
             if outcome is not None and not outcome.counted:
@@ -501,6 +615,15 @@ class _NotStarted(Exception):
     """The message was never handed to the relay (deadline, stop)."""
 
 
+class _Interrupted(Exception):
+    """A ``KeyboardInterrupt`` / ``SystemExit`` raised in a session (a send), carried
+    out of the event loop to the pool's caller."""
+
+    def __init__(self, interrupt: BaseException) -> None:
+        super().__init__(repr(interrupt))
+        self.interrupt = interrupt
+
+
 def _not_sent(throttle: Outcome | None, gate: RelayGate) -> Outcome:
     if throttle is None:
         raise _NotStarted
@@ -512,9 +635,3 @@ def _not_sent(throttle: Outcome | None, gate: RelayGate) -> Outcome:
     # with the ledger's back-off, so a relay that never relents still expires it).
     return replace(Outcome.retry(f"the relay kept asking to slow down: {throttle.error}",
                                  throttle.classification), retry_after=throttle.retry_after)
-
-
-def _raise(future: Future[None]) -> None:
-    exc = future.exception()
-    assert exc is not None
-    raise exc

@@ -1,8 +1,10 @@
 """Email over SMTP: one reused connection per shard, multipart text + HTML, stable Message-ID.
 
 A shard sends thousands of messages; opening a connection (and TLS, and AUTH) per
-message would cost more than the messages themselves, so :class:`SmtpSender` keeps one
-connection open and reconnects only after the server dropped it. The conversation is
+message would cost more than the messages themselves, so :class:`SmtpSession` keeps one
+connection open and reconnects only after the server dropped it. It is a coroutine (the
+sessions of a shard share one event loop, issue 24); :class:`SmtpSender` drives it for
+callers without a loop (proofs, tests). The conversation is
 driven command by command (MAIL, RCPT, DATA) rather than through ``sendmail`` so that
 each refusal is classified by its own reply code: 4xx is retried later, 5xx fails.
 
@@ -24,8 +26,11 @@ connection says ``after_dot_timeout: retry`` (a duplicate preferred to a loss).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import hmac
 import json
 import re
 import secrets
@@ -33,18 +38,19 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
 from email.utils import encode_rfc2231, format_datetime, formataddr, parseaddr
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from message_center.delivery.outcome import Outcome, smtp_reply_outcome
 from message_center.ids import to_public
 
+T = TypeVar("T")
 DEFAULT_FROM = "Message Center <no-reply@message-center.local>"
 #: The reply timeouts of RFC 5321 section 4.5.3.2 (seconds), by connection extra name.
 PHASE_TIMEOUTS = {
@@ -343,110 +349,243 @@ def _quoted(address: str) -> str:
     return smtplib.quoteaddr(address)
 
 
-class _PhasedSmtp(smtplib.SMTP):
-    """``smtplib.SMTP`` whose socket connects within ``timeout`` and then waits for the
-    greeting within ``reply_timeout`` (smtplib uses one timeout for both)."""
-
-    reply_timeout: float = 300.0
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        sock.settimeout(self.reply_timeout)
-        return sock
+#: Longest reply line read (smtplib's ``_MAXLINE``): a longer one is a broken relay.
+MAX_REPLY_LINE = 8192
+#: While the content of a message is still in the socket's send buffer after
+#: ``data_block_timeout`` would be noticed, the session checks it this often (only for a
+#: content the kernel did not take in one write: a stalled or very slow relay).
+FLUSH_POLL_SECONDS = 0.005
 
 
-class _PhasedSmtpSsl(smtplib.SMTP_SSL):
-    reply_timeout: float = 300.0
+@lru_cache(maxsize=1)
+def _local_hostname() -> str:
+    """The name said in EHLO/HELO, as ``smtplib`` picks it: the host's FQDN, or its
+    address literal when the FQDN has no dot (looked up once per process)."""
+    fqdn = socket.getfqdn()
+    if "." in fqdn:
+        return fqdn
+    address = "127.0.0.1"
+    with contextlib.suppress(OSError):
+        address = socket.gethostbyname(socket.gethostname())
+    return f"[{address}]"
 
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        sock.settimeout(self.reply_timeout)
-        return sock
+
+_FEATURE = re.compile(r"(?P<feature>[A-Za-z0-9][A-Za-z0-9\-]*) ?")
 
 
 class _Unavailable(Exception):
     """The relay could not be reached or refused the session: nothing was sent."""
 
 
-class SmtpSender:
-    """Sends messages over one SMTP connection, opened on first use and reused.
+#: Called before the final "." (the point of no return); see :meth:`SmtpSession.send_bytes`.
+ReadyAsync = Callable[[], Awaitable[None]]
 
-    Not thread-safe: a shard owns one sender. ``close()`` (or the context manager) ends
-    the session politely with QUIT.
+
+class SmtpSession:
+    """One SMTP connection driven as a coroutine, opened on first use and reused.
+
+    **Our own client on asyncio streams, not ``aiosmtplib``** (issue 24): a shard runs its
+    SMTP sessions as coroutines of one event loop (:mod:`message_center.delivery.pool`),
+    and the relay-fault rules (issue 23) need two things ``aiosmtplib`` 5 does not give:
+    MAIL, RCPT and DATA in one write when the relay offers PIPELINING (RFC 2920; it sends
+    one command per round trip), and telling a connection lost *after* the final "." (an
+    unknown outcome, never retried) from one lost while the content was still being
+    written (a safe retry): its ``data()`` writes the content and the "." together and
+    reports either as the same exception. The conversation here is the one ``smtplib``
+    had (same replies read, same errors and texts: ``smtplib``'s exception classes are
+    reused), so each refusal is still classified by its own reply code.
+
+    Not shared by two coroutines at once: a shard's email sender lends each session a
+    connection nobody else is using (:class:`~message_center.channels.email.EmailSender`).
     """
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
-        self._smtp: smtplib.SMTP | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._features: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the connection's
 
-    def __enter__(self) -> SmtpSender:
-        return self
+    # -- the wire ------------------------------------------------------------------------
+    async def _send(self, data: bytes, timeout: float) -> None:
+        """Write ``data``, waiting at most ``timeout`` for the socket to take it."""
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            self._drop()
+            raise smtplib.SMTPServerDisconnected("Server not connected")
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():
+            try:
+                async with asyncio.timeout(timeout):
+                    await writer.drain()
+            except (OSError, TimeoutError):
+                self._drop()
+                raise smtplib.SMTPServerDisconnected("Server not connected") from None
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    async def _flushed(self, keep: int, timeout: float) -> None:
+        """Wait (at most ``timeout``) until no more than ``keep`` bytes written are still
+        in the send buffer: what ``sendall`` returning meant with a blocking socket."""
+        writer = self._writer
+        if writer is None:
+            raise smtplib.SMTPServerDisconnected("Server not connected")
+        until = time.monotonic() + timeout
+        while writer.transport.get_write_buffer_size() > keep:
+            if writer.transport.is_closing() or time.monotonic() > until:
+                self._drop()
+                raise smtplib.SMTPServerDisconnected("Server not connected")
+            await asyncio.sleep(FLUSH_POLL_SECONDS)
 
-    def _connect(self) -> smtplib.SMTP:
+    async def _reply(self, timeout: float) -> tuple[int, bytes]:
+        """The next (possibly multi-line) reply within ``timeout`` seconds, parsed as
+        ``smtplib.SMTP.getreply`` does: (code, lines joined by LF; -1 if not numeric)."""
+        reader = self._reader
+        if reader is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        lines: list[bytes] = []
+        code = -1
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        line = await reader.readline()
+                    except ValueError:  # longer than the stream's limit
+                        self._drop()
+                        raise smtplib.SMTPResponseException(500, "Line too long.") from None
+                    if not line:
+                        self._drop()
+                        raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                    lines.append(line[4:].strip(b" \t\r\n"))
+                    try:
+                        code = int(line[:3])
+                    except ValueError:
+                        code = -1
+                        break
+                    if line[3:4] != b"-":
+                        break
+        except TimeoutError:
+            self._drop()
+            raise smtplib.SMTPServerDisconnected(
+                "Connection unexpectedly closed: timed out") from None
+        except OSError as exc:
+            self._drop()
+            raise smtplib.SMTPServerDisconnected(
+                f"Connection unexpectedly closed: {exc}") from exc
+        return code, b"\n".join(lines)
+
+    async def _command(self, line: str, timeout: float) -> tuple[int, bytes]:
+        await self._send(f"{line}{CRLF}".encode("ascii"), timeout)
+        return await self._reply(timeout)
+
+    # -- opening -------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Connect within ``timeout``, then greeting, EHLO, STARTTLS, AUTH within
+        ``greeting_timeout`` altogether."""
         s = self.settings
-        smtp: smtplib.SMTP
-        if s.use_ssl:
-            smtp = _PhasedSmtpSsl(timeout=s.timeout, context=ssl.create_default_context())
-        else:
-            smtp = _PhasedSmtp(timeout=s.timeout)
-        smtp.reply_timeout = s.greeting_timeout  # type: ignore[attr-defined]
-        # The whole opening (greeting, EHLO, STARTTLS, AUTH) within greeting_timeout.
+        context = ssl.create_default_context() if s.use_ssl else None
+        try:
+            async with asyncio.timeout(s.timeout):
+                self._reader, self._writer = await asyncio.open_connection(
+                    s.host, s.port, ssl=context, server_hostname=s.host if context else None,
+                    limit=MAX_REPLY_LINE + 2)
+        except TimeoutError:
+            raise TimeoutError("timed out") from None
+        self._loop = asyncio.get_running_loop()
         opened_by = time.monotonic() + s.greeting_timeout
 
-        def left() -> None:
-            self._timeout(smtp, max(opened_by - time.monotonic(), 0.001))
+        def left() -> float:
+            return max(opened_by - time.monotonic(), 0.001)
 
         try:
-            code, reply = smtp.connect(s.host, s.port)
+            code, reply = await self._reply(left())
             if code != 220:
                 raise smtplib.SMTPConnectError(code, reply)
-            # The final "." goes out on its own after the content (see _data): without
-            # NODELAY, Nagle + the server's delayed ACK would hold it ~40 ms each time.
-            if smtp.sock is not None:
-                smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            left()
-            smtp.ehlo_or_helo_if_needed()
+            await self._hello(left())
             if s.starttls:
-                left()
-                smtp.starttls(context=ssl.create_default_context())
-                left()
-                smtp.ehlo()
+                await self._starttls(left())
+                await self._hello(left())
             if s.login:
-                left()
-                smtp.login(s.login, s.password or "")
+                await self._login(s.login, s.password or "", left())
         except BaseException:
-            smtp.close()
+            self._drop()
             raise
-        return smtp
 
-    def _connection(self) -> smtplib.SMTP:
-        """The open connection, or a new one; raises :class:`_Unavailable`."""
-        if self._smtp is None:
+    async def _hello(self, timeout: float) -> None:
+        """EHLO (its extensions remembered), or HELO when EHLO is refused."""
+        code, reply = await self._command(f"EHLO {_local_hostname()}", timeout)
+        self._features = {}
+        if 200 <= code < 300:
+            for each in reply.decode("latin-1").split("\n")[1:]:
+                if (found := _FEATURE.match(each)) is not None:
+                    feature = found.group("feature").lower()
+                    params = each[found.end("feature"):].strip()
+                    if feature == "auth":
+                        params = f"{self._features.get('auth', '')} {params}"
+                    self._features[feature] = params
+            return
+        code, reply = await self._command(f"HELO {_local_hostname()}", timeout)
+        if not 200 <= code < 300:
+            raise smtplib.SMTPHeloError(code, reply)
+
+    async def _starttls(self, timeout: float) -> None:
+        if "starttls" not in self._features:
+            raise smtplib.SMTPNotSupportedError("STARTTLS extension not supported by server.")
+        code, reply = await self._command("STARTTLS", timeout)
+        if code != 220:
+            raise smtplib.SMTPResponseException(code, reply)
+        assert self._writer is not None
+        async with asyncio.timeout(timeout):
+            await self._writer.start_tls(ssl.create_default_context(),
+                                         server_hostname=self.settings.host)
+
+    async def _login(self, user: str, password: str, timeout: float) -> None:
+        """AUTH with the first of CRAM-MD5, PLAIN, LOGIN the relay offers (smtplib's
+        order of preference)."""
+        if "auth" not in self._features:
+            raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        offered = self._features["auth"].upper().split()
+        mechanism = next((m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered), None)
+        if mechanism is None:
+            raise smtplib.SMTPException("No suitable authentication method found.")
+
+        def b64(value: bytes) -> str:
+            return base64.b64encode(value).decode("ascii")
+
+        if mechanism == "PLAIN":
+            plain = b"\0" + user.encode() + b"\0" + password.encode()
+            code, reply = await self._command(f"AUTH PLAIN {b64(plain)}", timeout)
+        elif mechanism == "LOGIN":
+            code, reply = await self._command(f"AUTH LOGIN {b64(user.encode())}", timeout)
+            if code == 334:
+                code, reply = await self._command(b64(password.encode()), timeout)
+        else:
+            code, reply = await self._command("AUTH CRAM-MD5", timeout)
+            if code == 334:
+                challenge = base64.b64decode(reply)
+                digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
+                code, reply = await self._command(b64(f"{user} {digest}".encode()), timeout)
+        if code not in (235, 503):
+            raise smtplib.SMTPAuthenticationError(code, reply)
+
+    async def _connection(self) -> None:
+        """Open the connection if needed; raises :class:`_Unavailable`."""
+        if self._writer is None:
             try:
-                self._smtp = self._connect()
+                await self._connect()
             except (OSError, smtplib.SMTPException) as exc:
                 raise _Unavailable(f"cannot connect to SMTP server {self.settings.host}:"
                                    f"{self.settings.port}: {type(exc).__name__}: "
                                    f"{exc}") from exc
-        return self._smtp
 
     def _drop(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.close()
-            finally:
-                self._smtp = None
+        """Close the connection at once (no QUIT): an unfinished transaction is
+        discarded by the relay."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.transport.abort()
 
-    def _timeout(self, smtp: smtplib.SMTP, seconds: float) -> None:
-        # settimeout() is a system call each time, even for the same value (issue 24).
-        if smtp.sock is not None and smtp.sock.gettimeout() != seconds:
-            smtp.sock.settimeout(seconds)
-
-    def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
-                   recipient: str, ready: Callable[[], None] | None = None) -> Outcome:
+    # -- one message ---------------------------------------------------------------------
+    async def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
+                         recipient: str, ready: ReadyAsync | None = None) -> Outcome:
         """Submit ready DATA bytes to ``recipient``; never raises for delivery problems.
 
         Before the final "." every failure is safe to retry: SMTP only takes
@@ -455,24 +594,26 @@ class SmtpSender:
         lost connection or a timeout after the final "." is :meth:`Outcome.unknown`
         (or a retry with ``after_dot_timeout: retry``).
 
-        ``ready`` is called before the final "." that commits the message at the server
+        ``ready`` is awaited before the final "." that commits the message at the server
         (the point of no return): after DATA was accepted, and before the content when
         it is small enough to go out with the "." in one write (``ONE_WRITE_BYTES``),
         after it otherwise. If it raises, the connection is dropped without the ".", so
         the server discards the message, and the exception propagates: nothing was sent.
         """
         s = self.settings
+        if self._writer is not None and self._loop is not asyncio.get_running_loop():
+            self._reader = self._writer = None  # opened in another (closed) loop: unusable
         # MAIL FROM, RCPT TO and DATA in one write when the relay offers PIPELINING
         # (RFC 2920): one round trip instead of three. Each reply is still read, in order,
         # within its own phase's timeout, and classified as its own phase's.
         envelope = (f"MAIL FROM:{_quoted(envelope_from)}{CRLF}"
                     f"RCPT TO:{_quoted(recipient)}{CRLF}").encode("ascii")
         try:
-            reused = self._smtp is not None
-            smtp = self._connection()
+            reused = self._writer is not None
+            await self._connection()
             try:
-                pipelined = self._open(smtp, envelope)
-                code, reply = self._reply(smtp, s.mail_timeout)
+                pipelined = await self._open(envelope)
+                code, reply = await self._reply(s.mail_timeout)
                 if reused and code == 421:  # "closing": often an idle connection timed out
                     raise smtplib.SMTPServerDisconnected(reply.decode("utf-8", "replace"))
             except (OSError, smtplib.SMTPServerDisconnected):
@@ -480,9 +621,9 @@ class SmtpSender:
                     raise
                 # The relay closed an idle connection (or went away): open a new one.
                 self._drop()
-                smtp = self._connection()
-                pipelined = self._open(smtp, envelope)
-                code, reply = self._reply(smtp, s.mail_timeout)
+                await self._connection()
+                pipelined = await self._open(envelope)
+                code, reply = await self._reply(s.mail_timeout)
         except _Unavailable as exc:
             return Outcome.unavailable(str(exc))
         except smtplib.SMTPResponseException as exc:
@@ -496,17 +637,17 @@ class SmtpSender:
         dot_sent = [False]
         try:
             if code != 250:
-                self._reset(smtp, code, 2 if pipelined else 0)
+                await self._reset(code, 2 if pipelined else 0)
                 return smtp_reply_outcome("MAIL FROM", code, reply)
             phase = "RCPT TO"
             if not pipelined:
-                self._send_command(smtp, envelope.split(b"\r\n", 1)[1], s.rcpt_timeout)
-            code, reply = self._reply(smtp, s.rcpt_timeout)
+                await self._send(envelope.split(b"\r\n", 1)[1], s.rcpt_timeout)
+            code, reply = await self._reply(s.rcpt_timeout)
             if code not in (250, 251):
-                self._reset(smtp, code, 1 if pipelined else 0)
+                await self._reset(code, 1 if pipelined else 0)
                 return smtp_reply_outcome("RCPT TO", code, reply)
             phase = "DATA"
-            code, reply = self._data(smtp, data, ready, dot_sent, pipelined)
+            code, reply = await self._data(data, ready, dot_sent, pipelined)
             if code != 250:
                 if code == 421:
                     self._drop()
@@ -522,25 +663,18 @@ class SmtpSender:
                 return self._after_dot(message_id, exc)
             return Outcome.retry(f"SMTP connection lost at {phase}: "
                                  f"{type(exc).__name__}: {exc}")
+        except BaseException:  # ready() refused, or the session was cancelled
+            self._drop()
+            raise
 
-    def _open(self, smtp: smtplib.SMTP, envelope: bytes) -> bool:
+    async def _open(self, envelope: bytes) -> bool:
         """Send MAIL FROM (and, pipelined, RCPT TO and DATA too); True when pipelined."""
-        if smtp.has_extn("pipelining"):
-            self._send_command(smtp, envelope + b"DATA" + CRLF.encode(),
-                               self.settings.mail_timeout)
+        if "pipelining" in self._features:
+            await self._send(envelope + b"DATA" + CRLF.encode(), self.settings.mail_timeout)
             return True
-        self._send_command(smtp, envelope.split(b"\r\n", 1)[0] + CRLF.encode(),
-                           self.settings.mail_timeout)
+        await self._send(envelope.split(b"\r\n", 1)[0] + CRLF.encode(),
+                         self.settings.mail_timeout)
         return False
-
-    def _send_command(self, smtp: smtplib.SMTP, line: bytes, timeout: float) -> None:
-        self._timeout(smtp, timeout)
-        smtp.send(line)
-
-    def _reply(self, smtp: smtplib.SMTP, timeout: float) -> tuple[int, bytes]:
-        """The next reply, waited for at most ``timeout`` seconds."""
-        self._timeout(smtp, timeout)
-        return smtp.getreply()
 
     def _after_dot(self, message_id: str | None, exc: BaseException) -> Outcome:
         """No reply to the final ".": the relay may have queued the message."""
@@ -555,15 +689,15 @@ class SmtpSender:
             f"outcome unknown: {what}; the relay may have delivered it, so it is not sent "
             f"again (look for Message-ID {message_id} in the relay's log)")
 
-    def _data(self, smtp: smtplib.SMTP, data: bytes, ready: Callable[[], None] | None,
-              dot_sent: list[bool], pipelined: bool = False) -> tuple[int, bytes]:
+    async def _data(self, data: bytes, ready: ReadyAsync | None, dot_sent: list[bool],
+                    pipelined: bool = False) -> tuple[int, bytes]:
         """DATA (already sent when ``pipelined``), the content, ``ready()``, the final "."
         and its reply, each phase with its own timeout; ``dot_sent[0]`` turns true once the
         "." may have gone out."""
         s = self.settings
         if not pipelined:
-            self._send_command(smtp, b"DATA" + CRLF.encode(), s.data_init_timeout)
-        code, reply = self._reply(smtp, s.data_init_timeout)
+            await self._send(b"DATA" + CRLF.encode(), s.data_init_timeout)
+        code, reply = await self._reply(s.data_init_timeout)
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
         content = _LEADING_DOT.sub(b"..", data)
@@ -574,40 +708,24 @@ class SmtpSender:
         # less per message, and one wake-up less at the relay); a bigger one is sent
         # while ready() waits, as its transfer may take longer than the mark's commit.
         together = len(content) <= ONE_WRITE_BYTES
-        self._timeout(smtp, s.data_block_timeout)
         if not together:
-            smtp.send(content)
+            await self._send(content, s.data_block_timeout)
+            await self._flushed(0, s.data_block_timeout)
         if ready is not None:
-            try:
-                ready()
-            except BaseException:
-                self._drop()  # no final ".": the server discards what it got, if anything
-                raise
+            await ready()  # if it raises, send_bytes drops the connection: no "."
         if together:
-            self._send_with_dot(smtp, content, dot_sent)
+            # The socket takes what it can at once and the transport keeps the rest: the
+            # "." may have gone out only once at most its 3 bytes are left (a stall
+            # while the content is still being written stays a safe retry).
+            await self._send(content + b".\r\n", s.data_block_timeout)
+            await self._flushed(3, s.data_block_timeout)
+            dot_sent[0] = True
         else:
             dot_sent[0] = True
-            smtp.send(b".\r\n")
-        return self._reply(smtp, s.data_termination_timeout)
+            await self._send(b".\r\n", s.data_block_timeout)
+        return await self._reply(s.data_termination_timeout)
 
-    @staticmethod
-    def _send_with_dot(smtp: smtplib.SMTP, content: bytes, dot_sent: list[bool]) -> None:
-        """``content`` and the final "." in one write when the socket takes it all;
-        ``dot_sent[0]`` turns true only once a byte of the "." went out (a stall while
-        the content is still being written stays a safe retry, as with two writes)."""
-        sock = smtp.sock
-        if sock is None:
-            raise smtplib.SMTPServerDisconnected("please run connect() first")
-        payload = memoryview(content + b".\r\n")
-        sent = sock.send(payload)
-        if sent < len(content):
-            sock.sendall(payload[sent:len(content)])
-            sent = len(content)
-        dot_sent[0] = True
-        if sent < len(payload):
-            sock.sendall(payload[sent:])
-
-    def _reset(self, smtp: smtplib.SMTP, code: int, pending: int = 0) -> None:
+    async def _reset(self, code: int, pending: int = 0) -> None:
         """End a refused transaction with RSET; ``pending``: pipelined replies still to
         read first (RCPT / DATA after a refused MAIL: the relay refuses them too). A DATA
         that was accepted anyway gets no content and no "." - the connection is dropped,
@@ -618,19 +736,71 @@ class SmtpSender:
         try:
             timeouts = (self.settings.rcpt_timeout, self.settings.data_init_timeout)
             for timeout in timeouts[len(timeouts) - pending:]:
-                late, _ = self._reply(smtp, timeout)
+                late, _ = await self._reply(timeout)
                 if late in (354, 421):
                     self._drop()
                     return
-            smtp.rset()
+            await self._command("RSET", self.settings.mail_timeout)
         except (OSError, smtplib.SMTPException):
             self._drop()
 
-    def close(self) -> None:
-        if self._smtp is not None:
+    async def close(self) -> None:
+        """End the session politely with QUIT (best effort)."""
+        if self._writer is not None:
             try:
-                self._smtp.quit()
+                await self._command("QUIT", min(self.settings.mail_timeout, 10.0))
             except (OSError, smtplib.SMTPException):
                 pass
             finally:
                 self._drop()
+
+
+class SmtpSender:
+    """One SMTP connection for callers without an event loop (proofs, tests): an
+    :class:`SmtpSession` driven on a private event loop, so there is one SMTP client.
+
+    Not thread-safe. ``close()`` (or the context manager) ends the session with QUIT.
+    """
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._session = SmtpSession(settings)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> SmtpSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def _smtp(self) -> asyncio.StreamWriter | None:
+        """The open connection (None when closed): the tests check it is reused."""
+        return self._session._writer
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        try:
+            return self._loop.run_until_complete(work)
+        finally:  # one more turn: a dropped connection's socket is closed now
+            self._loop.run_until_complete(asyncio.sleep(0))
+
+    def send_bytes(self, data: bytes, message_id: str | None, envelope_from: str,
+                   recipient: str, ready: Callable[[], None] | None = None) -> Outcome:
+        """:meth:`SmtpSession.send_bytes`, with a plain ``ready`` callable."""
+        async def ready_async() -> None:
+            assert ready is not None
+            ready()
+
+        return self._run(self._session.send_bytes(
+            data, message_id, envelope_from, recipient,
+            ready_async if ready is not None else None))
+
+    def close(self) -> None:
+        if self._loop is not None:
+            try:
+                self._run(self._session.close())
+            finally:
+                self._loop.close()
+                self._loop = None

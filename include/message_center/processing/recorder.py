@@ -55,7 +55,9 @@ the shard's claim: a row that was released meanwhile is reported by the barrier 
 :class:`NotHanded` and must not be sent.)
 
 Wake-ups: the writer thread waits on a condition of its own, each barrier on an event
-of its own (set when its mark is committed), and callers of :meth:`~OutcomeRecorder.flush`
+of its own (set when its mark is committed) or, awaited in the shard's event loop, on a
+future the writer completes (one ``call_soon_threadsafe`` per commit for all the
+sessions it releases), and callers of :meth:`~OutcomeRecorder.flush`
 or blocked by an outage on a third condition, all sharing one lock. A mark or an outcome
 therefore wakes the writer only, and a commit wakes exactly the senders whose marks it
 wrote: with one condition for all, every mark, outcome and commit woke every waiting
@@ -68,6 +70,7 @@ sessions); :meth:`~OutcomeRecorder.close` once, after the senders.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -84,7 +87,42 @@ from message_center.delivery.outcome import Outcome
 from message_center.delivery.quarantine import DEFAULT_RULES, QuarantineRules
 
 log = logging.getLogger(__name__)
-Barrier = Callable[[], None]
+
+
+class _Mark:
+    """What a barrier waits on: an event (threads), and the future of a coroutine
+    waiting in an event loop (completed by the writer, one wake-up of the loop per
+    commit: :meth:`OutcomeRecorder._wake`)."""
+
+    __slots__ = ("event", "future")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.future: asyncio.Future[None] | None = None
+
+
+class Barrier:
+    """The barrier of one message's mark (:meth:`OutcomeRecorder.handing`): call it from
+    a thread, or ``await barrier.wait()`` from the shard's event loop."""
+
+    __slots__ = ("_log_id", "_mark", "_recorder")
+
+    def __init__(self, recorder: OutcomeRecorder, log_id: int, mark: _Mark) -> None:
+        self._recorder, self._log_id, self._mark = recorder, log_id, mark
+
+    def __call__(self) -> None:
+        if not self._mark.event.is_set():
+            self._recorder._need(self._log_id, self._mark)
+        self._mark.event.wait()  # set when the mark is committed, or the recorder gives up
+        self._recorder._passed(self._log_id)
+
+    async def wait(self) -> None:
+        if not self._mark.event.is_set():
+            future = self._recorder._need(self._log_id, self._mark,
+                                          asyncio.get_running_loop())
+            if future is not None:
+                await future
+        self._recorder._passed(self._log_id)
 
 
 class RecorderFailed(RuntimeError):
@@ -178,7 +216,7 @@ class OutcomeRecorder:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # the writer's: work to do
         self._state = threading.Condition(self._lock)  # written progress, outage, error
-        self._mark_waiters: dict[int, threading.Event] = {}  # log id -> its barrier's
+        self._mark_waiters: dict[int, _Mark] = {}  # log id -> what its barrier waits on
         self._marks: list[Attempt] = []
         self._pending_marks: set[int] = set()  # log ids in _marks (not taken yet)
         self._needed: set[int] = set()  # log ids in _marks whose barrier is waiting
@@ -210,9 +248,10 @@ class OutcomeRecorder:
     # -- senders' side ----------------------------------------------------------------
     def handing(self, attempt: Attempt) -> Barrier:
         """Ask for the durable "about to reach the provider" mark of ``attempt`` (step 2)
-        and return its barrier: call it just before the point of no return; it returns
-        once the mark is committed, raises :class:`NotHanded` if the row is no longer
-        this claim's, :class:`RecorderFailed` if the recorder gave up."""
+        and return its barrier: call it (or await its :meth:`Barrier.wait` in an event
+        loop) just before the point of no return; it returns once the mark is committed,
+        raises :class:`NotHanded` if the row is no longer this claim's,
+        :class:`RecorderFailed` if the recorder gave up."""
         log_id = attempt.log_id
         with self._cond:
             self._raise_if_failed()
@@ -224,25 +263,33 @@ class OutcomeRecorder:
                 self._first_mark = now
             self._marks.append(attempt)
             self._pending_marks.add(log_id)
-            marked = self._mark_waiters.setdefault(log_id, threading.Event())
+            mark = self._mark_waiters.setdefault(log_id, _Mark())
             if len(self._marks) == 1 or len(self._marks) >= self.sessions:
                 self._cond.notify()
+        return Barrier(self, log_id, mark)
 
-        def barrier() -> None:
-            if not marked.is_set():
-                with self._cond:
-                    if log_id in self._pending_marks:  # not taken yet: commit now
-                        self._needed.add(log_id)
-                        self._cond.notify()
-            marked.wait()  # set when the mark is committed, or when the recorder gives up
-            with self._lock:
-                if log_id in self._marked:
-                    if not self._marked.pop(log_id):
-                        raise NotHanded(f"delivery log {log_id} is no longer this shard's "
-                                        "(released meanwhile): not sent")
-                    return
-                self._raise_if_failed()
-        return barrier
+    def _need(self, log_id: int, mark: _Mark,
+              loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None] | None:
+        """A barrier is waiting: commit its mark now if it was not taken yet; in an event
+        loop, the future the writer completes (None: committed already)."""
+        with self._cond:
+            if log_id in self._pending_marks:  # not taken yet: commit now
+                self._needed.add(log_id)
+                self._cond.notify()
+            if loop is None or mark.event.is_set():
+                return None
+            mark.future = loop.create_future()
+            return mark.future
+
+    def _passed(self, log_id: int) -> None:
+        """After the wait: return if the mark was committed, else raise why not."""
+        with self._lock:
+            if log_id in self._marked:
+                if not self._marked.pop(log_id):
+                    raise NotHanded(f"delivery log {log_id} is no longer this shard's "
+                                    "(released meanwhile): not sent")
+                return
+            self._raise_if_failed()
 
     def add(self, attempt: Attempt, outcome: Outcome) -> None:
         """Hand over one outcome; returns at once unless the database is unreachable
@@ -253,8 +300,14 @@ class OutcomeRecorder:
                 raise RuntimeError("OutcomeRecorder.add() after close()")
             self._outcomes.append((attempt, outcome))
             self._added += 1
-            self._cond.notify()
-            self._state.wait_for(lambda: not self._outage or self._error is not None)
+            # The writer waits without a timeout only when nothing was waiting (or for the
+            # group in flight, which wakes it): the first outcome or a full batch wakes
+            # it; the others are taken by the wait it timed (min_interval, gather_seconds).
+            # One wake-up per message was a system call and a context switch (issue 24).
+            if len(self._outcomes) == 1 or len(self._outcomes) >= self.max_batch:
+                self._cond.notify()
+            if self._outage:
+                self._state.wait_for(lambda: not self._outage or self._error is not None)
             self._raise_if_failed()
 
     def wait_writable(self, timeout: float | None = None) -> bool:
@@ -407,6 +460,8 @@ class OutcomeRecorder:
                     self._marked[attempt.log_id] = attempt.log_id in marked
                     if (waiter := self._mark_waiters.pop(attempt.log_id, None)) is not None:
                         waiters.append(waiter)
+                # Woken under the lock: a barrier registers its future under it too.
+                self._wake(waiters)
                 for attempt, _ in outcomes:
                     self._handed_at.pop(attempt.log_id, None)
                 self._written += len(outcomes)
@@ -414,11 +469,22 @@ class OutcomeRecorder:
                 self._last_commit = time.monotonic()
                 self.commits += 1
                 self._state.notify_all()
-            for waiter in waiters:  # wakes exactly the senders whose marks were written
-                waiter.set()
             if self.on_written is not None and outcomes:
                 with self._written_lock:
                     self.on_written(done)
+
+    @staticmethod
+    def _wake(marks: list[_Mark]) -> None:
+        """Wake exactly the senders whose marks were written (the caller holds the lock):
+        threads through their events, coroutines through one call per event loop."""
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for mark in marks:
+            mark.event.set()
+            if mark.future is not None:
+                loops.setdefault(mark.future.get_loop(), []).append(mark.future)
+        for loop, futures in loops.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_complete, futures)
 
     def _connection(self, index: int) -> Connection:
         # The writer's own connection, in autocommit: each group is one statement
@@ -510,10 +576,15 @@ class OutcomeRecorder:
             self._state.notify_all()
             self._cond.notify_all()  # the other writers stop
             waiters, self._mark_waiters = list(self._mark_waiters.values()), {}
-        for waiter in waiters:  # their barriers raise RecorderFailed
-            waiter.set()
+            self._wake(waiters)  # their barriers raise RecorderFailed
         log.error("%s", error)
         for attempt, outcome in lost:  # what the ledger could not be told
             log.error("unrecorded outcome: delivery log %s (event %s): %s %s", attempt.log_id,
                       attempt.event_id, outcome.status,
                       outcome.error or outcome.provider_id or "")
+
+
+def _complete(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a cancelled waiter (its session was stopped)
+            future.set_result(None)

@@ -234,9 +234,9 @@ def _deliver_chunks(engine: Engine, claim: ShardClaim, settings: ProcessingSetti
                     stats: ShardStats, copy_status: bool, should_stop: StopCheck) -> None:
     kind = claim.kind
 
-    def send(attempt: Attempt) -> Outcome | None:
+    async def send(attempt: Attempt) -> Outcome | None:
         try:
-            return channels.deliver(attempt, recorder.handing(attempt))
+            return await channels.deliver(attempt, recorder.handing(attempt))
         except NotHanded:  # released meanwhile (its lease ran out): not ours to send
             log.warning("delivery log %s was released meanwhile: not sent", attempt.log_id)
             return None
