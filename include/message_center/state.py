@@ -93,16 +93,18 @@ def _sql(template: str, kind: str | None = None, **parts: str) -> TextClause:
     return text(template.format(**parts))
 
 
-_NO_WEBHOOKS = {"returning": "", "webhooks": "", "failure": ""}
+_NO_WEBHOOKS = {"returning": "", "webhooks": "", "failure": "", "set": ""}
 
 
 def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
-              bounced: bool = False) -> dict[str, str]:
+              bounced: bool = False, reported: str = "") -> dict[str, str]:
     """The statement parts that write the webhook outbox (:mod:`message_center.
     webhook_outbox`) for the events the CTEs ``sources`` changed, or empty parts when no
-    enabled subscription exists: ``returning`` (the columns the sources return),
-    ``failure`` (``failure`` or NULLs: their failure class and reason) and ``webhooks``
-    (the outbox CTEs, after the statement's own)."""
+    enabled subscription exists: ``set`` (the event's sequence counter, raised in the
+    UPDATE where ``reported``: the SQL condition under which the new status is reported,
+    empty: always), ``returning`` (the columns the sources return), ``failure``
+    (``failure`` or NULLs: their failure class and reason) and ``webhooks`` (the outbox
+    CTEs, after the statement's own)."""
     if not webhook_outbox.active(conn):
         return _NO_WEBHOOKS
     if len(sources) > 1:
@@ -111,7 +113,7 @@ def _webhooks(conn: Connection, kind: str, *sources: str, failure: str = "",
             kind, "wh_sources", bounced=bounced)
     else:
         ctes = webhook_outbox.outbox_ctes(kind, sources[0], bounced=bounced)
-    return {"returning": webhook_outbox.RETURNING,
+    return {"returning": webhook_outbox.RETURNING, "set": webhook_outbox.seq_set(reported),
             "failure": failure or webhook_outbox.NO_FAILURE, "webhooks": ctes}
 
 
@@ -225,6 +227,8 @@ _RESCHEDULE = """
                 processed = CASE WHEN r.give_up THEN now() ELSE e.processed END,
                 error_reason = r.retry_error, delivery_log_id = r.id,
                 claim_token = NULL, claim_shard = NULL"""
+#: A reschedule reports the events it gives up on (expired), not the ones due again.
+_RESCHEDULE_REPORTED = "r.give_up"
 #: Event ``e`` takes the final outcome of its ledger row ``d``.
 _COPY = """
                 status = d.status, processed = d.last_modified, delivery_log_id = d.id,
@@ -385,12 +389,16 @@ CLAIM_AND_LINK = """
                     WHEN m.internal_name IS NULL THEN
                         format('no published %s template for event type %s',
                                e.wished_channel, e.type)
-                    ELSE e.error_reason END
+                    ELSE e.error_reason END{set}
             FROM numbered m WHERE e.id = m.id
             RETURNING e.status, e.claim_shard{returning}{failure}
         ){webhooks}
         SELECT status, claim_shard, count(*) FROM claimed GROUP BY status, claim_shard
 """
+
+
+#: A claim reports the events it ends (expired, not taken), not the ones it links.
+_CLAIM_REPORTED = "m.is_expired OR m.internal_name IS NULL"
 
 
 def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seconds: float,
@@ -403,7 +411,8 @@ def claim_due(conn: Connection, kind: str, *, token: int, limit: int, lease_seco
     Due order is ``next_attempt`` (the partial index ``<kind>_event_due_idx``), so the
     oldest events and the retries that are due go first.
     """
-    rows = conn.execute(_sql(CLAIM_AND_LINK, kind, **_webhooks(conn, kind, "claimed")), {
+    rows = conn.execute(_sql(CLAIM_AND_LINK, kind, **_webhooks(
+            conn, kind, "claimed", reported=_CLAIM_REPORTED)), {
         "limit": limit, "token": token, "base": shard_base, "offset": offset,
         "shards": shards, "lease": float(lease_seconds),
         "expired_reason": EXPIRED_REASON}).all()
@@ -590,7 +599,7 @@ WRITE_OUTCOMES = """
 """
 RESCHEDULE = f"""
         WITH rescheduled AS (
-            UPDATE {{table}} e SET{_RESCHEDULE}
+            UPDATE {{table}} e SET{_RESCHEDULE}{{set}}
             FROM unnest(CAST(:ids AS bigint[]), CAST(:logs AS bigint[]),
                         CAST(:delays AS float8[]), CAST(:give_up AS boolean[]),
                         CAST(:errors AS text[]), CAST(:counted AS boolean[]))
@@ -627,7 +636,8 @@ def reschedule(conn: Connection, kind: str, *, event_ids: Sequence[int],
     exhausted). Where not ``counted`` (the provider was down) no try is used: due again
     at once, in its place."""
     if event_ids:
-        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled"),
+        conn.execute(_sql(RESCHEDULE, kind, **_webhooks(conn, kind, "rescheduled",
+                                                        reported=_RESCHEDULE_REPORTED),
                           recycle=_recycle(kind, "rc_fin")), {
             "ids": list(event_ids), "logs": list(log_ids), "delays": list(delays),
             "give_up": list(give_up), "errors": list(errors), "counted": list(counted)})
@@ -667,12 +677,12 @@ RECORD_GROUP = f"""
                       v.delay, v.give_up, v.retry_error, v.counted,
                       d.failure_class AS rc_class{{rec_failure}}
         ), rescheduled AS (
-            UPDATE {{table}} e SET{_RESCHEDULE}
+            UPDATE {{table}} e SET{_RESCHEDULE}{{set}}
             FROM rec r WHERE r.delay IS NOT NULL AND e.id = r.event_id
             RETURNING e.id, e.status AS rc_status, NULL::text AS rc_class,
                       NULL::text AS rc_error{{returning}}{{failure}}
         ), copied AS (
-            UPDATE {{table}} e SET{_COPY}
+            UPDATE {{table}} e SET{_COPY}{{copied_set}}
             FROM rec d WHERE :copy AND d.delay IS NULL
               AND d.status IN {_FINAL_DELIVERY} AND e.id = d.event_id
             RETURNING e.id, e.status AS rc_status, d.rc_class,
@@ -700,9 +710,11 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
     written. Returns ``(log id, marked)`` of the rows written."""
-    parts = _webhooks(conn, claim.kind, "rescheduled", "copied")
+    parts = _webhooks(conn, claim.kind, "rescheduled", "copied",
+                      reported=_RESCHEDULE_REPORTED)
     on = bool(parts["webhooks"])
     parts = {**parts, "recycle": _recycle(claim.kind, "rc_fin"),
+             "copied_set": webhook_outbox.seq_set() if on else "",
              "rec_failure": _LOG_FAILURE if on else "",
              "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
     return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
@@ -724,7 +736,7 @@ _RECORD_GROUP_TYPES = (
 
 COPY_STATUSES = f"""
         WITH copied AS (
-            UPDATE {{table}} e SET{_COPY}
+            UPDATE {{table}} e SET{_COPY}{{set}}
             FROM delivery_log d
             WHERE {{where}} AND d.event_kind = :kind
               AND d.status IN {_FINAL_DELIVERY}
@@ -903,7 +915,7 @@ FAIL_SENT_LOGS = """
 FAIL_SENT_EVENTS = """
         WITH bounced AS (
             UPDATE {table} e SET status = 'failed',
-                   error_reason = v.error, processed = now()
+                   error_reason = v.error, processed = now(){set}
             FROM unnest(CAST(:events AS bigint[]), CAST(:logs AS bigint[]),
                         CAST(:errors AS text[]), CAST(:classes AS text[]),
                         CAST(:reasons AS text[]))
@@ -999,7 +1011,7 @@ _PICK = """
         )"""
 CANCEL_PENDING = "WITH" + _PICK + """, cancelled AS (
             UPDATE {table} e SET status = 'expired', processed = now(),
-                   error_reason = :reason
+                   error_reason = :reason{set}
             FROM marked m
             WHERE e.id = m.event_id AND e.status = 'pending' AND e.claim_token IS NULL
             RETURNING e.id{returning}{failure}
@@ -1062,7 +1074,7 @@ def bulk_step(conn: Connection, action: str, kind: str, *, action_id: str, where
     template = {"cancel": CANCEL_PENDING, "retry": RETRY_FINISHED,
                 "replay": REPLAY_FINISHED}[action]
     new_column, new_value = ("", "")
-    parts: dict[str, str] = {"returning": "", "failure": "", "webhooks": ""}
+    parts: dict[str, str] = _NO_WEBHOOKS
     if action == "replay":
         new_column, new_value = ", new_id", f", {NEXT_ID_SQL}"
     if action == "cancel":

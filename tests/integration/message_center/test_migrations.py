@@ -59,3 +59,38 @@ def test_pending_index_is_partial(execution_db):
 def test_unknown_role_is_refused():
     with pytest.raises(ValueError, match="unknown database role"):
         migrations.alembic_config("archive", "postgresql://x/y")  # type: ignore[arg-type]
+
+
+def test_webhook_counters_continue_from_the_outbox(scratch_url):
+    """e0015: an event's counter starts at its outbox rows' highest number (so numbering
+    continues), without touching ``last_modified`` (nothing to archive again); an update
+    that only raises the counter leaves it alone too, any other update still sets it."""
+    migrations.upgrade("execution", scratch_url, "e0012")
+    conn = psycopg2.connect(scratch_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO rt_event (id, type, status, last_modified) VALUES "
+                    "(1, 'T', 'sent', '2020-01-01Z'), (2, 'T', 'sent', '2020-01-01Z')")
+        cur.execute("INSERT INTO batch_event (id, type, status) VALUES (1, 'T', 'sent')")
+        cur.execute("INSERT INTO webhook_outbox (id, subscription_id, event_kind, event_id, "
+                    "seq, name) VALUES (10, 'a', 'rt', 1, 1, 'event.sent'), "
+                    "(11, 'b', 'rt', 1, 3, 'event.clicked'), "
+                    "(12, 'a', 'batch', 2, 7, 'event.sent')")
+    migrations.upgrade("execution", scratch_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, webhook_seq, last_modified = '2020-01-01Z' FROM rt_event "
+                    "ORDER BY id")
+        assert cur.fetchall() == [(1, 3, True), (2, 0, True)]
+        cur.execute("SELECT webhook_seq FROM batch_event")
+        assert cur.fetchall() == [(0,)]  # the outbox row is another kind's event 2
+        cur.execute("UPDATE rt_event SET webhook_seq = webhook_seq + 1 WHERE id = 1")
+        cur.execute("SELECT last_modified = '2020-01-01Z' FROM rt_event WHERE id = 1")
+        assert cur.fetchone() == (True,)
+        cur.execute("UPDATE rt_event SET status = 'failed', webhook_seq = webhook_seq + 1 "
+                    "WHERE id = 1")
+        cur.execute("UPDATE rt_event SET error_reason = 'x' WHERE id = 2")
+        cur.execute("SELECT bool_or(last_modified = '2020-01-01Z') FROM rt_event")
+        assert cur.fetchone() == (False,)
+    conn.close()
+    migrations.downgrade("execution", scratch_url, "e0012")
+    migrations.upgrade("execution", scratch_url)

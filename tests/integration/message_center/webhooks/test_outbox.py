@@ -4,6 +4,8 @@ code), and only then."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -49,6 +51,8 @@ def test_no_subscription_writes_nothing(execution_db, smtp_sink, channels):
     drain(execution_db, channels, "rt")
     assert {e["status"] for e in events(execution_db, "rt")} == {"sent"}
     assert outbox(execution_db) == []
+    # nor does it pay for them: the sequence counter is not raised
+    assert {e["webhook_seq"] for e in events(execution_db, "rt")} == {0}
 
 
 @pytest.mark.parametrize("kind", ["rt", "batch"])
@@ -144,7 +148,8 @@ def test_enqueue_hook_for_the_tracking(execution_db, smtp_sink, channels):
                                      extra={"automated": True})
     assert len(ids) == 1
     (row,) = outbox(execution_db)
-    assert row["name"] == "event.opened" and row["seq"] == 1
+    # the event's own counter: event.sent took 1 (not wanted by this subscription: a gap)
+    assert row["name"] == "event.opened" and row["seq"] == 2
     assert row["data"]["automated"] is True
     with pytest.raises(ValueError), execution_db.begin() as conn:
         webhook_outbox.enqueue(conn, "rt", event_id, "drop table")
@@ -187,10 +192,11 @@ def test_subscriptions_are_shared_between_the_instances(control_db, execution_db
 
 def test_a_large_copy_into_an_empty_looking_outbox_stays_linear(execution_db):
     """updateEventStatus copying thousands of statuses into an outbox the planner believes
-    empty (just truncated and analysed, as on a new instance or after a purge): each
-    message's sequence number is read before any message is written, so the statement
-    never rescans the pages it is writing (it did: 100,000 changes took 26 s, 10,000 took
-    0.8 s). Counted in heap blocks read from the outbox (deterministic, no clock)."""
+    empty (just truncated and analysed, as on a new instance or after a purge): the
+    statement never rescans the pages it is writing (a max(seq) subplan per message did:
+    100,000 changes took 26 s, 10,000 took 0.8 s; the number now comes from the event
+    row's counter). Counted in heap blocks read from the outbox (deterministic, no
+    clock)."""
     count = 3000
     add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
     insert_many(execution_db, "batch", count)
@@ -240,19 +246,66 @@ def test_sequence_numbers_of_one_event_increase_within_and_across_statements(
                             ("event.clicked", 4)]
 
 
-@pytest.mark.xfail(strict=True, reason="known: max(seq) is read from the statement's "
-                   "snapshot, so two uncommitted transactions reporting on one event "
-                   "take the same number (a per-event counter on the event row, "
-                   "incremented under its row lock, would fix it)")
+def test_a_retry_takes_no_number_so_each_event_counts_its_messages(execution_db, smtp_sink,
+                                                                    channels):
+    """Only reported changes raise the event's counter: a claim that links, a retry that
+    puts the event back to pending write no message and take no number."""
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    (retried,) = insert_events(execution_db, "rt", 1, email="busy@example.test")
+    (given_up,) = insert_events(execution_db, "rt", 1, email="full@example.test")
+    smtp_sink.script("busy@example.test", "451 4.3.0 busy")
+    smtp_sink.script("full@example.test", "always 452 4.2.2 mailbox full")
+    for _ in range(4):
+        drain(execution_db, channels, "rt")
+    rows = {e["id"]: e for e in events(execution_db, "rt")}
+    assert (rows[retried]["status"], rows[retried]["error_count"]) == ("sent", 1)
+    assert rows[given_up]["status"] == "expired"
+    assert {e["webhook_seq"] for e in rows.values()} == {1}
+    assert sorted((r["event_id"], r["name"], r["seq"]) for r in outbox(execution_db)) == \
+        sorted([(retried, "event.sent", 1), (given_up, "event.expired", 1)])
+
+
 def test_two_concurrent_transactions_on_one_event_take_different_numbers(
         execution_db, smtp_sink, channels):
+    """The number is taken under the event's row lock: a second transaction reporting on
+    the same event waits for the first to commit, then counts on from its number (taken
+    from the outbox's max(seq) in the statement's snapshot, both took 2)."""
     add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
     publish_templates(execution_db, ORDER_TEMPLATE)
     (event_id,) = insert_events(execution_db, "rt", 1)
     drain(execution_db, channels, "rt")  # event.sent: 1
-    with execution_db.connect() as one, execution_db.connect() as two, one.begin(), \
-            two.begin():  # neither commits before the other wrote
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with execution_db.begin() as two:
+                two.execute(text("SET LOCAL lock_timeout = '120s'"))  # never hang the suite
+                webhook_outbox.enqueue(two, "rt", event_id, webhook_outbox.CLICKED)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    with execution_db.connect() as one, one.begin():
         webhook_outbox.enqueue(one, "rt", event_id, webhook_outbox.OPENED)
-        webhook_outbox.enqueue(two, "rt", event_id, webhook_outbox.CLICKED)
-    seqs = sorted(r["seq"] for r in outbox(execution_db))
-    assert seqs == [1, 2, 3]
+        pid = one.execute(text("SELECT pg_backend_pid()")).scalar()
+        thread = threading.Thread(target=second)
+        thread.start()
+        wait_until_blocked_by(execution_db, pid)  # the second is waiting: one commits now
+    thread.join()
+    assert failures == []
+    rows = sorted(outbox(execution_db), key=lambda r: r["seq"])
+    assert [(r["name"], r["seq"]) for r in rows] == [
+        ("event.sent", 1), ("event.opened", 2), ("event.clicked", 3)]
+    assert [e["webhook_seq"] for e in events(execution_db, "rt")] == [3]
+
+
+def wait_until_blocked_by(engine, pid: int) -> None:
+    """Return once a session waits for a lock held by backend ``pid``."""
+    for _ in range(2400):
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                            {"pid": pid}).scalar():
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no session ever waited for backend {pid}")
