@@ -33,6 +33,10 @@ from message_center import webhook_outbox
 log = logging.getLogger(__name__)
 
 MAX_USER_AGENT_CHARS = 300
+#: How long a hit batch waits for an event's row lock before it yields (see write_hits).
+LOCK_WAIT = "250ms"
+#: SQLSTATE of a lock not obtained within ``lock_timeout``.
+LOCK_NOT_AVAILABLE = "55P03"
 
 # Known machine agents: image proxies that prefetch every image of a message, and the
 # link scanners of mail security gateways. Matched case-insensitively on the User-Agent.
@@ -142,6 +146,13 @@ def write_hits(engine: Engine, hits: Sequence[Hit]) -> int:
         }).all()
         new = [r for r in rows if r.id is not None]
         if new and webhook_outbox.active(conn):
+            # The messages raise their events' counters under the events' row locks,
+            # which the delivery's writers hold too (a recorder's group, a status copy):
+            # the tracking yields - it waits at most LOCK_WAIT for a row, then the batch
+            # is rolled back and kept for the next try - so the delivery never waits on
+            # a hit batch for long nor loses a deadlock to one.
+            conn.execute(text("SELECT set_config('lock_timeout', :wait, true)"),
+                         {"wait": LOCK_WAIT})
             webhook_outbox.enqueue_many(conn, [_report(r) for r in new])
     return int(rows[0].written)
 
@@ -192,8 +203,13 @@ class HitWriter:
         batch = self._take()
         try:
             written = write_hits(self.engine, batch)
-        except Exception:  # the database is down: keep the hits for the next try
-            log.exception("tracking hits not written (%d kept for the next try)", len(batch))
+        except Exception as exc:  # the database is down or busy: keep them for the next try
+            if getattr(getattr(exc, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE:
+                log.warning("tracking hits not written yet: their events are being changed "
+                            "(%d kept for the next try)", len(batch))
+            else:
+                log.exception("tracking hits not written (%d kept for the next try)",
+                              len(batch))
             with self._lock:
                 self._pending[:0] = batch[-100_000:]
             return 0

@@ -309,3 +309,34 @@ def wait_until_blocked_by(engine, pid: int) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"no session ever waited for backend {pid}")
+
+
+def test_a_hit_batch_yields_to_a_writer_holding_its_event_and_is_written_after(
+        execution_db, smtp_sink, channels):
+    """The tracking's first open waits at most LOCK_WAIT for an event another writer holds
+    (a recorder's group, a status copy), then keeps its hits for the next try: the delivery
+    never waits on the tracking, and nothing is lost or misnumbered."""
+    from message_center.tracking.hits import Hit, HitWriter
+
+    add_subscription(execution_db, "https://hooks.example.org/a", EVERYTHING)
+    publish_templates(execution_db, ORDER_TEMPLATE)
+    (event_id,) = insert_events(execution_db, "rt", 1)
+    drain(execution_db, channels, "rt")  # event.sent: 1
+    with execution_db.connect() as conn:
+        log_id = conn.execute(text("SELECT id FROM delivery_log WHERE event_id = :e"),
+                              {"e": event_id}).scalar_one()
+    writer = HitWriter(execution_db)
+    writer.add(Hit(log_id, "open", datetime.now(UTC)))
+    with execution_db.connect() as holder, holder.begin():  # another writer's transaction
+        webhook_outbox.enqueue(holder, "rt", event_id, webhook_outbox.CLICKED)
+        flushed: list[int] = []
+        flushing = threading.Thread(target=lambda: flushed.append(writer.flush()))
+        flushing.start()
+        flushing.join(30)  # without the yield it waits for the holder's commit
+        assert flushed == [0]  # yielded: nothing written, the hit kept
+        with execution_db.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM tracking_log")).scalar_one() == 0
+    assert writer.flush() == 1
+    assert [(r["name"], r["seq"]) for r in sorted(outbox(execution_db),
+                                                  key=lambda r: r["seq"])] == [
+        ("event.sent", 1), ("event.clicked", 2), ("event.opened", 3)]
