@@ -360,7 +360,9 @@ def realtime(ctx: Context) -> list[Result]:
     loops = [ctx.start(f"rt_bare_loop_{shard}", [
         sys.executable, "-m", "bench.realtime", "--shard", str(shard),
         "--seconds", str(ctx.sizes.rt_bare_seconds + 330),
-        "--smtp-port", str(ctx.null_smtp_port)]) for shard in range(shards)]
+        "--smtp-port", str(ctx.null_smtp_port)],
+        # the deployment's environment: its tracking key (the demo template tracks)
+        env={**os.environ, **ctx.deployment.environment()}) for shard in range(shards)]
     try:
         bare = measure_rt(ctx, ctx.sizes.rt_bare_seconds, "real time, bare loops")
     finally:
