@@ -42,7 +42,8 @@ RT_DAG, BATCH_DAG, STATUS_DAG = (dag_ids.RT_EVENTS_PROCESSING, dag_ids.BATCH_EVE
 FINAL = ("sent", "ignored", "failed", "not_taken_into_account", "expired")
 # The real-time DAG's defaults (dags/rt_events_processing.py), reused by the bare loop.
 RT_DEFAULTS = {"shards": 2, "poll_seconds": 1.0, "routing_batch_size": 100,
-               "delivery_chunk": 20, "retry_backoff_seconds": 30, "claim_lease_seconds": 300,
+               "delivery_chunk": 20, "smtp_sessions": 16, "retry_backoff_seconds": 30,
+               "claim_lease_seconds": 300,
                "sending_timeout_seconds": 300}
 
 

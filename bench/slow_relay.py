@@ -167,7 +167,7 @@ def slow_relay(ctx: Context) -> list[Result]:
                 latency_ms, "the relay's own latency", higher_is_better=False,
                 note=(f"{real.pushed:,} pushed through the API, outcomes {real.statuses}, "
                       f"p50 {real.p(50) or 0:.0f} ms; rtEventsProcessing with its default "
-                      "params (2 shards x 8 SMTP sessions)"))
+                      "params (2 shards x 16 SMTP sessions)"))
     mem = Result(mem_figure, mem_target, top[0] if top else None, "MB",
                  None if top is None else top[0] <= 300,
                  lightest[0] if lightest else None, "lightest task", higher_is_better=False,

@@ -55,7 +55,7 @@ KIND = "rt"
 PARAMS = {
     **processing_params(
         shards=2, routing_batch_size=100, routing_batch_max=100_000, delivery_chunk=20,
-        smtp_sessions=8,
+        smtp_sessions=16,
         retry_backoff_seconds=30, claim_lease_seconds=300, sending_timeout_seconds=300,
         shards_description="Parallel real-time loops (each holds one SMTP connection)."),
     "loop_seconds": Param(
