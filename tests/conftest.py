@@ -211,6 +211,18 @@ def control_db() -> Engine:
 
 
 @pytest.fixture
+def relay(tmp_path: Path):
+    """An SMTP relay on loopback that stalls on cue (``relay_support.StallingRelay``)."""
+    from relay_support import StallingRelay  # it imports this module (free_port)
+
+    server = StallingRelay(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def restartable_db(tmp_path: Path, test_deployment):
     """``(server, engine)``: a migrated execution database on a PostgreSQL server of the
     test's own, which the test may stop and start (``pg_ctl stop -m fast`` cuts every

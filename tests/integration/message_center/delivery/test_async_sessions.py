@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_relay_faults import STALL, StallingRelay
+from relay_support import STALL
 
 from message_center.delivery.outcome import Outcome
 from message_center.delivery.pool import Dispatch, SessionPool
 from message_center.delivery.smtp import SmtpSession, SmtpSettings, build_email
-
-
-@pytest.fixture
-def relay(tmp_path: Path):
-    server = StallingRelay(tmp_path).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _attempts(recipients: list[str]) -> list[SimpleNamespace]:
