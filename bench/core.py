@@ -347,6 +347,7 @@ class Context:
     # Postfix's smtp-sink (C), started when installed and MC_BENCH_SINK=smtp-sink: the
     # deliver stage's null-sink figure then uses it (bench.bare_pool.smtp_sink_binary).
     smtp_sink_port: int | None = None
+    standalone_smtp_port: int | None = None  # where the running standalone's smtp_default points
     token_cache: str | None = None
     started_at: dict[str, datetime] = field(default_factory=dict)  # process name -> UTC
 
@@ -472,14 +473,20 @@ class Context:
                                            "api-server"], self.airflow_env())
         self._wait_http(server, "/api/v2/version", timeout=120)
 
-    def ensure_standalone(self) -> None:
-        """``airflow standalone`` (API server, scheduler, DAG processor, triggerer)."""
+    def ensure_standalone(self, smtp_port: int | None = None) -> None:
+        """``airflow standalone`` (API server, scheduler, DAG processor, triggerer), its
+        ``smtp_default`` on ``smtp_port`` (by default the bench's null sink, whose latency
+        the slow-relay stage switches); restarted if it runs with another one."""
+        smtp_port = smtp_port or self.null_smtp_port
         if "standalone" in self.processes:
-            return
+            if self.standalone_smtp_port == smtp_port:
+                return
+            self.stop("standalone")
         self.stop("api_server")
         self.deployment.write_password_file()
-        log("starting airflow standalone")
-        env = self.airflow_env(smtp_port=self.null_smtp_port)
+        log(f"starting airflow standalone (smtp_default on port {smtp_port})")
+        env = self.airflow_env(smtp_port=smtp_port)
+        self.standalone_smtp_port = smtp_port
         server = self.start("standalone", [str(Path(sys.executable).parent / "airflow"),
                                            "standalone"], env)
         self._wait_http(server, "/api/v2/version", timeout=180)

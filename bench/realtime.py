@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,18 @@ def fail_unfinished_runs(ctx: Context, dag_id: str, before: datetime | None = No
                 {"state": "failed"})
             failed += 1
     return failed
+
+
+def quiesce(ctx: Context, dag_id: str, timeout: float = 60) -> None:
+    """Until ``dag_id`` (paused) has had no queued or running run for two checks in a
+    row: a run the scheduler created just before the pause is failed too (otherwise it
+    would start once the DAG is unpaused and claim events meant for the next run)."""
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 2:
+        quiet = quiet + 1 if fail_unfinished_runs(ctx, dag_id) == 0 else 0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{dag_id} still has runs starting after {timeout:g}s")
+        time.sleep(2)
 
 
 def wait_rt_shards(ctx: Context, shards: int, timeout: float = 240) -> None:
@@ -396,14 +408,27 @@ def realtime(ctx: Context) -> list[Result]:
     return rows
 
 
+def _left(ctx: Context) -> int:
+    """Batch events not final yet."""
+    with ctx.engine().connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM batch_event WHERE status IN "
+            "('pending', 'pending_delivery')")).scalar_one())
+
+
 def memory(ctx: Context) -> list[Result]:
     """Peak RSS of every task while batchEventsProcessing drains a big backlog."""
     count = ctx.sizes.memory_events
     ctx.ensure_sinks()
-    ctx.ensure_standalone()
+    # Postfix's smtp-sink (C) when offered: the drain's figure is then not bounded by the
+    # bench's own Python sink competing for the two cores.
+    sink_port = ctx.smtp_sink_port or ctx.null_smtp_port
+    sink_name = ("Postfix smtp-sink (C)" if ctx.smtp_sink_port
+                 else "bench.sinks null sink (Python)")
+    ctx.ensure_standalone(smtp_port=sink_port)
     prepare_dags(ctx)
     set_paused(ctx, BATCH_DAG, True)
-    fail_unfinished_runs(ctx, BATCH_DAG)
+    quiesce(ctx, BATCH_DAG)  # no scheduled run may take part of the backlog first
     ctx.reset_execution()
     log(f"memory: building a backlog of {count:,} batch events")
     insert_events(ctx.engine(), "batch", count)
@@ -416,7 +441,11 @@ def memory(ctx: Context) -> list[Result]:
                      commits=commit_counter(ctx.engine()))
     with TaskMemory(ctx.processes["standalone"].pid) as watch, meter:
         status, body = api(ctx, "POST", f"/dags/{BATCH_DAG}/dagRuns", {
-            "logical_date": None, "conf": {"max_events_per_run": count}})
+            "logical_date": None, "conf": {"max_events_per_run": count},
+            # Queued runs start in run_after order (max_active_runs=1): unpausing creates
+            # the scheduled run of the interval that just passed, which would otherwise go
+            # first and claim max_events_per_run (200,000) of the backlog.
+            "run_after": (datetime.now(UTC) - timedelta(hours=1)).isoformat()})
         if status not in (200, 201):
             raise RuntimeError(f"cannot trigger {BATCH_DAG}: {status} {body}")
         run_id = body["dag_run_id"]
@@ -426,26 +455,28 @@ def memory(ctx: Context) -> list[Result]:
             + (f"(at most {cap:g}s)" if cap else "(until done)"))
         state, left = "queued", count
         slow_seen: set[tuple[int, str]] = set()
+        checked = 0.0
         while True:
-            time.sleep(2)
-            for pid, seconds, wait, query in slow_queries(ctx):
-                if (pid, query) not in slow_seen:
-                    slow_seen.add((pid, query))
-                    log(f"memory: slow query (pid {pid}, {seconds:.0f}s, wait {wait}): "
-                        f"{query[:300]}")
+            time.sleep(0.5)
+            if time.monotonic() - checked >= 5:
+                checked = time.monotonic()
+                for pid, seconds, wait, query in slow_queries(ctx):
+                    if (pid, query) not in slow_seen:
+                        slow_seen.add((pid, query))
+                        log(f"memory: slow query (pid {pid}, {seconds:.0f}s, wait {wait}): "
+                            f"{query[:300]}")
             state = api(ctx, "GET", f"/dags/{BATCH_DAG}/dagRuns/{run_id}")[1].get("state")
-            with ctx.engine().connect() as conn:
-                left = conn.execute(text(
-                    "SELECT count(*) FROM batch_event WHERE status IN "
-                    "('pending', 'pending_delivery')")).scalar_one()
-            if state in ("success", "failed") and left == 0:
-                break
-            if state in ("success", "failed") and time.monotonic() - started > 60 and \
-                    left == count:
-                break  # nothing moves
             if cap and time.monotonic() - started > cap:
                 break
+            if state not in ("success", "failed"):
+                continue  # counting reads the whole table: only once the run has ended
+            left = _left(ctx)
+            if left == 0:
+                break
+            if time.monotonic() - started > 60 and left == count:
+                break  # nothing moves
         drained_seconds = time.monotonic() - started
+        left = _left(ctx)
     set_paused(ctx, BATCH_DAG, True)
     fail_unfinished_runs(ctx, BATCH_DAG)
     with ctx.engine().connect() as conn:
@@ -453,6 +484,8 @@ def memory(ctx: Context) -> list[Result]:
             "SELECT status, count(*) FROM batch_event GROUP BY status")).all())
         sent = int(conn.execute(text(
             "SELECT count(*) FROM delivery_log WHERE status = 'sent'")).scalar_one())
+        runs = int(conn.execute(text(  # each run claims with its own token
+            "SELECT count(DISTINCT claim_token) FROM batch_event")).scalar_one())
     end_load = os.getloadavg()[0]
     ctx.reset_execution()
     # The bare pool: the batch DAG's sessions (4 processes x 16) sending the rendered
@@ -460,7 +493,7 @@ def memory(ctx: Context) -> list[Result]:
     from bench.slow_relay import BATCH_SESSIONS, BATCH_SHARDS, _message
 
     bare_cpu: list[str] = []
-    bare = bare_pool(ctx.null_smtp_port, _message(ctx), sessions=BATCH_SESSIONS,
+    bare = bare_pool(sink_port, _message(ctx), sessions=BATCH_SESSIONS,
                      processes=BATCH_SHARDS, count=min(count, 200_000), cpu=bare_cpu)
     names = task_names(ctx)
     top, lightest = watch.top(names), watch.lightest(names)
@@ -481,16 +514,19 @@ def memory(ctx: Context) -> list[Result]:
                   f"task start-up and updateEventStatus included), {sent:,} sent; load "
                   f"average {load:.1f} before, {end_load:.1f} after; whole run (Airflow "
                   f"standalone with its tasks, and PostgreSQL): "
-                  f"{meter.per_message(sent)}; sink: bench.sinks null sink (Python); bare "
+                  f"{meter.per_message(sent)}; sink: {sink_name}; bare "
                   f"pool: {BATCH_SHARDS} processes x {BATCH_SESSIONS} sessions of the "
                   "project's SMTP client sending the rendered message, no database "
                   f"({bare_cpu[0]})")
+    if runs != 1:
+        drain_note += (f"; the backlog was claimed by {runs} runs, not one (a scheduled "
+                       "run got in first): not the figure asked for")
     return [Result(figure, target, top[0] if top else None, "MB",
                    None if top is None else top[0] <= 300,
                    lightest[0] if lightest else None, "lightest task",
                    higher_is_better=False, note=note),
             Result(drain_figure, drain_target, rate, "events/s",
-                   rate >= 2800 and rate >= 0.7 * bare and not left, bare,
+                   rate >= 2800 and rate >= 0.7 * bare and not left and runs == 1, bare,
                    f"bare pool, {BATCH_SHARDS} x {BATCH_SESSIONS} sessions, same sink",
                    note=drain_note)]
 
