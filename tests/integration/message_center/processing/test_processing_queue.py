@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import replace
 
@@ -147,3 +148,34 @@ def test_stale_claims_come_back(execution_db):
         assert release_stale_claims(conn, "batch") == 3
     assert {row["status"] for row in events(execution_db, "batch")} == {"pending"}
     assert sum(c.events for c in split_queue(execution_db, "batch", ProcessingSettings())) == 3
+
+
+def test_a_big_split_claims_in_parallel_within_the_run_maximum(execution_db, monkeypatch):
+    """Two claim statements at once (a big backlog): every event once, one token, the
+    shards' counts adding up, and no more than max_events_per_run although both claim
+    at the same time."""
+    from message_center.processing import queue
+
+    monkeypatch.setattr(queue, "PARALLEL_MIN_BATCH", 4)  # parallel from batches of 4
+    statements: list[tuple[str, int]] = []
+    claim = queue.state.claim_due
+
+    def counting_claim(conn, kind, **kwargs):
+        statements.append((threading.current_thread().name, kwargs["limit"]))
+        return claim(conn, kind, **kwargs)
+
+    monkeypatch.setattr(queue.state, "claim_due", counting_claim)
+    publish_templates(execution_db)
+    insert_events(execution_db, "batch", 41)
+    settings = ProcessingSettings(routing_batch_size=4, shards=3, max_events_per_run=38)
+    claims = split_queue(execution_db, "batch", settings)
+    claimed = [row for row in events(execution_db, "batch") if row["claim_token"]]
+    assert len(claimed) == 38 and sum(claim.events for claim in claims) == 38
+    assert len({claim.token for claim in claims}) == 1
+    assert max(c.events for c in claims) - min(c.events for c in claims) <= 2
+    assert Counter(row["claim_shard"] for row in claimed) == {
+        claim.shard: claim.events for claim in claims}
+    limits = [limit for _, limit in statements]
+    assert sum(limits) == 38 and max(limits) == 4  # the last one asked for 2
+    threads = {name for name, _ in statements[1:]}  # the first batch alone, then two
+    assert len(threads) == 2 and all(name.startswith("mc-split") for name in threads)
