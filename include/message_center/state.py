@@ -195,6 +195,42 @@ def _execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]
                                   dialect=conn.dialect) from exc
 
 
+def _driver_sql(conn: Connection, template: str, kind: str | None = None,
+                **parts: str) -> str:
+    """:func:`_sql`'s statement as the driver takes it (``%(name)s`` binds), compiled
+    once per process (for :func:`_fetch_dicts`)."""
+    key = (template, kind, tuple(sorted(parts.items())))
+    compiled = _DRIVER_SQL.get(key)
+    if compiled is None:
+        compiled = _DRIVER_SQL[key] = str(_sql(template, kind, **parts).compile(
+            dialect=conn.dialect))
+    return compiled
+
+
+_DRIVER_SQL: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], str] = {}
+
+
+def _fetch_dicts(conn: Connection, statement: str, params: Mapping[str, Any]
+                 ) -> list[dict[str, Any]]:
+    """``statement`` (:func:`_driver_sql`) on the driver's cursor, each row a dict by
+    column name: a shard arms a chunk of a hundred rows of some thirty columns many times a
+    second, and SQLAlchemy's result rows and mappings were half the arming's CPU under
+    the GIL (issue 24). Errors come as :func:`_execute_raw`'s do."""
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is None:  # an invalidated connection: let SQLAlchemy reconnect and report
+        return [dict(row) for row in
+                conn.exec_driver_sql(statement, dict(params)).mappings().all()]
+    try:
+        with dbapi.cursor() as cursor:
+            cursor.execute(statement, params)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(statement, dict(params), exc,
+                                  conn.dialect.loaded_dbapi.Error,
+                                  dialect=conn.dialect) from exc
+
+
 # -- fragments every statement that needs them shares -------------------------------------
 _OPEN_EVENT = sql_in(OPEN_EVENT)
 _ARMABLE = sql_in(ARMABLE_DELIVERY)
@@ -531,7 +567,7 @@ _SANDBOX_EVENTS = """, sandboxed AS (
 
 def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address: str,
         ignore_reason: str, columns: str, params: Mapping[str, Any] | None = None,
-        sandbox: bool = False) -> Sequence[RowMapping]:
+        sandbox: bool = False) -> list[dict[str, Any]]:
     """Ledger row (none) | ``queued`` | ``retry`` -> ``sending`` (armed, not handed) or
     ``ignored`` (final): the shard's next ``limit`` linked events after id ``after`` (keyset
     paging on the claim index), one row per chunk event, in id order.
@@ -546,13 +582,12 @@ def arm(conn: Connection, claim: ShardClaim, *, after: int, limit: int, address:
     sandbox event); otherwise only the events pushed as sandbox ones are. Once a
     sandbox row, always one (a retry never goes out for real).
     """
-    statement = _sql(ARM, claim.kind, address=address, ignore_reason=ignore_reason,
-                     columns=columns,
-                     sandbox_events=_SANDBOX_EVENTS.format(table=event_table(claim.kind))
-                     if sandbox else "")
-    return conn.execute(statement, {
+    parts = {"address": address, "ignore_reason": ignore_reason, "columns": columns,
+             "sandbox_events": _SANDBOX_EVENTS.format(table=event_table(claim.kind))
+             if sandbox else ""}
+    return _fetch_dicts(conn, _driver_sql(conn, ARM, claim.kind, **parts), {
         **(params or {}), "after": after, "limit": limit, "token": claim.token,
-        "shard": claim.shard, "kind": claim.kind, "sandbox": sandbox}).mappings().all()
+        "shard": claim.shard, "kind": claim.kind, "sandbox": sandbox})
 
 
 # In the statements below, "(d.status = 'sending') IS TRUE" is "d.status = 'sending'" that

@@ -176,7 +176,7 @@ def start_sending(conn: Connection, claim: ShardClaim, after: int, limit: int, *
                 log_id=int(row["log_id"]), event_id=int(row["event_id"]),
                 attempts=int(row["attempts"]), channel=row["channel"],
                 address=row["address"], template_name=row["template_name"],
-                template_version=row["template_version"], row=dict(row)))
+                template_version=row["template_version"], row=row))
     last_id = int(rows[-1]["chunk_event_id"]) if rows else None
     return Started(to_send, ignored, skipped, last_id)
 
