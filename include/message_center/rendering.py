@@ -54,7 +54,12 @@ _HTML_ENV = _environment(autoescape=True)
 @lru_cache(maxsize=512)
 def _compile(source: str, html: bool) -> Any:
     env = _HTML_ENV if html else _TEXT_ENV
-    return env.from_string(source)
+    template = env.from_string(source)
+    # Jinja keeps a template's globals as a ChainMap over the environment's and copies
+    # it into every render's context (a Python-level iteration, ~5% of a delivering
+    # shard's CPU); neither changes after start-up, so a flat copy renders the same.
+    template.globals = dict(template.globals)
+    return template
 
 
 def check_syntax(source: str, html: bool = False) -> None:

@@ -178,7 +178,7 @@ def _body_part(content: str, subtype: str) -> str:
     """Headers and body of one text part: 7bit when plain ASCII with short lines, else
     quoted-printable (readable, and safe for any SMTP server); CRLF line ends."""
     text = content.replace("\r\n", "\n").replace("\r", "\n")
-    if text.isascii() and all(len(line) <= MAX_LINE for line in text.split("\n")):
+    if text.isascii() and max(map(len, text.split("\n"))) <= MAX_LINE:
         encoding, payload = "7bit", text
     else:
         encoding = "quoted-printable"
@@ -186,6 +186,20 @@ def _body_part(content: str, subtype: str) -> str:
     return (f'Content-Type: text/{subtype}; charset="utf-8"{CRLF}'
             f"Content-Transfer-Encoding: {encoding}{CRLF}{CRLF}"
             + payload.replace("\n", CRLF))
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The Date header's value for now, in UTC (+0000; -0000 would mean "zone unknown"):
+    formatted once per second, not per message (``format_datetime`` was ~2% of a
+    delivering shard's CPU)."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_cache[1]
 
 
 def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None,
@@ -212,7 +226,7 @@ def build_email(*, log_id: int, sender: str, recipient: str, subject: str | None
         f"From: {_address_value(sender)}",
         f"To: {_address_value(recipient)}",
         f"Subject: {_header_value(subject or '')}",
-        f"Date: {format_datetime(datetime.now(UTC))}",  # +0000: UTC (-0000 = zone unknown)
+        f"Date: {_date_now()}",
         f"Message-ID: {mid}",
         "MIME-Version: 1.0",
     ]
