@@ -182,13 +182,25 @@ def _execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]
     statement, the largest share of the writer thread's CPU under the GIL (issue 24); a
     driver error is still raised as SQLAlchemy's (``OperationalError`` for a lost
     connection, as the callers expect)."""
+    return _on_driver_cursor(conn, statement, params, as_dicts=False)
+
+
+def _on_driver_cursor(conn: Connection, statement: str, params: Mapping[str, Any], *,
+                      as_dicts: bool) -> list[Any]:
     dbapi = conn.connection.dbapi_connection
     if dbapi is None:  # an invalidated connection: let SQLAlchemy reconnect and report
-        return conn.exec_driver_sql(statement, dict(params)).all()
+        result = conn.exec_driver_sql(statement, dict(params))
+        return ([dict(row) for row in result.mappings().all()] if as_dicts
+                else list(result.all()))
     try:
         with dbapi.cursor() as cursor:
             cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
+            if not cursor.description:
+                return []
+            if not as_dicts:
+                return cursor.fetchall()
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(statement, dict(params), exc,
                                   conn.dialect.loaded_dbapi.Error,
@@ -216,19 +228,7 @@ def _fetch_dicts(conn: Connection, statement: str, params: Mapping[str, Any]
     column name: a shard arms a chunk of a hundred rows of some thirty columns many times a
     second, and SQLAlchemy's result rows and mappings were half the arming's CPU under
     the GIL (issue 24). Errors come as :func:`_execute_raw`'s do."""
-    dbapi = conn.connection.dbapi_connection
-    if dbapi is None:  # an invalidated connection: let SQLAlchemy reconnect and report
-        return [dict(row) for row in
-                conn.exec_driver_sql(statement, dict(params)).mappings().all()]
-    try:
-        with dbapi.cursor() as cursor:
-            cursor.execute(statement, params)
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(statement, dict(params), exc,
-                                  conn.dialect.loaded_dbapi.Error,
-                                  dialect=conn.dialect) from exc
+    return _on_driver_cursor(conn, statement, params, as_dicts=True)
 
 
 # -- fragments every statement that needs them shares -------------------------------------
