@@ -705,7 +705,8 @@ RECORD_GROUP = f"""
                 failure_reason = CASE WHEN v.status IS NULL THEN d.failure_reason
                                       ELSE v.failure_reason END
             FROM v, {{table}} e
-            WHERE d.id = v.id AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+            WHERE d.id = ANY(CAST(:ids AS bigint[])) AND d.id = v.id
+              AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
