@@ -707,6 +707,7 @@ RECORD_GROUP = f"""
             FROM v, {{table}} e
             WHERE d.id = ANY(CAST(:ids AS bigint[])) AND d.id = v.id
               AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+              AND e.id = ANY(CAST(:event_ids AS bigint[]))
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
             RETURNING d.id, d.event_id, d.status, d.error, d.last_modified, v.mark,
@@ -735,7 +736,7 @@ RECORD_GROUP = f"""
 
 
 def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
-                 marks: Sequence[bool], statuses: Sequence[str | None],
+                 event_ids: Sequence[int], marks: Sequence[bool], statuses: Sequence[str | None],
                  errors: Sequence[str | None], providers: Sequence[str | None],
                  delays: Sequence[float | None], give_up: Sequence[bool | None],
                  retry_errors: Sequence[str | None], classes: Sequence[str | None],
@@ -745,7 +746,12 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
     :func:`copy_statuses` in ONE statement, the recorder's group commit: one entry per
     ledger row in each array (NULL where it does not apply: a mark without an outcome, an
     outcome that is not a retry). Only rows still ``sending`` for this very claim are
-    written. Returns ``(log id, marked)`` of the rows written."""
+    written. Returns ``(log id, marked)`` of the rows written.
+
+    ``event_ids`` (each row's event) let the prepared statement's generic plan find the
+    rows by primary key whatever the statistics said when it was made: planned on an
+    empty ledger (a new or truncated table) it otherwise scanned the whole table on every
+    group as it grew (issue 24)."""
     parts = _webhooks(conn, claim.kind, "rescheduled", "copied",
                       reported=_RESCHEDULE_REPORTED)
     on = bool(parts["webhooks"])
@@ -754,7 +760,8 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
              "rec_failure": _LOG_FAILURE if on else "",
              "copied_failure": ", d.wh_class, d.wh_reason" if on else ""}
     return _execute_prepared(conn, RECORD_GROUP, claim.kind, _RECORD_GROUP_TYPES, {
-        "ids": list(ids), "marks": list(marks), "statuses": list(statuses),
+        "ids": list(ids), "event_ids": list(event_ids), "marks": list(marks),
+        "statuses": list(statuses),
         "errors": list(errors), "providers": list(providers), "delays": list(delays),
         "give_up": list(give_up), "retry_errors": list(retry_errors),
         "classes": list(classes), "reasons": list(reasons), "counted": list(counted),
@@ -763,7 +770,8 @@ def record_group(conn: Connection, claim: ShardClaim, *, ids: Sequence[int],
 
 
 _RECORD_GROUP_TYPES = (
-    ("ids", "bigint[]"), ("marks", "boolean[]"), ("statuses", "text[]"),
+    ("ids", "bigint[]"), ("event_ids", "bigint[]"), ("marks", "boolean[]"),
+    ("statuses", "text[]"),
     ("errors", "text[]"), ("providers", "text[]"), ("delays", "float8[]"),
     ("give_up", "boolean[]"), ("retry_errors", "text[]"), ("classes", "text[]"),
     ("reasons", "text[]"), ("counted", "boolean[]"), ("kind", "text"),

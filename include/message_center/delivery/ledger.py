@@ -281,7 +281,7 @@ def finalize(conn: Connection, kind: str, results: Sequence[tuple[Attempt, Outco
     return out.finalized()
 
 
-def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
+def record(conn: Connection, claim: ShardClaim, handed: Sequence[Attempt],
            results: Sequence[tuple[Attempt, Outcome]], retry: RetryPolicy, *,
            copy_status: bool = False,
            rules: QuarantineRules = DEFAULT_RULES) -> tuple[set[int], Finalized]:
@@ -293,18 +293,21 @@ def record(conn: Connection, claim: ShardClaim, handed: Sequence[int],
     only on rows still ``sending`` for this very claim. Returns the ids marked and what
     was recorded."""
     out = _outcomes(results, retry)
-    ids = list(dict.fromkeys([*handed, *out.log_ids]))
+    events = {a.log_id: a.event_id for a in handed}
+    events.update((a.log_id, a.event_id) for a, _ in results)
+    ids = list(dict.fromkeys([*(a.log_id for a in handed), *out.log_ids]))
     if not ids:
         return set(), Finalized()
     by_id = {log_id: i for i, log_id in enumerate(out.log_ids)}
     retry_by_id = {log_id: i for i, log_id in enumerate(out.retry_logs)}
-    mark_set = set(handed)
+    mark_set = {a.log_id for a in handed}
 
     def column(values: list[Any], index: dict[int, int] = by_id) -> list[Any]:
         return [values[index[i]] if i in index else None for i in ids]
 
     rows = state.record_group(
-        conn, claim, ids=ids, marks=[i in mark_set for i in ids],
+        conn, claim, ids=ids, event_ids=[events[i] for i in ids],
+        marks=[i in mark_set for i in ids],
         statuses=column(out.statuses), errors=column(out.errors),
         providers=column(out.providers), delays=column(out.retry_delays, retry_by_id),
         give_up=column(out.give_up, retry_by_id),

@@ -549,7 +549,7 @@ class OutcomeRecorder:
         while True:
             try:
                 conn = self._connection(index)
-                marked, done = record(conn, self.claim, [a.log_id for a in marks],
+                marked, done = record(conn, self.claim, marks,
                                       outcomes, self.retry, copy_status=self.copy_status,
                                       rules=self.rules)
                 if self._outage:

@@ -159,7 +159,7 @@ def test_the_group_statement_is_prepared_once_and_survives_a_reset(execution_db)
     claim, attempts = _armed(execution_db, 3)
     with execution_db.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        marked, _ = record(conn, claim, [attempts[0].log_id], [], SETTINGS.retry_policy)
+        marked, _ = record(conn, claim, [attempts[0]], [], SETTINGS.retry_policy)
         assert marked == {attempts[0].log_id}
         prepared = conn.execute(text(
             "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'mc_batch_%'"
@@ -170,7 +170,7 @@ def test_the_group_statement_is_prepared_once_and_survives_a_reset(execution_db)
                          SETTINGS.retry_policy)
         assert done.sent == 1
         conn.connection.info["mc_no_prepare"] = True  # as after losing it twice
-        _, done = record(conn, claim, [attempts[1].log_id],
+        _, done = record(conn, claim, [attempts[1]],
                          [(attempts[1], Outcome.sent("<b@x>"))], SETTINGS.retry_policy)
         assert done.sent == 1
         conn.connection.info.pop("mc_no_prepare")
