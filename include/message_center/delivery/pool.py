@@ -61,7 +61,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -174,38 +174,39 @@ class RelayGate:
         if self._slots is not None:
             self._slots.release()
 
+    def _turn(self, deadline: float, should_stop: StopCheck) -> Generator[float, None, bool]:
+        """The steps of waiting for a turn: yields each pause to sleep, returns whether
+        this caller may start (see :meth:`wait_turn`); the thread and the coroutine
+        versions only differ in how they sleep."""
+        while (step := self._breaker_step(deadline, should_stop)) is not True:
+            if step is False:
+                return False
+            yield step
+        start = self._reserve(deadline)
+        if start is None:
+            return False
+        while (left := start - time.monotonic()) > 0:
+            if should_stop():
+                return False
+            yield min(left, WAIT_STEP_SECONDS)
+        return True
+
     def wait_turn(self, deadline: float, should_stop: StopCheck) -> bool:
         """Wait until this caller may start a message (breaker closed, or this caller
         takes the probe; rate slot; throttle pause); False when that time is past
         ``deadline`` or a stop is asked meanwhile. For a caller in a thread (tools,
         tests); the sessions await :meth:`wait_turn_async`, which shares its steps."""
-        while (step := self._breaker_step(deadline, should_stop)) is not True:
-            if step is False:
-                return False
-            time.sleep(step)
-        start = self._reserve(deadline)
-        if start is None:
-            return False
-        while (left := start - time.monotonic()) > 0:
-            if should_stop():
-                return False
-            time.sleep(min(left, WAIT_STEP_SECONDS))
-        return True
+        steps = self._turn(deadline, should_stop)
+        while not isinstance(pause := _advance(steps), bool):
+            time.sleep(pause)
+        return pause
 
     async def wait_turn_async(self, deadline: float, should_stop: StopCheck) -> bool:
         """:meth:`wait_turn` for a session coroutine (the loop is never blocked)."""
-        while (step := self._breaker_step(deadline, should_stop)) is not True:
-            if step is False:
-                return False
-            await asyncio.sleep(step)
-        start = self._reserve(deadline)
-        if start is None:
-            return False
-        while (left := start - time.monotonic()) > 0:
-            if should_stop():
-                return False
-            await asyncio.sleep(min(left, WAIT_STEP_SECONDS))
-        return True
+        steps = self._turn(deadline, should_stop)
+        while not isinstance(pause := _advance(steps), bool):
+            await asyncio.sleep(pause)
+        return pause
 
     def _reserve(self, deadline: float) -> float | None:
         """The time this caller may start (its rate slot taken), None if past
@@ -427,6 +428,14 @@ class Dispatch:
             left, self._pending = [attempt for attempt, _ in self._pending], deque()
             self._cond.notify_all()
         return left
+
+
+def _advance(steps: Generator[float, None, bool]) -> float | bool:
+    """The next pause of a :meth:`RelayGate._turn`, or its answer once it is done."""
+    try:
+        return next(steps)
+    except StopIteration as done:
+        return bool(done.value)
 
 
 class SessionPool:
