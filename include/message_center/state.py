@@ -706,7 +706,7 @@ RECORD_GROUP = f"""
                                       ELSE v.failure_reason END
             FROM v, {{table}} e
             WHERE d.id = ANY(CAST(:ids AS bigint[])) AND d.id = v.id
-              AND (d.status = 'sending') IS TRUE AND d.event_kind = :kind
+              AND (d.status = 'sending') IS TRUE AND (d.event_kind = :kind) IS TRUE
               AND e.id = ANY(CAST(:event_ids AS bigint[]))
               AND e.id = d.event_id AND (e.status = 'pending_delivery') IS TRUE
               AND e.claim_token = :token AND e.claim_shard = :shard
